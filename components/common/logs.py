@@ -1,0 +1,15 @@
+"""Logging set up the same way in every stage, readable in the KFP UI's log pane."""
+
+import logging
+import sys
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    # httpx logs every request URL at INFO; the teacher stage reports its own progress instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,118 @@
+"""Distillation records: the contract between the teacher stage and the train/eval stages.
+
+One JSON object per line:
+
+    {"id": "3f2a…", "messages": [{"role": "system", …}, {"role": "user", …}, {"role": "assistant", …}],
+     "reasoning": "…", "reference": "…", "teacher": {"provider": "deepseek", "model": "…", "params": {…}},
+     "usage": {"prompt_tokens": 12, "completion_tokens": 40}, "judge": {…}, "split": "train"}
+
+`id` is a stable hash of the prompt messages and the teacher settings, so the same prompt asked of the
+same teacher always has the same id: resuming and caching key on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import InputError
+
+ROLES = ("system", "user", "assistant")
+
+
+def stable_hash(payload: Any, length: int = 32) -> str:
+    """Hex digest of `payload` serialised canonically (sorted keys, no whitespace)."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def record_id(prompt_messages: list[dict[str, str]], teacher_settings: dict[str, Any]) -> str:
+    return stable_hash({"messages": prompt_messages, "teacher": teacher_settings})
+
+
+@dataclass
+class Record:
+    id: str
+    messages: list[dict[str, str]]
+    reasoning: str | None = None
+    reference: str | None = None
+    teacher: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The messages before the final assistant answer."""
+        if self.messages and self.messages[-1]["role"] == "assistant":
+            return self.messages[:-1]
+        return self.messages
+
+    @property
+    def answer(self) -> str:
+        """The final assistant answer, or '' when the record holds only a prompt."""
+        if self.messages and self.messages[-1]["role"] == "assistant":
+            return self.messages[-1]["content"]
+        return ""
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, {}) or k in ("id", "messages")}
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "record") -> Record:
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise InputError(f"{where}: field 'id' must be a non-empty string")
+        messages = data.get("messages")
+        validate_messages(messages, where)
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**{k: v for k, v in data.items() if k in known}, extra={**data.get("extra", {}), **extra})
+
+
+def validate_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"{where}: field 'messages' must be a non-empty list of chat messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InputError(f"{where}: messages[{i}] needs a role of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise InputError(f"{where}: messages[{i}].content must be a string")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(value, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+            yield number, value
+
+
+def read_records(path: Path) -> list[Record]:
+    return [Record.from_dict(obj, f"{path}:{number}") for number, obj in iter_jsonl(path)]
+
+
+def write_records(path: Path, records: Iterable[Record]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record.to_json() + "\n")
+            count += 1
+    return count

@@ -1,0 +1,1 @@
+"""The distillation pipeline: DAG, compile, local runner, demo teacher, submitter."""

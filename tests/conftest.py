@@ -1,0 +1,80 @@
+"""Fixtures shared by every test module: tiny models made on the spot and a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.download.tiny import make_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-init tiny Qwen2 student (no warm-up): for tests of mechanics, not of learning."""
+    path = tmp_path_factory.mktemp("tiny-student")
+    make_tiny_model("tiny://qwen2?warmup_steps=0", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A wider tiny Qwen2 with the student's tokenizer: a local teacher for logit distillation tests."""
+    path = tmp_path_factory.mktemp("tiny-teacher")
+    make_tiny_model("tiny://qwen2?warmup_steps=0&hidden=192&layers=3&heads=6&kv_heads=2&seed=1", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server (moto in server mode) on loopback, reached through boto3 like any S3.
+
+    Sets AWS_ENDPOINT_URL and dummy credentials for the session, creates bucket 'distill'.
+    """
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test-access-key",
+        AWS_SECRET_ACCESS_KEY="test-secret-key",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            boto3.client("s3").create_bucket(Bucket="distill")
+            break
+        except Exception:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto S3 server did not start") from None
+            time.sleep(0.2)
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
