@@ -1,0 +1,4 @@
+from components.common.cli import run_stage_cli
+from components.merge import Config, run
+
+run_stage_cli("merge", Config, run)

@@ -1,0 +1,34 @@
+"""KFP component of the merge stage; the logic lives in components.merge."""
+
+from kfp import dsl
+
+from pipelines.images import image_for
+
+
+@dsl.component(base_image=image_for("merge"), install_kfp_package=False)
+def merge_adapter(
+    base: dsl.Input[dsl.Model],
+    trained: dsl.Input[dsl.Model],
+    merged: dsl.Output[dsl.Model],
+    max_shard_size: str = "2GB",
+    dtype: str = "auto",
+    overrides: dict | None = None,
+):
+    """Merge the LoRA adapter into the base weights (or re-shard a full model) and verify the result.
+
+    Args:
+        max_shard_size: largest safetensors shard, e.g. 2GB or 500MB.
+        dtype: weights dtype of the merged model: auto, bf16, fp16 or fp32.
+        overrides: any other field of components.merge.Config, nested as in its YAML form.
+    """
+    from components.common.entry import run_stage
+
+    fields = dict(
+        base_dir=base.path,
+        adapter_dir=trained.path,
+        output_dir=merged.path,
+        max_shard_size=max_shard_size,
+        dtype=dtype,
+    )
+    result = run_stage("merge", fields, overrides)
+    merged.metadata.update({"format": "hf_model", "max_logit_diff": result.max_logit_diff})

@@ -1,0 +1,227 @@
+"""Merge stage: fold a LoRA/QLoRA adapter into its base, write sharded safetensors, prove nothing changed.
+
+    python -m components.merge --config merge.yaml
+
+Order of work (each step is one function below):
+    1. read the train output: an adapter (adapter_config.json) or a fully fine-tuned model
+    2. load the base in the target dtype (QLoRA: bf16, dequantized on CUDA if the base is quantized)
+    3. reference logits of base + adapter on the probe prompts, then `merge_and_unload`
+    4. save: sharded safetensors, tokenizer, generation config, model card; no quantization_config left
+    5. reload the written folder and compare its logits with the reference; over tolerance the stage fails
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.common.errors import ConfigError, InputError
+from components.merge.card import model_card
+from components.merge.config import DEFAULT_TOLERANCE, Config
+from components.merge.verify import max_abs_diff, probe_batch, probe_logits
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+class MergeVerificationError(InputError):
+    """The merged model's logits differ from base + adapter by more than the tolerance."""
+
+
+@dataclass
+class Result:
+    output_dir: str
+    method: str  # lora, qlora or full
+    merged: bool  # an adapter was folded in (False: full fine-tuning passed through)
+    verified: bool  # the logit check ran and passed
+    max_logit_diff: float  # 0.0 when nothing was merged
+    tolerance: float
+    dtype: str
+    parameters: int
+    shards: int
+    size_bytes: int
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            "merge_max_logit_diff": self.max_logit_diff,
+            "merge_parameters": float(self.parameters),
+            "merge_size_bytes": float(self.size_bytes),
+            "merge_shards": float(self.shards),
+        }
+
+
+def run(config: Config) -> Result:
+    adapter_dir, base_dir, output_dir = (
+        Path(config.adapter_dir),
+        Path(config.base_dir),
+        Path(config.output_dir),
+    )
+    summary = read_train_summary(adapter_dir)
+    is_adapter = (adapter_dir / "adapter_config.json").is_file()
+    method = summary.get("method") or ("lora" if is_adapter else "full")
+    dtype = resolve_dtype(config.dtype, method, base_dir if is_adapter else adapter_dir)
+    device = resolve_device(config.device)
+    tolerance = config.tolerance if config.tolerance is not None else DEFAULT_TOLERANCE[DTYPE_NAMES[dtype]]
+    tokenizer = load_tokenizer(adapter_dir, base_dir)
+    log.info("merge: %s output in %s on %s, dtype %s", method, adapter_dir, device, DTYPE_NAMES[dtype])
+
+    if is_adapter:
+        model, reference = merge_adapter(
+            base_dir, adapter_dir, tokenizer, dtype, device, config.probe_prompts
+        )
+    else:
+        check_model_folder(adapter_dir, "adapter_dir")
+        model, reference = load_model(adapter_dir, dtype, device), None
+    parameters = sum(p.numel() for p in model.parameters())
+    save_model(model, tokenizer, output_dir, config.max_shard_size)
+    del model
+    gc.collect()
+
+    max_diff = 0.0
+    if reference is not None:
+        reloaded = load_model(output_dir, dtype, device)
+        max_diff = max_abs_diff(
+            probe_logits(reloaded, probe_batch(tokenizer, config.probe_prompts, device)), reference
+        )
+        del reloaded
+        log.info(
+            "merge check: max |merged - (base + adapter)| logit = %.3g (tolerance %.3g)", max_diff, tolerance
+        )
+        if not max_diff <= tolerance:
+            raise MergeVerificationError(
+                f"merge check failed: merged logits differ from base + adapter by up to {max_diff:.4g}, over "
+                f"tolerance {tolerance:.4g} by {max_diff - tolerance:.4g}; the adapter in {adapter_dir} may not "
+                f"belong to base {base_dir}, or raise `tolerance` if {DTYPE_NAMES[dtype]} rounding explains it"
+            )
+    shards = sorted(output_dir.glob("*.safetensors"))
+    result = Result(
+        output_dir=str(output_dir),
+        method=method,
+        merged=is_adapter,
+        verified=reference is not None,
+        max_logit_diff=max_diff,
+        tolerance=tolerance,
+        dtype=DTYPE_NAMES[dtype],
+        parameters=parameters,
+        shards=len(shards),
+        size_bytes=sum(p.stat().st_size for p in shards),
+    )
+    facts = {**summary, "teacher": config.teacher or summary.get("teacher"), "dataset": config.dataset}
+    facts.update(
+        base_model=summary.get("base_model") or str(base_dir), parameters=parameters, dtype=result.dtype
+    )
+    facts.update(max_logit_diff=max_diff if is_adapter else None, tolerance=tolerance)
+    (output_dir / "README.md").write_text(model_card(facts))
+    (output_dir / "merge_summary.json").write_text(json.dumps(_summary(result), indent=2) + "\n")
+    return result
+
+
+def read_train_summary(adapter_dir: Path) -> dict[str, Any]:
+    if not adapter_dir.is_dir():
+        raise InputError(f"adapter_dir: {adapter_dir} is not a folder; give the train stage's output folder")
+    path = adapter_dir / "train_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def resolve_dtype(name: str, method: str, weights_dir: Path) -> torch.dtype:
+    """The dtype to merge and save in: as asked, else bf16 for QLoRA, else the weights' own dtype."""
+    if name != "auto":
+        return TORCH_DTYPES[name]
+    if method == "qlora":
+        return torch.bfloat16
+    config = (
+        json.loads((weights_dir / "config.json").read_text())
+        if (weights_dir / "config.json").is_file()
+        else {}
+    )
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, stored) if stored in ("float32", "float16", "bfloat16") else torch.float32
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for but no CUDA device is visible; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_model_folder(path: Path, field: str) -> None:
+    if not (path / "config.json").is_file():
+        raise InputError(f"{field}: {path} holds neither adapter_config.json nor a model config.json")
+
+
+def load_tokenizer(adapter_dir: Path, base_dir: Path):
+    """The train output's tokenizer when it saved one (it may carry a new chat template), else the base's."""
+    from transformers import AutoTokenizer
+
+    source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_model(path: Path, dtype: torch.dtype, device: torch.device):
+    """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first (needs CUDA)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model_folder(path, "base_dir")
+    if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"base_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
+                "dequantizing it needs a CUDA device, or point base_dir at the unquantized model"
+            )
+        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device.index or 0})
+        model = model.dequantize().to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model.eval()
+
+
+def merge_adapter(base_dir, adapter_dir, tokenizer, dtype, device, prompts):
+    """(merged model, reference logits of base + adapter before merging)."""
+    from peft import PeftModel
+
+    base = load_model(base_dir, dtype, device)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise InputError(
+            f"adapter_dir: cannot apply the adapter in {adapter_dir} to base {base_dir}: {error}"
+        ) from None
+    # Adapter weights may be stored in fp32; the merge happens in the base's dtype.
+    model.to(dtype)
+    reference = probe_logits(model, probe_batch(tokenizer, prompts, device))
+    return model.merge_and_unload(), reference
+
+
+def save_model(model, tokenizer, output_dir: Path, max_shard_size: str) -> None:
+    """Sharded safetensors + tokenizer + generation config, with no trace of quantization."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob("*.safetensors*"):
+        stale.unlink()
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    generation = model.generation_config
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(output_dir)
+    config_path = output_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _summary(result: Result) -> dict[str, Any]:
+    return {k: v for k, v in vars(result).items() if k != "output_dir"}
