@@ -1,7 +1,7 @@
 """The one place image names are made; the Makefile (build, push) and the compiled pipeline both use it.
 
-    REGISTRY=registry.example.com/ml TAG=3f2a1bc python -m pipelines.images train
-    registry.example.com/ml/kfp-distill-train:3f2a1bc
+REGISTRY=registry.example.com/ml TAG=3f2a1bc python -m pipelines.images train
+registry.example.com/ml/kfp-distill-train:3f2a1bc
 """
 
 import os

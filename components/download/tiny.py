@@ -15,6 +15,7 @@ the student going from 0% to near 100% exact match.
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from dataclasses import dataclass
@@ -140,6 +141,14 @@ def warm_up(model, tokenizer, spec: TinySpec) -> float:
 
     rng = random.Random(spec.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup_lr)
+    # Linear warm-up over the first 10% of steps, then cosine decay: without it the loss spikes.
+    ramp = max(1, spec.warmup_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / ramp)
+        * 0.5
+        * (1 + math.cos(math.pi * min(1.0, step / max(1, spec.warmup_steps)))),
+    )
     model.train()
     loss_value = float("nan")
     for _ in range(spec.warmup_steps):
@@ -154,7 +163,9 @@ def warm_up(model, tokenizer, spec: TinySpec) -> float:
             attention[row, : len(ids)] = 1
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
         loss_value = loss.item()
     model.eval()

@@ -1,0 +1,44 @@
+# kfp-distill: every command a user or CI runs. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU torch by default (this file lies on the dev machines' disk); a bare `torch` would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+REGISTRY ?= ghcr.io/kfp-distill
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+PIPELINE_YAML := pipelines/distill_pipeline.yaml
+export REGISTRY TAG
+
+.PHONY: help install demo test lint format compile clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(VENV)/.installed ## create or update the virtual environment (.venv)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install ## run the whole pipeline locally through kfp.local on the embedded demo
+	$(BIN)/python -m pipelines.run_local --workdir .demo
+
+test: install ## run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: install ## write the compiled pipeline to pipelines/distill_pipeline.yaml (images from REGISTRY, TAG)
+	$(BIN)/python -m pipelines.distill_pipeline $(PIPELINE_YAML)
+
+clean:
+	rm -rf .demo .pytest_cache

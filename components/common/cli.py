@@ -1,0 +1,55 @@
+"""The command line every stage shares, for running a stage by hand while debugging:
+
+    python -m components.<stage> --config stage.yaml [--set key=value ...]
+
+`--set` takes dotted keys and YAML values (`--set lora.r=8 --set method=full`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import yaml
+
+from components.common.config import load_config
+from components.common.errors import ConfigError, InputError
+from components.common.logs import setup_logging
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """Turn ['a.b=1', 'c=x'] into {'a': {'b': 1}, 'c': 'x'}."""
+    overrides: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+def run_stage_cli(
+    stage: str, config_class: type, run: Callable[[Any], Any], argv: list[str] | None = None
+) -> None:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m components.{stage}", description=f"Run the {stage} stage."
+    )
+    parser.add_argument("--config", required=True, help="YAML file with the stage's Config fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        config = load_config(config_class, args.config, parse_assignments(args.set))
+        result = run(config)
+    except (ConfigError, InputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str))

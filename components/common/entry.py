@@ -1,0 +1,32 @@
+"""The single call a KFP component body makes: build the stage's Config from the task's inputs, run it.
+
+Errors a user can fix (ConfigError, InputError) end the task with one line, `error: <what and how to
+fix it>`, instead of a traceback, so the KFP UI shows the cause at the bottom of the log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from components.common.config import deep_merge, from_dict
+from components.common.errors import ConfigError, InputError
+from components.common.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(stage: str, fields: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Any:
+    """Run `components.<stage>` with Config(fields, then overrides); returns the stage's result."""
+    setup_logging()
+    module = importlib.import_module(f"components.{stage}")
+    try:
+        config = from_dict(module.Config, deep_merge(dict(fields), dict(overrides or {})))
+        return module.run(config)
+    except (ConfigError, InputError) as error:
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

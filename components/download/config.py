@@ -1,0 +1,34 @@
+"""Configuration of the download stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.common.errors import ConfigError
+
+
+@dataclass
+class Config:
+    """Where the model comes from and where it goes.
+
+    source: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix, a local folder or
+        tiny://qwen2[?options] (see components/download/sources.py).
+    output_dir: the folder that receives the model (the KFP Model artifact's path).
+    store_uri: artifact store holding the download cache (local folder or s3://); empty disables caching.
+    revision: branch, tag or commit for hub sources; overrides an @revision in `source`.
+    hf_token_env: environment variable holding a Hugging Face token for gated or private models.
+    use_cache: reuse a previous download of the same source and revision from the store.
+    """
+
+    source: str
+    output_dir: str
+    store_uri: str = ""
+    revision: str | None = None
+    hf_token_env: str = "HF_TOKEN"
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ConfigError("source: empty; give hf://org/name, s3://bucket/prefix, a path or tiny://qwen2")
+        if not self.output_dir:
+            raise ConfigError("output_dir: empty; give the folder that receives the model")

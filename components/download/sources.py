@@ -1,0 +1,119 @@
+"""Model sources: parse a source string and fetch the model folder it names.
+
+hf://Qwen/Qwen2.5-0.5B-Instruct[@revision]   Hugging Face Hub (huggingface_hub.snapshot_download)
+modelscope://qwen/Qwen2.5-0.5B-Instruct      ModelScope (extra `modelscope`, imported only when used)
+s3://bucket/prefix                           any S3 API (boto3)
+/path/to/model or ./model                    a local folder
+tiny://qwen2?layers=2&hidden=128             a tiny model made on the spot (see tiny.py)
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.common.errors import InputError
+from components.common.secrets import optional_env
+from components.common.store import open_store
+
+# Files a Hugging Face model folder needs; weights in other formats (.bin, .pth, gguf) are not fetched.
+HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+
+
+@dataclass(frozen=True)
+class Source:
+    scheme: str  # hf, modelscope, s3, local, tiny
+    location: str  # repo id, bucket/prefix, path or the full tiny:// source
+    revision: str | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        """Local folders are used in place; everything else is worth keeping in the store."""
+        return self.scheme != "local"
+
+
+def parse_source(text: str, revision: str | None = None) -> Source:
+    text = text.strip()
+    if not text:
+        raise InputError(
+            "source is empty: give hf://org/name, modelscope://org/name, s3://…, a path or tiny://qwen2"
+        )
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return Source("local", text)
+    if scheme in ("hf", "modelscope"):
+        repo, _, at_revision = rest.partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise InputError(f"source {text!r}: expected {scheme}://org/name[@revision]")
+        return Source(scheme, repo, revision or at_revision or None)
+    if scheme == "s3":
+        if not rest.strip("/"):
+            raise InputError(f"source {text!r}: expected s3://bucket/prefix")
+        return Source("s3", rest.strip("/"))
+    if scheme == "tiny":
+        return Source("tiny", text)
+    raise InputError(
+        f"source {text!r}: unknown scheme {scheme!r}; use hf, modelscope, s3, tiny or a local path"
+    )
+
+
+def fetch(source: Source, destination: Path, token_env: str) -> dict[str, object]:
+    """Put the model named by `source` into `destination`; returns facts for the artifact metadata."""
+    destination.mkdir(parents=True, exist_ok=True)
+    if source.scheme == "hf":
+        return _fetch_hf(source, destination, token_env)
+    if source.scheme == "modelscope":
+        return _fetch_modelscope(source, destination)
+    if source.scheme == "s3":
+        open_store(f"s3://{source.location}").download_dir("", destination)
+        return {}
+    if source.scheme == "tiny":
+        from components.download.tiny import make_tiny_model
+
+        return make_tiny_model(source.location, destination)
+    return _copy_local(Path(source.location), destination)
+
+
+def _fetch_hf(source: Source, destination: Path, token_env: str) -> dict[str, object]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        snapshot_download(
+            repo_id=source.location,
+            revision=source.revision,
+            local_dir=destination,
+            allow_patterns=HF_PATTERNS,
+            token=optional_env(token_env),
+        )
+    except HfHubHTTPError as error:
+        raise InputError(
+            f"hf://{source.location}: the Hub refused the download ({error}). Check the repo id and revision; "
+            f"for gated or private models put a token in {token_env}."
+        ) from None
+    except OSError as error:
+        raise InputError(
+            f"hf://{source.location}: cannot reach the Hugging Face Hub ({error}). Set HF_ENDPOINT for a "
+            "mirror, or stage the model in S3 and use s3://bucket/prefix."
+        ) from None
+    shutil.rmtree(destination / ".cache", ignore_errors=True)
+    return {"revision": source.revision or "main"}
+
+
+def _fetch_modelscope(source: Source, destination: Path) -> dict[str, object]:
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise InputError(
+            "modelscope:// sources need the modelscope package: pip install 'kfp-distill[modelscope]'"
+        ) from None
+    snapshot_download(source.location, revision=source.revision, local_dir=str(destination))
+    return {"revision": source.revision or "master"}
+
+
+def _copy_local(path: Path, destination: Path) -> dict[str, object]:
+    if not (path / "config.json").is_file():
+        raise InputError(f"local model {path} is not a Hugging Face model folder (no config.json)")
+    shutil.copytree(path, destination, dirs_exist_ok=True)
+    return {}

@@ -1,0 +1,53 @@
+"""KFP component of the eval stage; the logic lives in components.evaluate."""
+
+from typing import Optional
+
+from kfp import dsl
+
+from pipelines.images import image_for
+
+
+@dsl.component(base_image=image_for("eval"), install_kfp_package=False)
+def evaluate_student(
+    untrained: dsl.Input[dsl.Model],
+    distilled: dsl.Input[dsl.Model],
+    data: dsl.Input[dsl.Dataset],
+    tensorboard: dsl.Input[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
+    results: dsl.Output[dsl.Artifact],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    max_samples: int = 0,
+    gate_metric: str = "distilled_rouge_l",
+    min_score: Optional[float] = None,
+    overrides: Optional[dict] = None,
+):
+    """Compare the untrained and the distilled student with the teacher on the held-out split.
+
+    Args:
+        max_samples: evaluate at most this many test records (0: all).
+        gate_metric: metric checked against `min_score`.
+        min_score: fail the run when `gate_metric` is below it (unset: no gate).
+        overrides: any other field of components.evaluate.Config, nested as in its YAML form.
+    """
+    import shutil
+
+    from components.common.entry import run_stage
+
+    fields = dict(
+        base_model_dir=untrained.path,
+        model_dir=distilled.path,
+        data_dir=data.path,
+        tensorboard_dir=tensorboard.path,
+        output_dir=results.path,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_samples=max_samples or None,
+        gate_metric=gate_metric,
+        min_score=min_score,
+    )
+    result = run_stage("evaluate", fields, overrides)
+    shutil.copyfile(f"{results.path}/report.html", report.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,65 @@
+"""KFP component of the teacher-data stage; the logic lives in components.teacher."""
+
+from typing import Optional
+
+from kfp import dsl
+
+from pipelines.images import image_for
+
+
+@dsl.component(base_image=image_for("teacher"), install_kfp_package=False)
+def teacher_data(
+    dataset: str,
+    store_uri: str,
+    run_id: str,
+    provider: str,
+    model: str,
+    data: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+    base_url: str = "",
+    api_key_env: str = "TEACHER_API_KEY",
+    dataset_format: str = "auto",
+    concurrency: int = 8,
+    max_tokens: int = 1024,
+    temperature: float = 0.0,
+    test_ratio: float = 0.1,
+    seed: int = 0,
+    system_prompt: str = "",
+    overrides: Optional[dict] = None,
+):
+    """Ask the teacher for an answer to every prompt of `dataset`; write train/test distillation records.
+
+    Args:
+        dataset: prompts file or folder (local path or s3://), in `dataset_format`.
+        store_uri: artifact store for resumable result shards and the cross-run answer cache.
+        run_id: run-scoped prefix in the store; a retried task resumes from it.
+        provider: teacher provider name (deepseek, qwen, openai, vllm, or any name with base_url).
+        model: teacher model name at the provider.
+        base_url: OpenAI-compatible endpoint; empty uses the provider's default.
+        api_key_env: environment variable holding the API key (from a Kubernetes Secret on the cluster).
+        overrides: any other field of components.teacher.Config, nested as in its YAML form.
+    """
+    from components.common.entry import run_stage
+
+    fields = dict(
+        dataset=dataset,
+        dataset_format=dataset_format,
+        output_dir=data.path,
+        store_uri=store_uri,
+        run_id=run_id,
+        provider=dict(
+            name=provider,
+            base_url=base_url or None,
+            model=model,
+            api_key_env=api_key_env,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        ),
+        concurrency=concurrency,
+        test_ratio=test_ratio,
+        seed=seed,
+        system_prompt=system_prompt or None,
+    )
+    result = run_stage("teacher", fields, overrides)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

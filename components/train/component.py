@@ -1,0 +1,55 @@
+"""KFP component of the train stage; the logic lives in components.train."""
+
+from typing import Optional
+
+from kfp import dsl
+
+from pipelines.images import image_for
+
+
+@dsl.component(base_image=image_for("train"), install_kfp_package=False)
+def train_student(
+    student: dsl.Input[dsl.Model],
+    data: dsl.Input[dsl.Dataset],
+    store_uri: str,
+    run_id: str,
+    trained: dsl.Output[dsl.Model],
+    tensorboard: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+    method: str = "lora",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    learning_rate: float = 2e-4,
+    max_steps: int = 1000,
+    batch_size: int = 8,
+    seed: int = 0,
+    overrides: Optional[dict] = None,
+):
+    """Distill the teacher's records into the student: SFT (and KD when configured) with LoRA, QLoRA or full FT.
+
+    Args:
+        method: lora, qlora (CUDA only) or full.
+        store_uri: artifact store for checkpoints and live TensorBoard logs under runs/<run_id>/train.
+        run_id: run-scoped prefix in the store; a retried task resumes from its newest checkpoint.
+        overrides: any other field of components.train.Config, nested as in its YAML form.
+    """
+    from components.common.entry import run_stage
+
+    fields = dict(
+        model_dir=student.path,
+        data_dir=data.path,
+        output_dir=trained.path,
+        tensorboard_dir=tensorboard.path,
+        store_uri=store_uri,
+        run_id=run_id,
+        method=method,
+        lora=dict(r=lora_r, alpha=lora_alpha),
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    result = run_stage("train", fields, overrides)
+    trained.metadata.update({"format": "peft_adapter" if method != "full" else "hf_model", "method": method})
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,213 @@
+"""The distillation pipeline: download → teacher data → train → merge → eval.
+
+    make compile                                  # writes pipelines/distill_pipeline.yaml
+    REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
+
+Parameters are prefixed by the stage they configure (`teacher_`, `train_`, `eval_`); every stage also
+takes an `<stage>_overrides` mapping for any other field of its Config. Secrets never pass through
+parameters: the tasks read them from environment variables filled from Kubernetes Secrets (names in
+SECRETS below, documented in the README).
+"""
+
+import sys
+from typing import NamedTuple, Optional
+
+from kfp import compiler, dsl, kubernetes
+
+from components.download.component import download_model
+from components.evaluate.component import evaluate_student
+from components.merge.component import merge_adapter
+from components.teacher.component import teacher_data
+from components.train.component import train_student
+
+# Kubernetes Secret name -> {key in the Secret: environment variable in the pod}.
+TEACHER_SECRET = ("distill-teacher", {"api-key": "TEACHER_API_KEY"})
+S3_SECRET = (
+    "distill-s3",
+    {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"},
+)
+HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"})
+# ConfigMap with the S3 endpoint (MinIO, SeaweedFS); empty values fall back to AWS.
+S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
+
+
+class Outputs(NamedTuple):
+    """What a run leaves for the user: the servable model and the evaluation."""
+
+    model: dsl.Model
+    tensorboard: dsl.Artifact
+    metrics: dsl.Metrics
+    report: dsl.HTML
+    results: dsl.Artifact
+
+
+def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str]]) -> dsl.PipelineTask:
+    for name, keys in secrets:
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=False)
+    return task
+
+
+def use_store_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Every task reaches the artifact store: S3 credentials and the endpoint ConfigMap."""
+    name, keys = S3_CONFIGMAP
+    kubernetes.use_config_map_as_env(task, config_map_name=name, config_map_key_to_env=keys, optional=True)
+    return use_secrets(task, S3_SECRET)
+
+
+@dsl.pipeline(
+    name="llm-distillation",
+    description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
+)
+def distill_pipeline(
+    store_uri: str = "s3://distill",
+    student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
+    teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
+    teacher_dataset_format: str = "auto",
+    teacher_provider: str = "deepseek",
+    teacher_model: str = "deepseek-chat",
+    teacher_base_url: str = "",
+    teacher_api_key_env: str = "TEACHER_API_KEY",
+    teacher_concurrency: int = 16,
+    teacher_max_tokens: int = 1024,
+    teacher_temperature: float = 0.0,
+    teacher_test_ratio: float = 0.1,
+    teacher_system_prompt: str = "",
+    teacher_overrides: Optional[dict] = None,
+    train_method: str = "lora",
+    train_lora_r: int = 16,
+    train_lora_alpha: int = 32,
+    train_learning_rate: float = 2e-4,
+    train_max_steps: int = 1000,
+    train_batch_size: int = 8,
+    train_gpus: int = 1,
+    train_overrides: Optional[dict] = None,
+    merge_max_shard_size: str = "2GB",
+    merge_dtype: str = "auto",
+    eval_max_new_tokens: int = 256,
+    eval_batch_size: int = 16,
+    eval_max_samples: int = 200,
+    eval_gate_metric: str = "distilled_rouge_l",
+    eval_min_score: Optional[float] = None,
+    eval_overrides: Optional[dict] = None,
+    seed: int = 0,
+) -> Outputs:
+    """Distill a teacher into a student.
+
+    Args:
+        store_uri: artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).
+        student_source: the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.
+        teacher_dataset: prompts dataset (local path in the image, or s3://).
+        teacher_dataset_format: auto, prompts, alpaca, sharegpt, messages or text.
+        teacher_provider: deepseek, qwen, openai, vllm, or any name together with teacher_base_url.
+        teacher_model: model name at the provider, e.g. deepseek-reasoner or qwen-max.
+        teacher_base_url: OpenAI-compatible endpoint; empty uses the provider's default.
+        teacher_api_key_env: environment variable with the API key (filled from Secret distill-teacher).
+        teacher_concurrency: requests in flight at once.
+        teacher_max_tokens: max tokens per teacher answer.
+        teacher_temperature: sampling temperature of the teacher.
+        teacher_test_ratio: share of records held out for evaluation.
+        teacher_system_prompt: system prompt added to every request (empty: none).
+        teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
+        train_method: lora, qlora (CUDA) or full.
+        train_lora_r: LoRA rank.
+        train_lora_alpha: LoRA alpha.
+        train_learning_rate: peak learning rate.
+        train_max_steps: optimizer steps.
+        train_batch_size: sequences per step per GPU.
+        train_gpus: GPUs for the train task (nvidia.com/gpu).
+        train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
+        merge_max_shard_size: largest safetensors shard of the merged model.
+        merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
+        eval_max_new_tokens: generation length on the test split.
+        eval_batch_size: prompts generated together.
+        eval_max_samples: test records evaluated (0: all).
+        eval_gate_metric: metric that eval_min_score applies to.
+        eval_min_score: fail the run when the gate metric is below this value (unset: no gate).
+        eval_overrides: other eval Config fields.
+        seed: seed for the split and training.
+    """
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+    student = download_model(source=student_source, store_uri=store_uri)
+    student.set_display_name("download student")
+    use_secrets(use_store_access(student), HF_SECRET)
+
+    teacher = teacher_data(
+        dataset=teacher_dataset,
+        dataset_format=teacher_dataset_format,
+        store_uri=store_uri,
+        run_id=run_id,
+        provider=teacher_provider,
+        model=teacher_model,
+        base_url=teacher_base_url,
+        api_key_env=teacher_api_key_env,
+        concurrency=teacher_concurrency,
+        max_tokens=teacher_max_tokens,
+        temperature=teacher_temperature,
+        test_ratio=teacher_test_ratio,
+        system_prompt=teacher_system_prompt,
+        seed=seed,
+        overrides=teacher_overrides,
+    )
+    teacher.set_display_name("teacher data")
+    use_secrets(use_store_access(teacher), TEACHER_SECRET)
+    teacher.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+
+    train = train_student(
+        student=student.outputs["model"],
+        data=teacher.outputs["data"],
+        store_uri=store_uri,
+        run_id=run_id,
+        method=train_method,
+        lora_r=train_lora_r,
+        lora_alpha=train_lora_alpha,
+        learning_rate=train_learning_rate,
+        max_steps=train_max_steps,
+        batch_size=train_batch_size,
+        seed=seed,
+        overrides=train_overrides,
+    )
+    train.set_display_name("train student")
+    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
+    train.set_caching_options(False)
+    train.set_retry(num_retries=2, backoff_duration="120s", backoff_factor=2.0)
+    use_secrets(use_store_access(train), TEACHER_SECRET)
+    kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+
+    merge = merge_adapter(
+        base=student.outputs["model"],
+        trained=train.outputs["trained"],
+        max_shard_size=merge_max_shard_size,
+        dtype=merge_dtype,
+    )
+    merge.set_display_name("merge adapter")
+
+    evaluate = evaluate_student(
+        untrained=student.outputs["model"],
+        distilled=merge.outputs["merged"],
+        data=teacher.outputs["data"],
+        tensorboard=train.outputs["tensorboard"],
+        max_new_tokens=eval_max_new_tokens,
+        batch_size=eval_batch_size,
+        max_samples=eval_max_samples,
+        gate_metric=eval_gate_metric,
+        min_score=eval_min_score,
+        overrides=eval_overrides,
+    )
+    evaluate.set_display_name("evaluate student")
+    return Outputs(
+        model=merge.outputs["merged"],
+        tensorboard=train.outputs["tensorboard"],
+        metrics=evaluate.outputs["metrics"],
+        report=evaluate.outputs["report"],
+        results=evaluate.outputs["results"],
+    )
+
+
+def compile_pipeline(path: str = "pipelines/distill_pipeline.yaml") -> str:
+    compiler.Compiler().compile(distill_pipeline, package_path=path)
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline(*sys.argv[1:2]))

@@ -1,0 +1,107 @@
+"""The compiled pipeline is valid KFP IR, asks the cluster for what each stage needs, and holds no secret."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipelines.images import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
+TASKS = {
+    "download-model": "download",
+    "teacher-data": "teacher",
+    "train-student": "train",
+    "merge-adapter": "merge",
+    "evaluate-student": "eval",
+}
+
+
+def compile_to(path: Path, registry: str, tag: str) -> list[dict]:
+    """Compile in a fresh interpreter: image names are read from REGISTRY/TAG when components import."""
+    env = {**os.environ, "REGISTRY": registry, "TAG": tag}
+    subprocess.run([sys.executable, "-m", "pipelines.distill_pipeline", str(path)], check=True, env=env, cwd=REPO)
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[dict, dict]:
+    docs = compile_to(tmp_path_factory.mktemp("compiled") / "p.yaml", "registry.example.com/ml", "t3st")
+    assert len(docs) == 2, "expected the pipeline spec and the Kubernetes platform spec"
+    return docs[0], docs[1]
+
+
+def test_documents_parse_into_pipeline_and_platform_spec(compiled):
+    pipeline, platform = compiled
+    spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    assert spec.pipeline_info.name == "llm-distillation"
+    assert set(spec.root.dag.tasks) == set(TASKS)
+
+
+def test_each_stage_runs_in_its_own_image_named_from_registry_and_tag(compiled):
+    pipeline, _ = compiled
+    executors = pipeline["deploymentSpec"]["executors"]
+    images = {name: ex["container"]["image"] for name, ex in executors.items()}
+    assert len(set(images.values())) == len(STAGES)
+    for stage in STAGES:
+        assert f"registry.example.com/ml/kfp-distill-{stage}:t3st" in images.values()
+    assert not any(image.endswith(":latest") for image in images.values())
+
+
+def test_train_requests_gpus_from_a_pipeline_parameter(compiled):
+    pipeline, _ = compiled
+    train = pipeline["deploymentSpec"]["executors"]["exec-train-student"]["container"]["resources"]
+    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "train_gpus" in train["accelerator"]["resourceCount"]
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == 1
+
+
+def test_secrets_are_wired_by_reference_only(compiled):
+    pipeline, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task in ("exec-teacher-data", "exec-train-student"):
+        secret_envs = {
+            env["envVar"] for secret in executors[task]["secretAsEnv"] for env in secret["keyToEnv"]
+        }
+        assert {"TEACHER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= secret_envs
+    text = yaml.safe_dump(pipeline) + yaml.safe_dump(platform)
+    for name in ("TEACHER_API_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+        value = os.environ.get(name)
+        if value:
+            assert value not in text
+    # No environment variable in any container carries a literal value that looks like a credential.
+    for executor in pipeline["deploymentSpec"]["executors"].values():
+        for env in executor["container"].get("env", []):
+            assert not any(word in env["name"].upper() for word in ("KEY", "SECRET", "TOKEN", "PASSWORD"))
+
+
+def test_training_gets_shared_memory_and_no_cache(compiled):
+    pipeline, platform = compiled
+    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-student"]
+    assert train_platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    train_task = pipeline["root"]["dag"]["tasks"]["train-student"]
+    assert not train_task.get("cachingOptions", {}).get("enableCache", False)
+
+
+def test_every_parameter_is_described(compiled):
+    pipeline, _ = compiled
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    undocumented = [name for name, spec in parameters.items() if not spec.get("description")]
+    assert not undocumented
+
+
+def test_committed_yaml_is_up_to_date(tmp_path):
+    """`make compile` output is committed; compiling again with the same image names must match it."""
+    committed = list(yaml.safe_load_all(COMMITTED.read_text()))
+    image = committed[0]["deploymentSpec"]["executors"]["exec-train-student"]["container"]["image"]
+    registry, _, rest = image.rpartition("/kfp-distill-")
+    tag = rest.partition(":")[2]
+    fresh = compile_to(tmp_path / "fresh.yaml", registry, tag)
+    assert fresh == committed, "pipelines/distill_pipeline.yaml is stale: run `make compile` and commit it"
