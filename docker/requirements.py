@@ -1,0 +1,65 @@
+"""Print the requirements of pyproject.toml's base dependencies plus the named extras, one per line.
+
+The Dockerfiles install these before copying the source, so that the dependency layer is rebuilt only when
+pyproject.toml or docker/constraints.txt change, never when the code does:
+
+    python docker/requirements.py train deepspeed qlora pipeline > /tmp/requirements.txt
+    pip install -r /tmp/requirements.txt -c docker/constraints.txt
+
+Self-references such as `kfp-distill[train,merge]` are expanded in place.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import tomllib
+
+SELF_REFERENCE = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*\[(?P<extras>[^\]]+)\]\s*$")
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(pyproject: dict, extras: list[str]) -> list[str]:
+    """The base dependencies and those of `extras`, self-references expanded, in first-seen order."""
+    project = pyproject["project"]
+    optional = project.get("optional-dependencies", {})
+    own_name = _normalize(project["name"])
+    seen_extras: set[str] = set()
+    result: list[str] = list(project.get("dependencies", []))
+
+    def add(extra: str) -> None:
+        if extra in seen_extras:
+            return
+        if extra not in optional:
+            raise SystemExit(
+                f"unknown extra {extra!r}; pyproject.toml defines: {', '.join(sorted(optional))}"
+            )
+        seen_extras.add(extra)
+        for requirement in optional[extra]:
+            match = SELF_REFERENCE.match(requirement)
+            if match and _normalize(match["name"]) == own_name:
+                for inner in match["extras"].split(","):
+                    add(inner.strip())
+            elif requirement not in result:
+                result.append(requirement)
+
+    for extra in extras:
+        add(extra)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: python docker/requirements.py EXTRA [EXTRA ...]")
+    pyproject_path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = tomllib.loads(pyproject_path.read_text())
+    print("\n".join(requirements(pyproject, argv)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1.7
+# Teacher-data stage: asks an OpenAI-compatible teacher API (DeepSeek, DashScope, vLLM, ...) over HTTP,
+# so the default image is small and CPU-only. For a local Hugging Face teacher on a GPU node, add the
+# teacher-local extra; PyPI's torch wheel then brings its own CUDA libraries:
+#   make build-teacher
+#   docker build -f docker/teacher.Dockerfile --build-arg VERSION=$TAG -t $(python -m pipelines.images teacher) .
+#   docker build -f docker/teacher.Dockerfile --build-arg EXTRAS="teacher teacher-local pipeline" ...
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    HOME=/home/distill \
+    HF_HOME=/home/distill/.cache/huggingface
+
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/distill distill \
+ && python -m venv /opt/venv
+
+# Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
+ARG EXTRAS="teacher pipeline"
+COPY pyproject.toml docker/requirements.py docker/constraints.txt /build/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python /build/requirements.py ${EXTRAS} > /build/requirements.txt \
+ && pip install -c /build/constraints.txt -r /build/requirements.txt
+
+COPY components /app/components
+COPY pipelines /app/pipelines
+
+USER 10001:10001
+WORKDIR /home/distill
+
+# Labels last: a new VERSION must not invalidate the dependency layers above.
+ARG VERSION=dev
+ARG SOURCE=https://github.com/kfp-distill/kfp-distill
+LABEL org.opencontainers.image.title="kfp-distill-teacher" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
