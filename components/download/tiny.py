@@ -145,9 +145,11 @@ def warm_up(model, tokenizer, spec: TinySpec) -> float:
     ramp = max(1, spec.warmup_steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / ramp)
-        * 0.5
-        * (1 + math.cos(math.pi * min(1.0, step / max(1, spec.warmup_steps)))),
+        lambda step: (
+            min(1.0, (step + 1) / ramp)
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, step / max(1, spec.warmup_steps))))
+        ),
     )
     model.train()
     loss_value = float("nan")
