@@ -41,6 +41,24 @@ class Outputs(NamedTuple):
     results: dsl.Artifact
 
 
+# CPU/memory (request, limit) of the stages that need no GPU; train takes pipeline parameters instead.
+RESOURCES = {
+    "download": ("1", "2", "4Gi", "16Gi"),
+    "teacher": ("1", "2", "2Gi", "8Gi"),
+    "merge": ("2", "8", "16Gi", "64Gi"),
+    "eval": ("4", "8", "16Gi", "64Gi"),
+}
+# Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
+TIMEOUT_HOURS = {"download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
+
+
+def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+    cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES[stage]
+    task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+    task.set_memory_request(memory_request).set_memory_limit(memory_limit)
+    return kubernetes.set_timeout(task, TIMEOUT_HOURS[stage] * 3600)
+
+
 def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str]]) -> dsl.PipelineTask:
     for name, keys in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=False)
@@ -80,6 +98,10 @@ def distill_pipeline(
     train_max_steps: int = 1000,
     train_batch_size: int = 8,
     train_gpus: int = 1,
+    train_cpu: str = "8",
+    train_memory: str = "64Gi",
+    train_node_selector: dict = {},
+    train_tolerations: list = [],
     train_overrides: Optional[dict] = None,
     merge_max_shard_size: str = "2GB",
     merge_dtype: str = "auto",
@@ -115,6 +137,10 @@ def distill_pipeline(
         train_max_steps: optimizer steps.
         train_batch_size: sequences per step per GPU.
         train_gpus: GPUs for the train task (nvidia.com/gpu).
+        train_cpu: CPU request and limit of the train task.
+        train_memory: memory request and limit of the train task.
+        train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+        train_tolerations: tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
         train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
         merge_max_shard_size: largest safetensors shard of the merged model.
         merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
@@ -130,6 +156,7 @@ def distill_pipeline(
 
     student = download_model(source=student_source, store_uri=store_uri)
     student.set_display_name("download student")
+    size(student, "download")
     use_secrets(use_store_access(student), HF_SECRET)
 
     teacher = teacher_data(
@@ -150,6 +177,7 @@ def distill_pipeline(
         overrides=teacher_overrides,
     )
     teacher.set_display_name("teacher data")
+    size(teacher, "teacher")
     use_secrets(use_store_access(teacher), TEACHER_SECRET)
     teacher.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
 
@@ -169,6 +197,11 @@ def distill_pipeline(
     )
     train.set_display_name("train student")
     train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
+    train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
+    train.set_memory_request(train_memory).set_memory_limit(train_memory)
+    kubernetes.add_node_selector_json(train, train_node_selector)
+    kubernetes.add_toleration_json(train, train_tolerations)
+    kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
     train.set_caching_options(False)
     train.set_retry(num_retries=2, backoff_duration="120s", backoff_factor=2.0)
     use_secrets(use_store_access(train), TEACHER_SECRET)
@@ -181,6 +214,7 @@ def distill_pipeline(
         dtype=merge_dtype,
     )
     merge.set_display_name("merge adapter")
+    size(use_store_access(merge), "merge")
 
     evaluate = evaluate_student(
         untrained=student.outputs["model"],
@@ -195,6 +229,7 @@ def distill_pipeline(
         overrides=eval_overrides,
     )
     evaluate.set_display_name("evaluate student")
+    size(use_store_access(evaluate), "eval")
     return Outputs(
         model=merge.outputs["merged"],
         tensorboard=train.outputs["tensorboard"],

@@ -1,0 +1,120 @@
+"""The whole pipeline through kfp.local: the demo student learns, the S3 store works, bad input is explained.
+
+These run every stage as a subprocess exactly as `make demo` does; they are the slowest tests.
+"""
+
+import json
+
+import pytest
+from kfp import local
+
+from components.common.store import open_store
+from pipelines.run_local import LocalRun, format_table, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+# A quicker variant of the demo for checks that are not about learning.
+QUICK = {
+    "teacher_concurrency": 16,
+    "teacher_max_tokens": 32,
+    "train_method": "lora",
+    "train_lora_r": 8,
+    "train_lora_alpha": 16,
+    "train_max_steps": 20,
+    "train_batch_size": 8,
+    "eval_max_new_tokens": 8,
+    "eval_max_samples": 10,
+}
+
+
+def test_demo_pipeline_teaches_the_student_the_task(tmp_path):
+    result = run_pipeline(LocalRun(workdir=tmp_path))
+
+    metrics = result.metrics
+    assert all(isinstance(value, (int, float)) for value in metrics.values())
+    assert metrics["untrained_exact_match"] <= 0.05
+    assert metrics["distilled_exact_match"] >= 0.8
+    assert metrics["distilled_rouge_l"] > metrics["untrained_rouge_l"]
+
+    assert (result.model / "config.json").is_file()
+    assert list(result.model.glob("*.safetensors"))
+    assert (result.model / "tokenizer_config.json").is_file()
+    assert not (result.model / "adapter_config.json").exists(), "the served model is merged, not an adapter"
+    assert list(result.tensorboard.rglob("events.out.tfevents.*"))
+    report = result.report.read_text()
+    assert "Reverse the letters of" in report and "<table" in report
+    assert json.loads(result.eval_json.read_text())
+    assert "distilled" in format_table(metrics)
+
+
+def test_pipeline_runs_against_an_s3_store_and_reuses_its_caches(s3_endpoint, tmp_path):
+    settings = LocalRun(
+        workdir=tmp_path,
+        store_uri="s3://distill/e2e",
+        student_source="tiny://qwen2?warmup_steps=20",
+        dataset_size=60,
+        parameters=dict(QUICK),
+    )
+    first = run_pipeline(settings)
+    assert list(first.model.glob("*.safetensors"))
+
+    store = open_store("s3://distill/e2e")
+    keys = store.list()
+    assert any(key.startswith("cache/download/") and key.endswith("_COMPLETE") for key in keys)
+    assert any(key.startswith("runs/") and "/teacher/" in key for key in keys)
+    assert any(key.startswith("runs/") and "/train/" in key for key in keys)
+
+    second = run_pipeline(settings)
+    assert second.metrics["distilled_rouge_l"] == pytest.approx(first.metrics["distilled_rouge_l"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "/nonexistent/prompts.jsonl"}, "/nonexistent/prompts.jsonl"),
+        ({"teacher_base_url": "http://127.0.0.1:9/v1"}, "http://127.0.0.1:9/v1"),
+    ],
+    ids=["missing-dataset", "unreachable-teacher"],
+)
+def test_bad_input_stops_the_run_with_one_clear_error(tmp_path, capfd, change, message):
+    settings = LocalRun(
+        workdir=tmp_path,
+        student_source="tiny://qwen2?warmup_steps=0",
+        dataset_size=10,
+        parameters=dict(QUICK),
+        **change,
+    )
+    with pytest.raises(RuntimeError):
+        run_pipeline(settings)
+    output = capfd.readouterr()
+    error_lines = [line for line in (output.out + output.err).splitlines() if "error: " in line]
+    assert any(message in line for line in error_lines), error_lines
+
+
+def test_malformed_dataset_line_is_reported_with_file_and_line(tmp_path, capfd):
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text('{"prompt": "Reverse the letters of: abc"}\n{"prompt": "Reverse the letters\n')
+    settings = LocalRun(
+        workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset=str(dataset), parameters=dict(QUICK)
+    )
+    with pytest.raises(RuntimeError):
+        run_pipeline(settings)
+    output = capfd.readouterr()
+    assert f"{dataset}:2" in output.out + output.err
+
+
+def test_missing_api_key_is_named(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("DISTILL_TEST_MISSING_KEY", raising=False)
+    parameters = {**QUICK, "teacher_api_key_env": "DISTILL_TEST_MISSING_KEY"}
+    settings = LocalRun(workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset_size=10, parameters=parameters)
+    with pytest.raises(RuntimeError):
+        run_pipeline(settings)
+    output = capfd.readouterr()
+    assert "DISTILL_TEST_MISSING_KEY" in output.out + output.err
+
+
+@pytest.fixture(autouse=True)
+def reset_local_config():
+    """kfp.local keeps its runner in a module global; each test starts from a clean slate."""
+    yield
+    local.config.LocalExecutionConfig.instance = None
