@@ -1,0 +1,117 @@
+"""Configuration of the eval stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from components.common.errors import ConfigError
+
+SYSTEMS = ("untrained", "distilled", "teacher")
+# Metrics where higher is better, so a `min_score` gate makes sense on them (see stage.check_gate).
+GATE_METRICS = ("exact_match", "accuracy", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "tokens_per_s")
+
+
+@dataclass
+class JudgeConfig:
+    """LLM-as-judge: the teacher-stage client asks a judge model which answer is better.
+
+    base_url, model: the OpenAI-compatible endpoint and model of the judge (often the teacher itself).
+    api_key_env: environment variable holding its API key (never in the config).
+    max_samples: judge at most this many test samples (each is one request).
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str = "TEACHER_API_KEY"
+    max_samples: int = 50
+    concurrency: int = 4
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 1:
+            raise ConfigError(f"judge.max_samples: {self.max_samples} must be at least 1")
+        if self.concurrency < 1:
+            raise ConfigError(f"judge.concurrency: {self.concurrency} must be at least 1")
+
+
+@dataclass
+class Config:
+    """What to compare, how to generate, and when to fail.
+
+    Inputs
+      base_model_dir: the untrained student (the download stage's model folder).
+      model_dir: the distilled student (the merge stage's model folder).
+      data_dir: the teacher dataset folder; its test.jsonl holds prompts, teacher answers and references.
+      teacher_model_dir: a local teacher model folder, when there is one: its speed and size are measured.
+      tensorboard_dir: the train stage's TensorBoard logs (a folder or s3:// prefix) for the loss curve.
+    Output
+      output_dir: receives report.html (one self-contained file) and eval.json (everything).
+    Generation (greedy unless do_sample)
+      max_new_tokens, batch_size, max_samples (first N test records; None = all), do_sample, temperature,
+      top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA when present).
+    Scoring
+      zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
+      checker: "package.module:function" called as function(prompt, answer) -> bool; gives `accuracy`
+          when answers can be checked beyond the reference (e.g. a task with many right answers).
+      judge: optional LLM-as-judge settings; adds `judge_win_rate` of the distilled student vs the teacher.
+      report_samples: how many side-by-side samples the HTML report shows (eval.json holds them all).
+    Gate
+      gate_metric: `<untrained|distilled|teacher>_<metric>` or `judge_win_rate`; the metric must be one
+          where higher is better (see GATE_METRICS). ROUGE, BLEU, chrF, exact match and accuracy are 0-1.
+      min_score: below it the stage fails, saying by how much; None disables the gate.
+    """
+
+    base_model_dir: str
+    model_dir: str
+    data_dir: str
+    output_dir: str
+    teacher_model_dir: str | None = None
+    tensorboard_dir: str | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    max_samples: int | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int = 0
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    zh_tokenizer: Literal["char", "jieba"] = "char"
+    checker: str | None = None
+    judge: JudgeConfig | None = None
+    report_samples: int = 20
+    gate_metric: str = "distilled_rouge_l"
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("base_model_dir", "model_dir", "data_dir", "output_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: empty; give a folder path")
+        for name in ("max_new_tokens", "batch_size", "report_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples: {self.max_samples} must be at least 1 (or null for all)")
+        if self.do_sample and self.temperature <= 0:
+            raise ConfigError(f"temperature: {self.temperature} must be positive when do_sample is true")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: {self.top_p} must be in (0, 1]")
+        if self.checker is not None and ":" not in self.checker:
+            raise ConfigError(f"checker: {self.checker!r} must look like 'package.module:function'")
+        if not is_gate_metric(self.gate_metric):
+            allowed = ", ".join(f"<{'|'.join(SYSTEMS)}>_{m}" for m in GATE_METRICS[:3])
+            raise ConfigError(
+                f"gate_metric: {self.gate_metric!r} is not a metric the gate can use; write it like "
+                f"{allowed}, … ({', '.join(GATE_METRICS)}) or judge_win_rate"
+            )
+        if self.gate_metric == "judge_win_rate" and self.judge is None and self.min_score is not None:
+            raise ConfigError("gate_metric: judge_win_rate needs the `judge` section to be set")
+
+
+def is_gate_metric(name: str) -> bool:
+    if name == "judge_win_rate":
+        return True
+    system, _, metric = name.partition("_")
+    return system in SYSTEMS and metric in GATE_METRICS

@@ -1,0 +1,92 @@
+"""Training curves for the report: scalars read from TensorBoard event files, drawn as inline SVG.
+
+Every scalar tag containing "loss" is read (train/loss, eval/loss, kd/kl_loss, …), from event files in
+the folder and its sub-folders (one sub-folder per run or per rank), or under an s3:// prefix.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from pathlib import Path
+
+from components.common.errors import InputError
+from components.common.store import open_store
+
+Curves = dict[str, list[tuple[int, float]]]
+COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
+
+
+def read_loss_curves(tensorboard_dir: str) -> Curves:
+    """{tag: [(step, value), …]} of the loss scalars; tags from sub-folders are prefixed with the folder."""
+    if tensorboard_dir.startswith("s3://"):
+        with tempfile.TemporaryDirectory() as local:
+            open_store(tensorboard_dir).download_dir("", Path(local))
+            return _read_local(Path(local))
+    path = Path(tensorboard_dir)
+    if not path.is_dir():
+        raise InputError(
+            f"tensorboard_dir: {path} is not a folder; give the train stage's TensorBoard output"
+        )
+    return _read_local(path)
+
+
+def _read_local(root: Path) -> Curves:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: Curves = {}
+    for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        prefix = folder.relative_to(root).as_posix()
+        for tag in events.Tags()["scalars"]:
+            if "loss" in tag.lower():
+                name = tag if prefix == "." else f"{prefix}/{tag}"
+                curves[name] = sorted((e.step, e.value) for e in events.Scalars(tag))
+    return curves
+
+
+def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
+    """A line chart of the curves on shared axes: an <svg> element to inline in HTML."""
+    points = [(s, v) for series in curves.values() for s, v in series]
+    if not points:
+        return ""
+    left, right, top, bottom = 56, 16, 16, 40  # margins leave room for tick labels
+    x_min, x_max = min(s for s, _ in points), max(s for s, _ in points)
+    y_min, y_max = min(v for _, v in points), max(v for _, v in points)
+    x_span, y_span = (x_max - x_min) or 1, (y_max - y_min) or 1
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(step: float) -> float:
+        return left + (step - x_min) / x_span * plot_w
+
+    def y(value: float) -> float:
+        return top + (y_max - value) / y_span * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="training loss">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#cbd5e1"/>',
+    ]
+    for i in range(5):  # four equal intervals on each axis
+        value = y_min + y_span * i / 4
+        step = x_min + x_span * i / 4
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#eef2f7"/>'
+        )
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+        parts.append(
+            f'<text x="{x(step):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{step:.0f}</text>'
+        )
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">step</text>')
+    for i, (tag, series) in enumerate(curves.items()):
+        color = COLORS[i % len(COLORS)]
+        path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in series)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        legend_y = top + 14 + 16 * i
+        parts.append(
+            f'<rect x="{left + plot_w - 170}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
+        )
+        parts.append(f'<text x="{left + plot_w - 155}" y="{legend_y}">{html.escape(tag)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

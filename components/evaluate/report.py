@@ -1,0 +1,149 @@
+"""report.html: one self-contained file (inline CSS, inline SVG, no scripts, no external fetches), so it
+renders the same in the KFP UI's HTML viewer, in a browser and as a mailed attachment."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from components.evaluate.config import SYSTEMS
+
+# (metric suffix, label, format): the rows of the metrics table, in reading order.
+ROWS = [
+    ("exact_match", "Exact match with the teacher", "pct"),
+    ("accuracy", "Accuracy (reference or checker)", "pct"),
+    ("rouge1", "ROUGE-1 F1", "frac"),
+    ("rouge2", "ROUGE-2 F1", "frac"),
+    ("rouge_l", "ROUGE-L F1", "frac"),
+    ("bleu", "BLEU (0–1)", "frac"),
+    ("chrf", "chrF (0–1)", "frac"),
+    ("perplexity", "Perplexity on the teacher's answers", "num"),
+    ("avg_output_chars", "Average answer length (characters)", "num"),
+    ("avg_output_tokens", "Average generated tokens", "num"),
+    ("tokens_per_s", "Generation speed (tokens/s)", "num"),
+    ("params", "Parameters", "count"),
+    ("size_bytes", "Weights on disk", "bytes"),
+]
+LOWER_IS_BETTER = {"perplexity"}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;
+ color:#0f172a;background:#f8fafc;margin:0;padding:24px 32px;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}
+.sub{color:#475569;margin:0 0 16px}.gate{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
+.pass{background:#dcfce7;color:#166534}.fail{background:#fee2e2;color:#991b1b}.off{background:#e2e8f0;color:#334155}
+table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0001;width:100%}
+th,td{border:1px solid #e2e8f0;padding:6px 10px;text-align:left;vertical-align:top}
+th{background:#f1f5f9;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{background:#ecfdf5;font-weight:600}.samples td{font-family:ui-monospace,Menlo,Consolas,monospace;
+ font-size:12.5px;white-space:pre-wrap;word-break:break-word}.ok{color:#15803d}.bad{color:#b91c1c}
+svg text{font:11px system-ui,sans-serif;fill:#334155}.note{color:#64748b}
+"""
+
+
+def fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "—"
+    if kind == "pct":
+        return f"{value:.1%}"
+    if kind == "frac":
+        return f"{value:.3f}"
+    if kind == "count":
+        return f"{value / 1e9:.2f} B" if value >= 1e9 else f"{value / 1e6:.2f} M"
+    if kind == "bytes":
+        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.2f} MiB"
+    return f"{value:.4g}"
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    head = "".join(f"<th>{s}</th>" for s in ("Metric", "Untrained student", "Distilled student", "Teacher"))
+    lines = [f"<table class='metrics'><tr>{head}</tr>"]
+    for suffix, label, kind in ROWS:
+        values = {s: metrics.get(f"{s}_{suffix}") for s in SYSTEMS}
+        if all(v is None for v in values.values()):
+            continue
+        before, after = values["untrained"], values["distilled"]
+        better = None
+        if (
+            before is not None
+            and after is not None
+            and before != after
+            and suffix not in ("params", "size_bytes")
+        ):
+            better = "distilled" if (after < before) == (suffix in LOWER_IS_BETTER) else "untrained"
+        cells = "".join(
+            f"<td class='n{' best' if s == better else ''}'>{fmt(values[s], kind)}</td>" for s in SYSTEMS
+        )
+        lines.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def gate_banner(gate: dict[str, Any]) -> str:
+    if gate.get("min_score") is None:
+        return "<div class='gate off'>Gate off: no min_score set.</div>"
+    text = html.escape(gate["message"])
+    return f"<div class='gate {'pass' if gate['passed'] else 'fail'}'>{text}</div>"
+
+
+def samples_table(samples: list[dict[str, Any]]) -> str:
+    has_reference = any(s.get("reference") is not None for s in samples)
+    columns = (
+        ["Prompt"] + (["Reference"] if has_reference else []) + ["Teacher", "Student before", "Student after"]
+    )
+    lines = ["<table class='samples'><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
+    for sample in samples:
+        cells = [html.escape(sample["prompt"])]
+        if has_reference:
+            cells.append(html.escape(sample.get("reference") or ""))
+        cells.append(html.escape(sample["teacher"]))
+        for system in ("untrained", "distilled"):
+            mark = (
+                "<span class='ok'>✓</span> " if sample[f"{system}_match"] else "<span class='bad'>✗</span> "
+            )
+            cells.append(mark + html.escape(sample[system]))
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def render_report(
+    *,
+    title: str,
+    facts: dict[str, str],
+    metrics: dict[str, float],
+    gate: dict[str, Any],
+    curve_svg: str,
+    samples: list[dict[str, Any]],
+    total_samples: int,
+) -> str:
+    """The whole report as one HTML string."""
+    fact_line = " · ".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in facts.items())
+    judge = ""
+    if "judge_win_rate" in metrics:
+        judge = (
+            f"<p>LLM judge, distilled student vs teacher: wins {metrics['judge_win_rate']:.1%}, "
+            f"ties {metrics.get('judge_tie_rate', 0):.1%} of {metrics.get('judge_samples', 0):.0f} judged samples.</p>"
+        )
+    curve = (
+        curve_svg or "<p class='note'>No training loss curve: no TensorBoard events were given or found.</p>"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="sub">{fact_line}</p>
+{gate_banner(gate)}
+<h2>Metrics</h2>
+<p class="note">Students are scored against the teacher's answers on {total_samples} test prompts; the better
+student per row is highlighted.</p>
+{metrics_table(metrics)}
+{judge}
+<h2>Training loss</h2>
+{curve}
+<h2>Samples ({len(samples)} of {total_samples})</h2>
+<p class="note">✓ marks an answer identical to the teacher's (surrounding whitespace ignored).</p>
+{samples_table(samples)}
+</body></html>
+"""

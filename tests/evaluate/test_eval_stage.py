@@ -1,0 +1,147 @@
+"""The eval stage compares the untrained and distilled students with the teacher, reports, and gates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from components.common.config import from_dict
+from components.common.errors import ConfigError, InputError
+from components.evaluate import Config, EvalGateError, run
+from components.evaluate.generate import generate, load_model, split_reasoning
+
+CHECKER = "components.evaluate.checkers:reverse_letters"
+
+
+@pytest.fixture(scope="module")
+def tensorboard_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tb")
+    writer = SummaryWriter(str(path))
+    for step in range(0, 101, 10):
+        writer.add_scalar("train/loss", 4.0 * 0.97**step, step)
+        writer.add_scalar("train/lr", 1e-3, step)
+    writer.close()
+    return path
+
+
+def config(base, distilled, data, out, **extra) -> Config:
+    fields = dict(base_model_dir=str(base), model_dir=str(distilled), data_dir=str(data), output_dir=str(out))
+    return Config(**fields, max_new_tokens=12, batch_size=4, **extra)
+
+
+def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
+    tiny_model_dir, memorized_student_dir, tiny_teacher_dir, reversal_data_dir, tensorboard_dir, tmp_path
+):
+    out = tmp_path / "eval"
+    cfg = config(
+        tiny_model_dir,
+        memorized_student_dir,
+        reversal_data_dir,
+        out,
+        teacher_model_dir=str(tiny_teacher_dir),
+        tensorboard_dir=str(tensorboard_dir),
+        checker=CHECKER,
+        gate_metric="distilled_exact_match",
+        min_score=0.9,
+    )
+    result = run(cfg)
+    m = result.metrics
+
+    assert result.gate_passed is True
+    assert m["distilled_exact_match"] == 1.0 > m["untrained_exact_match"]
+    assert m["distilled_rouge_l"] > m["untrained_rouge_l"] and m["distilled_chrf"] > m["untrained_chrf"]
+    assert m["distilled_accuracy"] == 1.0 and m["teacher_accuracy"] == 1.0  # by the reversal checker
+    assert m["distilled_perplexity"] < m["untrained_perplexity"]
+    assert (
+        m["teacher_params"] > m["distilled_params"] > 0
+        and m["teacher_size_bytes"] > m["distilled_size_bytes"]
+    )
+    assert m["teacher_tokens_per_s"] > 0 and m["distilled_tokens_per_s"] > 0
+    assert m["teacher_avg_output_tokens"] == pytest.approx(
+        m["distilled_avg_output_tokens"]
+    )  # same answers + eos
+    assert all(isinstance(v, float) for v in m.values())
+
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["metrics"] == m and saved["gate"]["passed"] is True
+    assert len(saved["samples"]) == 8 and saved["samples"][0]["distilled"] == saved["samples"][0]["teacher"]
+    assert [s for s, _ in saved["loss_curves"]["train/loss"]] == list(range(0, 101, 10))
+    assert "train/lr" not in saved["loss_curves"]
+
+    report = (out / "report.html").read_text()
+    assert "<polyline" in report and "train/loss" in report  # the loss curve, inline SVG
+    assert "Reverse the letters of:" in report and "eval gate passed" in report
+    assert not re.search(r"""(src|href)\s*=|<script|@import|url\(""", report)  # nothing fetched
+
+
+def test_gate_below_min_score_fails_saying_by_how_much_and_still_writes_the_report(
+    tiny_model_dir, reversal_data_dir, tmp_path
+):
+    out = tmp_path / "eval"
+    cfg = config(
+        tiny_model_dir,
+        tiny_model_dir,
+        reversal_data_dir,
+        out,
+        gate_metric="distilled_rouge_l",
+        min_score=0.25,
+    )
+    # The untrained student stands in for the distilled one: it answers nothing right, ROUGE-L is 0.
+    with pytest.raises(
+        EvalGateError, match=r"distilled_rouge_l = 0\.0000 is below min_score 0\.2500 by 0\.2500"
+    ):
+        run(cfg)
+    assert "eval gate failed" in (out / "report.html").read_text()
+    assert json.loads((out / "eval.json").read_text())["gate"]["passed"] is False
+
+
+def test_sampling_is_configurable_and_seeded(tiny_model_dir):
+    import torch
+
+    model, tokenizer = load_model(tiny_model_dir, "fp32", torch.device("cpu"), "model_dir")
+    prompts = [[{"role": "user", "content": "Reverse the letters of: abc"}]] * 3
+    settings = from_dict(
+        Config,
+        {
+            "base_model_dir": "b",
+            "model_dir": "m",
+            "data_dir": "d",
+            "output_dir": "o",
+            "do_sample": True,
+            "temperature": 1.5,
+            "top_k": 0,
+            "max_new_tokens": 8,
+        },
+    )
+    first, again = (
+        generate(model, tokenizer, prompts, settings),
+        generate(model, tokenizer, prompts, settings),
+    )
+    assert first.raw == again.raw  # same seed, same samples
+    assert len(set(first.raw)) > 1  # rows of the same prompt differ: it really sampled
+    greedy = generate(model, tokenizer, prompts, dataclasses.replace(settings, do_sample=False))
+    assert len(set(greedy.raw)) == 1
+
+
+def test_reasoning_is_split_from_the_answer():
+    assert split_reasoning("<think>read it backwards</think> cba") == ("read it backwards", "cba")
+    assert split_reasoning("cba ") == ("", "cba")
+    assert split_reasoning("<think>a</think>x<think>b</think>y") == ("b", "y")
+
+
+def test_config_and_input_errors_name_the_field(tiny_model_dir, tmp_path):
+    base = {"base_model_dir": "b", "model_dir": "m", "data_dir": "d", "output_dir": "o"}
+    with pytest.raises(
+        ConfigError, match="gate_metric: 'distilled_perplexity' is not a metric the gate can use"
+    ):
+        from_dict(Config, {**base, "gate_metric": "distilled_perplexity"})
+    with pytest.raises(ConfigError, match="checker: 'reverse' must look like 'package.module:function'"):
+        from_dict(Config, {**base, "checker": "reverse"})
+    with pytest.raises(ConfigError, match="temperature: 0.0 must be positive when do_sample is true"):
+        from_dict(Config, {**base, "do_sample": True, "temperature": 0})
+    with pytest.raises(InputError, match="data_dir: .*test.jsonl does not exist"):
+        run(config(tiny_model_dir, tiny_model_dir, tmp_path, tmp_path / "out"))
