@@ -1,0 +1,28 @@
+"""Teacher-data stage: read prompts in any supported format, ask a teacher, write distillation records.
+
+    python -m components.teacher --config teacher.yaml [--set provider.name=deepseek ...]
+
+Entry points (no KFP import; component.py maps KFP inputs to these):
+
+    run(config) -> Result                   the whole stage in one process (one shard, then finalize)
+    run_shard(config, shard_index, num_shards) -> Result
+        asks the teacher for one shard's prompts; for `shards > 1` the pipeline runs one task per index
+        inside dsl.ParallelFor(range(num_shards)), all with the same config (same run_id and store_uri),
+        each resuming on its own; the provider's rpm/tpm limits are divided between the shards.
+    finalize(config) -> Result
+        after the ParallelFor: merges every shard's answers from the store, applies answer filters and the
+        judge's verdicts, splits train/test, and writes output_dir (train.jsonl, test.jsonl,
+        rejected.jsonl, summary.json, and logprobs.jsonl when asked for).
+
+`Result.metrics` is a flat dict name -> float for KFP Metrics (records, train, test, requests, cached,
+prompt_tokens, completion_tokens, cost, total_cost, ...). Module map: config.py (fields), readers.py and
+chunking.py (sources), templates/ (replaceable prompt files), providers.py + teacher_config.yaml (named
+providers), api.py (OpenAI-compatible client), local.py (Hugging Face teacher), generate.py (worker pool,
+retries, policies), limits.py (rpm/tpm, budget), journal.py (shards, resume, cache), judge.py, quality.py
+(dedup, filters, split), stage.py (the steps above).
+"""
+
+from components.teacher.config import Config, JudgeConfig, ProviderConfig, TextConfig
+from components.teacher.stage import Result, finalize, run, run_shard
+
+__all__ = ["Config", "JudgeConfig", "ProviderConfig", "Result", "TextConfig", "finalize", "run", "run_shard"]

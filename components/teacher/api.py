@@ -1,0 +1,211 @@
+"""The OpenAI-compatible teacher: one `openai.AsyncOpenAI` client, one request per call, errors classified.
+
+The SDK's own retries are off (max_retries=0): the worker pool (pool.py) decides when to retry, so that a
+prompt waiting out a Retry-After gives its slot to another prompt, and so that every request is counted.
+
+    teacher = ApiTeacher(provider)           # provider resolved through providers.resolve_provider
+    await teacher.preflight()                # reachable, key accepted, model exists: before any paid call
+    outcome = await teacher.ask(messages)    # Answer, or Retry(after_s) / Failure
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from components.common.errors import InputError
+from components.common.secrets import optional_env, require_env
+from components.teacher.config import ProviderConfig
+
+log = logging.getLogger(__name__)
+# httpx2 (under openai) logs every request URL at INFO; the stage reports its own progress instead.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+@dataclass
+class Choice:
+    content: str
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Answer:
+    """A paid response: its choices and what it cost in tokens."""
+
+    choices: list[Choice]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Retry:
+    """A transient failure (429, 5xx, timeout, dropped connection): try again, not before `after_s`."""
+
+    reason: str
+    after_s: float | None = None
+
+
+@dataclass
+class Failure:
+    """A failure that retrying cannot fix (400, 401, 404 ...)."""
+
+    reason: str
+
+
+@dataclass
+class ApiTeacher:
+    provider: ProviderConfig
+    concurrency: int = 8
+    _client: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What identifies this teacher's answers: part of record ids and cache keys."""
+        return {
+            "provider": self.provider.name,
+            "model": self.provider.model,
+            "params": self.provider.generation_params(),
+        }
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            provider = self.provider
+            if provider.api_key_required:
+                key = require_env(provider.api_key_env, f"API key of the teacher at {provider.base_url}")
+            else:
+                # Servers that take no key still need a non-empty string in the Authorization header.
+                key = optional_env(provider.api_key_env) or "EMPTY"
+            import httpx2
+
+            limits = httpx2.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            )
+            self._client = openai.AsyncOpenAI(
+                api_key=key,
+                base_url=provider.base_url,
+                timeout=provider.timeout_s,
+                max_retries=0,
+                default_headers=provider.extra_headers or None,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=provider.timeout_s),
+            )
+        return self._client
+
+    async def preflight(self) -> None:
+        """Fail with one clear error unless the endpoint answers, accepts the key and serves the model."""
+        provider = self.provider
+        where = f"teacher at {provider.base_url}"
+        try:
+            listed = await self.client.models.list()
+            names = [m.id for m in listed.data]
+        except openai.AuthenticationError:
+            raise InputError(
+                f"{where} rejected the API key in ${provider.api_key_env}; check the key and the provider"
+            ) from None
+        except openai.APIConnectionError as error:
+            raise InputError(
+                f"{where} is unreachable ({_cause(error)}); check provider.base_url and that the server runs"
+            ) from None
+        except openai.APIStatusError:
+            names = None  # some compatible servers have no /models: ask for one token instead
+        if names is None:
+            outcome = await self.ask([{"role": "user", "content": "ping"}], max_tokens=1)
+            if isinstance(outcome, Failure):
+                raise InputError(f"{where}: a one-token test request failed: {outcome.reason}")
+        elif provider.model not in names:
+            raise InputError(
+                f"{where} does not serve model {provider.model!r}; it lists {', '.join(names[:20])}. "
+                "Fix provider.model"
+            )
+
+    async def ask(
+        self, messages: list[dict[str, str]], max_tokens: int | None = None
+    ) -> Answer | Retry | Failure:
+        provider = self.provider
+        extra: dict[str, Any] = {}
+        if provider.logprobs:
+            extra["logprobs"] = True
+            if provider.top_logprobs:
+                extra["top_logprobs"] = provider.top_logprobs
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(provider, name) is not None:
+                extra[name] = getattr(provider, name)
+        if provider.n > 1:
+            extra["n"] = provider.n
+        limit = max_tokens if max_tokens is not None else provider.max_tokens
+        if limit is not None:
+            extra["max_tokens"] = limit
+        try:
+            response = await self.client.chat.completions.create(
+                model=provider.model, messages=messages, extra_body=provider.extra_body or None, **extra
+            )
+        except openai.RateLimitError as error:
+            return Retry("429 rate limited", retry_after(error.response.headers))
+        except openai.InternalServerError as error:
+            return Retry(f"{error.status_code} server error", retry_after(error.response.headers))
+        except openai.APITimeoutError:
+            return Retry(f"no answer within timeout_s={provider.timeout_s}")
+        except openai.APIConnectionError as error:
+            return Retry(f"connection error ({_cause(error)})")
+        except openai.APIStatusError as error:
+            if error.status_code in (408, 409):
+                return Retry(f"{error.status_code} {error.message}", retry_after(error.response.headers))
+            return Failure(f"{error.status_code} {error.message}")
+        return _answer(response)
+
+
+def _answer(response: Any) -> Answer:
+    choices = []
+    for choice in response.choices:
+        message = choice.message
+        # DeepSeek and DashScope put the chain of thought in reasoning_content; vLLM in reasoning.
+        reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+        logprobs = None
+        if choice.logprobs is not None and choice.logprobs.content is not None:
+            logprobs = [
+                {
+                    "token": t.token,
+                    "logprob": t.logprob,
+                    "top": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])],
+                }
+                for t in choice.logprobs.content
+            ]
+        choices.append(Choice(message.content or "", reasoning, choice.finish_reason, logprobs))
+    usage = response.usage
+    return Answer(choices, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait from retry-after-ms (OpenAI) or Retry-After (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    try:
+        if millis is not None:
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

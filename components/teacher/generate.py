@@ -1,0 +1,278 @@
+"""Asking the teacher for many prompts at once: a refilling worker pool with non-blocking retries.
+
+`concurrency` workers each take the next prompt as soon as they finish one (no batch-and-wait). A prompt
+that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncated answer under the
+"retry" policy) is put back on the queue after its backoff or Retry-After, and its worker moves on to
+another prompt meanwhile, so waiting never idles a slot. Each outcome goes to the cache and the journal
+the moment it arrives (journal.py). Budget limits stop new requests; requests in flight finish and are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.common.errors import InputError
+from components.teacher.api import Answer, Choice, Failure, Retry
+from components.teacher.config import Config
+from components.teacher.journal import Cache, Journal
+from components.teacher.judge import Judge, backoff
+from components.teacher.limits import Budget, RateLimiter
+from components.teacher.readers import Prompt
+
+log = logging.getLogger(__name__)
+FATAL_STATUS = ("401", "403", "404")
+
+
+@dataclass
+class Job:
+    key: str
+    prompt: Prompt
+    transient_failures: int = 0
+    policy_retries: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Tally:
+    """What this invocation did: the shard's metrics."""
+
+    answered: int = 0
+    cached: int = 0
+    dropped: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    retries: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def make_entry(
+    job: Job, answer_choices: list[Choice], status: str, reason: str, teacher: dict
+) -> dict[str, Any]:
+    return {
+        "key": job.key,
+        "status": status,
+        "reason": reason,
+        "prompt": {
+            "messages": job.prompt.messages,
+            "reference": job.prompt.reference,
+            "source": job.prompt.source,
+            "extra": job.prompt.extra,
+        },
+        "answers": [vars(c) for c in answer_choices],
+        "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
+        "requests": job.requests,
+        "cached": False,
+        "teacher": teacher,
+    }
+
+
+def answer_problem(choices: list[Choice | dict]) -> str:
+    """'empty' or 'length' when an answer is unusable as it stands, else ''."""
+    for choice in choices:
+        content = choice["content"] if isinstance(choice, dict) else choice.content
+        finish = choice["finish_reason"] if isinstance(choice, dict) else choice.finish_reason
+        if not content.strip():
+            return "empty"
+        if finish == "length":
+            return "length"
+    return ""
+
+
+class Generator:
+    """One shard's run over its pending jobs; `progress` is called with each finished job's entry."""
+
+    def __init__(
+        self,
+        config: Config,
+        teacher,
+        journal: Journal,
+        cache: Cache | None,
+        budget: Budget,
+        limiter: RateLimiter,
+        judge: Judge | None,
+        progress=None,
+    ):
+        self.config = config
+        self.teacher = teacher
+        self.journal = journal
+        self.cache = cache
+        self.budget = budget
+        self.limiter = limiter
+        self.judge = judge
+        self.progress = progress or (lambda entry: None)
+        self.tally = Tally()
+        self._writes: set[asyncio.Task] = set()
+
+    def policy(self, problem: str) -> str:
+        return {"empty": self.config.on_empty, "length": self.config.on_length}.get(problem, "keep")
+
+    async def lookup_cache(self, job: Job) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        entry = await asyncio.to_thread(self.cache.get, job.key)
+        if entry is None or (self.policy(answer_problem(entry["answers"])) == "retry"):
+            return None
+        problem = answer_problem(entry["answers"])
+        entry.update(
+            status="dropped" if self.policy(problem) == "drop" else "ok",
+            reason=problem,
+            prompt=make_entry(job, [], "", "", {})["prompt"],
+            cached=True,
+            requests=0,
+        )
+        return entry
+
+    async def finish(self, job: Job, entry: dict[str, Any], new_answer: bool) -> None:
+        if self.judge is not None and entry["status"] == "ok" and job.prompt.reference:
+            question = job.prompt.messages[-1]["content"]
+            entry["judge"] = await self.judge.verdict(
+                question, job.prompt.reference, entry["answers"][0]["content"], self.budget
+            )
+        if new_answer and self.cache is not None:
+            await asyncio.to_thread(self.cache.put, entry)
+        if self.journal.add(entry):
+            await asyncio.to_thread(self.journal.write_part, self.journal.take_buffer())
+        if entry["cached"]:
+            self.tally.cached += 1
+        elif entry["status"] == "ok":
+            self.tally.answered += 1
+        else:
+            self.tally.dropped += 1
+        self.progress(entry)
+
+    async def attempt(self, job: Job) -> float | None:
+        """One step for `job`: None when it is finished, else seconds to wait before the next step."""
+        if job.requests == 0 and job.transient_failures == 0:
+            cached = await self.lookup_cache(job)
+            if cached is not None:
+                await self.finish(job, cached, new_answer=False)
+                return None
+        if not self.budget.allows_request():
+            self.tally.unfinished += 1
+            return None
+        await self.limiter.acquire(_estimate_tokens(job.prompt.messages))
+        self.budget.count_request()
+        job.requests += 1
+        outcome = await self.teacher.ask(job.prompt.messages)
+        if isinstance(outcome, Answer):
+            return await self.answered(job, outcome)
+        if isinstance(outcome, Failure):
+            if outcome.reason.startswith(FATAL_STATUS):
+                raise InputError(f"teacher at {self.teacher.provider.base_url}: {outcome.reason}")
+            self.tally.failed += 1
+            self.tally.failures.append(f"{job.prompt.source}: {outcome.reason}")
+            log.warning("giving up on %s: %s", job.prompt.source, outcome.reason)
+            return None
+        assert isinstance(outcome, Retry)
+        job.transient_failures += 1
+        provider = self.teacher.provider
+        if job.transient_failures > provider.max_retries:
+            self.tally.failed += 1
+            self.tally.failures.append(f"{job.prompt.source}: {outcome.reason} after {job.requests} requests")
+            log.warning(
+                "giving up on %s after %d requests: %s", job.prompt.source, job.requests, outcome.reason
+            )
+            return None
+        self.tally.retries += 1
+        return backoff(job.transient_failures, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
+
+    async def answered(self, job: Job, answer: Answer) -> float | None:
+        job.prompt_tokens += answer.prompt_tokens
+        job.completion_tokens += answer.completion_tokens
+        self.budget.add_usage(answer.prompt_tokens, answer.completion_tokens)
+        self.limiter.charge(answer.completion_tokens)
+        problem = answer_problem(answer.choices)
+        action = self.policy(problem)
+        if action == "retry" and job.policy_retries < self.teacher.provider.max_retries:
+            job.policy_retries += 1
+            self.tally.retries += 1
+            return 0.0
+        status = "dropped" if problem and action != "keep" else "ok"
+        entry = make_entry(job, answer.choices, status, problem, self.teacher.settings)
+        await self.finish(job, entry, new_answer=True)
+        return None
+
+    async def run(self, jobs: list[Job]) -> Tally:
+        queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        remaining = len(jobs)
+        all_done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException] = []
+
+        async def worker() -> None:
+            nonlocal remaining
+            while True:
+                job = await queue.get()
+                if job is None:
+                    return
+                try:
+                    delay = await self.attempt(job)
+                except Exception as error:  # ends the run; the caller re-raises it
+                    errors.append(error)
+                    all_done.set()
+                    return
+                if delay is None:
+                    remaining -= 1
+                    if remaining == 0:
+                        all_done.set()
+                elif delay <= 0:
+                    queue.put_nowait(job)
+                else:
+                    loop.call_later(delay, queue.put_nowait, job)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
+        if not jobs:
+            all_done.set()
+        await all_done.wait()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.to_thread(self.journal.flush)
+        if errors:
+            raise errors[0]
+        return self.tally
+
+
+def _estimate_tokens(messages: list[dict[str, str]]) -> int:
+    # About 4 characters per token for English and 1.5 for Chinese; 3 is a middle that errs high for English.
+    return sum(len(m["content"]) for m in messages) // 3 + 4 * len(messages)
+
+
+class PeriodicLog:
+    """A log line every `every_s` seconds for the KFP UI, which shows logs but not progress bars."""
+
+    def __init__(self, total: int, budget: Budget, every_s: float):
+        self.total = total
+        self.budget = budget
+        self.every_s = every_s
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = self.start
+
+    def update(self, entry: dict[str, Any]) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            log.info(
+                "teacher: %d/%d prompts (%.1f%%), %.2f/s, ETA %.0fs, %d requests, tokens in/out %d/%d, cost %.4f",
+                self.done,
+                self.total,
+                100 * self.done / max(self.total, 1),
+                rate,
+                eta,
+                self.budget.requests,
+                self.budget.prompt_tokens,
+                self.budget.completion_tokens,
+                self.budget.cost,
+            )

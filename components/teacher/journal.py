@@ -1,0 +1,107 @@
+"""Never pay twice: every answer is saved under the run's prefix as it arrives, and in a cross-run cache.
+
+Layout in the artifact store:
+
+    runs/<run_id>/teacher/shard-00000-of-00004/part-000000-<random>.jsonl   one entry per line
+    cache/teacher/<key[:2]>/<key>.json                                     one entry per key
+
+An entry is one prompt's outcome: {"key", "status": "ok"|"dropped", "prompt": {...}, "answers": [...],
+"usage": {...}, "requests": n, "cached": bool, "judge": {...}}. `key` is the record id of the prompt
+(hash of the prompt messages and the teacher settings), so the same prompt asked of the same teacher with
+the same parameters has the same key in every run: the journal makes a restarted task skip what it has,
+and the cache turns a repeated run into zero API calls.
+
+Parts are immutable objects (S3 has no append): buffered entries are written as a new part every
+`checkpoint_records` entries or `checkpoint_seconds`, whichever comes first, and when the shard ends. The
+cache entry is written as soon as an answer arrives, so with the cache on (the default) a killed pod loses
+no paid answer at all; without it, at most one checkpoint's worth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from components.common.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+class Journal:
+    """The run-scoped record of finished prompts, written in parts, read back whole."""
+
+    def __init__(
+        self, store: ArtifactStore, shard: str, checkpoint_records: int = 32, checkpoint_seconds: float = 10.0
+    ):
+        self.store = store
+        self.shard = shard
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_seconds = checkpoint_seconds
+        self._buffer: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+        self._parts = len(self.store.list(shard))
+
+    def read_all(self) -> dict[str, dict[str, Any]]:
+        """Every entry stored by any shard of this run, by key (a later part wins a tie)."""
+        entries: dict[str, dict[str, Any]] = {}
+        for key in self.store.list():
+            if not key.endswith(".jsonl") or "/part-" not in key:
+                continue
+            for line in self.store.read_text(key).splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    entries[entry["key"]] = entry
+        return entries
+
+    def add(self, entry: dict[str, Any]) -> bool:
+        """Buffer `entry`; returns True when a checkpoint is due (the caller then calls `flush`)."""
+        self._buffer.append(entry)
+        return (
+            len(self._buffer) >= self.checkpoint_records
+            or time.monotonic() - self._last_flush >= self.checkpoint_seconds
+        )
+
+    def take_buffer(self) -> list[dict[str, Any]]:
+        """The entries not yet written, removed from the buffer (written by `write_part`)."""
+        batch, self._buffer = self._buffer, []
+        self._last_flush = time.monotonic()
+        return batch
+
+    def write_part(self, batch: list[dict[str, Any]]) -> None:
+        if not batch:
+            return
+        # The random suffix keeps a part of a killed pod and one of its replacement from colliding.
+        name = f"{self.shard}/part-{self._parts:06d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._parts += 1
+        self.store.write_text(name, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in batch))
+
+    def flush(self) -> None:
+        self.write_part(self.take_buffer())
+
+
+class Cache:
+    """Answers shared by every run using the same store, addressed by key."""
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return f"{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.read_text(self._name(key)))
+        except FileNotFoundError:
+            return None
+
+    def put(self, entry: dict[str, Any]) -> None:
+        kept = {k: v for k, v in entry.items() if k not in ("cached", "requests", "judge")}
+        self.store.write_text(self._name(entry["key"]), json.dumps(kept, ensure_ascii=False))

@@ -1,0 +1,64 @@
+"""Judge verification: a second model compares each answer with the dataset's reference.
+
+The judge is asked through the same client class as the teacher (any OpenAI-compatible provider), with a
+template that ends in "Reply with ACCEPT ... or REJECT"; the first of those words in the reply decides.
+Its requests count against the run's budget at the judge's own prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from components.teacher.api import Answer, ApiTeacher, Failure, Retry
+from components.teacher.limits import Budget
+from components.teacher.templates import render_file_template
+
+_VERDICT = re.compile(r"\b(ACCEPT|REJECT)\b", re.I)
+
+
+@dataclass
+class Judge:
+    teacher: ApiTeacher
+    template: str = "judge"
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        provider = self.teacher.provider
+        return provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0
+
+    async def verdict(self, question: str, reference: str, answer: str, budget: Budget) -> dict[str, Any]:
+        """{"verdict": "accept"|"reject"|"error", "model", "reply"}; transient errors are retried here."""
+        prompt = render_file_template(self.template, prompt=question, reference=reference, answer=answer)
+        messages = [{"role": "user", "content": prompt}]
+        provider = self.teacher.provider
+        for attempt in range(provider.max_retries + 1):
+            if not budget.allows_request():
+                return {"verdict": "error", "model": provider.model, "reply": budget.stopped}
+            budget.count_request()
+            outcome = await self.teacher.ask(messages)
+            if isinstance(outcome, Answer):
+                budget.add_usage(outcome.prompt_tokens, outcome.completion_tokens, self.prices)
+                reply = outcome.choices[0].content if outcome.choices else ""
+                match = _VERDICT.search(reply)
+                verdict = match.group(1).lower() if match else "reject"
+                return {"verdict": verdict, "model": provider.model, "reply": reply[:500]}
+            if isinstance(outcome, Failure):
+                return {"verdict": "error", "model": provider.model, "reply": outcome.reason}
+            assert isinstance(outcome, Retry)
+            await asyncio.sleep(
+                backoff(attempt + 1, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
+            )
+        return {"verdict": "error", "model": provider.model, "reply": "retries exhausted"}
+
+
+def backoff(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:
+    """Seconds before retry number `attempt` (1-based): the server's Retry-After when given, else
+    exponential backoff with full jitter, uniform(0, min(cap, base * 2**(attempt-1)))."""
+    if retry_after_s is not None:
+        # A little jitter on top, so clients told the same Retry-After do not return in one burst.
+        return retry_after_s + random.uniform(0, 0.1 * max(retry_after_s, 0.1))
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))

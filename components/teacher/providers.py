@@ -1,0 +1,51 @@
+"""Named providers: teacher_config.yaml fills the fields a run's `provider` section leaves unset."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from components.common.config import from_dict
+from components.common.errors import ConfigError
+from components.teacher.config import ProviderConfig
+
+SHIPPED = Path(__file__).with_name("teacher_config.yaml")
+
+
+def load_presets(path: str = "") -> dict[str, dict]:
+    source = Path(path) if path else SHIPPED
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"provider_config: {source} does not exist") from None
+    presets = data.get("providers") if isinstance(data, dict) else None
+    if not isinstance(presets, dict):
+        raise ConfigError(f"provider_config: {source} must hold a mapping 'providers: {{name: {{...}}}}'")
+    return presets
+
+
+def resolve_provider(provider: ProviderConfig, presets_path: str = "") -> ProviderConfig:
+    """`provider` with every unset field (None or empty) taken from its named preset, then checked."""
+    presets = load_presets(presets_path)
+    preset = presets.get(provider.name)
+    if preset is None and not provider.base_url and not provider.is_local:
+        raise ConfigError(
+            f"provider.name: {provider.name!r} is not in {presets_path or SHIPPED.name} "
+            f"({', '.join(sorted(presets))}); set provider.base_url to use any other OpenAI-compatible API"
+        )
+    # Validate the preset through the same typed loader, so a typo in the YAML names its field.
+    from_dict(ProviderConfig, {"name": provider.name, **(preset or {})}, where=f"providers.{provider.name}")
+    values = dataclasses.asdict(provider)
+    for key, value in (preset or {}).items():
+        if values.get(key) in (None, ""):
+            values[key] = value
+    if values["api_key_required"] is None:
+        values["api_key_required"] = not provider.is_local
+    resolved = from_dict(ProviderConfig, values, where="provider")
+    if not resolved.model:
+        raise ConfigError(
+            "provider.model: empty; name the teacher model (or, for name: local, the model folder)"
+        )
+    return resolved

@@ -1,0 +1,254 @@
+"""Dataset readers: every supported source format becomes a list of `Prompt`s.
+
+Formats (one JSON object per line, or a .json file holding a list of them):
+    prompts    {"prompt": "..."} or {"messages": [...]}; optional "system" and "reference"
+    alpaca     {"instruction": "...", "input": "...", "output": "..."}; output becomes the reference
+    sharegpt   {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}], "system": "..."}
+    messages   {"messages": [{"role": ..., "content": ...}]}; a final assistant turn becomes the reference
+    text       UTF-8 text (.txt/.md or any file of a folder), chunked on sentence boundaries and turned
+               into prompts by a template (templates/qa.j2, templates/continue.j2 or your own file)
+"auto" picks text for .txt/.md files and otherwise looks at the keys of the first record.
+
+`dataset` is a file, a folder (every file in it, sorted) or s3://bucket/key (a file or a prefix).
+Every error names the file and line; with bad_lines "skip" a malformed line is counted and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import InputError
+from components.common.records import validate_messages
+from components.common.store import open_store
+from components.teacher.chunking import chunk_text
+from components.teacher.config import Config
+from components.teacher.templates import render_file_template, render_prompt_template
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
+
+
+@dataclass
+class Prompt:
+    """One request to the teacher: the prompt messages, the source's own answer, where it came from."""
+
+    messages: list[dict[str, str]]
+    reference: str | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    skipped_lines: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def read_prompts(config: Config, stats: ReadStats | None = None) -> list[Prompt]:
+    """Every prompt of `config.dataset`, with the system prompt and prompt template applied."""
+    stats = stats if stats is not None else ReadStats()
+    with tempfile.TemporaryDirectory(prefix="teacher-dataset-") as scratch:
+        files = _local_files(config.dataset, Path(scratch))
+        stats.files = len(files)
+        prompts = [p for path in files for p in _read_file(path, config, stats)]
+    for prompt in prompts:
+        _apply_config(prompt, config)
+    return prompts
+
+
+def _local_files(dataset: str, scratch: Path) -> list[Path]:
+    if dataset.startswith("s3://"):
+        bucket_key = dataset[len("s3://") :].rstrip("/")
+        bucket, _, key = bucket_key.partition("/")
+        store = open_store(f"s3://{bucket}")
+        keys = store.list(key)
+        if not keys:
+            raise InputError(f"dataset {dataset}: no object at or under this key; check the bucket and path")
+        for item in keys:
+            store.download_file(item, scratch / item)
+        return sorted(p for p in scratch.rglob("*") if p.is_file())
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"dataset {dataset}: the folder holds no files")
+        return files
+    if not path.is_file():
+        raise InputError(f"dataset {dataset} does not exist; give a JSONL/JSON/text file, a folder or s3://")
+    return [path]
+
+
+def _read_file(path: Path, config: Config, stats: ReadStats) -> Iterator[Prompt]:
+    fmt = config.dataset_format
+    if fmt == "text" or (fmt == "auto" and path.suffix.lower() in TEXT_SUFFIXES):
+        yield from _read_text(path, config)
+        return
+    for where, obj in _objects(path, config.bad_lines, stats):
+        if fmt == "auto":
+            fmt = detect_format(obj, where)
+        try:
+            yield READERS[fmt](obj, where)
+        except InputError as error:
+            if config.bad_lines == "fail":
+                raise
+            stats.skipped_lines += 1
+            stats.errors.append(str(error))
+
+
+def detect_format(obj: dict[str, Any], where: str) -> str:
+    for key, fmt in (
+        ("conversations", "sharegpt"),
+        ("instruction", "alpaca"),
+        ("messages", "messages"),
+        ("prompt", "prompts"),
+    ):
+        if key in obj:
+            return fmt
+    raise InputError(
+        f"{where}: cannot tell the dataset format from keys {sorted(obj)}; expected prompt, messages, "
+        "instruction (alpaca) or conversations (sharegpt), or set dataset_format"
+    )
+
+
+def _objects(path: Path, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(file:line, object) pairs of a JSONL file, or (file:item N, object) of a .json list."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        entries = [(f"{path}:item {i}", item) for i, item in enumerate(items, start=1)]
+    else:
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                entries.append(
+                    (f"{path}:{number}", InputError(f"{path}:{number}: not valid JSON ({error.msg})"))
+                )
+    for where, value in entries:
+        problem = value if isinstance(value, InputError) else None
+        if problem is None and not isinstance(value, dict):
+            problem = InputError(f"{where}: expected a JSON object, got {type(value).__name__}")
+        if problem is None:
+            yield where, value
+        elif bad_lines == "fail":
+            raise problem
+        else:
+            stats.skipped_lines += 1
+            stats.errors.append(str(problem))
+
+
+def _text(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise InputError(f"{where}: field {key!r} must be a non-empty string")
+    return value
+
+
+def _split_reference(messages: list[dict[str, str]], where: str) -> tuple[list[dict[str, str]], str | None]:
+    """Messages up to the last user turn, and the assistant answer after it, if any."""
+    validate_messages(messages, where)
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise InputError(f"{where}: the conversation has no user turn to ask the teacher")
+    after = [m for m in messages[last_user + 1 :] if m["role"] == "assistant"]
+    return [dict(m) for m in messages[: last_user + 1]], (after[0]["content"] if after else None)
+
+
+def read_prompt_line(obj: dict[str, Any], where: str) -> Prompt:
+    if "messages" in obj and "prompt" not in obj:
+        return read_messages_line(obj, where)
+    messages = [{"role": "user", "content": _text(obj, "prompt", where)}]
+    system = _text(obj, "system", where, required=False)
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return Prompt(messages, _text(obj, "reference", where, required=False), where)
+
+
+def read_alpaca_line(obj: dict[str, Any], where: str) -> Prompt:
+    instruction = _text(obj, "instruction", where)
+    extra_input = _text(obj, "input", where, required=False)
+    user = f"{instruction}\n\n{extra_input}" if extra_input and extra_input.strip() else instruction
+    messages = [{"role": "user", "content": user}]
+    system = _text(obj, "system", where, required=False)
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return Prompt(messages, _text(obj, "output", where, required=False), where)
+
+
+def read_sharegpt_line(obj: dict[str, Any], where: str) -> Prompt:
+    turns = obj.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise InputError(f"{where}: field 'conversations' must be a non-empty list of turns")
+    messages = []
+    system = _text(obj, "system", where, required=False)
+    if system:
+        messages.append({"role": "system", "content": system})
+    for i, turn in enumerate(turns):
+        role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        if role is None or not isinstance(turn.get("value"), str):
+            raise InputError(
+                f"{where}: conversations[{i}] needs 'from' (one of {', '.join(SHAREGPT_ROLES)}) and a "
+                "string 'value'"
+            )
+        messages.append({"role": role, "content": turn["value"]})
+    prompt_messages, reference = _split_reference(messages, where)
+    return Prompt(prompt_messages, reference, where)
+
+
+def read_messages_line(obj: dict[str, Any], where: str) -> Prompt:
+    prompt_messages, reference = _split_reference(obj.get("messages"), where)
+    return Prompt(prompt_messages, _text(obj, "reference", where, required=False) or reference, where)
+
+
+READERS = {
+    "prompts": read_prompt_line,
+    "alpaca": read_alpaca_line,
+    "sharegpt": read_sharegpt_line,
+    "messages": read_messages_line,
+}
+
+
+def _read_text(path: Path, config: Config) -> Iterator[Prompt]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for number, chunk in enumerate(chunk_text(text, config.text.chunk_chars, config.text.overlap_chars)):
+        user = render_file_template(config.text.template, chunk=chunk.text)
+        yield Prompt([{"role": "user", "content": user}], None, f"{path}:{chunk.line}", {"chunk": number})
+
+
+def _apply_config(prompt: Prompt, config: Config) -> None:
+    """The config's system prompt replaces the source's; the prompt template wraps the last user turn."""
+    if config.system_prompt:
+        prompt.messages = [m for m in prompt.messages if m["role"] != "system"]
+        prompt.messages.insert(0, {"role": "system", "content": config.system_prompt})
+    if config.prompt_template:
+        last = prompt.messages[-1]
+        last["content"] = render_prompt_template(config.prompt_template, last["content"])

@@ -1,0 +1,126 @@
+"""The teacher-data stage end to end against the loopback demo teacher, through the real openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.common.config import from_dict
+from components.common.errors import InputError
+from components.common.records import read_records
+from components.teacher import Config, run
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+
+
+def make_config(tmp_path, base_url, **overrides) -> Config:
+    provider = {"name": "demo", "base_url": base_url, "backoff_s": 0.01, **overrides.pop("provider", {})}
+    data = {
+        "dataset": str(tmp_path / "prompts.jsonl"),
+        "output_dir": str(tmp_path / "out"),
+        "store_uri": str(tmp_path / "store"),
+        "provider": provider,
+        "progress_bar": False,
+        **overrides,
+    }
+    return from_dict(Config, data)
+
+
+@pytest.fixture
+def server():
+    with start_teacher_server(api_key="sk-test") as running:
+        yield running
+
+
+@pytest.fixture
+def keyed(monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
+
+
+def test_run_writes_split_records_with_reasoning_and_metrics(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 40, seed=3)
+    config = make_config(tmp_path, server.base_url, provider={"api_key_required": True}, test_ratio=0.25)
+
+    result = run(config)
+
+    out = tmp_path / "out"
+    train, test = read_records(out / "train.jsonl"), read_records(out / "test.jsonl")
+    assert (len(train), len(test)) == (30, 10)
+    assert {r.split for r in train} == {"train"} and {r.split for r in test} == {"test"}
+    for record in train + test:
+        word = record.messages[0]["content"].rsplit(" ", 1)[1]
+        assert record.answer == word[::-1]
+        assert record.reasoning.startswith("The letters are ")
+        assert record.teacher["model"] == "demo-teacher"
+        assert record.usage["completion_tokens"] > 0
+    assert sum(server.requests_by_prompt.values()) == 40
+    assert all(count == 1 for count in server.requests_by_prompt.values())
+    assert result.metrics["records"] == 40 and result.metrics["requests"] == 40
+    assert result.metrics["completion_tokens"] > 0
+    assert all(isinstance(v, float) for v in result.metrics.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["train"] == 30
+    assert "sk-test" not in (out / "summary.json").read_text()
+
+
+def test_a_second_run_asks_nothing(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 12)
+    config = make_config(tmp_path, server.base_url)
+    run(config)
+    again = run(config)
+    assert again.metrics["requests"] == 0 and again.metrics["records"] == 12
+    assert sum(server.requests_by_prompt.values()) == 12
+
+
+def test_think_in_answer_puts_reasoning_before_the_answer(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    run(make_config(tmp_path, server.base_url, think_in_answer=True, test_ratio=0.0))
+    record = read_records(tmp_path / "out" / "train.jsonl")[0]
+    assert record.answer.startswith("<think>\nThe letters are ")
+    assert record.answer.endswith("</think>\n\n" + record.messages[0]["content"].rsplit(" ", 1)[1][::-1])
+
+
+def test_missing_dataset_names_the_path(tmp_path, server, keyed):
+    config = make_config(tmp_path, server.base_url)
+    with pytest.raises(InputError, match=r"prompts\.jsonl does not exist"):
+        run(config)
+
+
+def test_malformed_line_names_file_and_line(tmp_path, server, keyed):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Reverse the letters of: abc"}\n{"prompt": oops}\n')
+    with pytest.raises(InputError, match=r"prompts\.jsonl:2: not valid JSON"):
+        run(make_config(tmp_path, server.base_url))
+    assert sum(server.requests_by_prompt.values()) == 0
+
+
+def test_unreachable_teacher_names_the_base_url(tmp_path, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    with start_teacher_server() as stopped:
+        base_url = stopped.base_url
+    with pytest.raises(InputError, match=rf"teacher at {base_url} is unreachable"):
+        run(make_config(tmp_path, base_url, provider={"timeout_s": 5}))
+
+
+def test_missing_api_key_names_the_variable_before_any_request(tmp_path, server, monkeypatch):
+    monkeypatch.delenv("MY_TEACHER_KEY", raising=False)
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    config = make_config(
+        tmp_path, server.base_url, provider={"api_key_env": "MY_TEACHER_KEY", "api_key_required": True}
+    )
+    with pytest.raises(InputError, match="environment variable MY_TEACHER_KEY is not set"):
+        run(config)
+    assert server.teacher.total_requests == 0
+
+
+def test_wrong_api_key_is_refused_in_preflight(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-wrong")
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    with pytest.raises(InputError, match=r"rejected the API key in \$TEACHER_API_KEY"):
+        run(make_config(tmp_path, server.base_url, provider={"api_key_required": True}))
+    assert server.teacher.total_requests == 0
+
+
+def test_unknown_model_is_refused_in_preflight(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    with pytest.raises(InputError, match="does not serve model 'gpt-9'"):
+        run(make_config(tmp_path, server.base_url, provider={"model": "gpt-9"}))
