@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from components.common.errors import ConfigError
+from components.teacher.config import ProviderConfig
 
 SYSTEMS = ("untrained", "distilled", "teacher")
 # Metrics where higher is better, so a `min_score` gate makes sense on them (see stage.check_gate).
@@ -14,25 +15,25 @@ GATE_METRICS = ("exact_match", "accuracy", "rouge1", "rouge2", "rouge_l", "bleu"
 
 @dataclass
 class JudgeConfig:
-    """LLM-as-judge: the teacher-stage client asks a judge model which answer is better.
+    """LLM-as-judge of the distilled student against the teacher (see judge.py).
 
-    base_url, model: the OpenAI-compatible endpoint and model of the judge (often the teacher itself).
-    api_key_env: environment variable holding its API key (never in the config).
-    max_samples: judge at most this many test samples (each is one request).
+    provider: the judge model, configured exactly like the teacher stage's `provider` (a named preset
+        such as deepseek or qwen, or base_url + model; API key from the environment variable it names).
+    max_samples: judge at most this many test samples (one request each).
+    concurrency: requests in flight at once.
     """
 
-    base_url: str
-    model: str
-    api_key_env: str = "TEACHER_API_KEY"
+    provider: ProviderConfig
     max_samples: int = 50
     concurrency: int = 4
-    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_samples < 1:
             raise ConfigError(f"judge.max_samples: {self.max_samples} must be at least 1")
         if self.concurrency < 1:
             raise ConfigError(f"judge.concurrency: {self.concurrency} must be at least 1")
+        if self.provider.is_local:
+            raise ConfigError("judge.provider: the judge must be an API (name: local is not supported here)")
 
 
 @dataclass

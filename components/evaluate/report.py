@@ -88,9 +88,11 @@ def gate_banner(gate: dict[str, Any]) -> str:
 
 def samples_table(samples: list[dict[str, Any]]) -> str:
     has_reference = any(s.get("reference") is not None for s in samples)
+    has_judge = any(s.get("judge") for s in samples)
     columns = (
         ["Prompt"] + (["Reference"] if has_reference else []) + ["Teacher", "Student before", "Student after"]
     )
+    columns += ["Judge"] if has_judge else []
     lines = ["<table class='samples'><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
     for sample in samples:
         cells = [html.escape(sample["prompt"])]
@@ -102,6 +104,8 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
                 "<span class='ok'>✓</span> " if sample[f"{system}_match"] else "<span class='bad'>✗</span> "
             )
             cells.append(mark + html.escape(sample[system]))
+        if has_judge:
+            cells.append(html.escape(sample.get("judge") or ""))
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)

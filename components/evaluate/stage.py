@@ -88,11 +88,13 @@ def run(config: Config) -> Result:
         del model
         free_memory()
 
+    verdicts: list[str] = []
     metrics.update(teacher_metrics(config, records, prompts, questions, teacher, references, checker, device))
     if config.judge is not None:
         from components.evaluate.judge import judge_win_rate
 
-        metrics.update(judge_win_rate(config.judge, questions, outputs["distilled"].answers, teacher))
+        judged, verdicts = judge_win_rate(config.judge, questions, outputs["distilled"].answers, teacher)
+        metrics.update(judged)
     curves = read_loss_curves(config.tensorboard_dir) if config.tensorboard_dir else {}
     gate = check_gate(config, metrics)
 
@@ -105,6 +107,7 @@ def run(config: Config) -> Result:
             **{system: outputs[system].answers[i] for system in outputs},
             **{f"{system}_raw": outputs[system].raw[i] for system in outputs},
             **{f"{system}_match": exact_match(outputs[system].answers[i], answer) for system in outputs},
+            "judge": verdicts[i] if i < len(verdicts) else None,
         }
         for i, (record, question, answer) in enumerate(zip(records, questions, teacher, strict=True))
     ]

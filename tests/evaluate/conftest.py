@@ -77,3 +77,87 @@ def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -
         optimizer.zero_grad()
     model.save_pretrained(path)
     return path
+
+
+class ReversalJudge:
+    """An OpenAI-compatible judge on loopback (aiohttp in a background thread) that knows the reversal task:
+    it prefers the answer that is the reversed word, says TIE when both or neither are, and answers the
+    first chat request with a 429 so that the client's retry path runs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.requests = 0
+        self.ready = threading.Event()
+        self.port = 0
+
+    async def models(self, request):
+        from aiohttp import web
+
+        return web.json_response(
+            {"object": "list", "data": [{"id": "judge-1", "object": "model", "owned_by": "t"}]}
+        )
+
+    async def chat(self, request):
+        import re
+
+        from aiohttp import web
+
+        body = await request.json()
+        self.requests += 1
+        if self.requests == 1:
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers={"retry-after-ms": "10"}
+            )
+        prompt = body["messages"][-1]["content"]
+        word = re.search(r"Reverse the letters of: (\w+)", prompt).group(1)
+        a = re.search(r"Answer A:\n(.*?)\n\nAnswer B:", prompt, re.S).group(1).strip()
+        b = re.search(r"Answer B:\n(.*?)\n\nWhich answer", prompt, re.S).group(1).strip()
+        right_a, right_b = a == word[::-1], b == word[::-1]
+        verdict = "A" if right_a and not right_b else "B" if right_b and not right_a else "TIE"
+        content = f"Checked both against {word[::-1]}.\nVERDICT: {verdict}"
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59},
+            }
+        )
+
+    def serve(self) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        async def main():
+            app = web.Application()
+            app.router.add_get("/v1/models", self.models)
+            app.router.add_post("/v1/chat/completions", self.chat)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            self.ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+@pytest.fixture(scope="session")
+def judge_server() -> ReversalJudge:
+    import threading
+
+    judge = ReversalJudge()
+    threading.Thread(target=judge.serve, daemon=True).start()
+    assert judge.ready.wait(10), "judge server did not start"
+    return judge

@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
-from components.evaluate import Config, EvalGateError, run
+from components.evaluate import Config, EvalGateError, JudgeConfig, run
 from components.evaluate.generate import generate, load_model, split_reasoning
 
 CHECKER = "components.evaluate.checkers:reverse_letters"
@@ -34,8 +34,21 @@ def config(base, distilled, data, out, **extra) -> Config:
 
 
 def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
-    tiny_model_dir, memorized_student_dir, tiny_teacher_dir, reversal_data_dir, tensorboard_dir, tmp_path
+    tiny_model_dir,
+    memorized_student_dir,
+    tiny_teacher_dir,
+    reversal_data_dir,
+    tensorboard_dir,
+    judge_server,
+    tmp_path,
 ):
+    judge = {
+        "base_url": f"http://127.0.0.1:{judge_server.port}/v1",
+        "model": "judge-1",
+        "name": "judge",
+        "api_key_required": False,
+        "backoff_s": 0.01,
+    }
     out = tmp_path / "eval"
     cfg = config(
         tiny_model_dir,
@@ -45,6 +58,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
         teacher_model_dir=str(tiny_teacher_dir),
         tensorboard_dir=str(tensorboard_dir),
         checker=CHECKER,
+        judge=from_dict(JudgeConfig, {"provider": judge}),
         gate_metric="distilled_exact_match",
         min_score=0.9,
     )
@@ -64,6 +78,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
     assert m["teacher_avg_output_tokens"] == pytest.approx(
         m["distilled_avg_output_tokens"]
     )  # same answers + eos
+    assert m["judge_win_rate"] == 0.5 and m["judge_tie_rate"] == 1.0  # student and teacher both right
     assert all(isinstance(v, float) for v in m.values())
 
     saved = json.loads((out / "eval.json").read_text())
@@ -75,6 +90,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
     report = (out / "report.html").read_text()
     assert "<polyline" in report and "train/loss" in report  # the loss curve, inline SVG
     assert "Reverse the letters of:" in report and "eval gate passed" in report
+    assert "LLM judge, distilled student vs teacher: wins 50.0%, ties 100.0% of 8 judged samples" in report
     assert not re.search(r"""(src|href)\s*=|<script|@import|url\(""", report)  # nothing fetched
 
 
