@@ -42,15 +42,15 @@ from aiohttp import web
 REVERSE = re.compile(r"Reverse the letters of:\s*([a-z]+)\s*$")
 JUDGE = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*?)\s*(?:Reply with|$)", re.S)
 TOKEN = re.compile(r"\w+|[^\w\s]")
-FAULT_KINDS = ("429", "500", "slow", "drop", "empty", "length")
+FAULT_KINDS = ("429", "500", "401", "slow", "drop", "empty", "length")
 
 
 @dataclass
 class Faults:
     """What goes wrong, and when.
 
-    schedule: prompt -> faults for its first requests, in order (kinds: 429, 500, slow, drop, empty,
-        length); once the list is used up the prompt is answered normally.
+    schedule: prompt -> faults for its first requests, in order (kinds: 429, 500, 401, slow, drop,
+        empty, length); once the list is used up the prompt is answered normally.
     rate_limit_fraction / error_fraction: share of all other requests answered 429 / 500, decided by a
         hash of (prompt, attempt) so the same run gets the same faults whatever the request order.
     retry_after_s: the Retry-After sent with a 429 (also as retry-after-ms, as OpenAI does).
@@ -169,6 +169,8 @@ class DemoTeacher:
             wait = self.faults.retry_after_s
             headers = {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(int(wait * 1000))}
             return _error(429, "Rate limit reached, please retry later.", "rate_limit_exceeded", headers)
+        if fault == "401":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
         if fault == "500":
             return _error(500, "The server had an error while processing your request.", "server_error")
         if fault == "slow":
@@ -195,9 +197,10 @@ class DemoTeacher:
         room = None if max_tokens is None else max(0, int(max_tokens) - len(tokens(reasoning)))
         if fault == "empty":
             content = ""
-        elif fault == "length" or (room is not None and len(tokens(content)) > room):
-            content = " ".join(tokens(content)[: room or 1][:-1])
-            finish = "length"
+        elif fault == "length":
+            content, finish = content[: max(1, len(content) // 2)], "length"
+        elif room is not None and len(tokens(content)) > room:
+            content, finish = " ".join(tokens(content)[:room]), "length"
         prompt_tokens = sum(len(tokens(str(m.get("content", "")))) + 4 for m in messages)
         completion_tokens = len(tokens(content)) + len(tokens(reasoning))
         choices = []

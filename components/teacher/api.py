@@ -156,8 +156,8 @@ class ApiTeacher:
             return Retry(f"connection error ({_cause(error)})")
         except openai.APIStatusError as error:
             if error.status_code in (408, 409):
-                return Retry(f"{error.status_code} {error.message}", retry_after(error.response.headers))
-            return Failure(f"{error.status_code} {error.message}")
+                return Retry(_status_reason(error), retry_after(error.response.headers))
+            return Failure(_status_reason(error))
         return _answer(response)
 
 
@@ -203,6 +203,13 @@ def retry_after(headers: Any) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _status_reason(error: openai.APIStatusError) -> str:
+    """'401 Incorrect API key provided.': the status and the server's own message from the error body."""
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{error.status_code} {message or error.message}"
 
 
 def _cause(error: BaseException) -> str:

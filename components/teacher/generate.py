@@ -77,10 +77,10 @@ def answer_problem(choices: list[Choice | dict]) -> str:
     for choice in choices:
         content = choice["content"] if isinstance(choice, dict) else choice.content
         finish = choice["finish_reason"] if isinstance(choice, dict) else choice.finish_reason
-        if not content.strip():
-            return "empty"
         if finish == "length":
             return "length"
+        if not content.strip():
+            return "empty"
     return ""
 
 

@@ -1,0 +1,82 @@
+"""Never pay twice: a stage killed mid-run (SIGKILL) and restarted asks for every prompt exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.config import from_dict
+from components.common.records import read_records
+from components.teacher import Config, run
+from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def saved_answers(store: Path, saved_by: str) -> int:
+    if saved_by == "cache":
+        return len(list((store / "cache" / "teacher").rglob("*.json")))
+    parts = (store / "runs" / "killed" / "teacher").rglob("part-*.jsonl")
+    return sum(len(p.read_text().splitlines()) for p in parts)
+
+
+# journal: no cache, a checkpoint after every answer. cache: checkpoints too rare to happen before the
+# kill, so only the cache entry written as each answer arrives can save it.
+SAVED_BY = {
+    "journal": {"use_cache": False, "checkpoint_records": 1},
+    "cache": {"use_cache": True, "checkpoint_records": 1000, "checkpoint_seconds": 600.0},
+}
+
+
+@pytest.mark.parametrize("saved_by", list(SAVED_BY))
+def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
+    # After 25 answers the server holds every further request, so the kill lands mid-run at a known point;
+    # requests held when the client dies were never taken up, like requests queued at a provider.
+    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+        settings = {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(tmp_path / "out"),
+            "store_uri": str(tmp_path / "store"),
+            "run_id": "killed",
+            "provider": {"name": "demo", "base_url": server.base_url},
+            "concurrency": 8,
+            "progress_bar": False,
+            **SAVED_BY[saved_by],
+        }
+        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ},
+        )
+        deadline = time.monotonic() + 60
+        while saved_answers(tmp_path / "store", saved_by) < 25:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the stage never stored 25 answers"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert not (tmp_path / "out" / "train.jsonl").exists()
+        server.release()
+
+        result = run(from_dict(Config, settings))
+
+        assert result.metrics["requests"] == 35
+        if saved_by == "journal":
+            assert result.metrics["resumed"] == 25
+        else:
+            assert result.metrics["cached"] == 25
+        assert len(server.requests_by_prompt) == 60
+        assert set(server.requests_by_prompt.values()) == {1}
+    records = read_records(tmp_path / "out" / "train.jsonl") + read_records(tmp_path / "out" / "test.jsonl")
+    assert len(records) == 60 and len({r.id for r in records}) == 60
