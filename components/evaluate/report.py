@@ -126,8 +126,9 @@ def render_report(
     judge = ""
     if "judge_win_rate" in metrics:
         judge = (
-            f"<p>LLM judge, distilled student vs teacher: wins {metrics['judge_win_rate']:.1%}, "
-            f"ties {metrics.get('judge_tie_rate', 0):.1%} of {metrics.get('judge_samples', 0):.0f} judged samples.</p>"
+            f"<p>LLM judge, distilled student vs teacher: win rate {metrics['judge_win_rate']:.1%} "
+            f"(ties count half; 50% = as good as the teacher), ties {metrics.get('judge_tie_rate', 0):.1%}, "
+            f"{metrics.get('judge_samples', 0):.0f} samples judged.</p>"
         )
     curve = (
         curve_svg or "<p class='note'>No training loss curve: no TensorBoard events were given or found.</p>"
