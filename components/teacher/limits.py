@@ -15,10 +15,12 @@ class RateLimiter:
     next requests wait until the minute's allowance has caught up.
     """
 
-    def __init__(self, rpm: float | None, tpm: float | None):
+    def __init__(self, rpm: float | None, tpm: float | None, clock=time.monotonic, sleep=asyncio.sleep):
         self.rpm = rpm
         self.tpm = tpm
-        now = time.monotonic()
+        self.clock = clock
+        self.sleep = sleep
+        now = clock()
         # Start with one second's allowance rather than a full minute, so a burst cannot exceed the limit.
         self._requests = (rpm / 60.0, now) if rpm else None
         self._tokens = (tpm / 60.0, now) if tpm else None
@@ -26,7 +28,7 @@ class RateLimiter:
 
     def _level(self, bucket: tuple[float, float], per_minute: float) -> float:
         level, since = bucket
-        return min(per_minute, level + (time.monotonic() - since) * per_minute / 60.0)
+        return min(per_minute, level + (self.clock() - since) * per_minute / 60.0)
 
     async def acquire(self, prompt_tokens: int) -> None:
         async with self._lock:  # one waiter at a time keeps requests in arrival order
@@ -41,8 +43,8 @@ class RateLimiter:
                     wait = max(wait, (need - level) * 60.0 / self.tpm)
                 if wait <= 0:
                     break
-                await asyncio.sleep(wait)
-            now = time.monotonic()
+                await self.sleep(wait)
+            now = self.clock()
             if self._requests is not None:
                 self._requests = (self._level(self._requests, self.rpm) - 1, now)
             if self._tokens is not None:
@@ -50,7 +52,7 @@ class RateLimiter:
 
     def charge(self, tokens: int) -> None:
         if self._tokens is not None:
-            self._tokens = (self._level(self._tokens, self.tpm) - tokens, time.monotonic())
+            self._tokens = (self._level(self._tokens, self.tpm) - tokens, self.clock())
 
 
 @dataclass

@@ -1,0 +1,182 @@
+"""The local Hugging Face teacher: a model folder generating in this process, in batches.
+
+    provider:
+      name: local
+      model: /models/qwen2.5-7b-instruct      # or s3://bucket/models/teacher (downloaded first)
+      adapter: /models/teacher-lora          # optional PEFT adapter on top
+      quantization: 4bit                     # optional, "8bit" or "4bit" through bitsandbytes, CUDA only
+      batch_size: 8
+      max_tokens: 512
+
+It writes the same entries as the API teacher (so resume, cache, judge and split work the same), and is
+the teacher for offline pseudo-labels. A chain of thought written as <think>...</think> by the model is
+moved into the record's `reasoning`. On CPU it runs in float32; on CUDA in bfloat16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import ConfigError
+from components.common.store import open_store
+from components.teacher.api import Answer, Choice
+from components.teacher.config import ProviderConfig
+
+log = logging.getLogger(__name__)
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+
+
+class LocalTeacher:
+    def __init__(self, provider: ProviderConfig):
+        import torch
+
+        if provider.quantization != "none" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"provider.quantization: {provider.quantization!r} needs a CUDA GPU (bitsandbytes); "
+                "set quantization: none to run the local teacher on CPU"
+            )
+        self.provider = provider
+        self._model = None
+        self._tokenizer = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "provider": "local",
+            "model": self.provider.model,
+            "params": self.provider.generation_params(),
+        }
+
+    def _folder(self, location: str) -> str:
+        if not location.startswith("s3://"):
+            return location
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="local-teacher-")
+        target = Path(self._scratch.name) / str(abs(hash(location)))
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        open_store(f"s3://{bucket}").download_dir(prefix, target)
+        return str(target)
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        provider = self.provider
+        cuda = torch.cuda.is_available()
+        kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
+        if provider.quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            if provider.quantization == "4bit":
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+                )
+            else:
+                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["device_map"] = "auto"
+        folder = self._folder(provider.model)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        # Left padding: in a batch every prompt must end where generation starts.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if provider.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self._folder(provider.adapter))
+        if cuda and provider.quantization == "none":
+            model = model.to("cuda")
+        model.eval()
+        self._model, self._tokenizer = model, tokenizer
+        log.info(
+            "local teacher %s loaded (%s%s)",
+            provider.model,
+            "cuda" if cuda else "cpu",
+            f", adapter {provider.adapter}" if provider.adapter else "",
+        )
+
+    def generate(self, conversations: list[list[dict[str, str]]]) -> list[Answer]:
+        """One batched generate() over `conversations`; one Answer with `n` choices each."""
+        import torch
+
+        if self._model is None:
+            self.load()
+        provider, tokenizer, model = self.provider, self._tokenizer, self._model
+        texts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sample = bool(provider.temperature)
+        options: dict[str, Any] = {
+            "max_new_tokens": provider.max_tokens or 512,
+            "do_sample": sample,
+            "num_return_sequences": provider.n,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if sample:
+            options.update(temperature=provider.temperature, top_p=provider.top_p or 1.0)
+        torch.manual_seed(provider.seed or 0)
+        with torch.no_grad():
+            output = model.generate(**batch, **options)
+        new = output[:, batch["input_ids"].shape[1] :]
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        answers = []
+        for i, prompt_tokens in enumerate(prompt_lengths):
+            choices, completion_tokens = [], 0
+            for row in new[i * provider.n : (i + 1) * provider.n]:
+                ids = row.tolist()
+                ended = tokenizer.eos_token_id in ids
+                if ended:
+                    ids = ids[: ids.index(tokenizer.eos_token_id)]
+                ids = [t for t in ids if t != tokenizer.pad_token_id]
+                completion_tokens += len(ids) + int(ended)
+                choices.append(_choice(tokenizer.decode(ids, skip_special_tokens=False), ended))
+            answers.append(Answer(choices, int(prompt_tokens), completion_tokens))
+        return answers
+
+    async def generate_all(self, generator, jobs: list) -> Any:
+        """Run `jobs` through the generator's cache, policies and journal, `batch_size` prompts at a time."""
+        waiting = []
+        for job in jobs:
+            cached = await generator.lookup_cache(job)
+            if cached is not None:
+                await generator.finish(job, cached, new_answer=False)
+            else:
+                waiting.append(job)
+        while waiting:
+            batch, waiting = waiting[: self.provider.batch_size], waiting[self.provider.batch_size :]
+            allowed = []
+            for job in batch:
+                if generator.budget.allows_request():
+                    generator.budget.count_request()
+                    job.requests += 1
+                    allowed.append(job)
+                else:
+                    generator.tally.unfinished += 1
+            if not allowed:
+                continue
+            answers = await asyncio.to_thread(self.generate, [job.prompt.messages for job in allowed])
+            for job, answer in zip(allowed, answers, strict=True):
+                if await generator.answered(job, answer) is not None:
+                    waiting.append(job)  # the policy asked for another try
+        await asyncio.to_thread(generator.journal.flush)
+        return generator.tally
+
+
+def _choice(text: str, ended: bool) -> Choice:
+    special = ("<|im_end|>", "<|endoftext|>")
+    for token in special:
+        text = text.replace(token, "")
+    reasoning = None
+    match = _THINK.match(text)
+    if match:
+        reasoning, text = match.group(1).strip(), text[match.end() :]
+    return Choice(text.strip(), reasoning, "stop" if ended else "length")

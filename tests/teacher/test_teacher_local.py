@@ -1,0 +1,109 @@
+"""The local Hugging Face teacher: batched generation on a tiny Qwen2, same records as the API teacher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.common.config import from_dict
+from components.common.errors import ConfigError
+from components.common.records import read_records
+from components.teacher import Config, run
+from components.teacher.local import LocalTeacher
+from pipelines.demo_teacher import write_demo_dataset
+
+
+def make_config(tmp_path, model_dir, run_id="local", **provider) -> Config:
+    return from_dict(
+        Config,
+        {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(tmp_path / run_id),
+            "store_uri": str(tmp_path / "store"),
+            "run_id": run_id,
+            "progress_bar": False,
+            "test_ratio": 0.0,
+            "on_length": "keep",
+            "use_cache": False,
+            "provider": {
+                "name": "local",
+                "model": str(model_dir),
+                "max_tokens": 6,
+                "batch_size": 4,
+                **provider,
+            },
+        },
+    )
+
+
+def test_local_teacher_answers_every_prompt_in_batches_reproducibly(tmp_path, tiny_teacher_dir):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 6)
+    first = run(make_config(tmp_path, tiny_teacher_dir, run_id="a"))
+    second = run(make_config(tmp_path, tiny_teacher_dir, run_id="b"))
+    records_a = read_records(tmp_path / "a" / "train.jsonl")
+    records_b = read_records(tmp_path / "b" / "train.jsonl")
+    assert first.metrics["records"] == 6 and first.metrics["requests"] == 6
+    assert [r.answer for r in records_a] == [r.answer for r in records_b]  # greedy and seeded
+    for record in records_a:
+        assert record.messages[-1]["role"] == "assistant"
+        assert record.teacher["provider"] == "local"
+        assert 1 <= record.usage["completion_tokens"] <= 6
+        assert record.usage["prompt_tokens"] > 5
+    assert second.metrics["records"] == 6
+
+
+def test_batched_answers_equal_one_at_a_time(tiny_teacher_dir):
+    teacher = LocalTeacher(
+        from_dict(
+            Config,
+            {
+                "dataset": "x",
+                "output_dir": "y",
+                "provider": {"name": "local", "model": str(tiny_teacher_dir), "max_tokens": 5},
+            },
+        ).provider
+    )
+    conversations = [
+        [{"role": "user", "content": text}] for text in ("Copy the letters of: ab", "Hi", "Reverse: xyz")
+    ]
+    batched = [a.choices[0].content for a in teacher.generate(conversations)]
+    alone = [teacher.generate([c])[0].choices[0].content for c in conversations]
+    assert batched == alone
+
+
+def test_a_peft_adapter_changes_the_teacher(tmp_path, tiny_teacher_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    adapted = get_peft_model(
+        base, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
+    adapted.save_pretrained(tmp_path / "adapter")
+    write_demo_dataset(tmp_path / "prompts.jsonl", 4)
+    run(make_config(tmp_path, tiny_teacher_dir, run_id="plain", max_tokens=12))
+    run(
+        make_config(
+            tmp_path, tiny_teacher_dir, run_id="adapted", max_tokens=12, adapter=str(tmp_path / "adapter")
+        )
+    )
+    plain = [r.answer for r in read_records(tmp_path / "plain" / "train.jsonl")]
+    with_adapter = read_records(tmp_path / "adapted" / "train.jsonl")
+    assert [r.answer for r in with_adapter] != plain
+    assert all(r.teacher["params"]["adapter"] == str(tmp_path / "adapter") for r in with_adapter)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_quantization_on_cpu_fails_early_naming_the_field(tmp_path, tiny_teacher_dir):
+    with pytest.raises(ConfigError, match=r"provider\.quantization: '4bit' needs a CUDA GPU"):
+        run(make_config(tmp_path, tiny_teacher_dir, quantization="4bit"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit bitsandbytes needs CUDA")
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_local_teacher_on_gpu(tmp_path, tiny_teacher_dir, quantization):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 4)
+    result = run(make_config(tmp_path, tiny_teacher_dir, quantization=quantization))
+    assert result.metrics["records"] == 4
