@@ -107,7 +107,18 @@ class Generator:
         self.judge = judge
         self.progress = progress or (lambda entry: None)
         self.tally = Tally()
-        self._writes: set[asyncio.Task] = set()
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def ensure_ready(self) -> None:
+        """Preflight the teacher (and judge) once, before the first request that is not answered from the
+        cache: a fully cached re-run needs neither the endpoint nor the key."""
+        async with self._ready_lock:
+            if not self._ready:
+                await self.teacher.preflight()
+                if self.judge is not None:
+                    await self.judge.teacher.preflight()
+                self._ready = True
 
     def policy(self, problem: str) -> str:
         return {"empty": self.config.on_empty, "length": self.config.on_length}.get(problem, "keep")
@@ -156,6 +167,7 @@ class Generator:
         if not self.budget.allows_request():
             self.tally.unfinished += 1
             return None
+        await self.ensure_ready()
         await self.limiter.acquire(_estimate_tokens(job.prompt.messages))
         self.budget.count_request()
         job.requests += 1

@@ -102,6 +102,11 @@ class LocalTeacher:
             f", adapter {provider.adapter}" if provider.adapter else "",
         )
 
+    async def preflight(self) -> None:
+        """Load the model before the first batch, so a bad folder fails before any work is done."""
+        if self._model is None:
+            await asyncio.to_thread(self.load)
+
     def generate(self, conversations: list[list[dict[str, str]]]) -> list[Answer]:
         """One batched generate() over `conversations`; one Answer with `n` choices each."""
         import torch
@@ -163,6 +168,7 @@ class LocalTeacher:
                     generator.tally.unfinished += 1
             if not allowed:
                 continue
+            await generator.ensure_ready()
             answers = await asyncio.to_thread(self.generate, [job.prompt.messages for job in allowed])
             for job, answer in zip(allowed, answers, strict=True):
                 if await generator.answered(job, answer) is not None:

@@ -106,7 +106,6 @@ def split_keys(keys: Iterable[str], test_ratio: float, seed: int) -> set[str]:
     """
     ordered = sorted(set(keys))
     random.Random(seed).shuffle(ordered)
-    count = math.ceil(test_ratio * len(ordered)) if test_ratio > 0 else 0
-    if len(ordered) > 1:
-        count = min(count, len(ordered) - 1)  # keep at least one training example
+    # ceil, so a small dataset still gets a test example; but always keep at least one for training.
+    count = min(math.ceil(test_ratio * len(ordered)), max(len(ordered) - 1, 0))
     return set(ordered[:count])

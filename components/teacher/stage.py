@@ -143,15 +143,10 @@ async def _generate(
 ) -> Tally:
     provider = teacher.provider
     cache = Cache(store.child("cache/teacher")) if config.use_cache else None
-    if pending and not provider.is_local:
-        # Preflight only when something must be asked: a fully cached re-run needs no endpoint and no key.
-        await teacher.preflight()
     judge = None
     if config.judge.enabled:
         judge_provider = resolve_provider(config.judge.provider or config.provider, config.provider_config)
         judge = Judge(ApiTeacher(judge_provider, concurrency=config.concurrency), config.judge.template)
-        if pending:
-            await judge.teacher.preflight()
     limiter = RateLimiter(
         provider.rpm / num_shards if provider.rpm else None,
         provider.tpm / num_shards if provider.tpm else None,
