@@ -1,7 +1,5 @@
 """KFP component of the merge stage; the logic lives in components.merge."""
 
-from typing import Optional
-
 from kfp import dsl
 
 from pipelines.images import image_for
@@ -14,7 +12,7 @@ def merge_adapter(
     merged: dsl.Output[dsl.Model],
     max_shard_size: str = "2GB",
     dtype: str = "auto",
-    overrides: Optional[dict] = None,
+    overrides: dict = {},
 ):
     """Merge the LoRA adapter into the base weights (or re-shard a full model) and verify the result.
 

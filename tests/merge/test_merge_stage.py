@@ -16,26 +16,6 @@ from components.merge import Config, MergeVerificationError, run
 from components.merge.verify import probe_batch, probe_logits
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
-    """A LoRA adapter with random (non-zero) A and B, so merging changes the model visibly."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    model = get_peft_model(base, lora)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    summary = {"method": "lora", "base_model": "tiny://qwen2", "steps": 3, "final_loss": 1.25}
-    (out / "train_summary.json").write_text(json.dumps(summary))
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
-
-
 def logits_of(model_dir: Path, prompts: list[str]) -> torch.Tensor:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -60,6 +40,8 @@ def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_mode
     # The adapter really changed the model: the merged logits are far from the base's own.
     prompts = ["Reverse the letters of: abc"]
     assert (logits_of(out, prompts) - logits_of(tiny_model_dir, prompts)).abs().max() > 0.1
+    base_norm = AutoModelForCausalLM.from_pretrained(tiny_model_dir).model.norm.weight
+    assert torch.allclose(AutoModelForCausalLM.from_pretrained(out).model.norm.weight, base_norm * 1.5)
     card = (out / "README.md").read_text()
     assert "base_model: tiny://qwen2" in card and "| Method | lora |" in card and "1.25" in card
     assert set(result.metrics) >= {"merge_max_logit_diff", "merge_size_bytes", "merge_parameters"}
