@@ -1,6 +1,7 @@
 """A deterministic OpenAI-compatible teacher on loopback: the demo's teacher and the tests' fault injector.
 
     python -m pipelines.demo_teacher --port 8000 [--api-key K] [--latency 0.5] [--rate-limit-fraction 0.1]
+                                     [--write-dataset data/demo_prompts.jsonl --count 200]
 
 It speaks the chat completions API the way DeepSeek or DashScope do (`reasoning_content` beside
 `content`, `usage`, `n`, `max_tokens`, `logprobs`/`top_logprobs`), so the teacher stage talks to it
@@ -348,7 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--error-fraction", type=float, default=0.0, help="share of requests answered 500")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of a 429, in seconds")
+    parser.add_argument("--write-dataset", metavar="PATH", help="first write a demo prompts JSONL here")
+    parser.add_argument("--count", type=int, default=200, help="prompts in --write-dataset")
     args = parser.parse_args(argv)
+    if args.write_dataset:
+        write_demo_dataset(args.write_dataset, args.count)
     faults = Faults(
         rate_limit_fraction=args.rate_limit_fraction,
         error_fraction=args.error_fraction,

@@ -1,7 +1,5 @@
 """KFP component of the teacher-data stage; the logic lives in components.teacher."""
 
-from typing import Optional
-
 from kfp import dsl
 
 from pipelines.images import image_for
@@ -25,7 +23,7 @@ def teacher_data(
     test_ratio: float = 0.1,
     seed: int = 0,
     system_prompt: str = "",
-    overrides: Optional[dict] = None,
+    overrides: dict = {},
 ):
     """Ask the teacher for an answer to every prompt of `dataset`; write train/test distillation records.
 

@@ -39,7 +39,9 @@ def resolve_provider(provider: ProviderConfig, presets_path: str = "") -> Provid
     from_dict(ProviderConfig, {"name": provider.name, **(preset or {})}, where=f"providers.{provider.name}")
     values = dataclasses.asdict(provider)
     for key, value in (preset or {}).items():
-        if values.get(key) in (None, ""):
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**value, **values[key]}  # headers and body extras merge; the run's win
+        elif values.get(key) in (None, ""):
             values[key] = value
     if values["api_key_required"] is None:
         values["api_key_required"] = not provider.is_local
