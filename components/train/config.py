@@ -1,0 +1,292 @@
+"""The train stage's configuration: one dataclass, fields grouped by concern, checked when loaded.
+
+    python -m components.train --config train.yaml --set method=full --set max_steps=50
+
+Every field is documented where it is declared: its type, its default and why that default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from components.common.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape (peft). Used by `method: lora` and `method: qlora`."""
+
+    # Rank of the update matrices; 16 suits most SFT, larger ranks for new skills on small students.
+    r: int = 16
+    # Scale of the update is alpha / r (or alpha / sqrt(r) with rslora); 2 * r is the usual choice.
+    alpha: int = 32
+    dropout: float = 0.05
+    # Module names or peft's "all-linear" (every linear layer except the output head).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # Rank-stabilized scaling alpha / sqrt(r): keeps the update size steady when r grows.
+    use_rslora: bool = False
+    # Weight-decomposed LoRA: learns magnitude and direction separately; slower, often better at low r.
+    use_dora: bool = False
+    # Extra modules trained in full and saved with the adapter (e.g. ["lm_head"] for new tokens).
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ConfigError(f"lora.r: must be a positive rank, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError('lora.target_modules: name at least one module, or use ["all-linear"]')
+
+
+@dataclass
+class KDSettings:
+    """Logit-level distillation, mixed with cross-entropy on the teacher's answers.
+
+    loss = (1 - alpha) * CE + alpha * divergence(teacher || student at temperature T) * T^2
+    """
+
+    # none: sequence-level distillation only (SFT on the teacher's text).
+    # logits: a local teacher model (teacher_dir) sharing the student's tokenizer runs on every batch.
+    # topk: the teacher's top-k log-probabilities stored in the records (extra["logprobs"]); no teacher
+    #       model needed. See components/train/sparse_kd.py for the expected format.
+    kind: Literal["none", "logits", "topk"] = "none"
+    # forward_kl covers all the teacher's modes; reverse_kl seeks its main one; jsd interpolates (beta).
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    # Generalized JSD mixing weight: 0 is forward KL, 1 reverse KL (as in TRL's GKD).
+    beta: float = 0.5
+    # Softens both distributions; > 1 exposes the teacher's ranking of wrong tokens ("dark knowledge").
+    temperature: float = 1.0
+    # Weight of the KD term; the CE term gets 1 - alpha.
+    alpha: float = 0.5
+    # Local teacher model folder for kind 'logits' (and for the intermediate-layer terms).
+    teacher_dir: str = ""
+    # Load the teacher in 8-bit with bitsandbytes (CUDA only): halves its memory again versus bf16.
+    teacher_8bit: bool = False
+    # Scored tokens per chunk of the loss: the full-vocabulary logits exist for one chunk at a time.
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"kd.alpha: must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"kd.beta: must be in [0, 1], got {self.beta}")
+        if self.temperature <= 0:
+            raise ConfigError(f"kd.temperature: must be positive, got {self.temperature}")
+        if self.kind == "logits" and not self.teacher_dir:
+            raise ConfigError("kd.teacher_dir: kind 'logits' needs a local teacher model folder")
+
+
+@dataclass
+class IntermediateSettings:
+    """Intermediate-layer distillation terms against a local teacher (kd.teacher_dir); weight 0 is off."""
+
+    # MSE between student hidden states (through a learned linear projection when widths differ) and the
+    # teacher's, on the mapped layers.
+    hidden_weight: float = 0.0
+    # MSE between attention probability maps on the mapped layers (heads averaged when counts differ).
+    attention_weight: float = 0.0
+    # InfoNCE between mean-pooled student and teacher final states: each record's student representation
+    # must pick its own teacher representation out of the batch.
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    # [[student_layer, teacher_layer], ...] with 1-based block indices (0 is the embeddings); empty maps
+    # every student block to the teacher block at the same relative depth.
+    layer_map: list[list[int]] = field(default_factory=list)
+    # Divide each term by its running mean magnitude, so that no term dominates by its scale alone.
+    balance: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0 or self.contrastive_weight > 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_weight", "attention_weight", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"intermediate.{name}: must be >= 0, got {getattr(self, name)}")
+        if any(len(pair) != 2 for pair in self.layer_map):
+            raise ConfigError("intermediate.layer_map: each entry is [student_layer, teacher_layer]")
+
+
+@dataclass
+class StageSettings:
+    """One curriculum stage; a field left at None inherits the top-level value."""
+
+    name: str
+    # Source name -> share of the stage's records ("main" is data_dir, others come from `datasets`).
+    mix: dict[str, float] = field(default_factory=dict)
+    # Records per epoch of this stage; 0 means as many as its sources hold together.
+    samples: int = 0
+    max_steps: int = -1
+    num_epochs: float = 1.0
+    learning_rate: float | None = None
+    kd_alpha: float | None = None
+    temperature: float | None = None
+    hidden_weight: float | None = None
+    attention_weight: float | None = None
+    contrastive_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if any(v < 0 for v in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
+            raise ConfigError(f"curriculum stage {self.name!r}: mix shares must be >= 0 and not all 0")
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise ConfigError(f"curriculum stage {self.name!r}: set max_steps > 0 or num_epochs > 0")
+
+
+@dataclass
+class Config:
+    """Supervised distillation of teacher records into a student, optionally with logit-level KD."""
+
+    # --- inputs and outputs ---------------------------------------------------------------------------
+    # Student model folder (Hugging Face layout: config.json, tokenizer, *.safetensors).
+    model_dir: str
+    # Teacher dataset folder holding train.jsonl of distillation records.
+    data_dir: str
+    # Where the adapter (or the full model), the tokenizer and train_summary.json are written.
+    output_dir: str
+    # Where TensorBoard event files are written (a separate KFP artifact).
+    tensorboard_dir: str
+    # Artifact store for run-scoped checkpoints and live TensorBoard logs; "" keeps everything local.
+    store_uri: str = ""
+    # Names this run's prefix in the store: runs/<run_id>/train/...; a retry with the same id resumes.
+    run_id: str = "local"
+
+    # --- parameterization -----------------------------------------------------------------------------
+    # lora: adapters on a frozen student; qlora: adapters on a 4-bit student (CUDA); full: every weight.
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    # --- schedule -------------------------------------------------------------------------------------
+    # Optimizer steps to run; when > 0 it overrides num_epochs (the data repeats as needed).
+    max_steps: int = -1
+    # Passes over the training records when max_steps <= 0.
+    num_epochs: float = 1.0
+    # Records per micro-batch (per device).
+    batch_size: int = 8
+    # Micro-batches per optimizer step: the effective batch is batch_size * this * number of devices.
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    # Fraction of the steps spent warming the learning rate up linearly from 0.
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    # Gradients are clipped to this global norm; 0 disables clipping.
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    # --- data -----------------------------------------------------------------------------------------
+    # Token budget of one record after the chat template; see `truncation` for longer ones.
+    max_length: int = 1024
+
+    # drop: skip records longer than max_length (logged); left: cut the oldest prompt tokens and keep the
+    # answer whole; right: cut the end (the answer loses its tail and its end-of-turn token).
+    truncation: Literal["drop", "left", "right"] = "drop"
+    # The teacher's chain of thought: drop it, show it unscored before the answer, or train on it too.
+    reasoning: Literal["drop", "context", "train"] = "drop"
+    # Score only the final assistant turn (the teacher's) or every assistant turn of the conversation.
+    assistant_turns: Literal["last", "all"] = "last"
+    # Lay several records end to end in one row (no cross-record attention): no padding compute.
+    packing: bool = False
+    # Batch records of similar length together (less padding) when not packing.
+    group_by_length: bool = False
+
+    # Extra teacher datasets for curriculum mixes: name -> folder with train.jsonl.
+    datasets: dict[str, str] = field(default_factory=dict)
+
+    # --- distillation ---------------------------------------------------------------------------------
+    kd: KDSettings = field(default_factory=KDSettings)
+    intermediate: IntermediateSettings = field(default_factory=IntermediateSettings)
+
+    # --- curriculum -----------------------------------------------------------------------------------
+    # Stages run in order, each continuing from the previous one's weights; empty = one stage.
+    curriculum: list[StageSettings] = field(default_factory=list)
+    # First and last stage (0-based, inclusive) to run; -1 as end_stage means the last one.
+    start_stage: int = 0
+    end_stage: int = -1
+
+    # --- numerics -------------------------------------------------------------------------------------
+    # auto: bf16 on a CUDA device that supports it, else fp32. bf16/fp16 need CUDA.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Recompute activations in the backward pass: less memory for about a third more compute.
+    gradient_checkpointing: bool = False
+    # Attention kernel: auto lets transformers choose (sdpa); eager is needed for attention-map losses.
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+
+    # --- distributed --------------------------------------------------------------------------------
+    # DeepSpeed ZeRO config shipped in components/train/deepspeed/ (none: plain DDP or single device).
+    deepspeed: Literal["none", "zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"] = "none"
+    # With more than one visible GPU, re-launch this stage on all of them (torchrun or accelerate launch).
+    launcher: Literal["auto", "none", "torchrun", "accelerate"] = "auto"
+
+    # --- operations -----------------------------------------------------------------------------------
+    # Optimizer steps between log lines and TensorBoard points.
+    logging_steps: int = 10
+    # Optimizer steps between checkpoints in the store; 0 turns checkpoints off.
+    save_steps: int = 0
+    # Checkpoints kept in the store (the newest ones); older ones are deleted.
+    save_total_limit: int = 2
+    # Extra trackers besides TensorBoard: wandb, mlflow, swanlab (each must be installed).
+    report_to: list[str] = field(default_factory=list)
+    # Seconds between copies of the TensorBoard files to the store while training runs.
+    tensorboard_sync_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("model_dir", "data_dir", "output_dir", "tensorboard_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: must name a folder")
+        positive = {
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_length": self.max_length,
+            "logging_steps": self.logging_steps,
+            "save_total_limit": self.save_total_limit,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name}: must be positive, got {value}")
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise ConfigError("max_steps / num_epochs: set max_steps > 0 or num_epochs > 0")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps: must be 0 (off) or a number of steps, got {self.save_steps}")
+        if self.save_steps and not self.store_uri:
+            raise ConfigError(
+                "save_steps: checkpoints are written to the artifact store; set store_uri (a local folder "
+                "or s3://bucket/prefix) or save_steps: 0"
+            )
+        if self.packing and self.group_by_length:
+            raise ConfigError("packing / group_by_length: choose one; packing already removes padding")
+        if self.method == "qlora" and self.deepspeed.startswith("zero3"):
+            raise ConfigError(
+                "deepspeed: ZeRO-3 shards parameters across GPUs, but QLoRA's 4-bit weights are packed "
+                "bitsandbytes tensors that ZeRO-3 cannot partition and gather; use zero2 with qlora, or "
+                "method lora with zero3"
+            )
+        needs_teacher = self.kd.kind == "logits" or self.intermediate.enabled
+        if needs_teacher and not self.kd.teacher_dir:
+            raise ConfigError("kd.teacher_dir: intermediate-layer terms need a local teacher model folder")
+        if self.intermediate.attention_weight > 0 and self.attention not in ("auto", "eager"):
+            raise ConfigError("attention: attention-map distillation needs the 'eager' kernel")
+        names = {"main", *self.datasets}
+        for stage in self.curriculum:
+            unknown = sorted(set(stage.mix) - names)
+            if unknown:
+                raise ConfigError(
+                    f"curriculum stage {stage.name!r}: mix names {unknown[0]!r}, which is not 'main' or a "
+                    f"key of datasets ({', '.join(sorted(names))})"
+                )
+        last = len(self.curriculum) - 1
+        if self.curriculum and not 0 <= self.start_stage <= (self.end_stage if self.end_stage >= 0 else last):
+            raise ConfigError(f"start_stage: {self.start_stage} is not a stage index up to end_stage")
+        if self.end_stage > last:
+            raise ConfigError(f"end_stage: {self.end_stage} but the curriculum has stages 0..{last}")
+        if not self.curriculum and (self.start_stage or self.end_stage not in (-1, 0)):
+            raise ConfigError("start_stage / end_stage: only meaningful with a curriculum")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm: must be >= 0 (0 disables clipping), got {self.max_grad_norm}")

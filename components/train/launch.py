@@ -1,0 +1,115 @@
+"""Devices and processes: the accelerate `Accelerator` for this run, and the multi-GPU re-launch.
+
+One GPU or a CPU: `run()` trains in the calling process. Several GPUs visible in one pod and `launcher`
+auto/torchrun/accelerate: `run()` writes the config to a file and starts
+
+    torchrun --standalone --nproc_per_node <gpus> -m components.train --config <file>
+    accelerate launch --num_processes <gpus> -m components.train --config <file>
+
+and waits; each rank then runs the same recipe, with DDP or DeepSpeed set up by accelerate. The ZeRO
+configs are JSON files in components/train/deepspeed/ picked by the `deepspeed` field; the values
+marked "auto" there are filled from the run's config here (batch size, accumulation, clipping, dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from components.common.config import to_dict
+from components.common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
+
+
+def deepspeed_config(config, precision: str) -> dict:
+    """The shipped ZeRO JSON for `config.deepspeed`, with every "auto" value resolved."""
+    ds = json.loads((DEEPSPEED_DIR / f"{config.deepspeed}.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = config.batch_size
+    ds["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+    ds["gradient_clipping"] = config.max_grad_norm
+    ds["bf16"]["enabled"] = precision == "bf16"
+    ds["fp16"]["enabled"] = precision == "fp16"
+    return ds
+
+
+def accelerator_for(config):
+    """The Accelerator: mixed precision, accumulation, and DeepSpeed when configured."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    from components.train.modeling import resolve_precision
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(config.precision, torch.device(device_type))
+    plugin = None
+    if config.deepspeed != "none":
+        if device_type != "cuda":
+            raise ConfigError(
+                f"deepspeed: {config.deepspeed!r} needs CUDA GPUs and none is visible; use 'none' on CPU"
+            )
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, precision))
+    return Accelerator(
+        mixed_precision={"fp32": "no"}.get(precision, precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        deepspeed_plugin=plugin,
+        cpu=device_type == "cpu",
+    )
+
+
+def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
+    """The launcher command for this run, or None to train in this process."""
+    if config.launcher == "none" or gpus <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    if config.launcher == "accelerate":
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(gpus),
+            "-m",
+            "components.train",
+            "--config",
+            str(config_file),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(gpus),
+        "-m",
+        "components.train",
+        "--config",
+        str(config_file),
+    ]
+
+
+def maybe_relaunch(config) -> bool:
+    """Run the stage on every visible GPU in child processes; False when this process should train."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with tempfile.TemporaryDirectory(prefix="train-launch-") as folder:
+        config_file = Path(folder) / "train.yaml"
+        command = relaunch_command(config, config_file, gpus)
+        if command is None:
+            return False
+        config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        log.info("training on %d GPUs: %s", gpus, " ".join(command))
+        completed = subprocess.run(command, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(f"distributed training failed with exit code {completed.returncode}")
+    return True

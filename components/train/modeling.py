@@ -1,0 +1,184 @@
+"""Loading the student (full, LoRA or 4-bit QLoRA) and a frozen local teacher, and checking they fit.
+
+Numerics per method:
+- full: weights in fp32 (AdamW on bf16 weights loses small updates), the forward pass autocast to bf16/fp16;
+- lora: the frozen base in the compute dtype (bf16 halves its memory), the adapters in fp32;
+- qlora: the base quantized to 4-bit NF4 with double quantization and bf16 compute (bitsandbytes, CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from components.common.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'bf16', 'fp16' or 'fp32' for this device; bf16/fp16 on a CPU fail here, before any loading."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise ConfigError(
+            f"precision: {precision!r} needs a CUDA GPU and none is visible; use 'fp32' or 'auto' on CPU"
+        )
+    return precision
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def check_model_dir(path: str, field: str) -> Path:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{field}: {folder} is not a Hugging Face model folder (no config.json)")
+    return folder
+
+
+def load_student(config, device: torch.device, precision: str):
+    """The student ready to train: frozen base + LoRA adapters, or every weight trainable."""
+    from transformers import AutoModelForCausalLM
+
+    folder = check_model_dir(config.model_dir, "model_dir")
+    kwargs: dict = {"dtype": torch.float32 if config.method == "full" else DTYPES[precision]}
+    if config.attention != "auto":
+        kwargs["attn_implementation"] = config.attention
+    if config.intermediate.attention_weight > 0:
+        # Attention maps are only returned by the eager kernel.
+        kwargs["attn_implementation"] = "eager"
+    if config.method == "qlora":
+        kwargs.update(qlora_kwargs(device, precision))
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if config.method != "qlora":
+        model.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.method == "full":
+        model.train()
+        return model
+    return add_lora(model, config)
+
+
+def qlora_kwargs(device: torch.device, precision: str) -> dict:
+    if device.type != "cuda":
+        raise ConfigError(
+            "method: 'qlora' quantizes the student to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+            "none is visible. Use method 'lora' on CPU"
+        )
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise InputError("method: 'qlora' needs bitsandbytes: pip install 'kfp-distill[qlora]'") from None
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[precision] if precision != "fp32" else torch.float32,
+    )
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"quantization_config": quantization, "device_map": {"": index}}
+
+
+def add_lora(model, config):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    settings = config.lora
+    targets = settings.target_modules
+    lora = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+        modules_to_save=settings.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        # With a frozen embedding nothing upstream needs grad; checkpointed blocks then drop the adapters'.
+        model.enable_input_require_grads()
+    model.train()
+    return model
+
+
+def base_model(model):
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model):
+    """The decoder stack (embeddings + blocks + final norm) that yields the last hidden states."""
+    causal_lm = base_model(model)
+    return getattr(causal_lm, causal_lm.base_model_prefix)
+
+
+def load_teacher(config, device: torch.device, precision: str):
+    """A frozen teacher for logit/intermediate KD: bf16 or 8-bit on GPU, fp32 on CPU, no grads."""
+    from transformers import AutoModelForCausalLM
+
+    folder = check_model_dir(config.kd.teacher_dir, "kd.teacher_dir")
+    kwargs: dict = {"dtype": DTYPES[precision]}
+    if config.kd.teacher_8bit:
+        if device.type != "cuda":
+            raise ConfigError(
+                "kd.teacher_8bit: 8-bit loading (bitsandbytes) needs a CUDA GPU and none is visible; "
+                "set it to false on CPU"
+            )
+        from transformers import BitsAndBytesConfig
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": index})
+    if config.intermediate.attention_weight > 0:
+        # Attention maps are only returned by the eager kernel, never by sdpa or flash attention.
+        kwargs["attn_implementation"] = "eager"
+    teacher = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if not config.kd.teacher_8bit:
+        teacher.to(device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def check_vocab(student_tokenizer, student_model, teacher_tokenizer, teacher_model) -> int:
+    """Refuse logit KD between models whose token ids mean different things, and say why."""
+    s_rows = base_model(student_model).get_output_embeddings().weight.shape[0]
+    t_rows = teacher_model.get_output_embeddings().weight.shape[0]
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
+        raise InputError(
+            f"kd.teacher_dir: the teacher's tokenizer ({len(t_vocab)} tokens) differs from the student's "
+            f"({len(s_vocab)} tokens), e.g. {differing}; logit distillation compares the two distributions "
+            "token id by token id, so both must use the same tokenizer. Use a teacher from the student's "
+            "family, or sequence-level distillation (kd.kind: none)"
+        )
+    if s_rows != t_rows:
+        # Same tokenizer, different padding of the embedding matrix (Qwen2.5: 151936 for 0.5B-3B, 152064
+        # for 7B+). Rows past len(tokenizer) are never real tokens, so compare over the shared prefix.
+        log.info(
+            "student and teacher output heads have %d and %d rows for the same %d-token tokenizer; "
+            "KD compares the first %d",
+            s_rows,
+            t_rows,
+            len(s_vocab),
+            min(s_rows, t_rows),
+        )
+    if len(s_vocab) > min(s_rows, t_rows):
+        raise InputError(
+            f"kd.teacher_dir: the tokenizer has {len(s_vocab)} tokens but an output head has only "
+            f"{min(s_rows, t_rows)} rows (student {s_rows}, teacher {t_rows}); the models do not match "
+            "their tokenizer"
+        )
+    return min(s_rows, t_rows)

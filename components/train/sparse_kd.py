@@ -1,0 +1,125 @@
+"""Sparse top-k KD targets from the teacher's stored log-probabilities (no teacher model at train time).
+
+Expected format: the teacher stage stores the OpenAI-compatible `choices[0].logprobs.content` list of the
+answer under `extra["logprobs"]` of each record, one entry per generated token, in order:
+
+    {"token": "ol", "logprob": -0.01, "bytes": [111, 108],
+     "top_logprobs": [{"token": "ol", "logprob": -0.01, "bytes": [111, 108]}, {"token": "o", ...}, ...]}
+
+(vLLM: request `logprobs: true, top_logprobs: k`; with `return_tokens_as_token_ids` the tokens read
+"token_id:1234", which is used as is.) Token strings are mapped to the student's ids through their UTF-8
+bytes (byte-level BPE vocabularies such as Qwen's, GPT-2's) or the string itself.
+
+Entry j must be the teacher's distribution for the j-th scored token of the example (the answer, or the
+think block then the answer with `reasoning: train`): the records' sampled tokens are checked against the
+student's tokens, and a record where they differ (another tokenizer, a template that changed the text)
+trains on cross-entropy only, counted in the log. Scored positions past the end of the list (the
+end-of-turn token) have no teacher data either.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+
+from components.common.records import Record
+from components.train.batching import Batch
+from components.train.data import IGNORE, Example
+from components.train.objective import SparseTargets
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _byte_alphabet() -> dict[int, str]:
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    return bytes_to_unicode()
+
+
+def token_id(tokenizer, entry: dict) -> int | None:
+    """The student id of one OpenAI logprobs entry, or None when the student has no such token."""
+    text = entry.get("token", "")
+    if text.startswith("token_id:"):
+        return int(text.split(":", 1)[1])
+    vocab = tokenizer.get_vocab()
+    if entry.get("bytes") is not None:
+        alphabet = _byte_alphabet()
+        symbol = "".join(alphabet[b] for b in entry["bytes"])
+        if symbol in vocab:
+            return vocab[symbol]
+    if text in vocab:
+        return vocab[text]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def scored_tokens(example: Example) -> list[int]:
+    return [label for label in example.labels[1:] if label != IGNORE]
+
+
+def topk_for(example: Example, entries: list[dict], tokenizer) -> list[tuple[list[int], list[float]]] | None:
+    """Per scored position (ids, logprobs) of the teacher's top-k, or None when the tokens disagree."""
+    targets = scored_tokens(example)
+    table = []
+    for position, entry in enumerate(entries[: len(targets)]):
+        if token_id(tokenizer, entry) != targets[position]:
+            return None
+        ids, logprobs = [], []
+        for candidate in entry.get("top_logprobs") or [entry]:
+            candidate_id = token_id(tokenizer, candidate)
+            if candidate_id is not None and candidate_id not in ids:
+                ids.append(candidate_id)
+                logprobs.append(float(candidate["logprob"]))
+        table.append((ids, logprobs))
+    return table
+
+
+def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> None:
+    """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`."""
+    by_id = {record.id: record for record in records}
+    missing = mismatched = 0
+    for example in examples:
+        entries = by_id[example.record_id].extra.get("logprobs")
+        if not entries:
+            missing += 1
+            continue
+        example.teacher_topk = topk_for(example, entries, tokenizer)
+        mismatched += example.teacher_topk is None
+    if missing or mismatched:
+        log.warning(
+            "sparse KD: %d of %d records have no extra['logprobs'] and %d have tokens that differ from the "
+            "student's; those train on cross-entropy only",
+            missing,
+            len(examples),
+            mismatched,
+        )
+    if missing + mismatched == len(examples) and examples:
+        from components.common.errors import InputError
+
+        raise InputError(
+            "kd.kind: 'topk' needs the teacher's top_logprobs in extra['logprobs'] of the records, and no "
+            "record has usable ones; ask the teacher stage for logprobs, or set kd.kind: none"
+        )
+
+
+def sparse_targets(batch: Batch, device: torch.device) -> SparseTargets:
+    """(N, k) tensors over the batch's scored positions, in the order the objective flattens them."""
+    rows: list[tuple[list[int], list[float]] | None] = []
+    for example in batch.examples:
+        count = len(scored_tokens(example))
+        table = example.teacher_topk or []
+        rows += [table[j] if j < len(table) else None for j in range(count)]
+    k = max([len(row[0]) for row in rows if row is not None] or [1])
+    ids = torch.zeros((len(rows), k), dtype=torch.long)
+    logprobs = torch.full((len(rows), k), float("-inf"))
+    mask = torch.zeros(len(rows))
+    for position, row in enumerate(rows):
+        if row is None:
+            continue
+        ids[position, : len(row[0])] = torch.tensor(row[0])
+        logprobs[position, : len(row[1])] = torch.tensor(row[1])
+        mask[position] = 1.0
+    return SparseTargets(ids.to(device), logprobs.to(device), mask.to(device))

@@ -1,0 +1,104 @@
+"""What a checkpoint holds and how it is put back: weights, optimizer, schedule, position and RNG.
+
+The trainable weights alone are saved (LoRA adapters are megabytes; the frozen base is the input model
+and is loaded again on restart). The data position needs no state of its own: the batch stream is a pure
+function of (seed, stage, step), so restoring the step restores the order. RNG states make dropout
+continue as it would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from components.train.checkpoint import CheckpointStore, step_name
+
+log = logging.getLogger(__name__)
+
+
+def trainable_state(objective) -> dict[str, torch.Tensor]:
+    return {
+        name: param.detach().cpu().contiguous()
+        for name, param in objective.named_parameters()
+        if param.requires_grad
+    }
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
+    """Write the trainer's state at its current step into the store (rank 0 uploads)."""
+    from safetensors.torch import save_file
+
+    acc = trainer.accelerator
+    local = Path(tempfile.mkdtemp(prefix="train-ckpt-"))
+    try:
+        if trainer.config.deepspeed != "none":
+            # ZeRO state is sharded over ranks; accelerate writes each rank's part.
+            acc.save_state(str(local / "accelerate"))
+        elif acc.is_main_process:
+            objective = acc.unwrap_model(trainer.model)
+            save_file(trainable_state(objective), str(local / "trainable.safetensors"))
+            torch.save(trainer.optimizer.state_dict(), local / "optimizer.pt")
+        if acc.is_main_process:
+            torch.save(rng_state(), local / "rng.pt")
+            state = {
+                "step": trainer.global_step,
+                "stage": trainer.stage_index,
+                "stage_step": trainer.stage_step,
+                "scheduler": trainer.scheduler.state_dict(),
+            }
+            (local / "trainer.json").write_text(json.dumps(state))
+            checkpoints.save(trainer.global_step, local)
+            log.info("checkpoint %s saved to %s", step_name(trainer.global_step), checkpoints.store.uri)
+        acc.wait_for_everyone()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def load_checkpoint(trainer, step: int) -> dict:
+    """Restore weights, optimizer and RNG from checkpoint `step`; returns its trainer.json."""
+    from safetensors.torch import load_file
+
+    acc = trainer.accelerator
+    local = trainer.checkpoints.download(step)
+    try:
+        state = json.loads((local / "trainer.json").read_text())
+        if (local / "accelerate").is_dir():
+            acc.load_state(str(local / "accelerate"))
+        else:
+            objective = acc.unwrap_model(trainer.model)
+            weights = load_file(str(local / "trainable.safetensors"))
+            expected = set(trainable_state(objective))
+            if set(weights) != expected:
+                missing = sorted(expected - set(weights))[:3]
+                raise ValueError(
+                    f"checkpoint {step_name(step)} does not match this model's trainable weights "
+                    f"(e.g. missing {missing}); it was written with another method or LoRA shape. Use a "
+                    "new run_id, or delete runs/<run_id>/train/checkpoints"
+                )
+            objective.load_state_dict(weights, strict=False)
+            trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
+        set_rng_state(torch.load(local / "rng.pt", weights_only=False))
+        log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
+        return state
+    finally:
+        shutil.rmtree(local, ignore_errors=True)

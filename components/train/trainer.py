@@ -1,0 +1,341 @@
+"""The train recipe: setup, then each curriculum stage's loop of loss steps, then save.
+
+    python -m components.train --config train.yaml
+    accelerate launch --num_processes 4 -m components.train --config train.yaml   (what launcher does)
+
+Feature -> flag:
+    SFT on teacher answers, assistant tokens only      (always)         data.py
+    chain of thought in or out of the loss             reasoning        data.py
+    packing without cross-record attention             packing          batching.py
+    logit KD from a local teacher (KL, RKL, JSD)       kd.kind=logits   losses.py
+    sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
+    hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
+    multi-stage curriculum                             curriculum       curriculum.py
+    LoRA / rsLoRA / DoRA / QLoRA / full                method, lora.*   modeling.py
+    DeepSpeed ZeRO 0/2/3 (+offload)                    deepspeed        launch.py, deepspeed/*.json
+    checkpoints in the store, resume                   save_steps       checkpoint.py
+    TensorBoard synced live, report_to trackers        report_to        tracking.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from components.common.config import to_dict
+from components.common.records import read_records
+from components.common.store import open_store
+from components.train.batching import BatchStream, collate
+from components.train.checkpoint import CheckpointStore
+from components.train.curriculum import StagePlan, plan_stages
+from components.train.data import Encoder, encode_records
+from components.train.intermediate import IntermediateLoss
+from components.train.launch import accelerator_for
+from components.train.losses import Divergence
+from components.train.modeling import check_vocab, load_student, load_teacher, resolve_precision
+from components.train.objective import DistillObjective, teacher_outputs
+from components.train.progress import Progress
+from components.train.sparse_kd import attach_topk, sparse_targets
+from components.train.state import load_checkpoint, save_checkpoint
+from components.train.tracking import Trackers, check_report_to
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    steps: int
+    final_loss: float
+    output_dir: str
+    method: str = "lora"
+    tokens_per_second: float = 0.0
+    train_seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            "train_steps": float(self.steps),
+            "train_final_loss": self.final_loss,
+            "train_tokens_per_second": self.tokens_per_second,
+            "train_seconds": self.train_seconds,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DistillTrainer:
+    def __init__(self, config):
+        self.config = config
+
+    # --- setup ----------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        config = self.config
+        check_report_to(config.report_to)
+        seed_everything(config.seed)
+        self.accelerator = accelerator_for(config)
+        self.device = self.accelerator.device
+        self.precision = resolve_precision(config.precision, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+        self.sources = self._load_sources()
+        self.student = load_student(config, self.device, self.precision)
+        self.teacher = None
+        divergence = Divergence(config.kd.divergence, config.kd.beta, config.kd.temperature)
+        intermediate = None
+        if config.kd.teacher_dir and (config.kd.kind == "logits" or config.intermediate.enabled):
+            self.teacher = load_teacher(config, self.device, self.precision)
+            teacher_tokenizer = AutoTokenizer.from_pretrained(config.kd.teacher_dir)
+            limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
+            divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
+            if config.intermediate.enabled:
+                intermediate = IntermediateLoss(config.intermediate, self.student.config, self.teacher.config)
+        self.objective = DistillObjective(self.student, divergence, config.kd.chunk_size, intermediate)
+        self.objective.to(self.device)
+        self.stage_index = self.stage_step = self.global_step = 0
+        self.stages = plan_stages(config, self.sources, divergence)
+        store = (
+            open_store(config.store_uri).child(f"runs/{config.run_id}/train") if config.store_uri else None
+        )
+        self.checkpoints = (
+            CheckpointStore(store.child("checkpoints"), config.save_total_limit) if store else None
+        )
+        self.tb_store = store.child("tensorboard") if store else None
+
+    def _load_sources(self) -> dict:
+        config = self.config
+        encoder = Encoder(
+            self.tokenizer, config.max_length, config.truncation, config.reasoning, config.assistant_turns
+        )
+        folders = {"main": config.data_dir, **config.datasets}
+        sources = {}
+        for name, folder in folders.items():
+            records = read_records(Path(folder) / "train.jsonl")
+            sources[name] = encode_records(encoder, records, name)
+            if config.kd.kind == "topk":
+                attach_topk(sources[name], records, self.tokenizer)
+        log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
+        return sources
+
+    def _stage_optimizer(self, stage: StagePlan, total_steps: int):
+        from transformers import get_scheduler
+
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        decay = self.config.weight_decay
+        optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=decay)
+        name = {"constant": "constant_with_warmup"}.get(self.config.lr_scheduler, self.config.lr_scheduler)
+        warmup = round(self.config.warmup_ratio * total_steps)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+        return optimizer, scheduler
+
+    def _build_optimizer(self):
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        # One optimizer for the whole run: each stage sets its own learning rate and schedule on it, so
+        # DeepSpeed's engine (built around the optimizer) is created once.
+        return torch.optim.AdamW(
+            params, lr=self.stages[0].learning_rate, weight_decay=self.config.weight_decay
+        )
+
+    def _start_stage(self, stage: StagePlan, total_steps: int) -> None:
+        from transformers import get_scheduler
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = stage.learning_rate
+        if self.objective.intermediate is not None:
+            self.objective.intermediate.weights = stage.weights
+        self.objective.spec = stage.divergence
+        name = {"constant": "constant_with_warmup"}.get(self.config.lr_scheduler, self.config.lr_scheduler)
+        warmup = round(self.config.warmup_ratio * total_steps)
+        self.scheduler = get_scheduler(
+            name, self.optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+        )
+
+    # --- the loss of one optimizer step ---------------------------------------------------------------
+    def loss_step(self, stage: StagePlan, micro_batches: list) -> dict[str, float]:
+        """Forward/backward over one accumulation window, then the optimizer step; returns statistics."""
+        config = self.config
+        accum = len(micro_batches)
+        scored = max(1, sum(batch.num_scored for batch in micro_batches))
+        kd_on = config.kd.kind != "none"
+        ce_weight = 1.0 - stage.kd_alpha if kd_on else 1.0
+        kd_weight = stage.kd_alpha if kd_on else 0.0
+        stats = {"ce": 0.0, "kd": 0.0, "loss": 0.0, "scored": float(scored), "tokens": 0.0}
+        for batch in micro_batches:
+            with self.accelerator.accumulate(self.model):
+                teacher = None
+                if self.teacher is not None:
+                    teacher = teacher_outputs(
+                        self.teacher,
+                        batch,
+                        self.device,
+                        layers=config.intermediate.enabled,
+                        attentions=config.intermediate.attention_weight > 0,
+                    )
+                terms = self.model(
+                    **batch.model_inputs(self.device),
+                    labels=batch.labels.to(self.device),
+                    teacher=teacher,
+                    sparse=sparse_targets(batch, self.device) if config.kd.kind == "topk" else None,
+                )
+                ce, kd = terms.pop("ce_sum"), terms.pop("kd_sum")
+                # accelerate divides the loss by the window length; multiplying by it first makes the
+                # window's loss the mean over all its scored tokens, whatever each micro-batch holds.
+                loss = (ce_weight * ce + kd_weight * kd) * accum / scored
+                # Intermediate terms are already means over the micro-batch (and weighted).
+                loss = loss + sum(terms.values()) if terms else loss
+                self.accelerator.backward(loss)
+                stats["ce"] += float(ce.detach())
+                stats["kd"] += float(kd.detach())
+                stats["loss"] += float(loss.detach()) / accum
+                for name, value in terms.items():
+                    stats[name] = stats.get(name, 0.0) + float(value.detach()) / accum
+                stats["tokens"] += batch.num_tokens
+                if self.accelerator.sync_gradients:
+                    stats["grad_norm"] = self._clip()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return stats
+
+    def _clip(self) -> float:
+        if self.config.max_grad_norm <= 0:
+            return float("nan")
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        return float(norm) if norm is not None else float("nan")
+
+    # --- training -------------------------------------------------------------------------------------
+    def train(self) -> Result:
+        config = self.config
+        acc = self.accelerator
+        world, accum = acc.num_processes, config.gradient_accumulation_steps
+        self.optimizer = self._build_optimizer()
+        self.model, self.optimizer = acc.prepare(self.objective, self.optimizer)
+        resume = self.checkpoints.latest() if self.checkpoints else None
+        state = load_checkpoint(self, resume) if resume is not None else None
+        trackers = None
+        if acc.is_main_process:
+            trackers = Trackers(
+                config.tensorboard_dir,
+                self.tb_store,
+                config.report_to,
+                config.run_id,
+                to_dict(config),
+                resume_step=resume or 0,
+                sync_seconds=config.tensorboard_sync_seconds,
+            )
+        self.global_step = resume or 0
+        final_loss = float("nan")
+        started = time.monotonic()
+        tokens_total = 0.0
+        for stage in self.stages:
+            if state is not None and stage.index < state["stage"]:
+                continue
+            seed = config.seed + stage.index
+            stream = BatchStream(stage.examples, config.batch_size, seed, config.group_by_length)
+            total = stage.total_steps(stream.batches_per_epoch, world * accum)
+            self._start_stage(stage, total)
+            self.stage_index, stage_step = stage.index, 0
+            if state is not None:
+                # The checkpoint was taken inside this stage: continue its schedule where it stopped.
+                stage_step = state["stage_step"]
+                self.scheduler.load_state_dict(state["scheduler"])
+                state = None
+            self.model.train()
+            progress = Progress(stage.name, total, stage_step, acc.is_main_process)
+            window: dict[str, float] = {}
+            while stage_step < total:
+                micro = []
+                for m in range(accum):
+                    index = (stage_step * accum + m) * world + acc.process_index
+                    examples = stream.get(index)
+                    micro.append(
+                        collate(examples, self.tokenizer.pad_token_id, config.packing, config.max_length)
+                    )
+                stats = self.loss_step(stage, micro)
+                stage_step += 1
+                self.global_step += 1
+                self.stage_step = stage_step
+                tokens_total += stats["tokens"] * world
+                for key, value in stats.items():
+                    window[key] = value if key == "grad_norm" else window.get(key, 0.0) + value
+                window["steps"] = window.get("steps", 0.0) + 1
+                if stage_step % config.logging_steps == 0 or stage_step == total:
+                    final_loss = self._log(trackers, progress, window, stage, stage_step)
+                    window = {}
+                if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
+                    save_checkpoint(self, self.checkpoints)
+            progress.close()
+        seconds = time.monotonic() - started
+        if trackers is not None:
+            trackers.close()
+        return Result(
+            steps=self.global_step,
+            final_loss=final_loss,
+            output_dir=config.output_dir,
+            method=config.method,
+            tokens_per_second=tokens_total / seconds if seconds else 0.0,
+            train_seconds=seconds,
+        )
+
+    def _log(self, trackers, progress, window, stage, stage_step) -> float:
+        steps, scored = window["steps"], max(1.0, window["scored"])
+        scalars = {
+            "train/loss": window["loss"] / steps,
+            "train/ce": window["ce"] / scored,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": window.get("grad_norm", float("nan")),
+            "train/tokens_per_second": progress.update(
+                stage_step, window["tokens"] * self.accelerator.num_processes
+            ),
+            "train/stage": float(stage.index),
+        }
+        if self.config.kd.kind != "none":
+            scalars["train/kd"] = window["kd"] / scored
+        scalars.update({f"train/{k}": v / steps for k, v in window.items() if k.endswith("_loss")})
+        if torch.cuda.is_available():
+            scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if trackers is not None:
+            trackers.log(scalars, self.global_step)
+        progress.log_line(stage_step, scalars)
+        return scalars["train/loss"]
+
+    # --- save -----------------------------------------------------------------------------------------
+    def save(self, result: Result) -> None:
+        """The adapter (or full model), the tokenizer and train_summary.json into output_dir."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        # Gathers ZeRO-3 shards; a plain state dict otherwise. Keys are the objective's ("student.*").
+        full_state = acc.get_state_dict(self.model)
+        if not acc.is_main_process:
+            return
+        prefix = "student."
+        state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
+        out = Path(self.config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        student = acc.unwrap_model(self.model).student
+        student.save_pretrained(out, state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        if self.config.method == "full":
+            student.generation_config.save_pretrained(out)
+        summary = {
+            "method": self.config.method,
+            "base_model": self.config.model_dir,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "tokens_per_second": result.tokens_per_second,
+            "train_seconds": result.train_seconds,
+            "stages": [stage.name for stage in self.stages],
+            "kd": self.config.kd.kind,
+            "precision": self.precision,
+            "deepspeed": self.config.deepspeed,
+        }
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

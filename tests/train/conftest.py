@@ -1,0 +1,63 @@
+"""Fixtures of the train-stage tests: a small teacher dataset of the demo task and a config factory."""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+from components.common.config import from_dict
+from components.common.records import Record, record_id, write_records
+from components.train import Config
+
+TEACHER = {"provider": "test", "model": "reverser"}
+
+
+def reversal_record(word: str, split: str = "train") -> Record:
+    prompt = [{"role": "user", "content": f"Reverse the letters of: {word}"}]
+    return Record(
+        id=record_id(prompt, TEACHER),
+        messages=[*prompt, {"role": "assistant", "content": word[::-1]}],
+        reasoning=f"Read {word} from the end.",
+        teacher=TEACHER,
+        split=split,
+    )
+
+
+def reversal_records(count: int, seed: int = 0) -> list[Record]:
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6))) for _ in range(count)]
+    return [reversal_record(word) for word in words]
+
+
+@pytest.fixture(scope="session")
+def reversal_data(tmp_path_factory) -> Path:
+    """A teacher dataset folder: 64 train and 8 test records of the demo's reversal task."""
+    folder = tmp_path_factory.mktemp("teacher-data")
+    write_records(folder / "train.jsonl", reversal_records(64))
+    write_records(folder / "test.jsonl", [reversal_record(w, "test") for w in ("abc", "hello", "kite")])
+    return folder
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir, reversal_data):
+    """Config(**defaults for a few fast steps on the tiny student, **overrides)."""
+
+    def build(**overrides) -> Config:
+        fields = {
+            "model_dir": str(tiny_model_dir),
+            "data_dir": str(reversal_data),
+            "output_dir": str(tmp_path / "out"),
+            "tensorboard_dir": str(tmp_path / "tb"),
+            "max_steps": 4,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "logging_steps": 2,
+            "max_length": 64,
+            **overrides,
+        }
+        return from_dict(Config, fields)
+
+    return build
