@@ -1,7 +1,5 @@
 """KFP component of the eval stage; the logic lives in components.evaluate."""
 
-from typing import Optional
-
 from kfp import dsl
 
 from pipelines.images import image_for
@@ -20,15 +18,15 @@ def evaluate_student(
     batch_size: int = 16,
     max_samples: int = 0,
     gate_metric: str = "distilled_rouge_l",
-    min_score: Optional[float] = None,
-    overrides: Optional[dict] = None,
+    min_score: float = 0.0,
+    overrides: dict = {},
 ):
     """Compare the untrained and the distilled student with the teacher on the held-out split.
 
     Args:
         max_samples: evaluate at most this many test records (0: all).
         gate_metric: metric checked against `min_score`.
-        min_score: fail the run when `gate_metric` is below it (unset: no gate).
+        min_score: fail the run when `gate_metric` is below it (0: no gate).
         overrides: any other field of components.evaluate.Config, nested as in its YAML form.
     """
     import shutil
@@ -45,7 +43,7 @@ def evaluate_student(
         batch_size=batch_size,
         max_samples=max_samples or None,
         gate_metric=gate_metric,
-        min_score=min_score,
+        min_score=min_score or None,
     )
     result = run_stage("evaluate", fields, overrides)
     shutil.copyfile(f"{results.path}/report.html", report.path)

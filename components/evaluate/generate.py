@@ -71,6 +71,8 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
 def split_reasoning(text: str) -> tuple[str, str]:
     """(reasoning, answer) of a reply that may think in <think>…</think> before answering."""
     if "</think>" not in text:
+        if text.lstrip().startswith("<think>"):  # cut off by max_new_tokens while still thinking: no answer
+            return text.lstrip().removeprefix("<think>").strip(), ""
         return "", text.strip()
     head, _, answer = text.rpartition("</think>")
     found = _THINK.findall(head + "</think>")

@@ -118,6 +118,7 @@ def render_report(
     metrics: dict[str, float],
     gate: dict[str, Any],
     curve_svg: str,
+    curve_note: str = "",
     samples: list[dict[str, Any]],
     total_samples: int,
 ) -> str:
@@ -131,7 +132,7 @@ def render_report(
             f"{metrics.get('judge_samples', 0):.0f} samples judged.</p>"
         )
     curve = (
-        curve_svg or "<p class='note'>No training loss curve: no TensorBoard events were given or found.</p>"
+        curve_svg or f"<p class='note'>No training loss curve: {html.escape(curve_note or 'no events')}.</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">

@@ -95,7 +95,17 @@ def run(config: Config) -> Result:
 
         judged, verdicts = judge_win_rate(config.judge, questions, outputs["distilled"].answers, teacher)
         metrics.update(judged)
-    curves = read_loss_curves(config.tensorboard_dir) if config.tensorboard_dir else {}
+    curves, curve_note = {}, "no tensorboard_dir was given"
+    if config.tensorboard_dir:
+        # The curve illustrates the report; logs that cannot be read are noted there, not fatal.
+        try:
+            curves = read_loss_curves(config.tensorboard_dir)
+            curve_note = (
+                "" if curves else f"no loss scalars in the TensorBoard events under {config.tensorboard_dir}"
+            )
+        except InputError as error:
+            log.warning("eval: no loss curve: %s", error)
+            curve_note = str(error)
     gate = check_gate(config, metrics)
 
     samples = [
@@ -136,6 +146,7 @@ def run(config: Config) -> Result:
             metrics=metrics,
             gate=gate,
             curve_svg=loss_svg(curves),
+            curve_note=curve_note,
             samples=samples[: config.report_samples],
             total_samples=len(records),
         )

@@ -105,13 +105,17 @@ def test_gate_below_min_score_fails_saying_by_how_much_and_still_writes_the_repo
         out,
         gate_metric="distilled_rouge_l",
         min_score=0.25,
+        tensorboard_dir=str(tmp_path / "no-logs"),
     )
     # The untrained student stands in for the distilled one: it answers nothing right, ROUGE-L is 0.
+    # Unreadable TensorBoard logs only cost the report its curve; the gate is what fails the stage.
     with pytest.raises(
         EvalGateError, match=r"distilled_rouge_l = 0\.0000 is below min_score 0\.2500 by 0\.2500"
     ):
         run(cfg)
-    assert "eval gate failed" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "eval gate failed" in report
+    assert "No training loss curve: tensorboard_dir: " in report and "no-logs is not a folder" in report
     assert json.loads((out / "eval.json").read_text())["gate"]["passed"] is False
 
 
@@ -147,6 +151,7 @@ def test_reasoning_is_split_from_the_answer():
     assert split_reasoning("<think>read it backwards</think> cba") == ("read it backwards", "cba")
     assert split_reasoning("cba ") == ("", "cba")
     assert split_reasoning("<think>a</think>x<think>b</think>y") == ("b", "y")
+    assert split_reasoning("<think>\nstill going") == ("still going", "")  # cut off: no answer yet
 
 
 def test_config_and_input_errors_name_the_field(tiny_model_dir, tmp_path):
