@@ -1,0 +1,400 @@
+"""Multi-node training: the train stage as a Kubeflow Training Operator PyTorchJob (N nodes x M GPUs).
+
+Single-pod training stays the default; the train component calls `run_multinode_training` when the
+pipeline asks for more than one node. Two halves live here:
+
+- in the KFP train pod, `run_multinode_training` creates the PyTorchJob through the Kubernetes API
+  (in-cluster service account, RBAC in manifests/base/rbac.yaml), streams every pod's log, waits for the
+  job to end, deletes it, then copies the trained output from the store into the task's output folders;
+- in each PyTorchJob pod, `python -m components.train.multinode` (`worker_main`) downloads the inputs
+  from the store, starts `torchrun` for this node (rank and rendezvous from the operator's environment)
+  and, on node 0, uploads the output folders to the store.
+
+Inputs and outputs travel through the artifact store (s3://...), because the KFP pod's local artifact
+folders are not visible from the job's pods:
+
+    inputs:  model_dir <- KFP artifact URI of the student, data_dir <- URI of the teacher dataset
+    outputs: output_dir, tensorboard_dir -> <store_uri>/runs/<run_id>/train/multinode/<field>
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import ConfigError
+from components.common.logs import setup_logging
+from components.common.store import open_store
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+CONTAINER = "pytorch"  # the operator finds its container by this name
+JOB_ENV = "DISTILL_TRAIN_JOB"  # JSON payload for worker_main: fields, inputs, outputs, nodes, gpus
+OUTPUT_FIELDS = ("output_dir", "tensorboard_dir")
+
+
+@dataclass
+class PyTorchJobSpec:
+    """One PyTorchJob: `nodes` pods (1 Master + nodes-1 Workers) with `gpus_per_node` GPUs each."""
+
+    name: str
+    namespace: str
+    image: str
+    command: list[str]
+    nodes: int = 2
+    gpus_per_node: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    # Kubernetes Secret name -> {key in the Secret: environment variable}, as in the pipeline.
+    env_from_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    env_from_config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    cpu: str = "8"
+    memory: str = "64Gi"
+    shm_size: str = "16Gi"  # /dev/shm for NCCL and dataloader workers (the default 64Mi stalls NCCL)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    service_account: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    active_deadline_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"nodes: must be at least 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ConfigError(f"gpus_per_node: must be 0 (CPU) or more, got {self.gpus_per_node}")
+
+
+def pod_template(spec: PyTorchJobSpec) -> dict[str, Any]:
+    env = [{"name": name, "value": value} for name, value in spec.env.items()]
+    for kind, sources in (
+        ("secretKeyRef", spec.env_from_secrets),
+        ("configMapKeyRef", spec.env_from_config_maps),
+    ):
+        for source, keys in sources.items():
+            for key, variable in keys.items():
+                reference = {
+                    "name": source,
+                    "key": key,
+                    **({"optional": True} if kind == "configMapKeyRef" else {}),
+                }
+                env.append({"name": variable, "valueFrom": {kind: reference}})
+    resources = {"cpu": spec.cpu, "memory": spec.memory}
+    limits = {
+        "memory": spec.memory,
+        **({"nvidia.com/gpu": str(spec.gpus_per_node)} if spec.gpus_per_node else {}),
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": spec.image,
+                "command": spec.command,
+                "env": env,
+                "resources": {"requests": resources, "limits": limits},
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}],
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = spec.node_selector
+    if spec.tolerations:
+        pod["tolerations"] = spec.tolerations
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
+    return {"metadata": {"labels": spec.labels}, "spec": pod}
+
+
+def build_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
+    """The PyTorchJob object. No retries inside the job (backoffLimit 0): the KFP task's retry resumes
+    from the newest checkpoint instead, with a fresh job."""
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": pod_template(spec)}}
+    if spec.nodes > 1:
+        replicas["Worker"] = {
+            "replicas": spec.nodes - 1,
+            "restartPolicy": "Never",
+            "template": pod_template(spec),
+        }
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": 0}
+    if spec.active_deadline_s:
+        run_policy["activeDeadlineSeconds"] = spec.active_deadline_s
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels},
+        "spec": {
+            "nprocPerNode": str(max(spec.gpus_per_node, 1)),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def job_state(job: dict[str, Any]) -> tuple[str | None, str]:
+    """(Succeeded | Failed | None while running, message of the deciding condition)."""
+    for condition in job.get("status", {}).get("conditions", []):
+        if condition.get("type") in ("Succeeded", "Failed") and condition.get("status") == "True":
+            return condition["type"], condition.get("message", "")
+    return None, ""
+
+
+class _LogStreamer:
+    """Follows each pod's log in a thread, printing lines prefixed with the pod name."""
+
+    def __init__(self, core, namespace: str, echo: Callable[[str], None]):
+        self.core, self.namespace, self.echo = core, namespace, echo
+        self.threads: dict[str, threading.Thread] = {}
+
+    def follow(self, pod_name: str) -> None:
+        if pod_name not in self.threads:
+            thread = threading.Thread(target=self._stream, args=(pod_name,), daemon=True)
+            self.threads[pod_name] = thread
+            thread.start()
+
+    def _stream(self, pod_name: str) -> None:
+        try:
+            response = self.core.read_namespaced_pod_log(
+                pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False
+            )
+            buffered = b""
+            for chunk in response.stream(4096):
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    self.echo(f"[{pod_name}] {line.decode(errors='replace')}")
+            if buffered:
+                self.echo(f"[{pod_name}] {buffered.decode(errors='replace')}")
+        except Exception as error:  # a log stream that breaks must not fail the training it reports on
+            self.echo(f"[{pod_name}] log stream ended: {error}")
+
+    def join(self, timeout_s: float) -> None:
+        for thread in self.threads.values():
+            thread.join(timeout=timeout_s)
+
+
+def _api_client():
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def run_pytorchjob(
+    spec: PyTorchJobSpec,
+    api_client=None,
+    poll_s: float = 10.0,
+    timeout_s: float | None = None,
+    keep: bool = False,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Create the job, stream its pods' logs, wait for it to end, delete it; return 'Succeeded'.
+
+    A job left by an earlier attempt of the same KFP task (same name) is deleted first. Raises
+    RuntimeError when the job fails and TimeoutError after `timeout_s`; the job is deleted either way
+    unless `keep`."""
+    from kubernetes import client
+
+    api_client = api_client or _api_client()
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    address = (GROUP, VERSION, spec.namespace, PLURAL)
+    _delete_leftover(custom, address, spec.name, poll_s)
+    custom.create_namespaced_custom_object(*address, build_pytorchjob(spec))
+    echo(f"PyTorchJob {spec.namespace}/{spec.name}: {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s)")
+    streamer = _LogStreamer(core, spec.namespace, echo)
+    started = time.monotonic()
+    try:
+        while True:
+            job = custom.get_namespaced_custom_object(*address, spec.name)
+            pods = core.list_namespaced_pod(
+                spec.namespace, label_selector=f"training.kubeflow.org/job-name={spec.name}"
+            )
+            for pod in pods.items:
+                if pod.status.phase in ("Running", "Succeeded", "Failed"):
+                    streamer.follow(pod.metadata.name)
+            state, message = job_state(job)
+            if state is not None:
+                break
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"PyTorchJob {spec.name} still running after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+        streamer.join(timeout_s=30)
+    finally:
+        if not keep:
+            _delete(custom, address, spec.name)
+    echo(f"PyTorchJob {spec.name}: {state} {message}".rstrip())
+    if state != "Succeeded":
+        raise RuntimeError(
+            f"PyTorchJob {spec.namespace}/{spec.name} failed: {message or 'see the pod logs above'}"
+        )
+    return state
+
+
+def _delete(custom, address: tuple, name: str) -> None:
+    from kubernetes.client import V1DeleteOptions
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.delete_namespaced_custom_object(
+            *address, name, body=V1DeleteOptions(propagation_policy="Background")
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _delete_leftover(custom, address: tuple, name: str, poll_s: float) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    for attempt in range(60):
+        try:
+            custom.get_namespaced_custom_object(*address, name)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        if attempt == 0:
+            log.info("deleting PyTorchJob %s left by an earlier attempt", name)
+            _delete(custom, address, name)
+        time.sleep(poll_s)
+    raise RuntimeError(f"PyTorchJob {name} from an earlier attempt is still being deleted")
+
+
+def current_namespace() -> str:
+    """The namespace this pod runs in (KFP runs the train task in the profile's namespace)."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if not path.exists():
+        raise ConfigError("namespace: not running in a Kubernetes pod; pass the namespace of the PyTorchJob")
+    return path.read_text().strip()
+
+
+def job_name_for(run_id: str) -> str:
+    """A DNS-1035 name, unique per KFP run, so a retried task finds (and replaces) its own job."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
+    return f"distill-train-{cleaned}"[:52].rstrip("-")  # the operator appends -worker-<index>
+
+
+def run_multinode_training(
+    fields: dict[str, Any],
+    inputs: dict[str, str],
+    *,
+    store_uri: str,
+    run_id: str,
+    image: str,
+    nodes: int,
+    gpus_per_node: int,
+    namespace: str | None = None,
+    env_from_secrets: dict[str, dict[str, str]] | None = None,
+    env_from_config_maps: dict[str, dict[str, str]] | None = None,
+    module: str = "components.train",
+    api_client=None,
+    poll_s: float = 10.0,
+    **job_settings: Any,
+) -> dict[str, Any]:
+    """Train as a PyTorchJob and leave the outputs in `fields`' local output folders, like a local run.
+
+    `fields` is the train Config as a dict (its output_dir and tensorboard_dir are this pod's folders);
+    `inputs` maps the input fields (model_dir, data_dir) to store URIs the job's pods can read, e.g.
+    the KFP artifacts' `.uri`. `job_settings` go to PyTorchJobSpec (cpu, memory, node_selector, ...).
+    Returns train_summary.json of the trained output."""
+    if not store_uri:
+        raise ConfigError(
+            "store_uri: multi-node training passes inputs and outputs through the store; set s3://..."
+        )
+    staging = f"{store_uri.rstrip('/')}/runs/{run_id}/train/multinode"
+    outputs = {name: f"{staging}/{name}" for name in OUTPUT_FIELDS}
+    for uri in outputs.values():
+        open_store(uri).delete("")  # leftovers of an earlier attempt must not mix into this one
+    payload = {
+        "fields": fields,
+        "inputs": inputs,
+        "outputs": outputs,
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "module": module,
+    }
+    spec = PyTorchJobSpec(
+        name=job_name_for(run_id),
+        namespace=namespace or current_namespace(),
+        image=image,
+        command=["python", "-m", "components.train.multinode"],
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        env={JOB_ENV: json.dumps(payload)},
+        env_from_secrets=env_from_secrets or {},
+        env_from_config_maps=env_from_config_maps or {},
+        labels={"app.kubernetes.io/part-of": "kfp-distill", "app.kubernetes.io/component": "train"},
+        **job_settings,
+    )
+    run_pytorchjob(spec, api_client=api_client, poll_s=poll_s)
+    for name, uri in outputs.items():
+        open_store(uri).download_dir("", Path(fields[name]))
+    summary = Path(fields["output_dir"]) / "train_summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def node_rank(environ: dict[str, str]) -> int:
+    """This pod's node rank: RANK is the pod's index in every Training Operator version, PET_NODE_RANK
+    in newer ones."""
+    return int(environ.get("PET_NODE_RANK") or environ.get("RANK") or 0)
+
+
+def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str, str]) -> list[str]:
+    """torchrun for this node: rendezvous at the operator's MASTER_ADDR/MASTER_PORT; node and GPU counts
+    from the payload, since WORLD_SIZE means pods in old operators and processes in new ones."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={payload['nodes']}",
+        f"--nproc_per_node={max(payload['gpus_per_node'], 1)}",
+        f"--node_rank={node_rank(environ)}",
+        f"--master_addr={environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master_port={environ.get('MASTER_PORT', '29500')}",
+        "-m",
+        payload["module"],
+        "--config",
+        str(config_file),
+    ]
+
+
+def worker_main(environ: dict[str, str] | None = None) -> int:
+    """Entry point of every PyTorchJob pod: fetch inputs, train this node's share, node 0 uploads."""
+    import yaml
+
+    environ = dict(os.environ if environ is None else environ)
+    payload = json.loads(environ[JOB_ENV])
+    workdir = Path(environ.get("DISTILL_WORKDIR", "/tmp/distill-train"))
+    fields = dict(payload["fields"])
+    for name, uri in payload["inputs"].items():
+        fields[name] = str(workdir / name)
+        open_store(uri).download_dir("", workdir / name)
+    for name in payload["outputs"]:
+        fields[name] = str(workdir / name)
+    config_file = workdir / "train.yaml"
+    config_file.write_text(yaml.safe_dump(fields, sort_keys=False))
+    command = worker_command(payload, config_file, environ)
+    log.info("node %d: %s", node_rank(environ), " ".join(command))
+    returncode = subprocess.run(command, env=environ, check=False).returncode
+    if returncode == 0 and node_rank(environ) == 0:
+        for name, uri in payload["outputs"].items():
+            if Path(fields[name]).exists():
+                open_store(uri).upload_dir(Path(fields[name]), "")
+    return returncode
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(worker_main())

@@ -1,0 +1,215 @@
+"""A fake Kubernetes API server with a fake Training Operator, served on loopback by loopback.ServerThread.
+
+It implements what components/train/multinode.py calls through the official kubernetes client:
+PyTorchJobs (create, get, delete), pods (list by label selector) and pod logs (follow). Creating a
+PyTorchJob starts one local process per replica, the way the operator starts pods: the container's
+command, its env with Secret and ConfigMap references resolved, and the operator's rendezvous variables
+(MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, PET_*). Each "pod" gets its own DISTILL_WORKDIR, as pods get
+their own disk. Pod phases follow the processes; the job succeeds when every pod has, and fails as soon as
+one pod fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+JOB_PATH = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def phase(self) -> str:
+        code = self.process.poll()
+        return "Running" if code is None else ("Succeeded" if code == 0 else "Failed")
+
+
+@dataclass
+class FakeKubernetes:
+    workdir: Path
+    token: str = "k8s-token"
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    jobs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+    created: list[dict] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    # --- the operator -----------------------------------------------------------------------------
+
+    def _resolve_env(self, container: dict) -> dict[str, str]:
+        env = {}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = variable["value"]
+                continue
+            source = variable["valueFrom"]
+            kind = "secretKeyRef" if "secretKeyRef" in source else "configMapKeyRef"
+            reference = source[kind]
+            store = self.secrets if kind == "secretKeyRef" else self.config_maps
+            value = store.get(reference["name"], {}).get(reference["key"])
+            if value is None and not reference.get("optional"):
+                raise KeyError(f"{kind} {reference['name']}/{reference['key']} does not exist")
+            if value is not None:
+                env[variable["name"]] = value
+        return env
+
+    def _start_pods(self, job: dict) -> None:
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        replica_specs = job["spec"]["pytorchReplicaSpecs"]
+        total = sum(spec["replicas"] for spec in replica_specs.values())
+        nproc = int(job["spec"].get("nprocPerNode", "1"))
+        port = free_port()
+        rank = 0
+        for replica_type in ("Master", "Worker"):
+            spec = replica_specs.get(replica_type)
+            for index in range(spec["replicas"] if spec else 0):
+                container = spec["template"]["spec"]["containers"][0]
+                pod_name = f"{name}-{replica_type.lower()}-{index}"
+                env = {
+                    **self.base_env,
+                    **self._resolve_env(container),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port),
+                    "WORLD_SIZE": str(total * nproc),
+                    "RANK": str(rank),
+                    "PET_NODE_RANK": str(rank),
+                    "PET_NNODES": str(total),
+                    "PET_NPROC_PER_NODE": str(nproc),
+                    "PYTHONUNBUFFERED": "1",
+                    "DISTILL_WORKDIR": str(self.workdir / pod_name),
+                }
+                command = list(container["command"]) + list(container.get("args", []))
+                if command[0] == "python":  # the image's python is this test's interpreter
+                    command[0] = sys.executable
+                log_path = self.workdir / f"{pod_name}.log"
+                with open(log_path, "wb") as log_file:
+                    process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                labels = {
+                    "training.kubeflow.org/job-name": name,
+                    "training.kubeflow.org/replica-type": replica_type.lower(),
+                    "training.kubeflow.org/replica-index": str(index),
+                }
+                self.pods[pod_name] = Pod(pod_name, namespace, labels, process, log_path)
+                rank += 1
+
+    def _job_pods(self, name: str) -> list[Pod]:
+        return [pod for pod in self.pods.values() if pod.labels["training.kubeflow.org/job-name"] == name]
+
+    def _status(self, name: str) -> dict:
+        phases = {pod.name: pod.phase for pod in self._job_pods(name)}
+        failed = sorted(pod for pod, phase in phases.items() if phase == "Failed")
+        if failed:
+            condition = {"type": "Failed", "status": "True", "message": f"pod {failed[0]} failed"}
+        elif phases and all(phase == "Succeeded" for phase in phases.values()):
+            condition = {"type": "Succeeded", "status": "True", "message": "PyTorchJob succeeded"}
+        else:
+            condition = {"type": "Running", "status": "True", "message": "PyTorchJob is running"}
+        return {"conditions": [{"type": "Created", "status": "True"}, condition]}
+
+    # --- the API ----------------------------------------------------------------------------------
+
+    async def create_job(self, request):
+        namespace, job = request.match_info["namespace"], await request.json()
+        key = (namespace, job["metadata"]["name"])
+        if key in self.jobs:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        job["metadata"]["namespace"] = namespace
+        self.jobs[key] = job
+        self.created.append(job)
+        self._start_pods(job)
+        return web.json_response(job, status=201)
+
+    async def get_job(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.jobs:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response({**self.jobs[key], "status": self._status(key[1])})
+
+    async def delete_job(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.jobs:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        del self.jobs[key]
+        for pod in self._job_pods(key[1]):
+            if pod.process.poll() is None:
+                pod.process.kill()
+            pod.process.wait()
+            del self.pods[pod.name]
+        self.deleted.append(key[1])
+        return web.json_response({"kind": "Status", "status": "Success"})
+
+    async def list_pods(self, request):
+        selector = dict(
+            pair.split("=", 1) for pair in request.query.get("labelSelector", "").split(",") if pair
+        )
+        items = [
+            {
+                "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+                "status": {"phase": pod.phase},
+            }
+            for pod in self.pods.values()
+            if pod.namespace == request.match_info["namespace"] and selector.items() <= pod.labels.items()
+        ]
+        return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+
+    async def pod_log(self, request):
+        pod = self.pods.get(request.match_info["name"])
+        if pod is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        with open(pod.log_path, "rb") as log_file:
+            while True:
+                finished = pod.process.poll() is not None
+                chunk = log_file.read()
+                if chunk:
+                    await response.write(chunk)
+                elif finished or request.query.get("follow", "").lower() != "true":  # the client sends True
+                    break
+                else:
+                    await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_post(JOB_PATH, self.create_job)
+        app.router.add_get(JOB_PATH + "/{name}", self.get_job)
+        app.router.add_delete(JOB_PATH + "/{name}", self.delete_job)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)
+        return app
+
+    def shutdown(self) -> None:
+        for pod in self.pods.values():
+            if pod.process.poll() is None:
+                pod.process.kill()
+            pod.process.wait()

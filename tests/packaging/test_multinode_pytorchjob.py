@@ -1,0 +1,236 @@
+"""Multi-node training as a PyTorchJob, through the official kubernetes client against a fake Kubernetes
+API whose fake operator runs each replica as a local process: the job's shape, log streaming, clean-up on
+success, failure and timeout, replacing a leftover job, and a real two-node torchrun rendezvous that
+moves inputs and outputs through S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import boto3
+import kubernetes_validate
+import pytest
+from fake_kubernetes import FakeKubernetes  # tests/packaging is on sys.path (rootdir import mode)
+from kubernetes import client as k8s
+from loopback import ServerThread
+
+from components.common.errors import ConfigError
+from components.train.multinode import (
+    PyTorchJobSpec,
+    build_pytorchjob,
+    job_name_for,
+    run_multinode_training,
+    run_pytorchjob,
+)
+
+HERE = Path(__file__).resolve().parent
+SECRETS = {"distill-teacher": {"api-key": "TEACHER_API_KEY"}}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    fake = FakeKubernetes(workdir=tmp_path / "pods", secrets={"distill-teacher": {"api-key": "sk-test"}})
+    fake.workdir.mkdir()
+    with ServerThread(fake.app()) as server:
+        configuration = k8s.Configuration(host=server.url)
+        configuration.api_key = {"authorization": fake.token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        with k8s.ApiClient(configuration) as api_client:
+            yield fake, api_client
+        fake.shutdown()
+
+
+def python_job(name: str, code: str, nodes: int = 2) -> PyTorchJobSpec:
+    return PyTorchJobSpec(
+        name=name,
+        namespace="team",
+        image="ghcr.io/kfp-distill/kfp-distill-train:test",
+        command=["python", "-c", code],
+        nodes=nodes,
+        gpus_per_node=0,
+        env_from_secrets=SECRETS,
+    )
+
+
+def test_job_has_a_master_and_workers_with_gpus_shm_and_secrets_by_reference():
+    spec = PyTorchJobSpec(
+        name="distill-train-abc",
+        namespace="team",
+        image="ghcr.io/kfp-distill/kfp-distill-train:1",
+        command=["python", "-m", "components.train.multinode"],
+        nodes=4,
+        gpus_per_node=8,
+        env={"NCCL_DEBUG": "WARN"},
+        env_from_secrets={"distill-s3": {"access-key-id": "AWS_ACCESS_KEY_ID"}},
+        node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        active_deadline_s=86400,
+    )
+    job = build_pytorchjob(spec)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 3)
+    assert job["spec"]["nprocPerNode"] == "8"
+    assert job["spec"]["runPolicy"] == {
+        "cleanPodPolicy": "None",
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": 86400,
+    }
+    for replica in replicas.values():
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": replica["template"]["spec"],
+        }
+        kubernetes_validate.validate(pod, "1.30", strict=True)
+        (container,) = pod["spec"]["containers"]
+        assert container["name"] == "pytorch"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        secret_env = [e for e in container["env"] if "valueFrom" in e]
+        assert secret_env == [
+            {
+                "name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": "distill-s3", "key": "access-key-id"}},
+            }
+        ]
+    assert (
+        "Worker" not in build_pytorchjob(python_job("single", "pass", nodes=1))["spec"]["pytorchReplicaSpecs"]
+    )
+
+
+def test_job_names_are_valid_and_stable_per_run():
+    name = job_name_for("3F2A1BC0-aaaa-bbbb-cccc-1234567890ab-extra-long-suffix")
+    assert name == job_name_for("3F2A1BC0-aaaa-bbbb-cccc-1234567890ab-extra-long-suffix")
+    assert name.startswith("distill-train-3f2a1bc0-aaaa") and len(name) <= 52 and not name.endswith("-")
+    with pytest.raises(ConfigError, match="nodes: must be at least 1"):
+        python_job("x", "pass", nodes=0)
+
+
+def test_logs_of_every_pod_are_streamed_and_the_job_is_deleted(cluster):
+    fake, api_client = cluster
+    code = (
+        "import os; print('hello from rank', os.environ['RANK'], os.environ['TEACHER_API_KEY'] == 'sk-test')"
+    )
+    lines: list[str] = []
+    state = run_pytorchjob(python_job("hello", code), api_client=api_client, poll_s=0.1, echo=lines.append)
+    assert state == "Succeeded"
+    assert "[hello-master-0] hello from rank 0 True" in lines
+    assert "[hello-worker-0] hello from rank 1 True" in lines
+    assert fake.deleted == ["hello"] and fake.jobs == {}
+
+
+def test_a_failing_pod_fails_the_run_and_the_job_is_still_deleted(cluster):
+    fake, api_client = cluster
+    code = (
+        "import os, sys; print('rank', os.environ['RANK']); sys.exit(3 if os.environ['RANK'] == '1' else 0)"
+    )
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="PyTorchJob team/broken failed: pod broken-worker-0 failed"):
+        run_pytorchjob(python_job("broken", code), api_client=api_client, poll_s=0.1, echo=lines.append)
+    assert "[broken-worker-0] rank 1" in lines
+    assert fake.deleted == ["broken"]
+
+
+def test_a_job_that_runs_too_long_is_stopped_and_deleted(cluster):
+    fake, api_client = cluster
+    with pytest.raises(TimeoutError, match="still running after 1s"):
+        run_pytorchjob(
+            python_job("slow", "import time; time.sleep(60)"), api_client=api_client, poll_s=0.1, timeout_s=1
+        )
+    assert fake.deleted == ["slow"] and fake.pods == {}
+
+
+def test_a_job_left_by_an_earlier_attempt_is_replaced(cluster):
+    fake, api_client = cluster
+    leftover = build_pytorchjob(python_job("retry", "import time; time.sleep(60)"))
+    k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "kubeflow.org", "v1", "team", "pytorchjobs", leftover
+    )
+    state = run_pytorchjob(
+        python_job("retry", "print('second attempt')"), api_client=api_client, poll_s=0.1, echo=print
+    )
+    assert state == "Succeeded"
+    assert fake.deleted == ["retry", "retry"]
+    assert (
+        fake.created[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+            "command"
+        ][-1]
+        == "print('second attempt')"
+    )
+
+
+def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster, s3_endpoint, tmp_path):
+    fake, api_client = cluster
+    s3 = boto3.client("s3")
+    s3.put_object(
+        Bucket="distill", Key="pipeline-root/student/config.json", Body=json.dumps({"model_type": "qwen2"})
+    )
+    s3.put_object(Bucket="distill", Key="pipeline-root/data/train.jsonl", Body=b"{}\n")
+    # The pods get S3 access only through the Secret and ConfigMap references, as on the cluster.
+    fake.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    fake.base_env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
+    fake.secrets["distill-s3"] = {"access-key-id": "test-access-key", "secret-access-key": "test-secret-key"}
+    fake.config_maps["distill-s3-endpoint"] = {"endpoint-url": s3_endpoint, "region": "us-east-1"}
+    fields = {
+        "model_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
+        "data_dir": "/kfp/inputs/data",
+        "output_dir": str(tmp_path / "trained"),
+        "tensorboard_dir": str(tmp_path / "tensorboard"),
+        "method": "lora",
+        "max_steps": 3,
+    }
+    summary = run_multinode_training(
+        fields,
+        {"model_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
+        store_uri="s3://distill",
+        run_id="run-0001",
+        image="ghcr.io/kfp-distill/kfp-distill-train:test",
+        nodes=2,
+        gpus_per_node=0,
+        namespace="team",
+        env_from_secrets={
+            "distill-s3": {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"}
+        },
+        env_from_config_maps={
+            "distill-s3-endpoint": {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"}
+        },
+        module="fake_trainer",
+        api_client=api_client,
+        poll_s=0.2,
+    )
+    assert summary == {
+        "method": "lora",
+        "base_model": "qwen2",
+        "steps": 3,
+        "final_loss": 0.5,
+        "world_size": 2,
+        "rank_sum": 1,
+        "nodes": 2,
+    }
+    assert (tmp_path / "tensorboard" / "events.out.tfevents.fake").exists()
+    assert fake.deleted == ["distill-train-run-0001"]
+    staged = s3.list_objects_v2(Bucket="distill", Prefix="runs/run-0001/train/multinode/")["Contents"]
+    assert {item["Key"].rsplit("/", 1)[-1] for item in staged} == {
+        "train_summary.json",
+        "events.out.tfevents.fake",
+    }
+
+
+def test_multinode_training_needs_a_store(cluster):
+    _, api_client = cluster
+    with pytest.raises(ConfigError, match="store_uri: multi-node training passes inputs and outputs"):
+        run_multinode_training(
+            {},
+            {},
+            store_uri="",
+            run_id="r",
+            image="i",
+            nodes=2,
+            gpus_per_node=1,
+            namespace="team",
+            api_client=api_client,
+        )
