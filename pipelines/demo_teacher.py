@@ -164,12 +164,13 @@ class DemoTeacher:
         fault = self._fault_for(prompt, attempt)
         if fault:
             self.faults_served[fault] += 1
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
         if fault == "429":
+            # Refused at the gateway, before any model work: a 429 comes back without the added latency.
             wait = self.faults.retry_after_s
             headers = {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(int(wait * 1000))}
             return _error(429, "Rate limit reached, please retry later.", "rate_limit_exceeded", headers)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         if fault == "401":
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         if fault == "500":

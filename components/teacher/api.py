@@ -94,9 +94,14 @@ class ApiTeacher:
                 timeout=provider.timeout_s,
                 max_retries=0,
                 default_headers=provider.extra_headers or None,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=provider.timeout_s),
+                http_client=openai.DefaultAioHttpClient(limits=limits, timeout=provider.timeout_s),
             )
         return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def preflight(self) -> None:
         """Fail with one clear error unless the endpoint answers, accepts the key and serves the model."""
@@ -128,58 +133,70 @@ class ApiTeacher:
     async def ask(
         self, messages: list[dict[str, str]], max_tokens: int | None = None
     ) -> Answer | Retry | Failure:
-        provider = self.provider
-        extra: dict[str, Any] = {}
-        if provider.logprobs:
-            extra["logprobs"] = True
-            if provider.top_logprobs:
-                extra["top_logprobs"] = provider.top_logprobs
-        for name in ("temperature", "top_p", "seed"):
-            if getattr(provider, name) is not None:
-                extra[name] = getattr(provider, name)
-        if provider.n > 1:
-            extra["n"] = provider.n
-        limit = max_tokens if max_tokens is not None else provider.max_tokens
-        if limit is not None:
-            extra["max_tokens"] = limit
+        body = self.request_body(messages, max_tokens)
         try:
-            response = await self.client.chat.completions.create(
-                model=provider.model, messages=messages, extra_body=provider.extra_body or None, **extra
-            )
+            # client.post is the SDK's documented way to send a body as is: same auth, base_url, timeouts
+            # and error classes as chat.completions.create, without its per-request typed transform and
+            # pydantic parsing, which cost about 2 ms of CPU each and capped a 2-core machine near 100/s.
+            response = await self.client.post("/chat/completions", body=body, cast_to=object)
         except openai.RateLimitError as error:
             return Retry("429 rate limited", retry_after(error.response.headers))
         except openai.InternalServerError as error:
             return Retry(f"{error.status_code} server error", retry_after(error.response.headers))
         except openai.APITimeoutError:
-            return Retry(f"no answer within timeout_s={provider.timeout_s}")
+            return Retry(f"no answer within timeout_s={self.provider.timeout_s}")
         except openai.APIConnectionError as error:
             return Retry(f"connection error ({_cause(error)})")
         except openai.APIStatusError as error:
             if error.status_code in (408, 409):
                 return Retry(_status_reason(error), retry_after(error.response.headers))
             return Failure(_status_reason(error))
-        return _answer(response)
+        try:
+            return parse_completion(response)
+        except (KeyError, TypeError, AttributeError) as error:
+            return Retry(f"malformed response ({type(error).__name__}: {error})")
+
+    def request_body(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> dict[str, Any]:
+        provider = self.provider
+        body: dict[str, Any] = {"model": provider.model, "messages": messages}
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(provider, name) is not None:
+                body[name] = getattr(provider, name)
+        if provider.n > 1:
+            body["n"] = provider.n
+        limit = max_tokens if max_tokens is not None else provider.max_tokens
+        if limit is not None:
+            body["max_tokens"] = limit
+        if provider.logprobs:
+            body["logprobs"] = True
+            if provider.top_logprobs:
+                body["top_logprobs"] = provider.top_logprobs
+        return {**body, **provider.extra_body}
 
 
-def _answer(response: Any) -> Answer:
+def parse_completion(response: dict[str, Any]) -> Answer:
+    """The choices and usage of a chat.completion object (as JSON)."""
     choices = []
-    for choice in response.choices:
-        message = choice.message
+    for choice in response["choices"]:
+        message = choice.get("message") or {}
         # DeepSeek and DashScope put the chain of thought in reasoning_content; vLLM in reasoning.
-        reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
         logprobs = None
-        if choice.logprobs is not None and choice.logprobs.content is not None:
+        content_logprobs = (choice.get("logprobs") or {}).get("content")
+        if content_logprobs is not None:
             logprobs = [
                 {
-                    "token": t.token,
-                    "logprob": t.logprob,
-                    "top": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])],
+                    "token": t["token"],
+                    "logprob": t["logprob"],
+                    "top": [
+                        {"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []
+                    ],
                 }
-                for t in choice.logprobs.content
+                for t in content_logprobs
             ]
-        choices.append(Choice(message.content or "", reasoning, choice.finish_reason, logprobs))
-    usage = response.usage
-    return Answer(choices, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        choices.append(Choice(message.get("content") or "", reasoning, choice.get("finish_reason"), logprobs))
+    usage = response.get("usage") or {}
+    return Answer(choices, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
 
 
 def retry_after(headers: Any) -> float | None:

@@ -172,6 +172,9 @@ async def _generate(
     finally:
         if bar is not None:
             bar.close()
+        for client in (teacher, judge.teacher if judge else None):
+            if isinstance(client, ApiTeacher):
+                await client.aclose()
 
 
 def finalize(config: Config) -> Result:
