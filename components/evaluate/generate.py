@@ -7,6 +7,7 @@ perplexity = exp(sum of -log p(answer token) / number of answer tokens), over ev
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -89,10 +90,15 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
     if settings.do_sample:
         sampling.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
-    raw, new_tokens, seconds = [], 0, 0.0
-    for start in range(0, len(prompts), settings.batch_size):
-        texts = [prompt_text(tokenizer, m) for m in prompts[start : start + settings.batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    texts = [prompt_text(tokenizer, m) for m in prompts]
+    # Prompts of similar length share a batch (less padding to compute); answers go back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    raw, new_tokens, seconds = [""] * len(texts), 0, 0.0
+    for start in range(0, len(order), settings.batch_size):
+        rows = order[start : start + settings.batch_size]
+        batch_texts = [texts[i] for i in rows]
+        batch = tokenizer(batch_texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(model.device)
         began = time.perf_counter()
         output = model.generate(
             **batch,
@@ -102,14 +108,14 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
             **sampling,
         )
         seconds += time.perf_counter() - began
-        for row in output[:, batch["input_ids"].shape[1] :].tolist():
+        for index, row in zip(rows, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
             if eos in row:
                 row = row[: row.index(eos) + 1]
             new_tokens += len(row)
             text = tokenizer.decode(row, skip_special_tokens=False)
             for special in specials:
                 text = text.replace(special, "")
-            raw.append(text)
+            raw[index] = text
     answers = [split_reasoning(text)[1] for text in raw]
     return Generation(answers=answers, raw=raw, new_tokens=new_tokens, seconds=seconds)
 
@@ -118,29 +124,42 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
 def answer_perplexity(
     model, tokenizer, prompts: list[list[dict[str, str]]], answers: list[str], batch_size: int
 ) -> float:
-    """Perplexity of `answers` (closed by the end-of-turn token) given their prompts."""
+    """Perplexity of `answers` (closed by the end-of-turn token) given their prompts.
+
+    Rows are left-padded so that every answer ends at the last position; the model then computes logits
+    only for the last K = longest answer + 1 positions (`logits_to_keep`). Full logits would not fit: with
+    a 151,936-token vocabulary, 16 rows of 1,024 positions take 16·1024·151936·4 B ≈ 10 GB in fp32.
+    """
     rows = []
     for messages, answer in zip(prompts, answers, strict=True):
         prompt_ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt_ids + answer_ids, len(prompt_ids)))
+        rows.append((prompt_ids, answer_ids))
+    rows.sort(key=lambda row: len(row[0]) + len(row[1]))  # similar lengths share a batch: less padding
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
+        width = max(len(p) + len(a) for p, a in chunk)
+        keep = max(len(a) for _, a in chunk) + 1
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
         labels = torch.full((len(chunk), width), -100)
         attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (ids, prompt_length) in enumerate(chunk):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
-            attention[i, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
-        # Position t predicts token t+1: shift so each label lines up with the logits that predicted it.
-        logits, labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
+        for i, (prompt_ids, answer_ids) in enumerate(chunk):
+            ids = prompt_ids + answer_ids
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            labels[i, width - len(answer_ids) :] = torch.tensor(answer_ids)
+            attention[i, width - len(ids) :] = 1
+        # Left padding would shift positions; count them from each row's first real token instead.
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions}
+        inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+        logits = model(**inputs, logits_to_keep=keep).logits if keeps_logits else model(**inputs).logits
+        # logits[:, j] sits at position width - keep + j and predicts the token after it.
+        logits, targets = logits[:, -keep:-1].float(), labels[:, width - keep + 1 :].to(model.device)
         nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum"
+            logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum"
         )
         total_nll += nll.item()
-        total_tokens += int((labels != -100).sum())
+        total_tokens += int((targets != -100).sum())
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")

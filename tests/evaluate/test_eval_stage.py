@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -12,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
 from components.evaluate import Config, EvalGateError, JudgeConfig, run
-from components.evaluate.generate import generate, load_model, split_reasoning
+from components.evaluate.generate import split_reasoning
 
 CHECKER = "components.evaluate.checkers:reverse_letters"
 
@@ -117,34 +116,6 @@ def test_gate_below_min_score_fails_saying_by_how_much_and_still_writes_the_repo
     assert "eval gate failed" in report
     assert "No training loss curve: tensorboard_dir: " in report and "no-logs is not a folder" in report
     assert json.loads((out / "eval.json").read_text())["gate"]["passed"] is False
-
-
-def test_sampling_is_configurable_and_seeded(tiny_model_dir):
-    import torch
-
-    model, tokenizer = load_model(tiny_model_dir, "fp32", torch.device("cpu"), "model_dir")
-    prompts = [[{"role": "user", "content": "Reverse the letters of: abc"}]] * 3
-    settings = from_dict(
-        Config,
-        {
-            "base_model_dir": "b",
-            "model_dir": "m",
-            "data_dir": "d",
-            "output_dir": "o",
-            "do_sample": True,
-            "temperature": 1.5,
-            "top_k": 0,
-            "max_new_tokens": 8,
-        },
-    )
-    first, again = (
-        generate(model, tokenizer, prompts, settings),
-        generate(model, tokenizer, prompts, settings),
-    )
-    assert first.raw == again.raw  # same seed, same samples
-    assert len(set(first.raw)) > 1  # rows of the same prompt differ: it really sampled
-    greedy = generate(model, tokenizer, prompts, dataclasses.replace(settings, do_sample=False))
-    assert len(set(greedy.raw)) == 1
 
 
 def test_reasoning_is_split_from_the_answer():

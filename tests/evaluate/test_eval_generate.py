@@ -1,0 +1,75 @@
+"""Batched generation and perplexity give the same numbers as one prompt at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from components.common.records import read_records
+from components.evaluate import Config
+from components.evaluate.generate import answer_perplexity, generate, load_model, prompt_text
+
+CPU = torch.device("cpu")
+
+
+def settings(**extra) -> Config:
+    fields = {
+        "base_model_dir": "b",
+        "model_dir": "m",
+        "data_dir": "d",
+        "output_dir": "o",
+        "max_new_tokens": 12,
+    }
+    return Config(**{**fields, **extra})
+
+
+@pytest.fixture(scope="module")
+def test_split(reversal_data_dir):
+    records = read_records(reversal_data_dir / "test.jsonl")
+    return [r.prompt_messages for r in records], [r.answer for r in records]
+
+
+def test_batched_generation_keeps_the_input_order(memorized_student_dir, test_split):
+    prompts, answers = test_split
+    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    batched = generate(model, tokenizer, prompts, settings(batch_size=3))
+    one_by_one = [generate(model, tokenizer, [p], settings(batch_size=1)).answers[0] for p in prompts]
+
+    assert batched.answers == one_by_one == answers  # the memorized student answers each prompt right
+    assert batched.new_tokens == sum(len(a) + 1 for a in answers)  # byte tokens + end of turn
+    assert batched.seconds > 0
+
+
+def test_perplexity_does_not_depend_on_batching_and_matches_a_direct_computation(tiny_model_dir, test_split):
+    prompts, answers = test_split
+    answers = [a * (i % 3 + 1) for i, a in enumerate(answers)]  # uneven lengths: padding on every row
+    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "model_dir")
+    batched = answer_perplexity(model, tokenizer, prompts, answers, batch_size=4)
+    single = answer_perplexity(model, tokenizer, prompts, answers, batch_size=1)
+
+    nll, count = 0.0, 0
+    for messages, answer in zip(prompts, answers, strict=True):
+        prompt = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        target = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + target])
+        labels = torch.tensor([[-100] * len(prompt) + target])
+        with torch.no_grad():
+            nll += model(input_ids=ids, labels=labels).loss.item() * len(target)
+        count += len(target)
+
+    assert batched == pytest.approx(single, rel=1e-5)
+    assert batched == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_sampling_is_configurable_and_seeded(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "model_dir")
+    prompts = [[{"role": "user", "content": "Reverse the letters of: abc"}]] * 3
+    sampled = settings(do_sample=True, temperature=1.5, top_k=0, max_new_tokens=8)
+    first, again = generate(model, tokenizer, prompts, sampled), generate(model, tokenizer, prompts, sampled)
+    assert first.raw == again.raw  # same seed, same samples
+    assert len(set(first.raw)) > 1  # rows of the same prompt differ: it really sampled
+    greedy = generate(model, tokenizer, prompts, dataclasses.replace(sampled, do_sample=False))
+    assert len(set(greedy.raw)) == 1
