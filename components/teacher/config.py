@@ -161,7 +161,9 @@ class Config:
       on_empty / on_length: what to do with an empty answer / one cut off by max_tokens.
     Money
       max_cost (in the providers' price unit), max_requests: stop cleanly once reached, keeping all
-        answers so far. use_cache: reuse answers from any earlier run with the same prompt and settings.
+        answers so far; requests in flight finish. max_cost covers the whole run (a resumed run counts
+        what it spent before), max_requests one invocation; with shards each gets 1/n of both.
+        use_cache: reuse answers from any earlier run with the same prompt and settings.
     Storage
       output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json. store_uri: artifact
         store (local folder or s3://) for shards and the cache; empty: the folder `.store` beside

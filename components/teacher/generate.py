@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from components.common.errors import InputError
@@ -48,7 +48,6 @@ class Tally:
     failed: int = 0
     unfinished: int = 0
     retries: int = 0
-    failures: list[str] = field(default_factory=list)
 
 
 def make_entry(
@@ -140,13 +139,14 @@ class Generator:
         return entry
 
     async def finish(self, job: Job, entry: dict[str, Any], new_answer: bool) -> None:
+        # The paid answer goes to the cache first, so a pod killed while the judge thinks loses nothing.
+        if new_answer and self.cache is not None:
+            await asyncio.to_thread(self.cache.put, entry)
         if self.judge is not None and entry["status"] == "ok" and job.prompt.reference:
             question = job.prompt.messages[-1]["content"]
             entry["judge"] = await self.judge.verdict(
                 question, job.prompt.reference, entry["answers"][0]["content"], self.budget
             )
-        if new_answer and self.cache is not None:
-            await asyncio.to_thread(self.cache.put, entry)
         if self.journal.add(entry):
             await asyncio.to_thread(self.journal.write_part, self.journal.take_buffer())
         if entry["cached"]:
@@ -178,7 +178,6 @@ class Generator:
             if outcome.reason.startswith(FATAL_STATUS):
                 raise InputError(f"teacher at {self.teacher.provider.base_url}: {outcome.reason}")
             self.tally.failed += 1
-            self.tally.failures.append(f"{job.prompt.source}: {outcome.reason}")
             log.warning("giving up on %s: %s", job.prompt.source, outcome.reason)
             return None
         assert isinstance(outcome, Retry)
@@ -186,7 +185,6 @@ class Generator:
         provider = self.teacher.provider
         if job.transient_failures > provider.max_retries:
             self.tally.failed += 1
-            self.tally.failures.append(f"{job.prompt.source}: {outcome.reason} after {job.requests} requests")
             log.warning(
                 "giving up on %s after %d requests: %s", job.prompt.source, job.requests, outcome.reason
             )
@@ -211,7 +209,7 @@ class Generator:
         return None
 
     async def run(self, jobs: list[Job]) -> Tally:
-        queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        queue: asyncio.Queue[Job] = asyncio.Queue()
         for job in jobs:
             queue.put_nowait(job)
         remaining = len(jobs)
@@ -223,8 +221,6 @@ class Generator:
             nonlocal remaining
             while True:
                 job = await queue.get()
-                if job is None:
-                    return
                 try:
                     delay = await self.attempt(job)
                 except Exception as error:  # ends the run; the caller re-raises it

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,19 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
     )
     stored = journal.read_all()
     pending = [job for job in mine if job.key not in stored]
-    spent = [e for e in stored.values() if not e.get("cached")]
     prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
-    # A resumed run counts what the run already spent against max_cost; max_requests is per invocation.
-    spent_cost = sum(_cost(e["usage"], prices) for e in spent)
-    budget = Budget(*prices, config.max_cost, config.max_requests, cost=spent_cost)
+    # Each shard gets its share of the limits. max_cost covers the whole run, so a resumed shard starts
+    # from what it already spent; max_requests counts this invocation's requests.
+    mine_keys = {job.key for job in mine}
+    spent_cost = sum(
+        _cost(e["usage"], prices) for e in stored.values() if e["key"] in mine_keys and not e.get("cached")
+    )
+    budget = Budget(
+        *prices,
+        max_cost=config.max_cost / num_shards if config.max_cost is not None else None,
+        max_requests=math.ceil(config.max_requests / num_shards) if config.max_requests is not None else None,
+        cost=spent_cost,
+    )
     log.info(
         "shard %d/%d: %d prompts, %d already stored, %d to ask %s (%s)",
         shard_index,
@@ -130,7 +139,7 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
         "filtered_prompts": work.filtered.too_short + work.filtered.too_long,
         "prompt_tokens": budget.prompt_tokens,
         "completion_tokens": budget.completion_tokens,
-        "cost": budget.cost,
+        "cost": budget.cost - spent_cost,
         "stopped_by_budget": float(bool(budget.stopped)),
     }
     if budget.stopped:
@@ -243,7 +252,7 @@ def finalize(config: Config) -> Result:
             "base_url": provider.base_url,
             "params": provider.generation_params(),
         },
-        "config": to_dict(config),
+        "config": _redacted(to_dict(config)),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, len(rejected), output)
@@ -273,6 +282,16 @@ def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], thin
             "cached": bool(entry.get("cached")),
         },
     )
+
+
+def _redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """The config for summary.json, with the values of credential-like headers masked."""
+    for section in (config["provider"], (config["judge"].get("provider") or {})):
+        headers = section.get("extra_headers") or {}
+        for name in headers:
+            if any(word in name.lower() for word in ("auth", "key", "token", "secret")):
+                headers[name] = "***"
+    return config
 
 
 def _cost(usage: dict[str, int], prices: tuple[float, float]) -> float:
