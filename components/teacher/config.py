@@ -158,7 +158,8 @@ class Config:
       provider: see ProviderConfig. provider_config: a teacher_config.yaml of named providers (empty:
         the one shipped beside this file). concurrency: requests in flight (a refilling pool).
       think_in_answer: write the teacher's reasoning into the answer as <think>...</think>.
-      on_empty / on_length: what to do with an empty answer / one cut off by max_tokens.
+      on_empty / on_length: what to do with an empty answer / one cut off by max_tokens: "retry" asks
+        again (at most provider.max_retries times, then drops it), "keep" or "drop".
     Money
       max_cost (in the providers' price unit), max_requests: stop cleanly once reached, keeping all
         answers so far; requests in flight finish. max_cost covers the whole run (a resumed run counts
@@ -169,6 +170,8 @@ class Config:
         store (local folder or s3://) for shards and the cache; empty: the folder `.store` beside
         output_dir. run_id: names the run-scoped prefix runs/<run_id>/teacher, so a restarted task
         resumes. checkpoint_records / checkpoint_seconds: answers are saved at least this often.
+      log_every_s: a progress line in the log this often. progress_bar: a tqdm bar (None: only when
+        stderr is a terminal).
     Quality
       dedup: drop exact duplicate prompts. near_dup_threshold: also drop prompts whose character
         5-gram Jaccard similarity to an earlier one reaches this (0-1; None: off). min/max_prompt_chars,
@@ -201,7 +204,7 @@ class Config:
     checkpoint_records: int = 32
     checkpoint_seconds: float = 10.0
     log_every_s: float = 30.0
-    progress_bar: bool = True
+    progress_bar: bool | None = None
 
     dedup: bool = True
     near_dup_threshold: float | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +146,11 @@ class Generator:
             entry["judge"] = await self.judge.verdict(
                 question, job.prompt.reference, entry["answers"][0]["content"], self.budget
             )
+            if entry["judge"]["verdict"] == "error":
+                # Not journaled: the next run judges it again, taking the answer from the cache.
+                self.tally.failed += 1
+                log.warning("judge failed on %s: %s", job.prompt.source, entry["judge"]["reply"])
+                return
         if self.journal.add(entry):
             await asyncio.to_thread(self.journal.write_part, self.journal.take_buffer())
         if entry["cached"]:
@@ -252,35 +256,3 @@ class Generator:
 def _estimate_tokens(messages: list[dict[str, str]]) -> int:
     # About 4 characters per token for English and 1.5 for Chinese; 3 is a middle that errs high for English.
     return sum(len(m["content"]) for m in messages) // 3 + 4 * len(messages)
-
-
-class PeriodicLog:
-    """A log line every `every_s` seconds for the KFP UI, which shows logs but not progress bars."""
-
-    def __init__(self, total: int, budget: Budget, every_s: float):
-        self.total = total
-        self.budget = budget
-        self.every_s = every_s
-        self.done = 0
-        self.start = time.monotonic()
-        self._last = self.start
-
-    def update(self, entry: dict[str, Any]) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self._last >= self.every_s or self.done == self.total:
-            self._last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            log.info(
-                "teacher: %d/%d prompts (%.1f%%), %.2f/s, ETA %.0fs, %d requests, tokens in/out %d/%d, cost %.4f",
-                self.done,
-                self.total,
-                100 * self.done / max(self.total, 1),
-                rate,
-                eta,
-                self.budget.requests,
-                self.budget.prompt_tokens,
-                self.budget.completion_tokens,
-                self.budget.cost,
-            )

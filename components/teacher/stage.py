@@ -26,10 +26,11 @@ from components.common.records import Record, record_id, stable_hash, write_reco
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config
-from components.teacher.generate import Generator, Job, PeriodicLog, Tally
+from components.teacher.generate import Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, shard_name
 from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter
+from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import ReadStats, read_prompts
@@ -160,27 +161,16 @@ async def _generate(
         provider.rpm / num_shards if provider.rpm else None,
         provider.tpm / num_shards if provider.tpm else None,
     )
-    periodic = PeriodicLog(len(pending), budget, config.log_every_s)
-    bar = None
-    if config.progress_bar and pending:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pending), desc="teacher", unit="prompt", mininterval=1.0)
-
-    def progress(entry: dict[str, Any]) -> None:
-        periodic.update(entry)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(cost=f"{budget.cost:.4f}", requests=budget.requests, refresh=False)
-
-    generator = Generator(config, teacher, journal, cache, budget, limiter, judge, progress)
+    progress = Progress(len(pending), budget, config.log_every_s, config.progress_bar)
+    ticker = asyncio.create_task(progress.log_periodically())
+    generator = Generator(config, teacher, journal, cache, budget, limiter, judge, progress.update)
     try:
         if provider.is_local:
             return await teacher.generate_all(generator, pending)
         return await generator.run(pending)
     finally:
-        if bar is not None:
-            bar.close()
+        ticker.cancel()
+        progress.close()
         for client in (teacher, judge.teacher if judge else None):
             if isinstance(client, ApiTeacher):
                 await client.aclose()

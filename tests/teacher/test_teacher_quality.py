@@ -9,7 +9,8 @@ from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import Prompt
-from pipelines.demo_teacher import start_teacher_server
+from components.teacher.templates import render_file_template
+from pipelines.demo_teacher import Faults, start_teacher_server
 
 
 def prompt(text: str) -> Prompt:
@@ -107,6 +108,23 @@ def test_judge_keeps_answers_that_match_the_reference_and_files_the_rest(tmp_pat
     assert next(r for r in kept if r.answer == "cba").judge["verdict"] == "accept"
     assert judge_requests == 2 and result.metrics["requests"] == 5
     assert result.metrics["judge_rejected"] == 1 and result.metrics["rejected"] == 1
+
+
+def test_a_judge_that_fails_leaves_the_prompt_for_the_next_run_without_paying_the_teacher_twice(tmp_path):
+    write_alpaca(tmp_path / "data.jsonl", [{"instruction": "Reverse the letters of: abc", "output": "cba"}])
+    judge_prompt = render_file_template(
+        "judge", prompt="Reverse the letters of: abc", reference="cba", answer="cba"
+    )
+    with start_teacher_server(faults=Faults(schedule={judge_prompt: ["500", "500"]})) as server:
+        settings = {
+            "provider": {"name": "demo", "base_url": server.base_url, "max_retries": 1, "backoff_s": 0.01},
+            "judge": {"enabled": True},
+        }
+        first = run(config(tmp_path, server.base_url, **settings))
+        assert first.metrics["failed"] == 1 and first.metrics["records"] == 0
+        second = run(config(tmp_path, server.base_url, **settings))
+        assert second.metrics["cached"] == 1 and second.metrics["records"] == 1
+        assert server.requests_by_prompt == {"Reverse the letters of: abc": 1, judge_prompt: 3}
 
 
 def test_answer_length_filter_and_n_answers_per_prompt(tmp_path):

@@ -124,3 +124,22 @@ def test_unknown_model_is_refused_in_preflight(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
     with pytest.raises(InputError, match="does not serve model 'gpt-9'"):
         run(make_config(tmp_path, server.base_url, provider={"model": "gpt-9"}))
+
+
+def test_progress_is_logged_for_the_kfp_ui_with_tokens_and_cost(tmp_path, caplog):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 6)
+    with start_teacher_server(latency_s=0.1) as server:
+        with caplog.at_level("INFO", logger="components.teacher"):
+            run(
+                make_config(
+                    tmp_path,
+                    server.base_url,
+                    concurrency=1,
+                    log_every_s=0.15,
+                    provider={"price_input_per_m": 1.0},
+                )
+            )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
+    assert len(lines) >= 3  # while it runs, not only at the end
+    assert lines[-1].startswith("teacher: 6/6 prompts (100.0%)")
+    assert "6 requests, tokens in/out 60/" in lines[-1] and "cost 0.0001" in lines[-1]

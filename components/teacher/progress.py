@@ -1,0 +1,68 @@
+"""Progress as people and the KFP UI see it: a tqdm bar (rate, ETA, cost) and a log line every so often.
+
+The KFP UI shows a task's log but renders no progress bar, so the log line stands on its own:
+
+    teacher: 1200/5000 prompts (24.0%), 8.10/s, ETA 469s, 1290 requests, tokens in/out 51234/402311, cost 0.9100
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+from components.teacher.limits import Budget
+
+log = logging.getLogger("components.teacher")
+
+
+class Progress:
+    def __init__(self, total: int, budget: Budget, every_s: float, bar: bool | None):
+        self.total = total
+        self.budget = budget
+        self.every_s = every_s
+        self.done = 0
+        self.start = time.monotonic()
+        # None: draw the bar only on a terminal; in a pod its carriage returns would clutter the log.
+        self.bar = None
+        if total and (bar if bar is not None else sys.stderr.isatty()):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="teacher", unit="prompt", mininterval=1.0)
+
+    def update(self, entry: dict[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(cost=f"{self.budget.cost:.4f}", requests=self.budget.requests, refresh=False)
+
+    def log_line(self) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        log.info(
+            "teacher: %d/%d prompts (%.1f%%), %.2f/s, ETA %.0fs, %d requests, tokens in/out %d/%d, cost %.4f",
+            self.done,
+            self.total,
+            100 * self.done / max(self.total, 1),
+            rate,
+            eta,
+            self.budget.requests,
+            self.budget.prompt_tokens,
+            self.budget.completion_tokens,
+            self.budget.cost,
+        )
+
+    async def log_periodically(self) -> None:
+        """Log every `every_s` seconds until cancelled, also while every prompt waits on a retry."""
+        while True:
+            await asyncio.sleep(self.every_s)
+            self.log_line()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.total:
+            self.log_line()
