@@ -10,14 +10,14 @@ SECRETS below, documented in the README).
 """
 
 import sys
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
 from components.download.component import download_model
 from components.evaluate.component import evaluate_student
 from components.merge.component import merge_adapter
-from components.teacher.component import teacher_data
+from components.teacher.component import teacher_data, teacher_shard_indices
 from components.train.component import train_student
 
 # Kubernetes Secret name -> {key in the Secret: environment variable in the pod}.
@@ -90,7 +90,8 @@ def distill_pipeline(
     teacher_temperature: float = 0.0,
     teacher_test_ratio: float = 0.1,
     teacher_system_prompt: str = "",
-    teacher_overrides: Optional[dict] = None,
+    teacher_shards: int = 1,
+    teacher_overrides: dict = {},
     train_method: str = "lora",
     train_lora_r: int = 16,
     train_lora_alpha: int = 32,
@@ -102,15 +103,15 @@ def distill_pipeline(
     train_memory: str = "64Gi",
     train_node_selector: dict = {},
     train_tolerations: list = [],
-    train_overrides: Optional[dict] = None,
+    train_overrides: dict = {},
     merge_max_shard_size: str = "2GB",
     merge_dtype: str = "auto",
     eval_max_new_tokens: int = 256,
     eval_batch_size: int = 16,
     eval_max_samples: int = 200,
     eval_gate_metric: str = "distilled_rouge_l",
-    eval_min_score: Optional[float] = None,
-    eval_overrides: Optional[dict] = None,
+    eval_min_score: float = 0.0,
+    eval_overrides: dict = {},
     seed: int = 0,
 ) -> Outputs:
     """Distill a teacher into a student.
@@ -129,6 +130,7 @@ def distill_pipeline(
         teacher_temperature: sampling temperature of the teacher.
         teacher_test_ratio: share of records held out for evaluation.
         teacher_system_prompt: system prompt added to every request (empty: none).
+        teacher_shards: pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.
         teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
         train_method: lora, qlora (CUDA) or full.
         train_lora_r: LoRA rank.
@@ -148,7 +150,7 @@ def distill_pipeline(
         eval_batch_size: prompts generated together.
         eval_max_samples: test records evaluated (0: all).
         eval_gate_metric: metric that eval_min_score applies to.
-        eval_min_score: fail the run when the gate metric is below this value (unset: no gate).
+        eval_min_score: fail the run when the gate metric is below this value (0: no gate).
         eval_overrides: other eval Config fields.
         seed: seed for the split and training.
     """
@@ -159,7 +161,7 @@ def distill_pipeline(
     size(student, "download")
     use_secrets(use_store_access(student), HF_SECRET)
 
-    teacher = teacher_data(
+    teacher_inputs = dict(
         dataset=teacher_dataset,
         dataset_format=teacher_dataset_format,
         store_uri=store_uri,
@@ -176,6 +178,16 @@ def distill_pipeline(
         seed=seed,
         overrides=teacher_overrides,
     )
+    shards = teacher_shard_indices(num_shards=teacher_shards).set_display_name("plan teacher shards")
+    size(shards, "teacher")
+    with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
+        shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
+        shard.set_display_name("teacher shard")
+        use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET)
+        shard.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+
+    # Merges what the shards stored (asking only for what they left), filters and splits.
+    teacher = teacher_data(**teacher_inputs).after(shard)
     teacher.set_display_name("teacher data")
     size(teacher, "teacher")
     use_secrets(use_store_access(teacher), TEACHER_SECRET)

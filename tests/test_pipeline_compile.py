@@ -14,13 +14,10 @@ from pipelines.images import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
-TASKS = {
-    "download-model": "download",
-    "teacher-data": "teacher",
-    "train-student": "train",
-    "merge-adapter": "merge",
-    "evaluate-student": "eval",
-}
+# The five stages, plus the teacher's fan-out: a shard list, a ParallelFor of shard tasks
+# (teacher-data inside the loop) and the final teacher-data-2 that merges, filters and splits.
+STAGE_TASKS = {"download-model", "teacher-data-2", "train-student", "merge-adapter", "evaluate-student"}
+FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-1"}
 
 
 def compile_to(path: Path, registry: str, tag: str) -> list[dict]:
@@ -42,7 +39,19 @@ def test_documents_parse_into_pipeline_and_platform_spec(compiled):
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert spec.pipeline_info.name == "llm-distillation"
-    assert set(spec.root.dag.tasks) == set(TASKS)
+    assert set(spec.root.dag.tasks) == STAGE_TASKS | FAN_OUT_TASKS
+
+
+def test_teacher_shards_fan_out_then_merge(compiled):
+    pipeline, _ = compiled
+    tasks = pipeline["root"]["dag"]["tasks"]
+    loop = tasks["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("teacher-shard-indices-Output")
+    assert "for-loop-1" in tasks["teacher-data-2"]["dependentTasks"]
+    shard = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]["teacher-data"]
+    assert shard["inputs"]["parameters"]["num_shards"]["componentInputParameter"] == "pipelinechannel--teacher_shards"
+    assert "train-student" not in tasks["teacher-data-2"].get("dependentTasks", [])
+    assert tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == "teacher-data-2"
 
 
 def test_each_stage_runs_in_its_own_image_named_from_registry_and_tag(compiled):
@@ -66,7 +75,7 @@ def test_train_requests_gpus_from_a_pipeline_parameter(compiled):
 def test_secrets_are_wired_by_reference_only(compiled):
     pipeline, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for task in ("exec-teacher-data", "exec-train-student"):
+    for task in ("exec-teacher-data", "exec-teacher-data-2", "exec-train-student"):
         secret_envs = {
             env["envVar"] for secret in executors[task]["secretAsEnv"] for env in secret["keyToEnv"]
         }

@@ -19,13 +19,19 @@ from components.common.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
-def run_stage(stage: str, fields: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Any:
-    """Run `components.<stage>` with Config(fields, then overrides); returns the stage's result."""
+def run_stage(
+    stage: str,
+    fields: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    function: str = "run",
+    args: tuple[Any, ...] = (),
+) -> Any:
+    """Call `components.<stage>.<function>(Config(fields, then overrides), *args)`; returns its result."""
     setup_logging()
     module = importlib.import_module(f"components.{stage}")
     try:
         config = from_dict(module.Config, deep_merge(dict(fields), dict(overrides or {})))
-        return module.run(config)
+        return getattr(module, function)(config, *args)
     except (ConfigError, InputError) as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)

@@ -23,6 +23,8 @@ def teacher_data(
     test_ratio: float = 0.1,
     seed: int = 0,
     system_prompt: str = "",
+    shard_index: int = -1,
+    num_shards: int = 1,
     overrides: dict = {},
 ):
     """Ask the teacher for an answer to every prompt of `dataset`; write train/test distillation records.
@@ -35,6 +37,8 @@ def teacher_data(
         model: teacher model name at the provider.
         base_url: OpenAI-compatible endpoint; empty uses the provider's default.
         api_key_env: environment variable holding the API key (from a Kubernetes Secret on the cluster).
+        shard_index: with num_shards > 1, ask only for this shard's prompts (the `data` output stays
+            empty); -1 asks for whatever no shard stored yet, then merges, filters and splits everything.
         overrides: any other field of components.teacher.Config, nested as in its YAML form.
     """
     from components.common.entry import run_stage
@@ -58,6 +62,15 @@ def teacher_data(
         seed=seed,
         system_prompt=system_prompt or None,
     )
-    result = run_stage("teacher", fields, overrides)
+    if shard_index >= 0:
+        result = run_stage("teacher", fields, overrides, "run_shard", (shard_index, num_shards))
+    else:
+        result = run_stage("teacher", fields, overrides)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+
+
+@dsl.component(base_image=image_for("teacher"), install_kfp_package=False)
+def teacher_shard_indices(num_shards: int) -> list:
+    """The shard indices 0 … num_shards-1, for dsl.ParallelFor."""
+    return list(range(num_shards))

@@ -1,7 +1,5 @@
 """KFP component of the train stage; the logic lives in components.train."""
 
-from typing import Optional
-
 from kfp import dsl
 
 from pipelines.images import image_for
@@ -23,7 +21,7 @@ def train_student(
     max_steps: int = 1000,
     batch_size: int = 8,
     seed: int = 0,
-    overrides: Optional[dict] = None,
+    overrides: dict = {},
 ):
     """Distill the teacher's records into the student: SFT (and KD when configured) with LoRA, QLoRA or full FT.
 
