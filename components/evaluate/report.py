@@ -25,6 +25,8 @@ ROWS = [
     ("size_bytes", "Weights on disk", "bytes"),
 ]
 LOWER_IS_BETTER = {"perplexity"}
+# Rows that describe rather than judge (length, speed on a shared machine, size): never highlighted.
+NEUTRAL = {"avg_output_chars", "avg_output_tokens", "tokens_per_s", "params", "size_bytes"}
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;
@@ -64,12 +66,7 @@ def metrics_table(metrics: dict[str, float]) -> str:
             continue
         before, after = values["untrained"], values["distilled"]
         better = None
-        if (
-            before is not None
-            and after is not None
-            and before != after
-            and suffix not in ("params", "size_bytes")
-        ):
+        if before is not None and after is not None and before != after and suffix not in NEUTRAL:
             better = "distilled" if (after < before) == (suffix in LOWER_IS_BETTER) else "untrained"
         cells = "".join(
             f"<td class='n{' best' if s == better else ''}'>{fmt(values[s], kind)}</td>" for s in SYSTEMS
@@ -103,7 +100,8 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
             mark = (
                 "<span class='ok'>✓</span> " if sample[f"{system}_match"] else "<span class='bad'>✗</span> "
             )
-            cells.append(mark + html.escape(sample[system]))
+            answer = html.escape(sample[system]) if sample[system] else "<span class='note'>(empty)</span>"
+            cells.append(mark + answer)
         if has_judge:
             cells.append(html.escape(sample.get("judge") or ""))
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -1,0 +1,56 @@
+"""What the report's tables say, checked on the HTML text (the browser test checks that it renders)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from components.evaluate.report import fmt, metrics_table, samples_table
+
+
+def row(table: str, label: str) -> str:
+    return re.search(rf"<tr><td>{re.escape(html.escape(label))}</td>(.*?)</tr>", table).group(1)
+
+
+def test_the_better_student_is_highlighted_per_quality_metric_only():
+    table = metrics_table(
+        {
+            "untrained_rouge_l": 0.1,
+            "distilled_rouge_l": 0.8,
+            "untrained_perplexity": 9.0,
+            "distilled_perplexity": 30.0,
+            "untrained_tokens_per_s": 10.0,
+            "distilled_tokens_per_s": 20.0,
+            "teacher_accuracy": 0.9,
+        }
+    )
+    assert (
+        row(table, "ROUGE-L F1")
+        == "<td class='n'>0.100</td><td class='n best'>0.800</td><td class='n'>—</td>"
+    )
+    assert "<td class='n best'>9</td>" in row(table, "Perplexity on the teacher's answers")  # lower is better
+    assert "best" not in row(table, "Generation speed (tokens/s)")  # speed depends on the machine's load
+    assert (
+        "Accuracy (reference or checker)" in table and "BLEU" not in table
+    )  # rows without values are left out
+
+
+def test_samples_show_empty_answers_and_escape_markup():
+    sample = {
+        "prompt": "<script>x</script>",
+        "teacher": "a & b",
+        "untrained": "",
+        "distilled": "a & b",
+        "untrained_match": False,
+        "distilled_match": True,
+        "reference": None,
+    }
+    table = samples_table([sample])
+    assert "<script>" not in table and "&lt;script&gt;" in table and "a &amp; b" in table
+    assert "(empty)" in table and "Reference" not in table and "Judge" not in table
+
+
+def test_number_formats():
+    assert fmt(0.8751, "pct") == "87.5%" and fmt(None, "frac") == "—"
+    assert fmt(7.6e9, "count") == "7.60 B" and fmt(329472, "count") == "0.33 M"
+    assert fmt(15.2 * 2**30, "bytes") == "15.20 GiB" and fmt(1320592, "bytes") == "1.26 MiB"
