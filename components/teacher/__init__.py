@@ -15,14 +15,17 @@ Entry points (no KFP import; component.py maps KFP inputs to these):
         rejected.jsonl, summary.json, and logprobs.jsonl when asked for).
 
 `Result.metrics` is a flat dict name -> float for KFP Metrics (records, train, test, requests, cached,
-prompt_tokens, completion_tokens, cost, total_cost, ...). Module map: config.py (fields), readers.py and
-chunking.py (sources), templates/ (replaceable prompt files), providers.py + teacher_config.yaml (named
-providers), api.py (OpenAI-compatible client), local.py (Hugging Face teacher), generate.py (worker pool,
-retries, policies), limits.py (rpm/tpm, budget), journal.py (shards, resume, cache), judge.py, quality.py
-(dedup, filters, split), stage.py (the steps above).
+prompt_tokens, completion_tokens, cost, total_cost, ...).
+
+Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
+files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-compatible client), local.py
+(Hugging Face teacher), generate.py (worker pool, retries, answer policies), limits.py (rpm/tpm, budget),
+journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), progress.py (bar, log
+lines), stage.py (plan, run_shard, run), finalize.py (merge and write the dataset).
 """
 
 from components.teacher.config import Config, JudgeConfig, ProviderConfig, TextConfig
-from components.teacher.stage import Result, finalize, run, run_shard
+from components.teacher.finalize import Result, finalize
+from components.teacher.stage import run, run_shard
 
 __all__ = ["Config", "JudgeConfig", "ProviderConfig", "Result", "TextConfig", "finalize", "run", "run_shard"]

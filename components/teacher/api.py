@@ -57,6 +57,12 @@ class Failure:
     """A failure that retrying cannot fix (400, 401, 404 ...)."""
 
     reason: str
+    status: int | None = None
+
+    @property
+    def fatal(self) -> bool:
+        """True when no other prompt can succeed either (key revoked, model gone): stop the run."""
+        return self.status in (401, 403, 404)
 
 
 @dataclass
@@ -150,7 +156,7 @@ class ApiTeacher:
         except openai.APIStatusError as error:
             if error.status_code in (408, 409):
                 return Retry(_status_reason(error), retry_after(error.response.headers))
-            return Failure(_status_reason(error))
+            return Failure(_status_reason(error), error.status_code)
         try:
             return parse_completion(response)
         except (KeyError, TypeError, AttributeError) as error:

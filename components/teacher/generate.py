@@ -23,7 +23,6 @@ from components.teacher.limits import Budget, RateLimiter
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
-FATAL_STATUS = ("401", "403", "404")
 
 
 @dataclass
@@ -35,6 +34,7 @@ class Job:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost: float = 0.0
 
 
 @dataclass
@@ -49,6 +49,17 @@ class Tally:
     retries: int = 0
 
 
+def prompt_fields(job: Job) -> dict[str, Any]:
+    """What finalize needs of the prompt, stored with the answer so it never rereads the dataset."""
+    prompt = job.prompt
+    return {
+        "messages": prompt.messages,
+        "reference": prompt.reference,
+        "source": prompt.source,
+        "extra": prompt.extra,
+    }
+
+
 def make_entry(
     job: Job, answer_choices: list[Choice], status: str, reason: str, teacher: dict
 ) -> dict[str, Any]:
@@ -56,14 +67,11 @@ def make_entry(
         "key": job.key,
         "status": status,
         "reason": reason,
-        "prompt": {
-            "messages": job.prompt.messages,
-            "reference": job.prompt.reference,
-            "source": job.prompt.source,
-            "extra": job.prompt.extra,
-        },
+        "prompt": prompt_fields(job),
         "answers": [vars(c) for c in answer_choices],
         "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
+        # What this answer cost when it was paid for (with the judge's verdict, when there is one).
+        "cost": job.cost,
         "requests": job.requests,
         "cached": False,
         "teacher": teacher,
@@ -131,9 +139,10 @@ class Generator:
         entry.update(
             status="dropped" if self.policy(problem) == "drop" else "ok",
             reason=problem,
-            prompt=make_entry(job, [], "", "", {})["prompt"],
+            prompt=prompt_fields(job),
             cached=True,
             requests=0,
+            cost=0.0,
         )
         return entry
 
@@ -146,6 +155,7 @@ class Generator:
             entry["judge"] = await self.judge.verdict(
                 question, job.prompt.reference, entry["answers"][0]["content"], self.budget
             )
+            entry["cost"] = entry.get("cost", 0.0) + entry["judge"].pop("cost", 0.0)
             if entry["judge"]["verdict"] == "error":
                 # Not journaled: the next run judges it again, taking the answer from the cache.
                 self.tally.failed += 1
@@ -179,7 +189,7 @@ class Generator:
         if isinstance(outcome, Answer):
             return await self.answered(job, outcome)
         if isinstance(outcome, Failure):
-            if outcome.reason.startswith(FATAL_STATUS):
+            if outcome.fatal:
                 raise InputError(f"teacher at {self.teacher.provider.base_url}: {outcome.reason}")
             self.tally.failed += 1
             log.warning("giving up on %s: %s", job.prompt.source, outcome.reason)
@@ -199,7 +209,7 @@ class Generator:
     async def answered(self, job: Job, answer: Answer) -> float | None:
         job.prompt_tokens += answer.prompt_tokens
         job.completion_tokens += answer.completion_tokens
-        self.budget.add_usage(answer.prompt_tokens, answer.completion_tokens)
+        job.cost += self.budget.add_usage(answer.prompt_tokens, answer.completion_tokens)
         self.limiter.charge(answer.completion_tokens)
         problem = answer_problem(answer.choices)
         action = self.policy(problem)

@@ -31,7 +31,8 @@ class Judge:
         return provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0
 
     async def verdict(self, question: str, reference: str, answer: str, budget: Budget) -> dict[str, Any]:
-        """{"verdict": "accept"|"reject"|"error", "model", "reply"}; transient errors are retried here."""
+        """{"verdict": "accept"|"reject"|"error", "model", "reply", "cost"}; transient errors are retried
+        here."""
         prompt = render_file_template(self.template, prompt=question, reference=reference, answer=answer)
         messages = [{"role": "user", "content": prompt}]
         provider = self.teacher.provider
@@ -41,11 +42,11 @@ class Judge:
             budget.count_request()
             outcome = await self.teacher.ask(messages)
             if isinstance(outcome, Answer):
-                budget.add_usage(outcome.prompt_tokens, outcome.completion_tokens, self.prices)
+                cost = budget.add_usage(outcome.prompt_tokens, outcome.completion_tokens, self.prices)
                 reply = outcome.choices[0].content if outcome.choices else ""
                 match = _VERDICT.search(reply)
                 verdict = match.group(1).lower() if match else "reject"
-                return {"verdict": verdict, "model": provider.model, "reply": reply[:500]}
+                return {"verdict": verdict, "model": provider.model, "reply": reply[:500], "cost": cost}
             if isinstance(outcome, Failure):
                 return {"verdict": "error", "model": provider.model, "reply": outcome.reason}
             assert isinstance(outcome, Retry)

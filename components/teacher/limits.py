@@ -82,10 +82,18 @@ class Budget:
 
     def add_usage(
         self, prompt_tokens: int, completion_tokens: int, prices: tuple[float, float] | None = None
-    ) -> None:
-        """Count tokens at the teacher's prices, or at `prices` (input, output) for another model (the judge)."""
-        price_in, price_out = prices or (self.price_input_per_m, self.price_output_per_m)
+    ) -> float:
+        """Count tokens at the teacher's prices, or at `prices` (input, output) for another model (the
+        judge); returns what they cost."""
+        cost = token_cost(
+            prompt_tokens, completion_tokens, prices or (self.price_input_per_m, self.price_output_per_m)
+        )
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
-        # cost = tokens / 1e6 * price per million tokens, for input and output separately
-        self.cost += (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+        self.cost += cost
+        return cost
+
+
+def token_cost(prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]) -> float:
+    """Prices are per million tokens: cost = tokens / 1e6 * price, for input and output separately."""
+    return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6

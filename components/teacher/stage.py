@@ -14,35 +14,26 @@ The provider's rpm/tpm limits are divided between the n shards.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from components.common.config import to_dict
-from components.common.records import Record, record_id, stable_hash, write_records
+from components.common.records import record_id
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config
+from components.teacher.finalize import Result, finalize
 from components.teacher.generate import Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, shard_name
 from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter
 from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
-from components.teacher.quality import FilterCounts, select_prompts, split_keys
+from components.teacher.quality import FilterCounts, select_prompts
 from components.teacher.readers import ReadStats, read_prompts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Result:
-    output_dir: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    stopped: str = ""
 
 
 @dataclass
@@ -104,9 +95,7 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
     # Each shard gets its share of the limits. max_cost covers the whole run, so a resumed shard starts
     # from what it already spent; max_requests counts this invocation's requests.
     mine_keys = {job.key for job in mine}
-    spent_cost = sum(
-        _cost(e["usage"], prices) for e in stored.values() if e["key"] in mine_keys and not e.get("cached")
-    )
+    spent_cost = sum(e.get("cost", 0.0) for e in stored.values() if e["key"] in mine_keys)
     budget = Budget(
         *prices,
         max_cost=config.max_cost / num_shards if config.max_cost is not None else None,
@@ -174,119 +163,6 @@ async def _generate(
         for client in (teacher, judge.teacher if judge else None):
             if isinstance(client, ApiTeacher):
                 await client.aclose()
-
-
-def finalize(config: Config) -> Result:
-    """Merge every shard's entries into train.jsonl / test.jsonl / rejected.jsonl / summary.json."""
-    store = open_store(config.store_uri)
-    entries = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
-    kept: list[Record] = []
-    rejected: list[Record] = []
-    logprobs: list[dict[str, Any]] = []
-    counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
-    spent = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
-    for entry in sorted(entries.values(), key=lambda e: e["key"]):
-        if not entry.get("cached"):
-            for name in ("prompt_tokens", "completion_tokens"):
-                spent[name] += entry["usage"][name]
-            spent["requests"] += entry.get("requests", 0)
-        if entry["status"] != "ok":
-            counts["dropped"] += 1
-            continue
-        for index, answer in enumerate(entry["answers"]):
-            record = build_record(entry, index, answer, config.think_in_answer)
-            length = len(answer["content"])
-            if length < config.min_answer_chars:
-                counts["answer_too_short"] += 1
-            elif config.max_answer_chars is not None and length > config.max_answer_chars:
-                counts["answer_too_long"] += 1
-            elif record.judge is not None and record.judge.get("verdict") != "accept":
-                counts["judge_rejected"] += 1
-                rejected.append(record)
-            else:
-                kept.append(record)
-                if answer.get("logprobs"):
-                    logprobs.append({"id": record.id, "logprobs": answer["logprobs"]})
-    # All answers to one prompt go to the same split, so the test set never shares a prompt with train.
-    test_keys = split_keys((r.extra["key"] for r in kept), config.test_ratio, config.seed)
-    for record in kept:
-        record.split = "test" if record.extra["key"] in test_keys else "train"
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    train = write_records(output / "train.jsonl", (r for r in kept if r.split == "train"))
-    test = write_records(output / "test.jsonl", (r for r in kept if r.split == "test"))
-    write_records(output / "rejected.jsonl", rejected)
-    if logprobs:
-        (output / "logprobs.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in logprobs), encoding="utf-8"
-        )
-    provider = resolve_provider(config.provider, config.provider_config)
-    cost = _cost(spent, (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0))
-    metrics = {
-        "records": train + test,
-        "train": train,
-        "test": test,
-        "rejected": len(rejected),
-        "prompts_answered": len(entries),
-        **counts,
-        "total_requests": spent["requests"],
-        "total_prompt_tokens": spent["prompt_tokens"],
-        "total_completion_tokens": spent["completion_tokens"],
-        "total_cost": cost,
-    }
-    summary = {
-        "metrics": metrics,
-        "teacher": {
-            "provider": provider.name,
-            "model": provider.model,
-            "base_url": provider.base_url,
-            "params": provider.generation_params(),
-        },
-        "config": _redacted(to_dict(config)),
-    }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, len(rejected), output)
-    return Result(str(output), {k: float(v) for k, v in metrics.items()})
-
-
-def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], think_in_answer: bool) -> Record:
-    prompt = entry["prompt"]
-    content = answer["content"]
-    if think_in_answer and answer.get("reasoning"):
-        content = f"<think>\n{answer['reasoning'].strip()}\n</think>\n\n{content}"
-    usage = entry["usage"]
-    n = len(entry["answers"])
-    return Record(
-        id=entry["key"] if index == 0 else stable_hash({"key": entry["key"], "choice": index}),
-        messages=[*prompt["messages"], {"role": "assistant", "content": content}],
-        reasoning=answer.get("reasoning"),
-        reference=prompt.get("reference"),
-        teacher=entry["teacher"],
-        # A request's completion tokens are shared by its n answers.
-        usage={"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"] // n},
-        judge=entry.get("judge"),
-        extra={
-            "key": entry["key"],
-            "source": prompt.get("source", ""),
-            "finish_reason": answer.get("finish_reason"),
-            "cached": bool(entry.get("cached")),
-        },
-    )
-
-
-def _redacted(config: dict[str, Any]) -> dict[str, Any]:
-    """The config for summary.json, with the values of credential-like headers masked."""
-    for section in (config["provider"], (config["judge"].get("provider") or {})):
-        headers = section.get("extra_headers") or {}
-        for name in headers:
-            if any(word in name.lower() for word in ("auth", "key", "token", "secret")):
-                headers[name] = "***"
-    return config
-
-
-def _cost(usage: dict[str, int], prices: tuple[float, float]) -> float:
-    # cost = tokens / 1e6 * price per million tokens, for input and output separately
-    return (usage["prompt_tokens"] * prices[0] + usage["completion_tokens"] * prices[1]) / 1e6
 
 
 def run(config: Config) -> Result:
