@@ -42,7 +42,8 @@ class Config:
 
     Inputs
       base_model_dir: the untrained student (the download stage's model folder).
-      model_dir: the distilled student (the merge stage's model folder).
+      model_dir: the distilled student (the merge stage's model folder, or a PEFT adapter folder, which is
+          applied unmerged on top of base_model_dir).
       data_dir: the teacher dataset folder; its test.jsonl holds prompts, teacher answers and references.
       teacher_model_dir: a local teacher model folder, when there is one: its speed and size are measured.
       tensorboard_dir: the train stage's TensorBoard logs (a folder or s3:// prefix) for the loss curve.

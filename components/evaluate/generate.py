@@ -42,25 +42,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(path: str | Path, dtype: str, device: torch.device, field: str):
-    """(model, tokenizer) from a Hugging Face folder, tokenizer set up for left-padded batches."""
+def load_model(path: str | Path, dtype: str, device: torch.device, field: str, base_dir: str | Path = ""):
+    """(model, tokenizer) from a Hugging Face folder, tokenizer set up for left-padded batches.
+
+    A PEFT adapter folder (adapter_config.json, e.g. the train output when merging is skipped) is applied
+    unmerged on top of the model in `base_dir`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{field}: {path} is not a Hugging Face model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    is_adapter = (path / "adapter_config.json").is_file()
+    weights = Path(base_dir) if is_adapter else path
+    if not (weights / "config.json").is_file():
+        what = f"the adapter's base {weights}" if is_adapter else str(path)
+        raise InputError(f"{field}: {what} is not a Hugging Face model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").is_file() else weights)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype]).to(device).eval()
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=TORCH_DTYPES[dtype], device_map={"": device})
+    if is_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path))
+    return model.eval(), tokenizer
 
 
-def size_on_disk(path: str | Path) -> int:
-    """Bytes of the weight files (safetensors or PyTorch bins) in a model folder."""
+def size_on_disk(path: str | Path, base_dir: str | Path = "") -> int:
+    """Bytes of the weight files (safetensors or PyTorch bins) in a model folder; for an adapter folder,
+    the adapter's plus its base's, which it cannot run without."""
     path = Path(path)
-    return sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+    own = sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+    return own + size_on_disk(base_dir) if (path / "adapter_config.json").is_file() else own
 
 
 def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:

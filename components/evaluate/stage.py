@@ -73,7 +73,7 @@ def run(config: Config) -> Result:
         ("untrained", config.base_model_dir, "base_model_dir"),
         ("distilled", config.model_dir, "model_dir"),
     ):
-        model, tokenizer = load_model(path, config.dtype, device, field)
+        model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
         outputs[system] = generation = generate(model, tokenizer, prompts, config)
         scores = text_metrics(generation.answers, teacher, config.zh_tokenizer)
         scores["accuracy"] = accuracy(generation.answers, questions, references, checker)
@@ -82,7 +82,7 @@ def run(config: Config) -> Result:
         scores["avg_output_tokens"] = generation.new_tokens / len(records)
         scores["tokens_per_s"] = generation.tokens_per_s
         scores["params"] = float(sum(p.numel() for p in model.parameters()))
-        scores["size_bytes"] = float(size_on_disk(path))
+        scores["size_bytes"] = float(size_on_disk(path, base_dir=config.base_model_dir))
         metrics.update({f"{system}_{k}": v for k, v in scores.items() if v is not None})
         log.info("eval: %s exact match %.3f, rouge_l %.3f", system, scores["exact_match"], scores["rouge_l"])
         del model

@@ -73,3 +73,37 @@ def test_sampling_is_configurable_and_seeded(tiny_model_dir):
     assert len(set(first.raw)) > 1  # rows of the same prompt differ: it really sampled
     greedy = generate(model, tokenizer, prompts, dataclasses.replace(sampled, do_sample=False))
     assert len(set(greedy.raw)) == 1
+
+
+def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_dir, test_split, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.evaluate.generate import size_on_disk
+    from components.merge import Config as MergeConfig
+    from components.merge import run as merge
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(
+        tmp_path / "adapter"
+    )
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+    merge(MergeConfig(str(tiny_model_dir), str(tmp_path / "adapter"), str(tmp_path / "merged")))
+    prompts, answers = test_split
+
+    scored = {}
+    for name in ("adapter", "merged"):
+        model, tokenizer = load_model(tmp_path / name, "fp32", CPU, "model_dir", base_dir=tiny_model_dir)
+        scored[name] = answer_perplexity(model, tokenizer, prompts, answers, batch_size=4)
+    base, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "base_model_dir")
+
+    assert scored["adapter"] == pytest.approx(scored["merged"], rel=1e-4)
+    assert scored["adapter"] != pytest.approx(
+        answer_perplexity(base, tokenizer, prompts, answers, 4), rel=1e-2
+    )
+    adapter_bytes = size_on_disk(tmp_path / "adapter", base_dir=tiny_model_dir)
+    assert (
+        adapter_bytes
+        == size_on_disk(tiny_model_dir) + (tmp_path / "adapter/adapter_model.safetensors").stat().st_size
+    )
