@@ -26,9 +26,10 @@ RUN apt-get update \
  && python3.12 -m venv /opt/venv
 
 # Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
+# The teacher extra too: the LLM judge scores answers through the teacher's OpenAI-compatible client.
 COPY pyproject.toml docker/requirements.py docker/constraints.txt /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python /build/requirements.py eval pipeline > /build/requirements.txt \
+    python /build/requirements.py eval teacher pipeline > /build/requirements.txt \
  && pip install -c /build/constraints.txt torch==2.13.0 -r /build/requirements.txt
 
 COPY components /app/components

@@ -9,18 +9,15 @@ import re
 import shlex
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import pytest
 import tomllib
-from dockerfile_parse import DockerfileParser
+from dockerfiles import DOCKER, REPO, installed_extras, instructions, parse  # tests/packaging on sys.path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from pipelines.images import STAGES
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
 sys.path.insert(0, str(DOCKER))
 from requirements import requirements  # noqa: E402  (docker/requirements.py is a script, not a package)
 
@@ -31,25 +28,9 @@ STAGE_EXTRAS = {
     "teacher": {"teacher", "pipeline"},
     "train": {"train", "deepspeed", "qlora", "pipeline"},
     "merge": {"merge", "pipeline"},
-    "eval": {"eval", "pipeline"},
+    "eval": {"eval", "teacher", "pipeline"},  # the LLM judge uses the teacher's client
 }
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-
-
-def parse(stage: str) -> DockerfileParser:
-    return DockerfileParser(path=str(DOCKER / f"{stage}.Dockerfile"))
-
-
-def instructions(stage: str, name: str) -> list[str]:
-    return [item["value"] for item in parse(stage).structure if item["instruction"] == name]
-
-
-def arg_defaults(stage: str) -> dict[str, str]:
-    defaults = {}
-    for value in instructions(stage, "ARG"):
-        key, _, default = value.partition("=")
-        defaults[key.strip()] = default.strip().strip('"')
-    return defaults
 
 
 def test_every_stage_has_exactly_one_dockerfile():
@@ -83,15 +64,10 @@ def test_no_secret_values_are_baked_into_the_image(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_image_installs_the_extras_of_its_stage(stage):
-    defaults = arg_defaults(stage)
-    installed: set[str] = set()
-    for run in instructions(stage, "RUN"):
-        for match in re.finditer(r"requirements\.py ([^>]+)>", run):
-            words = match.group(1).replace("${EXTRAS}", defaults.get("EXTRAS", "")).split()
-            installed.update(words)
-    assert installed == STAGE_EXTRAS[stage]
+    extras = installed_extras(stage)
+    assert set(extras) == STAGE_EXTRAS[stage]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    requirements(pyproject, sorted(installed))  # every named extra exists in pyproject.toml
+    requirements(pyproject, extras)  # every named extra exists in pyproject.toml
 
 
 @pytest.mark.parametrize("stage", STAGES)
