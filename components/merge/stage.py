@@ -174,15 +174,16 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device):
 
     check_model_folder(path, "base_dir")
     if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
-        if not torch.cuda.is_available():
+        if device.type != "cuda":
             raise ConfigError(
                 f"base_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
-                "dequantizing it needs a CUDA device, or point base_dir at the unquantized model"
+                "dequantizing it needs a CUDA device (device: auto or cuda on a GPU machine), or point "
+                "base_dir at the unquantized model"
             )
         model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device.index or 0})
         model = model.dequantize().to(dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device})
     return model.eval()
 
 
