@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -216,6 +217,7 @@ def run_pytorchjob(
     streamer = _LogStreamer(core, spec.namespace, echo)
     started = time.monotonic()
     try:
+        _exit_on_sigterm()
         while True:
             job = custom.get_namespaced_custom_object(*address, spec.name)
             pods = core.list_namespaced_pod(
@@ -240,6 +242,17 @@ def run_pytorchjob(
             f"PyTorchJob {spec.namespace}/{spec.name} failed: {message or 'see the pod logs above'}"
         )
     return state
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (the KFP task's timeout, a terminated run, a node drain) into SystemExit, so the
+    `finally` that deletes the job runs within the pod's grace period instead of leaving GPUs held."""
+
+    def stop(signum, frame):
+        raise SystemExit(f"terminated by signal {signum}; deleting the PyTorchJob")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _delete(custom, address: tuple, name: str) -> None:

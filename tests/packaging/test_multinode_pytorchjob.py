@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -234,3 +237,28 @@ def test_multinode_training_needs_a_store(cluster):
             namespace="team",
             api_client=api_client,
         )
+
+
+def test_a_terminated_train_pod_deletes_its_job(cluster, tmp_path):
+    fake, api_client = cluster
+    configuration = api_client.configuration
+    script = tmp_path / "driver.py"
+    script.write_text(
+        f"""
+from kubernetes import client as k8s
+from components.train.multinode import PyTorchJobSpec, run_pytorchjob
+configuration = k8s.Configuration(host={configuration.host!r})
+configuration.api_key = {{"authorization": {fake.token!r}}}
+configuration.api_key_prefix = {{"authorization": "Bearer"}}
+spec = PyTorchJobSpec(name="killed", namespace="team", image="i", command=["python", "-c", "import time; time.sleep(60)"])
+run_pytorchjob(spec, api_client=k8s.ApiClient(configuration), poll_s=0.1)
+"""
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], cwd=HERE.parents[1])
+    deadline = time.monotonic() + 60
+    while ("team", "killed") not in fake.jobs and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    assert ("team", "killed") in fake.jobs
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=30) != 0
+    assert fake.deleted == ["killed"] and fake.pods == {}
