@@ -30,6 +30,8 @@ def run(config: Config) -> Result:
             method=summary["method"],
             tokens_per_second=summary["tokens_per_second"],
             train_seconds=summary["train_seconds"],
+            loss_parts=summary["final_loss_parts"],
+            resumed_from=summary["resumed_from"],
         )
     trainer = DistillTrainer(config)
     trainer.setup()

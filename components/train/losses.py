@@ -79,10 +79,13 @@ def sparse_forward_kl(
     # Entries with p = 0 contribute 0 (xlogy convention), never NaN from -inf - -inf.
     top = torch.where(p > 0, p * (log_p - log_q_top), torch.zeros_like(p)).sum(-1)
     rest_p = (1.0 - p.sum(-1)).clamp_min(0.0)
-    outside = log_q.scatter(-1, topk_ids, float("-inf"))
+    # A large finite fill instead of -inf: when the top k cover the whole vocabulary, logsumexp and its
+    # gradient stay finite (the bucket is then empty and skipped below).
+    outside = log_q.scatter(-1, topk_ids, -1e4)
     log_rest_q = torch.logsumexp(outside, dim=-1)
     log_rest_p = torch.log(rest_p.clamp_min(1e-12))
-    rest = torch.where(rest_p > 1e-9, rest_p * (log_rest_p - log_rest_q), torch.zeros_like(rest_p))
+    # Below 1e-6 the "rest" is float rounding of a top-k that holds all the mass.
+    rest = torch.where(rest_p > 1e-6, rest_p * (log_rest_p - log_rest_q), torch.zeros_like(rest_p))
     return top + rest
 
 

@@ -50,7 +50,10 @@ def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attenti
     """Run the frozen teacher on `batch`; keep the scored positions' last hidden state."""
     with torch.no_grad():
         out = backbone(teacher)(
-            **batch.model_inputs(device), output_hidden_states=layers, output_attentions=attentions
+            **batch.model_inputs(device),
+            use_cache=False,
+            output_hidden_states=layers,
+            output_attentions=attentions,
         )
         mask = scored_mask(batch.labels.to(device))
         hidden = out.last_hidden_state[:, :-1][mask]
@@ -87,6 +90,9 @@ class DistillObjective(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            # A KV cache is useless in training, and its presence turns off transformers' detection of
+            # packed rows (position ids restarting at 0), which then would attend across records.
+            use_cache=False,
             output_hidden_states=wants_layers,
             output_attentions=wants_attn,
         )

@@ -33,10 +33,23 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are spelled in.
 
-    return bytes_to_unicode()
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes are shifted to chr(256 + n).
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {byte: chr(byte) for byte in printable}
+    shifted = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + shifted)
+            shifted += 1
+    return table
 
 
 def token_id(tokenizer, entry: dict) -> int | None:
@@ -46,7 +59,7 @@ def token_id(tokenizer, entry: dict) -> int | None:
         return int(text.split(":", 1)[1])
     vocab = tokenizer.get_vocab()
     if entry.get("bytes") is not None:
-        alphabet = _byte_alphabet()
+        alphabet = byte_symbols()
         symbol = "".join(alphabet[b] for b in entry["bytes"])
         if symbol in vocab:
             return vocab[symbol]

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,6 +56,10 @@ class Result:
     method: str = "lora"
     tokens_per_second: float = 0.0
     train_seconds: float = 0.0
+    # The loss parts of the last logging window: ce, kd, hidden_loss, ... (per token or per batch).
+    loss_parts: dict[str, float] = field(default_factory=dict)
+    # The checkpoint step this attempt continued from (0: it started from the input model).
+    resumed_from: int = 0
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -64,6 +68,7 @@ class Result:
             "train_final_loss": self.final_loss,
             "train_tokens_per_second": self.tokens_per_second,
             "train_seconds": self.train_seconds,
+            **{f"train_final_{name}": value for name, value in self.loss_parts.items()},
         }
 
 
@@ -168,7 +173,7 @@ class DistillTrainer:
         kd_on = config.kd.kind != "none"
         ce_weight = 1.0 - stage.kd_alpha if kd_on else 1.0
         kd_weight = stage.kd_alpha if kd_on else 0.0
-        stats = {"ce": 0.0, "kd": 0.0, "loss": 0.0, "scored": float(scored), "tokens": 0.0}
+        stats = {"ce": 0.0, "kd": 0.0, "mixed": 0.0, "scored": float(scored), "tokens": 0.0}
         for batch in micro_batches:
             with self.accelerator.accumulate(self.model):
                 teacher = None
@@ -195,7 +200,7 @@ class DistillTrainer:
                 self.accelerator.backward(loss)
                 stats["ce"] += float(ce.detach())
                 stats["kd"] += float(kd.detach())
-                stats["loss"] += float(loss.detach()) / accum
+                stats["mixed"] += ce_weight * float(ce.detach()) + kd_weight * float(kd.detach())
                 for name, value in terms.items():
                     stats[name] = stats.get(name, 0.0) + float(value.detach()) / accum
                 stats["tokens"] += batch.num_tokens
@@ -233,7 +238,7 @@ class DistillTrainer:
                 sync_seconds=config.tensorboard_sync_seconds,
             )
         self.global_step = resume or 0
-        final_loss = float("nan")
+        final_loss, loss_parts = float("nan"), {}
         started = time.monotonic()
         tokens_total = 0.0
         for stage in self.stages:
@@ -248,6 +253,9 @@ class DistillTrainer:
                 # The checkpoint was taken inside this stage: continue its schedule where it stopped.
                 stage_step = state["stage_step"]
                 self.scheduler.load_state_dict(state["scheduler"])
+                # Loading a schedule does not touch the optimizer: put its current rate back in place.
+                for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                    group["lr"] = lr
                 state = None
             self.model.train()
             progress = Progress(stage.name, total, stage_step, acc.is_main_process)
@@ -269,7 +277,7 @@ class DistillTrainer:
                     window[key] = value if key == "grad_norm" else window.get(key, 0.0) + value
                 window["steps"] = window.get("steps", 0.0) + 1
                 if stage_step % config.logging_steps == 0 or stage_step == total:
-                    final_loss = self._log(trackers, progress, window, stage, stage_step)
+                    final_loss, loss_parts = self._log(trackers, progress, window, stage, stage_step)
                     window = {}
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
                     save_checkpoint(self, self.checkpoints)
@@ -284,12 +292,16 @@ class DistillTrainer:
             method=config.method,
             tokens_per_second=tokens_total / seconds if seconds else 0.0,
             train_seconds=seconds,
+            loss_parts=loss_parts,
+            resumed_from=resume or 0,
         )
 
-    def _log(self, trackers, progress, window, stage, stage_step) -> float:
+    def _log(self, trackers, progress, window, stage, stage_step) -> tuple[float, dict[str, float]]:
         steps, scored = window["steps"], max(1.0, window["scored"])
         scalars = {
-            "train/loss": window["loss"] / steps,
+            # Token-weighted over the window, like the gradient: sum of mixed token losses / scored tokens.
+            "train/loss": window["mixed"] / scored
+            + sum(v / steps for k, v in window.items() if k.endswith("_loss")),
             "train/ce": window["ce"] / scored,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": window.get("grad_norm", float("nan")),
@@ -306,7 +318,9 @@ class DistillTrainer:
         if trackers is not None:
             trackers.log(scalars, self.global_step)
         progress.log_line(stage_step, scalars)
-        return scalars["train/loss"]
+        parts = {k[len("train/") :]: v for k, v in scalars.items() if k == "train/ce" or k == "train/kd"}
+        parts.update({k[len("train/") :]: v for k, v in scalars.items() if k.endswith("_loss")})
+        return scalars["train/loss"], parts
 
     # --- save -----------------------------------------------------------------------------------------
     def save(self, result: Result) -> None:
@@ -331,6 +345,8 @@ class DistillTrainer:
             "base_model": self.config.model_dir,
             "steps": result.steps,
             "final_loss": result.final_loss,
+            "final_loss_parts": result.loss_parts,
+            "resumed_from": result.resumed_from,
             "tokens_per_second": result.tokens_per_second,
             "train_seconds": result.train_seconds,
             "stages": [stage.name for stage in self.stages],

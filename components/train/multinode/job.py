@@ -1,30 +1,14 @@
-"""Multi-node training: the train stage as a Kubeflow Training Operator PyTorchJob (N nodes x M GPUs).
+"""The Kubeflow Training Operator's PyTorchJob through the Kubernetes API: build it, create it, follow
+its pods' logs, wait for it to end and delete it (also when this pod is terminated).
 
-Single-pod training stays the default; the train component calls `run_multinode_training` when the
-pipeline asks for more than one node. Two halves live here:
-
-- in the KFP train pod, `run_multinode_training` creates the PyTorchJob through the Kubernetes API
-  (in-cluster service account, RBAC in manifests/base/rbac.yaml), streams every pod's log, waits for the
-  job to end, deletes it, then copies the trained output from the store into the task's output folders;
-- in each PyTorchJob pod, `python -m components.train.multinode` (`worker_main`) downloads the inputs
-  from the store, starts `torchrun` for this node (rank and rendezvous from the operator's environment)
-  and, on node 0, uploads the output folders to the store.
-
-Inputs and outputs travel through the artifact store (s3://...), because the KFP pod's local artifact
-folders are not visible from the job's pods:
-
-    inputs:  model_dir <- KFP artifact URI of the student, data_dir <- URI of the teacher dataset
-    outputs: output_dir, tensorboard_dir -> <store_uri>/runs/<run_id>/train/multinode/<field>
+    spec = PyTorchJobSpec(name="distill-train-abc", namespace="team", image=..., command=[...], nodes=2)
+    run_pytorchjob(spec)          # in-cluster credentials; RBAC in manifests/base/rbac.yaml
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,15 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import ConfigError
-from components.common.logs import setup_logging
-from components.common.store import open_store
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 CONTAINER = "pytorch"  # the operator finds its container by this name
-JOB_ENV = "DISTILL_TRAIN_JOB"  # JSON payload for worker_main: fields, inputs, outputs, nodes, gpus
-OUTPUT_FIELDS = ("output_dir", "tensorboard_dir")
 
 
 @dataclass
@@ -66,6 +46,8 @@ class PyTorchJobSpec:
     service_account: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     active_deadline_s: int | None = None
+    # The KFP train pod: owning the job lets Kubernetes garbage-collect it if that pod is deleted.
+    owner_pod: dict[str, str] | None = None  # {"name": ..., "uid": ...}
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -129,10 +111,13 @@ def build_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
     run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": 0}
     if spec.active_deadline_s:
         run_policy["activeDeadlineSeconds"] = spec.active_deadline_s
+    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels}
+    if spec.owner_pod:
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", **spec.owner_pod}]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels},
+        "metadata": metadata,
         "spec": {
             "nprocPerNode": str(max(spec.gpus_per_node, 1)),
             "runPolicy": run_policy,
@@ -183,7 +168,7 @@ class _LogStreamer:
             thread.join(timeout=timeout_s)
 
 
-def _api_client():
+def default_api_client():
     from kubernetes import client, config
 
     try:
@@ -208,7 +193,7 @@ def run_pytorchjob(
     unless `keep`."""
     from kubernetes import client
 
-    api_client = api_client or _api_client()
+    api_client = api_client or default_api_client()
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     address = (GROUP, VERSION, spec.namespace, PLURAL)
     _delete_leftover(custom, address, spec.name, poll_s)
@@ -299,115 +284,15 @@ def job_name_for(run_id: str) -> str:
     return f"distill-train-{cleaned}"[:52].rstrip("-")  # the operator appends -worker-<index>
 
 
-def run_multinode_training(
-    fields: dict[str, Any],
-    inputs: dict[str, str],
-    *,
-    store_uri: str,
-    run_id: str,
-    image: str,
-    nodes: int,
-    gpus_per_node: int,
-    namespace: str | None = None,
-    env_from_secrets: dict[str, dict[str, str]] | None = None,
-    env_from_config_maps: dict[str, dict[str, str]] | None = None,
-    module: str = "components.train",
-    api_client=None,
-    poll_s: float = 10.0,
-    **job_settings: Any,
-) -> dict[str, Any]:
-    """Train as a PyTorchJob and leave the outputs in `fields`' local output folders, like a local run.
+def this_pod(core, namespace: str, pod_name: str | None):
+    """The pod this code runs in (its name is the HOSTNAME), or None outside a pod."""
+    from kubernetes.client.exceptions import ApiException
 
-    `fields` is the train Config as a dict (its output_dir and tensorboard_dir are this pod's folders);
-    `inputs` maps the input fields (model_dir, data_dir) to store URIs the job's pods can read, e.g.
-    the KFP artifacts' `.uri`. `job_settings` go to PyTorchJobSpec (cpu, memory, node_selector, ...).
-    Returns train_summary.json of the trained output."""
-    if not store_uri:
-        raise ConfigError(
-            "store_uri: multi-node training passes inputs and outputs through the store; set s3://..."
-        )
-    staging = f"{store_uri.rstrip('/')}/runs/{run_id}/train/multinode"
-    outputs = {name: f"{staging}/{name}" for name in OUTPUT_FIELDS}
-    for uri in outputs.values():
-        open_store(uri).delete("")  # leftovers of an earlier attempt must not mix into this one
-    payload = {
-        "fields": fields,
-        "inputs": inputs,
-        "outputs": outputs,
-        "nodes": nodes,
-        "gpus_per_node": gpus_per_node,
-        "module": module,
-    }
-    spec = PyTorchJobSpec(
-        name=job_name_for(run_id),
-        namespace=namespace or current_namespace(),
-        image=image,
-        command=["python", "-m", "components.train.multinode"],
-        nodes=nodes,
-        gpus_per_node=gpus_per_node,
-        env={JOB_ENV: json.dumps(payload)},
-        env_from_secrets=env_from_secrets or {},
-        env_from_config_maps=env_from_config_maps or {},
-        labels={"app.kubernetes.io/part-of": "kfp-distill", "app.kubernetes.io/component": "train"},
-        **job_settings,
-    )
-    run_pytorchjob(spec, api_client=api_client, poll_s=poll_s)
-    for name, uri in outputs.items():
-        open_store(uri).download_dir("", Path(fields[name]))
-    summary = Path(fields["output_dir"]) / "train_summary.json"
-    return json.loads(summary.read_text()) if summary.exists() else {}
-
-
-def node_rank(environ: dict[str, str]) -> int:
-    """This pod's node rank: RANK is the pod's index in every Training Operator version, PET_NODE_RANK
-    in newer ones."""
-    return int(environ.get("PET_NODE_RANK") or environ.get("RANK") or 0)
-
-
-def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str, str]) -> list[str]:
-    """torchrun for this node: rendezvous at the operator's MASTER_ADDR/MASTER_PORT; node and GPU counts
-    from the payload, since WORLD_SIZE means pods in old operators and processes in new ones."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nnodes={payload['nodes']}",
-        f"--nproc_per_node={max(payload['gpus_per_node'], 1)}",
-        f"--node_rank={node_rank(environ)}",
-        f"--master_addr={environ.get('MASTER_ADDR', '127.0.0.1')}",
-        f"--master_port={environ.get('MASTER_PORT', '29500')}",
-        "-m",
-        payload["module"],
-        "--config",
-        str(config_file),
-    ]
-
-
-def worker_main(environ: dict[str, str] | None = None) -> int:
-    """Entry point of every PyTorchJob pod: fetch inputs, train this node's share, node 0 uploads."""
-    import yaml
-
-    environ = dict(os.environ if environ is None else environ)
-    payload = json.loads(environ[JOB_ENV])
-    workdir = Path(environ.get("DISTILL_WORKDIR", "/tmp/distill-train"))
-    fields = dict(payload["fields"])
-    for name, uri in payload["inputs"].items():
-        fields[name] = str(workdir / name)
-        open_store(uri).download_dir("", workdir / name)
-    for name in payload["outputs"]:
-        fields[name] = str(workdir / name)
-    config_file = workdir / "train.yaml"
-    config_file.write_text(yaml.safe_dump(fields, sort_keys=False))
-    command = worker_command(payload, config_file, environ)
-    log.info("node %d: %s", node_rank(environ), " ".join(command))
-    returncode = subprocess.run(command, env=environ, check=False).returncode
-    if returncode == 0 and node_rank(environ) == 0:
-        for name, uri in payload["outputs"].items():
-            if Path(fields[name]).exists():
-                open_store(uri).upload_dir(Path(fields[name]), "")
-    return returncode
-
-
-if __name__ == "__main__":
-    setup_logging()
-    sys.exit(worker_main())
+    if not pod_name:
+        return None
+    try:
+        return core.read_namespaced_pod(pod_name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise

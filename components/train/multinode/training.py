@@ -1,0 +1,154 @@
+"""Multi-node training on both sides of the PyTorchJob: `run_multinode_training` in the KFP train pod,
+`worker_main` in each of the job's pods (`python -m components.train.multinode`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import ConfigError
+from components.common.store import open_store
+from components.train.multinode.job import (
+    PyTorchJobSpec,
+    current_namespace,
+    default_api_client,
+    job_name_for,
+    run_pytorchjob,
+    this_pod,
+)
+
+JOB_ENV = "DISTILL_TRAIN_JOB"  # JSON payload for worker_main: fields, inputs, outputs, nodes, gpus
+OUTPUT_FIELDS = ("output_dir", "tensorboard_dir")
+
+log = logging.getLogger(__name__)
+
+
+def run_multinode_training(
+    fields: dict[str, Any],
+    inputs: dict[str, str],
+    *,
+    store_uri: str,
+    run_id: str,
+    nodes: int,
+    gpus_per_node: int,
+    image: str | None = None,
+    namespace: str | None = None,
+    env_from_secrets: dict[str, dict[str, str]] | None = None,
+    env_from_config_maps: dict[str, dict[str, str]] | None = None,
+    module: str = "components.train",
+    api_client=None,
+    poll_s: float = 10.0,
+    pod_name: str | None = None,
+    **job_settings: Any,
+) -> dict[str, Any]:
+    """Train as a PyTorchJob and leave the outputs in `fields`' local output folders, like a local run.
+
+    `fields` is the train Config as a dict (its output_dir and tensorboard_dir are this pod's folders);
+    `inputs` maps the input fields (model_dir, data_dir) to store URIs the job's pods can read, e.g.
+    the KFP artifacts' `.uri`. The job's pods run this pod's own image unless `image` is given, and the
+    job is owned by this pod (`pod_name`, default $HOSTNAME). `job_settings` go to PyTorchJobSpec (cpu,
+    memory, node_selector, tolerations, ...). Returns the trained output's train_summary.json."""
+    from kubernetes import client
+
+    if not store_uri:
+        raise ConfigError(
+            "store_uri: multi-node training passes inputs and outputs through the store; set s3://..."
+        )
+    api_client = api_client or default_api_client()
+    namespace = namespace or current_namespace()
+    pod = this_pod(client.CoreV1Api(api_client), namespace, pod_name or os.environ.get("HOSTNAME"))
+    if image is None:
+        if pod is None:
+            raise ConfigError(
+                "image: not running in a KFP pod, so there is no image to reuse; pass the train image"
+            )
+        containers = {container.name: container.image for container in pod.spec.containers}
+        image = containers.get("main") or pod.spec.containers[0].image  # KFP names its executor "main"
+    staging = f"{store_uri.rstrip('/')}/runs/{run_id}/train/multinode"
+    outputs = {name: f"{staging}/{name}" for name in OUTPUT_FIELDS}
+    for uri in outputs.values():
+        open_store(uri).delete("")  # leftovers of an earlier attempt must not mix into this one
+    payload = {
+        "fields": fields,
+        "inputs": inputs,
+        "outputs": outputs,
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "module": module,
+    }
+    spec = PyTorchJobSpec(
+        name=job_name_for(run_id),
+        namespace=namespace,
+        image=image,
+        command=["python", "-m", "components.train.multinode"],
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        env={JOB_ENV: json.dumps(payload)},
+        env_from_secrets=env_from_secrets or {},
+        env_from_config_maps=env_from_config_maps or {},
+        labels={"app.kubernetes.io/part-of": "kfp-distill", "app.kubernetes.io/component": "train"},
+        owner_pod={"name": pod.metadata.name, "uid": pod.metadata.uid} if pod is not None else None,
+        **job_settings,
+    )
+    run_pytorchjob(spec, api_client=api_client, poll_s=poll_s)
+    open_store(outputs["output_dir"]).download_dir("", Path(fields["output_dir"]))
+    tensorboard = open_store(outputs["tensorboard_dir"])
+    if tensorboard.list(""):  # a run that logged nothing leaves no TensorBoard folder
+        tensorboard.download_dir("", Path(fields["tensorboard_dir"]))
+    summary = Path(fields["output_dir"]) / "train_summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def node_rank(environ: dict[str, str]) -> int:
+    """This pod's node rank: RANK is the pod's index in every Training Operator version, PET_NODE_RANK
+    in newer ones."""
+    return int(environ.get("PET_NODE_RANK") or environ.get("RANK") or 0)
+
+
+def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str, str]) -> list[str]:
+    """torchrun for this node: rendezvous at the operator's MASTER_ADDR/MASTER_PORT; node and GPU counts
+    from the payload, since WORLD_SIZE means pods in old operators and processes in new ones."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={payload['nodes']}",
+        f"--nproc_per_node={max(payload['gpus_per_node'], 1)}",
+        f"--node_rank={node_rank(environ)}",
+        f"--master_addr={environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master_port={environ.get('MASTER_PORT', '29500')}",
+        "-m",
+        payload["module"],
+        "--config",
+        str(config_file),
+    ]
+
+
+def worker_main(environ: dict[str, str] | None = None) -> int:
+    """Entry point of every PyTorchJob pod: fetch inputs, train this node's share, node 0 uploads."""
+    import yaml
+
+    environ = dict(os.environ if environ is None else environ)
+    payload = json.loads(environ[JOB_ENV])
+    workdir = Path(environ.get("DISTILL_WORKDIR", "/tmp/distill-train"))
+    fields = dict(payload["fields"])
+    for name, uri in payload["inputs"].items():
+        fields[name] = str(workdir / name)
+        open_store(uri).download_dir("", workdir / name)
+    for name in payload["outputs"]:
+        fields[name] = str(workdir / name)
+    config_file = workdir / "train.yaml"
+    config_file.write_text(yaml.safe_dump(fields, sort_keys=False))
+    command = worker_command(payload, config_file, environ)
+    log.info("node %d: %s", node_rank(environ), " ".join(command))
+    returncode = subprocess.run(command, env=environ, check=False).returncode
+    if returncode == 0 and node_rank(environ) == 0:
+        for name, uri in payload["outputs"].items():
+            if Path(fields[name]).exists():
+                open_store(uri).upload_dir(Path(fields[name]), "")
+    return returncode

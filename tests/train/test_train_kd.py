@@ -1,0 +1,142 @@
+"""Logit-level, sparse top-k and intermediate-layer distillation against a tiny local teacher."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.common.errors import InputError
+from components.common.records import read_records, write_records
+from components.train import run
+from components.train.data import Encoder
+from components.train.sparse_kd import attach_topk, byte_symbols, scored_tokens
+
+
+@pytest.mark.parametrize(
+    "kd",
+    [
+        {"divergence": "forward_kl", "temperature": 2.0},
+        {"divergence": "reverse_kl"},
+        {"divergence": "jsd", "beta": 0.3},
+    ],
+    ids=lambda kd: kd["divergence"],
+)
+def test_logit_kd_with_each_divergence_trains_the_adapter(make_config, tiny_teacher_dir, kd):
+    config = make_config(
+        max_steps=2,
+        kd={"kind": "logits", "teacher_dir": str(tiny_teacher_dir), "alpha": 0.7, "chunk_size": 32, **kd},
+    )
+    result = run(config)
+    assert result.loss_parts["kd"] > 0 and math.isfinite(result.loss_parts["kd"])
+    # The mixed loss of the last window is (1 - alpha) * CE + alpha * KD.
+    expected = 0.3 * result.loss_parts["ce"] + 0.7 * result.loss_parts["kd"]
+    assert result.final_loss == pytest.approx(expected, rel=1e-4)
+    weights = load_file(f"{config.output_dir}/adapter_model.safetensors")
+    assert any(w.abs().sum() > 0 for name, w in weights.items() if "lora_B" in name)
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_with_an_explanation(
+    make_config, tiny_teacher_dir, tmp_path
+):
+    other = tmp_path / "other-teacher"
+    shutil.copytree(tiny_teacher_dir, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<tool_call>"])
+    tokenizer.save_pretrained(other)
+    config = make_config(kd={"kind": "logits", "teacher_dir": str(other)})
+    with pytest.raises(
+        InputError, match=r"teacher's tokenizer \(262 tokens\) differs from the student's \(261"
+    ):
+        run(config)
+    assert not (tmp_path / "out").exists(), "refused before training"
+
+
+def test_heads_padded_to_different_sizes_for_one_tokenizer_are_compared_on_the_shared_ids(
+    make_config, tiny_teacher_dir, tmp_path
+):
+    # Qwen2.5 0.5B-3B have 151936 head rows and 7B+ 152064 for the same tokenizer.
+    padded = tmp_path / "padded-teacher"
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    teacher.resize_token_embeddings(teacher.config.vocab_size + 64)
+    teacher.save_pretrained(padded)
+    AutoTokenizer.from_pretrained(tiny_teacher_dir).save_pretrained(padded)
+    result = run(make_config(max_steps=1, kd={"kind": "logits", "teacher_dir": str(padded)}))
+    assert math.isfinite(result.loss_parts["kd"])
+
+
+def logprobs_from_teacher(records, tokenizer, teacher, k=4):
+    """What an OpenAI-compatible server returns as logprobs.content, computed from the tiny teacher."""
+    to_byte = {symbol: byte for byte, symbol in byte_symbols().items()}
+    encoder = Encoder(tokenizer, 128)
+    for record in records:
+        example = encoder.encode(record)
+        ids = torch.tensor([example.input_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(teacher(ids).logits[0, :-1], -1)
+        positions = [t for t, label in enumerate(example.labels[1:]) if label != -100]
+        entries = []
+        for t, token in zip(positions, scored_tokens(example)[:-1], strict=False):  # no end-of-turn entry
+            top = logprobs[t].topk(k)
+
+            def entry(i, lp):
+                text = tokenizer.convert_ids_to_tokens(i)
+                return {"token": text, "logprob": float(lp), "bytes": [to_byte[c] for c in text]}
+
+            entries.append(
+                {
+                    **entry(token, logprobs[t, token]),
+                    "top_logprobs": [entry(int(i), v) for v, i in zip(top.values, top.indices, strict=True)],
+                }
+            )
+        record.extra["logprobs"] = entries
+    return records
+
+
+def test_sparse_topk_kd_from_stored_logprobs(
+    make_config, reversal_data, tiny_teacher_dir, tiny_model_dir, tmp_path
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    records = logprobs_from_teacher(read_records(reversal_data / "train.jsonl")[:24], tokenizer, teacher)
+    data = tmp_path / "with-logprobs"
+    write_records(data / "train.jsonl", records)
+    result = run(make_config(data_dir=str(data), max_steps=2, kd={"kind": "topk", "alpha": 0.5}))
+    assert result.loss_parts["kd"] > 0 and math.isfinite(result.loss_parts["kd"])
+
+
+def test_records_whose_tokens_differ_from_the_students_fall_back_to_cross_entropy(
+    reversal_data, tiny_model_dir
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = read_records(reversal_data / "train.jsonl")[:2]
+    examples = [Encoder(tokenizer, 128).encode(r) for r in records]
+    good = {"token": f"token_id:{scored_tokens(examples[0])[0]}", "logprob": -0.1}
+    records[0].extra["logprobs"] = [{**good, "top_logprobs": [good]}]
+    records[1].extra["logprobs"] = [{"token": "zzz", "logprob": -0.1, "top_logprobs": []}]
+    attach_topk(examples, records, tokenizer)
+    assert examples[0].teacher_topk == [([scored_tokens(examples[0])[0]], [-0.1])]
+    assert examples[1].teacher_topk is None
+
+
+def test_intermediate_terms_train_a_projection_and_report_each_part(make_config, tiny_teacher_dir):
+    config = make_config(
+        max_steps=2,
+        kd={"kind": "logits", "teacher_dir": str(tiny_teacher_dir)},
+        intermediate={
+            "hidden_weight": 1.0,
+            "attention_weight": 1.0,
+            "contrastive_weight": 0.5,
+            "layer_map": [[1, 2], [2, 3]],
+            "balance": True,
+        },
+    )
+    result = run(config)
+    for part in ("hidden_loss", "attention_loss", "contrastive_loss"):
+        assert part in result.loss_parts and math.isfinite(result.loss_parts[part])
+    # Balanced terms are divided by their own running magnitude: each lands near its weight.
+    assert result.loss_parts["hidden_loss"] == pytest.approx(1.0, rel=0.5)
