@@ -53,6 +53,8 @@ class FakeKubernetes:
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     jobs: dict[tuple[str, str], dict] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
+    # Pods that exist without a job, e.g. the KFP train pod: name -> Pod JSON as the API returns it.
+    other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
@@ -180,6 +182,12 @@ class FakeKubernetes:
         ]
         return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
+    async def get_pod(self, request):
+        pod = self.other_pods.get(request.match_info["name"])
+        if pod is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response(pod)
+
     async def pod_log(self, request):
         pod = self.pods.get(request.match_info["name"])
         if pod is None:
@@ -205,6 +213,7 @@ class FakeKubernetes:
         app.router.add_get(JOB_PATH + "/{name}", self.get_job)
         app.router.add_delete(JOB_PATH + "/{name}", self.delete_job)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)
         return app
 

@@ -178,6 +178,11 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
     fake.base_env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
     fake.secrets["distill-s3"] = {"access-key-id": "test-access-key", "secret-access-key": "test-secret-key"}
     fake.config_maps["distill-s3-endpoint"] = {"endpoint-url": s3_endpoint, "region": "us-east-1"}
+    train_image = "registry.example.com/ml/kfp-distill-train:abc1234"
+    fake.other_pods["llm-distillation-xyz-train"] = {
+        "metadata": {"name": "llm-distillation-xyz-train", "namespace": "team", "uid": "uid-123"},
+        "spec": {"containers": [{"name": "main", "image": train_image}]},
+    }
     fields = {
         "model_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
         "data_dir": "/kfp/inputs/data",
@@ -191,7 +196,7 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
         {"model_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
         store_uri="s3://distill",
         run_id="run-0001",
-        image="ghcr.io/kfp-distill/kfp-distill-train:test",
+        pod_name="llm-distillation-xyz-train",
         nodes=2,
         gpus_per_node=0,
         namespace="team",
@@ -216,6 +221,12 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
     }
     assert (tmp_path / "tensorboard" / "events.out.tfevents.fake").exists()
     assert fake.deleted == ["distill-train-run-0001"]
+    (job,) = fake.created
+    assert job["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "llm-distillation-xyz-train", "uid": "uid-123"}
+    ]
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["spec"]["containers"][0]["image"] == train_image
     staged = s3.list_objects_v2(Bucket="distill", Prefix="runs/run-0001/train/multinode/")["Contents"]
     assert {item["Key"].rsplit("/", 1)[-1] for item in staged} == {
         "train_summary.json",
@@ -223,8 +234,20 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
     }
 
 
-def test_multinode_training_needs_a_store(cluster):
+def test_multinode_training_needs_a_store_and_an_image(cluster, tmp_path):
     _, api_client = cluster
+    with pytest.raises(ConfigError, match="image: not running in a KFP pod"):
+        run_multinode_training(
+            {},
+            {},
+            store_uri=str(tmp_path),
+            run_id="r",
+            nodes=2,
+            gpus_per_node=1,
+            namespace="team",
+            api_client=api_client,
+            pod_name="not-a-pod",
+        )
     with pytest.raises(ConfigError, match="store_uri: multi-node training passes inputs and outputs"):
         run_multinode_training(
             {},
