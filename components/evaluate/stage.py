@@ -58,69 +58,32 @@ class Result:
 
 
 def run(config: Config) -> Result:
-    records = load_test_records(Path(config.data_dir), config.max_samples)
-    prompts = [r.prompt_messages for r in records]
-    questions = [last_user_message(r) for r in records]
-    teacher = [split_reasoning(r.answer)[1] for r in records]
-    references = [r.reference for r in records]
+    test = HeldOut.load(config)
     checker = load_checker(config.checker)
     device = resolve_device(config.device)
-    log.info("eval: %d test records from %s on %s", len(records), config.data_dir, device)
+    log.info("eval: %d test records from %s on %s", len(test.records), config.data_dir, device)
 
-    metrics: dict[str, float] = {"num_samples": float(len(records))}
+    metrics: dict[str, float] = {"num_samples": float(len(test.records))}
     outputs: dict[str, Generation] = {}
     for system, path, field in (
         ("untrained", config.base_model_dir, "base_model_dir"),
         ("distilled", config.model_dir, "model_dir"),
     ):
-        model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
-        outputs[system] = generation = generate(model, tokenizer, prompts, config)
-        scores = text_metrics(generation.answers, teacher, config.zh_tokenizer)
-        scores["accuracy"] = accuracy(generation.answers, questions, references, checker)
-        scores["perplexity"] = answer_perplexity(model, tokenizer, prompts, teacher, config.batch_size)
-        scores["avg_output_chars"] = sum(map(len, generation.answers)) / len(records)
-        scores["avg_output_tokens"] = generation.new_tokens / len(records)
-        scores["tokens_per_s"] = generation.tokens_per_s
-        scores["params"] = float(sum(p.numel() for p in model.parameters()))
-        scores["size_bytes"] = float(size_on_disk(path, base_dir=config.base_model_dir))
-        metrics.update({f"{system}_{k}": v for k, v in scores.items() if v is not None})
-        log.info("eval: %s exact match %.3f, rouge_l %.3f", system, scores["exact_match"], scores["rouge_l"])
-        del model
-        free_memory()
-
+        outputs[system], scores = score_student(config, test, checker, device, path, field)
+        metrics.update({f"{system}_{name}": value for name, value in scores.items()})
+    metrics.update(teacher_metrics(config, test, checker, device))
     verdicts: list[str] = []
-    metrics.update(teacher_metrics(config, records, prompts, questions, teacher, references, checker, device))
     if config.judge is not None:
         from components.evaluate.judge import judge_win_rate
 
-        judged, verdicts = judge_win_rate(config.judge, questions, outputs["distilled"].answers, teacher)
+        judged, verdicts = judge_win_rate(
+            config.judge, test.questions, outputs["distilled"].answers, test.teacher
+        )
         metrics.update(judged)
-    curves, curve_note = {}, "no tensorboard_dir was given"
-    if config.tensorboard_dir:
-        # The curve illustrates the report; logs that cannot be read are noted there, not fatal.
-        try:
-            curves = read_loss_curves(config.tensorboard_dir)
-            curve_note = (
-                "" if curves else f"no loss scalars in the TensorBoard events under {config.tensorboard_dir}"
-            )
-        except InputError as error:
-            log.warning("eval: no loss curve: %s", error)
-            curve_note = str(error)
+    curves, curve_note = loss_curves(config.tensorboard_dir)
     gate = check_gate(config, metrics)
 
-    samples = [
-        {
-            "id": record.id,
-            "prompt": question,
-            "reference": record.reference,
-            "teacher": answer,
-            **{system: outputs[system].answers[i] for system in outputs},
-            **{f"{system}_raw": outputs[system].raw[i] for system in outputs},
-            **{f"{system}_match": exact_match(outputs[system].answers[i], answer) for system in outputs},
-            "judge": verdicts[i] if i < len(verdicts) else None,
-        }
-        for i, (record, question, answer) in enumerate(zip(records, questions, teacher, strict=True))
-    ]
+    samples = side_by_side(test, outputs, verdicts)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     eval_path, report_path = output_dir / "eval.json", output_dir / "report.html"
@@ -132,30 +95,106 @@ def run(config: Config) -> Result:
         "samples": samples,
     }
     eval_path.write_text(json.dumps(everything, indent=2, ensure_ascii=False) + "\n")
-    facts = {
-        "distilled": config.model_dir,
-        "untrained": config.base_model_dir,
-        "test prompts": str(len(records)),
-        "decoding": "sampling" if config.do_sample else "greedy",
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    report_path.write_text(
-        render_report(
-            title="Distillation report",
-            facts=facts,
-            metrics=metrics,
-            gate=gate,
-            curve_svg=loss_svg(curves),
-            curve_note=curve_note,
-            samples=samples[: config.report_samples],
-            total_samples=len(records),
-        )
+    report = render_report(
+        title="Distillation report",
+        facts=report_facts(config, test),
+        metrics=metrics,
+        gate=gate,
+        curve_svg=loss_svg(curves),
+        curve_note=curve_note,
+        samples=samples[: config.report_samples],
+        total_samples=len(test.records),
     )
+    report_path.write_text(report)
     if gate["passed"] is False:
         raise EvalGateError(gate["message"] + f" (report: {report_path})")
     return Result(
         metrics=metrics, report_path=str(report_path), eval_path=str(eval_path), gate_passed=gate["passed"]
     )
+
+
+@dataclass
+class HeldOut:
+    """The test records and the views of them every step needs."""
+
+    records: list[Record]
+    prompts: list[list[dict[str, str]]]  # chat messages before the teacher's answer
+    questions: list[str]  # the last user message: what checkers, the judge and the report show
+    teacher: list[str]  # the teacher's final answers (reasoning removed): the students' target
+    references: list[str | None]
+
+    @classmethod
+    def load(cls, config: Config) -> HeldOut:
+        records = load_test_records(Path(config.data_dir), config.max_samples)
+        return cls(
+            records=records,
+            prompts=[r.prompt_messages for r in records],
+            questions=[last_user_message(r) for r in records],
+            teacher=[split_reasoning(r.answer)[1] for r in records],
+            references=[r.reference for r in records],
+        )
+
+
+def score_student(config, test: HeldOut, checker, device, path: str, field: str) -> tuple[Generation, dict]:
+    """Generate with one student and score it against the teacher; the model is freed afterwards."""
+    model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
+    generation = generate(model, tokenizer, test.prompts, config)
+    count = len(test.records)
+    scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)
+    scores["accuracy"] = accuracy(generation.answers, test.questions, test.references, checker)
+    scores["perplexity"] = answer_perplexity(model, tokenizer, test.prompts, test.teacher, config.batch_size)
+    scores["avg_output_chars"] = sum(map(len, generation.answers)) / count
+    scores["avg_output_tokens"] = generation.new_tokens / count
+    scores["tokens_per_s"] = generation.tokens_per_s
+    scores["params"] = float(sum(p.numel() for p in model.parameters()))
+    scores["size_bytes"] = float(size_on_disk(path, base_dir=config.base_model_dir))
+    log.info("eval: %s exact match %.3f, rouge_l %.3f", field, scores["exact_match"], scores["rouge_l"])
+    del model
+    free_memory()
+    return generation, {name: value for name, value in scores.items() if value is not None}
+
+
+def loss_curves(tensorboard_dir: str | None) -> tuple[dict, str]:
+    """(curves, note for the report when there are none). The curve illustrates the report: logs that
+    cannot be read are noted there, not fatal to the evaluation."""
+    if not tensorboard_dir:
+        return {}, "no tensorboard_dir was given"
+    try:
+        curves = read_loss_curves(tensorboard_dir)
+    except InputError as error:
+        log.warning("eval: no loss curve: %s", error)
+        return {}, str(error)
+    return curves, "" if curves else f"no loss scalars in the TensorBoard events under {tensorboard_dir}"
+
+
+def side_by_side(test: HeldOut, outputs: dict[str, Generation], verdicts: list[str]) -> list[dict[str, Any]]:
+    """One entry per test record: prompt, reference, teacher, each student's answer and raw output."""
+    samples = []
+    for i, (record, question, answer) in enumerate(
+        zip(test.records, test.questions, test.teacher, strict=True)
+    ):
+        sample = {"id": record.id, "prompt": question, "reference": record.reference, "teacher": answer}
+        for system, generation in outputs.items():
+            sample[system] = generation.answers[i]
+            sample[f"{system}_raw"] = generation.raw[i]
+            sample[f"{system}_match"] = exact_match(generation.answers[i], answer)
+        sample["judge"] = verdicts[i] if i < len(verdicts) else None
+        samples.append(sample)
+    return samples
+
+
+def report_facts(config: Config, test: HeldOut) -> dict[str, str]:
+    teachers = sorted(
+        {f"{r.teacher.get('provider', '?')}/{r.teacher.get('model', '?')}" for r in test.records if r.teacher}
+    )
+    return {
+        "distilled": config.model_dir,
+        "untrained": config.base_model_dir,
+        "teacher": ", ".join(teachers) or "unknown",
+        "test prompts": str(len(test.records)),
+        "decoding": "sampling" if config.do_sample else "greedy",
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def load_test_records(data_dir: Path, max_samples: int | None) -> list[Record]:
@@ -189,20 +228,18 @@ def load_checker(spec: str | None) -> Callable[[str, str], bool] | None:
     return function
 
 
-def teacher_metrics(
-    config, records, prompts, questions, teacher, references, checker, device
-) -> dict[str, float]:
+def teacher_metrics(config: Config, test: HeldOut, checker, device) -> dict[str, float]:
     """The teacher's row: accuracy and length of its stored answers; speed and size when it is local."""
     scores: dict[str, float | None] = {
-        "accuracy": accuracy(teacher, questions, references, checker),
-        "avg_output_chars": sum(map(len, teacher)) / len(teacher),
+        "accuracy": accuracy(test.teacher, test.questions, test.references, checker),
+        "avg_output_chars": sum(map(len, test.teacher)) / len(test.teacher),
     }
-    completion = [r.usage.get("completion_tokens") for r in records]
+    completion = [r.usage.get("completion_tokens") for r in test.records]
     if all(isinstance(c, int) for c in completion):
         scores["avg_output_tokens"] = sum(completion) / len(completion)
     if config.teacher_model_dir:
         model, tokenizer = load_model(config.teacher_model_dir, config.dtype, device, "teacher_model_dir")
-        generation = generate(model, tokenizer, prompts, config)
+        generation = generate(model, tokenizer, test.prompts, config)
         scores["tokens_per_s"] = generation.tokens_per_s
         scores["params"] = float(sum(p.numel() for p in model.parameters()))
         scores["size_bytes"] = float(size_on_disk(config.teacher_model_dir))
