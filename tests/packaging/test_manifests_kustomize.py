@@ -17,7 +17,8 @@ from kustomize_render import build  # tests/packaging is on sys.path (rootdir im
 from pipelines import distill_pipeline
 from pipelines.images import image_for
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
 OVERLAYS = ["base", "overlays/minio", "overlays/seaweedfs", "overlays/aws", "overlays/kubeflow-profile"]
 KUBERNETES_VERSION = "1.30"
 NAMESPACE = "distill"
@@ -93,6 +94,30 @@ def test_secrets_and_configmaps_read_by_the_pipeline_are_documented_with_their_k
     name, keys = distill_pipeline.S3_CONFIGMAP
     endpoint = find(rendered("overlays/minio"), "ConfigMap", name)
     assert set(endpoint["data"]) == set(keys)
+
+
+def test_every_secret_and_configmap_in_the_compiled_pipeline_is_provided_with_its_keys():
+    compiled = list(yaml.safe_load_all((REPO / "pipelines" / "distill_pipeline.yaml").read_text()))
+    executors = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = {name: set(secret["stringData"]) for name, secret in example_secrets().items()}
+    config_maps = {
+        resource["metadata"]["name"]: set(resource["data"])
+        for resource in rendered("overlays/minio")
+        if resource["kind"] == "ConfigMap"
+    }
+    referenced = 0
+    for executor, settings in executors.items():
+        for reference in settings.get("secretAsEnv", []):
+            keys = {item["secretKey"] for item in reference["keyToEnv"]}
+            assert keys <= secrets.get(reference["secretName"], set()), (
+                f"{executor}: {reference['secretName']}"
+            )
+            referenced += 1
+        for reference in settings.get("configMapAsEnv", []):
+            keys = {item["configMapKey"] for item in reference["keyToEnv"]}
+            assert keys <= config_maps.get(reference["configMapName"], set()), executor
+            referenced += 1
+    assert referenced >= 5  # every task reaches the store at least
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
