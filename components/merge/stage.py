@@ -88,11 +88,7 @@ def run(config: Config) -> Result:
 
     max_diff = 0.0
     if reference is not None:
-        reloaded = load_model(output_dir, dtype, device)
-        max_diff = max_abs_diff(
-            probe_logits(reloaded, probe_batch(tokenizer, config.probe_prompts, device)), reference
-        )
-        del reloaded
+        max_diff = verify_merge(output_dir, reference, tokenizer, dtype, device, config.probe_prompts)
         log.info(
             "merge check: max |merged - (base + adapter)| logit = %.3g (tolerance %.3g)", max_diff, tolerance
         )
@@ -115,14 +111,33 @@ def run(config: Config) -> Result:
         shards=len(shards),
         size_bytes=sum(p.stat().st_size for p in shards),
     )
-    facts = {**summary, "teacher": config.teacher or summary.get("teacher"), "dataset": config.dataset}
-    facts.update(
-        base_model=summary.get("base_model") or str(base_dir), parameters=parameters, dtype=result.dtype
-    )
-    facts.update(max_logit_diff=max_diff if is_adapter else None, tolerance=tolerance)
+    write_card(output_dir, config, summary, result)
+    return result
+
+
+def verify_merge(output_dir: Path, reference: torch.Tensor, tokenizer, dtype, device, prompts) -> float:
+    """Max |logit| difference between the merged model as written (reloaded from disk) and the reference."""
+    reloaded = load_model(output_dir, dtype, device)
+    got = probe_logits(reloaded, probe_batch(tokenizer, prompts, device))
+    del reloaded
+    gc.collect()
+    return max_abs_diff(got, reference)
+
+
+def write_card(output_dir: Path, config: Config, summary: dict[str, Any], result: Result) -> None:
+    """README.md (the model card) and merge_summary.json next to the weights."""
+    facts = {
+        **summary,
+        "base_model": summary.get("base_model") or config.base_dir,
+        "teacher": config.teacher or summary.get("teacher"),
+        "dataset": config.dataset or summary.get("dataset"),
+        "parameters": result.parameters,
+        "dtype": result.dtype,
+        "max_logit_diff": result.max_logit_diff if result.merged else None,
+        "tolerance": result.tolerance,
+    }
     (output_dir / "README.md").write_text(model_card(facts))
     (output_dir / "merge_summary.json").write_text(json.dumps(_summary(result), indent=2) + "\n")
-    return result
 
 
 def read_train_summary(adapter_dir: Path) -> dict[str, Any]:
