@@ -113,6 +113,7 @@ class DemoTeacher:
         self.faults = faults or Faults()
         self.requests_by_prompt: collections.Counter[str] = collections.Counter()
         self.total_requests = 0
+        self.held = 0
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
         self._released: asyncio.Event | None = None
@@ -156,7 +157,11 @@ class DemoTeacher:
             return _error(404, f"The model {body.get('model')!r} does not exist.", "model_not_found")
         stall_after = self.faults.stall_after
         if stall_after is not None and self.total_requests >= stall_after:
-            await self._released.wait()
+            self.held += 1
+            try:
+                await self._released.wait()
+            finally:
+                self.held -= 1  # released, or cancelled because the client went away
         self.total_requests += 1
         self.requests_by_prompt[prompt] += 1
         attempt = self._attempts[prompt]
@@ -285,6 +290,11 @@ class TeacherServer:
     @property
     def requests_by_prompt(self) -> collections.Counter[str]:
         return self.teacher.requests_by_prompt
+
+    @property
+    def held(self) -> int:
+        """Requests waiting behind `stall_after` whose clients are still connected."""
+        return self.teacher.held
 
     @property
     def faults(self) -> Faults:

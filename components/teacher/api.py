@@ -109,6 +109,12 @@ class ApiTeacher:
             await self._client.close()
             self._client = None
 
+    async def __aenter__(self) -> ApiTeacher:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
     async def preflight(self) -> None:
         """Fail with one clear error unless the endpoint answers, accepts the key and serves the model."""
         provider = self.provider

@@ -104,7 +104,9 @@ class ProviderConfig:
             "extra_body": self.extra_body,
             "adapter": self.adapter,
         }
-        return {k: v for k, v in params.items() if v not in (None, {}, False, 0) or k == "n"}
+        # Unset values stay out, so adding a new option later keeps existing keys; 0 and 0.0 are real
+        # settings (temperature 0 is not the provider's default) and stay in.
+        return {k: v for k, v in params.items() if v is not None and v != {} and v is not False}
 
 
 @dataclass

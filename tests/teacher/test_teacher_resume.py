@@ -67,6 +67,10 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         assert not (tmp_path / "out" / "train.jsonl").exists()
+        # The server must notice the dead client's connections before it lets held requests through.
+        while server.held:
+            assert time.monotonic() < deadline, f"{server.held} held requests outlived their client"
+            time.sleep(0.05)
         server.release()
 
         result = run(from_dict(Config, settings))
