@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 from components.common.store import ArtifactStore
@@ -84,8 +83,7 @@ class CheckpointStore:
             if step not in keep and step != newest:
                 self.store.delete(step_name(step))
 
-    def download(self, step: int) -> Path:
-        """A local temporary copy of checkpoint `step` (the caller's to use, then forget)."""
-        target = Path(tempfile.mkdtemp(prefix="train-resume-"))
-        self.store.download_dir(step_name(step), target)
-        return target
+    def download(self, step: int, local_dir: Path) -> Path:
+        """Copy checkpoint `step` into `local_dir`."""
+        self.store.download_dir(step_name(step), Path(local_dir))
+        return Path(local_dir)

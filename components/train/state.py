@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from components.common.errors import InputError
+from components.common.records import stable_hash
 from components.train.checkpoint import CheckpointStore, step_name
 
 log = logging.getLogger(__name__)
@@ -44,34 +46,44 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def shared_folder(trainer, purpose: str, step: int) -> Path:
+    """A local folder every rank of this pod names alike (DeepSpeed ranks each write their shard there)."""
+    # Keyed by the store and run: two runs on one machine never share it, the ranks of one run always do.
+    run = stable_hash([trainer.config.store_uri, trainer.config.run_id], 12)
+    return Path(tempfile.gettempdir()) / f"train-{purpose}-{run}-{step_name(step)}"
+
+
 def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
-    """Write the trainer's state at its current step into the store (rank 0 uploads)."""
+    """Write the trainer's state at its current step into the store (the main rank uploads)."""
     from safetensors.torch import save_file
 
     acc = trainer.accelerator
-    local = Path(tempfile.mkdtemp(prefix="train-ckpt-"))
-    try:
-        if trainer.config.deepspeed != "none":
-            # ZeRO state is sharded over ranks; accelerate writes each rank's part.
-            acc.save_state(str(local / "accelerate"))
-        elif acc.is_main_process:
-            objective = acc.unwrap_model(trainer.model)
-            save_file(trainable_state(objective), str(local / "trainable.safetensors"))
-            torch.save(trainer.optimizer.state_dict(), local / "optimizer.pt")
-        if acc.is_main_process:
-            torch.save(rng_state(), local / "rng.pt")
-            state = {
-                "step": trainer.global_step,
-                "stage": trainer.stage_index,
-                "stage_step": trainer.stage_step,
-                "scheduler": trainer.scheduler.state_dict(),
-            }
-            (local / "trainer.json").write_text(json.dumps(state))
-            checkpoints.save(trainer.global_step, local)
-            log.info("checkpoint %s saved to %s", step_name(trainer.global_step), checkpoints.store.uri)
-        acc.wait_for_everyone()
-    finally:
+    local = shared_folder(trainer, "save", trainer.global_step)
+    if acc.is_main_process:
         shutil.rmtree(local, ignore_errors=True)
+    acc.wait_for_everyone()
+    if trainer.config.deepspeed != "none":
+        # ZeRO state is sharded over ranks; accelerate writes each rank's part.
+        acc.save_state(str(local / "accelerate"))
+    elif acc.is_main_process:
+        objective = acc.unwrap_model(trainer.model)
+        local.mkdir(parents=True, exist_ok=True)
+        save_file(trainable_state(objective), str(local / "trainable.safetensors"))
+        torch.save(trainer.optimizer.state_dict(), local / "optimizer.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        torch.save(rng_state(), local / "rng.pt")
+        state = {
+            "step": trainer.global_step,
+            "stage": trainer.stage_index,
+            "stage_step": trainer.stage_step,
+            "scheduler": trainer.scheduler.state_dict(),
+        }
+        (local / "trainer.json").write_text(json.dumps(state))
+        checkpoints.save(trainer.global_step, local)
+        shutil.rmtree(local, ignore_errors=True)
+        log.info("checkpoint %s saved to %s", step_name(trainer.global_step), checkpoints.store.uri)
+    acc.wait_for_everyone()
 
 
 def load_checkpoint(trainer, step: int) -> dict:
@@ -79,26 +91,30 @@ def load_checkpoint(trainer, step: int) -> dict:
     from safetensors.torch import load_file
 
     acc = trainer.accelerator
-    local = trainer.checkpoints.download(step)
-    try:
-        state = json.loads((local / "trainer.json").read_text())
-        if (local / "accelerate").is_dir():
-            acc.load_state(str(local / "accelerate"))
-        else:
-            objective = acc.unwrap_model(trainer.model)
-            weights = load_file(str(local / "trainable.safetensors"))
-            expected = set(trainable_state(objective))
-            if set(weights) != expected:
-                missing = sorted(expected - set(weights))[:3]
-                raise ValueError(
-                    f"checkpoint {step_name(step)} does not match this model's trainable weights "
-                    f"(e.g. missing {missing}); it was written with another method or LoRA shape. Use a "
-                    "new run_id, or delete runs/<run_id>/train/checkpoints"
-                )
-            objective.load_state_dict(weights, strict=False)
-            trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
-        set_rng_state(torch.load(local / "rng.pt", weights_only=False))
-        log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
-        return state
-    finally:
+    local = shared_folder(trainer, "resume", step)
+    if acc.is_main_process:
         shutil.rmtree(local, ignore_errors=True)
+        trainer.checkpoints.download(step, local)
+    acc.wait_for_everyone()
+    state = json.loads((local / "trainer.json").read_text())
+    if (local / "accelerate").is_dir():
+        acc.load_state(str(local / "accelerate"))
+    else:
+        objective = acc.unwrap_model(trainer.model)
+        weights = load_file(str(local / "trainable.safetensors"))
+        expected = set(trainable_state(objective))
+        if set(weights) != expected:
+            missing = sorted(expected - set(weights))[:3]
+            raise InputError(
+                f"checkpoint {step_name(step)} does not match this model's trainable weights "
+                f"(e.g. missing {missing}); it was written with another method or LoRA shape. Use a "
+                "new run_id, or delete runs/<run_id>/train/checkpoints"
+            )
+        objective.load_state_dict(weights, strict=False)
+        trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
+    set_rng_state(torch.load(local / "rng.pt", weights_only=False))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(local, ignore_errors=True)
+    log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
+    return state

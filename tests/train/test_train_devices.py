@@ -1,0 +1,178 @@
+"""Parameterizations and devices: LoRA variants and memory options on CPU; GPU-only paths fail early on CPU
+and are exercised for real on a GPU (marked `gpu`) with Qwen2.5-shaped random-init models."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from components.common.errors import ConfigError
+from components.train import run
+from components.train.launch import deepspeed_config, relaunch_command
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal of a GPU-only path")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize(
+    ("fields", "adapter_key"),
+    [
+        ({"lora": {"r": 8, "alpha": 16, "use_rslora": True}}, "use_rslora"),
+        ({"lora": {"r": 8, "alpha": 16, "use_dora": True}}, "use_dora"),
+        ({"gradient_checkpointing": True, "gradient_accumulation_steps": 2, "packing": True}, None),
+    ],
+    ids=["rslora", "dora", "checkpointing+accumulation+packing"],
+)
+def test_lora_variants_and_memory_options_train(make_config, fields, adapter_key):
+    config = make_config(max_steps=2, **fields)
+    result = run(config)
+    assert result.steps == 2 and result.final_loss > 0
+    adapter_config = json.loads(open(f"{config.output_dir}/adapter_config.json").read())
+    if adapter_key:
+        assert adapter_config[adapter_key] is True
+
+
+@cpu_only
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"method": "qlora"},
+            "method: 'qlora' quantizes the student to 4 bits with bitsandbytes, which needs a CUDA",
+        ),
+        ({"precision": "bf16"}, "precision: 'bf16' needs a CUDA GPU"),
+        ({"precision": "fp16"}, "precision: 'fp16' needs a CUDA GPU"),
+        ({"deepspeed": "zero2"}, "deepspeed: 'zero2' needs CUDA GPUs"),
+        (
+            {"kd": {"kind": "logits", "teacher_dir": "TEACHER", "teacher_8bit": True}},
+            "kd.teacher_8bit: 8-bit loading",
+        ),
+        ({"report_to": ["tensorboardX"]}, "report_to: unknown tracker 'tensorboardX'"),
+    ],
+    ids=["qlora", "bf16", "fp16", "deepspeed", "teacher-8bit", "report_to"],
+)
+def test_gpu_only_paths_fail_early_on_cpu_naming_the_field(make_config, tiny_teacher_dir, fields, message):
+    if "kd" in fields:
+        fields["kd"]["teacher_dir"] = str(tiny_teacher_dir)
+    config = make_config(**fields)
+    with pytest.raises(ConfigError, match=message):
+        run(config)
+    assert not os.path.exists(config.output_dir)
+
+
+def test_deepspeed_configs_are_shipped_and_resolved_from_the_run(make_config):
+    for name in ("zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"):
+        config = make_config(deepspeed="none", batch_size=4, gradient_accumulation_steps=8, max_grad_norm=0.5)
+        config.deepspeed = name
+        ds = deepspeed_config(config, "bf16")
+        assert "auto" not in json.dumps(ds)
+        assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 8
+        assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+        assert ds["zero_optimization"]["stage"] == int(name[4])
+        assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("offload")
+
+
+def test_more_than_one_gpu_relaunches_on_all_of_them(make_config, tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    file = tmp_path / "c.yaml"
+    assert relaunch_command(make_config(), file, gpus=1) is None
+    torchrun = relaunch_command(make_config(), file, gpus=4)
+    assert torchrun[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert torchrun[-4:] == ["-m", "components.train", "--config", str(file)]
+    accelerate = relaunch_command(make_config(launcher="accelerate"), file, gpus=2)
+    assert accelerate[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
+    assert relaunch_command(make_config(launcher="none"), file, gpus=8) is None
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert relaunch_command(make_config(), file, gpus=4) is None, "a rank never relaunches itself"
+
+
+# --- GPU (run on a GPU machine: pytest -m gpu tests/train) ---------------------------------------------
+
+QWEN25 = {
+    "0.5B": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+    },
+    "1.5B": {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+    },
+}
+
+
+def qwen25_shaped(folder, size: str, tokenizer_dir, layers: int | None = None):
+    """A random-init model with Qwen2.5-<size>'s shape and vocabulary rows, and the tiny tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(QWEN25[size])
+    if layers:
+        shape["num_hidden_layers"] = layers
+    config = Qwen2Config(vocab_size=151936, num_key_value_heads=2, tie_word_embeddings=True, **shape)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def single_rank(monkeypatch):
+    """The environment of rank 0 of 1, as torchrun sets it: DeepSpeed needs a process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_qlora_4bit_trains_a_0_5b_shaped_student(make_config, tiny_model_dir, tmp_path):
+    student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
+    config = make_config(model_dir=student, method="qlora", max_steps=5, gradient_checkpointing=True)
+    result = run(config)
+    summary = json.loads(open(f"{config.output_dir}/train_summary.json").read())
+    assert summary["method"] == "qlora" and summary["precision"] == "bf16"
+    assert result.final_loss > 0
+    print(
+        f"qlora 0.5B: {result.tokens_per_second:.0f} tok/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_gpu_bf16_lora_under_deepspeed_zero(make_config, tiny_model_dir, tmp_path, zero, single_rank):
+    student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
+    config = make_config(model_dir=student, precision="bf16", deepspeed=zero, max_steps=5)
+    result = run(config)
+    assert json.loads(open(f"{config.output_dir}/adapter_config.json").read())["r"] == 16
+    assert result.final_loss > 0
+    print(f"lora bf16 {zero}: {result.tokens_per_second:.0f} tok/s")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_kd_with_an_8bit_teacher(make_config, tiny_model_dir, tmp_path):
+    student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
+    teacher = qwen25_shaped(tmp_path / "teacher", "1.5B", tiny_model_dir)
+    config = make_config(
+        model_dir=student,
+        max_steps=5,
+        precision="bf16",
+        kd={"kind": "logits", "teacher_dir": teacher, "teacher_8bit": True, "chunk_size": 256},
+    )
+    result = run(config)
+    assert result.loss_parts["kd"] > 0
+    print(
+        f"kd 8-bit teacher: {result.tokens_per_second:.0f} tok/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
