@@ -54,8 +54,9 @@ class Config:
       top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA when present).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
-      checker: "package.module:function" called as function(prompt, answer) -> bool; gives `accuracy`
-          when answers can be checked beyond the reference (e.g. a task with many right answers).
+      checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;
+          gives `accuracy` when answers can be checked beyond string equality (see checkers.py:
+          reverse_letters for the demo, final_number for GSM8K-style math).
       judge: optional LLM-as-judge settings; adds `judge_win_rate` of the distilled student vs the teacher.
       report_samples: how many side-by-side samples the HTML report shows (eval.json holds them all).
     Gate

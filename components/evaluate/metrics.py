@@ -106,11 +106,14 @@ def accuracy(
     predictions: Sequence[str],
     prompts: Sequence[str],
     references: Sequence[str | None],
-    checker: Callable[[str, str], bool] | None = None,
+    checker: Callable[[str, str, str | None], bool | None] | None = None,
 ) -> float | None:
-    """Share of correct answers: by `checker(prompt, answer)` when given, else exact match against the
-    reference over the samples that have one; None when neither exists."""
+    """Share of correct answers: by `checker(prompt, answer, reference)` when given (samples it returns
+    None for are not counted), else exact match against the reference over the samples that have one;
+    None when no sample could be scored."""
     if checker is not None:
-        return sum(bool(checker(q, p)) for q, p in zip(prompts, predictions, strict=True)) / len(predictions)
-    scored = [exact_match(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        verdicts = [checker(q, p, r) for q, p, r in zip(prompts, predictions, references, strict=True)]
+        scored = [bool(v) for v in verdicts if v is not None]
+    else:
+        scored = [exact_match(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
     return sum(scored) / len(scored) if scored else None

@@ -213,7 +213,7 @@ def last_user_message(record: Record) -> str:
     return next((m["content"] for m in reversed(record.prompt_messages) if m["role"] == "user"), "")
 
 
-def load_checker(spec: str | None) -> Callable[[str, str], bool] | None:
+def load_checker(spec: str | None) -> Callable[[str, str, str | None], bool | None] | None:
     if spec is None:
         return None
     module_name, _, function_name = spec.partition(":")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.evaluate.checkers import reverse_letters
+from components.evaluate.checkers import final_number, reverse_letters
 from components.evaluate.metrics import (
     accuracy,
     bleu,
@@ -88,10 +88,20 @@ def test_text_metrics_averages_over_samples():
 
 
 def test_accuracy_by_reference_or_by_checker():
-    prompts = ["Reverse the letters of: abc", "Reverse the letters of: dog"]
-    answers = ["cba", "dgo"]
-    assert accuracy(answers, prompts, ["cba", None]) == 1.0  # only the referenced sample counts
-    assert accuracy(answers, prompts, [None, None]) is None
-    assert accuracy(answers, prompts, [None, None], checker=reverse_letters) == 0.5
-    assert reverse_letters("Reverse the letters of: 你好", " 好你 ")
-    assert not reverse_letters("Copy the letters of: abc", "abc")
+    prompts = ["Reverse the letters of: abc", "Reverse the letters of: dog", "Say hi"]
+    answers = ["cba", "dgo", "hi"]
+    assert accuracy(answers, prompts, ["cba", None, None]) == 1.0  # only the referenced sample counts
+    assert accuracy(answers, prompts, [None, None, None]) is None
+    # the checker cannot tell for "Say hi": 1 right of the 2 it can check
+    assert accuracy(answers, prompts, [None, None, None], checker=reverse_letters) == 0.5
+    assert reverse_letters("Reverse the letters of: 你好", " 好你 ", None)
+    assert reverse_letters("Copy the letters of: abc", "abc", None) is None
+
+
+def test_final_number_checker_compares_the_last_numbers():
+    reference = "She sells 16 - 3 - 4 = 9 eggs for $2 each: 9 * 2 = 18.\n#### 18"
+    assert final_number("q", "So she makes $18 every day.", reference)
+    assert final_number("q", "She makes 1,800 cents, that is 18.0 dollars", reference)
+    assert not final_number("q", "The answer is 18, no wait, 20", reference)
+    assert final_number("q", "42", None) is None and final_number("q", "42", "no number") is None
+    assert accuracy(["18", "7", "x"], ["q"] * 3, [reference, "#### -7", None], checker=final_number) == 0.5
