@@ -107,3 +107,27 @@ def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_
         adapter_bytes
         == size_on_disk(tiny_model_dir) + (tmp_path / "adapter/adapter_model.safetensors").stat().st_size
     )
+
+
+def test_asking_for_cuda_without_a_gpu_fails_naming_the_field():
+    from components.common.errors import ConfigError
+    from components.evaluate.generate import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="device: 'cuda' asked for but no CUDA device is visible"):
+        resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 on CUDA needs a GPU")
+def test_bf16_on_cuda_matches_fp32_on_cpu(memorized_student_dir, test_split):
+    prompts, answers = test_split
+    cuda_model, tokenizer = load_model(memorized_student_dir, "bf16", torch.device("cuda"), "model_dir")
+    assert next(cuda_model.parameters()).dtype == torch.bfloat16
+    on_gpu = generate(cuda_model, tokenizer, prompts, settings(batch_size=4))
+    assert sum(a == b for a, b in zip(on_gpu.answers, answers, strict=True)) >= len(answers) - 1
+    cpu_model, _ = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    gpu_ppl = answer_perplexity(cuda_model, tokenizer, prompts, answers, batch_size=4)
+    cpu_ppl = answer_perplexity(cpu_model, tokenizer, prompts, answers, batch_size=4)
+    assert gpu_ppl == pytest.approx(cpu_ppl, rel=0.05)  # bf16 keeps 8 mantissa bits: ~0.4% per operation
