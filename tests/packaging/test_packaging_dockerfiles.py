@@ -165,7 +165,9 @@ def test_constraints_pin_every_dependency_of_every_extra():
     pins = _pins()
     for requirement in requirements(pyproject, sorted(extras)):
         name = canonicalize_name(Requirement(requirement).name)
-        assert name in pins, f"{name} is not pinned in docker/constraints.txt"
+        assert name in pins, (
+            f"{name} is not pinned: python docker/freeze_constraints.py > docker/constraints.txt"
+        )
         assert Requirement(requirement).specifier.contains(pins[name]), (
             f"{name}=={pins[name]} vs {requirement}"
         )
