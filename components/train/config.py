@@ -281,6 +281,16 @@ class Config:
                     f"curriculum stage {stage.name!r}: mix names {unknown[0]!r}, which is not 'main' or a "
                     f"key of datasets ({', '.join(sorted(names))})"
                 )
+        for stage in self.curriculum:
+            for term in ("hidden", "attention", "contrastive"):
+                if (getattr(stage, f"{term}_weight") or 0) > 0 and getattr(
+                    self.intermediate, f"{term}_weight"
+                ) == 0:
+                    raise ConfigError(
+                        f"curriculum stage {stage.name!r}: {term}_weight > 0 needs intermediate.{term}_weight > 0 "
+                        "(the term and its projection are set up from the top-level value); set it there and "
+                        f"give {term}_weight: 0 to the stages that skip it"
+                    )
         last = len(self.curriculum) - 1
         if self.curriculum and not 0 <= self.start_stage <= (self.end_stage if self.end_stage >= 0 else last):
             raise ConfigError(f"start_stage: {self.start_stage} is not a stage index up to end_stage")

@@ -46,7 +46,7 @@ def accelerator_for(config):
     """The Accelerator: mixed precision, accumulation, and DeepSpeed when configured."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs
 
     from components.train.modeling import resolve_precision
 
@@ -64,6 +64,8 @@ def accelerator_for(config):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
         cpu=device_type == "cpu",
+        # A curriculum stage may weight an intermediate term 0: its projection then gets no gradient.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.intermediate.enabled)],
     )
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from components.common.errors import ConfigError
 from components.train import run
 
 
-def test_lora_sft_writes_adapter_summary_and_tensorboard(make_config, tiny_model_dir):
+def test_lora_sft_writes_adapter_summary_and_tensorboard(make_config, tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="components.train")
     config = make_config(method="lora", lora={"r": 8, "alpha": 16})
     result = run(config)
 
@@ -34,7 +37,15 @@ def test_lora_sft_writes_adapter_summary_and_tensorboard(make_config, tiny_model
     assert set(result.metrics) >= {"train_final_loss", "train_steps"}
     assert all(isinstance(v, float) for v in result.metrics.values())
     assert Path(out, "tokenizer.json").is_file()
-    assert list(Path(config.tensorboard_dir).glob("events.out.tfevents.*"))
+    events = EventAccumulator(config.tensorboard_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags >= {"train/loss", "train/ce", "train/lr", "train/grad_norm", "train/tokens_per_second"}
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    # One log line per logging step with loss, throughput and time left.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage main step")]
+    assert len(lines) == 2 and lines[-1].startswith("stage main step 4/4 loss ")
+    assert " tok/s " in lines[-1] and " eta " in lines[-1]
 
 
 def test_full_finetuning_saves_a_complete_model_that_changed(make_config, tiny_model_dir):
