@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -122,6 +123,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the teacher adds to each request")
     parser.add_argument("--rounds", type=int, default=8, help="prompts per run = concurrency * rounds")
     args = parser.parse_args()
+    # Other processes compete for the same cores; the load average says how much the figures suffer.
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="teacher-bench-") as scratch:
         work = Path(scratch)
         ratios = {f"ratio@{c}": measure(c, args.latency, args.rounds, 0.0, work) for c in (16, 64, 256)}
