@@ -10,6 +10,7 @@ cache), pip otherwise.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -75,16 +76,20 @@ def stage_venv(extras: list[str]) -> Path:
     ).hexdigest()[:16]
     folder = CACHE / f"{'-'.join(extras)}-{key}"
     python = folder / "bin" / "python"
-    if (folder / ".complete").exists():
-        return python
-    shutil.rmtree(folder, ignore_errors=True)
-    venv.create(folder, with_pip=shutil.which("uv") is None)
-    needed = {Requirement(line).name for line in requirements(tomllib.loads(pyproject_text), extras)}
-    if "torch" in needed:
-        # The local CPU build of 2.13.0; any other torch would pull several GB of CUDA wheels.
-        _install(python, ["torch==2.13.0"])
-    _install(python, ["-c", str(DOCKER / "constraints.txt"), "-e", f".[{','.join(extras)}]"])
-    (folder / ".complete").touch()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test session may be building the same venv
+        if not (folder / ".complete").exists():
+            for stale in CACHE.glob(f"{'-'.join(extras)}-*"):  # venvs of older pyproject/constraints
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            venv.create(folder, with_pip=shutil.which("uv") is None)
+            needed = {Requirement(line).name for line in requirements(tomllib.loads(pyproject_text), extras)}
+            if "torch" in needed:
+                # The local CPU build of 2.13.0; any other torch would pull several GB of CUDA wheels.
+                _install(python, ["torch==2.13.0"])
+            _install(python, ["-c", str(DOCKER / "constraints.txt"), "-e", f".[{','.join(extras)}]"])
+            (folder / ".complete").touch()
     return python
 
 
