@@ -260,6 +260,7 @@ class Generator:
         await asyncio.to_thread(self.journal.flush)
         if errors:
             raise errors[0]
+        await asyncio.to_thread(self.journal.compact)
         return self.tally
 
 

@@ -12,7 +12,8 @@ the same parameters has the same key in every run: the journal makes a restarted
 and the cache turns a repeated run into zero API calls.
 
 Parts are immutable objects (S3 has no append): buffered entries are written as a new part every
-`checkpoint_records` entries or `checkpoint_seconds`, whichever comes first, and when the shard ends. The
+`checkpoint_records` entries or `checkpoint_seconds`, whichever comes first, and when the shard ends,
+when its parts are merged into one (`compact`). The
 cache entry is written as soon as an answer arrives, so with the cache on (the default) a killed pod loses
 no paid answer at all; without it, at most one checkpoint's worth.
 """
@@ -84,6 +85,18 @@ class Journal:
 
     def flush(self) -> None:
         self.write_part(self.take_buffer())
+
+    def compact(self) -> None:
+        """Merge this shard's parts into one, so a later resume or finalize reads one object, not
+        thousands. The merged part is written before the old ones are deleted: a kill in between
+        leaves duplicates, which read_all folds by key."""
+        parts = [k for k in self.store.list(self.shard) if "/part-" in k]
+        if len(parts) <= 1:
+            return
+        text = "".join(self.store.read_text(k) for k in parts)
+        self.write_part([json.loads(line) for line in text.splitlines() if line.strip()])
+        for key in parts:
+            self.store.delete(key)
 
 
 class Cache:

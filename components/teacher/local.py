@@ -174,6 +174,7 @@ class LocalTeacher:
                 if await generator.answered(job, answer) is not None:
                     waiting.append(job)  # the policy asked for another try
         await asyncio.to_thread(generator.journal.flush)
+        await asyncio.to_thread(generator.journal.compact)
         return generator.tally
 
 

@@ -84,3 +84,25 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
         assert set(server.requests_by_prompt.values()) == {1}
     records = read_records(tmp_path / "out" / "train.jsonl") + read_records(tmp_path / "out" / "test.jsonl")
     assert len(records) == 60 and len({r.id for r in records}) == 60
+
+
+def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 10)
+    with start_teacher_server() as server:
+        config = from_dict(
+            Config,
+            {
+                "dataset": str(tmp_path / "prompts.jsonl"),
+                "output_dir": str(tmp_path / "out"),
+                "store_uri": str(tmp_path / "store"),
+                "run_id": "compact",
+                "use_cache": False,
+                "checkpoint_records": 1,
+                "provider": {"name": "demo", "base_url": server.base_url},
+            },
+        )
+        run(config)
+        parts = list((tmp_path / "store" / "runs" / "compact" / "teacher").rglob("part-*.jsonl"))
+        assert len(parts) == 1 and len(parts[0].read_text().splitlines()) == 10
+        assert run(config).metrics["resumed"] == 10
+        assert sum(server.requests_by_prompt.values()) == 10
