@@ -1,6 +1,6 @@
 """Throughput of the teacher stage against its bound, on a loopback teacher that adds a fixed latency.
 
-    python bench/teacher_throughput.py [--latency 1.0] [--rounds 8]
+    python bench/teacher_throughput.py [--latency 1.0] [--rounds 16]
 
 With `c` requests in flight and `latency` seconds per request, no client can beat c / latency answers a
 second: that bound is the peer. For c in 16, 64 and 256 the script runs the real stage (`run_shard`: the
@@ -121,7 +121,9 @@ def measure(concurrency: int, latency: float, rounds: int, rate_limit_fraction: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the teacher adds to each request")
-    parser.add_argument("--rounds", type=int, default=8, help="prompts per run = concurrency * rounds")
+    # A prompt refused near the end still waits out its Retry-After and a full latency: a tail of about 2 s
+    # that a short run would mostly measure. 16 rounds keep it a small part, as in a real, hours-long run.
+    parser.add_argument("--rounds", type=int, default=16, help="prompts per run = concurrency * rounds")
     args = parser.parse_args()
     # Other processes compete for the same cores; the load average says how much the figures suffer.
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)

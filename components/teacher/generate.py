@@ -2,14 +2,15 @@
 
 `concurrency` workers each take the next prompt as soon as they finish one (no batch-and-wait). A prompt
 that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncated answer under the
-"retry" policy) is put back on the queue after its backoff or Retry-After, and its worker moves on to
-another prompt meanwhile, so waiting never idles a slot. Each outcome goes to the cache and the journal
+"retry" policy) is put back on the queue after its backoff or Retry-After, ahead of fresh prompts, and
+its worker moves on to another prompt meanwhile, so waiting never idles a slot. Each outcome goes to the cache and the journal
 the moment it arrives (journal.py). Budget limits stop new requests; requests in flight finish and are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -223,9 +224,16 @@ class Generator:
         return None
 
     async def run(self, jobs: list[Job]) -> Tally:
-        queue: asyncio.Queue[Job] = asyncio.Queue()
+        # A prompt coming back from a retry goes before fresh ones (priority 0 before 1, then in order):
+        # otherwise every retry would wait behind the whole dataset and the run would end in a burst of them.
+        queue: asyncio.PriorityQueue[tuple[int, int, Job]] = asyncio.PriorityQueue()
+        order = itertools.count()
         for job in jobs:
-            queue.put_nowait(job)
+            queue.put_nowait((1, next(order), job))
+
+        def retry(job: Job) -> None:
+            queue.put_nowait((0, next(order), job))
+
         remaining = len(jobs)
         all_done = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -234,7 +242,7 @@ class Generator:
         async def worker() -> None:
             nonlocal remaining
             while True:
-                job = await queue.get()
+                _, _, job = await queue.get()
                 try:
                     delay = await self.attempt(job)
                 except Exception as error:  # ends the run; the caller re-raises it
@@ -246,9 +254,9 @@ class Generator:
                     if remaining == 0:
                         all_done.set()
                 elif delay <= 0:
-                    queue.put_nowait(job)
+                    retry(job)
                 else:
-                    loop.call_later(delay, queue.put_nowait, job)
+                    loop.call_later(delay, retry, job)
 
         workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
         if not jobs:
