@@ -113,6 +113,7 @@ class DemoTeacher:
         self.faults = faults or Faults()
         self.requests_by_prompt: collections.Counter[str] = collections.Counter()
         self.total_requests = 0
+        self.request_order: list[str] = []
         self.held = 0
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
@@ -164,6 +165,7 @@ class DemoTeacher:
                 self.held -= 1  # released, or cancelled because the client went away
         self.total_requests += 1
         self.requests_by_prompt[prompt] += 1
+        self.request_order.append(prompt)
         attempt = self._attempts[prompt]
         self._attempts[prompt] += 1
         fault = self._fault_for(prompt, attempt)

@@ -118,6 +118,17 @@ def test_a_fraction_of_429s_costs_exactly_one_extra_request_each(tmp_path):
     assert result.metrics["requests"] == 8 + limited and result.metrics["records"] == 8
 
 
+def test_a_retried_prompt_goes_ahead_of_fresh_ones_and_its_slot_is_not_idle(tmp_path):
+    # One slot; the 429 comes back at once and its retry is due within 10 ms, while every answer takes
+    # 50 ms: the slot serves the next fresh prompt meanwhile, then the retry before any other fresh one.
+    faults = Faults(schedule={PROMPTS[0]: ["429"]}, retry_after_s=0.0)
+    with start_teacher_server(latency_s=0.05, faults=faults) as server:
+        run(make_config(tmp_path, server.base_url, concurrency=1))
+        order = server.teacher.request_order
+    assert order[:3] == [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    assert order[3:] == PROMPTS[2:]
+
+
 def test_retry_after_header_forms():
     assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert retry_after({"retry-after": "2"}) == 2.0
