@@ -196,13 +196,13 @@ def run_pytorchjob(
     api_client = api_client or default_api_client()
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     address = (GROUP, VERSION, spec.namespace, PLURAL)
+    _exit_on_sigterm()  # before the job exists, so no moment is left where a SIGTERM would orphan it
     _delete_leftover(custom, address, spec.name, poll_s)
-    custom.create_namespaced_custom_object(*address, build_pytorchjob(spec))
-    echo(f"PyTorchJob {spec.namespace}/{spec.name}: {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s)")
     streamer = _LogStreamer(core, spec.namespace, echo)
     started = time.monotonic()
     try:
-        _exit_on_sigterm()
+        custom.create_namespaced_custom_object(*address, build_pytorchjob(spec))
+        echo(f"PyTorchJob {spec.namespace}/{spec.name}: {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s)")
         while True:
             job = custom.get_namespaced_custom_object(*address, spec.name)
             pods = core.list_namespaced_pod(
