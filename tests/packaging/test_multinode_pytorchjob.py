@@ -119,8 +119,10 @@ def test_logs_of_every_pod_are_streamed_and_the_job_is_deleted(cluster):
         "import os; print('hello from rank', os.environ['RANK'], os.environ['TEACHER_API_KEY'] == 'sk-test')"
     )
     lines: list[str] = []
+    handler = signal.getsignal(signal.SIGTERM)
     state = run_pytorchjob(python_job("hello", code), api_client=api_client, poll_s=0.1, echo=lines.append)
     assert state == "Succeeded"
+    assert signal.getsignal(signal.SIGTERM) is handler  # the SIGTERM guard is lifted again
     assert "[hello-master-0] hello from rank 0 True" in lines
     assert "[hello-worker-0] hello from rank 1 True" in lines
     assert fake.deleted == ["hello"] and fake.jobs == {}

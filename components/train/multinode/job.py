@@ -196,7 +196,7 @@ def run_pytorchjob(
     api_client = api_client or default_api_client()
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     address = (GROUP, VERSION, spec.namespace, PLURAL)
-    _exit_on_sigterm()  # before the job exists, so no moment is left where a SIGTERM would orphan it
+    previous_handler = _exit_on_sigterm()  # before the job exists: no window where SIGTERM orphans it
     _delete_leftover(custom, address, spec.name, poll_s)
     streamer = _LogStreamer(core, spec.namespace, echo)
     started = time.monotonic()
@@ -221,6 +221,8 @@ def run_pytorchjob(
     finally:
         if not keep:
             _delete(custom, address, spec.name)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     echo(f"PyTorchJob {spec.name}: {state} {message}".rstrip())
     if state != "Succeeded":
         raise RuntimeError(
@@ -229,15 +231,17 @@ def run_pytorchjob(
     return state
 
 
-def _exit_on_sigterm() -> None:
+def _exit_on_sigterm():
     """Turn SIGTERM (the KFP task's timeout, a terminated run, a node drain) into SystemExit, so the
-    `finally` that deletes the job runs within the pod's grace period instead of leaving GPUs held."""
+    `finally` that deletes the job runs within the pod's grace period instead of leaving GPUs held.
+    Returns the handler it replaced (None off the main thread, where signals cannot be handled)."""
 
     def stop(signum, frame):
         raise SystemExit(f"terminated by signal {signum}; deleting the PyTorchJob")
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _delete(custom, address: tuple, name: str) -> None:
