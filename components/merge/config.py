@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from components.common.errors import ConfigError
@@ -65,6 +66,14 @@ class Config:
         for name in ("base_dir", "adapter_dir", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: empty; give a folder path")
+        if Path(self.output_dir).resolve() in (
+            Path(self.base_dir).resolve(),
+            Path(self.adapter_dir).resolve(),
+        ):
+            raise ConfigError(
+                f"output_dir: {self.output_dir} is also an input folder; merging replaces the weights files "
+                "there, so give a new folder"
+            )
         if not _is_size(self.max_shard_size):
             raise ConfigError(
                 f"max_shard_size: {self.max_shard_size!r} is not a size; write it like '2GB', '500MB' or '10KB'"

@@ -102,6 +102,8 @@ def test_config_rejects_bad_values_naming_the_field():
         from_dict(Config, {**base, "dtype": "int8"})
     with pytest.raises(ConfigError, match="tolerance: -1.0 must be positive"):
         from_dict(Config, {**base, "tolerance": -1})
+    with pytest.raises(ConfigError, match="output_dir: a is also an input folder"):
+        from_dict(Config, {**base, "output_dir": "a"})
 
 
 def test_missing_train_output_is_an_input_error(tiny_model_dir, tmp_path):
