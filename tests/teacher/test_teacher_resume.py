@@ -14,17 +14,20 @@ import yaml
 
 from components.common.config import from_dict
 from components.common.records import read_records
+from components.common.store import open_store
 from components.teacher import Config, run
 from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def saved_answers(store: Path, saved_by: str) -> int:
+def saved_answers(store_uri: str, saved_by: str) -> int:
+    store = open_store(store_uri)
     if saved_by == "cache":
-        return len(list((store / "cache" / "teacher").rglob("*.json")))
-    parts = (store / "runs" / "killed" / "teacher").rglob("part-*.jsonl")
-    return sum(len(p.read_text().splitlines()) for p in parts)
+        return len(store.list("cache/teacher"))
+    return sum(
+        len(store.read_text(k).splitlines()) for k in store.list("runs/killed/teacher") if "/part-" in k
+    )
 
 
 # journal: no cache, a checkpoint after every answer. cache: checkpoints too rare to happen before the
@@ -35,8 +38,16 @@ SAVED_BY = {
 }
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    if request.param == "s3":
+        request.getfixturevalue("s3_endpoint")  # the killed process inherits its AWS_* variables
+        return f"s3://distill/{tmp_path.name}"
+    return str(tmp_path / "store")
+
+
 @pytest.mark.parametrize("saved_by", list(SAVED_BY))
-def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
+def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri, saved_by):
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
     # After 25 answers the server holds every further request, so the kill lands mid-run at a known point;
     # requests held when the client dies were never taken up, like requests queued at a provider.
@@ -44,7 +55,7 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
+            "store_uri": store_uri,
             "run_id": "killed",
             "provider": {"name": "demo", "base_url": server.base_url},
             "concurrency": 8,
@@ -60,7 +71,7 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, saved_by):
             env={**os.environ},
         )
         deadline = time.monotonic() + 60
-        while saved_answers(tmp_path / "store", saved_by) < 25:
+        while saved_answers(store_uri, saved_by) < 25:
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "the stage never stored 25 answers"
             time.sleep(0.05)

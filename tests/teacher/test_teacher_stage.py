@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,30 @@ def test_progress_is_logged_for_the_kfp_ui_with_tokens_and_cost(tmp_path, caplog
     assert len(lines) >= 3  # while it runs, not only at the end
     assert lines[-1].startswith("teacher: 6/6 prompts (100.0%)")
     assert "6 requests, tokens in/out 60/" in lines[-1] and "cost 0.0001" in lines[-1]
+
+
+def test_raw_text_and_sharegpt_sources_become_records_end_to_end(tmp_path, server, keyed):
+    fixtures = Path(__file__).parent / "fixtures"
+    for name, fmt in (("zh.txt", "text"), ("sharegpt.jsonl", "sharegpt")):
+        config = make_config(
+            tmp_path,
+            server.base_url,
+            dataset=str(fixtures / name),
+            dataset_format=fmt,
+            output_dir=str(tmp_path / fmt),
+            run_id=fmt,
+            test_ratio=0.0,
+            text={"chunk_chars": 60},
+            system_prompt="你是老师。",
+        )
+        result = run(config)
+        records = read_records(tmp_path / fmt / "train.jsonl")
+        assert result.metrics["records"] == len(records) >= 2
+        for record in records:
+            assert record.messages[0] == {"role": "system", "content": "你是老师。"}
+            assert record.messages[-1]["role"] == "assistant" and record.answer.startswith("Answer ")
+    sharegpt = read_records(tmp_path / "sharegpt" / "train.jsonl")
+    assert {r.reference for r in sharegpt} == {"4", None}
+    assert any(
+        r.extra["source"].endswith("zh.txt:2") for r in read_records(tmp_path / "text" / "train.jsonl")
+    )
