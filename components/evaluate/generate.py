@@ -94,11 +94,19 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return reasoning.strip(), answer.strip()
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """Token ids that end an answer: the tokenizer's end of sequence plus the model's generation config
+    ones (chat models often list several, e.g. Llama 3's <|eot_id|> and <|end_of_text|>)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) -> Generation:
     """Answers to each prompt in batches of `settings.batch_size`, greedy unless `settings.do_sample`."""
     torch.manual_seed(settings.seed)
-    eos = tokenizer.eos_token_id
+    stops = stop_ids(model, tokenizer)
     sampling = {"do_sample": settings.do_sample}
     if settings.do_sample:
         sampling.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
@@ -116,14 +124,17 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
         output = model.generate(
             **batch,
             max_new_tokens=settings.max_new_tokens,
-            eos_token_id=eos,
+            eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
+        if output.is_cuda:
+            torch.cuda.synchronize()  # kernels run asynchronously: stop the clock when they are done
         seconds += time.perf_counter() - began
         for index, row in zip(rows, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
-            if eos in row:
-                row = row[: row.index(eos) + 1]
+            end = next((i for i, token in enumerate(row) if token in stops), None)
+            if end is not None:
+                row = row[: end + 1]
             new_tokens += len(row)
             text = tokenizer.decode(row, skip_special_tokens=False)
             for special in specials:

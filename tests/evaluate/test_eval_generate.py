@@ -131,3 +131,20 @@ def test_bf16_on_cuda_matches_fp32_on_cpu(memorized_student_dir, test_split):
     gpu_ppl = answer_perplexity(cuda_model, tokenizer, prompts, answers, batch_size=4)
     cpu_ppl = answer_perplexity(cpu_model, tokenizer, prompts, answers, batch_size=4)
     assert gpu_ppl == pytest.approx(cpu_ppl, rel=0.05)  # bf16 keeps 8 mantissa bits: ~0.4% per operation
+
+
+def test_generation_stops_at_any_end_token_of_the_generation_config(memorized_student_dir, test_split):
+    from components.evaluate.generate import stop_ids
+
+    prompts, answers = test_split
+    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [eos, pad]
+    assert stop_ids(model, tokenizer) == [eos, pad]
+
+    # Declare the second letter of the first answer an end token too: that answer stops right after it.
+    letter = answers[0][1]
+    assert letter not in answers[0][0]
+    model.generation_config.eos_token_id = [pad, tokenizer.convert_tokens_to_ids(letter)]
+    cut = generate(model, tokenizer, prompts[:1], settings(batch_size=1))
+    assert cut.answers == [answers[0][:2]]
