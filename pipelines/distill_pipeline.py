@@ -98,6 +98,8 @@ def distill_pipeline(
     train_learning_rate: float = 2e-4,
     train_max_steps: int = 1000,
     train_batch_size: int = 8,
+    train_kd: str = "none",
+    train_kd_teacher_source: str = "",
     train_gpus: int = 1,
     train_cpu: str = "8",
     train_memory: str = "64Gi",
@@ -138,6 +140,8 @@ def distill_pipeline(
         train_learning_rate: peak learning rate.
         train_max_steps: optimizer steps.
         train_batch_size: sequences per step per GPU.
+        train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
+        train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
         train_gpus: GPUs for the train task (nvidia.com/gpu).
         train_cpu: CPU request and limit of the train task.
         train_memory: memory request and limit of the train task.
@@ -205,6 +209,8 @@ def distill_pipeline(
         max_steps=train_max_steps,
         batch_size=train_batch_size,
         seed=seed,
+        kd=train_kd,
+        kd_teacher_source=train_kd_teacher_source,
         overrides=train_overrides,
     )
     train.set_display_name("train student")
@@ -216,7 +222,7 @@ def distill_pipeline(
     kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
     train.set_caching_options(False)
     train.set_retry(num_retries=2, backoff_duration="120s", backoff_factor=2.0)
-    use_secrets(use_store_access(train), TEACHER_SECRET)
+    use_secrets(use_store_access(train), TEACHER_SECRET, HF_SECRET)
     kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
 
     merge = merge_adapter(

@@ -48,19 +48,21 @@ def test_demo_pipeline_teaches_the_student_the_task(tmp_path):
 
 
 def test_pipeline_runs_against_an_s3_store_and_reuses_its_caches(s3_endpoint, tmp_path):
+    """Also the logit-KD path: the train task fetches a local teacher through the download cache."""
+    kd = {"train_kd": "logits", "train_kd_teacher_source": "tiny://qwen2?warmup_steps=0&layers=1&seed=7"}
     settings = LocalRun(
         workdir=tmp_path,
         store_uri="s3://distill/e2e",
         student_source="tiny://qwen2?warmup_steps=20",
         dataset_size=60,
-        parameters=dict(QUICK),
+        parameters={**QUICK, **kd},
     )
     first = run_pipeline(settings)
     assert list(first.model.glob("*.safetensors"))
 
     store = open_store("s3://distill/e2e")
     keys = store.list()
-    assert any(key.startswith("cache/download/") and key.endswith("_COMPLETE") for key in keys)
+    assert sum(key.startswith("cache/download/") and key.endswith("_COMPLETE") for key in keys) == 2
     assert any(key.startswith("runs/") and "/teacher/" in key for key in keys)
     assert any(key.startswith("runs/") and "/train/" in key for key in keys)
 

@@ -21,6 +21,8 @@ def train_student(
     max_steps: int = 1000,
     batch_size: int = 8,
     seed: int = 0,
+    kd: str = "none",
+    kd_teacher_source: str = "",
     overrides: dict = {},
 ):
     """Distill the teacher's records into the student: SFT (and KD when configured) with LoRA, QLoRA or full FT.
@@ -29,10 +31,23 @@ def train_student(
         method: lora, qlora (CUDA only) or full.
         store_uri: artifact store for checkpoints and live TensorBoard logs under runs/<run_id>/train.
         run_id: run-scoped prefix in the store; a retried task resumes from its newest checkpoint.
+        kd: logit distillation on top of SFT: none, logits (a local teacher model) or topk (the
+            teacher's stored top_logprobs).
+        kd_teacher_source: the local teacher for kd=logits, any download source (hf://, s3://, a path);
+            fetched through the download stage and its cache in the store.
         overrides: any other field of components.train.Config, nested as in its YAML form.
     """
+    import tempfile
+
     from components.common.entry import run_stage
 
+    kd_fields = {"kind": kd}
+    if kd_teacher_source:
+        kd_fields["teacher_dir"] = tempfile.mkdtemp(prefix="kd-teacher-")
+        run_stage(
+            "download",
+            dict(source=kd_teacher_source, output_dir=kd_fields["teacher_dir"], store_uri=store_uri),
+        )
     fields = dict(
         model_dir=student.path,
         data_dir=data.path,
@@ -46,6 +61,7 @@ def train_student(
         max_steps=max_steps,
         batch_size=batch_size,
         seed=seed,
+        kd=kd_fields,
     )
     result = run_stage("train", fields, overrides)
     trained.metadata.update({"format": "peft_adapter" if method != "full" else "hf_model", "method": method})
