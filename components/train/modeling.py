@@ -159,8 +159,9 @@ def check_vocab(student_tokenizer, student_model, teacher_tokenizer, teacher_mod
     if s_vocab != t_vocab:
         differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
         raise InputError(
-            f"kd.teacher_dir: the teacher's tokenizer ({len(t_vocab)} tokens) differs from the student's "
-            f"({len(s_vocab)} tokens), e.g. {differing}; logit distillation compares the two distributions "
+            f"kd.teacher_dir: the teacher's tokenizer ({len(t_vocab)} tokens, output head {t_rows} rows) "
+            f"differs from the student's ({len(s_vocab)} tokens, head {s_rows} rows), e.g. {differing}; "
+            "logit distillation compares the two distributions "
             "token id by token id, so both must use the same tokenizer. Use a teacher from the student's "
             "family, or sequence-level distillation (kd.kind: none)"
         )

@@ -78,6 +78,8 @@ def seed_everything(seed: int) -> None:
 
 
 class DistillTrainer:
+    """One run of the recipe: `setup()`, then `train()` (every stage), then `save(result)`."""
+
     def __init__(self, config):
         self.config = config
 
@@ -130,17 +132,6 @@ class DistillTrainer:
                 attach_topk(sources[name], records, self.tokenizer)
         log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
         return sources
-
-    def _stage_optimizer(self, stage: StagePlan, total_steps: int):
-        from transformers import get_scheduler
-
-        params = [p for p in self.objective.parameters() if p.requires_grad]
-        decay = self.config.weight_decay
-        optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=decay)
-        name = {"constant": "constant_with_warmup"}.get(self.config.lr_scheduler, self.config.lr_scheduler)
-        warmup = round(self.config.warmup_ratio * total_steps)
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-        return optimizer, scheduler
 
     def _build_optimizer(self):
         params = [p for p in self.objective.parameters() if p.requires_grad]

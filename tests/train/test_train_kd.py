@@ -50,7 +50,8 @@ def test_a_teacher_with_another_tokenizer_is_refused_with_an_explanation(
     tokenizer.save_pretrained(other)
     config = make_config(kd={"kind": "logits", "teacher_dir": str(other)})
     with pytest.raises(
-        InputError, match=r"teacher's tokenizer \(262 tokens\) differs from the student's \(261"
+        InputError,
+        match=r"teacher's tokenizer \(262 tokens, output head 261 rows\) differs from the student's \(261 tokens",
     ):
         run(config)
     assert not (tmp_path / "out").exists(), "refused before training"

@@ -51,7 +51,7 @@ def test_kill_9_mid_training_then_resume_reaches_the_uninterrupted_weights(make_
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
     while not (checkpoints / "step-00000004" / "COMPLETE").exists():
         assert process.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"

@@ -86,3 +86,27 @@ def test_training_loss_goes_down_on_repeated_data(make_config):
 def test_bad_configs_fail_at_load_naming_the_field(make_config, fields, message):
     with pytest.raises(ConfigError, match=message):
         make_config(**fields)
+
+
+def test_gradient_accumulation_averages_over_all_tokens_of_the_window(make_config, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    common = {
+        "method": "full",
+        "max_steps": 1,
+        "learning_rate": 1e-4,
+        "warmup_ratio": 0.0,
+        "max_grad_norm": 0.0,
+    }
+    whole = make_config(**common, batch_size=8, output_dir=str(tmp_path / "whole"))
+    split = make_config(
+        **common, batch_size=4, gradient_accumulation_steps=2, output_dir=str(tmp_path / "split")
+    )
+    run(whole)
+    run(split)
+    # Same 8 records in one batch or in two micro-batches: the same step (records differ in length, so a
+    # per-micro-batch mean would weight their tokens differently and move the weights elsewhere).
+    a = AutoModelForCausalLM.from_pretrained(whole.output_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(split.output_dir).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
