@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -140,6 +141,9 @@ class LocalStore(ArtifactStore):
         shutil.copyfile(self._path(key), local)
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 class S3Store(ArtifactStore):
     def __init__(self, bucket: str, prefix: str = "", client=None):
         self.bucket = bucket
@@ -149,11 +153,14 @@ class S3Store(ArtifactStore):
 
     @property
     def client(self):
-        if self._client is None:
-            import boto3
+        # Stores are used from worker threads; two threads creating clients at once would each keep
+        # their own, and an error raised by one client is not the other's `exceptions.NoSuchKey`.
+        with _CLIENT_LOCK:
+            if self._client is None:
+                import boto3
 
-            # boto3 reads AWS_ENDPOINT_URL itself; credentials come from the environment.
-            self._client = boto3.client("s3")
+                # boto3 reads AWS_ENDPOINT_URL itself; credentials come from the environment.
+                self._client = boto3.client("s3")
         return self._client
 
     def _key(self, key: str) -> str:
@@ -174,9 +181,15 @@ class S3Store(ArtifactStore):
             raise
 
     def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
+        except ClientError as error:
+            # By code, not by `client.exceptions.NoSuchKey`: botocore builds those classes lazily, and two
+            # threads meeting their first error at once can get two different classes for one client.
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
             raise FileNotFoundError(f"{self.uri}/{key} does not exist") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
