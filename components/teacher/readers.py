@@ -65,40 +65,40 @@ def read_prompts(config: Config, stats: ReadStats | None = None) -> list[Prompt]
     with tempfile.TemporaryDirectory(prefix="teacher-dataset-") as scratch:
         files = _local_files(config.dataset, Path(scratch))
         stats.files = len(files)
-        prompts = [p for path in files for p in _read_file(path, config, stats)]
+        prompts = [p for path, name in files for p in _read_file(path, name, config, stats)]
     for prompt in prompts:
         _apply_config(prompt, config)
     return prompts
 
 
-def _local_files(dataset: str, scratch: Path) -> list[Path]:
+def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
+    """(local file, name for messages) pairs; s3:// objects are downloaded into `scratch` first."""
     if dataset.startswith("s3://"):
-        bucket_key = dataset[len("s3://") :].rstrip("/")
-        bucket, _, key = bucket_key.partition("/")
+        bucket, _, key = dataset[len("s3://") :].rstrip("/").partition("/")
         store = open_store(f"s3://{bucket}")
         keys = store.list(key)
         if not keys:
             raise InputError(f"dataset {dataset}: no object at or under this key; check the bucket and path")
         for item in keys:
             store.download_file(item, scratch / item)
-        return sorted(p for p in scratch.rglob("*") if p.is_file())
+        return [(scratch / item, f"s3://{bucket}/{item}") for item in keys]
     path = Path(dataset).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise InputError(f"dataset {dataset}: the folder holds no files")
-        return files
+        return [(p, str(p)) for p in files]
     if not path.is_file():
         raise InputError(f"dataset {dataset} does not exist; give a JSONL/JSON/text file, a folder or s3://")
-    return [path]
+    return [(path, str(path))]
 
 
-def _read_file(path: Path, config: Config, stats: ReadStats) -> Iterator[Prompt]:
+def _read_file(path: Path, name: str, config: Config, stats: ReadStats) -> Iterator[Prompt]:
     fmt = config.dataset_format
     if fmt == "text" or (fmt == "auto" and path.suffix.lower() in TEXT_SUFFIXES):
-        yield from _read_text(path, config)
+        yield from _read_text(path, name, config)
         return
-    for where, obj in _objects(path, config.bad_lines, stats):
+    for where, obj in _objects(path, name, config.bad_lines, stats):
         if fmt == "auto":
             fmt = detect_format(obj, where)
         try:
@@ -125,28 +125,28 @@ def detect_format(obj: dict[str, Any], where: str) -> str:
     )
 
 
-def _objects(path: Path, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
+def _objects(path: Path, name: str, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
     """(file:line, object) pairs of a JSONL file, or (file:item N, object) of a .json list."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        entries = [(f"{path}:item {i}", item) for i, item in enumerate(items, start=1)]
+            raise InputError(f"{name}:{error.lineno}: not valid JSON ({error.msg})") from None
+        entries = [(f"{name}:item {i}", item) for i, item in enumerate(items, start=1)]
     else:
         entries = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                entries.append((f"{path}:{number}", json.loads(line)))
+                entries.append((f"{name}:{number}", json.loads(line)))
             except json.JSONDecodeError as error:
                 entries.append(
-                    (f"{path}:{number}", InputError(f"{path}:{number}: not valid JSON ({error.msg})"))
+                    (f"{name}:{number}", InputError(f"{name}:{number}: not valid JSON ({error.msg})"))
                 )
     for where, value in entries:
         problem = value if isinstance(value, InputError) else None
@@ -234,14 +234,14 @@ READERS = {
 }
 
 
-def _read_text(path: Path, config: Config) -> Iterator[Prompt]:
+def _read_text(path: Path, name: str, config: Config) -> Iterator[Prompt]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     for number, chunk in enumerate(chunk_text(text, config.text.chunk_chars, config.text.overlap_chars)):
         user = render_file_template(config.text.template, chunk=chunk.text)
-        yield Prompt([{"role": "user", "content": user}], None, f"{path}:{chunk.line}", {"chunk": number})
+        yield Prompt([{"role": "user", "content": user}], None, f"{name}:{chunk.line}", {"chunk": number})
 
 
 def _apply_config(prompt: Prompt, config: Config) -> None:

@@ -154,5 +154,6 @@ def test_s3_dataset_is_read_through_the_store(s3_endpoint):
     )
     prompts, _ = read("s3://distill/data/alpaca.jsonl")
     assert [p.reference for p in prompts] == ["Bonjour", "Red", "I love you"]
+    assert prompts[1].source == "s3://distill/data/alpaca.jsonl:2"
     with pytest.raises(InputError, match="s3://distill/data/missing.jsonl: no object"):
         read("s3://distill/data/missing.jsonl")
