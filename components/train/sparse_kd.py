@@ -52,12 +52,22 @@ def byte_symbols() -> dict[int, str]:
     return table
 
 
-def token_id(tokenizer, entry: dict) -> int | None:
+class TokenMap:
+    """OpenAI logprobs entries -> student token ids (the vocabulary is read once: Qwen's has 151k)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.get_vocab()
+
+    def __call__(self, entry: dict) -> int | None:
+        return token_id(self.tokenizer, self.vocab, entry)
+
+
+def token_id(tokenizer, vocab: dict[str, int], entry: dict) -> int | None:
     """The student id of one OpenAI logprobs entry, or None when the student has no such token."""
     text = entry.get("token", "")
     if text.startswith("token_id:"):
         return int(text.split(":", 1)[1])
-    vocab = tokenizer.get_vocab()
     if entry.get("bytes") is not None:
         alphabet = byte_symbols()
         symbol = "".join(alphabet[b] for b in entry["bytes"])
@@ -73,16 +83,18 @@ def scored_tokens(example: Example) -> list[int]:
     return [label for label in example.labels[1:] if label != IGNORE]
 
 
-def topk_for(example: Example, entries: list[dict], tokenizer) -> list[tuple[list[int], list[float]]] | None:
+def topk_for(
+    example: Example, entries: list[dict], to_id: TokenMap
+) -> list[tuple[list[int], list[float]]] | None:
     """Per scored position (ids, logprobs) of the teacher's top-k, or None when the tokens disagree."""
     targets = scored_tokens(example)
     table = []
     for position, entry in enumerate(entries[: len(targets)]):
-        if token_id(tokenizer, entry) != targets[position]:
+        if to_id(entry) != targets[position]:
             return None
         ids, logprobs = [], []
         for candidate in entry.get("top_logprobs") or [entry]:
-            candidate_id = token_id(tokenizer, candidate)
+            candidate_id = to_id(candidate)
             if candidate_id is not None and candidate_id not in ids:
                 ids.append(candidate_id)
                 logprobs.append(float(candidate["logprob"]))
@@ -93,13 +105,14 @@ def topk_for(example: Example, entries: list[dict], tokenizer) -> list[tuple[lis
 def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> None:
     """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`."""
     by_id = {record.id: record for record in records}
+    to_id = TokenMap(tokenizer)
     missing = mismatched = 0
     for example in examples:
         entries = by_id[example.record_id].extra.get("logprobs")
         if not entries:
             missing += 1
             continue
-        example.teacher_topk = topk_for(example, entries, tokenizer)
+        example.teacher_topk = topk_for(example, entries, to_id)
         mismatched += example.teacher_topk is None
     if missing or mismatched:
         log.warning(
