@@ -65,6 +65,8 @@ def test_gpu_only_paths_fail_early_on_cpu_naming_the_field(make_config, tiny_tea
 
 
 def test_deepspeed_configs_are_shipped_and_resolved_from_the_run(make_config):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
     for name in ("zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"):
         config = make_config(deepspeed="none", batch_size=4, gradient_accumulation_steps=8, max_grad_norm=0.5)
         config.deepspeed = name
@@ -74,6 +76,10 @@ def test_deepspeed_configs_are_shipped_and_resolved_from_the_run(make_config):
         assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
         assert ds["zero_optimization"]["stage"] == int(name[4])
         assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("offload")
+        # DeepSpeed itself accepts it (its parser needs no GPU and no process group).
+        parsed = DeepSpeedConfig(ds)
+        assert parsed.zero_optimization_stage == int(name[4])
+        assert parsed.train_batch_size == 4 * 8 and parsed.bfloat16_config.enabled
 
 
 def test_more_than_one_gpu_relaunches_on_all_of_them(make_config, tmp_path, monkeypatch):
