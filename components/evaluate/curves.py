@@ -7,6 +7,7 @@ the folder and its sub-folders (one sub-folder per run or per rank), or under an
 from __future__ import annotations
 
 import html
+import math
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def _read_local(root: Path) -> Curves:
     return curves
 
 
+def nice_ticks(low: float, high: float, target: int = 5) -> list[float]:
+    """Round tick values (multiples of 1, 2 or 5 times a power of ten) inside [low, high], about `target`
+    of them: for 10..800, step 200 -> 200, 400, 600, 800."""
+    if high <= low:
+        return [low]
+    rough = (high - low) / (target - 1)
+    power = 10 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
+    first = math.ceil(low / step) * step
+    count = int(math.floor((high - first) / step + 1e-9)) + 1
+    # round() drops float noise such as 0.30000000000000004 from the labels
+    return [round(first + i * step, 12) for i in range(count)]
+
+
 def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
     """A line chart of the curves on shared axes: an <svg> element to inline in HTML."""
     points = [(s, v) for series in curves.values() for s, v in series]
@@ -68,16 +83,13 @@ def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
         f'height="{height}" role="img" aria-label="training loss">',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#cbd5e1"/>',
     ]
-    for i in range(5):  # four equal intervals on each axis
-        value = y_min + y_span * i / 4
-        step = x_min + x_span * i / 4
+    for value in nice_ticks(y_min, y_max):
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#eef2f7"/>'
         )
-        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-        parts.append(
-            f'<text x="{x(step):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{step:.0f}</text>'
-        )
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:g}</text>')
+    for step in nice_ticks(x_min, x_max):
+        parts.append(f'<text x="{x(step):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{step:g}</text>')
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">step</text>')
     for i, (tag, series) in enumerate(curves.items()):
         color = COLORS[i % len(COLORS)]

@@ -109,6 +109,14 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def shorten(text: str, limit: int = 48) -> str:
+    """Long paths (KFP artifact paths run to 100+ characters) as their last two parts; the full text stays
+    in the element's title (shown on hover)."""
+    if len(text) <= limit or "/" not in text:
+        return text
+    return "…/" + "/".join(text.rstrip("/").split("/")[-2:])
+
+
 def render_report(
     *,
     title: str,
@@ -121,7 +129,10 @@ def render_report(
     total_samples: int,
 ) -> str:
     """The whole report as one HTML string."""
-    fact_line = " · ".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in facts.items())
+    fact_line = " · ".join(
+        f"{html.escape(k)}: <b title='{html.escape(v, quote=True)}'>{html.escape(shorten(v))}</b>"
+        for k, v in facts.items()
+    )
     judge = ""
     if "judge_win_rate" in metrics:
         judge = (
@@ -141,7 +152,7 @@ def render_report(
 {gate_banner(gate)}
 <h2>Metrics</h2>
 <p class="note">Students are scored against the teacher's answers on {total_samples} test prompts; the better
-student per row is highlighted.</p>
+student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers score 0 on it.</p>
 {metrics_table(metrics)}
 {judge}
 <h2>Training loss</h2>

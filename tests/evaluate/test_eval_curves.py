@@ -7,7 +7,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from components.common.errors import InputError
 from components.common.store import open_store
-from components.evaluate.curves import loss_svg, read_loss_curves
+from components.evaluate.curves import loss_svg, nice_ticks, read_loss_curves
 
 
 def write_events(folder, tag: str, values: list[float]) -> None:
@@ -46,3 +46,10 @@ def test_svg_draws_one_polyline_per_curve_scaled_into_the_plot():
     # x: margins 56 left, 16 right -> step 0 at 56, step 100 at 384; y: 16 top, 40 bottom -> 4.0 at 16, 1.0 at 160
     assert 'points="56.0,16.0 384.0,160.0"' in svg
     assert loss_svg({}) == ""
+
+
+def test_axis_ticks_are_round_numbers():
+    assert nice_ticks(10, 800) == [200, 400, 600, 800]
+    assert nice_ticks(0.995, 4.42) == [1, 2, 3, 4]
+    assert nice_ticks(0.11, 0.42) == [0.2, 0.3, 0.4]  # step 0.1: the first of 1, 2, 5 × 10^k ≥ 0.31/4
+    assert nice_ticks(3.0, 3.0) == [3.0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from components.evaluate.report import fmt, metrics_table, samples_table
+from components.evaluate.report import fmt, metrics_table, samples_table, shorten
 
 
 def row(table: str, label: str) -> str:
@@ -54,3 +54,9 @@ def test_number_formats():
     assert fmt(0.8751, "pct") == "87.5%" and fmt(None, "frac") == "—"
     assert fmt(7.6e9, "count") == "7.60 B" and fmt(329472, "count") == "0.33 M"
     assert fmt(15.2 * 2**30, "bytes") == "15.20 GiB" and fmt(1320592, "bytes") == "1.26 MiB"
+
+
+def test_long_paths_are_shortened_for_display():
+    long = "/tmp/demo/pipeline_root/llm-distillation-2026-11-23-11-17-43-926173/merge-adapter/merged"
+    assert shorten(long) == "…/merge-adapter/merged"
+    assert shorten("data/merged") == "data/merged" and shorten("openai/demo-teacher") == "openai/demo-teacher"
