@@ -78,6 +78,8 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
             "stage": trainer.stage_index,
             "stage_step": trainer.stage_step,
             "scheduler": trainer.scheduler.state_dict(),
+            "final_loss": trainer.final_loss,
+            "loss_parts": trainer.loss_parts,
         }
         (local / "trainer.json").write_text(json.dumps(state))
         checkpoints.save(trainer.global_step, local)

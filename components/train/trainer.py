@@ -229,7 +229,10 @@ class DistillTrainer:
                 sync_seconds=config.tensorboard_sync_seconds,
             )
         self.global_step = resume or 0
-        final_loss, loss_parts = float("nan"), {}
+        # A retry that finds the run already complete reports the loss the checkpoint recorded.
+        self.final_loss, self.loss_parts = (
+            (state["final_loss"], state["loss_parts"]) if state else (float("nan"), {})
+        )
         started = time.monotonic()
         tokens_total = 0.0
         for stage in self.stages:
@@ -268,7 +271,9 @@ class DistillTrainer:
                     window[key] = value if key == "grad_norm" else window.get(key, 0.0) + value
                 window["steps"] = window.get("steps", 0.0) + 1
                 if stage_step % config.logging_steps == 0 or stage_step == total:
-                    final_loss, loss_parts = self._log(trackers, progress, window, stage, stage_step)
+                    self.final_loss, self.loss_parts = self._log(
+                        trackers, progress, window, stage, stage_step
+                    )
                     window = {}
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
                     save_checkpoint(self, self.checkpoints)
@@ -278,12 +283,12 @@ class DistillTrainer:
             trackers.close()
         return Result(
             steps=self.global_step,
-            final_loss=final_loss,
+            final_loss=self.final_loss,
             output_dir=config.output_dir,
             method=config.method,
             tokens_per_second=tokens_total / seconds if seconds else 0.0,
             train_seconds=seconds,
-            loss_parts=loss_parts,
+            loss_parts=self.loss_parts,
             resumed_from=resume or 0,
         )
 

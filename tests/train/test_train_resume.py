@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,5 +110,7 @@ def test_checkpoints_and_live_tensorboard_go_to_s3(make_config, s3_endpoint, tmp
     assert "team/runs/run-7/train/checkpoints/step-00000004/trainable.safetensors" in keys
     assert any(k.startswith("team/runs/run-7/train/tensorboard/events.out.tfevents") for k in keys)
     # A retry of the same run finds its newest checkpoint and has nothing left to do.
+    first_loss = json.loads(Path(config.output_dir, "train_summary.json").read_text())["final_loss"]
     again = run(config)
     assert again.steps == 4 and again.resumed_from == 4
+    assert again.final_loss == first_loss, "the loss recorded by the checkpoint, not NaN"
