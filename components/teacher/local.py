@@ -40,6 +40,11 @@ class LocalTeacher:
                 f"provider.quantization: {provider.quantization!r} needs a CUDA GPU (bitsandbytes); "
                 "set quantization: none to run the local teacher on CPU"
             )
+        if provider.n > 1 and not provider.temperature:
+            raise ConfigError(
+                f"provider.n: {provider.n} answers per prompt from the local teacher need sampling; "
+                "set provider.temperature above 0 (greedy decoding gives one answer)"
+            )
         self.provider = provider
         self._model = None
         self._tokenizer = None

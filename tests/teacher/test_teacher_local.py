@@ -94,6 +94,16 @@ def test_a_peft_adapter_changes_the_teacher(tmp_path, tiny_teacher_dir):
     assert all(r.teacher["params"]["adapter"] == str(tmp_path / "adapter") for r in with_adapter)
 
 
+def test_several_sampled_answers_per_prompt(tmp_path, tiny_teacher_dir):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 2)
+    run(make_config(tmp_path, tiny_teacher_dir, n=3, temperature=1.0, seed=7))
+    records = read_records(tmp_path / "local" / "train.jsonl")
+    assert len(records) == 6 and len({r.id for r in records}) == 6
+    assert len({r.answer for r in records}) > 2  # sampled, not three copies of one greedy answer
+    with pytest.raises(ConfigError, match=r"provider\.n: 3 answers per prompt .* set provider\.temperature"):
+        run(make_config(tmp_path, tiny_teacher_dir, n=3))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_quantization_on_cpu_fails_early_naming_the_field(tmp_path, tiny_teacher_dir):
     with pytest.raises(ConfigError, match=r"provider\.quantization: '4bit' needs a CUDA GPU"):
