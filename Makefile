@@ -9,18 +9,21 @@ TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 PIPELINE_YAML := pipelines/distill_pipeline.yaml
 export REGISTRY TAG
 
+include docker/cluster.mk
+
 .PHONY: help install demo test lint format compile clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 install: $(VENV)/.installed ## create or update the virtual environment (.venv)
 
-$(VENV)/.installed: pyproject.toml
+# Pinned by the same constraints as the images, so tests run what the images ship.
+$(VENV)/.installed: pyproject.toml docker/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c docker/constraints.txt -e '.[dev]'
 	touch $@
 
 demo: install ## run the whole pipeline locally through kfp.local on the embedded demo

@@ -9,6 +9,7 @@ parameters: the tasks read them from environment variables filled from Kubernete
 SECRETS below, documented in the README).
 """
 
+import os
 import sys
 from typing import NamedTuple
 
@@ -20,15 +21,23 @@ from components.merge.component import merge_adapter
 from components.teacher.component import teacher_data, teacher_shard_indices
 from components.train.component import train_student
 
-# Kubernetes Secret name -> {key in the Secret: environment variable in the pod}.
-TEACHER_SECRET = ("distill-teacher", {"api-key": "TEACHER_API_KEY"})
+# Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
+# Optional Secrets may be absent: public models need no HF token, most runs no judge.
+TEACHER_SECRET = ("distill-teacher", {"api-key": "TEACHER_API_KEY"}, False)
 S3_SECRET = (
     "distill-s3",
     {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"},
+    False,
 )
-HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"})
-# ConfigMap with the S3 endpoint (MinIO, SeaweedFS); empty values fall back to AWS.
+HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
+JUDGE_SECRET = ("distill-judge", {"api-key": "JUDGE_API_KEY"}, True)
+# ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
+# What the pods of a multi-node PyTorchJob get, the same as the single-pod train task.
+JOB_ENV = {
+    "secrets": {name: keys for name, keys, _ in (S3_SECRET, TEACHER_SECRET, HF_SECRET)},
+    "config_maps": {S3_CONFIGMAP[0]: S3_CONFIGMAP[1]},
+}
 
 
 class Outputs(NamedTuple):
@@ -59,9 +68,23 @@ def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     return kubernetes.set_timeout(task, TIMEOUT_HOURS[stage] * 3600)
 
 
-def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str]]) -> dsl.PipelineTask:
-    for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=False)
+# Task retries (count, first backoff, factor): on the cluster they ride out lost nodes and API outages,
+# and the teacher and train stages resume where the failed attempt stopped. The local runner sets
+# DISTILL_TASK_RETRIES=0 before importing this module, so bad input fails at once instead of after
+# minutes of back-off (kfp.local honours retry policies).
+RETRIES = {"teacher": (3, "60s", 2.0), "train": (2, "120s", 2.0)}
+
+
+def retry(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+    if os.environ.get("DISTILL_TASK_RETRIES", "1") == "0":
+        return task
+    count, backoff, factor = RETRIES[stage]
+    return task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
+
+
+def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str], bool]) -> dsl.PipelineTask:
+    for name, keys, optional in secrets:
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=optional)
     return task
 
 
@@ -101,6 +124,8 @@ def distill_pipeline(
     train_kd: str = "none",
     train_kd_teacher_source: str = "",
     train_gpus: int = 1,
+    train_nodes: int = 1,
+    train_job_gpus_per_node: int = 8,
     train_cpu: str = "8",
     train_memory: str = "64Gi",
     train_node_selector: dict = {},
@@ -142,7 +167,9 @@ def distill_pipeline(
         train_batch_size: sequences per step per GPU.
         train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
         train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
-        train_gpus: GPUs for the train task (nvidia.com/gpu).
+        train_gpus: GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.
+        train_nodes: above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.
+        train_job_gpus_per_node: GPUs of each PyTorchJob pod when train_nodes > 1.
         train_cpu: CPU request and limit of the train task.
         train_memory: memory request and limit of the train task.
         train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
@@ -187,15 +214,15 @@ def distill_pipeline(
     with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
         shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
         shard.set_display_name("teacher shard")
-        use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET)
-        shard.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+        use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET, JUDGE_SECRET)
+        retry(shard, "teacher")
 
     # Merges what the shards stored (asking only for what they left), filters and splits.
     teacher = teacher_data(**teacher_inputs).after(shard)
     teacher.set_display_name("teacher data")
     size(teacher, "teacher")
-    use_secrets(use_store_access(teacher), TEACHER_SECRET)
-    teacher.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+    use_secrets(use_store_access(teacher), TEACHER_SECRET, JUDGE_SECRET)
+    retry(teacher, "teacher")
 
     train = train_student(
         student=student.outputs["model"],
@@ -212,18 +239,19 @@ def distill_pipeline(
         kd=train_kd,
         kd_teacher_source=train_kd_teacher_source,
         overrides=train_overrides,
+        nodes=train_nodes,
+        gpus_per_node=train_job_gpus_per_node,
+        job_env=JOB_ENV,
     )
-    train.set_display_name("train student")
+    train.set_display_name("train student").set_caching_options(False)
     train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
     train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
     train.set_memory_request(train_memory).set_memory_limit(train_memory)
     kubernetes.add_node_selector_json(train, train_node_selector)
     kubernetes.add_toleration_json(train, train_tolerations)
-    kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
-    train.set_caching_options(False)
-    train.set_retry(num_retries=2, backoff_duration="120s", backoff_factor=2.0)
-    use_secrets(use_store_access(train), TEACHER_SECRET, HF_SECRET)
     kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
+    use_secrets(use_store_access(retry(train, "train")), TEACHER_SECRET, HF_SECRET)
 
     merge = merge_adapter(
         base=student.outputs["model"],
@@ -247,7 +275,7 @@ def distill_pipeline(
         overrides=eval_overrides,
     )
     evaluate.set_display_name("evaluate student")
-    size(use_store_access(evaluate), "eval")
+    use_secrets(size(use_store_access(evaluate), "eval"), TEACHER_SECRET, JUDGE_SECRET)
     return Outputs(
         model=merge.outputs["merged"],
         tensorboard=train.outputs["tensorboard"],

@@ -67,6 +67,8 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
     """Run the pipeline through kfp.local; starts the demo teacher unless a base URL is given."""
     from kfp import local
 
+    # Read when the pipeline module is imported: no retry back-off in local runs.
+    os.environ["DISTILL_TASK_RETRIES"] = "0"
     from pipelines.distill_pipeline import distill_pipeline
 
     workdir = settings.workdir.resolve()

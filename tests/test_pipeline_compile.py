@@ -18,6 +18,7 @@ COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
 # (teacher-data inside the loop) and the final teacher-data-2 that merges, filters and splits.
 STAGE_TASKS = {"download-model", "teacher-data-2", "train-student", "merge-adapter", "evaluate-student"}
 FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-1"}
+TRAIN = "exec-train-student"
 
 
 def compile_to(path: Path, registry: str, tag: str) -> list[dict]:
@@ -50,8 +51,8 @@ def test_teacher_shards_fan_out_then_merge(compiled):
     assert "for-loop-1" in tasks["teacher-data-2"]["dependentTasks"]
     shard = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]["teacher-data"]
     assert shard["inputs"]["parameters"]["num_shards"]["componentInputParameter"] == "pipelinechannel--teacher_shards"
-    assert "train-student" not in tasks["teacher-data-2"].get("dependentTasks", [])
-    assert tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == "teacher-data-2"
+    train = tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]
+    assert train["producerTask"] == "teacher-data-2"
 
 
 def test_each_stage_runs_in_its_own_image_named_from_registry_and_tag(compiled):
@@ -66,16 +67,26 @@ def test_each_stage_runs_in_its_own_image_named_from_registry_and_tag(compiled):
 
 def test_train_requests_gpus_from_a_pipeline_parameter(compiled):
     pipeline, _ = compiled
-    train = pipeline["deploymentSpec"]["executors"]["exec-train-student"]["container"]["resources"]
+    train = pipeline["deploymentSpec"]["executors"][TRAIN]["container"]["resources"]
     assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "train_gpus" in train["accelerator"]["resourceCount"]
     assert pipeline["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == 1
+    assert "train_memory" in train["resourceMemoryLimit"] and "train_cpu" in train["resourceCpuLimit"]
+
+
+def test_multi_node_training_is_a_parameter_of_the_train_task(compiled):
+    pipeline, _ = compiled
+    inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
+    assert inputs["nodes"]["componentInputParameter"] == "train_nodes"
+    assert inputs["gpus_per_node"]["componentInputParameter"] == "train_job_gpus_per_node"
+    job_env = inputs["job_env"]["runtimeValue"]["constant"]
+    assert set(job_env["secrets"]) == {"distill-s3", "distill-teacher", "distill-hf"}
 
 
 def test_secrets_are_wired_by_reference_only(compiled):
     pipeline, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for task in ("exec-teacher-data", "exec-teacher-data-2", "exec-train-student"):
+    for task in ("exec-teacher-data", "exec-teacher-data-2", TRAIN):
         secret_envs = {
             env["envVar"] for secret in executors[task]["secretAsEnv"] for env in secret["keyToEnv"]
         }
@@ -93,7 +104,7 @@ def test_secrets_are_wired_by_reference_only(compiled):
 
 def test_training_gets_shared_memory_and_no_cache(compiled):
     pipeline, platform = compiled
-    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-student"]
+    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][TRAIN]
     assert train_platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     train_task = pipeline["root"]["dag"]["tasks"]["train-student"]
     assert not train_task.get("cachingOptions", {}).get("enableCache", False)
@@ -109,7 +120,7 @@ def test_every_parameter_is_described(compiled):
 def test_committed_yaml_is_up_to_date(tmp_path):
     """`make compile` output is committed; compiling again with the same image names must match it."""
     committed = list(yaml.safe_load_all(COMMITTED.read_text()))
-    image = committed[0]["deploymentSpec"]["executors"]["exec-train-student"]["container"]["image"]
+    image = committed[0]["deploymentSpec"]["executors"][TRAIN]["container"]["image"]
     registry, _, rest = image.rpartition("/kfp-distill-")
     tag = rest.partition(":")[2]
     fresh = compile_to(tmp_path / "fresh.yaml", registry, tag)

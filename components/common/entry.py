@@ -26,12 +26,17 @@ def run_stage(
     function: str = "run",
     args: tuple[Any, ...] = (),
 ) -> Any:
-    """Call `components.<stage>.<function>(Config(fields, then overrides), *args)`; returns its result."""
+    """Call `components.<stage>.<function>(Config(fields, then overrides), *args)`; returns its result.
+
+    `function` may name a submodule's function, e.g. "multinode.run_as_pytorchjob".
+    """
     setup_logging()
-    module = importlib.import_module(f"components.{stage}")
+    package = importlib.import_module(f"components.{stage}")
+    submodule, _, name = function.rpartition(".")
+    module = importlib.import_module(f"{package.__name__}.{submodule}") if submodule else package
     try:
-        config = from_dict(module.Config, deep_merge(dict(fields), dict(overrides or {})))
-        return getattr(module, function)(config, *args)
+        config = from_dict(package.Config, deep_merge(dict(fields), dict(overrides or {})))
+        return getattr(module, name)(config, *args)
     except (ConfigError, InputError) as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)

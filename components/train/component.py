@@ -23,6 +23,9 @@ def train_student(
     seed: int = 0,
     kd: str = "none",
     kd_teacher_source: str = "",
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    job_env: dict = {},
     overrides: dict = {},
 ):
     """Distill the teacher's records into the student: SFT (and KD when configured) with LoRA, QLoRA or full FT.
@@ -35,6 +38,8 @@ def train_student(
             teacher's stored top_logprobs).
         kd_teacher_source: the local teacher for kd=logits, any download source (hf://, s3://, a path);
             fetched through the download stage and its cache in the store.
+        nodes: with more than one, this task only runs a PyTorchJob of `nodes` x `gpus_per_node` GPUs
+            (Kubeflow Training Operator) whose pods get the Secrets and ConfigMaps named in `job_env`.
         overrides: any other field of components.train.Config, nested as in its YAML form.
     """
     import tempfile
@@ -63,7 +68,11 @@ def train_student(
         seed=seed,
         kd=kd_fields,
     )
-    result = run_stage("train", fields, overrides)
+    if nodes > 1:
+        job = (student.uri, data.uri, nodes, gpus_per_node, job_env)
+        result = run_stage("train", fields, overrides, "multinode.run_as_pytorchjob", job)
+    else:
+        result = run_stage("train", fields, overrides)
     trained.metadata.update({"format": "peft_adapter" if method != "full" else "hf_model", "method": method})
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

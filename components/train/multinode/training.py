@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.common.config import to_dict
 from components.common.errors import ConfigError
 from components.common.store import open_store
 from components.train.multinode.job import (
@@ -102,6 +103,46 @@ def run_multinode_training(
         tensorboard.download_dir("", Path(fields["tensorboard_dir"]))
     summary = Path(fields["output_dir"]) / "train_summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def run_as_pytorchjob(
+    config,
+    model_uri: str,
+    data_uri: str,
+    nodes: int,
+    gpus_per_node: int,
+    job_env: dict[str, dict[str, dict[str, str]]],
+):
+    """The train stage as a PyTorchJob: this (CPU-only) pod checked `config` and only runs the job.
+
+    `model_uri`/`data_uri` are the KFP input artifacts' URIs; KFP's default MinIO root (minio://)
+    is read through its S3 API. `job_env` holds the Secrets and ConfigMaps the job's pods get as
+    environment: {"secrets": {name: {key: VAR}}, "config_maps": {name: {key: VAR}}}.
+    """
+    from components.train.trainer import Result
+
+    summary = run_multinode_training(
+        to_dict(config),
+        {"model_dir": _s3_uri(model_uri), "data_dir": _s3_uri(data_uri)},
+        store_uri=config.store_uri,
+        run_id=config.run_id,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        env_from_secrets=job_env.get("secrets", {}),
+        env_from_config_maps=job_env.get("config_maps", {}),
+    )
+    return Result(
+        steps=summary["steps"],
+        final_loss=summary["final_loss"],
+        output_dir=config.output_dir,
+        method=summary["method"],
+        tokens_per_second=summary.get("tokens_per_second", 0.0),
+        train_seconds=summary.get("train_seconds", 0.0),
+    )
+
+
+def _s3_uri(uri: str) -> str:
+    return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
 
 
 def node_rank(environ: dict[str, str]) -> int:
