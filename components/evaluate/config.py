@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from components.common.config import from_dict
 from components.common.errors import ConfigError
-from components.teacher.config import ProviderConfig
 
 SYSTEMS = ("untrained", "distilled", "teacher")
 # Metrics where higher is better, so a `min_score` gate makes sense on them (see stage.check_gate).
@@ -23,11 +24,19 @@ class JudgeConfig:
     concurrency: requests in flight at once.
     """
 
-    provider: ProviderConfig
+    # Typed Any so that loading an eval config without a judge never imports the teacher package (and its
+    # openai dependency): the mapping becomes a teacher-stage ProviderConfig, checked field by field, here.
+    provider: Any
     max_samples: int = 50
     concurrency: int = 4
 
     def __post_init__(self) -> None:
+        from components.teacher.config import ProviderConfig
+
+        if isinstance(self.provider, Mapping):
+            self.provider = from_dict(ProviderConfig, self.provider, where="judge.provider")
+        elif not isinstance(self.provider, ProviderConfig):
+            raise ConfigError("judge.provider: expected a mapping of the teacher stage's provider fields")
         if self.max_samples < 1:
             raise ConfigError(f"judge.max_samples: {self.max_samples} must be at least 1")
         if self.concurrency < 1:

@@ -57,26 +57,15 @@ async def _judge_all(config, questions, student, teacher) -> tuple[dict[str, flo
     from components.teacher.providers import resolve_provider
 
     client = ApiTeacher(resolve_provider(config.provider), concurrency=config.concurrency)
-    await client.preflight()
-    slots = asyncio.Semaphore(config.concurrency)
-
-    async def one(i: int) -> str:
-        student_is_a = i % 2 == 0
-        a, b = (student[i], teacher[i]) if student_is_a else (teacher[i], student[i])
-        prompt = PROMPT.format(question=questions[i], answer_a=a, answer_b=b)
-        async with slots:
-            reply = await ask(client, prompt)
-        if reply.startswith("error:"):
-            return reply
-        verdict = parse_verdict(reply)
-        if verdict is None:
-            return f"error: no VERDICT line in the judge's reply {reply[-200:]!r}"
-        if verdict == "TIE":
-            return "tie"
-        return "student" if (verdict == "A") == student_is_a else "teacher"
-
     count = min(len(questions), config.max_samples)
-    outcomes = await asyncio.gather(*(one(i) for i in range(count)))
+    try:
+        await client.preflight()
+        slots = asyncio.Semaphore(config.concurrency)
+        outcomes = await asyncio.gather(
+            *(judge_one(client, slots, i, questions, student, teacher) for i in range(count))
+        )
+    finally:
+        await client.client.close()  # release pooled connections before asyncio.run closes the loop
     errors = [o for o in outcomes if o.startswith("error:")]
     judged = count - len(errors)
     if not judged:
@@ -91,6 +80,23 @@ async def _judge_all(config, questions, student, teacher) -> tuple[dict[str, flo
         "judge_errors": float(len(errors)),
     }
     return metrics, list(outcomes)
+
+
+async def judge_one(client, slots: asyncio.Semaphore, i: int, questions, student, teacher) -> str:
+    """Sample i's outcome; the student is answer A on even samples, B on odd ones."""
+    student_is_a = i % 2 == 0
+    a, b = (student[i], teacher[i]) if student_is_a else (teacher[i], student[i])
+    prompt = PROMPT.format(question=questions[i], answer_a=a, answer_b=b)
+    async with slots:
+        reply = await ask(client, prompt)
+    if reply.startswith("error:"):
+        return reply
+    verdict = parse_verdict(reply)
+    if verdict is None:
+        return f"error: no VERDICT line in the judge's reply {reply[-200:]!r}"
+    if verdict == "TIE":
+        return "tie"
+    return "student" if (verdict == "A") == student_is_a else "teacher"
 
 
 async def ask(client, prompt: str) -> str:

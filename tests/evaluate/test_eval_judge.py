@@ -55,3 +55,28 @@ def test_verdict_parsing_takes_the_last_verdict_line():
 def test_judge_config_is_checked():
     with pytest.raises(ConfigError, match="judge.max_samples: 0 must be at least 1"):
         from_dict(JudgeConfig, {"provider": {"base_url": "http://x/v1", "model": "m"}, "max_samples": 0})
+
+
+def test_an_unreachable_judge_fails_before_any_sample_with_one_clear_error():
+    import socket
+
+    from components.common.errors import InputError
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    config = from_dict(
+        JudgeConfig,
+        {
+            "provider": {
+                "name": "gone",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "model": "judge-1",
+                "api_key_required": False,
+                "max_retries": 0,
+            }
+        },
+    )
+    with pytest.raises(InputError, match="unreachable"):
+        judge_win_rate(config, ["q"], ["a"], ["a"])
