@@ -3,7 +3,8 @@
     provider:
       name: local
       model: /models/qwen2.5-7b-instruct      # or s3://bucket/models/teacher (downloaded first)
-      adapter: /models/teacher-lora          # optional PEFT adapter on top
+      adapter: /models/teacher-lora          # optional PEFT adapter on top (or give an adapter folder as
+                                             # model: its adapter_config.json names the base)
       quantization: 4bit                     # optional, "8bit" or "4bit" through bitsandbytes, CUDA only
       batch_size: 8
       max_tokens: 512
@@ -16,6 +17,7 @@ moved into the record's `reasoning`. On CPU it runs in float32; on CUDA in bfloa
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import tempfile
@@ -85,17 +87,21 @@ class LocalTeacher:
             else:
                 kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
             kwargs["device_map"] = "auto"
-        folder = self._folder(provider.model)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        folder, adapter = self._base_and_adapter()
+        # An adapter folder from the train stage carries the tokenizer it was trained with: prefer it.
+        tokenizer_folder = (
+            adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
         # Left padding: in a batch every prompt must end where generation starts.
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        if provider.adapter:
+        if adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, self._folder(provider.adapter))
+            model = PeftModel.from_pretrained(model, adapter)
         if cuda and provider.quantization == "none":
             model = model.to("cuda")
         model.eval()
@@ -106,6 +112,21 @@ class LocalTeacher:
             "cuda" if cuda else "cpu",
             f", adapter {provider.adapter}" if provider.adapter else "",
         )
+
+    def _base_and_adapter(self) -> tuple[str, str | None]:
+        """(base model folder, adapter folder or None). `model` may itself be a PEFT adapter folder, such
+        as the train stage's output: its adapter_config.json names the base."""
+        provider = self.provider
+        folder = self._folder(provider.model)
+        adapter_config = Path(folder) / "adapter_config.json"
+        if not (Path(folder) / "config.json").is_file() and adapter_config.is_file():
+            if provider.adapter:
+                raise ConfigError(
+                    f"provider.adapter: {provider.model} is already an adapter; give its base as model"
+                )
+            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+            return self._folder(base), folder
+        return folder, self._folder(provider.adapter) if provider.adapter else None
 
     async def preflight(self) -> None:
         """Load the model before the first batch, so a bad folder fails before any work is done."""

@@ -88,10 +88,15 @@ def test_a_peft_adapter_changes_the_teacher(tmp_path, tiny_teacher_dir):
             tmp_path, tiny_teacher_dir, run_id="adapted", max_tokens=12, adapter=str(tmp_path / "adapter")
         )
     )
-    plain = [r.answer for r in read_records(tmp_path / "plain" / "train.jsonl")]
+    plain = {r.messages[0]["content"]: r.answer for r in read_records(tmp_path / "plain" / "train.jsonl")}
     with_adapter = read_records(tmp_path / "adapted" / "train.jsonl")
-    assert [r.answer for r in with_adapter] != plain
+    by_prompt = {r.messages[0]["content"]: r.answer for r in with_adapter}
+    assert by_prompt.keys() == plain.keys() and by_prompt != plain
     assert all(r.teacher["params"]["adapter"] == str(tmp_path / "adapter") for r in with_adapter)
+    # An adapter folder given as the model finds its base through adapter_config.json.
+    run(make_config(tmp_path, tmp_path / "adapter", run_id="adapter-as-model", max_tokens=12))
+    as_model = read_records(tmp_path / "adapter-as-model" / "train.jsonl")
+    assert {r.messages[0]["content"]: r.answer for r in as_model} == by_prompt
 
 
 def test_several_sampled_answers_per_prompt(tmp_path, tiny_teacher_dir):
