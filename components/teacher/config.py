@@ -168,7 +168,8 @@ class Config:
         what it spent before), max_requests one invocation; with shards each gets 1/n of both.
         use_cache: reuse answers from any earlier run with the same prompt and settings.
     Storage
-      output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json. store_uri: artifact
+      output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json (and logprobs.jsonl
+        when provider.logprobs is on). store_uri: artifact
         store (local folder or s3://) for shards and the cache; empty: the folder `.store` beside
         output_dir. run_id: names the run-scoped prefix runs/<run_id>/teacher, so a restarted task
         resumes. checkpoint_records / checkpoint_seconds: answers are saved at least this often.
@@ -176,7 +177,8 @@ class Config:
         stderr is a terminal).
     Quality
       dedup: drop exact duplicate prompts. near_dup_threshold: also drop prompts whose character
-        5-gram Jaccard similarity to an earlier one reaches this (0-1; None: off). min/max_prompt_chars,
+        5-gram Jaccard similarity to an earlier one reaches this (0-1; None: off; uses numpy).
+        min/max_prompt_chars,
         min/max_answer_chars: length filters. test_ratio, seed: the split.
     """
 

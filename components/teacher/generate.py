@@ -3,8 +3,9 @@
 `concurrency` workers each take the next prompt as soon as they finish one (no batch-and-wait). A prompt
 that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncated answer under the
 "retry" policy) is put back on the queue after its backoff or Retry-After, ahead of fresh prompts, and
-its worker moves on to another prompt meanwhile, so waiting never idles a slot. Each outcome goes to the cache and the journal
-the moment it arrives (journal.py). Budget limits stop new requests; requests in flight finish and are kept.
+its worker moves on to another prompt meanwhile, so waiting never idles a slot. Each paid answer goes to
+the cache the moment it arrives and to the journal at the next checkpoint (journal.py). Budget limits stop
+new requests; requests in flight finish and are kept.
 """
 
 from __future__ import annotations
