@@ -114,6 +114,7 @@ class DemoTeacher:
         self.requests_by_prompt: collections.Counter[str] = collections.Counter()
         self.total_requests = 0
         self.request_order: list[str] = []
+        self.last_headers: dict[str, str] = {}
         self.held = 0
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
@@ -166,6 +167,7 @@ class DemoTeacher:
         self.total_requests += 1
         self.requests_by_prompt[prompt] += 1
         self.request_order.append(prompt)
+        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
         attempt = self._attempts[prompt]
         self._attempts[prompt] += 1
         fault = self._fault_for(prompt, attempt)
@@ -201,6 +203,10 @@ class DemoTeacher:
 
     def _completion(self, body: dict, messages: list[dict], prompt: str, fault: str | None) -> dict:
         content, reasoning = demo_answer(prompt)
+        if (
+            body.get("enable_thinking") is False
+        ):  # as DashScope's Qwen3: no chain of thought when asked not to
+            reasoning = ""
         finish = "stop"
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         room = None if max_tokens is None else max(0, int(max_tokens) - len(tokens(reasoning)))
@@ -217,7 +223,7 @@ class DemoTeacher:
             choice = {
                 "index": index,
                 "finish_reason": finish,
-                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
+                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning or None},
                 "logprobs": None,
             }
             if body.get("logprobs"):

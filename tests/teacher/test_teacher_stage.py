@@ -171,3 +171,11 @@ def test_raw_text_and_sharegpt_sources_become_records_end_to_end(tmp_path, serve
     assert any(
         r.extra["source"].endswith("zh.txt:2") for r in read_records(tmp_path / "text" / "train.jsonl")
     )
+
+
+def test_extra_headers_and_body_reach_the_provider(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 2)
+    provider = {"extra_headers": {"X-Team": "distill"}, "extra_body": {"enable_thinking": False}}
+    run(make_config(tmp_path, server.base_url, provider=provider, test_ratio=0.0))
+    assert server.teacher.last_headers["x-team"] == "distill"
+    assert all(r.reasoning is None for r in read_records(tmp_path / "out" / "train.jsonl"))
