@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
 
     # Read when the pipeline module is imported: no retry back-off in local runs.
     os.environ["DISTILL_TASK_RETRIES"] = "0"
+    # The components run from this installed package rather than their images, as intended here.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     from pipelines.distill_pipeline import distill_pipeline
 
     workdir = settings.workdir.resolve()
