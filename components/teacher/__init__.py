@@ -20,8 +20,8 @@ prompt_tokens, completion_tokens, cost, total_cost, ...).
 Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
 files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-compatible client), local.py
 (Hugging Face teacher), generate.py (worker pool, retries, answer policies), limits.py (rpm/tpm, budget),
-journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), progress.py (bar, log
-lines), stage.py (plan, run_shard, run), finalize.py (merge and write the dataset).
+journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
+progress.py (bar, log lines), stage.py (run_shard, run), finalize.py (merge and write the dataset).
 """
 
 from components.teacher.config import Config, JudgeConfig, ProviderConfig, TextConfig

@@ -73,12 +73,7 @@ class ApiTeacher:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """What identifies this teacher's answers: part of record ids and cache keys."""
-        return {
-            "provider": self.provider.name,
-            "model": self.provider.model,
-            "params": self.provider.generation_params(),
-        }
+        return self.provider.settings()
 
     @property
     def client(self) -> openai.AsyncOpenAI:

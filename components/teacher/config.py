@@ -91,6 +91,10 @@ class ProviderConfig:
     def is_local(self) -> bool:
         return self.name == "local"
 
+    def settings(self) -> dict[str, Any]:
+        """What identifies this teacher's answers: part of every record id and cache key."""
+        return {"provider": self.name, "model": self.model, "params": self.generation_params()}
+
     def generation_params(self) -> dict[str, Any]:
         """The parameters that change the answer: part of every record id and cache key."""
         params = {

@@ -1,7 +1,7 @@
 """The last step: every shard's answers become train.jsonl, test.jsonl, rejected.jsonl and summary.json.
 
-Answers are read from runs/<run_id>/teacher/ in the store (all shards), in key order so the output is the
-same however the shards ran. Answer length filters and the judge's verdicts decide what is kept; all
+Answers are read from runs/<run_id>/teacher/ in the store (all shards) for the prompts of the current
+plan, in the dataset's order, so the output is the same however the shards ran. Answer length filters and the judge's verdicts decide what is kept; all
 answers to one prompt land in the same split. Totals count every paid request of the run, resumed
 invocations included; cached answers cost nothing.
 """
@@ -19,6 +19,7 @@ from components.common.records import Record, stable_hash, write_records
 from components.common.store import open_store
 from components.teacher.config import Config
 from components.teacher.journal import Journal
+from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
 
@@ -35,13 +36,18 @@ class Result:
 def finalize(config: Config) -> Result:
     """Merge every shard's entries into train.jsonl / test.jsonl / rejected.jsonl / summary.json."""
     store = open_store(config.store_uri)
-    entries = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
+    provider = resolve_provider(config.provider, config.provider_config)
+    stored = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
+    # Only the current plan's answers: a run_id reused with another dataset, filter or teacher setting
+    # leaves answers under other keys, which stay in the store but not in this dataset. In plan order.
+    keys = [job.key for job in plan(config, provider.settings()).jobs]
+    entries = {key: stored[key] for key in keys if key in stored}
     kept: list[Record] = []
     rejected: list[Record] = []
     logprobs: list[dict[str, Any]] = []
     counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
     spent = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cost": 0.0}
-    for entry in sorted(entries.values(), key=lambda e: e["key"]):
+    for entry in entries.values():
         spent["cost"] += entry.get("cost", 0.0)
         if not entry.get("cached"):
             for name in ("prompt_tokens", "completion_tokens"):
@@ -77,13 +83,14 @@ def finalize(config: Config) -> Result:
         (output / "logprobs.jsonl").write_text(
             "".join(json.dumps(x) + "\n" for x in logprobs), encoding="utf-8"
         )
-    provider = resolve_provider(config.provider, config.provider_config)
     metrics = {
         "records": train + test,
         "train": train,
         "test": test,
         "rejected": len(rejected),
         "prompts_answered": len(entries),
+        "prompts_unanswered": len(keys) - len(entries),
+        "stale_answers": len(stored) - len(entries),
         **counts,
         "total_requests": spent["requests"],
         "total_prompt_tokens": spent["prompt_tokens"],

@@ -62,7 +62,7 @@ class Journal:
         return entries
 
     def add(self, entry: dict[str, Any]) -> bool:
-        """Buffer `entry`; returns True when a checkpoint is due (the caller then calls `flush`)."""
+        """Buffer `entry`; True when a checkpoint is due: the caller then writes `take_buffer()` as a part."""
         self._buffer.append(entry)
         return (
             len(self._buffer) >= self.checkpoint_records

@@ -54,11 +54,7 @@ class LocalTeacher:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {
-            "provider": "local",
-            "model": self.provider.model,
-            "params": self.provider.generation_params(),
-        }
+        return self.provider.settings()
 
     def _folder(self, location: str) -> str:
         if not location.startswith("s3://"):

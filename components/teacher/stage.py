@@ -16,10 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
 
-from components.common.records import record_id
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config
@@ -28,19 +25,11 @@ from components.teacher.generate import Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, shard_name
 from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter
+from components.teacher.plan import plan
 from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
-from components.teacher.quality import FilterCounts, select_prompts
-from components.teacher.readers import ReadStats, read_prompts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    jobs: list[Job]
-    read: ReadStats
-    filtered: FilterCounts
 
 
 def make_teacher(config: Config):
@@ -50,28 +39,6 @@ def make_teacher(config: Config):
 
         return LocalTeacher(provider)
     return ApiTeacher(provider, concurrency=config.concurrency)
-
-
-def plan(config: Config, settings: dict[str, Any]) -> Plan:
-    """Every prompt of the dataset that survives dedup and filters, keyed by its record id."""
-    read = ReadStats()
-    prompts = read_prompts(config, read)
-    filtered = FilterCounts()
-    prompts = select_prompts(
-        prompts,
-        config.dedup,
-        config.near_dup_threshold,
-        config.min_prompt_chars,
-        config.max_prompt_chars,
-        filtered,
-    )
-    if config.max_samples is not None:
-        prompts = prompts[: config.max_samples]
-    jobs: dict[str, Job] = {}
-    for prompt in prompts:
-        key = record_id(prompt.messages, settings)
-        jobs.setdefault(key, Job(key, prompt))
-    return Plan(list(jobs.values()), read, filtered)
 
 
 def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Result:

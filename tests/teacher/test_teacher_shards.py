@@ -5,7 +5,7 @@ from __future__ import annotations
 from components.common.config import from_dict
 from components.common.records import read_records
 from components.teacher import Config, finalize, run_shard
-from components.teacher.stage import plan
+from components.teacher.plan import plan
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 
 

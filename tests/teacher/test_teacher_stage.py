@@ -179,3 +179,16 @@ def test_extra_headers_and_body_reach_the_provider(tmp_path, server, keyed):
     run(make_config(tmp_path, server.base_url, provider=provider, test_ratio=0.0))
     assert server.teacher.last_headers["x-team"] == "distill"
     assert all(r.reasoning is None for r in read_records(tmp_path / "out" / "train.jsonl"))
+
+
+def test_the_dataset_holds_only_the_current_prompts_answers(tmp_path, server, keyed):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 10)
+    run(make_config(tmp_path, server.base_url))
+    smaller = run(make_config(tmp_path, server.base_url, max_samples=4))  # same run_id, fewer prompts
+    assert smaller.metrics["records"] == 4 and smaller.metrics["stale_answers"] == 6
+    assert smaller.metrics["requests"] == 0
+    records = read_records(tmp_path / "out" / "train.jsonl") + read_records(tmp_path / "out" / "test.jsonl")
+    firsts = [
+        json.loads(line)["prompt"] for line in (tmp_path / "prompts.jsonl").read_text().splitlines()[:4]
+    ]
+    assert sorted(r.messages[0]["content"] for r in records) == sorted(firsts)
