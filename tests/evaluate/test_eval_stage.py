@@ -108,6 +108,7 @@ def test_gate_below_min_score_fails_saying_by_how_much_and_still_writes_the_repo
         gate_metric="distilled_rouge_l",
         min_score=0.25,
         tensorboard_dir=str(tmp_path / "no-logs"),
+        max_samples=4,
     )
     # The untrained student stands in for the distilled one: it answers nothing right, ROUGE-L is 0.
     # Unreadable TensorBoard logs only cost the report its curve; the gate is what fails the stage.
