@@ -62,9 +62,26 @@ def test_a_presets_file_of_your_own(tmp_path):
         resolve_provider(ProviderConfig(name="lab", base_url="http://x"), str(tmp_path / "bad.yaml"))
 
 
-def test_the_shipped_demo_config_loads():
-    config = load_config(Config, PACKAGE / "demo.yaml")
-    assert config.provider.name == "demo" and config.dataset.endswith(".jsonl")
+RUN_CONFIGS = sorted(p.name for p in PACKAGE.glob("*.yaml") if p.name != "teacher_config.yaml")
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_shipped_run_config_loads_and_opens_with_its_command(name):
+    config = load_config(Config, PACKAGE / name)
+    resolve_provider(config.provider, config.provider_config)
+    assert f"python -m components.teacher --config components/teacher/{name}" in (PACKAGE / name).read_text()
+
+
+def test_the_comment_reply_example_wraps_every_comment(tmp_path):
+    (tmp_path / "comments.jsonl").write_text('{"prompt": "The app crashed twice today."}\n')
+    config = load_config(
+        Config, PACKAGE / "comment_reply.yaml", {"dataset": str(tmp_path / "comments.jsonl")}
+    )
+    from components.teacher.readers import read_prompts
+
+    (prompt,) = read_prompts(config)
+    assert prompt.messages[0]["content"].startswith("You are Xiaoyu")
+    assert prompt.messages[1]["content"].endswith("Comment: The app crashed twice today.")
 
 
 @pytest.mark.parametrize(
