@@ -84,20 +84,13 @@ class ApiTeacher:
             else:
                 # Servers that take no key still need a non-empty string in the Authorization header.
                 key = optional_env(provider.api_key_env) or "EMPTY"
-            import httpx2
-
-            limits = httpx2.Limits(
-                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-            )
-            # The SDK's aiohttp transport: with 256 requests in flight on a loaded 2-core machine, httpx's
-            # connection pool reached 0.32 of the throughput bound and aiohttp 0.65 (bench/teacher_throughput.py).
             self._client = openai.AsyncOpenAI(
                 api_key=key,
                 base_url=provider.base_url,
                 timeout=provider.timeout_s,
                 max_retries=0,
                 default_headers=provider.extra_headers or None,
-                http_client=openai.DefaultAioHttpClient(limits=limits, timeout=provider.timeout_s),
+                http_client=_http_client(self.concurrency, provider.timeout_s),
             )
         return self._client
 
@@ -181,6 +174,23 @@ class ApiTeacher:
             if provider.top_logprobs:
                 body["top_logprobs"] = provider.top_logprobs
         return {**body, **provider.extra_body}
+
+
+def _http_client(connections: int, timeout_s: float):
+    """The SDK's aiohttp transport (openai[aiohttp]): with 256 requests in flight on a loaded 2-core
+    machine, httpx's connection pool reached 0.32 of the throughput bound and aiohttp 0.65
+    (bench/teacher_throughput.py). Without aiohttp, httpx still works, only slower at high concurrency."""
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    try:
+        import aiohttp  # noqa: F401  (only to know whether openai's aiohttp transport can run)
+    except ImportError:
+        log.warning(
+            "aiohttp is not installed: using httpx, slower at high concurrency (pip install openai[aiohttp])"
+        )
+        return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout_s)
+    return openai.DefaultAioHttpClient(limits=limits, timeout=timeout_s)
 
 
 def parse_completion(response: dict[str, Any]) -> Answer:
