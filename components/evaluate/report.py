@@ -76,11 +76,34 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def teacher_comparison(metrics: dict[str, float]) -> str:
+    """One sentence on speed and size against a local teacher, when both were measured."""
+    parts = []
+    student, teacher = metrics.get("distilled_tokens_per_s"), metrics.get("teacher_tokens_per_s")
+    if student and teacher:
+        parts.append(f"{student / teacher:.2g}× the teacher's generation speed")
+    student, teacher = metrics.get("distilled_size_bytes"), metrics.get("teacher_size_bytes")
+    if student and teacher:
+        parts.append(f"{teacher / student:.3g}× smaller on disk")
+    if not parts:
+        return ""
+    return f"<p>The distilled student runs at {' and is '.join(parts)} (same machine, same batch size).</p>"
+
+
 def gate_banner(gate: dict[str, Any]) -> str:
     if gate.get("min_score") is None:
         return "<div class='gate off'>Gate off: no min_score set.</div>"
     text = html.escape(gate["message"])
     return f"<div class='gate {'pass' if gate['passed'] else 'fail'}'>{text}</div>"
+
+
+def cell(text: str, limit: int = 600) -> str:
+    """Escaped text of one sample cell, cut at `limit` characters (eval.json keeps every answer whole)."""
+    if len(text) > limit:
+        return (
+            html.escape(text[:limit]) + f"<span class='note'>… ({len(text) - limit} more characters)</span>"
+        )
+    return html.escape(text)
 
 
 def samples_table(samples: list[dict[str, Any]]) -> str:
@@ -92,15 +115,15 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
     columns += ["Judge"] if has_judge else []
     lines = ["<table class='samples'><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
     for sample in samples:
-        cells = [html.escape(sample["prompt"])]
+        cells = [cell(sample["prompt"])]
         if has_reference:
-            cells.append(html.escape(sample.get("reference") or ""))
-        cells.append(html.escape(sample["teacher"]))
+            cells.append(cell(sample.get("reference") or ""))
+        cells.append(cell(sample["teacher"]))
         for system in ("untrained", "distilled"):
             mark = (
                 "<span class='ok'>✓</span> " if sample[f"{system}_match"] else "<span class='bad'>✗</span> "
             )
-            answer = html.escape(sample[system]) if sample[system] else "<span class='note'>(empty)</span>"
+            answer = cell(sample[system]) if sample[system] else "<span class='note'>(empty)</span>"
             cells.append(mark + answer)
         if has_judge:
             cells.append(html.escape(sample.get("judge") or ""))
@@ -133,6 +156,7 @@ def render_report(
         f"{html.escape(k)}: <b title='{html.escape(v, quote=True)}'>{html.escape(shorten(v))}</b>"
         for k, v in facts.items()
     )
+    versus = teacher_comparison(metrics)
     judge = ""
     if "judge_win_rate" in metrics:
         judge = (
@@ -154,6 +178,7 @@ def render_report(
 <p class="note">Students are scored against the teacher's answers on {total_samples} test prompts; the better
 student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers score 0 on it.</p>
 {metrics_table(metrics)}
+{versus}
 {judge}
 <h2>Training loss</h2>
 {curve}

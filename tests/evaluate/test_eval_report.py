@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from components.evaluate.report import fmt, metrics_table, samples_table, shorten
+from components.evaluate.report import fmt, metrics_table, samples_table, shorten, teacher_comparison
 
 
 def row(table: str, label: str) -> str:
@@ -60,3 +60,30 @@ def test_long_paths_are_shortened_for_display():
     long = "/tmp/demo/pipeline_root/llm-distillation-2026-11-23-11-17-43-926173/merge-adapter/merged"
     assert shorten(long) == "…/merge-adapter/merged"
     assert shorten("data/merged") == "data/merged" and shorten("openai/demo-teacher") == "openai/demo-teacher"
+
+
+def test_long_answers_are_cut_in_the_table_only():
+    sample = {
+        "prompt": "p",
+        "teacher": "x" * 700,
+        "untrained": "",
+        "distilled": "y",
+        "untrained_match": False,
+        "distilled_match": False,
+        "reference": None,
+    }
+    table = samples_table([sample])
+    assert "x" * 600 + "<span class='note'>… (100 more characters)</span>" in table and "x" * 601 not in table
+
+
+def test_speed_and_size_are_compared_with_a_local_teacher():
+    metrics = {
+        "distilled_tokens_per_s": 300.0,
+        "teacher_tokens_per_s": 100.0,
+        "distilled_size_bytes": 1e6,
+        "teacher_size_bytes": 2.5e7,
+    }
+    assert "runs at 3× the teacher's generation speed and is 25× smaller on disk" in teacher_comparison(
+        metrics
+    )
+    assert teacher_comparison({"distilled_tokens_per_s": 300.0}) == ""
