@@ -121,6 +121,8 @@ class Generator:
     async def ensure_ready(self) -> None:
         """Preflight the teacher (and judge) once, before the first request that is not answered from the
         cache: a fully cached re-run needs neither the endpoint nor the key."""
+        if self._ready:
+            return
         async with self._ready_lock:
             if not self._ready:
                 await self.teacher.preflight()
