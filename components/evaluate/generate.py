@@ -154,10 +154,12 @@ def answer_perplexity(
     only for the last K = longest answer + 1 positions (`logits_to_keep`). Full logits would not fit: with
     a 151,936-token vocabulary, 16 rows of 1,024 positions take 16·1024·151936·4 B ≈ 10 GB in fp32.
     """
+    # The end-of-turn token is part of the answer: a student that cannot stop has not learned it.
+    end_of_turn = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     rows = []
     for messages, answer in zip(prompts, answers, strict=True):
         prompt_ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_turn
         rows.append((prompt_ids, answer_ids))
     rows.sort(key=lambda row: len(row[0]) + len(row[1]))  # similar lengths share a batch: less padding
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
