@@ -43,7 +43,7 @@ from aiohttp import web
 REVERSE = re.compile(r"Reverse the letters of:\s*([a-z]+)\s*$")
 JUDGE = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*?)\s*(?:Reply with|$)", re.S)
 TOKEN = re.compile(r"\w+|[^\w\s]")
-FAULT_KINDS = ("429", "500", "401", "slow", "drop", "empty", "length")
+FAULT_KINDS = ("429", "500", "401", "slow", "drop", "cut", "empty", "length")
 
 
 @dataclass
@@ -51,7 +51,8 @@ class Faults:
     """What goes wrong, and when.
 
     schedule: prompt -> faults for its first requests, in order (kinds: 429, 500, 401, slow, drop,
-        empty, length); once the list is used up the prompt is answered normally.
+        cut, empty, length); once the list is used up the prompt is answered normally. "drop" closes the
+        connection before any response, "cut" in the middle of a streamed one.
     rate_limit_fraction / error_fraction: share of all other requests answered 429 / 500, decided by a
         hash of (prompt, attempt) so the same run gets the same faults whatever the request order.
     retry_after_s: the Retry-After sent with a 429 (also as retry-after-ms, as OpenAI does).
@@ -189,7 +190,11 @@ class DemoTeacher:
         if fault == "drop":
             request.transport.abort()
             raise asyncio.CancelledError
-        return web.json_response(self._completion(body, messages, prompt, fault))
+        completion = self._completion(body, messages, prompt, fault)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await _stream(request, completion, include_usage, cut=fault == "cut")
+        return web.json_response(completion)
 
     def _fault_for(self, prompt: str, attempt: int) -> str | None:
         scheduled = self.faults.schedule.get(prompt)
@@ -241,6 +246,41 @@ class DemoTeacher:
                 "total_tokens": prompt_tokens + completion_tokens * len(choices),
             },
         }
+
+
+async def _stream(
+    request: web.Request, completion: dict, include_usage: bool, cut: bool
+) -> web.StreamResponse:
+    """The completion as server-sent events, as streaming providers send it: reasoning, then content, then
+    the finish reason, then (when asked for) a usage chunk with no choices, then [DONE]."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    base = {key: completion[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    async def send(payload: dict | str) -> None:
+        data = payload if isinstance(payload, str) else json.dumps(payload)
+        await response.write(f"data: {data}\n\n".encode())
+
+    for choice in completion["choices"]:
+        message, index = choice["message"], choice["index"]
+        if message["reasoning_content"]:
+            delta = {"role": "assistant", "reasoning_content": message["reasoning_content"]}
+            await send({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        content = message["content"]
+        for piece in [content[i : i + 4] for i in range(0, len(content), 4)] or [""]:
+            chunk = {"index": index, "delta": {"content": piece}, "finish_reason": None}
+            await send({**base, "choices": [chunk]})
+            if cut:
+                request.transport.abort()
+                raise asyncio.CancelledError
+        await send(
+            {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
+        )
+    if include_usage:
+        await send({**base, "choices": [], "usage": completion["usage"]})
+    await send("[DONE]")
+    await response.write_eof()
+    return response
 
 
 def _logprobs(content: str, top: int) -> list[dict]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
 
 from components.common.errors import InputError
@@ -140,7 +141,12 @@ class ApiTeacher:
             # client.post is the SDK's documented way to send a body as is: same auth, base_url, timeouts
             # and error classes as chat.completions.create, without its per-request typed transform and
             # pydantic parsing, which cost about 2 ms of CPU each and capped a 2-core machine near 100/s.
-            response = await self.client.post("/chat/completions", body=body, cast_to=object)
+            if self.provider.stream:
+                response = await self._streamed(body)
+            else:
+                response = await self.client.post("/chat/completions", body=body, cast_to=object)
+        except httpx2.TransportError as error:  # a stream cut off after its first chunk
+            return Retry(f"stream interrupted ({type(error).__name__}: {error})")
         except openai.RateLimitError as error:
             return Retry("429 rate limited", retry_after(error.response.headers))
         except openai.InternalServerError as error:
@@ -157,6 +163,36 @@ class ApiTeacher:
             return parse_completion(response)
         except (KeyError, TypeError, AttributeError) as error:
             return Retry(f"malformed response ({type(error).__name__}: {error})")
+
+    async def _streamed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Stream the answer and join its chunks into the shape of a non-streamed chat.completion."""
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        stream = await self.client.post(
+            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
+        choices: dict[int, dict[str, Any]] = {}
+        usage = None
+        async for chunk in stream:
+            usage = chunk.get("usage") or usage
+            for part in chunk.get("choices") or []:
+                choice = choices.setdefault(
+                    part["index"],
+                    {
+                        "message": {"content": "", "reasoning_content": ""},
+                        "finish_reason": None,
+                        "logprobs": None,
+                    },
+                )
+                delta = part.get("delta") or {}
+                choice["message"]["content"] += delta.get("content") or ""
+                choice["message"]["reasoning_content"] += (
+                    delta.get("reasoning_content") or delta.get("reasoning") or ""
+                )
+                choice["finish_reason"] = part.get("finish_reason") or choice["finish_reason"]
+                if (part.get("logprobs") or {}).get("content"):
+                    choice["logprobs"] = choice["logprobs"] or {"content": []}
+                    choice["logprobs"]["content"].extend(part["logprobs"]["content"])
+        return {"choices": [choices[i] for i in sorted(choices)], "usage": usage}
 
     def request_body(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> dict[str, Any]:
         provider = self.provider
@@ -180,8 +216,6 @@ def _http_client(connections: int, timeout_s: float):
     """The SDK's aiohttp transport (openai[aiohttp]): with 256 requests in flight on a loaded 2-core
     machine, httpx's connection pool reached 0.32 of the throughput bound and aiohttp 0.65
     (bench/teacher_throughput.py). Without aiohttp, httpx still works, only slower at high concurrency."""
-    import httpx2
-
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     try:
         import aiohttp  # noqa: F401  (only to know whether openai's aiohttp transport can run)

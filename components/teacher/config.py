@@ -29,6 +29,8 @@ class ProviderConfig:
     temperature, top_p, max_tokens, seed, n: generation parameters sent with every request (None: the
         provider's default). n > 1 makes n records per prompt.
     logprobs, top_logprobs: ask for token log-probabilities and store them beside the record.
+    stream: receive the answer as server-sent events and join them (some reasoning models, e.g. Qwen3
+        with thinking on DashScope, answer only in streaming mode). Usage comes from the final chunk.
     extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}).
     price_input_per_m, price_output_per_m: price per million prompt / completion tokens, for the cost
         totals and `max_cost`.
@@ -53,6 +55,7 @@ class ProviderConfig:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    stream: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     price_input_per_m: float | None = None

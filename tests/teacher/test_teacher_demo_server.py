@@ -138,3 +138,23 @@ def test_the_command_line_serves_until_killed(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_streaming_sends_reasoning_content_finish_usage_then_done(server):
+    body = {**ask("Reverse the letters of: stream", stream=True), "stream_options": {"include_usage": True}}
+    request = urllib.request.Request(
+        f"{server.base_url}/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", "Authorization": "Bearer sk-demo"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = [line[len("data: ") :] for line in response.read().decode().splitlines() if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["reasoning_content"].startswith("The letters are s, t")
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content == "maerts"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0

@@ -72,6 +72,21 @@ def test_transient_faults_are_retried_until_each_prompt_has_one_answer(tmp_path)
     assert result.metrics["failed"] == 0 and result.metrics["records"] == 8
 
 
+def test_a_streamed_teacher_is_joined_and_a_stream_cut_midway_is_asked_again(tmp_path):
+    schedule = {PROMPTS[0]: ["cut"], PROMPTS[1]: ["429", "drop"], PROMPTS[2]: ["length"]}
+    with start_teacher_server(faults=Faults(schedule=schedule, retry_after_s=0.01)) as server:
+        result = run(make_config(tmp_path, server.base_url, provider={"stream": True}, on_length="keep"))
+        counts = dict(server.requests_by_prompt)
+    assert counts == {PROMPTS[0]: 2, PROMPTS[1]: 3, **{p: 1 for p in PROMPTS[2:]}}
+    records = {r.messages[-2]["content"]: r for r in read_records(tmp_path / "out" / "train.jsonl")}
+    assert {p: r.answer for p, r in records.items() if p != PROMPTS[2]} == {
+        p: w[::-1] for p, w in zip(PROMPTS, WORDS, strict=True) if p != PROMPTS[2]
+    }
+    assert records[PROMPTS[0]].reasoning.startswith("The letters are ")
+    assert records[PROMPTS[2]].extra["finish_reason"] == "length"
+    assert result.metrics["completion_tokens"] > 0 and result.metrics["records"] == 8
+
+
 def test_length_and_empty_policies_keep_or_drop_and_never_re_ask(tmp_path):
     schedule = {PROMPTS[0]: ["length"], PROMPTS[1]: ["empty"], PROMPTS[2]: ["length"]}
     with start_teacher_server(faults=Faults(schedule=schedule)) as server:
