@@ -79,8 +79,7 @@ def run(config: Config) -> Result:
             base_dir, adapter_dir, tokenizer, dtype, device, config.probe_prompts
         )
     else:
-        check_model_folder(adapter_dir, "adapter_dir")
-        model, reference = load_model(adapter_dir, dtype, device), None
+        model, reference = load_model(adapter_dir, dtype, device, "adapter_dir"), None
     parameters = sum(p.numel() for p in model.parameters())
     save_model(model, tokenizer, output_dir, config.max_shard_size)
     del model
@@ -172,7 +171,8 @@ def resolve_device(name: str) -> torch.device:
 
 def check_model_folder(path: Path, field: str) -> None:
     if not (path / "config.json").is_file():
-        raise InputError(f"{field}: {path} holds neither adapter_config.json nor a model config.json")
+        what = "neither adapter_config.json (an adapter) nor" if field == "adapter_dir" else "no"
+        raise InputError(f"{field}: {path} holds {what} config.json (a Hugging Face model folder)")
 
 
 def load_tokenizer(adapter_dir: Path, base_dir: Path):
@@ -183,11 +183,11 @@ def load_tokenizer(adapter_dir: Path, base_dir: Path):
     return AutoTokenizer.from_pretrained(source)
 
 
-def load_model(path: Path, dtype: torch.dtype, device: torch.device):
+def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "base_dir"):
     """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first (needs CUDA)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    check_model_folder(path, "base_dir")
+    check_model_folder(path, field)
     if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
         if device.type != "cuda":
             raise ConfigError(

@@ -109,3 +109,13 @@ def test_config_rejects_bad_values_naming_the_field():
 def test_missing_train_output_is_an_input_error(tiny_model_dir, tmp_path):
     with pytest.raises(InputError, match="adapter_dir: .* is not a folder"):
         run(Config(str(tiny_model_dir), str(tmp_path / "nowhere"), str(tmp_path / "out")))
+
+
+def test_a_folder_that_is_neither_adapter_nor_model_is_named(tiny_model_dir, adapter_dir, tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(
+        InputError, match="adapter_dir: .* holds neither adapter_config.json .* nor config.json"
+    ):
+        run(Config(str(tiny_model_dir), str(tmp_path / "train"), str(tmp_path / "out")))
+    with pytest.raises(InputError, match="base_dir: .* holds no config.json"):
+        run(Config(str(tmp_path / "train"), str(adapter_dir), str(tmp_path / "out")))
