@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import ConfigError
+from components.common.records import stable_hash
 from components.common.store import open_store
 from components.teacher.api import Answer, Choice
 from components.teacher.config import ProviderConfig
@@ -57,13 +58,15 @@ class LocalTeacher:
         return self.provider.settings()
 
     def _folder(self, location: str) -> str:
+        """A local folder for `location`; an s3:// folder is downloaded once into a scratch folder."""
         if not location.startswith("s3://"):
             return location
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="local-teacher-")
-        target = Path(self._scratch.name) / str(abs(hash(location)))
-        bucket, _, prefix = location[len("s3://") :].partition("/")
-        open_store(f"s3://{bucket}").download_dir(prefix, target)
+        target = Path(self._scratch.name) / stable_hash(location, 16)
+        if not target.is_dir():
+            bucket, _, prefix = location[len("s3://") :].partition("/")
+            open_store(f"s3://{bucket}").download_dir(prefix, target)
         return str(target)
 
     def load(self) -> None:

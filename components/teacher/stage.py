@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 
+from components.common.errors import ConfigError
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config
@@ -44,7 +45,7 @@ def make_teacher(config: Config):
 def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Result:
     """Ask the teacher for shard `shard_index` of `num_shards`; answers go to the store as they arrive."""
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index {shard_index} must be in [0, num_shards={num_shards})")
+        raise ConfigError(f"shard_index: {shard_index} must be in [0, num_shards={num_shards})")
     teacher = make_teacher(config)
     provider = teacher.provider
     work = plan(config, teacher.settings)

@@ -122,3 +122,18 @@ def test_quantized_local_teacher_on_gpu(tmp_path, tiny_teacher_dir, quantization
     write_demo_dataset(tmp_path / "prompts.jsonl", 4)
     result = run(make_config(tmp_path, tiny_teacher_dir, quantization=quantization))
     assert result.metrics["records"] == 4
+
+
+def test_the_local_teacher_can_come_from_s3(tmp_path, tiny_teacher_dir, s3_endpoint):
+    from components.common.store import open_store
+
+    open_store("s3://distill").upload_dir(tiny_teacher_dir, "models/tiny-teacher")
+    write_demo_dataset(tmp_path / "prompts.jsonl", 2)
+    result = run(make_config(tmp_path, "s3://distill/models/tiny-teacher", run_id="from-s3"))
+    assert result.metrics["records"] == 2
+    local = run(make_config(tmp_path, tiny_teacher_dir, run_id="from-disk"))
+    assert local.metrics["records"] == 2
+    answers = {r.messages[0]["content"]: r.answer for r in read_records(tmp_path / "from-s3" / "train.jsonl")}
+    assert answers == {
+        r.messages[0]["content"]: r.answer for r in read_records(tmp_path / "from-disk" / "train.jsonl")
+    }
