@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,6 +251,15 @@ def parse_completion(response: dict[str, Any]) -> Answer:
         choices.append(Choice(message.get("content") or "", reasoning, choice.get("finish_reason"), logprobs))
     usage = response.get("usage") or {}
     return Answer(choices, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def backoff(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:
+    """Seconds before retry number `attempt` (1-based): the server's Retry-After when given, else
+    exponential backoff with full jitter, uniform(0, min(cap, base * 2**(attempt-1)))."""
+    if retry_after_s is not None:
+        # A little jitter on top, so clients told the same Retry-After do not return in one burst.
+        return retry_after_s + random.uniform(0, 0.1 * max(retry_after_s, 0.1))
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))
 
 
 def retry_after(headers: Any) -> float | None:

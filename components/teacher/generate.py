@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.common.errors import InputError
-from components.teacher.api import Answer, Choice, Failure, Retry
+from components.teacher.api import Answer, Choice, Failure, Retry, backoff
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Journal
-from components.teacher.judge import Judge, backoff
+from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter
 from components.teacher.readers import Prompt
 

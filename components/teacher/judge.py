@@ -8,12 +8,11 @@ Its requests count against the run's budget at the judge's own prices.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.teacher.api import Answer, ApiTeacher, Failure, Retry
+from components.teacher.api import Answer, ApiTeacher, Failure, Retry, backoff
 from components.teacher.limits import Budget
 from components.teacher.templates import render_file_template
 
@@ -54,12 +53,3 @@ class Judge:
                 backoff(attempt + 1, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
             )
         return {"verdict": "error", "model": provider.model, "reply": "retries exhausted"}
-
-
-def backoff(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:
-    """Seconds before retry number `attempt` (1-based): the server's Retry-After when given, else
-    exponential backoff with full jitter, uniform(0, min(cap, base * 2**(attempt-1)))."""
-    if retry_after_s is not None:
-        # A little jitter on top, so clients told the same Retry-After do not return in one burst.
-        return retry_after_s + random.uniform(0, 0.1 * max(retry_after_s, 0.1))
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))

@@ -8,8 +8,7 @@ from components.common.config import from_dict
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher import Config, run
-from components.teacher.api import retry_after
-from components.teacher.judge import backoff
+from components.teacher.api import backoff, retry_after
 from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
 
 WORDS = demo_words(8, seed=5)
