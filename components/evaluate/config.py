@@ -69,8 +69,10 @@ class Config:
       judge: optional LLM-as-judge settings; adds `judge_win_rate` of the distilled student vs the teacher.
       report_samples: how many side-by-side samples the HTML report shows (eval.json holds them all).
     Gate
-      gate_metric: `<untrained|distilled|teacher>_<metric>` or `judge_win_rate`; the metric must be one
-          where higher is better (see GATE_METRICS). ROUGE, BLEU, chrF, exact match and accuracy are 0-1.
+      gate_metric: `<untrained|distilled|teacher>_<metric>` (scored against the teacher's answers),
+          `<system>_ref_<metric>` (against the dataset's references, when records have them) or
+          `judge_win_rate`; the metric must be one where higher is better (see GATE_METRICS). ROUGE, BLEU,
+          chrF, exact match and accuracy are 0-1.
       min_score: below it the stage fails, saying by how much; None disables the gate.
     """
 
@@ -126,4 +128,4 @@ def is_gate_metric(name: str) -> bool:
     if name == "judge_win_rate":
         return True
     system, _, metric = name.partition("_")
-    return system in SYSTEMS and metric in GATE_METRICS
+    return system in SYSTEMS and metric.removeprefix("ref_") in GATE_METRICS

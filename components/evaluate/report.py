@@ -24,6 +24,15 @@ ROWS = [
     ("params", "Parameters", "count"),
     ("size_bytes", "Weights on disk", "bytes"),
 ]
+# The same text metrics against the dataset's gold answers, for all three systems.
+REFERENCE_ROWS = [
+    ("ref_exact_match", "Exact match with the reference", "pct"),
+    ("ref_rouge1", "ROUGE-1 F1", "frac"),
+    ("ref_rouge2", "ROUGE-2 F1", "frac"),
+    ("ref_rouge_l", "ROUGE-L F1", "frac"),
+    ("ref_bleu", "BLEU (0–1)", "frac"),
+    ("ref_chrf", "chrF (0–1)", "frac"),
+]
 LOWER_IS_BETTER = {"perplexity"}
 # Rows that describe rather than judge (length, speed on a shared machine, size): never highlighted.
 NEUTRAL = {"avg_output_chars", "avg_output_tokens", "tokens_per_s", "params", "size_bytes"}
@@ -57,10 +66,10 @@ def fmt(value: float | None, kind: str) -> str:
     return f"{value:.4g}"
 
 
-def metrics_table(metrics: dict[str, float]) -> str:
+def metrics_table(metrics: dict[str, float], rows: list[tuple[str, str, str]] = ROWS) -> str:
     head = "".join(f"<th>{s}</th>" for s in ("Metric", "Untrained student", "Distilled student", "Teacher"))
     lines = [f"<table class='metrics'><tr>{head}</tr>"]
-    for suffix, label, kind in ROWS:
+    for suffix, label, kind in rows:
         values = {s: metrics.get(f"{s}_{suffix}") for s in SYSTEMS}
         if all(v is None for v in values.values()):
             continue
@@ -74,6 +83,17 @@ def metrics_table(metrics: dict[str, float]) -> str:
         lines.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def reference_section(metrics: dict[str, float]) -> str:
+    """The table against the dataset's reference answers, when the test records have any."""
+    if "num_reference_samples" not in metrics:
+        return ""
+    return (
+        f"<h2>Against the reference answers</h2><p class='note'>All three systems, the teacher included, "
+        f"scored against the dataset's gold answers on the {metrics['num_reference_samples']:.0f} test "
+        f"records that have one.</p>\n{metrics_table(metrics, REFERENCE_ROWS)}"
+    )
 
 
 def teacher_comparison(metrics: dict[str, float]) -> str:
@@ -179,6 +199,7 @@ def render_report(
 student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers score 0 on it.</p>
 {metrics_table(metrics)}
 {versus}
+{reference_section(metrics)}
 {judge}
 <h2>Training loss</h2>
 {curve}

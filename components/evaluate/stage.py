@@ -72,6 +72,10 @@ def run(config: Config) -> Result:
         outputs[system], scores = score_student(config, test, checker, device, path, field)
         metrics.update({f"{system}_{name}": value for name, value in scores.items()})
     metrics.update(teacher_metrics(config, test, checker, device))
+    answers = {system: generation.answers for system, generation in outputs.items()}
+    metrics.update(
+        reference_metrics({**answers, "teacher": test.teacher}, test.references, config.zh_tokenizer)
+    )
     verdicts: list[str] = []
     if config.judge is not None:
         from components.evaluate.judge import judge_win_rate
@@ -246,6 +250,22 @@ def teacher_metrics(config: Config, test: HeldOut, checker, device) -> dict[str,
         del model
         free_memory()
     return {f"teacher_{k}": v for k, v in scores.items() if v is not None}
+
+
+def reference_metrics(
+    answers: dict[str, list[str]], references: list[str | None], zh_tokenizer: str
+) -> dict[str, float]:
+    """`<system>_ref_<metric>`: every system, the teacher included, against the dataset's gold answers,
+    over the records that have one (none: no such metrics)."""
+    scored = [i for i, reference in enumerate(references) if reference is not None]
+    if not scored:
+        return {}
+    gold = [references[i] for i in scored]
+    metrics = {"num_reference_samples": float(len(scored))}
+    for system, texts in answers.items():
+        values = text_metrics([texts[i] for i in scored], gold, zh_tokenizer)
+        metrics.update({f"{system}_ref_{name}": value for name, value in values.items()})
+    return metrics
 
 
 def check_gate(config: Config, metrics: dict[str, float]) -> dict[str, Any]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import html
 import re
 
-from components.evaluate.report import fmt, metrics_table, samples_table, shorten, teacher_comparison
+from components.evaluate.report import (
+    fmt,
+    metrics_table,
+    reference_section,
+    samples_table,
+    shorten,
+    teacher_comparison,
+)
 
 
 def row(table: str, label: str) -> str:
@@ -87,3 +94,25 @@ def test_speed_and_size_are_compared_with_a_local_teacher():
         metrics
     )
     assert teacher_comparison({"distilled_tokens_per_s": 300.0}) == ""
+
+
+def test_reference_metrics_cover_every_system_on_the_referenced_records_only():
+    from components.evaluate.stage import reference_metrics
+
+    answers = {"untrained": ["x", "y", "z"], "distilled": ["cba", "god", "q"], "teacher": ["cba", "dog", "w"]}
+    metrics = reference_metrics(answers, ["cba", "god", None], "char")
+    assert metrics["num_reference_samples"] == 2
+    assert metrics["distilled_ref_exact_match"] == 1.0 and metrics["teacher_ref_exact_match"] == 0.5
+    assert metrics["untrained_ref_rouge_l"] == 0.0
+    assert reference_metrics(answers, [None, None, None], "char") == {}
+
+    table = reference_section(metrics)
+    assert "Against the reference answers" in table and "on the 2 test records that have one" in table
+    assert "<td class='n'>50.0%</td>" in row(table, "Exact match with the reference")  # the teacher's
+
+
+def test_reference_metrics_can_be_gated_on():
+    from components.evaluate.config import is_gate_metric
+
+    assert is_gate_metric("distilled_ref_rouge_l") and is_gate_metric("teacher_ref_exact_match")
+    assert not is_gate_metric("distilled_ref_perplexity") and not is_gate_metric("student_rouge_l")
