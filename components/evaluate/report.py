@@ -97,17 +97,21 @@ def reference_section(metrics: dict[str, float]) -> str:
 
 
 def teacher_comparison(metrics: dict[str, float]) -> str:
-    """One sentence on speed and size against a local teacher, when both were measured."""
+    """One sentence on speed and size against a local teacher, when they were measured."""
     parts = []
     student, teacher = metrics.get("distilled_tokens_per_s"), metrics.get("teacher_tokens_per_s")
     if student and teacher:
-        parts.append(f"{student / teacher:.2g}× the teacher's generation speed")
+        parts.append(f"generates {ratio(student / teacher)} as many tokens per second")
     student, teacher = metrics.get("distilled_size_bytes"), metrics.get("teacher_size_bytes")
     if student and teacher:
-        parts.append(f"{teacher / student:.3g}× smaller on disk")
+        parts.append(f"is {ratio(teacher / student)} smaller on disk")
     if not parts:
         return ""
-    return f"<p>The distilled student runs at {' and is '.join(parts)} (same machine, same batch size).</p>"
+    return f"<p>Against the teacher, the distilled student {' and '.join(parts)} (same machine, same batch size).</p>"
+
+
+def ratio(value: float) -> str:
+    return f"{value:,.0f}×" if value >= 100 else f"{value:.2g}×"
 
 
 def gate_banner(gate: dict[str, Any]) -> str:
@@ -199,8 +203,8 @@ def render_report(
 student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers score 0 on it.</p>
 {metrics_table(metrics)}
 {versus}
-{reference_section(metrics)}
 {judge}
+{reference_section(metrics)}
 <h2>Training loss</h2>
 {curve}
 <h2>Samples ({len(samples)} of {total_samples})</h2>

@@ -90,9 +90,12 @@ def test_speed_and_size_are_compared_with_a_local_teacher():
         "distilled_size_bytes": 1e6,
         "teacher_size_bytes": 2.5e7,
     }
-    assert "runs at 3× the teacher's generation speed and is 25× smaller on disk" in teacher_comparison(
-        metrics
+    sentence = teacher_comparison(metrics)
+    assert (
+        "the distilled student generates 3× as many tokens per second and is 25× smaller on disk" in sentence
     )
+    only_size = teacher_comparison({"distilled_size_bytes": 1.3e6, "teacher_size_bytes": 15.2 * 2**30})
+    assert "the distilled student is 12,555× smaller on disk" in only_size
     assert teacher_comparison({"distilled_tokens_per_s": 300.0}) == ""
 
 

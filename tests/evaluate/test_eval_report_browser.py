@@ -50,6 +50,13 @@ def example_report() -> str:
         "teacher_params": 7.6e9,
         "teacher_size_bytes": 15.2 * 2**30,
         "distilled_size_bytes": 1.3e6,
+        "num_reference_samples": 1.0,
+        "untrained_ref_exact_match": 0.0,
+        "distilled_ref_exact_match": 1.0,
+        "teacher_ref_exact_match": 1.0,
+        "untrained_ref_chrf": 0.2,
+        "distilled_ref_chrf": 1.0,
+        "teacher_ref_chrf": 1.0,
         "judge_win_rate": 0.4375,
         "judge_tie_rate": 0.75,
         "judge_samples": 8.0,
@@ -111,7 +118,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = chromium(["--dump-dom", page.as_uri()], tmp_path / "profile-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    assert html.count("<table") == 2 and "<polyline" in html  # metrics + samples tables, the loss curve
+    assert html.count("<table") == 3 and "<polyline" in html  # metrics, reference, samples; the loss curve
     assert "界世好你" in html and "&lt;b&gt;bold&lt;/b&gt;" in html  # Chinese kept, markup in answers escaped
     assert "eval gate failed" in html and "win rate 43.8%" in html
 
