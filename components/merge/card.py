@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from components.common.errors import InputError
 
 
 def model_card(facts: dict[str, Any]) -> str:
@@ -47,3 +51,29 @@ def _merge_check(facts: dict[str, Any]) -> str | None:
     if facts.get("max_logit_diff") is None:
         return "not applicable (full fine-tuning, nothing merged)"
     return f"{facts['max_logit_diff']:.3g} (tolerance {facts['tolerance']:.3g})"
+
+
+def dataset_facts(data_dir: str) -> dict[str, str]:
+    """teacher and dataset names from the teacher stage's summary.json in `data_dir` ({} without one)."""
+    if not data_dir:
+        return {}
+    if not Path(data_dir).is_dir():
+        raise InputError(
+            f"data_dir: {data_dir} is not a folder; give the teacher dataset folder or leave it empty"
+        )
+    path = Path(data_dir) / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    teacher, config, counts = (
+        summary.get("teacher", {}),
+        summary.get("config", {}),
+        summary.get("metrics", {}),
+    )
+    facts = {}
+    if teacher.get("model"):
+        facts["teacher"] = f"{teacher.get('provider', '?')}/{teacher['model']}"
+    if config.get("dataset"):
+        records = f" ({counts['train']} training records)" if "train" in counts else ""
+        facts["dataset"] = f"{config['dataset']}{records}"
+    return facts

@@ -47,8 +47,9 @@ class Config:
           fails.
       probe_prompts: user messages fed to both models (through the chat template when there is one).
     Model card
-      teacher, dataset: what the student was distilled from, written into README.md; the train stage's
-          train_summary.json fills in method, steps and final loss.
+      data_dir: the teacher dataset folder (optional); its summary.json names the teacher and the data.
+      teacher, dataset: override those names. The train stage's train_summary.json fills in method, steps
+          and final loss.
     """
 
     base_dir: str
@@ -59,6 +60,7 @@ class Config:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tolerance: float | None = None
     probe_prompts: list[str] = field(default_factory=lambda: list(PROBE_PROMPTS))
+    data_dir: str = ""
     teacher: str = ""
     dataset: str = ""
 

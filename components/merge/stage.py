@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from components.common.errors import ConfigError, InputError
-from components.merge.card import model_card
+from components.merge.card import dataset_facts, model_card
 from components.merge.config import DEFAULT_TOLERANCE, Config
 from components.merge.verify import max_abs_diff, probe_batch, probe_logits
 
@@ -125,11 +125,12 @@ def verify_merge(output_dir: Path, reference: torch.Tensor, tokenizer, dtype, de
 
 def write_card(output_dir: Path, config: Config, summary: dict[str, Any], result: Result) -> None:
     """README.md (the model card) and merge_summary.json next to the weights."""
+    data = dataset_facts(config.data_dir)
     facts = {
         **summary,
         "base_model": summary.get("base_model") or config.base_dir,
-        "teacher": config.teacher or summary.get("teacher"),
-        "dataset": config.dataset or summary.get("dataset"),
+        "teacher": config.teacher or data.get("teacher"),
+        "dataset": config.dataset or data.get("dataset"),
         "parameters": result.parameters,
         "dtype": result.dtype,
         "max_logit_diff": result.max_logit_diff if result.merged else None,

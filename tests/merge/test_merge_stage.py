@@ -23,8 +23,15 @@ def logits_of(model_dir: Path, prompts: list[str]) -> torch.Tensor:
 
 
 def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_model_dir, adapter_dir, tmp_path):
-    out = tmp_path / "merged"
-    result = run(Config(base_dir=str(tiny_model_dir), adapter_dir=str(adapter_dir), output_dir=str(out)))
+    out, data = tmp_path / "merged", tmp_path / "data"
+    data.mkdir()
+    summary = {
+        "teacher": {"provider": "deepseek", "model": "deepseek-chat"},
+        "config": {"dataset": "s3://b/p.jsonl"},
+        "metrics": {"train": 900, "test": 100},
+    }
+    (data / "summary.json").write_text(json.dumps(summary))
+    result = run(Config(str(tiny_model_dir), str(adapter_dir), str(out), data_dir=str(data)))
 
     assert result.merged and result.verified and result.method == "lora" and result.dtype == "fp32"
     assert result.max_logit_diff < 1e-4 <= result.tolerance
@@ -44,6 +51,8 @@ def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_mode
     assert torch.allclose(AutoModelForCausalLM.from_pretrained(out).model.norm.weight, base_norm * 1.5)
     card = (out / "README.md").read_text()
     assert "base_model: tiny://qwen2" in card and "| Method | lora |" in card and "1.25" in card
+    assert "| Teacher | deepseek/deepseek-chat |" in card
+    assert "| Training data | s3://b/p.jsonl (900 training records) |" in card
     assert set(result.metrics) >= {"merge_max_logit_diff", "merge_size_bytes", "merge_parameters"}
 
 
