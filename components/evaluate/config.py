@@ -120,6 +120,12 @@ class Config:
                 f"gate_metric: {self.gate_metric!r} is not a metric the gate can use; write it like "
                 f"{allowed}, … ({', '.join(GATE_METRICS)}) or judge_win_rate"
             )
+        system, _, metric = self.gate_metric.partition("_")
+        if system == "teacher" and metric in ("exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf"):
+            raise ConfigError(
+                f"gate_metric: {self.gate_metric} is never computed (the teacher's answers are what students "
+                f"are scored against); use teacher_ref_{metric} (against references) or teacher_accuracy"
+            )
         if self.gate_metric == "judge_win_rate" and self.judge is None and self.min_score is not None:
             raise ConfigError("gate_metric: judge_win_rate needs the `judge` section to be set")
 

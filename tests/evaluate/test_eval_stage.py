@@ -135,6 +135,8 @@ def test_config_and_input_errors_name_the_field(tiny_model_dir, tmp_path):
         ConfigError, match="gate_metric: 'distilled_perplexity' is not a metric the gate can use"
     ):
         from_dict(Config, {**base, "gate_metric": "distilled_perplexity"})
+    with pytest.raises(ConfigError, match="gate_metric: teacher_rouge_l is never computed"):
+        from_dict(Config, {**base, "gate_metric": "teacher_rouge_l"})
     with pytest.raises(ConfigError, match="checker: 'reverse' must look like 'package.module:function'"):
         from_dict(Config, {**base, "checker": "reverse"})
     with pytest.raises(ConfigError, match="temperature: 0.0 must be positive when do_sample is true"):
