@@ -59,7 +59,7 @@ def test_a_quantized_base_checkpoint_on_cpu_is_refused_naming_the_field(
 @pytest.mark.gpu
 @gpu
 def test_adapter_trained_on_4bit_weights_merges_onto_bf16_and_a_4bit_base_is_dequantized(
-    tiny_model_dir, make_adapter, tmp_path
+    tiny_model_dir, tmp_path
 ):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -70,6 +70,10 @@ def test_adapter_trained_on_4bit_weights_merges_onto_bf16_and_a_4bit_base_is_deq
     base_4bit = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir, quantization_config=quantization, device_map={"": 0}
     )
+    # A pre-quantized base checkpoint, saved before get_peft_model injects LoRA layers into base_4bit.
+    quantized_dir = tmp_path / "base-4bit"
+    base_4bit.save_pretrained(quantized_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(quantized_dir)
     torch.manual_seed(0)
     model = get_peft_model(
         prepare_model_for_kbit_training(base_4bit),
@@ -89,9 +93,7 @@ def test_adapter_trained_on_4bit_weights_merges_onto_bf16_and_a_4bit_base_is_deq
     print(f"qlora merge on CUDA: max logit diff {result.max_logit_diff:.4g} (tolerance {result.tolerance})")
 
     # 2. the base itself is a 4-bit checkpoint: dequantized to bf16 on CUDA before merging
-    quantized_dir = tmp_path / "base-4bit"
-    base_4bit.save_pretrained(quantized_dir)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(quantized_dir)
+    assert "quantization_config" in json.loads((quantized_dir / "config.json").read_text())
     result = run(Config(str(quantized_dir), str(adapter), str(tmp_path / "merged-dq"), device="cuda"))
     assert result.verified
     assert_plain_bf16_model(tmp_path / "merged-dq")
