@@ -197,7 +197,7 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str 
                 "base_dir at the unquantized model"
             )
         model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device.index or 0})
-        model = model.dequantize().to(dtype)
+        model = model.dequantize(dtype=dtype).to(dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device})
     return model.eval()
