@@ -5,14 +5,17 @@ that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncat
 "retry" policy) is put back on the queue after its backoff or Retry-After, ahead of fresh prompts, and
 its worker moves on to another prompt meanwhile, so waiting never idles a slot. Each paid answer goes to
 the cache the moment it arrives and to the journal at the next checkpoint (journal.py). Budget limits stop
-new requests; requests in flight finish and are kept.
+new requests; requests in flight finish and are kept. SIGTERM (a pod being stopped) does the same, saves
+every answer at once, and ends the run with an error so that the task is retried and resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +118,7 @@ class Generator:
         self.judge = judge
         self.progress = progress or (lambda entry: None)
         self.tally = Tally()
+        self.terminated = False
         self._ready = False
         self._ready_lock = asyncio.Lock()
 
@@ -241,17 +245,21 @@ class Generator:
         all_done = asyncio.Event()
         loop = asyncio.get_running_loop()
         errors: list[BaseException] = []
+        busy = 0  # workers inside attempt(): asking, or saving an answer
 
         async def worker() -> None:
-            nonlocal remaining
+            nonlocal remaining, busy
             while True:
                 _, _, job = await queue.get()
+                busy += 1
                 try:
                     delay = await self.attempt(job)
                 except Exception as error:  # ends the run; the caller re-raises it
                     errors.append(error)
                     all_done.set()
                     return
+                finally:
+                    busy -= 1
                 if delay is None:
                     remaining -= 1
                     if remaining == 0:
@@ -261,16 +269,42 @@ class Generator:
                 else:
                     loop.call_later(delay, retry, job)
 
+        async def drain() -> None:
+            # Kubernetes sends SIGTERM, then SIGKILL after the grace period: save what is buffered now,
+            # send nothing new, save each answer still in flight as it lands, then stop.
+            self.journal.checkpoint_records = 1
+            await asyncio.to_thread(self.journal.flush)
+            while busy:
+                await asyncio.sleep(0.05)
+            all_done.set()
+
+        def on_sigterm() -> None:
+            if not self.terminated:
+                self.terminated = True
+                self.budget.stopped = self.budget.stopped or "SIGTERM received"
+                log.warning("SIGTERM: no new requests; saving every answer, then stopping")
+                loop.create_task(drain())
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (or not a Unix loop): the default SIGTERM handling applies
         workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
         if not jobs:
             all_done.set()
-        await all_done.wait()
+        try:
+            await all_done.wait()
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.to_thread(self.journal.flush)
         if errors:
             raise errors[0]
+        if self.terminated:
+            raise InterruptedError("stopped by SIGTERM; every answer so far is saved and a restart resumes")
         await asyncio.to_thread(self.journal.compact)
         return self.tally
 

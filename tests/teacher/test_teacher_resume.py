@@ -117,3 +117,46 @@ def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
         assert len(parts) == 1 and len(parts[0].read_text().splitlines()) == 10
         assert run(config).metrics["resumed"] == 10
         assert sum(server.requests_by_prompt.values()) == 10
+
+
+def test_sigterm_saves_every_answer_at_once_and_fails_the_task_for_a_retry(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
+    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+        settings = {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(tmp_path / "out"),
+            "store_uri": str(tmp_path / "store"),
+            "run_id": "killed",
+            "concurrency": 8,
+            "provider": {"name": "demo", "base_url": server.base_url},
+            "progress_bar": False,
+            # No cache and checkpoints too rare to happen: only the SIGTERM handling can save the answers.
+            "use_cache": False,
+            "checkpoint_records": 1000,
+            "checkpoint_seconds": 600.0,
+        }
+        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while server.held < 8:  # 25 answered, the next 8 held: the stage is mid-run
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)
+        while saved_answers(str(tmp_path / "store"), "journal") < 25:
+            assert time.monotonic() < deadline, "the 25 answers were not saved on SIGTERM"
+            time.sleep(0.05)
+        server.release()  # the 8 in flight now finish, are paid for, and must be saved too
+        assert process.wait(timeout=30) != 0
+        assert "stopped by SIGTERM" in process.stderr.read().decode()
+        assert saved_answers(str(tmp_path / "store"), "journal") == 33
+
+        result = run(from_dict(Config, settings))
+
+        assert result.metrics["resumed"] == 33 and result.metrics["requests"] == 27
+        assert len(server.requests_by_prompt) == 60 and set(server.requests_by_prompt.values()) == {1}
