@@ -152,7 +152,9 @@ def score_student(config, test: HeldOut, checker, device, path: str, field: str)
     scores["tokens_per_s"] = generation.tokens_per_s
     scores["params"] = float(sum(p.numel() for p in model.parameters()))
     scores["size_bytes"] = float(size_on_disk(path, base_dir=config.base_model_dir))
-    log.info("eval: %s exact match %.3f, rouge_l %.3f", field, scores["exact_match"], scores["rouge_l"])
+    log.info(
+        "eval: %s %s: exact match %.3f, rouge_l %.3f", field, path, scores["exact_match"], scores["rouge_l"]
+    )
     del model
     free_memory()
     return generation, {name: value for name, value in scores.items() if value is not None}
