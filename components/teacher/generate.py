@@ -230,6 +230,31 @@ class Generator:
         await self.finish(job, entry, new_answer=True)
         return None
 
+    @contextlib.contextmanager
+    def stopping_on_sigterm(self, then=None):
+        """Within this block SIGTERM (Kubernetes stopping the pod; SIGKILL follows after the grace period)
+        stops new requests and saves every answer from then on at once; `then` runs after that."""
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            if not self.terminated:
+                self.terminated = True
+                self.budget.stopped = self.budget.stopped or "SIGTERM received"
+                self.journal.checkpoint_records = 1
+                log.warning("SIGTERM: no new requests; saving every answer, then stopping")
+                if then is not None:
+                    then()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (or not a Unix loop): the default SIGTERM handling applies
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
     async def run(self, jobs: list[Job]) -> Tally:
         # A prompt coming back from a retry goes before fresh ones (priority 0 before 1, then in order):
         # otherwise every retry would wait behind the whole dataset and the run would end in a burst of them.
@@ -270,33 +295,16 @@ class Generator:
                     loop.call_later(delay, retry, job)
 
         async def drain() -> None:
-            # Kubernetes sends SIGTERM, then SIGKILL after the grace period: save what is buffered now,
-            # send nothing new, save each answer still in flight as it lands, then stop.
-            self.journal.checkpoint_records = 1
             await asyncio.to_thread(self.journal.flush)
-            while busy:
+            while busy:  # answers still in flight land and are saved one by one
                 await asyncio.sleep(0.05)
             all_done.set()
 
-        def on_sigterm() -> None:
-            if not self.terminated:
-                self.terminated = True
-                self.budget.stopped = self.budget.stopped or "SIGTERM received"
-                log.warning("SIGTERM: no new requests; saving every answer, then stopping")
-                loop.create_task(drain())
-
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (or not a Unix loop): the default SIGTERM handling applies
         workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
         if not jobs:
             all_done.set()
-        try:
+        with self.stopping_on_sigterm(lambda: loop.create_task(drain())):
             await all_done.wait()
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGTERM)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)

@@ -181,6 +181,15 @@ class LocalTeacher:
                 await generator.finish(job, cached, new_answer=False)
             else:
                 waiting.append(job)
+        with generator.stopping_on_sigterm():
+            await self._batches(generator, waiting)
+        await asyncio.to_thread(generator.journal.flush)
+        if generator.terminated:
+            raise InterruptedError("stopped by SIGTERM; every answer so far is saved and a restart resumes")
+        await asyncio.to_thread(generator.journal.compact)
+        return generator.tally
+
+    async def _batches(self, generator, waiting: list) -> None:
         while waiting:
             batch, waiting = waiting[: self.provider.batch_size], waiting[self.provider.batch_size :]
             allowed = []
@@ -198,9 +207,6 @@ class LocalTeacher:
             for job, answer in zip(allowed, answers, strict=True):
                 if await generator.answered(job, answer) is not None:
                     waiting.append(job)  # the policy asked for another try
-        await asyncio.to_thread(generator.journal.flush)
-        await asyncio.to_thread(generator.journal.compact)
-        return generator.tally
 
 
 def _choice(text: str, ended: bool) -> Choice:
