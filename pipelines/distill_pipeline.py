@@ -256,6 +256,7 @@ def distill_pipeline(
     merge = merge_adapter(
         base=student.outputs["model"],
         trained=train.outputs["trained"],
+        data=teacher.outputs["data"],
         max_shard_size=merge_max_shard_size,
         dtype=merge_dtype,
     )

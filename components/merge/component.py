@@ -9,6 +9,7 @@ from pipelines.images import image_for
 def merge_adapter(
     base: dsl.Input[dsl.Model],
     trained: dsl.Input[dsl.Model],
+    data: dsl.Input[dsl.Dataset],
     merged: dsl.Output[dsl.Model],
     max_shard_size: str = "2GB",
     dtype: str = "auto",
@@ -19,6 +20,7 @@ def merge_adapter(
     Args:
         max_shard_size: largest safetensors shard, e.g. 2GB or 500MB.
         dtype: weights dtype of the merged model: auto, bf16, fp16 or fp32.
+        data: the teacher dataset, named with its teacher in the model card.
         overrides: any other field of components.merge.Config, nested as in its YAML form.
     """
     from components.common.entry import run_stage
@@ -27,6 +29,7 @@ def merge_adapter(
         base_dir=base.path,
         adapter_dir=trained.path,
         output_dir=merged.path,
+        data_dir=data.path,
         max_shard_size=max_shard_size,
         dtype=dtype,
     )
