@@ -64,15 +64,26 @@ class CheckpointStore:
 
     def save(self, step: int, local_dir: Path) -> None:
         """Upload `local_dir` as checkpoint `step`, mark it complete, then prune old and partial ones."""
-        name = step_name(step)
-        self.store.delete(name)
+        self.begin(step)
+        self.complete(step, self.upload(step, local_dir))
+
+    def begin(self, step: int) -> None:
+        """Clear whatever an interrupted earlier attempt left under this step's name."""
+        self.store.delete(step_name(step))
+
+    def upload(self, step: int, local_dir: Path) -> dict[str, int]:
+        """Upload every file of `local_dir` into checkpoint `step`; returns relative path -> size."""
         files = {}
         for path in sorted(Path(local_dir).rglob("*")):
             if path.is_file():
                 rel = path.relative_to(local_dir).as_posix()
-                self.store.upload_file(path, f"{name}/{rel}")
+                self.store.upload_file(path, f"{step_name(step)}/{rel}")
                 files[rel] = path.stat().st_size
-        self.store.write_text(f"{name}/{MARKER}", json.dumps({"step": step, "files": files}))
+        return files
+
+    def complete(self, step: int, files: dict[str, int]) -> None:
+        """Write the marker (last, once every file is stored), then prune."""
+        self.store.write_text(f"{step_name(step)}/{MARKER}", json.dumps({"step": step, "files": files}))
         self._prune(step)
 
     def _prune(self, newest: int) -> None:

@@ -54,27 +54,31 @@ def shared_folder(trainer, purpose: str, step: int) -> Path:
 
 
 def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
-    """Write the trainer's state at its current step into the store (the main rank uploads)."""
+    """Write the trainer's state at its current step into the store.
+
+    Every node's first rank uploads what its ranks wrote (ZeRO shards live on each node's disk); the
+    global first rank adds the trainer state and, after a barrier, the COMPLETE marker.
+    """
     from safetensors.torch import save_file
 
     acc = trainer.accelerator
-    local = shared_folder(trainer, "save", trainer.global_step)
-    if acc.is_main_process:
+    step = trainer.global_step
+    local = shared_folder(trainer, "save", step)
+    if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+    if acc.is_main_process:
+        checkpoints.begin(step)
     acc.wait_for_everyone()
     if trainer.config.deepspeed != "none":
-        # ZeRO state is sharded over ranks; accelerate writes each rank's part.
         acc.save_state(str(local / "accelerate"))
     elif acc.is_main_process:
-        objective = acc.unwrap_model(trainer.model)
-        local.mkdir(parents=True, exist_ok=True)
-        save_file(trainable_state(objective), str(local / "trainable.safetensors"))
+        save_file(trainable_state(acc.unwrap_model(trainer.model)), str(local / "trainable.safetensors"))
         torch.save(trainer.optimizer.state_dict(), local / "optimizer.pt")
-    acc.wait_for_everyone()
     if acc.is_main_process:
         torch.save(rng_state(), local / "rng.pt")
         state = {
-            "step": trainer.global_step,
+            "step": step,
             "stage": trainer.stage_index,
             "stage_step": trainer.stage_step,
             "scheduler": trainer.scheduler.state_dict(),
@@ -82,9 +86,14 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
             "loss_parts": trainer.loss_parts,
         }
         (local / "trainer.json").write_text(json.dumps(state))
-        checkpoints.save(trainer.global_step, local)
+    acc.wait_for_everyone()
+    files = checkpoints.upload(step, local) if acc.is_local_main_process else {}
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        checkpoints.complete(step, files)
+        log.info("checkpoint %s saved to %s", step_name(step), checkpoints.store.uri)
+    if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
-        log.info("checkpoint %s saved to %s", step_name(trainer.global_step), checkpoints.store.uri)
     acc.wait_for_everyone()
 
 
@@ -94,7 +103,7 @@ def load_checkpoint(trainer, step: int) -> dict:
 
     acc = trainer.accelerator
     local = shared_folder(trainer, "resume", step)
-    if acc.is_main_process:
+    if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
         trainer.checkpoints.download(step, local)
     acc.wait_for_everyone()
@@ -116,7 +125,7 @@ def load_checkpoint(trainer, step: int) -> dict:
         trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(local / "rng.pt", weights_only=False))
     acc.wait_for_everyone()
-    if acc.is_main_process:
+    if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
     log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
     return state
