@@ -68,9 +68,18 @@ def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attenti
 class DistillObjective(nn.Module):
     """Student (+ learned projections); `forward(batch)` returns summed token losses and extra terms."""
 
-    def __init__(self, student, spec: Divergence, chunk_size: int, intermediate: nn.Module | None = None):
+    def __init__(
+        self,
+        student,
+        spec: Divergence,
+        chunk_size: int,
+        intermediate: nn.Module | None = None,
+        logit_kd: bool = False,
+    ):
         super().__init__()
         self.student = student
+        # False when the teacher is there only for the intermediate terms: no KD over its logits.
+        self.logit_kd = logit_kd
         self.spec = spec
         self.chunk_size = chunk_size
         self.intermediate = intermediate
@@ -104,8 +113,8 @@ class DistillObjective(nn.Module):
             targets,
             base_model(self.student).get_output_embeddings(),
             self.chunk_size,
-            teacher_hidden=None if teacher is None else teacher.hidden,
-            teacher_head=None if teacher is None else teacher.head,
+            teacher_hidden=teacher.hidden if teacher is not None and self.logit_kd else None,
+            teacher_head=teacher.head if teacher is not None and self.logit_kd else None,
             topk_ids=None if sparse is None else sparse.ids,
             topk_logprobs=None if sparse is None else sparse.logprobs,
             topk_mask=None if sparse is None else sparse.mask,

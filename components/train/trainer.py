@@ -106,7 +106,9 @@ class DistillTrainer:
             divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
             if config.intermediate.enabled:
                 intermediate = IntermediateLoss(config.intermediate, self.student.config, self.teacher.config)
-        self.objective = DistillObjective(self.student, divergence, config.kd.chunk_size, intermediate)
+        self.objective = DistillObjective(
+            self.student, divergence, config.kd.chunk_size, intermediate, logit_kd=config.kd.kind == "logits"
+        )
         self.objective.to(self.device)
         self.stage_index = self.stage_step = self.global_step = 0
         self.stages = plan_stages(config, self.sources, divergence)

@@ -124,10 +124,11 @@ def test_records_whose_tokens_differ_from_the_students_fall_back_to_cross_entrop
     assert examples[1].teacher_topk is None
 
 
-def test_intermediate_terms_train_a_projection_and_report_each_part(make_config, tiny_teacher_dir):
+@pytest.mark.parametrize("kind", ["logits", "none"])
+def test_intermediate_terms_train_a_projection_and_report_each_part(make_config, tiny_teacher_dir, kind):
     config = make_config(
         max_steps=2,
-        kd={"kind": "logits", "teacher_dir": str(tiny_teacher_dir)},
+        kd={"kind": kind, "teacher_dir": str(tiny_teacher_dir)},
         intermediate={
             "hidden_weight": 1.0,
             "attention_weight": 1.0,
@@ -137,6 +138,8 @@ def test_intermediate_terms_train_a_projection_and_report_each_part(make_config,
         },
     )
     result = run(config)
+    # The teacher may serve the intermediate terms alone, without KD over its logits.
+    assert ("kd" in result.loss_parts) == (kind == "logits")
     for part in ("hidden_loss", "attention_loss", "contrastive_loss"):
         assert part in result.loss_parts and math.isfinite(result.loss_parts[part])
     # Balanced terms are divided by their own running magnitude: each lands near its weight.
