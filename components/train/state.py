@@ -113,13 +113,14 @@ def load_checkpoint(trainer, step: int) -> dict:
     else:
         objective = acc.unwrap_model(trainer.model)
         weights = load_file(str(local / "trainable.safetensors"))
-        expected = set(trainable_state(objective))
-        if set(weights) != expected:
-            missing = sorted(expected - set(weights))[:3]
+        expected = {name: tuple(t.shape) for name, t in trainable_state(objective).items()}
+        stored = {name: tuple(t.shape) for name, t in weights.items()}
+        if stored != expected:
+            differing = sorted(set(stored.items()) ^ set(expected.items()))[:2]
             raise InputError(
                 f"checkpoint {step_name(step)} does not match this model's trainable weights "
-                f"(e.g. missing {missing}); it was written with another method or LoRA shape. Use a "
-                "new run_id, or delete runs/<run_id>/train/checkpoints"
+                f"(e.g. {differing}); it was written with another method or LoRA shape. Use a new "
+                "run_id, or delete runs/<run_id>/train/checkpoints"
             )
         objective.load_state_dict(weights, strict=False)
         trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from components.common.config import to_dict
+from components.common.errors import InputError
 from components.common.store import open_store
 from components.train import run
 from components.train.checkpoint import CheckpointStore
@@ -114,3 +116,13 @@ def test_checkpoints_and_live_tensorboard_go_to_s3(make_config, s3_endpoint, tmp
     again = run(config)
     assert again.steps == 4 and again.resumed_from == 4
     assert again.final_loss == first_loss, "the loss recorded by the checkpoint, not NaN"
+
+
+def test_a_checkpoint_of_another_lora_shape_is_refused_not_half_loaded(make_config, tmp_path):
+    store = str(tmp_path / "store")
+    run(make_config(max_steps=2, save_steps=2, store_uri=store, lora={"r": 8, "alpha": 16}))
+    other = make_config(max_steps=4, save_steps=2, store_uri=store, lora={"r": 4, "alpha": 8})
+    with pytest.raises(
+        InputError, match="checkpoint step-00000002 does not match this model's trainable weights"
+    ):
+        run(other)
