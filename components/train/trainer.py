@@ -295,6 +295,15 @@ class DistillTrainer:
         )
 
     def _log(self, trackers, progress, window, stage, stage_step) -> tuple[float, dict[str, float]]:
+        world = self.accelerator.num_processes
+        if world > 1:
+            # Every rank saw other records: the logged figures are over all of them.
+            keys = sorted(k for k in window if k not in ("steps", "grad_norm"))
+            local = torch.tensor([window[k] for k in keys], dtype=torch.float64, device=self.device)
+            totals = self.accelerator.reduce(local, reduction="sum").tolist()
+            window.update(
+                {k: v / world if k.endswith("_loss") else v for k, v in zip(keys, totals, strict=True)}
+            )
         steps, scored = window["steps"], max(1.0, window["scored"])
         scalars = {
             # Token-weighted over the window, like the gradient: sum of mixed token losses / scored tokens.
@@ -303,9 +312,7 @@ class DistillTrainer:
             "train/ce": window["ce"] / scored,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": window.get("grad_norm", float("nan")),
-            "train/tokens_per_second": progress.update(
-                stage_step, window["tokens"] * self.accelerator.num_processes
-            ),
+            "train/tokens_per_second": progress.update(stage_step, window["tokens"]),
             "train/stage": float(stage.index),
         }
         if self.config.kd.kind != "none":
