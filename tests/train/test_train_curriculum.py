@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from components.common.errors import ConfigError
@@ -78,3 +81,30 @@ def test_a_stage_mix_draws_each_source_in_proportion():
 def test_a_mix_naming_an_unknown_dataset_is_refused(make_config):
     with pytest.raises(ConfigError, match="'domain', which is not 'main' or a key of datasets"):
         make_config(curriculum=[{"name": "x", "mix": {"domain": 1.0}}])
+
+
+def test_a_run_stopped_at_a_stage_boundary_resumes_into_the_next_stage(make_config, domain_data, tmp_path):
+    store = tmp_path / "store"
+    whole = curriculum_config(
+        make_config, domain_data, store_uri=str(store), save_steps=1, save_total_limit=10
+    )
+    run(whole)
+    reference = load_file(f"{whole.output_dir}/adapter_model.safetensors")
+    # As if the pod died right after the last step of the first stage (step 3 of 3 + 2).
+    checkpoints = store / "runs" / "local" / "train" / "checkpoints"
+    for step in (4, 5):
+        shutil.rmtree(checkpoints / f"step-{step:08d}")
+    again = curriculum_config(
+        make_config,
+        domain_data,
+        store_uri=str(store),
+        save_steps=1,
+        save_total_limit=10,
+        output_dir=str(tmp_path / "again"),
+        tensorboard_dir=str(tmp_path / "tb-again"),
+    )
+    result = run(again)
+    assert result.resumed_from == 3 and result.steps == 5
+    resumed = load_file(f"{again.output_dir}/adapter_model.safetensors")
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-5, rtol=1e-4)
