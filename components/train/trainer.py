@@ -13,7 +13,7 @@ Feature -> flag:
     multi-stage curriculum                             curriculum       curriculum.py
     LoRA / rsLoRA / DoRA / QLoRA / full                method, lora.*   modeling.py
     DeepSpeed ZeRO 0/2/3 (+offload)                    deepspeed        launch.py, deepspeed/*.json
-    every GPU of the pod (torchrun / accelerate)        launcher         launch.py
+    every GPU of the pod (torchrun / accelerate)       launcher         launch.py
     checkpoints in the store, resume                   save_steps       checkpoint.py
     TensorBoard synced live, report_to trackers        report_to        tracking.py
 """
