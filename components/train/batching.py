@@ -30,6 +30,8 @@ class Batch:
     attention_mask: torch.Tensor | None
     position_ids: torch.Tensor | None
     examples: list[Example]
+    # Packed rows have no attention mask (position ids mark the records); this marks their real tokens.
+    packed_mask: torch.Tensor | None = None
 
     @property
     def num_scored(self) -> int:
@@ -41,6 +43,11 @@ class Batch:
         if self.attention_mask is not None:
             return int(self.attention_mask.sum())
         return sum(len(e.input_ids) for e in self.examples)
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """1 on real tokens, 0 on padding (with packing, only a row's tail is padding)."""
+        return self.attention_mask if self.attention_mask is not None else self.packed_mask
 
     def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids.to(device)}
@@ -104,6 +111,7 @@ def collate_packed(examples: Sequence[Example], pad_id: int, max_length: int) ->
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     # Padding continues as one more "sequence" starting at 0: it attends only to itself and is unscored.
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    real = torch.zeros((len(rows), width), dtype=torch.long)
     ordered = []
     for r, row in enumerate(rows):
         start = 0
@@ -118,7 +126,8 @@ def collate_packed(examples: Sequence[Example], pad_id: int, max_length: int) ->
             ordered.append(example)
             start += n
         positions[r, start:] = torch.arange(width - start)
-    return Batch(input_ids, labels, None, positions, ordered)
+        real[r, :start] = 1
+    return Batch(input_ids, labels, None, positions, ordered, real)
 
 
 def collate(examples: Sequence[Example], pad_id: int, packing: bool, max_length: int) -> Batch:

@@ -92,6 +92,7 @@ class DistillObjective(nn.Module):
         position_ids: torch.Tensor | None = None,
         teacher: TeacherOutputs | None = None,
         sparse: SparseTargets | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         wants_layers = self.intermediate is not None and teacher is not None
         wants_attn = wants_layers and self.intermediate.needs_attentions
@@ -122,7 +123,8 @@ class DistillObjective(nn.Module):
         )
         terms = {"ce_sum": ce, "kd_sum": kd}
         if wants_layers:
-            token_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            if token_mask is None:
+                token_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
             terms.update(
                 self.intermediate(
                     out.hidden_states, out.attentions, teacher.layers, teacher.attentions, token_mask

@@ -184,6 +184,7 @@ class DistillTrainer:
                     labels=batch.labels.to(self.device),
                     teacher=teacher,
                     sparse=sparse_targets(batch, self.device) if config.kd.kind == "topk" else None,
+                    token_mask=batch.token_mask.to(self.device),
                 )
                 ce, kd = terms.pop("ce_sum"), terms.pop("kd_sum")
                 # accelerate divides the loss by the window length; multiplying by it first makes the

@@ -55,6 +55,8 @@ def test_packing_keeps_every_scored_token_and_scores_nothing_across_a_boundary(t
     assert packed.num_scored == padded.num_scored == sum(e.num_scored for e in items)
     assert (packed.labels[packed.position_ids == 0] == IGNORE).all()
     assert packed.num_tokens == padded.num_tokens
+    # Real tokens are marked in both layouts; only the packed rows' tails are padding.
+    assert int(packed.token_mask.sum()) == int(padded.token_mask.sum()) == packed.num_tokens
 
 
 def test_first_fit_packing_respects_the_row_budget():
