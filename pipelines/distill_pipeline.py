@@ -9,7 +9,6 @@ parameters: the tasks read them from environment variables filled from Kubernete
 SECRETS below, documented in the README).
 """
 
-import os
 import sys
 from typing import NamedTuple
 
@@ -69,17 +68,10 @@ def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
 
 
 # Task retries (count, first backoff, factor): on the cluster they ride out lost nodes and API outages,
-# and the teacher and train stages resume where the failed attempt stopped. The local runner sets
-# DISTILL_TASK_RETRIES=0 before importing this module, so bad input fails at once instead of after
-# minutes of back-off (kfp.local honours retry policies).
+# and the teacher and train stages resume where the failed attempt stopped. The local runner builds the
+# pipeline without them, so bad input fails at once instead of after minutes of back-off (kfp.local
+# honours retry policies).
 RETRIES = {"teacher": (3, "60s", 2.0), "train": (2, "120s", 2.0)}
-
-
-def retry(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
-    if os.environ.get("DISTILL_TASK_RETRIES", "1") == "0":
-        return task
-    count, backoff, factor = RETRIES[stage]
-    return task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
 
 
 def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str], bool]) -> dsl.PipelineTask:
@@ -95,195 +87,209 @@ def use_store_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return use_secrets(task, S3_SECRET)
 
 
-@dsl.pipeline(
-    name="llm-distillation",
-    description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
-)
-def distill_pipeline(
-    store_uri: str = "s3://distill",
-    student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
-    teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
-    teacher_dataset_format: str = "auto",
-    teacher_provider: str = "deepseek",
-    teacher_model: str = "deepseek-chat",
-    teacher_base_url: str = "",
-    teacher_api_key_env: str = "TEACHER_API_KEY",
-    teacher_concurrency: int = 16,
-    teacher_max_tokens: int = 1024,
-    teacher_temperature: float = 0.0,
-    teacher_test_ratio: float = 0.1,
-    teacher_system_prompt: str = "",
-    teacher_shards: int = 1,
-    teacher_overrides: dict = {},
-    train_method: str = "lora",
-    train_lora_r: int = 16,
-    train_lora_alpha: int = 32,
-    train_learning_rate: float = 2e-4,
-    train_max_steps: int = 1000,
-    train_batch_size: int = 8,
-    train_kd: str = "none",
-    train_kd_teacher_source: str = "",
-    train_gpus: int = 1,
-    train_nodes: int = 1,
-    train_job_gpus_per_node: int = 8,
-    train_cpu: str = "8",
-    train_memory: str = "64Gi",
-    train_node_selector: dict = {},
-    train_tolerations: list = [],
-    train_overrides: dict = {},
-    merge_max_shard_size: str = "2GB",
-    merge_dtype: str = "auto",
-    eval_max_new_tokens: int = 256,
-    eval_batch_size: int = 16,
-    eval_max_samples: int = 200,
-    eval_gate_metric: str = "distilled_rouge_l",
-    eval_min_score: float = 0.0,
-    eval_overrides: dict = {},
-    seed: int = 0,
-) -> Outputs:
-    """Distill a teacher into a student.
+def build_pipeline(retries: bool = True):
+    """The pipeline; `retries=False` leaves out the task retry policies (for local runs)."""
 
-    Args:
-        store_uri: artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).
-        student_source: the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.
-        teacher_dataset: prompts dataset (local path in the image, or s3://).
-        teacher_dataset_format: auto, prompts, alpaca, sharegpt, messages or text.
-        teacher_provider: deepseek, qwen, openai, vllm, or any name together with teacher_base_url.
-        teacher_model: model name at the provider, e.g. deepseek-reasoner or qwen-max.
-        teacher_base_url: OpenAI-compatible endpoint; empty uses the provider's default.
-        teacher_api_key_env: environment variable with the API key (filled from Secret distill-teacher).
-        teacher_concurrency: requests in flight at once.
-        teacher_max_tokens: max tokens per teacher answer.
-        teacher_temperature: sampling temperature of the teacher.
-        teacher_test_ratio: share of records held out for evaluation.
-        teacher_system_prompt: system prompt added to every request (empty: none).
-        teacher_shards: pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.
-        teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
-        train_method: lora, qlora (CUDA) or full.
-        train_lora_r: LoRA rank.
-        train_lora_alpha: LoRA alpha.
-        train_learning_rate: peak learning rate.
-        train_max_steps: optimizer steps.
-        train_batch_size: sequences per step per GPU.
-        train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
-        train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
-        train_gpus: GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.
-        train_nodes: above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.
-        train_job_gpus_per_node: GPUs of each PyTorchJob pod when train_nodes > 1.
-        train_cpu: CPU request and limit of the train task.
-        train_memory: memory request and limit of the train task.
-        train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
-        train_tolerations: tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
-        train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
-        merge_max_shard_size: largest safetensors shard of the merged model.
-        merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
-        eval_max_new_tokens: generation length on the test split.
-        eval_batch_size: prompts generated together.
-        eval_max_samples: test records evaluated (0: all).
-        eval_gate_metric: metric that eval_min_score applies to.
-        eval_min_score: fail the run when the gate metric is below this value (0: no gate).
-        eval_overrides: other eval Config fields.
-        seed: seed for the split and training.
-    """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    def retry(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+        if not retries:
+            return task
+        count, backoff, factor = RETRIES[stage]
+        return task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
 
-    student = download_model(source=student_source, store_uri=store_uri)
-    student.set_display_name("download student")
-    size(student, "download")
-    use_secrets(use_store_access(student), HF_SECRET)
-
-    teacher_inputs = dict(
-        dataset=teacher_dataset,
-        dataset_format=teacher_dataset_format,
-        store_uri=store_uri,
-        run_id=run_id,
-        provider=teacher_provider,
-        model=teacher_model,
-        base_url=teacher_base_url,
-        api_key_env=teacher_api_key_env,
-        concurrency=teacher_concurrency,
-        max_tokens=teacher_max_tokens,
-        temperature=teacher_temperature,
-        test_ratio=teacher_test_ratio,
-        system_prompt=teacher_system_prompt,
-        seed=seed,
-        overrides=teacher_overrides,
+    @dsl.pipeline(
+        name="llm-distillation",
+        description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
     )
-    shards = teacher_shard_indices(num_shards=teacher_shards).set_display_name("plan teacher shards")
-    size(shards, "teacher")
-    with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
-        shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
-        shard.set_display_name("teacher shard")
-        use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET, JUDGE_SECRET)
-        retry(shard, "teacher")
+    def distill_pipeline(
+        store_uri: str = "s3://distill",
+        student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
+        teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
+        teacher_dataset_format: str = "auto",
+        teacher_provider: str = "deepseek",
+        teacher_model: str = "deepseek-chat",
+        teacher_base_url: str = "",
+        teacher_api_key_env: str = "TEACHER_API_KEY",
+        teacher_concurrency: int = 16,
+        teacher_max_tokens: int = 1024,
+        teacher_temperature: float = 0.0,
+        teacher_test_ratio: float = 0.1,
+        teacher_system_prompt: str = "",
+        teacher_shards: int = 1,
+        teacher_overrides: dict = {},
+        train_method: str = "lora",
+        train_lora_r: int = 16,
+        train_lora_alpha: int = 32,
+        train_learning_rate: float = 2e-4,
+        train_max_steps: int = 1000,
+        train_batch_size: int = 8,
+        train_kd: str = "none",
+        train_kd_teacher_source: str = "",
+        train_gpus: int = 1,
+        train_nodes: int = 1,
+        train_job_gpus_per_node: int = 8,
+        train_cpu: str = "8",
+        train_memory: str = "64Gi",
+        train_node_selector: dict = {},
+        train_tolerations: list = [],
+        train_overrides: dict = {},
+        merge_max_shard_size: str = "2GB",
+        merge_dtype: str = "auto",
+        eval_max_new_tokens: int = 256,
+        eval_batch_size: int = 16,
+        eval_max_samples: int = 200,
+        eval_gate_metric: str = "distilled_rouge_l",
+        eval_min_score: float = 0.0,
+        eval_overrides: dict = {},
+        seed: int = 0,
+    ) -> Outputs:
+        """Distill a teacher into a student.
 
-    # Merges what the shards stored (asking only for what they left), filters and splits.
-    teacher = teacher_data(**teacher_inputs).after(shard)
-    teacher.set_display_name("teacher data")
-    size(teacher, "teacher")
-    use_secrets(use_store_access(teacher), TEACHER_SECRET, JUDGE_SECRET)
-    retry(teacher, "teacher")
+        Args:
+            store_uri: artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).
+            student_source: the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.
+            teacher_dataset: prompts dataset (local path in the image, or s3://).
+            teacher_dataset_format: auto, prompts, alpaca, sharegpt, messages or text.
+            teacher_provider: deepseek, qwen, openai, vllm, or any name together with teacher_base_url.
+            teacher_model: model name at the provider, e.g. deepseek-reasoner or qwen-max.
+            teacher_base_url: OpenAI-compatible endpoint; empty uses the provider's default.
+            teacher_api_key_env: environment variable with the API key (filled from Secret distill-teacher).
+            teacher_concurrency: requests in flight at once.
+            teacher_max_tokens: max tokens per teacher answer.
+            teacher_temperature: sampling temperature of the teacher.
+            teacher_test_ratio: share of records held out for evaluation.
+            teacher_system_prompt: system prompt added to every request (empty: none).
+            teacher_shards: pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.
+            teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
+            train_method: lora, qlora (CUDA) or full.
+            train_lora_r: LoRA rank.
+            train_lora_alpha: LoRA alpha.
+            train_learning_rate: peak learning rate.
+            train_max_steps: optimizer steps.
+            train_batch_size: sequences per step per GPU.
+            train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
+            train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
+            train_gpus: GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.
+            train_nodes: above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.
+            train_job_gpus_per_node: GPUs of each PyTorchJob pod when train_nodes > 1.
+            train_cpu: CPU request and limit of the train task.
+            train_memory: memory request and limit of the train task.
+            train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+            train_tolerations: tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
+            train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
+            merge_max_shard_size: largest safetensors shard of the merged model.
+            merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
+            eval_max_new_tokens: generation length on the test split.
+            eval_batch_size: prompts generated together.
+            eval_max_samples: test records evaluated (0: all).
+            eval_gate_metric: metric that eval_min_score applies to.
+            eval_min_score: fail the run when the gate metric is below this value (0: no gate).
+            eval_overrides: other eval Config fields.
+            seed: seed for the split and training.
+        """
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
-    train = train_student(
-        student=student.outputs["model"],
-        data=teacher.outputs["data"],
-        store_uri=store_uri,
-        run_id=run_id,
-        method=train_method,
-        lora_r=train_lora_r,
-        lora_alpha=train_lora_alpha,
-        learning_rate=train_learning_rate,
-        max_steps=train_max_steps,
-        batch_size=train_batch_size,
-        seed=seed,
-        kd=train_kd,
-        kd_teacher_source=train_kd_teacher_source,
-        overrides=train_overrides,
-        nodes=train_nodes,
-        gpus_per_node=train_job_gpus_per_node,
-        job_env=JOB_ENV,
-    )
-    train.set_display_name("train student").set_caching_options(False)
-    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
-    train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
-    train.set_memory_request(train_memory).set_memory_limit(train_memory)
-    kubernetes.add_node_selector_json(train, train_node_selector)
-    kubernetes.add_toleration_json(train, train_tolerations)
-    kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-    kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
-    use_secrets(use_store_access(retry(train, "train")), TEACHER_SECRET, HF_SECRET)
+        student = download_model(source=student_source, store_uri=store_uri)
+        student.set_display_name("download student")
+        size(student, "download")
+        use_secrets(use_store_access(student), HF_SECRET)
 
-    merge = merge_adapter(
-        base=student.outputs["model"],
-        trained=train.outputs["trained"],
-        data=teacher.outputs["data"],
-        max_shard_size=merge_max_shard_size,
-        dtype=merge_dtype,
-    )
-    merge.set_display_name("merge adapter")
-    size(use_store_access(merge), "merge")
+        teacher_inputs = dict(
+            dataset=teacher_dataset,
+            dataset_format=teacher_dataset_format,
+            store_uri=store_uri,
+            run_id=run_id,
+            provider=teacher_provider,
+            model=teacher_model,
+            base_url=teacher_base_url,
+            api_key_env=teacher_api_key_env,
+            concurrency=teacher_concurrency,
+            max_tokens=teacher_max_tokens,
+            temperature=teacher_temperature,
+            test_ratio=teacher_test_ratio,
+            system_prompt=teacher_system_prompt,
+            seed=seed,
+            overrides=teacher_overrides,
+        )
+        shards = teacher_shard_indices(num_shards=teacher_shards).set_display_name("plan teacher shards")
+        size(shards, "teacher")
+        with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
+            shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
+            shard.set_display_name("teacher shard")
+            use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET, JUDGE_SECRET)
+            retry(shard, "teacher")
 
-    evaluate = evaluate_student(
-        untrained=student.outputs["model"],
-        distilled=merge.outputs["merged"],
-        data=teacher.outputs["data"],
-        tensorboard=train.outputs["tensorboard"],
-        max_new_tokens=eval_max_new_tokens,
-        batch_size=eval_batch_size,
-        max_samples=eval_max_samples,
-        gate_metric=eval_gate_metric,
-        min_score=eval_min_score,
-        overrides=eval_overrides,
-    )
-    evaluate.set_display_name("evaluate student")
-    use_secrets(size(use_store_access(evaluate), "eval"), TEACHER_SECRET, JUDGE_SECRET)
-    return Outputs(
-        model=merge.outputs["merged"],
-        tensorboard=train.outputs["tensorboard"],
-        metrics=evaluate.outputs["metrics"],
-        report=evaluate.outputs["report"],
-        results=evaluate.outputs["results"],
-    )
+        # Merges what the shards stored (asking only for what they left), filters and splits.
+        teacher = teacher_data(**teacher_inputs).after(shard)
+        teacher.set_display_name("teacher data")
+        size(teacher, "teacher")
+        use_secrets(use_store_access(teacher), TEACHER_SECRET, JUDGE_SECRET)
+        retry(teacher, "teacher")
+
+        train = train_student(
+            student=student.outputs["model"],
+            data=teacher.outputs["data"],
+            store_uri=store_uri,
+            run_id=run_id,
+            method=train_method,
+            lora_r=train_lora_r,
+            lora_alpha=train_lora_alpha,
+            learning_rate=train_learning_rate,
+            max_steps=train_max_steps,
+            batch_size=train_batch_size,
+            seed=seed,
+            kd=train_kd,
+            kd_teacher_source=train_kd_teacher_source,
+            overrides=train_overrides,
+            nodes=train_nodes,
+            gpus_per_node=train_job_gpus_per_node,
+            job_env=JOB_ENV,
+        )
+        train.set_display_name("train student").set_caching_options(False)
+        train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
+        train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
+        train.set_memory_request(train_memory).set_memory_limit(train_memory)
+        kubernetes.add_node_selector_json(train, train_node_selector)
+        kubernetes.add_toleration_json(train, train_tolerations)
+        kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+        kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
+        use_secrets(use_store_access(retry(train, "train")), TEACHER_SECRET, HF_SECRET)
+
+        merge = merge_adapter(
+            base=student.outputs["model"],
+            trained=train.outputs["trained"],
+            data=teacher.outputs["data"],
+            max_shard_size=merge_max_shard_size,
+            dtype=merge_dtype,
+        )
+        merge.set_display_name("merge adapter")
+        size(use_store_access(merge), "merge")
+
+        evaluate = evaluate_student(
+            untrained=student.outputs["model"],
+            distilled=merge.outputs["merged"],
+            data=teacher.outputs["data"],
+            tensorboard=train.outputs["tensorboard"],
+            max_new_tokens=eval_max_new_tokens,
+            batch_size=eval_batch_size,
+            max_samples=eval_max_samples,
+            gate_metric=eval_gate_metric,
+            min_score=eval_min_score,
+            overrides=eval_overrides,
+        )
+        evaluate.set_display_name("evaluate student")
+        use_secrets(size(use_store_access(evaluate), "eval"), TEACHER_SECRET, JUDGE_SECRET)
+        return Outputs(
+            model=merge.outputs["merged"],
+            tensorboard=train.outputs["tensorboard"],
+            metrics=evaluate.outputs["metrics"],
+            report=evaluate.outputs["report"],
+            results=evaluate.outputs["results"],
+        )
+
+    return distill_pipeline
+
+
+distill_pipeline = build_pipeline()
 
 
 def compile_pipeline(path: str = "pipelines/distill_pipeline.yaml") -> str:

@@ -68,11 +68,9 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
     """Run the pipeline through kfp.local; starts the demo teacher unless a base URL is given."""
     from kfp import local
 
-    # Read when the pipeline module is imported: no retry back-off in local runs.
-    os.environ["DISTILL_TASK_RETRIES"] = "0"
     # The components run from this installed package rather than their images, as intended here.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
-    from pipelines.distill_pipeline import distill_pipeline
+    from pipelines.distill_pipeline import build_pipeline
 
     workdir = settings.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +88,7 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
         local.init(
             runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root")
         )
-        task = distill_pipeline(
+        task = build_pipeline(retries=False)(
             store_uri=settings.store_uri or str(workdir / "store"),
             student_source=settings.student_source,
             teacher_dataset=dataset,

@@ -125,3 +125,15 @@ def test_committed_yaml_is_up_to_date(tmp_path):
     tag = rest.partition(":")[2]
     fresh = compile_to(tmp_path / "fresh.yaml", registry, tag)
     assert fresh == committed, "pipelines/distill_pipeline.yaml is stale: run `make compile` and commit it"
+
+
+def test_local_runs_build_the_pipeline_without_retry_back_off():
+    """kfp.local honours retry policies: bad input would otherwise fail only after minutes of back-off."""
+    from pipelines.distill_pipeline import build_pipeline, distill_pipeline
+
+    def retry_policies(pipeline) -> int:
+        spec = json_format.MessageToDict(pipeline.pipeline_spec)
+        return yaml.safe_dump(spec).count("retryPolicy")
+
+    assert retry_policies(distill_pipeline) > 0
+    assert retry_policies(build_pipeline(retries=False)) == 0
