@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from components.common.config import to_dict
+from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.store import open_store
 from components.train.batching import BatchStream, collate
@@ -129,7 +130,14 @@ class DistillTrainer:
         folders = {"main": config.data_dir, **config.datasets}
         sources = {}
         for name, folder in folders.items():
-            records = read_records(Path(folder) / "train.jsonl")
+            path = Path(folder) / "train.jsonl"
+            if not path.is_file():
+                field_name = "data_dir" if name == "main" else f"datasets.{name}"
+                raise InputError(
+                    f"{field_name}: {path} does not exist; give the teacher dataset folder (it holds "
+                    "train.jsonl and test.jsonl)"
+                )
+            records = read_records(path)
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
                 attach_topk(sources[name], records, self.tokenizer)

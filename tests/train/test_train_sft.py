@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, InputError
 from components.train import run
 
 
@@ -110,3 +110,8 @@ def test_gradient_accumulation_averages_over_all_tokens_of_the_window(make_confi
     b = AutoModelForCausalLM.from_pretrained(split.output_dir).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_a_missing_dataset_names_the_field(make_config, tmp_path):
+    with pytest.raises(InputError, match=r"data_dir: .*/nowhere/train.jsonl does not exist"):
+        run(make_config(data_dir=str(tmp_path / "nowhere")))
