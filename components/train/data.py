@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from components.common.errors import ConfigError, InputError
 from components.common.records import Record
@@ -34,7 +33,6 @@ class Example:
     # Sparse teacher distribution per scored position, aligned with the scored labels (see sparse_kd).
     teacher_topk: list[tuple[list[int], list[float]]] | None = None
     source: str = "main"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_scored(self) -> int:
