@@ -107,26 +107,28 @@ def load_checkpoint(trainer, step: int) -> dict:
         shutil.rmtree(local, ignore_errors=True)
         trainer.checkpoints.download(step, local)
     acc.wait_for_everyone()
-    state = json.loads((local / "trainer.json").read_text())
-    if (local / "accelerate").is_dir():
-        acc.load_state(str(local / "accelerate"))
-    else:
-        objective = acc.unwrap_model(trainer.model)
-        weights = load_file(str(local / "trainable.safetensors"))
-        expected = {name: tuple(t.shape) for name, t in trainable_state(objective).items()}
-        stored = {name: tuple(t.shape) for name, t in weights.items()}
-        if stored != expected:
-            differing = sorted(set(stored.items()) ^ set(expected.items()))[:2]
-            raise InputError(
-                f"checkpoint {step_name(step)} does not match this model's trainable weights "
-                f"(e.g. {differing}); it was written with another method or LoRA shape. Use a new "
-                "run_id, or delete runs/<run_id>/train/checkpoints"
-            )
-        objective.load_state_dict(weights, strict=False)
-        trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
-    set_rng_state(torch.load(local / "rng.pt", weights_only=False))
-    acc.wait_for_everyone()
-    if acc.is_local_main_process:
-        shutil.rmtree(local, ignore_errors=True)
+    try:
+        state = json.loads((local / "trainer.json").read_text())
+        if (local / "accelerate").is_dir():
+            acc.load_state(str(local / "accelerate"))
+        else:
+            objective = acc.unwrap_model(trainer.model)
+            weights = load_file(str(local / "trainable.safetensors"))
+            expected = {name: tuple(t.shape) for name, t in trainable_state(objective).items()}
+            stored = {name: tuple(t.shape) for name, t in weights.items()}
+            if stored != expected:
+                differing = sorted(set(stored.items()) ^ set(expected.items()))[:2]
+                raise InputError(
+                    f"checkpoint {step_name(step)} does not match this model's trainable weights "
+                    f"(e.g. {differing}); it was written with another method or LoRA shape. Use a new "
+                    "run_id, or delete runs/<run_id>/train/checkpoints"
+                )
+            objective.load_state_dict(weights, strict=False)
+            trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
+        set_rng_state(torch.load(local / "rng.pt", weights_only=False))
+        acc.wait_for_everyone()
+    finally:
+        if acc.is_local_main_process:
+            shutil.rmtree(local, ignore_errors=True)
     log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
     return state
