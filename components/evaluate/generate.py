@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from components.common.errors import ConfigError, InputError
+from components.common.errors import InputError
 
 TORCH_DTYPES = {"auto": "auto", "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -32,14 +32,6 @@ class Generation:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' asked for but no CUDA device is visible; use 'auto' or 'cpu'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_model(path: str | Path, dtype: str, device: torch.device, field: str, base_dir: str | Path = ""):

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from components.common.config import to_dict
+from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
 from components.common.records import Record, read_records
 from components.evaluate.config import Config
@@ -35,7 +36,6 @@ from components.evaluate.generate import (
     answer_perplexity,
     generate,
     load_model,
-    resolve_device,
     size_on_disk,
     split_reasoning,
 )

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
 from components.merge.card import dataset_facts, model_card
 from components.merge.config import DEFAULT_TOLERANCE, Config
@@ -160,14 +161,6 @@ def resolve_dtype(name: str, method: str, weights_dir: Path) -> torch.dtype:
     )
     stored = config.get("dtype") or config.get("torch_dtype") or "float32"
     return getattr(torch, stored) if stored in ("float32", "float16", "bfloat16") else torch.float32
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' asked for but no CUDA device is visible; use 'auto' or 'cpu'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def check_model_folder(path: Path, field: str) -> None:

@@ -110,8 +110,8 @@ def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_
 
 
 def test_asking_for_cuda_without_a_gpu_fails_naming_the_field():
+    from components.common.devices import resolve_device
     from components.common.errors import ConfigError
-    from components.evaluate.generate import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
