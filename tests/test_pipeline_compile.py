@@ -24,7 +24,9 @@ TRAIN = "exec-train-student"
 def compile_to(path: Path, registry: str, tag: str) -> list[dict]:
     """Compile in a fresh interpreter: image names are read from REGISTRY/TAG when components import."""
     env = {**os.environ, "REGISTRY": registry, "TAG": tag}
-    subprocess.run([sys.executable, "-m", "pipelines.distill_pipeline", str(path)], check=True, env=env, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.distill_pipeline", str(path)], check=True, env=env, cwd=REPO
+    )
     return list(yaml.safe_load_all(path.read_text()))
 
 
@@ -50,7 +52,10 @@ def test_teacher_shards_fan_out_then_merge(compiled):
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("teacher-shard-indices-Output")
     assert "for-loop-1" in tasks["teacher-data-2"]["dependentTasks"]
     shard = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]["teacher-data"]
-    assert shard["inputs"]["parameters"]["num_shards"]["componentInputParameter"] == "pipelinechannel--teacher_shards"
+    assert (
+        shard["inputs"]["parameters"]["num_shards"]["componentInputParameter"]
+        == "pipelinechannel--teacher_shards"
+    )
     train = tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]
     assert train["producerTask"] == "teacher-data-2"
 

@@ -97,7 +97,10 @@ def test_malformed_dataset_line_is_reported_with_file_and_line(tmp_path, capfd):
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text('{"prompt": "Reverse the letters of: abc"}\n{"prompt": "Reverse the letters\n')
     settings = LocalRun(
-        workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset=str(dataset), parameters=dict(QUICK)
+        workdir=tmp_path,
+        student_source="tiny://qwen2?warmup_steps=0",
+        dataset=str(dataset),
+        parameters=dict(QUICK),
     )
     with pytest.raises(RuntimeError):
         run_pipeline(settings)
@@ -108,7 +111,9 @@ def test_malformed_dataset_line_is_reported_with_file_and_line(tmp_path, capfd):
 def test_missing_api_key_is_named(tmp_path, capfd, monkeypatch):
     monkeypatch.delenv("DISTILL_TEST_MISSING_KEY", raising=False)
     parameters = {**QUICK, "teacher_api_key_env": "DISTILL_TEST_MISSING_KEY"}
-    settings = LocalRun(workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset_size=10, parameters=parameters)
+    settings = LocalRun(
+        workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset_size=10, parameters=parameters
+    )
     with pytest.raises(RuntimeError):
         run_pipeline(settings)
     output = capfd.readouterr()
