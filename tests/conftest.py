@@ -13,8 +13,6 @@ import pytest
 
 from components.download.tiny import make_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -11,5 +11,3 @@ def setup_logging(level: int = logging.INFO) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    # httpx logs every request URL at INFO; the teacher stage reports its own progress instead.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
