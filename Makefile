@@ -29,8 +29,9 @@ $(VENV)/.installed: pyproject.toml docker/constraints.txt
 demo: install ## run the whole pipeline locally through kfp.local on the embedded demo
 	$(BIN)/python -m pipelines.run_local --workdir .demo
 
+# The venv's bin on PATH, as when it is activated: tests call its tools (hadolint, uv) by name.
 test: install browser ## run the test suite
-	$(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 # The HTML report is checked in headless Debian chromium; where it cannot be installed that test skips.
 browser:
