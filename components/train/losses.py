@@ -2,13 +2,29 @@
 
 A Qwen vocabulary has 151,936 entries: fp32 logits for a batch of 8 x 2048 tokens take 8 * 2048 * 151936
 * 4 bytes = 9.96 GB, twice over with a teacher. Instead the trainer takes the final hidden states at the
-scored positions only (N x d), and for each chunk of `chunk_size` rows projects them through the output
-head, computes the loss terms and keeps only their sums. Each chunk runs under activation checkpointing:
-its logits are freed after the forward pass and recomputed in the backward pass, so peak memory holds one
-chunk's logits (chunk_size x vocab) instead of N x vocab. The result equals the unchunked loss. The price
-is a second pass through the output heads in the backward pass: bench/train_kd_memory.py measures the
-loss's peak memory flat at about 1.65 GB (mostly the head's gradient) from 512 to 1536 tokens against 2.4
-to 7.1 GB unchunked, for about 1.7x the loss's own time.
+scored positions only (N x d), and `token_losses` projects them through the output head `chunk_size` rows
+at a time, keeping only the sums of the loss terms, so peak memory holds one chunk's logits (chunk_size x
+vocab) instead of N x vocab. Two ways to get the gradients through the chunks:
+
+    fused (the default)
+        The gradient in the forward pass, as Liger's fused linear cross-entropy and Apple's Cut Cross-Entropy
+        do: for each chunk, its logits, its loss and at once the loss's gradients with respect to the chunk's
+        hidden states and the head's trainable parameters; the logits are then freed. Kept for backward: the
+        hidden states' gradient (N x d) and an fp32 accumulator per trainable head parameter (none for a
+        frozen head, as with LoRA). Backward only scales them by the incoming gradient: one forward and one
+        backward of the head in all. The stored gradient is that of one scalar, so the mix
+        ce_weight * CE + kd_weight * KD is fixed at the call.
+    checkpoint (fused=False)
+        Each chunk under activation checkpointing, its logits recomputed in the backward pass: a second
+        forward of the heads. For DeepSpeed ZeRO-3, which gathers a partitioned head weight only around that
+        module's own forward and backward, not inside another function's forward.
+
+Both equal the unchunked computation (chunk_size <= 0, the test reference). bench/train_kd_memory.py on a
+2-core CPU (CE + forward KL, Qwen2.5-0.5B trainable fp32 head, 1.5B teacher, chunks of 128) measures the
+loss's peak memory flat from 512 to 1536 tokens, 1.61 GiB fused and 1.55 GiB checkpointed (mostly the head's
+gradient of 520 MiB, twice: the running total and one chunk's), against 2.34 to 6.97 GiB unchunked.
+Checkpointing takes 1.34x (512 tokens) to 1.74x (1536) the fused path's time; the fused path takes 1.10x to
+0.80x the unchunked one's.
 
 Divergences (per token, teacher p and student q, both at temperature T, scaled by T^2 as in Hinton et al.):
 
@@ -25,10 +41,11 @@ loss is the forward KL over those buckets, so a student that matches the teacher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -39,6 +56,15 @@ class Divergence:
     temperature: float = 1.0
     # Compare only the first `vocab_limit` logits: heads padded to different sizes for one tokenizer.
     vocab_limit: int | None = None
+
+
+@dataclass
+class TokenLosses:
+    """What `token_losses` returns: the loss to backpropagate, and its two sums to log."""
+
+    loss: torch.Tensor  # ce_weight * ce_sum + kd_weight * kd_sum: differentiable fp32 scalar
+    ce_sum: torch.Tensor  # summed cross-entropy over the N positions, detached fp32 scalar
+    kd_sum: torch.Tensor  # summed KD divergence, detached fp32 scalar (0 without KD)
 
 
 def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, spec: Divergence) -> torch.Tensor:
@@ -92,68 +118,155 @@ def sparse_forward_kl(
     return top + rest
 
 
-def _chunk_sums(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    head: torch.nn.Module,
-    teacher_hidden: torch.Tensor | None,
-    teacher_head: torch.nn.Module | None,
-    topk_ids: torch.Tensor | None,
-    topk_logprobs: torch.Tensor | None,
-    topk_mask: torch.Tensor | None,
-    spec: Divergence,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class _Labels:
+    """What the student's logits are compared with at each of the N positions, sliced by `rows`."""
+
+    targets: torch.Tensor
+    teacher_hidden: torch.Tensor | None
+    teacher_head: torch.nn.Module | None
+    topk_ids: torch.Tensor | None
+    topk_logprobs: torch.Tensor | None
+    topk_mask: torch.Tensor | None
+    spec: Divergence
+
+    def rows(self, part: slice) -> _Labels:
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[part]
+
+        return replace(
+            self,
+            targets=self.targets[part],
+            teacher_hidden=cut(self.teacher_hidden),
+            topk_ids=cut(self.topk_ids),
+            topk_logprobs=cut(self.topk_logprobs),
+            topk_mask=cut(self.topk_mask),
+        )
+
+
+def _sums(hidden: torch.Tensor, head: torch.nn.Module, labels: _Labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and summed KD divergence (fp32 scalars) of the rows of `hidden`."""
     logits = head(hidden).float()
-    ce = F.cross_entropy(logits, targets, reduction="sum")
+    ce = F.cross_entropy(logits, labels.targets, reduction="sum")
     kd = logits.new_zeros(())
-    if teacher_hidden is not None:
+    if labels.teacher_hidden is not None:
         with torch.no_grad():
-            teacher_logits = teacher_head(teacher_hidden).float()
-        limit = spec.vocab_limit
-        kd = divergence(logits[:, :limit], teacher_logits[:, :limit], spec).sum()
-    elif topk_ids is not None:
-        per_row = sparse_forward_kl(logits, topk_ids, topk_logprobs)
-        kd = (per_row * topk_mask).sum()
+            teacher_logits = labels.teacher_head(labels.teacher_hidden).float()
+        limit = labels.spec.vocab_limit
+        kd = divergence(logits[:, :limit], teacher_logits[:, :limit], labels.spec).sum()
+    elif labels.topk_ids is not None:
+        per_row = sparse_forward_kl(logits, labels.topk_ids, labels.topk_logprobs)
+        kd = (per_row * labels.topk_mask).sum()
     return ce, kd
 
 
-def chunked_token_losses(
+def _chunks(rows: int, chunk_size: int) -> list[slice]:
+    return [slice(start, start + chunk_size) for start in range(0, rows, chunk_size)]
+
+
+def _checkpointed_sums(
+    hidden: torch.Tensor, head: torch.nn.Module, labels: _Labels, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums chunk by chunk, each chunk under activation checkpointing (recomputed in backward)."""
+    if hidden.shape[0] <= chunk_size:
+        return _sums(hidden, head, labels)
+    ce_total = kd_total = hidden.new_zeros((), dtype=torch.float32)
+    for part in _chunks(hidden.shape[0], chunk_size):
+        ce, kd = checkpoint(_sums, hidden[part], head, labels.rows(part), use_reentrant=False)
+        ce_total, kd_total = ce_total + ce, kd_total + kd
+    return ce_total, kd_total
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class _FusedTokenLosses(torch.autograd.Function):
+    """loss = ce_weight * ce_sum + kd_weight * kd_sum, its gradients computed chunk by chunk in forward.
+
+    `params` are the head's trainable parameters (none for a frozen head): they are inputs here so that
+    autograd routes their stored gradients to them, summed with any other use (a tied embedding).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, head, labels, chunk_size, ce_weight, kd_weight, *params):
+        wants_hidden = ctx.needs_input_grad[0]
+        hidden_grad = torch.empty_like(hidden) if wants_hidden else None
+        param_grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        ce_total = kd_total = hidden.new_zeros((), dtype=torch.float32)
+        for part in _chunks(hidden.shape[0], chunk_size):
+            # The chunk's graph lives only inside this loop: keep any outer saved-tensor hooks (CPU offload,
+            # an enclosing checkpoint) away from its logits. Saving a detached tensor avoids a reference cycle.
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(torch.Tensor.detach, _same):
+                rows = hidden[part].detach().requires_grad_(wants_hidden)
+                ce, kd = _sums(rows, head, labels.rows(part))
+                inputs = ([rows] if wants_hidden else []) + list(params)
+                grads = list(torch.autograd.grad(ce_weight * ce + kd_weight * kd, inputs, allow_unused=True))
+            if wants_hidden:
+                hidden_grad[part] = grads.pop(0)
+            for total, grad in zip(param_grads, grads, strict=True):
+                if grad is not None:  # a trainable parameter the head does not use
+                    total.add_(grad)
+            ce_total, kd_total = ce_total + ce.detach(), kd_total + kd.detach()
+        ctx.hidden_grad, ctx.param_grads = hidden_grad, param_grads
+        ctx.param_dtypes = [p.dtype for p in params]
+        ctx.mark_non_differentiable(ce_total, kd_total)
+        return ce_weight * ce_total + kd_weight * kd_total, ce_total, kd_total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_ce, _grad_kd):
+        if ctx.param_grads is None:
+            raise RuntimeError(
+                "token_losses(fused=True) was backpropagated twice: its stored gradients are consumed by "
+                "the first backward. Use fused=False to backpropagate through the loss more than once."
+            )
+        hidden_grad, param_grads = ctx.hidden_grad, ctx.param_grads
+        ctx.hidden_grad = ctx.param_grads = None  # scaled in place below, and freed once autograd has them
+        if hidden_grad is not None:
+            hidden_grad.mul_(grad_loss)
+        scaled = [
+            total.mul_(grad_loss).to(dtype)
+            for total, dtype in zip(param_grads, ctx.param_dtypes, strict=True)
+        ]
+        return hidden_grad, None, None, None, None, None, *scaled
+
+
+def token_losses(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     head: torch.nn.Module,
     chunk_size: int,
+    *,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.nn.Module | None = None,
     topk_ids: torch.Tensor | None = None,
     topk_logprobs: torch.Tensor | None = None,
     topk_mask: torch.Tensor | None = None,
     spec: Divergence = Divergence(),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and summed KD divergence over N scored positions (hidden is N x d).
+    fused: bool = True,
+) -> TokenLosses:
+    """The mixed loss and the summed CE and KD over N scored positions (hidden is N x d, targets N).
 
-    `chunk_size` <= 0 computes everything in one piece (the reference the chunked path must equal).
+    KD comes from a local teacher (`teacher_hidden` N x d_teacher through `teacher_head`) or from stored
+    top-k log-probabilities (`topk_*`, masked by `topk_mask`); with neither, kd_sum is 0.
+    `chunk_size` <= 0 computes everything in one piece: the reference, holding N x vocab logits until
+    backward. Otherwise `fused` computes the gradients in the forward pass; `fused=False` checkpoints each
+    chunk and recomputes it in backward, for DeepSpeed ZeRO-3, which gathers a trainable head's weight only
+    around the module's own forward and backward.
     """
-    if chunk_size <= 0 or hidden.shape[0] <= chunk_size:
-        return _chunk_sums(
-            hidden, targets, head, teacher_hidden, teacher_head, topk_ids, topk_logprobs, topk_mask, spec
+    labels = _Labels(targets, teacher_hidden, teacher_head, topk_ids, topk_logprobs, topk_mask, spec)
+    params = [p for p in head.parameters() if p.requires_grad]
+    wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
+    if chunk_size > 0 and fused and wants_grad:
+        loss, ce, kd = _FusedTokenLosses.apply(
+            hidden, head, labels, chunk_size, ce_weight, kd_weight, *params
         )
-    ce_total = hidden.new_zeros((), dtype=torch.float32)
-    kd_total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        part = slice(start, start + chunk_size)
-        ce, kd = checkpoint(
-            _chunk_sums,
-            hidden[part],
-            targets[part],
-            head,
-            None if teacher_hidden is None else teacher_hidden[part],
-            teacher_head,
-            None if topk_ids is None else topk_ids[part],
-            None if topk_logprobs is None else topk_logprobs[part],
-            None if topk_mask is None else topk_mask[part],
-            spec,
-            use_reentrant=False,
-        )
-        ce_total = ce_total + ce
-        kd_total = kd_total + kd
-    return ce_total, kd_total
+        return TokenLosses(loss, ce, kd)
+    if chunk_size > 0:
+        ce, kd = _checkpointed_sums(hidden, head, labels, chunk_size)
+    else:
+        ce, kd = _sums(hidden, head, labels)
+    return TokenLosses(ce_weight * ce + kd_weight * kd, ce.detach(), kd.detach())
