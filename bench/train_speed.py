@@ -55,7 +55,7 @@ def plain_loop(model_dir: Path, data: list[Record], steps: int, batch: int) -> f
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        b = collate(stream.get(step), tokenizer.pad_token_id, False, 256)
+        b = collate(stream.get(step), tokenizer.pad_token_id, "padded", 256)
         loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
         loss.backward()
         optimizer.step()

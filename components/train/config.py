@@ -188,10 +188,12 @@ class Config:
     reasoning: Literal["drop", "context", "train"] = "drop"
     # Score only the final assistant turn (the teacher's) or every assistant turn of the conversation.
     assistant_turns: Literal["last", "all"] = "last"
-    # Lay several records end to end in one row (no cross-record attention): no padding compute.
-    packing: bool = False
-    # Batch records of similar length together (less padding) when not packing.
-    group_by_length: bool = False
+    # How a micro-batch's records become tensors (batching.py):
+    # padding_free: all records end to end in one row, no padding at all; attention stays inside each
+    #   record (a variable-length flash kernel on CUDA, see varlen.py). The fastest layout.
+    # padded: one row per record, right-padded to the longest; grouped: the same with records of similar
+    #   length batched together; packed: rows of at most max_length tokens, several records each.
+    batching: Literal["padding_free", "padded", "grouped", "packed"] = "padding_free"
 
     # Extra teacher datasets for curriculum mixes: name -> folder with train.jsonl.
     datasets: dict[str, str] = field(default_factory=dict)
@@ -212,8 +214,14 @@ class Config:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Recompute activations in the backward pass: less memory for about a third more compute.
     gradient_checkpointing: bool = False
-    # Attention kernel: auto lets transformers choose (sdpa); eager is needed for attention-map losses.
+    # Attention kernel: auto is variable-length flash attention for padding-free batches (varlen.py) and
+    # transformers' choice (sdpa) otherwise; eager is needed for attention-map losses.
     attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+
+    # Compile each decoder block with torch.compile, with dynamic shapes so that one compilation serves
+    # every batch length: fuses the norms, rotary embedding, activation and LoRA branches into fewer
+    # kernels. Costs about a minute of compilation when training starts.
+    compile: bool = False
 
     # --- distributed --------------------------------------------------------------------------------
     # DeepSpeed ZeRO config shipped in components/train/deepspeed/ (none: plain DDP or single device).
@@ -260,13 +268,16 @@ class Config:
                 "save_steps: checkpoints are written to the artifact store; set store_uri (a local folder "
                 "or s3://bucket/prefix) or save_steps: 0"
             )
-        if self.packing and self.group_by_length:
-            raise ConfigError("packing / group_by_length: choose one; packing already removes padding")
         if self.method == "qlora" and self.deepspeed.startswith("zero3"):
             raise ConfigError(
                 "deepspeed: ZeRO-3 shards parameters across GPUs, but QLoRA's 4-bit weights are packed "
                 "bitsandbytes tensors that ZeRO-3 cannot partition and gather; use zero2 with qlora, or "
                 "method lora with zero3"
+            )
+        if self.compile and self.deepspeed.startswith("zero3"):
+            raise ConfigError(
+                "compile: ZeRO-3 gathers each block's parameters in hooks around its forward pass, which "
+                "torch.compile does not trace; use deepspeed zero2 (or none) with compile, or compile: false"
             )
         needs_teacher = self.kd.kind == "logits" or self.intermediate.enabled
         if needs_teacher and not self.kd.teacher_dir:

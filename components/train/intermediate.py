@@ -4,8 +4,9 @@
   (one per mapped pair; identity when the widths match), and the mapped teacher block outputs (TinyBERT);
 - attention: MSE between attention probability maps of mapped blocks, heads averaged when the head
   counts differ (MiniLM-style, needs the eager attention kernel);
-- contrastive: InfoNCE between each row's mean-pooled student state (projected) and the teacher's; the
-  other rows of the batch are the negatives (CRD-style; with packing a row holds several records).
+- contrastive: InfoNCE between each record's mean-pooled student state (projected) and the teacher's;
+  the batch's other records are the negatives (CRD-style). Records are told apart by the batch's segment
+  ids, so this works whatever the layout (padded rows, packed rows or one padding-free row).
 
 Layer map: pairs [student_block, teacher_block] with 1-based block indices (hidden_states[i] of transformers
 is the output of block i; 0 is the embeddings). By default student block i maps to teacher block
@@ -62,15 +63,16 @@ class IntermediateLoss(nn.Module):
     def needs_attentions(self) -> bool:
         return self.settings.attention_weight > 0
 
-    def forward(self, s_hidden, s_attn, t_hidden, t_attn, token_mask) -> dict[str, torch.Tensor]:
-        mask = token_mask.to(s_hidden[-1].dtype)
+    def forward(self, s_hidden, s_attn, t_hidden, t_attn, segment_ids) -> dict[str, torch.Tensor]:
+        """segment_ids (rows, width): the record each token belongs to, -1 on padding."""
+        mask = (segment_ids >= 0).to(s_hidden[-1].dtype)
         raw: dict[str, torch.Tensor] = {}
         if self.weights["hidden"] > 0:
             raw["hidden"] = self.hidden_term(s_hidden, t_hidden, mask)
         if self.weights["attention"] > 0 and s_attn is not None:
             raw["attention"] = self.attention_term(s_attn, t_attn, mask)
         if self.weights["contrastive"] > 0:
-            raw["contrastive"] = self.contrastive_term(s_hidden[-1], t_hidden[-1], mask)
+            raw["contrastive"] = self.contrastive_term(s_hidden[-1], t_hidden[-1], segment_ids)
         return {
             f"{name}_loss": self.weights[name] * self.balanced(name, value) for name, value in raw.items()
         }
@@ -94,12 +96,16 @@ class IntermediateLoss(nn.Module):
             total = total + (per_query * mask).sum() / mask.sum()
         return total / max(1, len(pairs))
 
-    def contrastive_term(self, s_last, t_last, mask) -> torch.Tensor:
-        if s_last.shape[0] < 2:
+    def contrastive_term(self, s_last, t_last, segment_ids) -> torch.Tensor:
+        records = int(segment_ids.max()) + 1
+        if records < 2:
             return s_last.new_zeros((), dtype=torch.float32)
-        weights = mask.unsqueeze(-1) / mask.sum(1, keepdim=True).unsqueeze(-1)
-        s_pool = F.normalize(self.pool_projection((s_last.float() * weights).sum(1)), dim=-1)
-        t_pool = F.normalize((t_last.float() * weights).sum(1), dim=-1)
+        # (records, tokens) averaging matrix: row r holds 1/len(r) on record r's tokens, 0 elsewhere.
+        flat = segment_ids.flatten()
+        member = F.one_hot(flat.clamp_min(0), records).T.float() * (flat >= 0).float()
+        weights = member / member.sum(1, keepdim=True)
+        s_pool = F.normalize(self.pool_projection(weights @ s_last.flatten(0, 1).float()), dim=-1)
+        t_pool = F.normalize(weights @ t_last.flatten(0, 1).float(), dim=-1)
         logits = s_pool @ t_pool.T / self.settings.contrastive_temperature
         return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 

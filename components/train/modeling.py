@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
+from components.train import varlen
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,25 @@ def check_model_dir(path: str, field: str) -> Path:
     return folder
 
 
+def attention_kwargs(config) -> dict:
+    """The attention kernel for student and teacher: they always see the same batches."""
+    if config.intermediate.attention_weight > 0:
+        # Attention maps are only returned by the eager kernel, never by sdpa or flash attention.
+        return {"attn_implementation": "eager"}
+    if config.attention != "auto":
+        return {"attn_implementation": config.attention}
+    if config.batching == "padding_free":
+        return {"attn_implementation": varlen.register()}
+    return {}
+
+
 def load_student(config, device: torch.device, precision: str):
     """The student ready to train: frozen base + LoRA adapters, or every weight trainable."""
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(config.model_dir, "model_dir")
     kwargs: dict = {"dtype": torch.float32 if config.method == "full" else DTYPES[precision]}
-    if config.attention != "auto":
-        kwargs["attn_implementation"] = config.attention
-    if config.intermediate.attention_weight > 0:
-        # Attention maps are only returned by the eager kernel.
-        kwargs["attn_implementation"] = "eager"
+    kwargs.update(attention_kwargs(config))
     if config.method == "qlora":
         kwargs.update(qlora_kwargs(device, precision))
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -60,10 +69,19 @@ def load_student(config, device: torch.device, precision: str):
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if config.method == "full":
-        model.train()
-        return model
-    return add_lora(model, config)
+    if config.method != "full":
+        model = add_lora(model, config)
+    model.train()
+    if config.compile:
+        compile_blocks(model)
+    return model
+
+
+def compile_blocks(model) -> None:
+    # Block by block ("regional" compilation): every block has the same code, so one compilation serves
+    # them all, in a fraction of the time a whole-model graph takes.
+    for block in backbone(model).layers:
+        block.compile(dynamic=True)
 
 
 def qlora_kwargs(device: torch.device, precision: str) -> dict:
@@ -109,7 +127,6 @@ def add_lora(model, config):
     if config.gradient_checkpointing:
         # With a frozen embedding nothing upstream needs grad; checkpointed blocks then drop the adapters'.
         model.enable_input_require_grads()
-    model.train()
     return model
 
 
@@ -140,14 +157,14 @@ def load_teacher(config, device: torch.device, precision: str):
 
         index = device.index if device.index is not None else torch.cuda.current_device()
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": index})
-    if config.intermediate.attention_weight > 0:
-        # Attention maps are only returned by the eager kernel, never by sdpa or flash attention.
-        kwargs["attn_implementation"] = "eager"
+    kwargs.update(attention_kwargs(config))
     teacher = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if not config.kd.teacher_8bit:
         teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)
+    if config.compile:
+        compile_blocks(teacher)
     return teacher
 
 

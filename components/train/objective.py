@@ -6,7 +6,8 @@ module and every one of them is reached through its `forward`. The frozen teache
 `torch.no_grad()`, and its outputs come in as a `TeacherOutputs`.
 
 Only positions whose next token is scored go through the output head (see losses.py): the prompt's
-positions cost the decoder blocks but not the vocabulary projection.
+positions cost the decoder blocks but not the vocabulary projection. Which positions those are comes from
+the batch (computed on the CPU), so the step never waits on the GPU to find out.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.train.batching import Batch
-from components.train.data import IGNORE
-from components.train.losses import Divergence, chunked_token_losses
+from components.train.batching import Batch, to_device
+from components.train.losses import Divergence, token_losses
 from components.train.modeling import backbone, base_model
 
 
@@ -41,9 +41,9 @@ class SparseTargets:
     mask: torch.Tensor  # (N,) 1.0 where the position has teacher data
 
 
-def scored_mask(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T-1) True where position t predicts a scored token t+1."""
-    return labels[:, 1:] != IGNORE
+def scored_hidden(last_hidden_state: torch.Tensor, scored_index: torch.Tensor) -> torch.Tensor:
+    """(N, d) hidden states at the scored positions; `scored_index` holds flat (row * width + t) indices."""
+    return last_hidden_state.flatten(0, 1).index_select(0, scored_index)
 
 
 def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attentions: bool = False):
@@ -55,8 +55,7 @@ def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attenti
             output_hidden_states=layers,
             output_attentions=attentions,
         )
-        mask = scored_mask(batch.labels.to(device))
-        hidden = out.last_hidden_state[:, :-1][mask]
+        hidden = scored_hidden(out.last_hidden_state, to_device(batch.scored_index, device))
     return TeacherOutputs(
         hidden=hidden,
         head=teacher.get_output_embeddings(),
@@ -66,7 +65,7 @@ def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attenti
 
 
 class DistillObjective(nn.Module):
-    """Student (+ learned projections); `forward(batch)` returns summed token losses and extra terms."""
+    """Student (+ learned projections); `forward` returns the summed token loss and the extra terms."""
 
     def __init__(
         self,
@@ -75,6 +74,7 @@ class DistillObjective(nn.Module):
         chunk_size: int,
         intermediate: nn.Module | None = None,
         logit_kd: bool = False,
+        fused_loss: bool = True,
     ):
         super().__init__()
         self.student = student
@@ -83,51 +83,60 @@ class DistillObjective(nn.Module):
         self.spec = spec
         self.chunk_size = chunk_size
         self.intermediate = intermediate
+        # False under ZeRO-3 with a trainable head (see losses.py): recompute chunks in the backward pass.
+        self.fused_loss = fused_loss
 
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
+        scored_index: torch.Tensor,
+        targets: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
         teacher: TeacherOutputs | None = None,
         sparse: SparseTargets | None = None,
-        token_mask: torch.Tensor | None = None,
+        ce_weight: float = 1.0,
+        kd_weight: float = 0.0,
+        **model_inputs,
     ) -> dict[str, torch.Tensor]:
+        """`model_inputs`: the rest of Batch.model_inputs (masks, position ids, varlen offsets).
+
+        Returns `loss` (ce_weight * CE + kd_weight * KD, summed over the scored tokens, differentiable),
+        `ce_sum` and `kd_sum` (detached, for logging), and each intermediate term (a mean, weighted).
+        """
         wants_layers = self.intermediate is not None and teacher is not None
         wants_attn = wants_layers and self.intermediate.needs_attentions
         out = backbone(self.student)(
             input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
             # A KV cache is useless in training, and its presence turns off transformers' detection of
             # packed rows (position ids restarting at 0), which then would attend across records.
             use_cache=False,
             output_hidden_states=wants_layers,
             output_attentions=wants_attn,
+            **model_inputs,
         )
-        mask = scored_mask(labels)
-        hidden = out.last_hidden_state[:, :-1][mask]
-        targets = labels[:, 1:][mask]
-        ce, kd = chunked_token_losses(
-            hidden,
+        kd_teacher = teacher if teacher is not None and self.logit_kd else None
+        sums = token_losses(
+            scored_hidden(out.last_hidden_state, scored_index),
             targets,
             base_model(self.student).get_output_embeddings(),
             self.chunk_size,
-            teacher_hidden=teacher.hidden if teacher is not None and self.logit_kd else None,
-            teacher_head=teacher.head if teacher is not None and self.logit_kd else None,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+            teacher_hidden=None if kd_teacher is None else kd_teacher.hidden,
+            teacher_head=None if kd_teacher is None else kd_teacher.head,
             topk_ids=None if sparse is None else sparse.ids,
             topk_logprobs=None if sparse is None else sparse.logprobs,
             topk_mask=None if sparse is None else sparse.mask,
             spec=self.spec,
+            fused=self.fused_loss,
         )
-        terms = {"ce_sum": ce, "kd_sum": kd}
+        terms = {"loss": sums.loss, "ce_sum": sums.ce_sum, "kd_sum": sums.kd_sum}
         if wants_layers:
-            if token_mask is None:
-                token_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            if segment_ids is None:
+                segment_ids = torch.zeros_like(input_ids)
             terms.update(
                 self.intermediate(
-                    out.hidden_states, out.attentions, teacher.layers, teacher.attentions, token_mask
+                    out.hidden_states, out.attentions, teacher.layers, teacher.attentions, segment_ids
                 )
             )
         return terms

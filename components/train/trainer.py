@@ -6,7 +6,8 @@
 Feature -> flag:
     SFT on teacher answers, assistant tokens only      (always)         data.py
     chain of thought in or out of the loss             reasoning        data.py
-    packing without cross-record attention             packing          batching.py
+    padding-free rows, varlen flash attention          batching         batching.py, varlen.py
+    fused chunked CE/KD loss, no full logits           kd.chunk_size    losses.py
     logit KD from a local teacher (KL, RKL, JSD)       kd.kind=logits   losses.py
     sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
     hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
@@ -40,7 +41,7 @@ from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
 from components.train.launch import accelerator_for
 from components.train.losses import Divergence
-from components.train.modeling import check_vocab, load_student, load_teacher, resolve_precision
+from components.train.modeling import base_model, check_vocab, load_student, load_teacher, resolve_precision
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.progress import Progress
 from components.train.sparse_kd import attach_topk, sparse_targets
@@ -79,6 +80,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def fused_loss_allowed(config, student) -> bool:
+    """The fused loss keeps the head's weight gradient from the forward pass until the backward pass;
+    ZeRO-3 re-partitions that weight in between, so a trainable head under ZeRO-3 needs the recompute."""
+    head = base_model(student).get_output_embeddings()
+    head_trains = any(p.requires_grad for p in head.parameters())
+    return not (config.deepspeed.startswith("zero3") and head_trains)
+
+
+def to_floats(values: dict) -> dict[str, float]:
+    """The window's statistics as numbers, with one device-to-host copy for all its tensors (a float()
+    per tensor would wait for the GPU once each)."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    numbers = torch.stack([values[k].float() for k in keys]).tolist() if keys else []
+    return {**values, **dict(zip(keys, numbers, strict=True))}
+
+
 class DistillTrainer:
     """One run of the recipe: `setup()`, then `train()` (every stage), then `save(result)`."""
 
@@ -109,7 +126,12 @@ class DistillTrainer:
             if config.intermediate.enabled:
                 intermediate = IntermediateLoss(config.intermediate, self.student.config, self.teacher.config)
         self.objective = DistillObjective(
-            self.student, divergence, config.kd.chunk_size, intermediate, logit_kd=config.kd.kind == "logits"
+            self.student,
+            divergence,
+            config.kd.chunk_size,
+            intermediate,
+            logit_kd=config.kd.kind == "logits",
+            fused_loss=fused_loss_allowed(config, self.student),
         )
         self.objective.to(self.device)
         self.stage_index = self.stage_step = self.global_step = 0
@@ -147,9 +169,13 @@ class DistillTrainer:
     def _build_optimizer(self):
         params = [p for p in self.objective.parameters() if p.requires_grad]
         # One optimizer for the whole run: each stage sets its own learning rate and schedule on it, so
-        # DeepSpeed's engine (built around the optimizer) is created once.
+        # DeepSpeed's engine (built around the optimizer) is created once. On a GPU the fused kernel
+        # updates every tensor in a few launches instead of a dozen per parameter.
         return torch.optim.AdamW(
-            params, lr=self.stages[0].learning_rate, weight_decay=self.config.weight_decay
+            params,
+            lr=self.stages[0].learning_rate,
+            weight_decay=self.config.weight_decay,
+            fused=self.device.type == "cuda",
         )
 
     def _start_stage(self, stage: StagePlan, total_steps: int) -> None:
@@ -167,15 +193,22 @@ class DistillTrainer:
         )
 
     # --- the loss of one optimizer step ---------------------------------------------------------------
-    def loss_step(self, stage: StagePlan, micro_batches: list) -> dict[str, float]:
-        """Forward/backward over one accumulation window, then the optimizer step; returns statistics."""
+    def loss_step(self, stage: StagePlan, micro_batches: list) -> dict[str, torch.Tensor | float]:
+        """Forward/backward over one accumulation window, then the optimizer step; returns statistics.
+
+        Nothing here waits for the GPU: token counts come from the CPU-side batches, and the loss
+        statistics stay on the device (as tensors) until the trainer logs them.
+        """
         config = self.config
         accum = len(micro_batches)
         scored = max(1, sum(batch.num_scored for batch in micro_batches))
         kd_on = config.kd.kind != "none"
-        ce_weight = 1.0 - stage.kd_alpha if kd_on else 1.0
-        kd_weight = stage.kd_alpha if kd_on else 0.0
-        stats = {"ce": 0.0, "kd": 0.0, "mixed": 0.0, "scored": float(scored), "tokens": 0.0}
+        weights = {
+            "ce_weight": 1.0 - stage.kd_alpha if kd_on else 1.0,
+            "kd_weight": stage.kd_alpha if kd_on else 0.0,
+        }
+        sums: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor | float] = {"scored": float(scored), "tokens": 0.0}
         for batch in micro_batches:
             with self.accelerator.accumulate(self.model):
                 teacher = None
@@ -189,36 +222,36 @@ class DistillTrainer:
                     )
                 terms = self.model(
                     **batch.model_inputs(self.device),
-                    labels=batch.labels.to(self.device),
+                    **batch.loss_inputs(self.device),
                     teacher=teacher,
                     sparse=sparse_targets(batch, self.device) if config.kd.kind == "topk" else None,
-                    token_mask=batch.token_mask.to(self.device),
+                    **weights,
                 )
-                ce, kd = terms.pop("ce_sum"), terms.pop("kd_sum")
                 # accelerate divides the loss by the window length; multiplying by it first makes the
                 # window's loss the mean over all its scored tokens, whatever each micro-batch holds.
-                loss = (ce_weight * ce + kd_weight * kd) * accum / scored
+                loss = terms.pop("loss") * accum / scored
                 # Intermediate terms are already means over the micro-batch (and weighted).
-                loss = loss + sum(terms.values()) if terms else loss
+                loss = loss + sum(terms[k] for k in terms if k.endswith("_loss"))
                 self.accelerator.backward(loss)
-                stats["ce"] += float(ce.detach())
-                stats["kd"] += float(kd.detach())
-                stats["mixed"] += ce_weight * float(ce.detach()) + kd_weight * float(kd.detach())
                 for name, value in terms.items():
-                    stats[name] = stats.get(name, 0.0) + float(value.detach()) / accum
+                    value = value.detach() / (accum if name.endswith("_loss") else 1)
+                    sums[name] = sums[name] + value if name in sums else value
                 stats["tokens"] += batch.num_tokens
                 if self.accelerator.sync_gradients:
                     stats["grad_norm"] = self._clip()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        stats["ce"], stats["kd"] = sums.pop("ce_sum"), sums.pop("kd_sum")
+        stats["mixed"] = weights["ce_weight"] * stats["ce"] + weights["kd_weight"] * stats["kd"]
+        stats.update(sums)
         return stats
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor | float:
         if self.config.max_grad_norm <= 0:
             return float("nan")
         norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        return float(norm) if norm is not None else float("nan")
+        return norm.detach() if isinstance(norm, torch.Tensor) else float(norm or "nan")
 
     # --- training -------------------------------------------------------------------------------------
     def train(self) -> Result:
@@ -251,7 +284,7 @@ class DistillTrainer:
             if state is not None and stage.index < state["stage"]:
                 continue
             seed = config.seed + stage.index
-            stream = BatchStream(stage.examples, config.batch_size, seed, config.group_by_length)
+            stream = BatchStream(stage.examples, config.batch_size, seed, config.batching == "grouped")
             total = stage.total_steps(stream.batches_per_epoch, world * accum)
             self._start_stage(stage, total)
             self.stage_index, stage_step = stage.index, 0
@@ -272,7 +305,7 @@ class DistillTrainer:
                     index = (stage_step * accum + m) * world + acc.process_index
                     examples = stream.get(index)
                     micro.append(
-                        collate(examples, self.tokenizer.pad_token_id, config.packing, config.max_length)
+                        collate(examples, self.tokenizer.pad_token_id, config.batching, config.max_length)
                     )
                 stats = self.loss_step(stage, micro)
                 stage_step += 1
@@ -305,6 +338,7 @@ class DistillTrainer:
         )
 
     def _log(self, trackers, progress, window, stage, stage_step) -> tuple[float, dict[str, float]]:
+        window = to_floats(window)
         world = self.accelerator.num_processes
         if world > 1:
             # Every rank saw other records: the logged figures are over all of them.

@@ -13,6 +13,7 @@ import torch
 from components.common.errors import ConfigError
 from components.train import run
 from components.train.launch import deepspeed_config, relaunch_command
+from components.train.trainer import DistillTrainer
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal of a GPU-only path")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -23,8 +24,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
     [
         ({"lora": {"r": 8, "alpha": 16, "use_rslora": True}}, "use_rslora"),
         ({"lora": {"r": 8, "alpha": 16, "use_dora": True}}, "use_dora"),
-        ({"gradient_checkpointing": True, "gradient_accumulation_steps": 2, "packing": True}, None),
-        ({"group_by_length": True, "reasoning": "train", "truncation": "left", "max_length": 40}, None),
+        ({"gradient_checkpointing": True, "gradient_accumulation_steps": 2, "batching": "packed"}, None),
+        ({"batching": "grouped", "reasoning": "train", "truncation": "left", "max_length": 40}, None),
     ],
     ids=["rslora", "dora", "checkpointing+accumulation+packing", "grouping+reasoning+truncation"],
 )
@@ -184,3 +185,31 @@ def test_gpu_kd_with_an_8bit_teacher(make_config, tiny_model_dir, tmp_path):
     print(
         f"kd 8-bit teacher: {result.tokens_per_second:.0f} tok/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     )
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_a_training_step_never_waits_for_the_gpu(make_config, tiny_model_dir, tmp_path, monkeypatch):
+    """A step queues its kernels and returns: any device-to-host copy or sync inside it raises."""
+    student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
+    original = DistillTrainer.loss_step
+
+    def strict_step(self, stage, micro_batches):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(self, stage, micro_batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(DistillTrainer, "loss_step", strict_step)
+    config = make_config(model_dir=student, precision="bf16", max_steps=3, logging_steps=3)
+    assert run(config).steps == 3
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(make_config, tmp_path):
+    # No dropout: compiled code draws its random masks from another generator.
+    common = {"max_steps": 3, "lora": {"dropout": 0.0}}
+    eager = run(make_config(**common, output_dir=str(tmp_path / "eager")))
+    compiled = run(make_config(**common, output_dir=str(tmp_path / "compiled"), compile=True))
+    assert compiled.final_loss == pytest.approx(eager.final_loss, rel=1e-4)

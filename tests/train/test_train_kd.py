@@ -124,13 +124,13 @@ def test_records_whose_tokens_differ_from_the_students_fall_back_to_cross_entrop
     assert examples[1].teacher_topk is None
 
 
-@pytest.mark.parametrize(("kind", "packing"), [("logits", False), ("none", True)])
+@pytest.mark.parametrize(("kind", "batching"), [("logits", "padding_free"), ("none", "packed")])
 def test_intermediate_terms_train_a_projection_and_report_each_part(
-    make_config, tiny_teacher_dir, kind, packing
+    make_config, tiny_teacher_dir, kind, batching
 ):
     config = make_config(
         max_steps=2,
-        packing=packing,
+        batching=batching,
         kd={"kind": kind, "teacher_dir": str(tiny_teacher_dir)},
         intermediate={
             "hidden_weight": 1.0,

@@ -79,8 +79,9 @@ def test_training_loss_goes_down_on_repeated_data(make_config):
         ({"save_steps": 5}, "store_uri"),
         ({"warmup_ratio": 1.5}, "warmup_ratio"),
         ({"kd": {"kind": "logits"}}, "kd.teacher_dir"),
-        ({"packing": True, "group_by_length": True}, "packing"),
+        ({"batching": "rows"}, "batching"),
         ({"method": "qlora", "deepspeed": "zero3"}, "ZeRO-3"),
+        ({"compile": True, "deepspeed": "zero3"}, "compile: ZeRO-3"),
     ],
 )
 def test_bad_configs_fail_at_load_naming_the_field(make_config, fields, message):
