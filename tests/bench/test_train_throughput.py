@@ -20,7 +20,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 OURS = "ours (padding-free, attention auto)"
 SFT_MODES = [OURS, "TRL padding", "TRL padding-free", "TRL packing bfd"]  # those that need no CUDA
-KD_MODES = ["naive full-vocabulary KD", "ours KD", "ours SFT, same student and tokens"]
+KD_MODES = [
+    "naive full-vocabulary KD",
+    "ours KD",
+    "ours SFT, same student and tokens",
+    "ours KD, gradient checkpointing",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,9 @@ def output() -> list[str]:
             "2",
             "--curve-steps",
             "4",
+            # Compiling on CPU takes a minute per shape; tests/train covers compiled training.
+            "--sections",
+            "sft,kd",
         ],
         cwd=ROOT,
         capture_output=True,
