@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.train.batching import Batch, to_device
 from components.train.losses import Divergence, token_losses
 from components.train.modeling import backbone, base_model
 
@@ -46,16 +45,19 @@ def scored_hidden(last_hidden_state: torch.Tensor, scored_index: torch.Tensor) -
     return last_hidden_state.flatten(0, 1).index_select(0, scored_index)
 
 
-def teacher_outputs(teacher, batch: Batch, device, layers: bool = False, attentions: bool = False):
-    """Run the frozen teacher on `batch`; keep the scored positions' last hidden state."""
+def teacher_outputs(
+    teacher, model_inputs: dict, scored_index: torch.Tensor, layers: bool = False, attentions: bool = False
+) -> TeacherOutputs:
+    """Run the frozen teacher on a batch (its `Batch.model_inputs`); keep the scored positions' last
+    hidden state."""
     with torch.no_grad():
         out = backbone(teacher)(
-            **batch.model_inputs(device),
+            **model_inputs,
             use_cache=False,
             output_hidden_states=layers,
             output_attentions=attentions,
         )
-        hidden = scored_hidden(out.last_hidden_state, to_device(batch.scored_index, device))
+        hidden = scored_hidden(out.last_hidden_state, scored_index)
     return TeacherOutputs(
         hidden=hidden,
         head=teacher.get_output_embeddings(),

@@ -211,18 +211,19 @@ class DistillTrainer:
         stats: dict[str, torch.Tensor | float] = {"scored": float(scored), "tokens": 0.0}
         for batch in micro_batches:
             with self.accelerator.accumulate(self.model):
+                model_inputs, loss_inputs = batch.model_inputs(self.device), batch.loss_inputs(self.device)
                 teacher = None
                 if self.teacher is not None:
                     teacher = teacher_outputs(
                         self.teacher,
-                        batch,
-                        self.device,
+                        model_inputs,
+                        loss_inputs["scored_index"],
                         layers=config.intermediate.enabled,
                         attentions=config.intermediate.attention_weight > 0,
                     )
                 terms = self.model(
-                    **batch.model_inputs(self.device),
-                    **batch.loss_inputs(self.device),
+                    **model_inputs,
+                    **loss_inputs,
                     teacher=teacher,
                     sparse=sparse_targets(batch, self.device) if config.kd.kind == "topk" else None,
                     **weights,
