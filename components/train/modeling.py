@@ -70,7 +70,7 @@ def load_student(config, device: torch.device, precision: str):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if config.method != "full":
-        model = add_lora(model, config)
+        model = add_lora(model, config, autocast=precision != "fp32")
     model.train()
     if config.compile:
         compile_blocks(model)
@@ -104,7 +104,7 @@ def qlora_kwargs(device: torch.device, precision: str) -> dict:
     return {"quantization_config": quantization, "device_map": {"": index}}
 
 
-def add_lora(model, config):
+def add_lora(model, config, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if config.method == "qlora":
@@ -124,6 +124,15 @@ def add_lora(model, config):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if autocast:
+        # peft casts each adapter's input to the adapters' fp32 and autocast casts it back to bf16: a new
+        # copy of every adapted layer's input, kept for the backward pass (q, k and v each keep their
+        # own). Under autocast the matmul runs in bf16 anyway, so the cast only costs memory: 63.8 against
+        # 58.6 KiB kept per token by a Qwen2.5-0.5B-shaped block, for the same loss (the input gradients
+        # of the branches are then summed in bf16: they agree to bf16 rounding).
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
     if config.gradient_checkpointing:
         # With a frozen embedding nothing upstream needs grad; checkpointed blocks then drop the adapters'.
         model.enable_input_require_grads()
