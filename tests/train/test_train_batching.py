@@ -22,6 +22,7 @@ from components.train.objective import DistillObjective
 from tests.train.conftest import reversal_records
 
 CPU = torch.device("cpu")
+reference_path = varlen.varlen_padded_sdpa
 LAYOUTS = ("padding_free", "padded", "grouped", "packed")
 
 
@@ -38,12 +39,17 @@ def per_record_logits(model, batch):
 
 
 @pytest.mark.parametrize("layout", ["padding_free", "packed"])
-def test_shared_rows_never_attend_across_records(tiny_model_dir, layout):
+def test_shared_rows_never_attend_across_records(tiny_model_dir, layout, monkeypatch):
     tokenizer, items = examples(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=varlen.register()).eval()
     batch = collate(items, tokenizer.pad_token_id, layout, max_length=128)
     assert batch.input_ids.shape[0] < len(items), "several records share a row"
-    for example, logits in zip(batch.examples, per_record_logits(model, batch), strict=True):
+    calls = []
+    monkeypatch.setattr(varlen, "varlen_padded_sdpa", lambda *a: calls.append(1) or reference_path(*a))
+    logits_per_record = per_record_logits(model, batch)
+    # Padding-free rows reach the variable-length path in every block; packed rows go to SDPA's mask.
+    assert len(calls) == (model.config.num_hidden_layers if layout == "padding_free" else 0)
+    for example, logits in zip(batch.examples, logits_per_record, strict=True):
         with torch.no_grad():
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
         torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
