@@ -12,9 +12,11 @@ gets the examples' offsets (`cu_seq_lens_q`, passed by Batch.model_inputs) and r
   (examples, longest, heads, dim) block, right-padded. With a causal mask a real query never sees the
   padding behind it, so no extra mask is needed; padded queries are dropped on the way back.
 
-Calls without offsets (a padded or packed batch, generation) go to transformers' own SDPA function with
-the mask transformers built for it, so a model loaded with this implementation works for any input. Registering an attention function only adds a
-name to transformers' table; it is not written into a saved model's config.
+No mask function is registered under NAME, so transformers builds no mask for it at all: for a row of
+64 records of 1,000 tokens its SDPA mask alone would take 64,000^2 bytes = 4 GB, and detecting the
+records from the position ids would make the host wait for the GPU on every forward pass. The offsets say
+everything, and a call without them is refused rather than attended across records. `attention: auto`
+picks NAME only for padding-free batches; it is not written into a saved model's config.
 """
 
 from __future__ import annotations
@@ -86,10 +88,9 @@ def varlen_attention_forward(
     dim) out, plus the attention weights (never computed here)."""
     cu_seqlens = kwargs.get("cu_seq_lens_q")
     if cu_seqlens is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        raise ValueError(
+            f"attention {NAME!r} serves padding-free batches and was called without their offsets "
+            "(cu_seq_lens_q); load the model with attn_implementation='sdpa' for other inputs"
         )
     if query.shape[0] != 1:
         raise ValueError("padding-free attention expects one row holding every example")
@@ -115,10 +116,6 @@ def varlen_attention_forward(
 def register() -> str:
     """Make NAME a valid `attn_implementation` for transformers models; returns NAME."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, varlen_attention_forward)
-    # transformers builds SDPA's mask for this name too: calls without offsets (packed rows, padding) need
-    # it, and padding-free calls ignore it.
-    AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME

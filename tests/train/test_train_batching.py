@@ -38,10 +38,16 @@ def per_record_logits(model, batch):
     return [logits[batch.segment_ids == i] for i in range(len(batch.examples))]
 
 
+def model_for(tiny_model_dir, layout: str):
+    """The student as the trainer loads it for `layout` (attention: auto)."""
+    attention = varlen.register() if layout == "padding_free" else "sdpa"
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
+
+
 @pytest.mark.parametrize("layout", ["padding_free", "packed"])
 def test_shared_rows_never_attend_across_records(tiny_model_dir, layout, monkeypatch):
     tokenizer, items = examples(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=varlen.register()).eval()
+    model = model_for(tiny_model_dir, layout).eval()
     batch = collate(items, tokenizer.pad_token_id, layout, max_length=128)
     assert batch.input_ids.shape[0] < len(items), "several records share a row"
     calls = []
@@ -51,18 +57,17 @@ def test_shared_rows_never_attend_across_records(tiny_model_dir, layout, monkeyp
     assert len(calls) == (model.config.num_hidden_layers if layout == "padding_free" else 0)
     for example, logits in zip(batch.examples, logits_per_record, strict=True):
         with torch.no_grad():
-            alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
+            alone = model(**collate_padding_free([example]).model_inputs(CPU)).logits[0]
         torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_the_objective_gives_the_same_loss_and_gradients_in_every_layout(tiny_model_dir):
     tokenizer, items = examples(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=varlen.register())
-    objective = DistillObjective(model, Divergence(), chunk_size=16)
     losses, grads = [], []
     for layout in LAYOUTS:
+        model = model_for(tiny_model_dir, layout)
+        objective = DistillObjective(model, Divergence(), chunk_size=16)
         batch = collate(items, tokenizer.pad_token_id, layout, max_length=128)
-        model.zero_grad()
         loss = objective(**batch.model_inputs(CPU), **batch.loss_inputs(CPU))["loss"]
         loss.backward()
         losses.append(loss.detach())
@@ -70,6 +75,12 @@ def test_the_objective_gives_the_same_loss_and_gradients_in_every_layout(tiny_mo
     for loss, grad in zip(losses[1:], grads[1:], strict=True):
         torch.testing.assert_close(loss, losses[0], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(grad, grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_the_padding_free_kernel_refuses_a_call_without_offsets(tiny_model_dir):
+    model = model_for(tiny_model_dir, "padding_free")
+    with pytest.raises(ValueError, match="cu_seq_lens_q"):
+        model(input_ids=torch.tensor([[5, 6, 7]]))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
