@@ -253,7 +253,9 @@ class DistillTrainer:
         if self.config.max_grad_norm <= 0:
             return float("nan")
         norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        return norm.detach() if isinstance(norm, torch.Tensor) else float(norm or "nan")
+        if isinstance(norm, torch.Tensor):
+            return norm.detach()
+        return float("nan") if norm is None else float(norm)
 
     # --- training -------------------------------------------------------------------------------------
     def train(self) -> Result:
