@@ -51,18 +51,15 @@ def kd_inputs(kind: str, teacher_head, teacher_hidden) -> dict:
     return {"teacher_hidden": teacher_hidden, "teacher_head": teacher_head, "spec": source}
 
 
+def mixed_losses(hidden, targets, head, chunk_size, **kwargs):
+    return token_losses(hidden, targets, head, chunk_size, ce_weight=CE_WEIGHT, kd_weight=KD_WEIGHT, **kwargs)
+
+
 def losses_and_grads(kind: str, chunk_size: int, fused: bool = True):
     """(loss, ce_sum, kd_sum, grad of hidden, grad of the head's weight) after backward of loss / 2."""
     head, teacher_head, hidden, teacher_hidden, targets = setup()
-    out = token_losses(
-        hidden,
-        targets,
-        head,
-        chunk_size,
-        ce_weight=CE_WEIGHT,
-        kd_weight=KD_WEIGHT,
-        fused=fused,
-        **kd_inputs(kind, teacher_head, teacher_hidden),
+    out = mixed_losses(
+        hidden, targets, head, chunk_size, fused=fused, **kd_inputs(kind, teacher_head, teacher_hidden)
     )
     # The trainer scales the loss (by accum / scored): the stored gradients must follow.
     (out.loss / 2).backward()
@@ -93,14 +90,8 @@ def test_a_tied_head_gets_the_sum_of_its_embedding_and_head_gradients():
         embedding = torch.nn.Embedding(VOCAB, WIDTH)
         head.weight = embedding.weight
         hidden = torch.tanh(embedding(targets.roll(1)) * 3)
-        out = token_losses(
-            hidden,
-            targets,
-            head,
-            chunk_size,
-            ce_weight=CE_WEIGHT,
-            kd_weight=KD_WEIGHT,
-            **kd_inputs("forward_kl", teacher_head, teacher_hidden),
+        out = mixed_losses(
+            hidden, targets, head, chunk_size, **kd_inputs("forward_kl", teacher_head, teacher_hidden)
         )
         out.loss.backward()
         return out.loss.detach(), embedding.weight.grad
