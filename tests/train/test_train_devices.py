@@ -25,9 +25,16 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
         ({"lora": {"r": 8, "alpha": 16, "use_rslora": True}}, "use_rslora"),
         ({"lora": {"r": 8, "alpha": 16, "use_dora": True}}, "use_dora"),
         ({"gradient_checkpointing": True, "gradient_accumulation_steps": 2, "batching": "packed"}, None),
+        ({"gradient_checkpointing": True}, None),
         ({"batching": "grouped", "reasoning": "train", "truncation": "left", "max_length": 40}, None),
     ],
-    ids=["rslora", "dora", "checkpointing+accumulation+packing", "grouping+reasoning+truncation"],
+    ids=[
+        "rslora",
+        "dora",
+        "checkpointing+accumulation+packing",
+        "checkpointing+padding-free",
+        "grouping+reasoning+truncation",
+    ],
 )
 def test_lora_variants_and_memory_options_train(make_config, fields, adapter_key):
     config = make_config(max_steps=2, **fields)
