@@ -8,6 +8,7 @@ from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.evaluate.config import JudgeConfig
 from components.evaluate.judge import judge_win_rate, parse_verdict
+from tests.conftest import free_port
 
 
 def judge_config(server, **extra) -> JudgeConfig:
@@ -58,13 +59,9 @@ def test_judge_config_is_checked():
 
 
 def test_an_unreachable_judge_fails_before_any_sample_with_one_clear_error():
-    import socket
-
     from components.common.errors import InputError
 
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port that was free a moment ago: nothing listens there
 
     config = from_dict(
         JudgeConfig,

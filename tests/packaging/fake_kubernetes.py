@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,13 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tests.conftest import free_port
+
 JOB_PATH = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from components.common.errors import ConfigError
 from components.train import run
 from components.train.launch import deepspeed_config, relaunch_command
 from components.train.trainer import DistillTrainer
+from tests.conftest import free_port
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal of a GPU-only path")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -141,9 +141,7 @@ def qwen25_shaped(folder, size: str, tokenizer_dir, layers: int | None = None):
 @pytest.fixture
 def single_rank(monkeypatch):
     """The environment of rank 0 of 1, as torchrun sets it: DeepSpeed needs a process group."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
