@@ -62,11 +62,6 @@ class Batch:
     def num_tokens(self) -> int:
         return sum(len(e.input_ids) for e in self.examples)
 
-    @property
-    def token_mask(self) -> torch.Tensor:
-        """1 on real tokens, 0 on padding."""
-        return (self.segment_ids >= 0).long()
-
     def model_inputs(self, device: torch.device) -> dict:
         """The keyword arguments of the decoder's forward pass, on `device`."""
         inputs = {"input_ids": to_device(self.input_ids, device)}

@@ -93,7 +93,7 @@ class DistillObjective(nn.Module):
         input_ids: torch.Tensor,
         scored_index: torch.Tensor,
         targets: torch.Tensor,
-        segment_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor,
         teacher: TeacherOutputs | None = None,
         sparse: SparseTargets | None = None,
         ce_weight: float = 1.0,
@@ -134,8 +134,6 @@ class DistillObjective(nn.Module):
         )
         terms = {"loss": sums.loss, "ce_sum": sums.ce_sum, "kd_sum": sums.kd_sum}
         if wants_layers:
-            if segment_ids is None:
-                segment_ids = torch.zeros_like(input_ids)
             terms.update(
                 self.intermediate(
                     out.hidden_states, out.attentions, teacher.layers, teacher.attentions, segment_ids

@@ -89,7 +89,7 @@ def test_every_layout_keeps_every_scored_token_and_scores_nothing_across_a_bound
     batch = collate(items, tokenizer.pad_token_id, layout, max_length=128)
     assert batch.num_scored == sum(e.num_scored for e in items)
     assert batch.num_tokens == sum(len(e.input_ids) for e in items)
-    assert int(batch.token_mask.sum()) == batch.num_tokens
+    assert int((batch.segment_ids >= 0).sum()) == batch.num_tokens
     # The targets are each record's own scored labels, in the order of batch.examples.
     expected = [label for e in batch.examples for label in e.labels[1:] if label != IGNORE]
     assert batch.targets.tolist() == expected
