@@ -6,13 +6,20 @@ prompt waiting out a Retry-After gives its slot to another prompt, and so that e
     teacher = ApiTeacher(provider)           # provider resolved through providers.resolve_provider
     await teacher.preflight()                # reachable, key accepted, model exists: before any paid call
     outcome = await teacher.ask(messages)    # Answer, or Retry(after_s) / Failure
+
+Every Retry and Failure names its `cause`, a short stable word for counting failures by cause ("429",
+"500", "timeout", "refused", "dns", "tls", "reset", "closed", "stream", "malformed", "401", ...), and a
+`reason`, the cause with its details for the log.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
+import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +59,7 @@ class Retry:
 
     reason: str
     after_s: float | None = None
+    cause: str = "transient"
 
 
 @dataclass
@@ -60,6 +68,10 @@ class Failure:
 
     reason: str
     status: int | None = None
+
+    @property
+    def cause(self) -> str:
+        return str(self.status) if self.status is not None else "error"
 
     @property
     def fatal(self) -> bool:
@@ -108,24 +120,37 @@ class ApiTeacher:
         await self.aclose()
 
     async def preflight(self) -> None:
-        """Fail with one clear error unless the endpoint answers, accepts the key and serves the model."""
+        """Fail with one clear error unless the endpoint answers, accepts the key and serves the model.
+
+        Each check waits at most preflight_timeout_s: a server that accepts connections and never answers
+        is reported within seconds, naming the request it did not answer."""
         provider = self.provider
         where = f"teacher at {provider.base_url}"
+        timeout_s = provider.preflight_timeout_s
         try:
-            listed = await self.client.models.list()
+            listed = await self.client.models.list(timeout=timeout_s)
             names = [m.id for m in listed.data]
         except openai.AuthenticationError:
             raise InputError(
                 f"{where} rejected the API key in ${provider.api_key_env}; check the key and the provider"
             ) from None
         except openai.APIConnectionError as error:
+            cause, reason = connection_failure(error, timeout_s, "preflight_timeout_s")
+            waited = "did not answer GET /models" if cause == "timeout" else "is unreachable"
             raise InputError(
-                f"{where} is unreachable ({_cause(error)}); check provider.base_url and that the server runs"
+                f"{where} {waited}: {reason}; check provider.base_url and that the server runs and is not "
+                "overloaded"
             ) from None
         except openai.APIStatusError:
             names = None  # some compatible servers have no /models: ask for one token instead
         if names is None:
-            outcome = await self.ask([{"role": "user", "content": "ping"}], max_tokens=1)
+            ping = [{"role": "user", "content": "ping"}]
+            outcome = await self.ask(ping, max_tokens=1, timeout_s=timeout_s)
+            if isinstance(outcome, Retry) and outcome.cause == "timeout":
+                raise InputError(
+                    f"{where} did not answer a one-token chat completion within preflight_timeout_s="
+                    f"{timeout_s:g}; check that the server runs and is not overloaded"
+                )
             if isinstance(outcome, Failure):
                 raise InputError(f"{where}: a one-token test request failed: {outcome.reason}")
         elif provider.model not in names:
@@ -135,41 +160,62 @@ class ApiTeacher:
             )
 
     async def ask(
-        self, messages: list[dict[str, str]], max_tokens: int | None = None
+        self, messages: list[dict[str, str]], max_tokens: int | None = None, timeout_s: float | None = None
     ) -> Answer | Retry | Failure:
         body = self.request_body(messages, max_tokens)
+        timeout_s = timeout_s or self.provider.timeout_s
         try:
             # client.post is the SDK's documented way to send a body as is: same auth, base_url, timeouts
             # and error classes as chat.completions.create, without its per-request typed transform and
             # pydantic parsing, which cost about 2 ms of CPU each and capped a 2-core machine near 100/s.
             if self.provider.stream:
-                response = await self._streamed(body)
+                response = await self._streamed(body, timeout_s)
             else:
-                response = await self.client.post("/chat/completions", body=body, cast_to=object)
+                response = await self.client.post(
+                    "/chat/completions", body=body, cast_to=object, options={"timeout": timeout_s}
+                )
         except httpx2.TransportError as error:  # a stream cut off after its first chunk
-            return Retry(f"stream interrupted ({type(error).__name__}: {error})")
+            return Retry(f"stream interrupted ({type(error).__name__}: {error})", cause="stream")
         except openai.RateLimitError as error:
-            return Retry("429 rate limited", retry_after(error.response.headers))
+            return self._server_retry("429", "429 rate limited", error.response.headers)
         except openai.InternalServerError as error:
-            return Retry(f"{error.status_code} server error", retry_after(error.response.headers))
-        except openai.APITimeoutError:
-            return Retry(f"no answer within timeout_s={self.provider.timeout_s}")
+            code = str(error.status_code)
+            return self._server_retry(code, f"{code} server error", error.response.headers)
         except openai.APIConnectionError as error:
-            return Retry(f"connection error ({_cause(error)})")
+            cause, reason = connection_failure(error, timeout_s)
+            return Retry(reason, cause=cause)
         except openai.APIStatusError as error:
             if error.status_code in (408, 409):
-                return Retry(_status_reason(error), retry_after(error.response.headers))
+                return self._server_retry(
+                    str(error.status_code), _status_reason(error), error.response.headers
+                )
             return Failure(_status_reason(error), error.status_code)
         try:
             return parse_completion(response)
         except (KeyError, TypeError, AttributeError) as error:
-            return Retry(f"malformed response ({type(error).__name__}: {error})")
+            return Retry(f"malformed response ({type(error).__name__}: {error})", cause="malformed")
 
-    async def _streamed(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _server_retry(self, cause: str, reason: str, headers: Any) -> Retry:
+        """Retry after the server's Retry-After, when it is a wait worth parking the prompt for: beyond
+        max_retry_after_s (or inf/nan) it counts as a plain failed attempt, retried after the backoff."""
+        after_s = retry_after(headers)
+        cap_s = self.provider.max_retry_after_s
+        if after_s is not None and not after_s <= cap_s:
+            return Retry(
+                f"{reason}; its Retry-After {after_s:g} s is beyond max_retry_after_s={cap_s:g}", cause=cause
+            )
+        return Retry(reason, after_s, cause)
+
+    async def _streamed(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Stream the answer and join its chunks into the shape of a non-streamed chat.completion."""
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         stream = await self.client.post(
-            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+            "/chat/completions",
+            body=body,
+            cast_to=object,
+            options={"timeout": timeout_s},
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
         )
         choices: dict[int, dict[str, Any]] = {}
         usage = None
@@ -269,16 +315,19 @@ def retry_after(headers: Any) -> float | None:
     millis = headers.get("retry-after-ms")
     try:
         if millis is not None:
-            return max(0.0, float(millis) / 1000)
+            seconds = float(millis) / 1000
+            return seconds if math.isnan(seconds) else max(0.0, seconds)
     except ValueError:
         pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isnan(seconds) else max(0.0, seconds)
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -292,7 +341,47 @@ def _status_reason(error: openai.APIStatusError) -> str:
     return f"{error.status_code} {message or error.message}"
 
 
-def _cause(error: BaseException) -> str:
-    while error.__cause__ is not None:
-        error = error.__cause__
+# The first of these found along an error's chain names the cause. openai's aiohttp transport reports every
+# connection failure as a timeout (ConnectTimeout), so the SDK's error class alone cannot be trusted.
+_CONNECTION_CAUSES: list[tuple[tuple[type[BaseException], ...], str, str]] = [
+    ((socket.gaierror,), "dns", "DNS lookup of the host failed"),
+    ((ssl.SSLError,), "tls", "TLS handshake failed"),
+    ((ConnectionRefusedError,), "refused", "connection refused"),
+    ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError), "reset", "connection reset"),
+    ((httpx2.RemoteProtocolError,), "closed", "connection closed without an answer"),
+    ((TimeoutError, httpx2.TimeoutException), "timeout", ""),
+]
+try:
+    import aiohttp
+
+    _CONNECTION_CAUSES.insert(
+        -1, ((aiohttp.ServerDisconnectedError,), "closed", "connection closed without an answer")
+    )
+except ImportError:
+    pass
+
+
+def connection_failure(error: BaseException, timeout_s: float, field: str = "timeout_s") -> tuple[str, str]:
+    """(cause, reason) of a failed connection: its root cause, e.g. ("refused", "connection refused
+    (ConnectionRefusedError: [Errno 111] ...)"), or ("timeout", "no answer within timeout_s=120")."""
+    chain = _chain(error)
+    for kinds, cause, what in _CONNECTION_CAUSES:
+        found = next((link for link in chain if isinstance(link, kinds)), None)
+        if found is None:
+            continue
+        if cause == "timeout":
+            return cause, f"no answer within {field}={timeout_s:g}"
+        return cause, f"{what} ({_describe(found)})"
+    return "connection", f"connection error ({_describe(chain[-1])})"
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and those it was raised from or during, outermost first."""
+    chain = [error]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
+def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -37,7 +37,10 @@ class ProviderConfig:
     rpm, tpm: requests and tokens per minute allowed for this provider (divided between shards).
     timeout_s: per-request timeout; max_retries: attempts after the first on 429/5xx/timeouts/dropped
         connections; backoff_s, backoff_max_s: exponential backoff base and cap (with full jitter);
-        a Retry-After from the server is honoured instead when it is given.
+        a Retry-After from the server is honoured instead when it is given, up to max_retry_after_s;
+        a longer one (or inf/nan) counts as a failed attempt, retried after the usual backoff.
+    preflight_timeout_s: how long the check before the first paid request (GET /models, or a one-token
+        request) waits for an answer: a server that never answers is reported at once, not after timeout_s.
     adapter: (local) a PEFT adapter folder applied on top of `model`.
     quantization: (local) "8bit" or "4bit" through bitsandbytes; needs CUDA.
     batch_size: (local) prompts per generate() call.
@@ -66,6 +69,8 @@ class ProviderConfig:
     max_retries: int = 6
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
+    max_retry_after_s: float = 300.0
+    preflight_timeout_s: float = 10.0
     adapter: str | None = None
     quantization: Literal["none", "8bit", "4bit"] = "none"
     batch_size: int = 8
@@ -79,6 +84,9 @@ class ProviderConfig:
             raise ConfigError(f"top_logprobs: {self.top_logprobs} must be between 0 and 20")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s: {self.timeout_s} must be positive")
+        for name in ("max_retry_after_s", "preflight_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be positive")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries: {self.max_retries} must be 0 or more")
         for name in ("rpm", "tpm"):
