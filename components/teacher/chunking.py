@@ -29,7 +29,10 @@ def split_sentences(text: str) -> list[str]:
 
 
 def chunk_text(text: str, chunk_chars: int, overlap_chars: int = 0) -> list[Chunk]:
-    """Chunks of at most `chunk_chars` characters (before stripping) that keep sentences whole."""
+    """Chunks of at most `chunk_chars` characters (before stripping) that keep sentences whole.
+
+    Linear in the length of the text: every step looks at one sentence, and line numbers are counted
+    onward from the previous chunk's start instead of from the top of the file."""
     sentences: list[tuple[int, str]] = []  # (offset in text, sentence)
     offset = 0
     for sentence in split_sentences(text):
@@ -38,18 +41,37 @@ def chunk_text(text: str, chunk_chars: int, overlap_chars: int = 0) -> list[Chun
         offset += len(sentence)
 
     chunks: list[Chunk] = []
+    lines = _LineCounter(text)
     current: list[tuple[int, str]] = []
     size = 0
     for item in sentences:
         if current and size + len(item[1]) > chunk_chars:
-            _emit(chunks, text, current)
+            _emit(chunks, lines, current)
             current = _overlap(current, overlap_chars, chunk_chars - len(item[1]))
             size = sum(len(s) for _, s in current)
         current.append(item)
         size += len(item[1])
     if current:
-        _emit(chunks, text, current)
+        _emit(chunks, lines, current)
     return chunks
+
+
+class _LineCounter:
+    """1-based line numbers of offsets into `text`, each counted from the previous offset asked for: chunk
+    starts only move forward, so the whole text is scanned once."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.offset = 0
+        self.line = 1
+
+    def line_at(self, offset: int) -> int:
+        if offset >= self.offset:
+            self.line += self.text.count("\n", self.offset, offset)
+        else:
+            self.line -= self.text.count("\n", offset, self.offset)
+        self.offset = offset
+        return self.line
 
 
 def _overlap(sentences: list[tuple[int, str]], overlap_chars: int, room: int) -> list[tuple[int, str]]:
@@ -59,14 +81,14 @@ def _overlap(sentences: list[tuple[int, str]], overlap_chars: int, room: int) ->
     for item in reversed(sentences):
         if size + len(item[1]) > min(overlap_chars, room):
             break
-        kept.insert(0, item)
+        kept.append(item)
         size += len(item[1])
-    return kept
+    return kept[::-1]
 
 
-def _emit(chunks: list[Chunk], text: str, sentences: list[tuple[int, str]]) -> None:
+def _emit(chunks: list[Chunk], lines: _LineCounter, sentences: list[tuple[int, str]]) -> None:
     body = "".join(s for _, s in sentences)
     if not body.strip():
         return
     start = sentences[0][0] + (len(body) - len(body.lstrip()))
-    chunks.append(Chunk(text=body.strip(), line=text.count("\n", 0, start) + 1))
+    chunks.append(Chunk(text=body.strip(), line=lines.line_at(start)))
