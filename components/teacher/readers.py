@@ -7,15 +7,18 @@ Formats (one JSON object per line, or a .json file holding a list of them):
     messages   {"messages": [{"role": ..., "content": ...}]}; a final assistant turn becomes the reference
     text       UTF-8 text (.txt/.md or any file of a folder), chunked on sentence boundaries and turned
                into prompts by a template (templates/qa.j2, templates/continue.j2 or your own file)
-"auto" picks text for .txt/.md files and otherwise looks at the keys of the first record.
+"auto" picks text for .txt/.md files and otherwise looks at the keys of the first good record of a file.
 
 `dataset` is a file, a folder (every file in it, sorted) or s3://bucket/key (a file or a prefix).
-Every error names the file and line; with bad_lines "skip" a malformed line is counted and left out.
+JSONL is read a line at a time, so a dataset of any size streams through in constant memory (a .json list
+and a text file are read whole). Every error names the file and line; with bad_lines "skip" a malformed
+line is left out, and the first SHOWN_SKIPPED of them are logged as "file:line: reason", then a count.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +32,10 @@ from components.teacher.chunking import chunk_text
 from components.teacher.config import Config
 from components.teacher.templates import render_file_template, render_prompt_template
 
+log = logging.getLogger(__name__)
+
 TEXT_SUFFIXES = (".txt", ".md", ".text")
+SHOWN_SKIPPED = 20
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -56,19 +62,37 @@ class Prompt:
 class ReadStats:
     files: int = 0
     skipped_lines: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "file:line: reason" of the first SHOWN_SKIPPED
+
+    def skip(self, problem: InputError) -> None:
+        """Leave a bad line out (bad_lines: skip), saying which and why for the first SHOWN_SKIPPED."""
+        self.skipped_lines += 1
+        if len(self.errors) < SHOWN_SKIPPED:
+            self.errors.append(str(problem))
+            log.warning("skipped %s", problem)
+
+    def log_summary(self) -> None:
+        if self.skipped_lines > len(self.errors):
+            log.warning(
+                "skipped %d bad lines in all (bad_lines: skip); the first %d are listed above",
+                self.skipped_lines,
+                len(self.errors),
+            )
+        elif self.skipped_lines:
+            log.warning("skipped %d bad lines (bad_lines: skip), listed above", self.skipped_lines)
 
 
-def read_prompts(config: Config, stats: ReadStats | None = None) -> list[Prompt]:
-    """Every prompt of `config.dataset`, with the system prompt and prompt template applied."""
+def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Prompt]:
+    """Every prompt of `config.dataset`, one at a time, with the system prompt and prompt template applied."""
     stats = stats if stats is not None else ReadStats()
     with tempfile.TemporaryDirectory(prefix="teacher-dataset-") as scratch:
         files = _local_files(config.dataset, Path(scratch))
         stats.files = len(files)
-        prompts = [p for path, name in files for p in _read_file(path, name, config, stats)]
-    for prompt in prompts:
-        _apply_config(prompt, config)
-    return prompts
+        for path, name in files:
+            for prompt in _read_file(path, name, config, stats):
+                _apply_config(prompt, config)
+                yield prompt
+    stats.log_summary()
 
 
 def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
@@ -99,15 +123,16 @@ def _read_file(path: Path, name: str, config: Config, stats: ReadStats) -> Itera
         yield from _read_text(path, name, config)
         return
     for where, obj in _objects(path, name, config.bad_lines, stats):
-        if fmt == "auto":
-            fmt = detect_format(obj, where)
         try:
-            yield READERS[fmt](obj, where)
+            line_format = detect_format(obj, where) if fmt == "auto" else fmt
+            prompt = READERS[line_format](obj, where)
         except InputError as error:
             if config.bad_lines == "fail":
                 raise
-            stats.skipped_lines += 1
-            stats.errors.append(str(error))
+            stats.skip(error)
+            continue
+        fmt = line_format  # the first good line sets the format of the rest of the file
+        yield prompt
 
 
 def detect_format(obj: dict[str, Any], where: str) -> str:
@@ -127,27 +152,7 @@ def detect_format(obj: dict[str, Any], where: str) -> str:
 
 def _objects(path: Path, name: str, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
     """(file:line, object) pairs of a JSONL file, or (file:item N, object) of a .json list."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{name}:{error.lineno}: not valid JSON ({error.msg})") from None
-        entries = [(f"{name}:item {i}", item) for i, item in enumerate(items, start=1)]
-    else:
-        entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((f"{name}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                entries.append(
-                    (f"{name}:{number}", InputError(f"{name}:{number}: not valid JSON ({error.msg})"))
-                )
+    entries = _json_list(path, name) if _is_json_list(path) else _jsonl(path, name)
     for where, value in entries:
         problem = value if isinstance(value, InputError) else None
         if problem is None and not isinstance(value, dict):
@@ -157,8 +162,44 @@ def _objects(path: Path, name: str, bad_lines: str, stats: ReadStats) -> Iterato
         elif bad_lines == "fail":
             raise problem
         else:
-            stats.skipped_lines += 1
-            stats.errors.append(str(problem))
+            stats.skip(problem)
+
+
+def _is_json_list(path: Path) -> bool:
+    if path.suffix.lower() != ".json":
+        return False
+    with path.open("rb") as handle:
+        return handle.read(4096).lstrip().startswith(b"[")
+
+
+def _json_list(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    """The items of a .json file holding one list: read whole, as JSON cannot be parsed in pieces."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{name}:{error.lineno}: not valid JSON ({error.msg})") from None
+    for i, item in enumerate(items, start=1):
+        yield f"{name}:item {i}", item
+
+
+def _jsonl(path: Path, name: str) -> Iterator[tuple[str, Any | InputError]]:
+    """(file:line, parsed value or the InputError saying why it is not one), a line at a time."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{name}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield where, InputError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield where, InputError(f"{where}: not valid JSON ({error.msg})")
 
 
 def _text(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:

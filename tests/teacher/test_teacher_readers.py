@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def read(dataset, **overrides):
     stats = ReadStats()
     config = from_dict(Config, {"dataset": str(dataset), "output_dir": "/tmp/unused", **overrides})
-    return read_prompts(config, stats), stats
+    return list(read_prompts(config, stats)), stats
 
 
 def test_alpaca_joins_instruction_and_input_and_keeps_output_as_reference():
