@@ -143,6 +143,11 @@ class Encoder:
 
 def encode_records(encoder: Encoder, records: Sequence[Record], source: str = "main") -> list[Example]:
     """Encode every record; too-long ones are dropped with a count in the log, never silently."""
+    if not records:
+        raise InputError(
+            f"the {source} training data holds no records: nothing to train on. The teacher stage answered "
+            "no prompt (its log says why prompts failed); fix the cause and run it again"
+        )
     examples = []
     for record in records:
         example = encoder.encode(record)
@@ -159,7 +164,7 @@ def encode_records(encoder: Encoder, records: Sequence[Record], source: str = "m
             encoder.max_length,
             encoder.truncation,
         )
-    if records and not examples:
+    if not examples:
         raise InputError(
             f"no {source} record fits max_length={encoder.max_length}: raise max_length or set "
             "truncation to 'left' or 'right'"
