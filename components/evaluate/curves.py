@@ -61,14 +61,42 @@ def nice_ticks(low: float, high: float, target: int = 5) -> list[float]:
     return [round(first + i * step, 12) for i in range(count)]
 
 
-def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
-    """A line chart of the curves on shared axes: an <svg> element to inline in HTML."""
-    points = [(s, v) for series in curves.values() for s, v in series]
-    if not points:
+def divergence(curves: Curves) -> tuple[int, str, float] | None:
+    """(step, tag, value) of the first infinite or NaN loss, the point where training diverged; None when
+    every value is finite."""
+    bad = [
+        (step, tag, value)
+        for tag, series in curves.items()
+        for step, value in series
+        if not math.isfinite(value)
+    ]
+    return min(bad, key=lambda point: point[0]) if bad else None
+
+
+def divergence_note(curves: Curves) -> str:
+    """One sentence for the report saying where training diverged, or "" when it did not."""
+    found = divergence(curves)
+    if found is None:
         return ""
+    step, tag, value = found
+    return (
+        f"Training diverged at step {step}: {tag} was {value:g}; non-finite points are left out of the chart"
+    )
+
+
+def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
+    """A line chart of the curves on shared axes: an <svg> element to inline in HTML.
+
+    The axes span the finite values; a curve is drawn in pieces between its infinite or NaN points, and a
+    dashed red line marks the step of the first of them, where training diverged."""
+    steps = [s for series in curves.values() for s, _ in series]
+    if not steps:
+        return ""
+    values = [v for series in curves.values() for _, v in series if math.isfinite(v)]
+    diverged = divergence(curves)
     left, right, top, bottom = 56, 16, 16, 40  # margins leave room for tick labels
-    x_min, x_max = min(s for s, _ in points), max(s for s, _ in points)
-    y_min, y_max = min(v for _, v in points), max(v for _, v in points)
+    x_min, x_max = min(steps), max(steps)
+    y_min, y_max = (min(values), max(values)) if values else (0.0, 1.0)
     x_span, y_span = (x_max - x_min) or 1, (y_max - y_min) or 1
     plot_w, plot_h = width - left - right, height - top - bottom
 
@@ -83,7 +111,7 @@ def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
         f'height="{height}" role="img" aria-label="training loss">',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#cbd5e1"/>',
     ]
-    for value in nice_ticks(y_min, y_max):
+    for value in nice_ticks(y_min, y_max) if values else []:
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#eef2f7"/>'
         )
@@ -93,12 +121,41 @@ def loss_svg(curves: Curves, width: int = 640, height: int = 280) -> str:
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">step</text>')
     for i, (tag, series) in enumerate(curves.items()):
         color = COLORS[i % len(COLORS)]
-        path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in series)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        for piece in _finite_pieces(series):
+            if len(piece) == 1:
+                (s, v), *_ = piece
+                parts.append(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2" fill="{color}"/>')
+            else:
+                path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in piece)
+                parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         legend_y = top + 14 + 16 * i
         parts.append(
             f'<rect x="{left + plot_w - 170}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
         )
         parts.append(f'<text x="{left + plot_w - 155}" y="{legend_y}">{html.escape(tag)}</text>')
+    if diverged is not None:
+        step, tag, value = diverged
+        at = x(step)
+        parts.append(
+            f'<line class="diverged" x1="{at:.1f}" x2="{at:.1f}" y1="{top}" y2="{top + plot_h}" '
+            'stroke="#dc2626" stroke-width="1.5" stroke-dasharray="4 3"/>'
+        )
+        anchor = "end" if at > left + plot_w / 2 else "start"
+        offset = -4 if anchor == "end" else 4
+        parts.append(
+            f'<text x="{at + offset:.1f}" y="{top + plot_h - 6}" text-anchor="{anchor}" style="fill:#dc2626">'
+            f"diverged at step {step} ({html.escape(tag)} = {value:g})</text>"
+        )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _finite_pieces(series: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
+    """The runs of consecutive finite points of a curve."""
+    pieces: list[list[tuple[int, float]]] = [[]]
+    for step, value in series:
+        if math.isfinite(value):
+            pieces[-1].append((step, value))
+        elif pieces[-1]:
+            pieces.append([])
+    return [piece for piece in pieces if piece]

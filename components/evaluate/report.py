@@ -48,7 +48,7 @@ th,td{border:1px solid #e2e8f0;padding:6px 10px;text-align:left;vertical-align:t
 th{background:#f1f5f9;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{background:#ecfdf5;font-weight:600}.samples td{font-family:ui-monospace,Menlo,Consolas,monospace;
  font-size:12.5px;white-space:pre-wrap;word-break:break-word}.ok{color:#15803d}.bad{color:#b91c1c}
-svg text{font:11px system-ui,sans-serif;fill:#334155}.note{color:#64748b}
+svg text{font:11px system-ui,sans-serif;fill:#334155}.note{color:#64748b}.note.diverged{color:#b91c1c}
 """
 
 
@@ -188,9 +188,12 @@ def render_report(
             f"(ties count half; 50% = as good as the teacher), ties {metrics.get('judge_tie_rate', 0):.1%}, "
             f"{metrics.get('judge_samples', 0):.0f} samples judged.</p>"
         )
-    curve = (
-        curve_svg or f"<p class='note'>No training loss curve: {html.escape(curve_note or 'no events')}.</p>"
-    )
+    if curve_svg:  # the note then says where training diverged, if it did
+        curve = curve_svg + (
+            f"\n<p class='note diverged'>{html.escape(curve_note)}.</p>" if curve_note else ""
+        )
+    else:
+        curve = f"<p class='note'>No training loss curve: {html.escape(curve_note or 'no events')}.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{html.escape(title)}</title><style>{CSS}</style></head>

@@ -30,7 +30,7 @@ from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
 from components.common.records import Record, read_records
 from components.evaluate.config import Config
-from components.evaluate.curves import loss_svg, read_loss_curves
+from components.evaluate.curves import divergence_note, loss_svg, read_loss_curves
 from components.evaluate.generate import (
     Generation,
     answer_perplexity,
@@ -161,8 +161,8 @@ def score_student(config, test: HeldOut, checker, device, path: str, field: str)
 
 
 def loss_curves(tensorboard_dir: str | None) -> tuple[dict, str]:
-    """(curves, note for the report when there are none). The curve illustrates the report: logs that
-    cannot be read are noted there, not fatal to the evaluation."""
+    """(curves, note for the report: why there are none, or where training diverged). The curve
+    illustrates the report: logs that cannot be read are noted there, not fatal to the evaluation."""
     if not tensorboard_dir:
         return {}, "no tensorboard_dir was given"
     try:
@@ -170,7 +170,12 @@ def loss_curves(tensorboard_dir: str | None) -> tuple[dict, str]:
     except InputError as error:
         log.warning("eval: no loss curve: %s", error)
         return {}, str(error)
-    return curves, "" if curves else f"no loss scalars in the TensorBoard events under {tensorboard_dir}"
+    if not curves:
+        return curves, f"no loss scalars in the TensorBoard events under {tensorboard_dir}"
+    note = divergence_note(curves)
+    if note:
+        log.warning("eval: %s", note)
+    return curves, note
 
 
 def side_by_side(test: HeldOut, outputs: dict[str, Generation], verdicts: list[str]) -> list[dict[str, Any]]:
