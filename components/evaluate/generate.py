@@ -3,11 +3,15 @@
 tokens/s   = generated tokens (up to and including each row's end-of-turn) / seconds inside generate()
 perplexity = exp(sum of -log p(answer token) / number of answer tokens), over every test record,
              where the answer is the teacher's reply placed after the prompt by the chat template
+
+A prompt longer than the model's context (max_position_embeddings) less max_new_tokens loses its
+beginning, keeping the question at its end; the log counts such prompts.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import re
 import time
@@ -17,6 +21,8 @@ from pathlib import Path
 import torch
 
 from components.common.errors import InputError
+
+log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"auto": "auto", "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -94,6 +100,45 @@ def stop_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
 
 
+def context_length(model) -> int | None:
+    """Positions the model can attend over (max_position_embeddings; GPT-2 calls it n_positions)."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_prompts(prompt_ids: list[list[int]], context: int | None, max_new_tokens: int) -> list[list[int]]:
+    """Each prompt cut to its last (context - max_new_tokens) tokens, at least half the context, so that
+    prompt and answer fit; the end of a prompt (the question and the assistant turn marker) is kept."""
+    if context is None:
+        return prompt_ids
+    limit = max(context - max_new_tokens, context // 2)
+    cut = sum(len(ids) > limit for ids in prompt_ids)
+    if cut:
+        log.warning(
+            "eval: %d of %d prompts are longer than %d tokens (the model's context %d less max_new_tokens "
+            "%d) and lose their beginning",
+            cut,
+            len(prompt_ids),
+            limit,
+            context,
+            max_new_tokens,
+        )
+    return [ids[-limit:] for ids in prompt_ids]
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention[i, width - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) -> Generation:
     """Answers to each prompt in batches of `settings.batch_size`, greedy unless `settings.do_sample`."""
@@ -103,19 +148,25 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
     if settings.do_sample:
         sampling.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
-    texts = [prompt_text(tokenizer, m) for m in prompts]
+    context = context_length(model)
+    prompt_ids = [
+        tokenizer(prompt_text(tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts
+    ]
+    prompt_ids = fit_prompts(prompt_ids, context, settings.max_new_tokens)
     # Prompts of similar length share a batch (less padding to compute); answers go back in input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    raw, new_tokens, seconds = [""] * len(texts), 0, 0.0
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    raw, new_tokens, seconds = [""] * len(prompt_ids), 0, 0.0
     for start in range(0, len(order), settings.batch_size):
         rows = order[start : start + settings.batch_size]
-        batch_texts = [texts[i] for i in rows]
-        batch = tokenizer(batch_texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(model.device)
+        batch = left_padded([prompt_ids[i] for i in rows], tokenizer.pad_token_id)
+        batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+        width = batch["input_ids"].shape[1]
         began = time.perf_counter()
         output = model.generate(
             **batch,
-            max_new_tokens=settings.max_new_tokens,
+            max_new_tokens=min(settings.max_new_tokens, context - width)
+            if context
+            else settings.max_new_tokens,
             eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
@@ -123,7 +174,7 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
         if output.is_cuda:
             torch.cuda.synchronize()  # kernels run asynchronously: stop the clock when they are done
         seconds += time.perf_counter() - began
-        for index, row in zip(rows, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+        for index, row in zip(rows, output[:, width:].tolist(), strict=True):
             end = next((i for i, token in enumerate(row) if token in stops), None)
             if end is not None:
                 row = row[: end + 1]
@@ -148,10 +199,16 @@ def answer_perplexity(
     """
     # The end-of-turn token is part of the answer: a student that cannot stop has not learned it.
     end_of_turn = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    context = context_length(model)
     rows = []
     for messages, answer in zip(prompts, answers, strict=True):
         prompt_ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_turn
+        if context is not None and len(prompt_ids) + len(answer_ids) > context:
+            # Over-long: keep the answer's start (scored given at least one prompt token) and the
+            # prompt's end, as generation does.
+            answer_ids = answer_ids[: context - 1]
+            prompt_ids = prompt_ids[-(context - len(answer_ids)) :]
         rows.append((prompt_ids, answer_ids))
     rows.sort(key=lambda row: len(row[0]) + len(row[1]))  # similar lengths share a batch: less padding
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
