@@ -192,3 +192,37 @@ def test_preflight_names_a_refused_connection():
 
     with pytest.raises(InputError, match=r"is unreachable: connection refused \(ConnectionRefusedError"):
         asyncio.run(check())
+
+
+def test_preflight_without_a_models_list_names_the_one_token_request_it_waited_for():
+    release = threading.Event()
+
+    class NoModelsSilentChat(BaseHTTPRequestHandler):
+        def do_GET(self):  # no /models, as on some compatible servers
+            self.send_error(404)
+
+        def do_POST(self):
+            release.wait(30)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoModelsSilentChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_port}/v1"
+
+    async def check():
+        async with teacher(base_url, timeout_s=120, preflight_timeout_s=0.5) as client:
+            await asyncio.wait_for(client.preflight(), timeout=30)
+
+    try:
+        with pytest.raises(InputError) as raised:
+            asyncio.run(check())
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert str(raised.value) == (
+        f"teacher at {base_url} did not answer a one-token chat completion within preflight_timeout_s=0.5; "
+        "check that the server runs and is not overloaded"
+    )
