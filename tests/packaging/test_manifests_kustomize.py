@@ -6,7 +6,10 @@ training needs."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -223,6 +226,48 @@ def test_tensorboard_reads_with_keys_of_its_own_and_is_reachable_only_through_po
     assert all("Ingress" in p["spec"]["policyTypes"] and not p["spec"].get("ingress") for p in policies)
     assert restricted_violations(pod) == []
     assert pod["automountServiceAccountToken"] is False
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_tensorboard_as_deployed_listens_on_loopback_only_and_its_probe_passes(tmp_path):
+    """The manifest's own command, arguments and readiness probe, run here (with a free port)."""
+    from tests.conftest import free_port
+
+    container = find(rendered("base"), "Deployment", "distill-tensorboard")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    port = str(free_port())
+    args = [port if a == "6006" else a.replace("$(TB_LOGDIR)", str(tmp_path)) for a in container["args"]]
+    probe = [a.replace(":6006/", f":{port}/") for a in container["readinessProbe"]["exec"]["command"]]
+    binaries = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(binaries / container["command"][0]), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0:
+            assert server.poll() is None, "tensorboard exited"
+            assert time.monotonic() < deadline, "the readiness probe never passed"
+            time.sleep(0.5)
+        address = non_loopback_address()
+        if address is not None:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, int(port)), timeout=5).close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_pipeline_service_accounts_may_run_pytorchjobs_and_nothing_more():
