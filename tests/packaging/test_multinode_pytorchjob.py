@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from loopback import ServerThread
 from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
+from components.common.records import Record, write_records
+from components.common.store import open_store
 from components.train.multinode import (
     PyTorchJobSpec,
     build_pytorchjob,
@@ -145,6 +148,65 @@ def test_job_pods_run_restricted_on_a_read_only_root_with_scratch_volumes():
         empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
         writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs}
         assert {"/tmp", "/home/distill", "/dev/shm"} <= writable  # the images' HOME (docker/*.Dockerfile)
+
+
+def read_only_root_available() -> bool:
+    """Whether this machine lets an unprivileged process remount / read-only in its own namespaces."""
+    if shutil.which("unshare") is None:
+        return False
+    command = ["unshare", "-rm", "mount", "-o", "remount,bind,ro", "/"]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not read_only_root_available(), reason="needs user and mount namespaces (unshare -rm)")
+def test_a_job_pod_trains_with_a_read_only_root_and_only_its_scratch_volumes_writable(
+    s3_endpoint, tiny_model_dir, tmp_path
+):
+    """The pod's own command (`python -m components.train.multinode`, real torchrun and trainer) with the
+    root filesystem read-only and a fresh tmpfs on each of the pod's emptyDir mounts that exists here;
+    HOME stands in for the images' home under /tmp. Inputs and outputs go through S3, as in the pods."""
+    pod = build_pytorchjob(python_job("ro", "pass", nodes=1))["spec"]["pytorchReplicaSpecs"]["Master"]
+    (container,) = pod["template"]["spec"]["containers"]
+    scratch = [m["mountPath"] for m in container["volumeMounts"] if Path(m["mountPath"]).is_dir()]
+    assert "/tmp" in scratch
+    data = tmp_path / "data"
+    data.mkdir()
+    words = ["kite", "hello", "abc", "moon"] * 3
+    records = [
+        Record(
+            id=str(i), messages=[{"role": "user", "content": w}, {"role": "assistant", "content": w[::-1]}]
+        )
+        for i, w in enumerate(words)
+    ]
+    write_records(data / "train.jsonl", records)
+    open_store("s3://distill/ro/student").upload_dir(tiny_model_dir, "")
+    open_store("s3://distill/ro/data").upload_dir(data, "")
+    payload = {
+        "fields": {"method": "lora", "max_steps": 4, "batch_size": 4, "save_steps": 2},
+        "inputs": {"model_dir": "s3://distill/ro/student", "data_dir": "s3://distill/ro/data"},
+        "outputs": {"output_dir": "s3://distill/ro/out/trained", "tensorboard_dir": "s3://distill/ro/out/tb"},
+        "nodes": 1,
+        "gpus_per_node": 0,
+        "module": "components.train",
+    }
+    payload["fields"].update(store_uri="s3://distill/ro/store", run_id="read-only-root")
+    mounts = " && ".join(f"mount -t tmpfs scratch {path}" for path in scratch)
+    script = f'mount -o remount,bind,ro / && {mounts} && mkdir /tmp/home && exec "$@"'
+    env = {**os.environ, "DISTILL_TRAIN_JOB": json.dumps(payload), "HOME": "/tmp/home"}
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO), TRITON_CACHE_DIR="/tmp/triton")
+    env.pop("DISTILL_WORKDIR", None)
+    command = [sys.executable, "-m", "components.train.multinode"]
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", *command],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(open_store("s3://distill/ro/out/trained").read_bytes("train_summary.json"))
+    assert summary["steps"] == 4
 
 
 def test_job_names_are_valid_and_stable_per_run():
