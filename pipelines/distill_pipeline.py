@@ -5,8 +5,8 @@
 
 Parameters are prefixed by the stage they configure (`teacher_`, `train_`, `eval_`); every stage also
 takes an `<stage>_overrides` mapping for any other field of its Config. Secrets never pass through
-parameters: the tasks read them from environment variables filled from Kubernetes Secrets (names in
-SECRETS below, documented in the README).
+parameters: the tasks read them from environment variables filled from Kubernetes Secrets (which
+task gets which: STAGE_SECRETS below, documented in the README).
 """
 
 import sys
@@ -32,9 +32,23 @@ HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
 JUDGE_SECRET = ("distill-judge", {"api-key": "JUDGE_API_KEY"}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
-# What the pods of a multi-node PyTorchJob get, the same as the single-pod train task.
+# Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
+# checkpoint, a hostile template) cannot spend the teacher's key or write to the store it does not use.
+# KFP artifacts (inputs and outputs) are moved by the KFP launcher with its own credentials (the
+# kfp-launcher ConfigMap), so a stage needs S3_SECRET only to reach `store_uri` itself.
+STAGE_SECRETS = {
+    "download": (S3_SECRET, HF_SECRET),  # the download cache in the store; gated hub models
+    "teacher": (S3_SECRET, TEACHER_SECRET, JUDGE_SECRET),  # answer shards and cache; the API; the judge
+    "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
+    "merge": (),  # folds the adapter from its input artifacts into its output artifact
+    # The optional LLM judge reads the variable its provider's api_key_env names: TEACHER_API_KEY by
+    # default (the teacher's provider as judge), JUDGE_API_KEY for a judge with a key of its own.
+    "eval": (TEACHER_SECRET, JUDGE_SECRET),
+}
+# What the pods of a multi-node PyTorchJob get: they read and write the store only (inputs, checkpoints,
+# outputs), and never the teacher's key.
 JOB_ENV = {
-    "secrets": {name: keys for name, keys, _ in (S3_SECRET, TEACHER_SECRET, HF_SECRET)},
+    "secrets": {S3_SECRET[0]: S3_SECRET[1]},
     "config_maps": {S3_CONFIGMAP[0]: S3_CONFIGMAP[1]},
 }
 
@@ -74,17 +88,17 @@ def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
 RETRIES = {"teacher": (3, "60s", 2.0), "train": (2, "120s", 2.0)}
 
 
-def use_secrets(task: dsl.PipelineTask, *secrets: tuple[str, dict[str, str], bool]) -> dsl.PipelineTask:
-    for name, keys, optional in secrets:
+def use_secrets(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+    """Fill the task's environment from the Secrets of STAGE_SECRETS[stage], by reference; a task that
+    reaches the store also gets its endpoint ConfigMap."""
+    for name, keys, optional in STAGE_SECRETS[stage]:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=optional)
+    if S3_SECRET in STAGE_SECRETS[stage]:
+        name, keys = S3_CONFIGMAP
+        kubernetes.use_config_map_as_env(
+            task, config_map_name=name, config_map_key_to_env=keys, optional=True
+        )
     return task
-
-
-def use_store_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Every task reaches the artifact store: S3 credentials and the endpoint ConfigMap."""
-    name, keys = S3_CONFIGMAP
-    kubernetes.use_config_map_as_env(task, config_map_name=name, config_map_key_to_env=keys, optional=True)
-    return use_secrets(task, S3_SECRET)
 
 
 def build_pipeline(retries: bool = True):
@@ -191,7 +205,7 @@ def build_pipeline(retries: bool = True):
         student = download_model(source=student_source, store_uri=store_uri)
         student.set_display_name("download student")
         size(student, "download")
-        use_secrets(use_store_access(student), HF_SECRET)
+        use_secrets(student, "download")
 
         teacher_inputs = dict(
             dataset=teacher_dataset,
@@ -215,14 +229,14 @@ def build_pipeline(retries: bool = True):
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
             shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
             shard.set_display_name("teacher shard")
-            use_secrets(use_store_access(size(shard, "teacher")), TEACHER_SECRET, JUDGE_SECRET)
+            use_secrets(size(shard, "teacher"), "teacher")
             retry(shard, "teacher")
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
         teacher = teacher_data(**teacher_inputs).after(shard)
         teacher.set_display_name("teacher data")
         size(teacher, "teacher")
-        use_secrets(use_store_access(teacher), TEACHER_SECRET, JUDGE_SECRET)
+        use_secrets(teacher, "teacher")
         retry(teacher, "teacher")
 
         train = train_student(
@@ -252,7 +266,7 @@ def build_pipeline(retries: bool = True):
         kubernetes.add_toleration_json(train, train_tolerations)
         kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
         kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
-        use_secrets(use_store_access(retry(train, "train")), TEACHER_SECRET, HF_SECRET)
+        use_secrets(retry(train, "train"), "train")
 
         merge = merge_adapter(
             base=student.outputs["model"],
@@ -262,7 +276,7 @@ def build_pipeline(retries: bool = True):
             dtype=merge_dtype,
         )
         merge.set_display_name("merge adapter")
-        size(use_store_access(merge), "merge")
+        use_secrets(size(merge, "merge"), "merge")
 
         evaluate = evaluate_student(
             untrained=student.outputs["model"],
@@ -277,7 +291,7 @@ def build_pipeline(retries: bool = True):
             overrides=eval_overrides,
         )
         evaluate.set_display_name("evaluate student")
-        use_secrets(size(use_store_access(evaluate), "eval"), TEACHER_SECRET, JUDGE_SECRET)
+        use_secrets(size(evaluate, "eval"), "eval")
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],

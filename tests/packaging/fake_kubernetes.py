@@ -7,6 +7,7 @@ command, its env with Secret and ConfigMap references resolved, and the operator
 (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, PET_*). Each "pod" gets its own DISTILL_WORKDIR, as pods get
 their own disk. Pod phases follow the processes; the job succeeds when every pod has, and fails as soon as
 one pod fails.
+Every request is recorded as the RBAC rule it needs (`api_calls`), for comparing with the Role.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ from aiohttp import web
 from tests.conftest import free_port
 
 JOB_PATH = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+
+
+def rbac_rule(method: str, path: str, query) -> tuple[str, str, str]:
+    """The (group, resource, verb) that the API server authorizes a namespaced request as."""
+    prefix, _, rest = path.partition("/namespaces/")
+    group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+    resource, *name_and_subresource = rest.split("/")[1:]
+    named = bool(name_and_subresource)
+    if len(name_and_subresource) == 2:
+        resource = f"{resource}/{name_and_subresource[1]}"
+    if method == "GET":
+        verb = "watch" if query.get("watch") else ("get" if named else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return group, resource, verb
 
 
 @dataclass
@@ -52,11 +68,14 @@ class FakeKubernetes:
     other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Every request as the RBAC rule it needs: (API group, resource[/subresource], verb).
+    api_calls: set[tuple[str, str, str]] = field(default_factory=set)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        self.api_calls.add(rbac_rule(request.method, request.path, request.query))
         return await handler(request)
 
     # --- the operator -----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 test checks the job plumbing (inputs, rendezvous across pods, outputs) and not the trainer itself.
 
 Every process joins the gloo process group torchrun set up and all-reduces its rank; rank 0 writes a
-train_summary.json recording the world size and the base model it read, plus a TensorBoard-like file.
+train_summary.json recording the world size, the base model it read and the names of the credentials
+in its environment, plus a TensorBoard-like file.
 """
 
 import argparse
@@ -36,6 +37,9 @@ if rank == 0:
         "world_size": world,
         "rank_sum": int(total.item()),
         "nodes": int(os.environ["GROUP_WORLD_SIZE"]),
+        "credentials": sorted(
+            name for name in os.environ if any(w in name for w in ("KEY", "TOKEN", "SECRET"))
+        ),
     }
     (output / "train_summary.json").write_text(json.dumps(summary))
     (tensorboard / "events.out.tfevents.fake").write_text("scalars")

@@ -1,11 +1,15 @@
 """manifests/ renders (kustomize-equivalent), validates offline against the Kubernetes schemas, and agrees
 with the pipeline: the Secret and ConfigMap names and keys the tasks read, the S3 settings the KFP
-launcher reads, the TensorBoard image and the RBAC that multi-node training needs."""
+launcher reads, the TensorBoard image, its isolation and read-only keys, and the RBAC that multi-node
+training needs."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kustomize_render import build  # tests/packaging is on sys.path (rootdir import mode)
+from pod_security import restricted_violations
 
 from pipelines import distill_pipeline
 from pipelines.images import image_for
@@ -181,13 +186,91 @@ def test_tensorboard_reads_the_run_logs_from_s3_with_the_eval_image(monkeypatch)
         if "configMapKeyRef" in reference and not reference["configMapKeyRef"].get("optional"):
             configmap = find(resources, "ConfigMap", reference["configMapKeyRef"]["name"])
             assert reference["configMapKeyRef"]["key"] in configmap["data"]
-    service = find(resources, "Service", "distill-tensorboard")
-    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    assert service["spec"]["ports"][0]["targetPort"] in {port["name"] for port in container["ports"]}
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_pipeline_service_accounts_may_run_and_watch_pytorchjobs():
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tensorboard_reads_with_keys_of_its_own_and_is_reachable_only_through_port_forward(overlay):
+    """TensorBoard has no authentication: loopback only, no Service, a NetworkPolicy that admits nothing;
+    its store keys are a read-only Secret that no pipeline task or the KFP launcher uses."""
+    resources = rendered(overlay)
+    pod_template = find(resources, "Deployment", "distill-tensorboard")["spec"]["template"]
+    pod, labels = pod_template["spec"], pod_template["metadata"]["labels"]
+    (container,) = pod["containers"]
+    from_secrets = {
+        variable["name"]: variable["valueFrom"]["secretKeyRef"]["name"]
+        for variable in container["env"]
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    }
+    assert from_secrets == {
+        "AWS_ACCESS_KEY_ID": "distill-s3-readonly",
+        "AWS_SECRET_ACCESS_KEY": "distill-s3-readonly",
+    }
+    compiled = list(yaml.safe_load_all((REPO / "pipelines" / "distill_pipeline.yaml").read_text()))
+    executors = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    read_write = {ref["secretName"] for task in executors.values() for ref in task.get("secretAsEnv", [])}
+    read_write.add(launcher_providers(resources)["s3"]["default"]["credentials"]["secretRef"]["secretName"])
+    assert "distill-s3-readonly" not in read_write
+    assert "distill-s3-readonly" in example_secrets()
+
+    args = container["args"]
+    assert args[args.index("--host") + 1] == "127.0.0.1" and "--bind_all" not in args
+    assert "httpGet" not in container["readinessProbe"]  # the kubelet would probe the pod IP
+    services = [r for r in resources if r["kind"] == "Service"]
+    assert not [s for s in services if s["spec"].get("selector", {}).items() <= labels.items()]
+    policies = [
+        r
+        for r in resources
+        if r["kind"] == "NetworkPolicy" and r["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert policies, "no NetworkPolicy selects the TensorBoard pods"
+    assert all("Ingress" in p["spec"]["policyTypes"] and not p["spec"].get("ingress") for p in policies)
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_tensorboard_as_deployed_listens_on_loopback_only_and_its_probe_passes(tmp_path):
+    """The manifest's own command, arguments and readiness probe, run here (with a free port)."""
+    from tests.conftest import free_port
+
+    container = find(rendered("base"), "Deployment", "distill-tensorboard")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    port = str(free_port())
+    args = [port if a == "6006" else a.replace("$(TB_LOGDIR)", str(tmp_path)) for a in container["args"]]
+    probe = [a.replace(":6006/", f":{port}/") for a in container["readinessProbe"]["exec"]["command"]]
+    binaries = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(binaries / container["command"][0]), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0:
+            assert server.poll() is None, "tensorboard exited"
+            assert time.monotonic() < deadline, "the readiness probe never passed"
+            time.sleep(0.5)
+        address = non_loopback_address()
+        if address is not None:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, int(port)), timeout=5).close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_pipeline_service_accounts_may_run_pytorchjobs_and_nothing_more():
     resources = rendered("base")
     role = find(resources, "Role", "distill-pytorchjob-runner")
     granted = {
@@ -197,9 +280,9 @@ def test_pipeline_service_accounts_may_run_and_watch_pytorchjobs():
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    needed = {("kubeflow.org", "pytorchjobs", verb) for verb in ("create", "get", "watch", "delete")}
-    needed |= {("", "pods", "list"), ("", "pods/log", "get")}
-    assert needed <= granted
+    needed = {("kubeflow.org", "pytorchjobs", verb) for verb in ("create", "get", "delete")}
+    needed |= {("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
+    assert granted == needed  # the calls the train task makes, see test_multinode_pytorchjob.py
     binding = find(resources, "RoleBinding", "distill-pytorchjob-runner")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     accounts = {(s["name"], s["namespace"]) for s in binding["subjects"]}

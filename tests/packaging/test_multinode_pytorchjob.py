@@ -1,12 +1,14 @@
 """Multi-node training as a PyTorchJob, through the official kubernetes client against a fake Kubernetes
 API whose fake operator runs each replica as a local process: the job's shape, log streaming, clean-up on
-success, failure and timeout, replacing a leftover job, and a real two-node torchrun rendezvous that
-moves inputs and outputs through S3 (moto)."""
+success, failure and timeout, replacing a leftover job, a real two-node torchrun rendezvous that
+moves inputs and outputs through S3 (moto), and least privilege: restricted pods that get only the store's
+keys from the pipeline, and a Role that grants exactly the API calls made."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +18,16 @@ from pathlib import Path
 import boto3
 import kubernetes_validate
 import pytest
+import yaml
 from fake_kubernetes import FakeKubernetes  # tests/packaging is on sys.path (rootdir import mode)
 from kubernetes import client as k8s
+from kustomize_render import build
 from loopback import ServerThread
+from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
+from components.common.records import Record, write_records
+from components.common.store import open_store
 from components.train.multinode import (
     PyTorchJobSpec,
     build_pytorchjob,
@@ -30,7 +37,31 @@ from components.train.multinode import (
 )
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 SECRETS = {"distill-teacher": {"api-key": "TEACHER_API_KEY"}}
+
+
+def pipeline_job_env() -> dict:
+    """The Secrets and ConfigMaps the compiled pipeline hands the train task for the job's pods."""
+    pipeline = next(yaml.safe_load_all((REPO / "pipelines" / "distill_pipeline.yaml").read_text()))
+    inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
+    return inputs["job_env"]["runtimeValue"]["constant"]
+
+
+def role_rules() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) granted by the Role in manifests/ that the train task runs under."""
+    (role,) = [r for r in build(REPO / "manifests" / "base") if r["kind"] == "Role"]
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def is_credential(name: str) -> bool:
+    return any(word in name for word in ("KEY", "TOKEN", "SECRET"))
 
 
 @pytest.fixture
@@ -105,6 +136,79 @@ def test_job_has_a_master_and_workers_with_gpus_shm_and_secrets_by_reference():
     )
 
 
+def test_job_pods_run_restricted_on_a_read_only_root_with_scratch_volumes():
+    job = build_pytorchjob(python_job("locked", "pass", nodes=3))
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert restricted_violations(pod) == []
+        assert pod["automountServiceAccountToken"] is False
+        # The operator's init container (a root busybox waiting for the Master) must still start.
+        assert "runAsNonRoot" not in pod["securityContext"]
+        (container,) = pod["containers"]
+        empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
+        writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs}
+        assert {"/tmp", "/home/distill", "/dev/shm"} <= writable  # the images' HOME (docker/*.Dockerfile)
+
+
+def read_only_root_available() -> bool:
+    """Whether this machine lets an unprivileged process remount / read-only in its own namespaces."""
+    if shutil.which("unshare") is None:
+        return False
+    command = ["unshare", "-rm", "mount", "-o", "remount,bind,ro", "/"]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not read_only_root_available(), reason="needs user and mount namespaces (unshare -rm)")
+def test_a_job_pod_trains_with_a_read_only_root_and_only_its_scratch_volumes_writable(
+    s3_endpoint, tiny_model_dir, tmp_path
+):
+    """The pod's own command (`python -m components.train.multinode`, real torchrun and trainer) with the
+    root filesystem read-only and a fresh tmpfs on each of the pod's emptyDir mounts that exists here;
+    HOME stands in for the images' home under /tmp. Inputs and outputs go through S3, as in the pods."""
+    pod = build_pytorchjob(python_job("ro", "pass", nodes=1))["spec"]["pytorchReplicaSpecs"]["Master"]
+    (container,) = pod["template"]["spec"]["containers"]
+    scratch = [m["mountPath"] for m in container["volumeMounts"] if Path(m["mountPath"]).is_dir()]
+    assert "/tmp" in scratch
+    data = tmp_path / "data"
+    data.mkdir()
+    words = ["kite", "hello", "abc", "moon"] * 3
+    records = [
+        Record(
+            id=str(i), messages=[{"role": "user", "content": w}, {"role": "assistant", "content": w[::-1]}]
+        )
+        for i, w in enumerate(words)
+    ]
+    write_records(data / "train.jsonl", records)
+    open_store("s3://distill/ro/student").upload_dir(tiny_model_dir, "")
+    open_store("s3://distill/ro/data").upload_dir(data, "")
+    payload = {
+        "fields": {"method": "lora", "max_steps": 4, "batch_size": 4, "save_steps": 2},
+        "inputs": {"model_dir": "s3://distill/ro/student", "data_dir": "s3://distill/ro/data"},
+        "outputs": {"output_dir": "s3://distill/ro/out/trained", "tensorboard_dir": "s3://distill/ro/out/tb"},
+        "nodes": 1,
+        "gpus_per_node": 0,
+        "module": "components.train",
+    }
+    payload["fields"].update(store_uri="s3://distill/ro/store", run_id="read-only-root")
+    mounts = " && ".join(f"mount -t tmpfs scratch {path}" for path in scratch)
+    script = f'mount -o remount,bind,ro / && {mounts} && mkdir /tmp/home && exec "$@"'
+    env = {**os.environ, "DISTILL_TRAIN_JOB": json.dumps(payload), "HOME": "/tmp/home"}
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO), TRITON_CACHE_DIR="/tmp/triton")
+    env.pop("DISTILL_WORKDIR", None)
+    command = [sys.executable, "-m", "components.train.multinode"]
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", *command],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(open_store("s3://distill/ro/out/trained").read_bytes("train_summary.json"))
+    assert summary["steps"] == 4
+
+
 def test_job_names_are_valid_and_stable_per_run():
     name = job_name_for("3F2A1BC0-aaaa-bbbb-cccc-1234567890ab-extra-long-suffix")
     assert name == job_name_for("3F2A1BC0-aaaa-bbbb-cccc-1234567890ab-extra-long-suffix")
@@ -175,10 +279,13 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
         Bucket="distill", Key="pipeline-root/student/config.json", Body=json.dumps({"model_type": "qwen2"})
     )
     s3.put_object(Bucket="distill", Key="pipeline-root/data/train.jsonl", Body=b"{}\n")
-    # The pods get S3 access only through the Secret and ConfigMap references, as on the cluster.
-    fake.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # The pods get credentials only through the Secret and ConfigMap references, as on the cluster,
+    # and the cluster holds every Secret of the pipeline.
+    fake.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not is_credential(k)}
     fake.base_env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
     fake.secrets["distill-s3"] = {"access-key-id": "test-access-key", "secret-access-key": "test-secret-key"}
+    fake.secrets["distill-hf"] = {"token": "hf-test"}
+    fake.secrets["distill-judge"] = {"api-key": "judge-test"}
     fake.config_maps["distill-s3-endpoint"] = {"endpoint-url": s3_endpoint, "region": "us-east-1"}
     train_image = "registry.example.com/ml/kfp-distill-train:abc1234"
     fake.other_pods["llm-distillation-xyz-train"] = {
@@ -202,12 +309,8 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
         nodes=2,
         gpus_per_node=0,
         namespace="team",
-        env_from_secrets={
-            "distill-s3": {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"}
-        },
-        env_from_config_maps={
-            "distill-s3-endpoint": {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"}
-        },
+        env_from_secrets=pipeline_job_env()["secrets"],
+        env_from_config_maps=pipeline_job_env()["config_maps"],
         module="fake_trainer",
         api_client=api_client,
         poll_s=0.2,
@@ -220,6 +323,7 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
         "world_size": 2,
         "rank_sum": 1,
         "nodes": 2,
+        "credentials": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],  # never the teacher's key
     }
     assert (tmp_path / "tensorboard" / "events.out.tfevents.fake").exists()
     assert fake.deleted == ["distill-train-run-0001"]
@@ -229,6 +333,9 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
     ]
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         assert replica["template"]["spec"]["containers"][0]["image"] == train_image
+        assert restricted_violations(replica["template"]["spec"]) == []
+    # The train task's Role grants exactly the calls it made: nothing missing, nothing spare.
+    assert fake.api_calls == role_rules()
     staged = s3.list_objects_v2(Bucket="distill", Prefix="runs/run-0001/train/multinode/")["Contents"]
     assert {item["Key"].rsplit("/", 1)[-1] for item in staged} == {
         "train_summary.json",

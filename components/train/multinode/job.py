@@ -7,6 +7,7 @@ its pods' logs, wait for it to end and delete it (also when this pod is terminat
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import threading
@@ -22,6 +23,20 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 CONTAINER = "pytorch"  # the operator finds its container by this name
+# The pods hold the store's keys and read files that others can write, so they run restricted (the
+# Kubernetes "restricted" Pod Security Standard) on a read-only root filesystem. runAsNonRoot is set on
+# the container, not the pod: the operator adds to Worker pods an init container that waits for the
+# Master's DNS name in a root busybox image, which a pod-wide runAsNonRoot would keep from starting.
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY = {"seccompProfile": {"type": "RuntimeDefault"}}
+# The writable places left: /tmp (the inputs, torch.compile's and Triton's caches) and the images'
+# home folder (docker/*.Dockerfile: HOME and HF_HOME, DeepSpeed's and CUDA's caches).
+SCRATCH_VOLUMES = {"tmp": "/tmp", "home": "/home/distill"}
 
 
 @dataclass
@@ -84,10 +99,20 @@ def pod_template(spec: PyTorchJobSpec) -> dict[str, Any]:
                 "command": spec.command,
                 "env": env,
                 "resources": {"requests": resources, "limits": limits},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+                "volumeMounts": [
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                    *({"name": name, "mountPath": path} for name, path in SCRATCH_VOLUMES.items()),
+                ],
             }
         ],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+            *({"name": name, "emptyDir": {}} for name in SCRATCH_VOLUMES),
+        ],
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        # The pods never call the Kubernetes API (only the KFP train pod does): no token to steal.
+        "automountServiceAccountToken": False,
     }
     if spec.node_selector:
         pod["nodeSelector"] = spec.node_selector
