@@ -6,11 +6,16 @@ and rules that tie two fields together live in `__post_init__`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from components.common.errors import ConfigError
+from components.common.redact import redact_urls
+from components.common.secrets import check_api_key_env, refuse_secret_path
+from components.teacher.templates import render_file_template, render_prompt_template
 
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
 AnswerPolicy = Literal["retry", "keep", "drop"]
@@ -22,9 +27,12 @@ class ProviderConfig:
 
     name: a provider from teacher_config.yaml (openai, deepseek, qwen, vllm, local, ...); it fills
         base_url, model and prices left unset here. Any other name needs `base_url`.
-    base_url: the API root ending in /v1 (DeepSeek: https://api.deepseek.com/v1).
+    base_url: the API root ending in /v1 (DeepSeek: https://api.deepseek.com/v1). https, or plain http
+        to loopback or a cluster-local host (localhost, 127.x, ::1, a one-label Service name, *.svc,
+        *.cluster.local); allow_insecure_http: true permits plain http anywhere else. Never user:password@.
     model: the model id at that API, or for `local` a model folder (local path or s3://).
     api_key_env: the environment variable holding the key; the key itself never appears in configs.
+        Only TEACHER_API_KEY, JUDGE_API_KEY (the pipeline's Secrets) or a name ending in _API_KEY.
     api_key_required: false for servers that take no key (vLLM, the demo); the variable is then optional.
     temperature, top_p, max_tokens, seed, n: generation parameters sent with every request (None: the
         provider's default). n > 1 makes n records per prompt.
@@ -56,6 +64,7 @@ class ProviderConfig:
     logprobs: bool = False
     top_logprobs: int = 0
     stream: bool = False
+    allow_insecure_http: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     price_input_per_m: float | None = None
@@ -89,6 +98,9 @@ class ProviderConfig:
             raise ConfigError(f"batch_size: {self.batch_size} must be at least 1")
         if self.quantization != "none" and self.name != "local":
             raise ConfigError("quantization: applies to the local teacher only (name: local)")
+        check_api_key_env(self.api_key_env)
+        if self.base_url:
+            _check_base_url(self.base_url, self.allow_insecure_http)
 
     @property
     def is_local(self) -> bool:
@@ -114,6 +126,37 @@ class ProviderConfig:
         # Unset values stay out, so adding a new option later keeps existing keys; 0 and 0.0 are real
         # settings (temperature 0 is not the provider's default) and stay in.
         return {k: v for k, v in params.items() if v is not None and v != {} and v is not False}
+
+
+def _check_base_url(url: str, allow_insecure_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"base_url: {redact_urls(url)!r} is not an http(s) URL; write it like https://host/v1"
+        )
+    if parts.username is not None or parts.password is not None:
+        # The SDK cannot send it next to the bearer key, and a URL is shown in logs and summaries.
+        raise ConfigError(
+            f"base_url: {redact_urls(url)} holds user:password@; credentials never go in a URL: put the key "
+            "in the environment variable that api_key_env names"
+        )
+    if parts.scheme == "http" and not allow_insecure_http and not _is_cluster_local(parts.hostname):
+        raise ConfigError(
+            f"base_url: {redact_urls(url)} is plain http to {parts.hostname}, outside loopback and the "
+            "cluster, so the API key and prompts would cross the network unencrypted; use https, or set "
+            "allow_insecure_http: true if that network is trusted"
+        )
+
+
+def _is_cluster_local(host: str) -> bool:
+    """Loopback, or a name only the cluster's DNS resolves: a Service in the pod's namespace (one label),
+    <service>.<namespace>.svc, or anything under cluster.local."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    return host == "localhost" or "." not in host or host.endswith((".localhost", ".svc", ".cluster.local"))
 
 
 @dataclass
@@ -247,5 +290,18 @@ class Config:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
         if not self.run_id or "/" in self.run_id:
             raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
+        if not self.dataset.startswith("s3://"):
+            refuse_secret_path(self.dataset, "dataset")
+        self._check_templates()
         if self.store_uri == "":
             self.store_uri = os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), ".store")
+
+    def _check_templates(self) -> None:
+        """Render every template once with sample values, so an unsafe or broken one stops the run at
+        load, before any request."""
+        if self.prompt_template:
+            render_prompt_template(self.prompt_template, "A sample prompt.")
+        render_file_template(self.text.template, field="text.template", chunk="A sample passage.")
+        if self.judge.enabled:
+            sample = {"prompt": "A sample question?", "reference": "A reference.", "answer": "An answer."}
+            render_file_template(self.judge.template, field="judge.template", **sample)
