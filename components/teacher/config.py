@@ -6,6 +6,7 @@ and rules that tie two fields together live in `__post_init__`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 from components.common.errors import ConfigError
 from components.common.redact import redact_urls
-from components.common.secrets import check_api_key_env, refuse_secret_path
+from components.common.secrets import JUDGE_KEY_ENV, check_api_key_env, refuse_secret_path
 from components.teacher.templates import render_file_template, render_prompt_template
 
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
@@ -128,6 +129,14 @@ class ProviderConfig:
         return {k: v for k, v in params.items() if v is not None and v != {} and v is not False}
 
 
+@dataclass
+class JudgeProviderConfig(ProviderConfig):
+    """A judge's provider: the fields of ProviderConfig, with the key read from JUDGE_API_KEY unless
+    api_key_env names another variable, so the teacher's key never goes to the judge by default."""
+
+    api_key_env: str = JUDGE_KEY_ENV
+
+
 def _check_base_url(url: str, allow_insecure_http: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -186,13 +195,15 @@ class JudgeConfig:
     """Verification of answers against the dataset's `reference` by a second model.
 
     enabled: judge every answer that has a reference; accepted ones are kept, rejected ones go to
-        rejected.jsonl. provider: the judge model (same client; defaults to the teacher's provider).
+        rejected.jsonl. provider: the judge model (same client; defaults to the teacher's provider). Its
+        key comes from JUDGE_API_KEY unless provider.api_key_env says otherwise, also when the judge is
+        the teacher's provider: to judge with the teacher's key, name TEACHER_API_KEY there.
     template: "judge" (the shipped template) or the path of a Jinja file receiving prompt, reference,
         answer; the judge's reply must contain ACCEPT or REJECT.
     """
 
     enabled: bool = False
-    provider: ProviderConfig | None = None
+    provider: JudgeProviderConfig | None = None
     template: str = "judge"
 
 
@@ -292,6 +303,9 @@ class Config:
             raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
         if not self.dataset.startswith("s3://"):
             refuse_secret_path(self.dataset, "dataset")
+        if self.judge.enabled and self.judge.provider is None:
+            fields = {**dataclasses.asdict(self.provider), "api_key_env": JUDGE_KEY_ENV}
+            self.judge.provider = JudgeProviderConfig(**fields)
         self._check_templates()
         if self.store_uri == "":
             self.store_uri = os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), ".store")

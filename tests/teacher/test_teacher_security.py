@@ -8,13 +8,15 @@ user:password@ appears in no file a run writes and in no line it logs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.common.config import from_dict
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, InputError
+from components.common.records import read_records
 from components.teacher import Config, ProviderConfig, run
 from components.teacher.providers import resolve_provider
 from components.teacher.readers import read_prompts
@@ -190,3 +192,54 @@ def test_a_dataset_folder_holding_a_symlink_to_the_environment_is_refused(tmp_pa
     config = load(tmp_path, dataset=str(folder), dataset_format="text")
     with pytest.raises(ConfigError, match=r"^dataset: .*b\.txt lies under /proc"):
         read_prompts(config)
+
+
+# Item 5: the judge reads JUDGE_API_KEY unless told otherwise.
+
+
+def write_referenced_dataset(path: Path) -> None:
+    lines = [{"prompt": f"Reverse the letters of: {w}", "reference": w[::-1]} for w in ("abc", "sun")]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_the_judge_reads_its_own_key_and_never_the_teachers(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-teacher")
+    monkeypatch.setenv("JUDGE_API_KEY", "sk-judge")
+    write_referenced_dataset(tmp_path / "prompts.jsonl")
+    with (
+        start_teacher_server(api_key="sk-teacher") as teacher,
+        start_teacher_server(api_key="sk-judge") as judge,
+    ):
+        config = load(
+            tmp_path,
+            store_uri=str(tmp_path / "store"),
+            progress_bar=False,
+            provider={"name": "demo", "base_url": teacher.base_url, "api_key_required": True},
+            judge={
+                "enabled": True,
+                "provider": {"name": "demo", "base_url": judge.base_url, "api_key_required": True},
+            },
+        )
+        result = run(config)
+        assert judge.teacher.last_headers["authorization"] == "Bearer sk-judge"
+    assert result.metrics["records"] == 2
+    assert {r.judge["verdict"] for r in read_records(tmp_path / "out" / "train.jsonl")} == {"accept"}
+
+
+def test_a_judge_on_the_teachers_provider_still_needs_judge_api_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-shared")
+    monkeypatch.delenv("JUDGE_API_KEY", raising=False)
+    write_referenced_dataset(tmp_path / "prompts.jsonl")
+    with start_teacher_server(api_key="sk-shared") as server:
+        config = load(
+            tmp_path,
+            store_uri=str(tmp_path / "store"),
+            progress_bar=False,
+            provider={"name": "demo", "base_url": server.base_url, "api_key_required": True},
+            judge={"enabled": True},
+        )
+        assert config.judge.provider.api_key_env == "JUDGE_API_KEY"
+        with pytest.raises(InputError, match="environment variable JUDGE_API_KEY is not set"):
+            run(config)
+        monkeypatch.setenv("JUDGE_API_KEY", "sk-shared")
+        assert run(config).metrics["records"] == 2
