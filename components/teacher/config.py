@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from components.common.errors import ConfigError
-from components.common.redact import redact_urls
+from components.common.redact import digest_values, redact_config, redact_urls
 from components.common.secrets import JUDGE_KEY_ENV, check_api_key_env, refuse_secret_path
 from components.teacher.templates import render_file_template, render_prompt_template
 
@@ -22,7 +22,7 @@ DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "te
 AnswerPolicy = Literal["retry", "keep", "drop"]
 
 
-@dataclass
+@dataclass(repr=False)
 class ProviderConfig:
     """One teacher: an OpenAI-compatible API, or a local Hugging Face model (`name: local`).
 
@@ -40,7 +40,8 @@ class ProviderConfig:
     logprobs, top_logprobs: ask for token log-probabilities and store them beside the record.
     stream: receive the answer as server-sent events and join them (some reasoning models, e.g. Qwen3
         with thinking on DashScope, answer only in streaming mode). Usage comes from the final chunk.
-    extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}).
+    extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}). Their values
+        are never written or logged in clear: "***" in summaries and reprs, a digest in records.
     price_input_per_m, price_output_per_m: price per million prompt / completion tokens, for the cost
         totals and `max_cost`.
     rpm, tpm: requests and tokens per minute allowed for this provider (divided between shards).
@@ -103,6 +104,10 @@ class ProviderConfig:
         if self.base_url:
             _check_base_url(self.base_url, self.allow_insecure_http)
 
+    def __repr__(self) -> str:
+        shown = redact_config(dataclasses.asdict(self))
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @property
     def is_local(self) -> bool:
         return self.name == "local"
@@ -121,7 +126,8 @@ class ProviderConfig:
             "n": self.n,
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs,
-            "extra_body": self.extra_body,
+            # A digest, not the values: this dict is written into every record and the store's journal.
+            "extra_body": digest_values(self.extra_body),
             "adapter": self.adapter,
         }
         # Unset values stay out, so adding a new option later keeps existing keys; 0 and 0.0 are real
@@ -129,7 +135,7 @@ class ProviderConfig:
         return {k: v for k, v in params.items() if v is not None and v != {} and v is not False}
 
 
-@dataclass
+@dataclass(repr=False)
 class JudgeProviderConfig(ProviderConfig):
     """A judge's provider: the fields of ProviderConfig, with the key read from JUDGE_API_KEY unless
     api_key_env names another variable, so the teacher's key never goes to the judge by default."""

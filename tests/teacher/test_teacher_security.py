@@ -9,6 +9,9 @@ user:password@ appears in no file a run writes and in no line it logs.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +246,101 @@ def test_a_judge_on_the_teachers_provider_still_needs_judge_api_key(tmp_path, mo
             run(config)
         monkeypatch.setenv("JUDGE_API_KEY", "sk-shared")
         assert run(config).metrics["records"] == 2
+
+
+# Item 6: planted secrets appear in no file of a run and in no logged line, nor in a config's repr.
+
+SECRETS = {"header": "planted-header-value-7f3a", "body": "planted-body-value-9c1e"}
+PASSWORD = "planted-pw-2b8d"
+
+
+def secret_provider(base_url: str) -> dict:
+    return {
+        "name": "demo",
+        "base_url": base_url,
+        "extra_headers": {"X-Tenant": SECRETS["header"]},
+        "extra_body": {"tenant_token": SECRETS["body"], "enable_thinking": True},
+    }
+
+
+def leaks(texts: dict[str, str]) -> list[tuple[str, str]]:
+    return [(where, name) for where, text in texts.items() for name, s in SECRETS.items() if s in text]
+
+
+def run_cli(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "run.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_config_repr_hides_header_and_body_values(tmp_path):
+    config = load(tmp_path, provider=secret_provider("http://127.0.0.1:9/v1"), judge={"enabled": True})
+    shown = repr(config)
+    assert "X-Tenant" in shown and "'enable_thinking': True" in shown
+    assert leaks({"repr": shown}) == []
+
+
+def test_a_teacher_run_writes_and_logs_no_planted_secret(tmp_path):
+    write_referenced_dataset(tmp_path / "prompts.jsonl")
+    work = tmp_path / "run"
+    with start_teacher_server() as server:
+        config = {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(work / "out"),
+            "store_uri": str(work / "store"),
+            "provider": secret_provider(server.base_url),
+            "judge": {"enabled": True},
+            "progress_bar": False,
+        }
+        done = run_cli(config, tmp_path)
+        assert done.returncode == 0, done.stderr
+        # The secrets were really used: the header reached the server.
+        assert server.teacher.last_headers["x-tenant"] == SECRETS["header"]
+    written = {str(p): p.read_text(errors="replace") for p in work.rglob("*") if p.is_file()}
+    assert len(written) >= 6  # train, test, rejected, summary, the journal and the cache
+    assert leaks({"stdout": done.stdout, "stderr": done.stderr, **written}) == []
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    assert summary["config"]["provider"]["extra_body"] == {"tenant_token": "***", "enable_thinking": True}
+    assert summary["config"]["judge"]["provider"]["extra_headers"] == {"X-Tenant": "***"}
+    params = read_records(work / "out" / "train.jsonl")[0].teacher["params"]
+    assert params["extra_body"]["enable_thinking"] is True
+    assert params["extra_body"]["tenant_token"].startswith("sha256:")
+
+
+def test_a_password_in_base_url_is_refused_without_being_shown(tmp_path):
+    write_referenced_dataset(tmp_path / "prompts.jsonl")
+    with start_teacher_server() as server:
+        base_url = server.base_url.replace("http://", f"http://someone:{PASSWORD}@")
+        config = {"dataset": str(tmp_path / "prompts.jsonl"), "output_dir": str(tmp_path / "out")}
+        done = run_cli({**config, "provider": {"name": "demo", "base_url": base_url}}, tmp_path)
+        assert server.teacher.total_requests == 0
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: provider: base_url: http://***@127.0.0.1:")
+    assert "holds user:password@" in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_log_line_has_url_passwords_redacted(capsys):
+    import logging
+
+    from components.common.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging()
+        logging.getLogger("any.module").warning(
+            "retrying %s", f"https://someone:{PASSWORD}@api.example.com/v1"
+        )
+        out = capsys.readouterr().out
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert "retrying https://***@api.example.com/v1" in out and PASSWORD not in out
