@@ -1,7 +1,7 @@
 """Logging set up the same way in every stage, readable in the KFP UI's log pane.
 
-Every line passes through redact_urls first: a base_url with user:password@ in it, logged by any module
-(the stage's own progress, an SDK's retry notice), shows as https://***@host.
+Every line passes through redact_urls first: a URL with user:password@ in it (an endpoint, a proxy),
+logged by any module, shows as https://***@host.
 """
 
 import logging
@@ -12,7 +12,10 @@ from components.common.redact import redact_urls
 
 class RedactCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: let the handler report it as logging always does
+            return True
         redacted = redact_urls(message)
         if redacted != message:
             record.msg, record.args = redacted, None

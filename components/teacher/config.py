@@ -309,6 +309,8 @@ class Config:
             raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
         if not self.dataset.startswith("s3://"):
             refuse_secret_path(self.dataset, "dataset")
+        # Judging on the teacher's own provider still takes the judge's key variable: the teacher's key
+        # reaches a judge only where a config names it.
         if self.judge.enabled and self.judge.provider is None:
             fields = {**dataclasses.asdict(self.provider), "api_key_env": JUDGE_KEY_ENV}
             self.judge.provider = JudgeProviderConfig(**fields)

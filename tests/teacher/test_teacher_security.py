@@ -344,3 +344,22 @@ def test_every_log_line_has_url_passwords_redacted(capsys):
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert "retrying https://***@api.example.com/v1" in out and PASSWORD not in out
+
+
+def test_redaction_rules():
+    from components.common.redact import redact_config, redact_urls
+
+    assert redact_urls("see https://me:p@ss@host:1/v1?a=b and s3://k:s@bucket/x") == (
+        "see https://***@host:1/v1?a=b and s3://***@bucket/x"
+    )
+    assert redact_urls("mail me@example.com at https://host/v1") == "mail me@example.com at https://host/v1"
+    shown = redact_config(
+        {
+            "a": [{"extra_headers": {"Authorization": "Bearer k"}}],
+            "extra_body": {"n": 3, "x": {"y": "s"}, "f": False},
+        }
+    )
+    assert shown == {
+        "a": [{"extra_headers": {"Authorization": "***"}}],
+        "extra_body": {"n": "***", "x": {"y": "***"}, "f": False},
+    }
