@@ -109,15 +109,15 @@ def test_malformed_dataset_line_is_reported_with_file_and_line(tmp_path, capfd):
 
 
 def test_missing_api_key_is_named(tmp_path, capfd, monkeypatch):
-    monkeypatch.delenv("DISTILL_TEST_MISSING_KEY", raising=False)
-    parameters = {**QUICK, "teacher_api_key_env": "DISTILL_TEST_MISSING_KEY"}
+    monkeypatch.delenv("DISTILL_TEST_MISSING_API_KEY", raising=False)
+    parameters = {**QUICK, "teacher_api_key_env": "DISTILL_TEST_MISSING_API_KEY"}
     settings = LocalRun(
         workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset_size=10, parameters=parameters
     )
     with pytest.raises(RuntimeError):
         run_pipeline(settings)
     output = capfd.readouterr()
-    assert "DISTILL_TEST_MISSING_KEY" in output.out + output.err
+    assert "DISTILL_TEST_MISSING_API_KEY" in output.out + output.err
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import yaml
 from components.common.config import load_config
 from components.common.errors import ConfigError, InputError
 from components.common.logs import setup_logging
+from components.common.redact import redact_urls
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -50,6 +51,6 @@ def run_stage_cli(
         config = load_config(config_class, args.config, parse_assignments(args.set))
         result = run(config)
     except (ConfigError, InputError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact_urls(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str))

@@ -15,6 +15,7 @@ from typing import Any
 from components.common.config import deep_merge, from_dict
 from components.common.errors import ConfigError, InputError
 from components.common.logs import setup_logging
+from components.common.redact import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -39,5 +40,5 @@ def run_stage(
         return getattr(module, name)(config, *args)
     except (ConfigError, InputError) as error:
         log.error("%s", error)
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {redact_urls(str(error))}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

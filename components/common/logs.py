@@ -1,7 +1,25 @@
-"""Logging set up the same way in every stage, readable in the KFP UI's log pane."""
+"""Logging set up the same way in every stage, readable in the KFP UI's log pane.
+
+Every line passes through redact_urls first: a URL with user:password@ in it (an endpoint, a proxy),
+logged by any module, shows as https://***@host.
+"""
 
 import logging
 import sys
+
+from components.common.redact import redact_urls
+
+
+class RedactCredentials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: let the handler report it as logging always does
+            return True
+        redacted = redact_urls(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -11,3 +29,5 @@ def setup_logging(level: int = logging.INFO) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactCredentials())

@@ -19,7 +19,8 @@ class JudgeConfig:
     """LLM-as-judge of the distilled student against the teacher (see judge.py).
 
     provider: the judge model, configured exactly like the teacher stage's `provider` (a named preset
-        such as deepseek or qwen, or base_url + model; API key from the environment variable it names).
+        such as deepseek or qwen, or base_url + model), except that its API key comes from JUDGE_API_KEY
+        unless `api_key_env` names another variable.
     max_samples: judge at most this many test samples (one request each).
     concurrency: requests in flight at once.
     """
@@ -31,10 +32,10 @@ class JudgeConfig:
     concurrency: int = 4
 
     def __post_init__(self) -> None:
-        from components.teacher.config import ProviderConfig
+        from components.teacher.config import JudgeProviderConfig, ProviderConfig
 
         if isinstance(self.provider, Mapping):
-            self.provider = from_dict(ProviderConfig, self.provider, where="judge.provider")
+            self.provider = from_dict(JudgeProviderConfig, self.provider, where="judge.provider")
         elif not isinstance(self.provider, ProviderConfig):
             raise ConfigError("judge.provider: expected a mapping of the teacher stage's provider fields")
         if self.max_samples < 1:

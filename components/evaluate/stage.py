@@ -29,6 +29,7 @@ from components.common.config import to_dict
 from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
 from components.common.records import Record, read_records
+from components.common.redact import redact_config
 from components.evaluate.config import Config
 from components.evaluate.curves import divergence_note, loss_svg, read_loss_curves
 from components.evaluate.generate import (
@@ -94,7 +95,7 @@ def run(config: Config) -> Result:
     everything = {
         "metrics": metrics,
         "gate": gate,
-        "config": to_dict(config),
+        "config": redact_config(to_dict(config)),
         "loss_curves": curves,
         "samples": samples,
     }

@@ -6,32 +6,42 @@ and rules that tie two fields together live in `__post_init__`.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from components.common.errors import ConfigError
+from components.common.redact import digest_values, redact_config, redact_urls
+from components.common.secrets import JUDGE_KEY_ENV, check_api_key_env, refuse_secret_path
+from components.teacher.templates import render_file_template, render_prompt_template
 
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
 AnswerPolicy = Literal["retry", "keep", "drop"]
 
 
-@dataclass
+@dataclass(repr=False)
 class ProviderConfig:
     """One teacher: an OpenAI-compatible API, or a local Hugging Face model (`name: local`).
 
     name: a provider from teacher_config.yaml (openai, deepseek, qwen, vllm, local, ...); it fills
         base_url, model and prices left unset here. Any other name needs `base_url`.
-    base_url: the API root ending in /v1 (DeepSeek: https://api.deepseek.com/v1).
+    base_url: the API root ending in /v1 (DeepSeek: https://api.deepseek.com/v1). https, or plain http
+        to loopback or a cluster-local host (localhost, 127.x, ::1, a one-label Service name, *.svc,
+        *.cluster.local); allow_insecure_http: true permits plain http anywhere else. Never user:password@.
     model: the model id at that API, or for `local` a model folder (local path or s3://).
     api_key_env: the environment variable holding the key; the key itself never appears in configs.
+        Only TEACHER_API_KEY, JUDGE_API_KEY (the pipeline's Secrets) or a name ending in _API_KEY.
     api_key_required: false for servers that take no key (vLLM, the demo); the variable is then optional.
     temperature, top_p, max_tokens, seed, n: generation parameters sent with every request (None: the
         provider's default). n > 1 makes n records per prompt.
     logprobs, top_logprobs: ask for token log-probabilities and store them beside the record.
     stream: receive the answer as server-sent events and join them (some reasoning models, e.g. Qwen3
         with thinking on DashScope, answer only in streaming mode). Usage comes from the final chunk.
-    extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}).
+    extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}). Their values
+        are never written or logged in clear: "***" in summaries and reprs, a digest in records.
     price_input_per_m, price_output_per_m: price per million prompt / completion tokens, for the cost
         totals and `max_cost`.
     rpm, tpm: requests and tokens per minute allowed for this provider (divided between shards).
@@ -59,6 +69,7 @@ class ProviderConfig:
     logprobs: bool = False
     top_logprobs: int = 0
     stream: bool = False
+    allow_insecure_http: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     price_input_per_m: float | None = None
@@ -97,6 +108,13 @@ class ProviderConfig:
             raise ConfigError(f"batch_size: {self.batch_size} must be at least 1")
         if self.quantization != "none" and self.name != "local":
             raise ConfigError("quantization: applies to the local teacher only (name: local)")
+        check_api_key_env(self.api_key_env)
+        if self.base_url:
+            _check_base_url(self.base_url, self.allow_insecure_http)
+
+    def __repr__(self) -> str:
+        shown = redact_config(dataclasses.asdict(self))
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def is_local(self) -> bool:
@@ -116,12 +134,52 @@ class ProviderConfig:
             "n": self.n,
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs,
-            "extra_body": self.extra_body,
+            # A digest, not the values: this dict is written into every record and the store's journal.
+            "extra_body": digest_values(self.extra_body),
             "adapter": self.adapter,
         }
         # Unset values stay out, so adding a new option later keeps existing keys; 0 and 0.0 are real
         # settings (temperature 0 is not the provider's default) and stay in.
         return {k: v for k, v in params.items() if v is not None and v != {} and v is not False}
+
+
+@dataclass(repr=False)
+class JudgeProviderConfig(ProviderConfig):
+    """A judge's provider: the fields of ProviderConfig, with the key read from JUDGE_API_KEY unless
+    api_key_env names another variable, so the teacher's key never goes to the judge by default."""
+
+    api_key_env: str = JUDGE_KEY_ENV
+
+
+def _check_base_url(url: str, allow_insecure_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"base_url: {redact_urls(url)!r} is not an http(s) URL; write it like https://host/v1"
+        )
+    if parts.username is not None or parts.password is not None:
+        # The SDK cannot send it next to the bearer key, and a URL is shown in logs and summaries.
+        raise ConfigError(
+            f"base_url: {redact_urls(url)} holds user:password@; credentials never go in a URL: put the key "
+            "in the environment variable that api_key_env names"
+        )
+    if parts.scheme == "http" and not allow_insecure_http and not _is_cluster_local(parts.hostname):
+        raise ConfigError(
+            f"base_url: {redact_urls(url)} is plain http to {parts.hostname}, outside loopback and the "
+            "cluster, so the API key and prompts would cross the network unencrypted; use https, or set "
+            "allow_insecure_http: true if that network is trusted"
+        )
+
+
+def _is_cluster_local(host: str) -> bool:
+    """Loopback, or a name only the cluster's DNS resolves: a Service in the pod's namespace (one label),
+    <service>.<namespace>.svc, or anything under cluster.local."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    return host == "localhost" or "." not in host or host.endswith((".localhost", ".svc", ".cluster.local"))
 
 
 @dataclass
@@ -151,13 +209,15 @@ class JudgeConfig:
     """Verification of answers against the dataset's `reference` by a second model.
 
     enabled: judge every answer that has a reference; accepted ones are kept, rejected ones go to
-        rejected.jsonl. provider: the judge model (same client; defaults to the teacher's provider).
+        rejected.jsonl. provider: the judge model (same client; defaults to the teacher's provider). Its
+        key comes from JUDGE_API_KEY unless provider.api_key_env says otherwise, also when the judge is
+        the teacher's provider: to judge with the teacher's key, name TEACHER_API_KEY there.
     template: "judge" (the shipped template) or the path of a Jinja file receiving prompt, reference,
         answer; the judge's reply must contain ACCEPT or REJECT.
     """
 
     enabled: bool = False
-    provider: ProviderConfig | None = None
+    provider: JudgeProviderConfig | None = None
     template: str = "judge"
 
 
@@ -255,5 +315,23 @@ class Config:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
         if not self.run_id or "/" in self.run_id:
             raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
+        if not self.dataset.startswith("s3://"):
+            refuse_secret_path(self.dataset, "dataset")
+        # Judging on the teacher's own provider still takes the judge's key variable: the teacher's key
+        # reaches a judge only where a config names it.
+        if self.judge.enabled and self.judge.provider is None:
+            fields = {**dataclasses.asdict(self.provider), "api_key_env": JUDGE_KEY_ENV}
+            self.judge.provider = JudgeProviderConfig(**fields)
+        self._check_templates()
         if self.store_uri == "":
             self.store_uri = os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), ".store")
+
+    def _check_templates(self) -> None:
+        """Render every template once with sample values, so an unsafe or broken one stops the run at
+        load, before any request."""
+        if self.prompt_template:
+            render_prompt_template(self.prompt_template, "A sample prompt.")
+        render_file_template(self.text.template, field="text.template", chunk="A sample passage.")
+        if self.judge.enabled:
+            sample = {"prompt": "A sample question?", "reference": "A reference.", "answer": "An answer."}
+            render_file_template(self.judge.template, field="judge.template", **sample)

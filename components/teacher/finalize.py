@@ -16,6 +16,7 @@ from typing import Any
 
 from components.common.config import to_dict
 from components.common.records import Record, stable_hash, write_records
+from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
 from components.teacher.journal import Journal
@@ -102,10 +103,10 @@ def finalize(config: Config) -> Result:
         "teacher": {
             "provider": provider.name,
             "model": provider.model,
-            "base_url": provider.base_url,
+            "base_url": redact_urls(provider.base_url) if provider.base_url else None,
             "params": provider.generation_params(),
         },
-        "config": _redacted(to_dict(config)),
+        "config": redact_config(to_dict(config)),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, len(rejected), output)
@@ -135,13 +136,3 @@ def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], thin
             "cached": bool(entry.get("cached")),
         },
     )
-
-
-def _redacted(config: dict[str, Any]) -> dict[str, Any]:
-    """The config for summary.json, with the values of credential-like headers masked."""
-    for section in (config["provider"], (config["judge"].get("provider") or {})):
-        headers = section.get("extra_headers") or {}
-        for name in headers:
-            if any(word in name.lower() for word in ("auth", "key", "token", "secret")):
-                headers[name] = "***"
-    return config

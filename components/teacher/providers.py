@@ -9,6 +9,7 @@ import yaml
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError
+from components.common.secrets import refuse_secret_path
 from components.teacher.config import ProviderConfig
 
 SHIPPED = Path(__file__).with_name("teacher_config.yaml")
@@ -16,6 +17,7 @@ SHIPPED = Path(__file__).with_name("teacher_config.yaml")
 
 def load_presets(path: str = "") -> dict[str, dict]:
     source = Path(path) if path else SHIPPED
+    refuse_secret_path(source, "provider_config")
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -35,8 +37,14 @@ def resolve_provider(provider: ProviderConfig, presets_path: str = "") -> Provid
             f"provider.name: {provider.name!r} is not in {presets_path or SHIPPED.name} "
             f"({', '.join(sorted(presets))}); set provider.base_url to use any other OpenAI-compatible API"
         )
-    # Validate the preset through the same typed loader, so a typo in the YAML names its field.
-    from_dict(ProviderConfig, {"name": provider.name, **(preset or {})}, where=f"providers.{provider.name}")
+    # Validate the preset through the same typed loader, so a typo in the YAML names its field; the run's
+    # allow_insecure_http covers the preset's base_url too.
+    preset_fields = {
+        "name": provider.name,
+        "allow_insecure_http": provider.allow_insecure_http,
+        **(preset or {}),
+    }
+    from_dict(ProviderConfig, preset_fields, where=f"providers.{provider.name}")
     values = dataclasses.asdict(provider)
     for key, value in (preset or {}).items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):

@@ -27,6 +27,7 @@ from typing import Any
 
 from components.common.errors import InputError
 from components.common.records import validate_messages
+from components.common.secrets import refuse_secret_path
 from components.common.store import open_store
 from components.teacher.chunking import chunk_text
 from components.teacher.config import Config
@@ -111,6 +112,8 @@ def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise InputError(f"dataset {dataset}: the folder holds no files")
+        for file in files:  # a symlink in the folder may point at /proc/self/environ
+            refuse_secret_path(file, "dataset")
         return [(p, str(p)) for p in files]
     if not path.is_file():
         raise InputError(f"dataset {dataset} does not exist; give a JSONL/JSON/text file, a folder or s3://")

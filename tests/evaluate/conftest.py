@@ -88,6 +88,7 @@ class ReversalJudge:
         import threading
 
         self.requests = 0
+        self.authorization: str | None = None  # the last chat request's, to check which key was sent
         self.ready = threading.Event()
         self.port = 0
 
@@ -105,6 +106,7 @@ class ReversalJudge:
 
         body = await request.json()
         self.requests += 1
+        self.authorization = request.headers.get("Authorization")
         if self.requests == 1:
             return web.json_response(
                 {"error": {"message": "slow down"}}, status=429, headers={"retry-after-ms": "10"}

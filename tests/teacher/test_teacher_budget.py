@@ -52,7 +52,7 @@ def test_a_fully_cached_run_needs_neither_the_endpoint_nor_the_key(tmp_path):
             tmp_path,
             base_url,
             run_id="offline",
-            provider={"api_key_required": True, "api_key_env": "NOT_SET_ANYWHERE"},
+            provider={"api_key_required": True, "api_key_env": "NOT_SET_ANYWHERE_API_KEY"},
         )
     )
     assert offline.metrics["records"] == 5 and offline.metrics["requests"] == 0

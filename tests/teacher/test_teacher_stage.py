@@ -103,12 +103,12 @@ def test_unreachable_teacher_names_the_base_url(tmp_path, keyed):
 
 
 def test_missing_api_key_names_the_variable_before_any_request(tmp_path, server, monkeypatch):
-    monkeypatch.delenv("MY_TEACHER_KEY", raising=False)
+    monkeypatch.delenv("MY_TEACHER_API_KEY", raising=False)
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
     config = make_config(
-        tmp_path, server.base_url, provider={"api_key_env": "MY_TEACHER_KEY", "api_key_required": True}
+        tmp_path, server.base_url, provider={"api_key_env": "MY_TEACHER_API_KEY", "api_key_required": True}
     )
-    with pytest.raises(InputError, match="environment variable MY_TEACHER_KEY is not set"):
+    with pytest.raises(InputError, match="environment variable MY_TEACHER_API_KEY is not set"):
         run(config)
     assert server.teacher.total_requests == 0
 

@@ -1,0 +1,90 @@
+"""The eval judge reads JUDGE_API_KEY, and a secret planted in its provider is in no file or log line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.config import from_dict
+from components.common.errors import ConfigError
+from components.evaluate.config import Config, JudgeConfig
+from components.evaluate.judge import judge_win_rate
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {"header": "planted-header-value-4e6d", "body": "planted-body-value-8a0c"}
+
+
+def judge_provider(server, **extra) -> dict:
+    return {"name": "judge", "base_url": f"http://127.0.0.1:{server.port}/v1", "model": "judge-1", **extra}
+
+
+def test_the_judge_sends_judge_api_key_not_the_teachers(judge_server, monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-teacher")
+    monkeypatch.setenv("JUDGE_API_KEY", "sk-judge")
+    config = from_dict(JudgeConfig, {"provider": judge_provider(judge_server, backoff_s=0.01)})
+    assert config.provider.api_key_env == "JUDGE_API_KEY"
+    judge_win_rate(config, ["Reverse the letters of: abc"], ["cba"], ["cba"])
+    assert judge_server.authorization == "Bearer sk-judge"
+
+
+def test_the_judge_provider_follows_the_teachers_rules():
+    with pytest.raises(ConfigError, match="api_key_env: 'AWS_SECRET_ACCESS_KEY' is not a variable meant"):
+        from_dict(JudgeConfig, {"provider": {"model": "m", "api_key_env": "AWS_SECRET_ACCESS_KEY"}})
+    with pytest.raises(ConfigError, match="base_url: http://judge.example.com/v1 is plain http"):
+        from_dict(JudgeConfig, {"provider": {"model": "m", "base_url": "http://judge.example.com/v1"}})
+
+
+def test_config_repr_hides_the_judges_header_and_body_values(judge_server):
+    provider = judge_provider(
+        judge_server, extra_headers={"X-Tenant": SECRETS["header"]}, extra_body={"token": SECRETS["body"]}
+    )
+    config = Config(
+        base_model_dir="b", model_dir="m", data_dir="d", output_dir="o", judge=JudgeConfig(provider)
+    )
+    shown = repr(config)
+    assert "X-Tenant" in shown and not [s for s in SECRETS.values() if s in shown]
+
+
+def test_an_eval_run_writes_and_logs_no_planted_secret(
+    tiny_model_dir, memorized_student_dir, reversal_data_dir, judge_server, tmp_path
+):
+    out = tmp_path / "eval"
+    provider = judge_provider(
+        judge_server,
+        backoff_s=0.01,
+        api_key_required=False,
+        extra_headers={"X-Tenant": SECRETS["header"]},
+        extra_body={"tenant_token": SECRETS["body"]},
+    )
+    config = {
+        "base_model_dir": str(tiny_model_dir),
+        "model_dir": str(memorized_student_dir),
+        "data_dir": str(reversal_data_dir),
+        "output_dir": str(out),
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "device": "cpu",
+        "judge": {"provider": provider},
+    }
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    before = judge_server.requests
+    done = subprocess.run(
+        [sys.executable, "-m", "components.evaluate", "--config", str(tmp_path / "eval.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert judge_server.requests > before  # the judge was asked, with the planted header and body
+    written = {str(p): p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()}
+    assert {"eval.json", "report.html"} <= {Path(p).name for p in written}
+    texts = {"stdout": done.stdout, "stderr": done.stderr, **written}
+    assert [(where, name) for where, text in texts.items() for name, s in SECRETS.items() if s in text] == []
+    assert '"X-Tenant": "***"' in written[str(out / "eval.json")]
