@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
+from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
 from components.evaluate.component import evaluate_student
 from components.merge.component import merge_adapter
@@ -22,14 +23,14 @@ from components.train.component import train_student
 
 # Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
 # Optional Secrets may be absent: public models need no HF token, most runs no judge.
-TEACHER_SECRET = ("distill-teacher", {"api-key": "TEACHER_API_KEY"}, False)
+TEACHER_SECRET = ("distill-teacher", {"api-key": TEACHER_KEY_ENV}, False)
 S3_SECRET = (
     "distill-s3",
     {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"},
     False,
 )
 HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
-JUDGE_SECRET = ("distill-judge", {"api-key": "JUDGE_API_KEY"}, True)
+JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
@@ -41,9 +42,7 @@ STAGE_SECRETS = {
     "teacher": (S3_SECRET, TEACHER_SECRET, JUDGE_SECRET),  # answer shards and cache; the API; the judge
     "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
-    # The optional LLM judge reads the variable its provider's api_key_env names: TEACHER_API_KEY by
-    # default (the teacher's provider as judge), JUDGE_API_KEY for a judge with a key of its own.
-    "eval": (TEACHER_SECRET, JUDGE_SECRET),
+    "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
 }
 # What the pods of a multi-node PyTorchJob get: they read and write the store only (inputs, checkpoints,
 # outputs), and never the teacher's key.
@@ -122,7 +121,7 @@ def build_pipeline(retries: bool = True):
         teacher_provider: str = "deepseek",
         teacher_model: str = "deepseek-chat",
         teacher_base_url: str = "",
-        teacher_api_key_env: str = "TEACHER_API_KEY",
+        teacher_api_key_env: str = TEACHER_KEY_ENV,
         teacher_concurrency: int = 16,
         teacher_max_tokens: int = 1024,
         teacher_temperature: float = 0.0,

@@ -28,7 +28,7 @@ SECRET_ENV = {
     "exec-teacher-data-2": STORE_KEYS | {"TEACHER_API_KEY", "JUDGE_API_KEY"},
     TRAIN: STORE_KEYS | {"HF_TOKEN"},
     "exec-merge-adapter": set(),
-    "exec-evaluate-student": {"TEACHER_API_KEY", "JUDGE_API_KEY"},  # the optional LLM judge
+    "exec-evaluate-student": {"JUDGE_API_KEY"},  # the optional LLM judge
 }
 
 
