@@ -30,6 +30,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -166,8 +167,10 @@ class SpendLedger:
     rewritten whole with its running totals; objects are never appended to, so a kill at any moment
     leaves the last complete write. `record` returns once a write taken after the call is stored; the
     requests reserved meanwhile by other workers share that write (a group commit), so the store sees
-    one write per burst of requests, not one per request. A killed invocation's requests in flight are
-    counted at their worst-case cost: what they really cost is unknown.
+    one write per burst of requests, not one per request. Writes have a thread of their own: queued
+    behind the cache's reads and writes in the default pool, they held every request back. A killed
+    invocation's requests in flight are counted at their worst-case cost: what they really cost is
+    unknown.
     """
 
     def __init__(self, store: ArtifactStore, shard_index: int, num_shards: int):
@@ -177,6 +180,7 @@ class SpendLedger:
         self._lock = asyncio.Lock()
         self._asked = 0
         self._written = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-ledger")
 
     def write(self, budget: Budget) -> None:
         self._store_state(self._state(budget))
@@ -189,8 +193,14 @@ class SpendLedger:
             if self._written >= wanted:
                 return
             covered = self._asked
-            await asyncio.to_thread(self._store_state, self._state(budget))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._store_state, self._state(budget))
             self._written = covered
+
+    def close(self, budget: Budget) -> None:
+        """The last write, once every request has settled: real costs replace the worst cases."""
+        self._writer.shutdown()
+        self.write(budget)
 
     def _state(self, budget: Budget) -> dict[str, Any] | None:
         if budget.requests == 0:

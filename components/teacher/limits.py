@@ -86,13 +86,16 @@ class Budget:
         if self.stopped:
             return False
         if self.max_requests is not None and self.requests >= self.max_requests:
-            self.stopped = f"max_requests reached ({self.requests} requests sent, this shard's share)"
+            self.stopped = (
+                f"max_requests reached: {self.requests} requests sent, all that the run's limit left to "
+                "this invocation"
+            )
             return False
         if self.max_cost is not None and self.cost + self.held_cost + worst_cost > self.max_cost:
             if not self.in_flight:
                 self.stopped = (
-                    f"max_cost reached (spent {self.cost:.4f} of this shard's {self.max_cost:.4f}; the next "
-                    f"request could cost up to {worst_cost:.4f})"
+                    f"max_cost reached: spent {self.cost:.4f} of the {self.max_cost:.4f} that the run's "
+                    f"limit left to this invocation, and the next request could cost up to {worst_cost:.4f}"
                 )
             return False
         self.requests += 1

@@ -237,8 +237,7 @@ async def _generate(
     finally:
         ticker.cancel()
         progress.close()
-        # Every request has settled by now: the ledger's last write replaces worst cases by real costs.
-        await asyncio.to_thread(spend.write, budget)
+        await asyncio.to_thread(spend.close, budget)
         for client in (teacher, judge.teacher if judge else None):
             if isinstance(client, ApiTeacher):
                 await client.aclose()
