@@ -72,10 +72,6 @@ class Tally:
         setattr(self, kind, getattr(self, kind) + 1)
         self.lost_causes[f"{kind}: {cause}"] += 1
 
-    def why_lost(self) -> str:
-        """'failed: 500 server error 3, dropped: cut by max_tokens 2': counts by cause, most first."""
-        return ", ".join(f"{cause} {count}" for cause, count in self.lost_causes.most_common()) or "none"
-
 
 # The names the answer policies' problems go by in the counts.
 PROBLEMS = {"length": "cut by max_tokens", "empty": "empty answer"}

@@ -68,13 +68,13 @@ def check_budget(config: Config, providers: dict[str, ProviderConfig | None]) ->
 
 @dataclass
 class ShardOutcome:
-    """What one shard invocation did: its metrics and what the answered-ratio check needs."""
+    """What one shard invocation did: its metrics, and what the answered-ratio check needs (its prompts,
+    how many have a usable answer, and how many prompts lack one for each cause)."""
 
     result: Result
     work: Plan
     prompts: int
     usable: int
-    tally: Tally
     lost_causes: collections.Counter[str]
 
 
@@ -87,6 +87,7 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
 
 
 def ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcome:
+    """run_shard without the answered-ratio check, which `run` makes after finalize."""
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"shard_index: {shard_index} must be in [0, num_shards={num_shards})")
     teacher = make_teacher(config)
@@ -148,13 +149,12 @@ def ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcome
     lost = collections.Counter(tally.lost_causes)
     for entry in done:
         if entry["status"] != "ok":
-            lost[f"dropped: {PROBLEMS.get(entry.get('reason', ''), 'dropped')}"] += 1
+            lost[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
     return ShardOutcome(
         Result(config.output_dir, {k: float(v) for k, v in metrics.items()}, budget.stopped),
         work,
         len(mine),
         sum(entry["status"] == "ok" for entry in done) + tally.usable,
-        tally,
         lost,
     )
 
