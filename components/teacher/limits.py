@@ -11,8 +11,11 @@ Shards each get their share of the run's limits (`shard_allowance`), so together
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -78,6 +81,7 @@ class Budget:
     held_cost: float = 0.0
     in_flight: int = 0
     stopped: str = ""
+    overshot: bool = False
     _settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def reserve_now(self, worst_cost: float) -> bool:
@@ -118,8 +122,17 @@ class Budget:
         """A reserved request came back (with an answer or not): its real cost replaces its worst case.
         Returns that cost; an attempt without usage (an error, a timeout) costs nothing."""
         cost = token_cost(prompt_tokens, completion_tokens, prices)
-        self.held_cost = max(0.0, self.held_cost - worst_cost)
+        if cost > worst_cost * (1 + 1e-9) and not self.overshot:
+            self.overshot = True
+            log.warning(
+                "a request cost %.6f, more than its worst case %.6f: the provider bills beyond max_tokens "
+                "(a reasoning model's chain of thought?), so max_cost may be exceeded",
+                cost,
+                worst_cost,
+            )
         self.in_flight -= 1
+        # Reset when nothing is in flight, so rounding never leaves a phantom reservation behind.
+        self.held_cost = max(0.0, self.held_cost - worst_cost) if self.in_flight else 0.0
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost += cost

@@ -19,7 +19,7 @@ from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher import Config, finalize, run, run_shard
-from components.teacher.limits import token_cost, worst_cost
+from components.teacher.limits import shard_allowance, token_cost, worst_cost
 from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,16 @@ def test_a_finishing_run_gets_what_the_shards_left(tmp_path):
         finished = run(config)
         assert finished.metrics["requests"] == 8 and server.teacher.total_requests == 10
         assert finalize(config).metrics["total_requests"] == 10
+
+
+def test_shard_allowances_add_up_to_what_the_limit_leaves():
+    for count in range(1, 6):
+        for limit in range(0, 12):
+            for others in range(0, 14):
+                shares = [shard_allowance(limit, index, count, 0, others) for index in range(count)]
+                assert sum(shares) == max(0, limit - others), (count, limit, others, shares)
+        costs = [shard_allowance(1.0, index, count, 0.0, 0.25) for index in range(count)]
+        assert sum(costs) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(
