@@ -182,9 +182,6 @@ class SpendLedger:
         self._written = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-ledger")
 
-    def write(self, budget: Budget) -> None:
-        self._store_state(self._state(budget))
-
     async def record(self, budget: Budget) -> None:
         """Return once the budget's state as of this call (its reservations included) is stored."""
         self._asked += 1
@@ -200,7 +197,7 @@ class SpendLedger:
     def close(self, budget: Budget) -> None:
         """The last write, once every request has settled: real costs replace the worst cases."""
         self._writer.shutdown()
-        self.write(budget)
+        self._store_state(self._state(budget))
 
     def _state(self, budget: Budget) -> dict[str, Any] | None:
         if budget.requests == 0:

@@ -164,7 +164,7 @@ def worst_cost(
     messages: list[dict[str, str]], max_tokens: int | None, n: int, prices: tuple[float, float]
 ) -> float:
     """The most one request can cost, assuming the provider honours max_tokens for each of its n answers
-    (None: no bound; config.check_budget refuses max_cost without max_tokens)."""
+    (None: no bound; stage.check_budget refuses max_cost without max_tokens)."""
     return token_cost(worst_prompt_tokens(messages), (max_tokens or 0) * n, prices)
 
 
