@@ -43,7 +43,7 @@ from aiohttp import web
 REVERSE = re.compile(r"Reverse the letters of:\s*([a-z]+)\s*$")
 JUDGE = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*?)\s*(?:Reply with|$)", re.S)
 TOKEN = re.compile(r"\w+|[^\w\s]")
-FAULT_KINDS = ("429", "500", "401", "slow", "drop", "cut", "empty", "length")
+FAULT_KINDS = ("429", "500", "401", "slow", "drop", "cut", "empty", "length", "html")
 
 
 @dataclass
@@ -51,8 +51,9 @@ class Faults:
     """What goes wrong, and when.
 
     schedule: prompt -> faults for its first requests, in order (kinds: 429, 500, 401, slow, drop,
-        cut, empty, length); once the list is used up the prompt is answered normally. "drop" closes the
-        connection before any response, "cut" in the middle of a streamed one.
+        cut, empty, length, html); once the list is used up the prompt is answered normally. "drop"
+        closes the connection before any response, "cut" in the middle of a streamed one; "html" answers
+        with a web page and status 200, as a login portal or a proxy in front of the API does.
     rate_limit_fraction / error_fraction: share of all other requests answered 429 / 500, decided by a
         hash of (prompt, attempt) so the same run gets the same faults whatever the request order.
     retry_after_s: the Retry-After sent with a 429 (also as retry-after-ms, as OpenAI does).
@@ -185,6 +186,10 @@ class DemoTeacher:
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         if fault == "500":
             return _error(500, "The server had an error while processing your request.", "server_error")
+        if fault == "html":
+            return web.Response(
+                text="<html><body><h1>Please sign in</h1></body></html>", content_type="text/html"
+            )
         if fault == "slow":
             await asyncio.sleep(self.faults.slow_s)
         if fault == "drop":

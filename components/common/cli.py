@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from components.common.config import load_config
-from components.common.errors import ConfigError, InputError
+from components.common.errors import ConfigError, InputError, StageStopped
 from components.common.logs import setup_logging
 from components.common.redact import redact_urls
 
@@ -53,4 +53,10 @@ def run_stage_cli(
     except (ConfigError, InputError) as error:
         print(f"error: {redact_urls(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except StageStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str))

@@ -1,7 +1,8 @@
 """The single call a KFP component body makes: build the stage's Config from the task's inputs, run it.
 
-Errors a user can fix (ConfigError, InputError) end the task with one line, `error: <what and how to
-fix it>`, instead of a traceback, so the KFP UI shows the cause at the bottom of the log.
+Errors a user can fix (ConfigError, InputError) and a stage stopped before its end (StageStopped)
+end the task with one line, `error: <what and how to fix it>`, instead of a traceback, so the KFP UI shows
+the cause at the bottom of the log.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from components.common.config import deep_merge, from_dict
-from components.common.errors import ConfigError, InputError
+from components.common.errors import ConfigError, InputError, StageStopped
 from components.common.logs import setup_logging
 from components.common.redact import redact_urls
 
@@ -38,7 +39,7 @@ def run_stage(
     try:
         config = from_dict(package.Config, deep_merge(dict(fields), dict(overrides or {})))
         return getattr(module, name)(config, *args)
-    except (ConfigError, InputError) as error:
+    except (ConfigError, InputError, StageStopped) as error:
         log.error("%s", error)
         print(f"error: {redact_urls(str(error))}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

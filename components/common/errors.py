@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class InputError(ValueError):
     """An input (dataset, model folder, endpoint, credential) cannot be used as given."""
+
+
+class StageStopped(RuntimeError):
+    """The stage stopped before doing all it should (a signal, too few answers): what it did is saved,
+    and running it again (a retry of the task) resumes."""

@@ -238,10 +238,15 @@ class Config:
       on_empty / on_length: what to do with an empty answer / one cut off by max_tokens: "retry" asks
         again (at most provider.max_retries times, then drops it), "keep" or "drop".
     Money
-      max_cost (in the providers' price unit), max_requests: stop cleanly once reached, keeping all
-        answers so far; requests in flight finish. max_cost covers the whole run (a resumed run counts
-        what it spent before), max_requests one invocation; with shards each gets 1/n of both.
+      max_cost (in the providers' price unit), max_requests: never exceeded, for the whole run (every
+        attempt of every invocation, a resumed or retried one counting what the run spent before): a
+        request is reserved at its worst-case cost before it leaves, and the run stops cleanly, keeping
+        all answers so far, once the next request might not fit. max_cost needs the teacher's (and the
+        judge's) prices and provider.max_tokens. With shards each gets its share of both.
         use_cache: reuse answers from any earlier run with the same prompt and settings.
+      min_answered_ratio: below this share of the planned prompts answered, the stage saves what it
+        has and fails with the count of each cause, so that a retry of the task resumes (a budget stop
+        is not a failure).
     Storage
       output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json (and logprobs.jsonl
         when provider.logprobs is on). store_uri: artifact
@@ -277,6 +282,7 @@ class Config:
     max_cost: float | None = None
     max_requests: int | None = None
     use_cache: bool = True
+    min_answered_ratio: float = 0.95
 
     store_uri: str = ""
     run_id: str = "local"
@@ -311,6 +317,8 @@ class Config:
             raise ConfigError(f"max_cost: {self.max_cost} must be positive, or unset for no limit")
         if self.max_requests is not None and self.max_requests < 1:
             raise ConfigError(f"max_requests: {self.max_requests} must be at least 1, or unset")
+        if not 0 <= self.min_answered_ratio <= 1:
+            raise ConfigError(f"min_answered_ratio: {self.min_answered_ratio} must be in [0, 1]")
         if self.checkpoint_records < 1:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
         if not self.run_id or "/" in self.run_id:

@@ -1,9 +1,10 @@
 """The last step: every shard's answers become train.jsonl, test.jsonl, rejected.jsonl and summary.json.
 
 Answers are read from runs/<run_id>/teacher/ in the store (all shards) for the prompts of the current
-plan, in the dataset's order, so the output is the same however the shards ran. Answer length filters and the judge's verdicts decide what is kept; all
-answers to one prompt land in the same split. Totals count every paid request of the run, resumed
-invocations included; cached answers cost nothing.
+plan, in the dataset's order, so the output is the same however the shards ran. Answer length filters
+and the judge's verdicts decide what is kept; all answers to one prompt land in the same split. Totals
+come from the spend ledger: every request of every invocation of the run (retries, prompts never
+answered and pods killed mid-run included); cached answers cost nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from components.common.records import Record, stable_hash, write_records
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
-from components.teacher.journal import Journal
+from components.teacher.journal import Journal, Spend, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
@@ -39,6 +40,7 @@ def finalize(config: Config) -> Result:
     store = open_store(config.store_uri)
     provider = resolve_provider(config.provider, config.provider_config)
     stored = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
+    spent = sum(spent_by_shard(store.child(f"runs/{config.run_id}/teacher/spend")).values(), Spend())
     # Only the current plan's answers: a run_id reused with another dataset, filter or teacher setting
     # leaves answers under other keys, which stay in the store but not in this dataset. In plan order.
     keys = [job.key for job in plan(config, provider.settings()).jobs]
@@ -47,13 +49,7 @@ def finalize(config: Config) -> Result:
     rejected: list[Record] = []
     logprobs: list[dict[str, Any]] = []
     counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
-    spent = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cost": 0.0}
     for entry in entries.values():
-        spent["cost"] += entry.get("cost", 0.0)
-        if not entry.get("cached"):
-            for name in ("prompt_tokens", "completion_tokens"):
-                spent[name] += entry["usage"][name]
-            spent["requests"] += entry.get("requests", 0)
         if entry["status"] != "ok":
             counts["dropped"] += 1
             continue
@@ -93,10 +89,10 @@ def finalize(config: Config) -> Result:
         "prompts_unanswered": len(keys) - len(entries),
         "stale_answers": len(stored) - len(entries),
         **counts,
-        "total_requests": spent["requests"],
-        "total_prompt_tokens": spent["prompt_tokens"],
-        "total_completion_tokens": spent["completion_tokens"],
-        "total_cost": spent["cost"],
+        "total_requests": spent.requests,
+        "total_prompt_tokens": spent.prompt_tokens,
+        "total_completion_tokens": spent.completion_tokens,
+        "total_cost": spent.cost,
     }
     summary = {
         "metrics": metrics,

@@ -3,28 +3,31 @@
 `concurrency` workers each take the next prompt as soon as they finish one (no batch-and-wait). A prompt
 that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncated answer under the
 "retry" policy) is put back on the queue after its backoff or Retry-After, ahead of fresh prompts, and
-its worker moves on to another prompt meanwhile, so waiting never idles a slot. Each paid answer goes to
-the cache the moment it arrives and to the journal at the next checkpoint (journal.py). Budget limits stop
-new requests; requests in flight finish and are kept. SIGTERM (a pod being stopped) does the same, saves
-every answer at once, and ends the run with an error so that the task is retried and resumes.
+its worker moves on to another prompt meanwhile, so waiting never idles a slot. Every request is reserved
+against the budget and journaled in the spend ledger before it leaves (limits.py, journal.py); each paid
+answer goes to the cache the moment it arrives and to the journal at the next checkpoint. Budget limits
+stop new requests; requests in flight finish and are kept. SIGTERM (a pod being stopped), Ctrl-C and a
+fatal teacher error (key revoked, model gone) do the same, save every answer at once, and end the run
+with an error so that the task is retried and resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.common.errors import InputError
+from components.common.errors import InputError, StageStopped
 from components.teacher.api import Answer, Choice, Failure, Retry, backoff
 from components.teacher.config import Config
-from components.teacher.journal import Cache, Journal
+from components.teacher.journal import Cache, Journal, SpendLedger
 from components.teacher.judge import Judge
-from components.teacher.limits import Budget, RateLimiter
+from components.teacher.limits import Budget, RateLimiter, worst_cost
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,11 @@ class Job:
 
 @dataclass
 class Tally:
-    """What this invocation did: the shard's metrics."""
+    """What this invocation did: the shard's metrics, and why prompts were retried or left unanswered.
+
+    `usable` counts prompts that got a usable answer (asked or from the cache); `retry_causes` and
+    `lost_causes` count by cause (the teacher's error, "cut by max_tokens", the budget ...).
+    """
 
     answered: int = 0
     cached: int = 0
@@ -52,6 +59,28 @@ class Tally:
     failed: int = 0
     unfinished: int = 0
     retries: int = 0
+    usable: int = 0
+    retry_causes: collections.Counter[str] = field(default_factory=collections.Counter)
+    lost_causes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def retried(self, cause: str) -> None:
+        self.retries += 1
+        self.retry_causes[cause] += 1
+
+    def lost(self, kind: str, cause: str) -> None:
+        """One prompt ends without a usable answer: `kind` is failed, dropped or unfinished."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.lost_causes[f"{kind}: {cause}"] += 1
+
+
+# The names the answer policies' problems go by in the counts.
+PROBLEMS = {"length": "cut by max_tokens", "empty": "empty answer"}
+
+
+def cause_of(outcome: Retry | Failure) -> str:
+    """A short name of why a request failed, for counting: the outcome's `cause` when the client names
+    one, else its reason without the details in parentheses ('connection error (ConnectError: ...)')."""
+    return getattr(outcome, "cause", "") or outcome.reason.partition(" (")[0]
 
 
 def prompt_fields(job: Job) -> dict[str, Any]:
@@ -105,8 +134,10 @@ class Generator:
         journal: Journal,
         cache: Cache | None,
         budget: Budget,
+        spend: SpendLedger,
         limiter: RateLimiter,
         judge: Judge | None,
+        tally: Tally | None = None,
         progress=None,
     ):
         self.config = config
@@ -114,11 +145,14 @@ class Generator:
         self.journal = journal
         self.cache = cache
         self.budget = budget
+        self.spend = spend
         self.limiter = limiter
         self.judge = judge
+        self.tally = tally or Tally()
         self.progress = progress or (lambda entry: None)
-        self.tally = Tally()
-        self.terminated = False
+        # Why the run stops before its end (a signal, a fatal error): no job is taken up any more.
+        self.halted = ""
+        self.interrupted = ""  # the signal's name, when one stopped the run
         self._ready = False
         self._ready_lock = asyncio.Lock()
 
@@ -154,19 +188,44 @@ class Generator:
         )
         return entry
 
+    async def paid_ask(
+        self, client, messages: list[dict[str, str]], prices: tuple[float, float]
+    ) -> tuple[Answer | Retry | Failure, float] | None:
+        """`client.ask(messages)` within the budget, and what it cost: the request is reserved at its worst
+        case and journaled before it leaves, and settled to its real cost when it returns. None when the
+        budget allows no more requests."""
+        provider = client.provider
+        worst = worst_cost(messages, provider.max_tokens, provider.n, prices)
+        if not await self.budget.reserve(worst):
+            return None
+        outcome: Answer | Retry | Failure | None = None
+        try:
+            await self.spend.record(self.budget)
+            outcome = await client.ask(messages)
+        finally:
+            usage = (
+                (outcome.prompt_tokens, outcome.completion_tokens) if isinstance(outcome, Answer) else (0, 0)
+            )
+            cost = self.budget.settle(worst, *usage, prices)
+        return outcome, cost
+
     async def finish(self, job: Job, entry: dict[str, Any], new_answer: bool) -> None:
         # The paid answer goes to the cache first, so a pod killed while the judge thinks loses nothing.
         if new_answer and self.cache is not None:
             await asyncio.to_thread(self.cache.put, entry)
         if self.judge is not None and entry["status"] == "ok" and job.prompt.reference:
             question = job.prompt.messages[-1]["content"]
-            entry["judge"] = await self.judge.verdict(
-                question, job.prompt.reference, entry["answers"][0]["content"], self.budget
+            judge = self.judge
+            entry["judge"] = await judge.verdict(
+                question,
+                job.prompt.reference,
+                entry["answers"][0]["content"],
+                lambda messages: self.paid_ask(judge.teacher, messages, judge.prices),
             )
             entry["cost"] = entry.get("cost", 0.0) + entry["judge"].pop("cost", 0.0)
             if entry["judge"]["verdict"] == "error":
                 # Not journaled: the next run judges it again, taking the answer from the cache.
-                self.tally.failed += 1
+                self.tally.lost("failed", "judge error")
                 log.warning("judge failed on %s: %s", job.prompt.source, entry["judge"]["reply"])
                 return
         if self.journal.add(entry):
@@ -175,8 +234,12 @@ class Generator:
             self.tally.cached += 1
         elif entry["status"] == "ok":
             self.tally.answered += 1
+        if entry["status"] == "ok":
+            self.tally.usable += 1
+        elif entry["cached"]:
+            self.tally.lost_causes[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
         else:
-            self.tally.dropped += 1
+            self.tally.lost("dropped", PROBLEMS[entry["reason"]])
         self.progress(entry)
 
     async def attempt(self, job: Job) -> float | None:
@@ -186,74 +249,95 @@ class Generator:
             if cached is not None:
                 await self.finish(job, cached, new_answer=False)
                 return None
-        if not self.budget.allows_request():
-            self.tally.unfinished += 1
+        if self.budget.stopped:
+            self.tally.lost("unfinished", self.budget.stopped)
             return None
         await self.ensure_ready()
         await self.limiter.acquire(_estimate_tokens(job.prompt.messages))
-        self.budget.count_request()
+        provider = self.teacher.provider
+        prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
+        paid = await self.paid_ask(self.teacher, job.prompt.messages, prices)
+        if paid is None:
+            self.tally.lost("unfinished", self.budget.stopped)
+            return None
+        outcome, cost = paid
         job.requests += 1
-        outcome = await self.teacher.ask(job.prompt.messages)
+        job.cost += cost
         if isinstance(outcome, Answer):
             return await self.answered(job, outcome)
         if isinstance(outcome, Failure):
             if outcome.fatal:
-                raise InputError(f"teacher at {self.teacher.provider.base_url}: {outcome.reason}")
-            self.tally.failed += 1
+                raise InputError(f"teacher at {provider.base_url}: {outcome.reason}")
+            self.tally.lost("failed", cause_of(outcome))
             log.warning("giving up on %s: %s", job.prompt.source, outcome.reason)
             return None
         assert isinstance(outcome, Retry)
         job.transient_failures += 1
-        provider = self.teacher.provider
         if job.transient_failures > provider.max_retries:
-            self.tally.failed += 1
+            self.tally.lost("failed", cause_of(outcome))
             log.warning(
                 "giving up on %s after %d requests: %s", job.prompt.source, job.requests, outcome.reason
             )
             return None
-        self.tally.retries += 1
+        self.tally.retried(cause_of(outcome))
         return backoff(job.transient_failures, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
 
     async def answered(self, job: Job, answer: Answer) -> float | None:
+        """Apply the answer policies to a paid answer (its cost already counted by the caller)."""
         job.prompt_tokens += answer.prompt_tokens
         job.completion_tokens += answer.completion_tokens
-        job.cost += self.budget.add_usage(answer.prompt_tokens, answer.completion_tokens)
         self.limiter.charge(answer.completion_tokens)
         problem = answer_problem(answer.choices)
         action = self.policy(problem)
         if action == "retry" and job.policy_retries < self.teacher.provider.max_retries:
             job.policy_retries += 1
-            self.tally.retries += 1
+            self.tally.retried(PROBLEMS[problem])
             return 0.0
         status = "dropped" if problem and action != "keep" else "ok"
         entry = make_entry(job, answer.choices, status, problem, self.teacher.settings)
         await self.finish(job, entry, new_answer=True)
         return None
 
+    def halt(self, reason: str) -> None:
+        """Take up no job and send no request from now on; answers in flight still land and are saved
+        at once (every answer is a checkpoint)."""
+        if not self.halted:
+            self.halted = reason
+            self.budget.stop(reason)
+            self.journal.checkpoint_records = 1
+
     @contextlib.contextmanager
-    def stopping_on_sigterm(self, then=None):
+    def stopping_on_signals(self, then=None):
         """Within this block SIGTERM (Kubernetes stopping the pod; SIGKILL follows after the grace period)
-        stops new requests and saves every answer from then on at once; `then` runs after that."""
+        and SIGINT (Ctrl-C) halt the run; `then` runs after that."""
         loop = asyncio.get_running_loop()
 
-        def on_sigterm() -> None:
-            if not self.terminated:
-                self.terminated = True
-                self.budget.stopped = self.budget.stopped or "SIGTERM received"
-                self.journal.checkpoint_records = 1
-                log.warning("SIGTERM: no new requests; saving every answer, then stopping")
+        def on_signal(number: signal.Signals) -> None:
+            if not self.interrupted:
+                self.interrupted = number.name
+                log.warning("%s: no new requests; saving every answer, then stopping", number.name)
+                self.halt(f"{number.name} received")
                 if then is not None:
                     then()
 
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (or not a Unix loop): the default SIGTERM handling applies
+        handled = []
+        for number in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(number, on_signal, number)
+                handled.append(number)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (or not a Unix loop): the default handling applies
         try:
             yield
         finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGTERM)
+            for number in handled:
+                loop.remove_signal_handler(number)
+
+    def raise_if_interrupted(self) -> None:
+        if self.interrupted:
+            raise StageStopped(
+                f"stopped by {self.interrupted}; every answer so far is saved and a restart resumes"
+            )
 
     async def run(self, jobs: list[Job]) -> Tally:
         # A prompt coming back from a retry goes before fresh ones (priority 0 before 1, then in order):
@@ -272,16 +356,29 @@ class Generator:
         errors: list[BaseException] = []
         busy = 0  # workers inside attempt(): asking, or saving an answer
 
+        async def drain() -> None:
+            await asyncio.to_thread(self.journal.flush)
+            while busy:  # answers still in flight land and are saved one by one
+                await asyncio.sleep(0.05)
+            all_done.set()
+
+        def halt(reason: str) -> None:
+            if not self.halted:
+                self.halt(reason)
+                loop.create_task(drain())
+
         async def worker() -> None:
             nonlocal remaining, busy
-            while True:
+            while not self.halted:
                 _, _, job = await queue.get()
+                if self.halted:
+                    return
                 busy += 1
                 try:
                     delay = await self.attempt(job)
-                except Exception as error:  # ends the run; the caller re-raises it
+                except Exception as error:  # ends the run once the requests in flight are saved
                     errors.append(error)
-                    all_done.set()
+                    halt(f"stopping: {error}")
                     return
                 finally:
                     busy -= 1
@@ -294,16 +391,10 @@ class Generator:
                 else:
                     loop.call_later(delay, retry, job)
 
-        async def drain() -> None:
-            await asyncio.to_thread(self.journal.flush)
-            while busy:  # answers still in flight land and are saved one by one
-                await asyncio.sleep(0.05)
-            all_done.set()
-
         workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
         if not jobs:
             all_done.set()
-        with self.stopping_on_sigterm(lambda: loop.create_task(drain())):
+        with self.stopping_on_signals(lambda: loop.create_task(drain())):
             await all_done.wait()
         for task in workers:
             task.cancel()
@@ -311,8 +402,7 @@ class Generator:
         await asyncio.to_thread(self.journal.flush)
         if errors:
             raise errors[0]
-        if self.terminated:
-            raise InterruptedError("stopped by SIGTERM; every answer so far is saved and a restart resumes")
+        self.raise_if_interrupted()
         await asyncio.to_thread(self.journal.compact)
         return self.tally
 

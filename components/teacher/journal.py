@@ -3,6 +3,7 @@
 Layout in the artifact store:
 
     runs/<run_id>/teacher/shard-00000-of-00004/part-000000-<random>.jsonl   one entry per line
+    runs/<run_id>/teacher/spend/shard-00000-of-00004/<invocation>.json      what one invocation spent
     cache/teacher/<key[:2]>/<key>.json                                     one entry per key
 
 An entry is one prompt's outcome: {"key", "status": "ok"|"dropped", "prompt": {...}, "answers": [...],
@@ -16,17 +17,25 @@ Parts are immutable objects (S3 has no append): buffered entries are written as 
 when its parts are merged into one (`compact`). The
 cache entry is written as soon as an answer arrives, so with the cache on (the default) a killed pod loses
 no paid answer at all; without it, at most one checkpoint's worth.
+
+What the run spends is journaled apart from the answers (`SpendLedger`), before each request leaves, so
+the totals count every attempt of every invocation, the retries of a prompt never answered and the
+requests of a pod killed mid-run included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any
 
 from components.common.store import ArtifactStore
+from components.teacher.limits import Budget
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +127,92 @@ class Cache:
     def put(self, entry: dict[str, Any]) -> None:
         kept = {k: v for k, v in entry.items() if k not in ("cached", "requests", "judge")}
         self.store.write_text(self._name(entry["key"]), json.dumps(kept, ensure_ascii=False))
+
+
+@dataclass
+class Spend:
+    """Requests sent, tokens and cost: of one invocation, or summed."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def spent_by_shard(store: ArtifactStore) -> dict[tuple[int, int], Spend]:
+    """What every invocation of the run spent (the ledger objects under `store`), summed by shard
+    (index, count)."""
+    totals: dict[tuple[int, int], Spend] = {}
+    for key in store.list():
+        if key.endswith(".json"):
+            data = json.loads(store.read_text(key))
+            spend = Spend(
+                data["requests"],
+                data["prompt_tokens"],
+                data["completion_tokens"],
+                data["cost"] + data["in_flight_cost"],
+            )
+            shard = (data["shard_index"], data["num_shards"])
+            totals[shard] = totals.get(shard, Spend()) + spend
+    return totals
+
+
+class SpendLedger:
+    """Every request of the run, recorded in the store before it is sent.
+
+    Each invocation (a pod, a retry of it, a re-run) owns one object, spend/<shard>/<invocation>.json,
+    rewritten whole with its running totals; objects are never appended to, so a kill at any moment
+    leaves the last complete write. `record` returns once a write taken after the call is stored; the
+    requests reserved meanwhile by other workers share that write (a group commit), so the store sees
+    one write per burst of requests, not one per request. Writes have a thread of their own: queued
+    behind the cache's reads and writes in the default pool, they held every request back. A killed
+    invocation's requests in flight are counted at their worst-case cost: what they really cost is
+    unknown.
+    """
+
+    def __init__(self, store: ArtifactStore, shard_index: int, num_shards: int):
+        self.store = store
+        self.shard = (shard_index, num_shards)
+        self.name = f"{shard_name(shard_index, num_shards)}/{uuid.uuid4().hex}.json"
+        self._lock = asyncio.Lock()
+        self._asked = 0
+        self._written = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-ledger")
+
+    async def record(self, budget: Budget) -> None:
+        """Return once the budget's state as of this call (its reservations included) is stored."""
+        self._asked += 1
+        wanted = self._asked
+        async with self._lock:
+            if self._written >= wanted:
+                return
+            covered = self._asked
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._store_state, self._state(budget))
+            self._written = covered
+
+    def close(self, budget: Budget) -> None:
+        """The last write, once every request has settled: real costs replace the worst cases."""
+        self._writer.shutdown()
+        self._store_state(self._state(budget))
+
+    def _state(self, budget: Budget) -> dict[str, Any] | None:
+        if budget.requests == 0:
+            return None  # nothing sent: a fully cached or stopped invocation leaves no object
+        return {
+            "shard_index": self.shard[0],
+            "num_shards": self.shard[1],
+            "requests": budget.requests,
+            "prompt_tokens": budget.prompt_tokens,
+            "completion_tokens": budget.completion_tokens,
+            "cost": budget.cost,
+            "in_flight_cost": budget.held_cost,
+            "in_flight": budget.in_flight,
+        }
+
+    def _store_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.store.write_text(self.name, json.dumps(state))

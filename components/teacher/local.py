@@ -181,11 +181,10 @@ class LocalTeacher:
                 await generator.finish(job, cached, new_answer=False)
             else:
                 waiting.append(job)
-        with generator.stopping_on_sigterm():
+        with generator.stopping_on_signals():
             await self._batches(generator, waiting)
         await asyncio.to_thread(generator.journal.flush)
-        if generator.terminated:
-            raise InterruptedError("stopped by SIGTERM; every answer so far is saved and a restart resumes")
+        generator.raise_if_interrupted()
         await asyncio.to_thread(generator.journal.compact)
         return generator.tally
 
@@ -194,17 +193,18 @@ class LocalTeacher:
             batch, waiting = waiting[: self.provider.batch_size], waiting[self.provider.batch_size :]
             allowed = []
             for job in batch:
-                if generator.budget.allows_request():
-                    generator.budget.count_request()
+                if generator.budget.reserve_now(0.0):
                     job.requests += 1
                     allowed.append(job)
                 else:
-                    generator.tally.unfinished += 1
+                    generator.tally.lost("unfinished", generator.budget.stopped)
             if not allowed:
                 continue
             await generator.ensure_ready()
+            await generator.spend.record(generator.budget)
             answers = await asyncio.to_thread(self.generate, [job.prompt.messages for job in allowed])
             for job, answer in zip(allowed, answers, strict=True):
+                generator.budget.settle(0.0, answer.prompt_tokens, answer.completion_tokens, (0.0, 0.0))
                 if await generator.answered(job, answer) is not None:
                     waiting.append(job)  # the policy asked for another try
 

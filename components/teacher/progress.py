@@ -2,7 +2,11 @@
 
 The KFP UI shows a task's log but renders no progress bar, so the log line stands on its own:
 
-    teacher: 1200/5000 prompts (24.0%), 8.10/s, ETA 469s, 1290 requests, tokens in/out 51234/402311, cost 0.9100
+    teacher: 1200/5000 prompts (24.0%), 8.10/s, ETA 469s, 1290 requests, tokens in/out 51234/402311,
+    cost 0.9100, retries 90 (429 rate limited 70, 500 server error 20), failed 2 (connection error 2),
+    dropped 0
+
+Retries and prompts given up are counted by cause as they happen, so a struggling teacher shows at once.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import sys
 import time
 from typing import Any
 
+from components.teacher.generate import Tally
 from components.teacher.limits import Budget
 
 log = logging.getLogger("components.teacher")
 
 
 class Progress:
-    def __init__(self, total: int, budget: Budget, every_s: float, bar: bool | None):
+    def __init__(self, total: int, budget: Budget, tally: Tally, every_s: float, bar: bool | None):
         self.total = total
         self.budget = budget
+        self.tally = tally
         self.every_s = every_s
         self.done = 0
         self.start = time.monotonic()
@@ -36,14 +42,21 @@ class Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(cost=f"{self.budget.cost:.4f}", requests=self.budget.requests, refresh=False)
+            self.bar.set_postfix(
+                cost=f"{self.budget.cost:.4f}",
+                requests=self.budget.requests,
+                retries=self.tally.retries,
+                refresh=False,
+            )
 
     def log_line(self) -> None:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate else float("inf")
+        tally = self.tally
         log.info(
-            "teacher: %d/%d prompts (%.1f%%), %.2f/s, ETA %.0fs, %d requests, tokens in/out %d/%d, cost %.4f",
+            "teacher: %d/%d prompts (%.1f%%), %.2f/s, ETA %.0fs, %d requests, tokens in/out %d/%d, cost %.4f, "
+            "retries %s, failed %s, dropped %s",
             self.done,
             self.total,
             100 * self.done / max(self.total, 1),
@@ -53,6 +66,9 @@ class Progress:
             self.budget.prompt_tokens,
             self.budget.completion_tokens,
             self.budget.cost,
+            _by_cause(tally.retry_causes),
+            _by_cause(tally.lost_causes, "failed: "),
+            _by_cause(tally.lost_causes, "dropped: "),
         )
 
     async def log_periodically(self) -> None:
@@ -66,3 +82,10 @@ class Progress:
             self.bar.close()
         if self.total:
             self.log_line()
+
+
+def _by_cause(counts, prefix: str = "") -> str:
+    """'4 (429 rate limited 3, timeout 1)': the total of the causes starting with `prefix`, and each."""
+    parts = {cause[len(prefix) :]: n for cause, n in counts.most_common() if cause.startswith(prefix)}
+    details = ", ".join(f"{cause} {n}" for cause, n in parts.items())
+    return f"{sum(parts.values())} ({details})" if parts else "0"

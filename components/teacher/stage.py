@@ -8,25 +8,30 @@ Every shard reads the whole dataset and applies the same dedup and filters, then
 position p satisfies p % n == i, so shards never overlap whatever pod runs them. Answers land in the store
 under runs/<run_id>/teacher/ as they arrive; a restarted shard (or a re-run with the same run_id) skips
 every stored key, and the cache under cache/teacher/ answers repeated prompts of other runs for free.
-The provider's rpm/tpm limits are divided between the n shards.
+The provider's rpm/tpm limits are divided between the n shards, and so are the run's max_cost and
+max_requests (limits.shard_allowance): each shard holds its share exactly, so together they hold the run's.
+
+A shard (and `run`) ends with StageStopped, after saving everything, when fewer than min_answered_ratio of
+its prompts have an answer, naming how many prompts failed for each cause; KFP's retry then resumes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import math
+from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, StageStopped
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
-from components.teacher.config import Config
+from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import Result, finalize
-from components.teacher.generate import Generator, Job, Tally
-from components.teacher.journal import Cache, Journal, shard_name
+from components.teacher.generate import PROBLEMS, Generator, Job, Tally
+from components.teacher.journal import Cache, Journal, Spend, SpendLedger, shard_name, spent_by_shard
 from components.teacher.judge import Judge
-from components.teacher.limits import Budget, RateLimiter
-from components.teacher.plan import plan
+from components.teacher.limits import Budget, RateLimiter, shard_allowance
+from components.teacher.plan import Plan, plan
 from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
 
@@ -42,12 +47,55 @@ def make_teacher(config: Config):
     return ApiTeacher(provider, concurrency=config.concurrency)
 
 
+def check_budget(config: Config, providers: dict[str, ProviderConfig | None]) -> None:
+    """max_cost can hold only when every paid model has prices and a bound on its answers' length."""
+    if config.max_cost is None:
+        return
+    for where, provider in providers.items():
+        if provider is None:
+            continue
+        if not (provider.price_input_per_m or provider.price_output_per_m):
+            raise ConfigError(
+                f"max_cost: {where} {provider.name!r} has no prices, so nothing would count against "
+                f"max_cost; set {where}.price_input_per_m and {where}.price_output_per_m, or remove max_cost"
+            )
+        if provider.max_tokens is None:
+            raise ConfigError(
+                f"max_cost: {where}.max_tokens is unset, so a request's cost has no bound; set it, or "
+                "remove max_cost"
+            )
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard invocation did: its metrics, and what the answered-ratio check needs (its prompts,
+    how many have a usable answer, and how many prompts lack one for each cause)."""
+
+    result: Result
+    work: Plan
+    prompts: int
+    usable: int
+    lost_causes: collections.Counter[str]
+
+
 def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Result:
-    """Ask the teacher for shard `shard_index` of `num_shards`; answers go to the store as they arrive."""
+    """Ask the teacher for shard `shard_index` of `num_shards`; answers go to the store as they arrive.
+    Fails (StageStopped) when fewer than min_answered_ratio of the shard's prompts have an answer."""
+    outcome = ask_shard(config, shard_index, num_shards)
+    require_answered(config, outcome)
+    return outcome.result
+
+
+def ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcome:
+    """run_shard without the answered-ratio check, which `run` makes after finalize."""
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"shard_index: {shard_index} must be in [0, num_shards={num_shards})")
     teacher = make_teacher(config)
     provider = teacher.provider
+    judge_provider = None
+    if config.judge.enabled:
+        judge_provider = resolve_provider(config.judge.provider or config.provider, config.provider_config)
+    check_budget(config, {"provider": provider, "judge.provider": judge_provider})
     work = plan(config, teacher.settings)
     mine = [job for position, job in enumerate(work.jobs) if position % num_shards == shard_index]
     store = open_store(config.store_uri)
@@ -59,31 +107,27 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
     )
     stored = journal.read_all()
     pending = [job for job in mine if job.key not in stored]
-    prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
-    # Each shard gets its share of the limits. max_cost covers the whole run, so a resumed shard starts
-    # from what it already spent; max_requests counts this invocation's requests.
-    mine_keys = {job.key for job in mine}
-    spent_cost = sum(e.get("cost", 0.0) for e in stored.values() if e["key"] in mine_keys)
-    budget = Budget(
-        *prices,
-        max_cost=config.max_cost / num_shards if config.max_cost is not None else None,
-        max_requests=math.ceil(config.max_requests / num_shards) if config.max_requests is not None else None,
-        cost=spent_cost,
-    )
+    done = [stored[job.key] for job in mine if job.key in stored]
+    spend_store = store.child(f"runs/{config.run_id}/teacher/spend")
+    budget = shard_budget(config, spent_by_shard(spend_store), shard_index, num_shards)
+    spend = SpendLedger(spend_store, shard_index, num_shards)
     log.info(
         "shard %d/%d: %d prompts, %d already stored, %d to ask %s (%s)",
         shard_index,
         num_shards,
         len(mine),
-        len(mine) - len(pending),
+        len(done),
         len(pending),
         provider.model,
         provider.base_url or "local",
     )
-    tally = asyncio.run(_generate(config, teacher, pending, journal, store, budget, num_shards))
+    tally = Tally()
+    asyncio.run(
+        _generate(config, teacher, judge_provider, pending, journal, store, spend, budget, tally, num_shards)
+    )
     metrics = {
         "shard_prompts": len(mine),
-        "resumed": len(mine) - len(pending),
+        "resumed": len(done),
         "requests": budget.requests,
         "answered": tally.answered,
         "cached": tally.cached,
@@ -97,30 +141,95 @@ def run_shard(config: Config, shard_index: int = 0, num_shards: int = 1) -> Resu
         "filtered_prompts": work.filtered.too_short + work.filtered.too_long,
         "prompt_tokens": budget.prompt_tokens,
         "completion_tokens": budget.completion_tokens,
-        "cost": budget.cost - spent_cost,
+        "cost": budget.cost,
         "stopped_by_budget": float(bool(budget.stopped)),
     }
     if budget.stopped:
         log.warning("stopped early: %s; everything answered so far is kept", budget.stopped)
-    return Result(config.output_dir, {k: float(v) for k, v in metrics.items()}, budget.stopped)
+    lost = collections.Counter(tally.lost_causes)
+    for entry in done:
+        if entry["status"] != "ok":
+            lost[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
+    return ShardOutcome(
+        Result(config.output_dir, {k: float(v) for k, v in metrics.items()}, budget.stopped),
+        work,
+        len(mine),
+        sum(entry["status"] == "ok" for entry in done) + tally.usable,
+        lost,
+    )
+
+
+def shard_budget(
+    config: Config, spent: dict[tuple[int, int], Spend], shard_index: int, num_shards: int
+) -> Budget:
+    """This invocation's allowance: the shard's share of the run's limits, less what the run spent before
+    (limits.shard_allowance)."""
+    own = spent.get((shard_index, num_shards), Spend())
+    others = sum((s for (_, count), s in spent.items() if count != num_shards), Spend())
+    budget = Budget()
+    if config.max_cost is not None:
+        budget.max_cost = shard_allowance(
+            float(config.max_cost), shard_index, num_shards, own.cost, others.cost
+        )
+    if config.max_requests is not None:
+        budget.max_requests = shard_allowance(
+            int(config.max_requests), shard_index, num_shards, own.requests, others.requests
+        )
+    return budget
+
+
+def require_answered(config: Config, outcome: ShardOutcome) -> None:
+    """Fail the stage, with the count of each cause, when too few prompts have an answer: a teacher that
+    died, a proxy's HTML page, answers all cut by max_tokens or a dataset of bad lines must not pass as a
+    finished run. A stop by the budget is the run's own limit, not a failure."""
+    work = outcome.work
+    if not work.jobs:
+        read, filtered = work.read, work.filtered
+        raise StageStopped(
+            f"the dataset gave no prompt to ask: {read.files} files read, {read.skipped_lines} lines "
+            f"skipped as malformed, {filtered.duplicates + filtered.near_duplicates} duplicates and "
+            f"{filtered.too_short + filtered.too_long} prompts outside min/max_prompt_chars left out; "
+            "check dataset, dataset_format and the prompt filters"
+        )
+    if not outcome.prompts or outcome.result.stopped:
+        return
+    ratio = outcome.usable / outcome.prompts
+    if ratio >= config.min_answered_ratio:
+        return
+    causes = ", ".join(f"{cause} {count}" for cause, count in outcome.lost_causes.most_common()) or "none"
+    raise StageStopped(
+        f"only {outcome.usable} of {outcome.prompts} prompts have an answer ({ratio:.1%}, below "
+        f"min_answered_ratio={config.min_answered_ratio}); not answered: {causes}. What was answered is "
+        "saved, and a retry resumes"
+    )
 
 
 async def _generate(
-    config: Config, teacher, pending: list[Job], journal: Journal, store, budget: Budget, num_shards: int
+    config: Config,
+    teacher,
+    judge_provider: ProviderConfig | None,
+    pending: list[Job],
+    journal: Journal,
+    store,
+    spend: SpendLedger,
+    budget: Budget,
+    tally: Tally,
+    num_shards: int,
 ) -> Tally:
     provider = teacher.provider
     cache = Cache(store.child("cache/teacher")) if config.use_cache else None
     judge = None
-    if config.judge.enabled:
-        judge_provider = resolve_provider(config.judge.provider or config.provider, config.provider_config)
+    if judge_provider is not None:
         judge = Judge(ApiTeacher(judge_provider, concurrency=config.concurrency), config.judge.template)
     limiter = RateLimiter(
         provider.rpm / num_shards if provider.rpm else None,
         provider.tpm / num_shards if provider.tpm else None,
     )
-    progress = Progress(len(pending), budget, config.log_every_s, config.progress_bar)
+    progress = Progress(len(pending), budget, tally, config.log_every_s, config.progress_bar)
     ticker = asyncio.create_task(progress.log_periodically())
-    generator = Generator(config, teacher, journal, cache, budget, limiter, judge, progress.update)
+    generator = Generator(
+        config, teacher, journal, cache, budget, spend, limiter, judge, tally, progress.update
+    )
     try:
         if provider.is_local:
             return await teacher.generate_all(generator, pending)
@@ -128,13 +237,16 @@ async def _generate(
     finally:
         ticker.cancel()
         progress.close()
+        await asyncio.to_thread(spend.close, budget)
         for client in (teacher, judge.teacher if judge else None):
             if isinstance(client, ApiTeacher):
                 await client.aclose()
 
 
 def run(config: Config) -> Result:
-    """One shard, then finalize: the whole stage in one process (the default, `shards: 1`)."""
-    shard = run_shard(config, 0, 1)
+    """One shard, then finalize: the whole stage in one process (the default, `shards: 1`). Like
+    run_shard, fails after finalize when too few prompts have an answer."""
+    shard = ask_shard(config, 0, 1)
     final = finalize(config)
-    return Result(final.output_dir, {**shard.metrics, **final.metrics}, shard.stopped)
+    require_answered(config, shard)
+    return Result(final.output_dir, {**shard.result.metrics, **final.metrics}, shard.result.stopped)

@@ -89,7 +89,9 @@ def test_a_streamed_teacher_is_joined_and_a_stream_cut_midway_is_asked_again(tmp
 def test_length_and_empty_policies_keep_or_drop_and_never_re_ask(tmp_path):
     schedule = {PROMPTS[0]: ["length"], PROMPTS[1]: ["empty"], PROMPTS[2]: ["length"]}
     with start_teacher_server(faults=Faults(schedule=schedule)) as server:
-        config = make_config(tmp_path, server.base_url, on_length="drop", on_empty="drop")
+        config = make_config(
+            tmp_path, server.base_url, on_length="drop", on_empty="drop", min_answered_ratio=0.5
+        )
         result = run(config)
         assert result.metrics["dropped"] == 3 and result.metrics["records"] == 5
         assert PROMPTS[0] not in answers(tmp_path) and PROMPTS[1] not in answers(tmp_path)
@@ -113,7 +115,7 @@ def test_a_prompt_failing_past_max_retries_is_left_for_the_next_run(tmp_path):
     with start_teacher_server(
         faults=Faults(schedule={PROMPTS[0]: ["500"] * 3}, retry_after_s=0.01)
     ) as server:
-        config = make_config(tmp_path, server.base_url, provider={"max_retries": 2})
+        config = make_config(tmp_path, server.base_url, provider={"max_retries": 2}, min_answered_ratio=0.5)
         first = run(config)
         assert first.metrics["failed"] == 1 and first.metrics["records"] == 7
         assert server.requests_by_prompt[PROMPTS[0]] == 3  # the first request and 2 retries

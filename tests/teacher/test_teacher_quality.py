@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from components.common.config import from_dict
+from components.common.errors import StageStopped
 from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
@@ -120,8 +123,9 @@ def test_a_judge_that_fails_leaves_the_prompt_for_the_next_run_without_paying_th
             "provider": {"name": "demo", "base_url": server.base_url, "max_retries": 1, "backoff_s": 0.01},
             "judge": {"enabled": True},
         }
-        first = run(config(tmp_path, server.base_url, **settings))
-        assert first.metrics["failed"] == 1 and first.metrics["records"] == 0
+        # No prompt has an answer yet: the stage fails (so that KFP retries it), naming the cause.
+        with pytest.raises(StageStopped, match="only 0 of 1 prompts have an answer.*judge error 1"):
+            run(config(tmp_path, server.base_url, **settings))
         second = run(config(tmp_path, server.base_url, **settings))
         assert second.metrics["cached"] == 1 and second.metrics["records"] == 1
         assert server.requests_by_prompt == {"Reverse the letters of: abc": 1, judge_prompt: 3}

@@ -1,0 +1,213 @@
+"""Failing loudly and losing nothing (issue 12, items 14-16 and 21): a run that answered too little fails
+with its causes counted, a fatal error or a signal saves what is in flight first, and the progress line
+shows retries and failures by cause while the run goes on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.config import from_dict
+from components.common.errors import InputError, StageStopped
+from components.common.records import read_records
+from components.common.store import open_store
+from components.teacher import Config, run
+from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = demo_words(8, seed=5)
+PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
+
+
+def settings(tmp_path, base_url, **overrides) -> dict:
+    provider = {"name": "demo", "base_url": base_url, "backoff_s": 0.01, "max_retries": 2}
+    return {
+        "dataset": str(tmp_path / "prompts.jsonl"),
+        "output_dir": str(tmp_path / "out"),
+        "store_uri": str(tmp_path / "store"),
+        "run_id": "exit",
+        "progress_bar": False,
+        "test_ratio": 0.0,
+        **overrides,
+        "provider": {**provider, **overrides.get("provider", {})},
+    }
+
+
+def make_config(tmp_path, base_url, **overrides) -> Config:
+    return from_dict(Config, settings(tmp_path, base_url, **overrides))
+
+
+def kept(tmp_path) -> int:
+    return len(read_records(tmp_path / "out" / "train.jsonl"))
+
+
+def saved_answers(tmp_path) -> int:
+    store = open_store(str(tmp_path / "store"))
+    return sum(len(store.read_text(k).splitlines()) for k in store.list("runs/exit/teacher") if "/part-" in k)
+
+
+def test_a_teacher_that_dies_mid_run_fails_the_stage_which_a_retry_then_finishes(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 30)
+    server = start_teacher_server(latency_s=0.02)
+    port = server.port
+
+    def kill_after_ten_answers() -> None:
+        while server.teacher.total_requests < 10:
+            time.sleep(0.005)
+        server.stop()
+
+    killer = threading.Thread(target=kill_after_ten_answers)
+    killer.start()
+    with pytest.raises(StageStopped, match=r"only \d+ of 30 prompts have an answer .*failed: \w+"):
+        run(make_config(tmp_path, server.base_url, concurrency=2))
+    killer.join()
+    stored = kept(tmp_path)
+    assert 10 <= stored < 30  # what it had is stored: train.jsonl holds every answer so far
+    # KFP retries the task once the teacher is back: it asks only for the rest.
+    with start_teacher_server(port=port) as again:
+        result = run(make_config(tmp_path, again.base_url))
+        assert again.teacher.total_requests == 30 - stored
+    assert result.metrics["records"] == 30
+
+
+def test_an_html_page_with_status_200_fails_the_stage(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    faults = Faults(schedule={p: ["html"] * 3 for p in PROMPTS})
+    with start_teacher_server(faults=faults) as server:
+        with pytest.raises(
+            StageStopped, match=r"only 0 of 8 prompts have an answer .*failed: malformed( response)? 8"
+        ):
+            run(make_config(tmp_path, server.base_url))
+        assert server.teacher.total_requests == 24  # each prompt: the first request and 2 retries
+    assert kept(tmp_path) == 0
+
+
+def test_answers_all_cut_by_max_tokens_fail_the_stage(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    with start_teacher_server() as server:
+        config = make_config(tmp_path, server.base_url, provider={"max_tokens": 1})
+        with pytest.raises(StageStopped, match=r"only 0 of 8 .*dropped: cut by max_tokens 8"):
+            run(config)
+        # A retry asks nothing again (the dropped answers were paid for) and fails for the same reason.
+        with pytest.raises(StageStopped, match=r"dropped: cut by max_tokens 8"):
+            run(config)
+        assert server.teacher.total_requests == 8
+
+
+def test_below_min_answered_ratio_fails_but_at_it_passes(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    faults = Faults(schedule={PROMPTS[0]: ["500"] * 3})
+    with start_teacher_server(faults=faults) as server:
+        with pytest.raises(
+            StageStopped, match=r"only 7 of 8 .*min_answered_ratio=0.95.*failed: 500( server error)? 1"
+        ):
+            run(make_config(tmp_path, server.base_url))
+        assert kept(tmp_path) == 7
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    with start_teacher_server(faults=Faults(schedule={PROMPTS[0]: ["500"] * 3})) as server:
+        result = run(make_config(tmp_path, server.base_url, run_id="lenient", min_answered_ratio=0.875))
+    assert result.metrics["records"] == 7
+
+
+def test_a_dataset_whose_every_line_is_skipped_fails_in_one_line(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text("not json\n{broken\n[1, 2\n")
+    overrides = {"dataset_format": "prompts", "bad_lines": "skip"}
+    (tmp_path / "teacher.yaml").write_text(
+        yaml.safe_dump(settings(tmp_path, "http://127.0.0.1:9/v1", **overrides))
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the dataset gave no prompt to ask") and "3 lines skipped" in last
+
+
+def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    # Eight requests leave at once; seven take a second to answer, the eighth is refused at once.
+    schedule = {**{p: ["slow"] for p in PROMPTS[:7]}, PROMPTS[7]: ["401"]}
+    faults = Faults(schedule=schedule, slow_s=1.0)
+    with start_teacher_server(faults=faults) as server:
+        config = make_config(
+            tmp_path, server.base_url, concurrency=8, use_cache=False, provider={"timeout_s": 10.0}
+        )
+        with pytest.raises(InputError, match="401 Incorrect API key"):
+            run(config)
+        assert server.teacher.total_requests == 8
+        assert saved_answers(tmp_path) == 7  # paid for, so kept
+        again = run(config)
+        assert again.metrics["resumed"] == 7 and again.metrics["requests"] == 1
+        assert server.requests_by_prompt[PROMPTS[7]] == 2 and server.teacher.total_requests == 9
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
+    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+        config = settings(
+            tmp_path,
+            server.base_url,
+            concurrency=8,
+            # No cache and checkpoints too rare to happen: only the signal handling can save the answers.
+            use_cache=False,
+            checkpoint_records=1000,
+            checkpoint_seconds=600.0,
+        )
+        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(config))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while server.held < 8:  # 25 answered, the next 8 held: the stage is mid-run
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
+            time.sleep(0.05)
+        os.kill(process.pid, sent)
+        while saved_answers(tmp_path) < 25:
+            assert time.monotonic() < deadline, f"the 25 answers were not saved on {sent.name}"
+            time.sleep(0.05)
+        server.release()  # the 8 in flight now finish, are paid for, and must be saved too
+        assert process.wait(timeout=30) == 1
+        stderr = process.stderr.read()
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"error: stopped by {sent.name}; every answer so far is saved and a restart resumes"
+        )
+        assert saved_answers(tmp_path) == 33
+        result = run(from_dict(Config, config))
+        assert result.metrics["resumed"] == 33 and result.metrics["requests"] == 27
+
+
+def test_the_progress_line_shows_retries_and_failures_by_cause_while_running(tmp_path, caplog):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
+    schedule = {PROMPTS[0]: ["429", "429"], PROMPTS[1]: ["500"], PROMPTS[2]: ["500"] * 3}
+    faults = Faults(schedule=schedule, retry_after_s=0.01)
+    caplog.set_level(logging.INFO, logger="components.teacher")
+    with start_teacher_server(latency_s=0.05, faults=faults) as server:
+        run(make_config(tmp_path, server.base_url, concurrency=1, log_every_s=0.02, min_answered_ratio=0.5))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
+    final = lines[-1]
+    by_cause = r"retries 5 \((500( server error)? 3, 429( rate limited)? 2|429( rate limited)? 2, 500( server error)? 3)\)"
+    assert re.search(by_cause, final), final
+    assert re.search(r"failed 1 \(500( server error)? 1\)", final), final
+    # Already while prompts were still being asked, the line told of the retries.
+    assert any(re.search(r"^teacher: [0-7]/8 .*retries [1-9]", line) for line in lines[:-1]), lines
