@@ -77,12 +77,6 @@ class Tally:
 PROBLEMS = {"length": "cut by max_tokens", "empty": "empty answer"}
 
 
-def cause_of(outcome: Retry | Failure) -> str:
-    """A short name of why a request failed, for counting: the outcome's `cause` when the client names
-    one, else its reason without the details in parentheses ('connection error (ConnectError: ...)')."""
-    return getattr(outcome, "cause", "") or outcome.reason.partition(" (")[0]
-
-
 def prompt_fields(job: Job) -> dict[str, Any]:
     """What finalize needs of the prompt, stored with the answer so it never rereads the dataset."""
     prompt = job.prompt
@@ -268,18 +262,18 @@ class Generator:
         if isinstance(outcome, Failure):
             if outcome.fatal:
                 raise InputError(f"teacher at {provider.base_url}: {outcome.reason}")
-            self.tally.lost("failed", cause_of(outcome))
+            self.tally.lost("failed", outcome.cause)
             log.warning("giving up on %s: %s", job.prompt.source, outcome.reason)
             return None
         assert isinstance(outcome, Retry)
         job.transient_failures += 1
         if job.transient_failures > provider.max_retries:
-            self.tally.lost("failed", cause_of(outcome))
+            self.tally.lost("failed", outcome.cause)
             log.warning(
                 "giving up on %s after %d requests: %s", job.prompt.source, job.requests, outcome.reason
             )
             return None
-        self.tally.retried(cause_of(outcome))
+        self.tally.retried(outcome.cause)
         return backoff(job.transient_failures, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
 
     async def answered(self, job: Job, answer: Answer) -> float | None:

@@ -3,7 +3,7 @@
 The KFP UI shows a task's log but renders no progress bar, so the log line stands on its own:
 
     teacher: 1200/5000 prompts (24.0%), 8.10/s, ETA 469s, 1290 requests, tokens in/out 51234/402311,
-    cost 0.9100, retries 90 (429 rate limited 70, 500 server error 20), failed 2 (connection error 2),
+    cost 0.9100, retries 90 (429 70, 500 20), failed 2 (refused 2),
     dropped 0
 
 Retries and prompts given up are counted by cause as they happen, so a struggling teacher shows at once.
@@ -85,7 +85,7 @@ class Progress:
 
 
 def _by_cause(counts, prefix: str = "") -> str:
-    """'4 (429 rate limited 3, timeout 1)': the total of the causes starting with `prefix`, and each."""
+    """'4 (429 3, timeout 1)': the total of the causes starting with `prefix`, and each."""
     parts = {cause[len(prefix) :]: n for cause, n in counts.most_common() if cause.startswith(prefix)}
     details = ", ".join(f"{cause} {n}" for cause, n in parts.items())
     return f"{sum(parts.values())} ({details})" if parts else "0"

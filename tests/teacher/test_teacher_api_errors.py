@@ -126,7 +126,7 @@ def test_a_tls_failure_is_named_tls():
 
 
 def test_an_unknown_host_is_named_a_dns_failure():
-    outcome = ask("http://no-such-host.invalid/v1", timeout_s=30)  # .invalid never resolves (RFC 6761)
+    outcome = ask("https://no-such-host.invalid/v1", timeout_s=30)  # .invalid never resolves (RFC 6761)
     assert isinstance(outcome, Retry)
     assert outcome.reason.startswith("DNS lookup of the host failed (gaierror")
     assert outcome.cause == "dns"
