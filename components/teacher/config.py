@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from components.common.errors import ConfigError
+from components.common.runs import check_run_id
 
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
 AnswerPolicy = Literal["retry", "keep", "drop"]
@@ -245,7 +246,6 @@ class Config:
             raise ConfigError(f"max_requests: {self.max_requests} must be at least 1, or unset")
         if self.checkpoint_records < 1:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
-        if not self.run_id or "/" in self.run_id:
-            raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
+        check_run_id(self.run_id)
         if self.store_uri == "":
             self.store_uri = os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), ".store")
