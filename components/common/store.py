@@ -64,16 +64,16 @@ class ArtifactStore(ABC):
     def upload_file(self, local: Path, key: str) -> None: ...
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
-        """Write `key` only if no object has that name; False when one already does."""
+    def create(self, key: str, data: bytes) -> str | None:
+        """Write `key` only if no object has that name; its tag (see `read_tagged`), or None if one does."""
 
     @abstractmethod
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         """The object and a tag that changes with every write (for `replace`)."""
 
     @abstractmethod
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
-        """Overwrite `key` only if it still holds the write that `read_tagged` tagged `tag`."""
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        """Overwrite `key` only if it still holds the write tagged `tag`; the new tag, or None."""
 
     @abstractmethod
     def download_file(self, key: str, local: Path) -> None: ...
@@ -198,25 +198,25 @@ class LocalStore(ArtifactStore):
         local.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(key), local)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes) -> str | None:
         target = self._path(key)
         with _folder_lock(target.parent):
             if target.exists():
-                return False
+                return None
             self.write_bytes(key, data)
-            return True
+        return hashlib.sha256(data).hexdigest()
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         data = self.read_bytes(key)
         return data, hashlib.sha256(data).hexdigest()
 
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
         target = self._path(key)
         with _folder_lock(target.parent):
             if not target.exists() or hashlib.sha256(target.read_bytes()).hexdigest() != tag:
-                return False
+                return None
             self.write_bytes(key, data)
-            return True
+        return hashlib.sha256(data).hexdigest()
 
 
 _CLIENT_LOCK = threading.Lock()
@@ -299,7 +299,7 @@ class S3Store(ArtifactStore):
         local.parent.mkdir(parents=True, exist_ok=True)
         self.client.download_file(self.bucket, self._key(key), str(local))
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes) -> str | None:
         return self._put_if(key, data, IfNoneMatch="*")
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
@@ -313,21 +313,21 @@ class S3Store(ArtifactStore):
             raise FileNotFoundError(f"{self.uri}/{key} does not exist") from None
         return reply["Body"].read(), reply["ETag"]
 
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
         return self._put_if(key, data, IfMatch=tag)
 
-    def _put_if(self, key: str, data: bytes, **condition: str) -> bool:
+    def _put_if(self, key: str, data: bytes, **condition: str) -> str | None:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
-            return True
+            reply = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
         except ClientError as error:
             # 412: the condition failed; 409: a concurrent conditional write to the same key won.
             code = error.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
-                return False
+                return None
             raise
+        return reply["ETag"]
 
 
 def open_store(uri: str) -> ArtifactStore:
