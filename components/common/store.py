@@ -123,6 +123,15 @@ def path_under(root: Path, relative: str) -> Path:
     return path
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a local file, read in 1 MiB blocks: what markers record to check copies against."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 

@@ -31,7 +31,7 @@ from typing import Any
 from components.common.config import to_dict
 from components.common.errors import InputError
 from components.common.runs import process_owner
-from components.common.store import ArtifactStore, path_under
+from components.common.store import ArtifactStore, file_digest, path_under
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ HASHED_BYTES = 64 * 1024 * 1024
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def folder_digest(folder: str | Path, only: str = "*") -> str:
