@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from fake_hub import FakeHub, repo_files  # tests/download is on sys.path (rootdir import mode)
 
 from components.common.errors import ConfigError, InputError
 from components.common.store import open_store
@@ -227,3 +228,27 @@ def test_a_hub_download_is_one_commit_of_model_files_without_code(tmp_path):
         assert any(fnmatch(name, p) for p in arguments["ignore_patterns"])
     for name in ("config.json", "model-00001-of-00002.safetensors", "tokenizer.json", "merges.txt"):
         assert any(fnmatch(name, p) for p in arguments["allow_patterns"])
+
+
+def test_a_hub_download_through_huggingface_hub_pins_the_commit_and_skips_code(tiny_model_dir, tmp_path):
+    """The real huggingface_hub code, against a loopback Hub whose main branch is at COMMIT."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    files = {**repo_files(tiny_model_dir), "modeling_evil.py": b"import os\n", "sub/helper.py": b""}
+    with FakeHub("org/tiny", files, {"main": commit}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home")}
+        code = (
+            "import json\nfrom components.download import Config, run\n"
+            f"result = run(Config(source='hf://org/tiny', output_dir={str(tmp_path / 'out')!r}))\n"
+            "print(json.dumps(result.metadata))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    metadata = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metadata == {"revision": commit, "requested_revision": "main"}
+    assert model_files(tmp_path / "out") == model_files(tiny_model_dir)
+    # The branch was resolved once; every file was then asked for at that commit, and no code at all.
+    fetched = [r for r in hub.requests if "/resolve/" in r]
+    assert fetched and all(f"/resolve/{commit}/" in r for r in fetched)
+    assert not any(r.endswith(".py") for r in hub.requests)
