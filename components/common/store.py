@@ -96,6 +96,8 @@ class ArtifactStore(ABC):
         if not keys:
             raise InputError(f"nothing stored under {self.uri}/{prefix}")
         for key in keys:
+            if key.endswith("/"):
+                continue  # a folder placeholder some S3 consoles create: no file to copy
             relative = key[len(prefix) :].lstrip("/") if prefix else key
             self.download_file(key, path_under(Path(local_dir), relative))
 

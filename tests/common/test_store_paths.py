@@ -60,3 +60,11 @@ def test_the_teacher_dataset_download_stays_in_its_scratch_folder(s3_endpoint, t
         read_prompts(config)
     assert not (Path(tempfile.gettempdir()).parent / "teacher-escaped.jsonl").exists()
     assert not (Path(tempfile.gettempdir()) / "teacher-escaped.jsonl").exists()
+
+
+def test_folder_placeholders_of_s3_consoles_are_not_files(s3_endpoint, tmp_path):
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="distill", Key="placeholders/model/", Body=b"")
+    s3.put_object(Bucket="distill", Key="placeholders/model/config.json", Body=b"{}")
+    open_store("s3://distill/placeholders").download_dir("model", tmp_path / "model")
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["config.json"]
