@@ -119,15 +119,25 @@ def load_plain(path: Path, step: int):
 
 def load_checkpoint(trainer, step: int) -> dict:
     """Restore weights, optimizer and RNG from checkpoint `step`; returns its trainer.json."""
+    from accelerate.utils import gather_object
     from safetensors.torch import load_file
 
     acc = trainer.accelerator
     local = shared_folder(trainer, "resume", step)
     trainer.checkpoints.check_resumable(step)
+    refused = ""
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
-        trainer.checkpoints.download(step, local)  # every file checked against its recorded sha256
-    acc.wait_for_everyone()
+        try:
+            trainer.checkpoints.download(step, local)  # every file checked against its recorded sha256
+        except InputError as error:
+            refused = str(error)
+    # A collective in place of a barrier: every rank stops with the refusal instead of waiting for it.
+    refusals = [message for message in gather_object([refused]) if message]
+    if refusals:
+        if acc.is_local_main_process:
+            shutil.rmtree(local, ignore_errors=True)
+        raise InputError(refusals[0])
     try:
         state = json.loads((local / "trainer.json").read_text())
         if (local / "accelerate").is_dir():
