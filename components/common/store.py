@@ -10,15 +10,25 @@ relative to the store's root. Every write is atomic: a reader never sees half an
 
 S3 is reached through boto3, so the usual variables apply: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_DEFAULT_REGION and AWS_ENDPOINT_URL (MinIO, SeaweedFS, a loopback server in tests).
+
+Bucket contents may be written by others, so a key is only ever a relative path: a key with a '.' or
+'..' part, or an absolute one, is refused, and every object copied into a local folder must land inside
+it (`path_under`). `create` and `replace` are conditional writes (S3 If-None-Match / If-Match; a folder
+lock locally) for the few objects that several processes contend for, such as leases.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 import threading
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.common.errors import InputError
@@ -54,6 +64,18 @@ class ArtifactStore(ABC):
     def upload_file(self, local: Path, key: str) -> None: ...
 
     @abstractmethod
+    def create(self, key: str, data: bytes) -> str | None:
+        """Write `key` only if no object has that name; its tag (see `read_tagged`), or None if one does."""
+
+    @abstractmethod
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and a tag that changes with every write (for `replace`)."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        """Overwrite `key` only if it still holds the write tagged `tag`; the new tag, or None."""
+
+    @abstractmethod
     def download_file(self, key: str, local: Path) -> None: ...
 
     def read_text(self, key: str) -> str:
@@ -74,12 +96,58 @@ class ArtifactStore(ABC):
         if not keys:
             raise InputError(f"nothing stored under {self.uri}/{prefix}")
         for key in keys:
+            if key.endswith("/"):
+                continue  # a folder placeholder some S3 consoles create: no file to copy
             relative = key[len(prefix) :].lstrip("/") if prefix else key
-            self.download_file(key, Path(local_dir) / relative)
+            self.download_file(key, path_under(Path(local_dir), relative))
+
+
+def check_key(key: str) -> str:
+    """`key` itself when it is a relative '/'-separated path without '.' or '..' parts; else InputError."""
+    parts = key.split("/")
+    if key.startswith("/") or any(part in (".", "..") for part in parts):
+        raise InputError(
+            f"store key {key!r} is absolute or has a '.' or '..' part; keys are paths relative to the "
+            "store's root (an object named so was not written by this project: remove it)"
+        )
+    return key
+
+
+def path_under(root: Path, relative: str) -> Path:
+    """`root/relative`, refused with InputError unless it resolves inside `root` (no '..', no symlink out)."""
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if relative.startswith("/") or not path.is_relative_to(root) or path == root:
+        raise InputError(
+            f"{relative!r} would be written outside {root}; an object or file name with '..' or an "
+            "absolute path is refused (it was not written by this project: remove it)"
+        )
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a local file, read in 1 MiB blocks: what markers record to check copies against."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` itself: serialises the conditional writes of processes on one disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class LocalStore(ArtifactStore):
@@ -88,7 +156,7 @@ class LocalStore(ArtifactStore):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key if key else self.root
+        return path_under(self.root, check_key(key)) if key else self.root
 
     def child(self, prefix: str) -> LocalStore:
         return LocalStore(self._path(prefix))
@@ -131,7 +199,8 @@ class LocalStore(ArtifactStore):
     def upload_file(self, local: Path, key: str) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{target.name}")
+        # A name of its own: two processes uploading the same key must not write into one temporary file.
+        tmp = target.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{target.name}")
         shutil.copyfile(local, tmp)
         os.replace(tmp, target)
 
@@ -139,6 +208,26 @@ class LocalStore(ArtifactStore):
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(key), local)
+
+    def create(self, key: str, data: bytes) -> str | None:
+        target = self._path(key)
+        with _folder_lock(target.parent):
+            if target.exists():
+                return None
+            self.write_bytes(key, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        target = self._path(key)
+        with _folder_lock(target.parent):
+            if not target.exists() or hashlib.sha256(target.read_bytes()).hexdigest() != tag:
+                return None
+            self.write_bytes(key, data)
+        return hashlib.sha256(data).hexdigest()
 
 
 _CLIENT_LOCK = threading.Lock()
@@ -164,7 +253,7 @@ class S3Store(ArtifactStore):
         return self._client
 
     def _key(self, key: str) -> str:
-        return _join(self.prefix, key)
+        return _join(self.prefix, check_key(key))
 
     def child(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, _join(self.prefix, prefix), client=self._client)
@@ -220,6 +309,36 @@ class S3Store(ArtifactStore):
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         self.client.download_file(self.bucket, self._key(key), str(local))
+
+    def create(self, key: str, data: bytes) -> str | None:
+        return self._put_if(key, data, IfNoneMatch="*")
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            raise FileNotFoundError(f"{self.uri}/{key} does not exist") from None
+        return reply["Body"].read(), reply["ETag"]
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        return self._put_if(key, data, IfMatch=tag)
+
+    def _put_if(self, key: str, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except ClientError as error:
+            # 412: the condition failed; 409: a concurrent conditional write to the same key won.
+            code = error.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
+                return None
+            raise
+        return reply["ETag"]
 
 
 def open_store(uri: str) -> ArtifactStore:

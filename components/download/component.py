@@ -26,3 +26,5 @@ def download_model(
     fields = dict(source=source, output_dir=model.path, store_uri=store_uri, hf_token_env=hf_token_env)
     result = run_stage("download", {**fields, "revision": revision or None})
     model.metadata.update({"source": source, "cached": result.cached, "format": "hf_model"})
+    if "revision" in result.metadata:  # the commit a hub download was pinned to
+        model.metadata["revision"] = result.metadata["revision"]

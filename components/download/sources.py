@@ -5,10 +5,16 @@ modelscope://qwen/Qwen2.5-0.5B-Instruct      ModelScope (extra `modelscope`, imp
 s3://bucket/prefix                           any S3 API (boto3)
 /path/to/model or ./model                    a local folder
 tiny://qwen2?layers=2&hidden=128             a tiny model made on the spot (see tiny.py)
+
+No source brings code: Python files are never fetched from a hub (and removed from every fetched folder,
+see stage.py), and models are loaded without trust_remote_code. A Hugging Face download is pinned to
+one commit: the requested revision (a branch by default: main) is resolved first, every file comes from
+that commit, and the commit is recorded in the artifact's metadata.
 """
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,9 @@ from components.common.secrets import optional_env
 from components.common.store import open_store
 
 # Files a Hugging Face model folder needs; weights in other formats (.bin, .pth, gguf) are not fetched.
-HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+# Never fetched, whatever the patterns above: remote code would run wherever the model is loaded.
+CODE_PATTERNS = ["*.py", "*.pyc", "*.so"]
 
 
 @dataclass(frozen=True)
@@ -75,30 +83,51 @@ def fetch(source: Source, destination: Path, token_env: str) -> dict[str, object
     return _copy_local(Path(source.location), destination)
 
 
+def hf_snapshot_arguments(repo: str, commit: str, destination: Path, token: str | None) -> dict[str, object]:
+    """The snapshot_download call: one commit, the model files only, never code."""
+    return {
+        "repo_id": repo,
+        "revision": commit,
+        "local_dir": destination,
+        "allow_patterns": HF_PATTERNS,
+        "ignore_patterns": CODE_PATTERNS,
+        "token": token,
+    }
+
+
 def _fetch_hf(source: Source, destination: Path, token_env: str) -> dict[str, object]:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    token = optional_env(token_env)
+    requested = source.revision or "main"
     try:
-        snapshot_download(
-            repo_id=source.location,
-            revision=source.revision,
-            local_dir=destination,
-            allow_patterns=HF_PATTERNS,
-            token=optional_env(token_env),
-        )
+        # A branch moves: resolving it once makes every file come from the same commit, and names it.
+        commit = HfApi().model_info(source.location, revision=requested, token=token).sha
+        snapshot_download(**hf_snapshot_arguments(source.location, commit, destination, token))
     except HfHubHTTPError as error:
         raise InputError(
             f"hf://{source.location}: the Hub refused the download ({error}). Check the repo id and revision; "
             f"for gated or private models put a token in {token_env}."
         ) from None
-    except OSError as error:
+    except _network_errors() as error:
         raise InputError(
             f"hf://{source.location}: cannot reach the Hugging Face Hub ({error}). Set HF_ENDPOINT for a "
             "mirror, or stage the model in S3 and use s3://bucket/prefix."
         ) from None
     shutil.rmtree(destination / ".cache", ignore_errors=True)
-    return {"revision": source.revision or "main"}
+    return {"revision": commit, "requested_revision": requested}
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures of the HTTP client huggingface_hub uses: requests' are OSErrors, httpx's not."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except ImportError:
+            continue
+    return tuple(errors)
 
 
 def _fetch_modelscope(source: Source, destination: Path) -> dict[str, object]:
@@ -108,7 +137,13 @@ def _fetch_modelscope(source: Source, destination: Path) -> dict[str, object]:
         raise InputError(
             "modelscope:// sources need the modelscope package: pip install 'kfp-distill[modelscope]'"
         ) from None
-    snapshot_download(source.location, revision=source.revision, local_dir=str(destination))
+    # ignore_file_pattern holds regular expressions (ModelScope's own parameter since 1.x).
+    snapshot_download(
+        source.location,
+        revision=source.revision,
+        local_dir=str(destination),
+        ignore_file_pattern=[r"\.py$", r"\.pyc$", r"\.so$"],
+    )
     return {"revision": source.revision or "master"}
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from components.common.errors import ConfigError
 from components.common.redact import digest_values, redact_config, redact_urls
+from components.common.runs import check_run_id
 from components.common.secrets import JUDGE_KEY_ENV, check_api_key_env, refuse_secret_path
 from components.teacher.templates import render_file_template, render_prompt_template
 
@@ -321,8 +322,7 @@ class Config:
             raise ConfigError(f"min_answered_ratio: {self.min_answered_ratio} must be in [0, 1]")
         if self.checkpoint_records < 1:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
-        if not self.run_id or "/" in self.run_id:
-            raise ConfigError(f"run_id: {self.run_id!r} must be a non-empty name without '/'")
+        check_run_id(self.run_id)
         if not self.dataset.startswith("s3://"):
             refuse_secret_path(self.dataset, "dataset")
         # Judging on the teacher's own provider still takes the judge's key variable: the teacher's key

@@ -28,7 +28,7 @@ from typing import Any
 from components.common.errors import InputError
 from components.common.records import validate_messages
 from components.common.secrets import refuse_secret_path
-from components.common.store import open_store
+from components.common.store import open_store, path_under
 from components.teacher.chunking import chunk_text
 from components.teacher.config import Config
 from components.teacher.templates import render_file_template, render_prompt_template
@@ -105,8 +105,8 @@ def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
         if not keys:
             raise InputError(f"dataset {dataset}: no object at or under this key; check the bucket and path")
         for item in keys:
-            store.download_file(item, scratch / item)
-        return [(scratch / item, f"s3://{bucket}/{item}") for item in keys]
+            store.download_file(item, path_under(scratch, item))
+        return [(path_under(scratch, item), f"s3://{bucket}/{item}") for item in keys]
     path = Path(dataset).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))

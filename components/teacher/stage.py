@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 
 from components.common.errors import ConfigError, StageStopped
+from components.common.lease import Lease
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config, ProviderConfig
@@ -90,6 +91,18 @@ def ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcome
     """run_shard without the answered-ratio check, which `run` makes after finalize."""
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"shard_index: {shard_index} must be in [0, num_shards={num_shards})")
+    # One live process per shard: a second run with the same run_id would pay for every prompt again.
+    shard = shard_name(shard_index, num_shards)
+    lease = Lease(
+        open_store(config.store_uri).child(f"runs/{config.run_id}/teacher"),
+        f"leases/{shard}.json",
+        f"teacher shard {shard_index}/{num_shards} of run {config.run_id!r}",
+    )
+    with lease.held():
+        return _ask_shard(config, shard_index, num_shards)
+
+
+def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcome:
     teacher = make_teacher(config)
     provider = teacher.provider
     judge_provider = None

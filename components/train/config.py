@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from components.common.errors import ConfigError
+from components.common.runs import check_run_id
 
 
 @dataclass
@@ -245,6 +246,7 @@ class Config:
         for name in ("model_dir", "data_dir", "output_dir", "tensorboard_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: must name a folder")
+        check_run_id(self.run_id)
         positive = {
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,

@@ -4,12 +4,17 @@ The trainable weights alone are saved (LoRA adapters are megabytes; the frozen b
 and is loaded again on restart). The data position needs no state of its own: the batch stream is a pure
 function of (seed, stage, step), so restoring the step restores the order. RNG states make dropout
 continue as it would have.
+
+Nothing read back may run code: the project's files are safetensors and `weights_only` torch files, and
+the files DeepSpeed/accelerate unpickle are loaded only after each one's sha256 matched the marker
+(checkpoint.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import shutil
 import tempfile
@@ -59,6 +64,7 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
     Every node's first rank uploads what its ranks wrote (ZeRO shards live on each node's disk); the
     global first rank adds the trainer state and, after a barrier, the COMPLETE marker.
     """
+    from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
     acc = trainer.accelerator
@@ -87,7 +93,9 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
         }
         (local / "trainer.json").write_text(json.dumps(state))
     acc.wait_for_everyone()
-    files = checkpoints.upload(step, local) if acc.is_local_main_process else {}
+    uploaded = checkpoints.upload(step, local) if acc.is_local_main_process else {}
+    # Every node uploaded its own ranks' files: the marker lists (and digests) all of them.
+    files = {rel: entry for node in gather_object([uploaded]) for rel, entry in node.items()}
     acc.wait_for_everyone()
     if acc.is_main_process:
         checkpoints.complete(step, files)
@@ -97,16 +105,39 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
     acc.wait_for_everyone()
 
 
+def load_plain(path: Path, step: int):
+    """torch.load of tensors and plain data only: a pickle that would run code is refused, not run."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"checkpoint {step_name(step)}: {path.name} holds more than tensors and plain data, so loading "
+            f"it could run code from the store; refused ({str(error).splitlines()[0]}). Delete that "
+            "checkpoint from runs/<run_id>/train/checkpoints to resume from an earlier one"
+        ) from None
+
+
 def load_checkpoint(trainer, step: int) -> dict:
     """Restore weights, optimizer and RNG from checkpoint `step`; returns its trainer.json."""
+    from accelerate.utils import gather_object
     from safetensors.torch import load_file
 
     acc = trainer.accelerator
     local = shared_folder(trainer, "resume", step)
+    trainer.checkpoints.check_resumable(step)
+    refused = ""
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
-        trainer.checkpoints.download(step, local)
-    acc.wait_for_everyone()
+        try:
+            trainer.checkpoints.download(step, local)  # every file checked against its recorded sha256
+        except InputError as error:
+            refused = str(error)
+    # A collective in place of a barrier: every rank stops with the refusal instead of waiting for it.
+    refusals = [message for message in gather_object([refused]) if message]
+    if refusals:
+        if acc.is_local_main_process:
+            shutil.rmtree(local, ignore_errors=True)
+        raise InputError(refusals[0])
     try:
         state = json.loads((local / "trainer.json").read_text())
         if (local / "accelerate").is_dir():
@@ -124,8 +155,8 @@ def load_checkpoint(trainer, step: int) -> dict:
                     "run_id, or delete runs/<run_id>/train/checkpoints"
                 )
             objective.load_state_dict(weights, strict=False)
-            trainer.optimizer.load_state_dict(torch.load(local / "optimizer.pt", weights_only=False))
-        set_rng_state(torch.load(local / "rng.pt", weights_only=False))
+            trainer.optimizer.load_state_dict(load_plain(local / "optimizer.pt", step))
+        set_rng_state(load_plain(local / "rng.pt", step))
         acc.wait_for_everyone()
     finally:
         if acc.is_local_main_process:

@@ -35,7 +35,7 @@ from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.store import open_store
 from components.train.batching import BatchStream, collate
-from components.train.checkpoint import CheckpointStore
+from components.train.checkpoint import CheckpointStore, run_fingerprint
 from components.train.curriculum import StagePlan, plan_stages
 from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
@@ -140,7 +140,9 @@ class DistillTrainer:
             open_store(config.store_uri).child(f"runs/{config.run_id}/train") if config.store_uri else None
         )
         self.checkpoints = (
-            CheckpointStore(store.child("checkpoints"), config.save_total_limit) if store else None
+            CheckpointStore(store.child("checkpoints"), config.save_total_limit, run_fingerprint(config))
+            if store
+            else None
         )
         self.tb_store = store.child("tensorboard") if store else None
 

@@ -194,7 +194,7 @@ def test_a_dataset_folder_holding_a_symlink_to_the_environment_is_refused(tmp_pa
     (folder / "b.txt").symlink_to("/proc/self/environ")
     config = load(tmp_path, dataset=str(folder), dataset_format="text")
     with pytest.raises(ConfigError, match=r"^dataset: .*b\.txt lies under /proc"):
-        read_prompts(config)
+        list(read_prompts(config))
 
 
 # Item 5: the judge reads JUDGE_API_KEY unless told otherwise.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -118,11 +119,101 @@ def test_checkpoints_and_live_tensorboard_go_to_s3(make_config, s3_endpoint, tmp
     assert again.final_loss == first_loss, "the loss recorded by the checkpoint, not NaN"
 
 
-def test_a_checkpoint_of_another_lora_shape_is_refused_not_half_loaded(make_config, tmp_path):
+def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(make_config, tmp_path):
     store = str(tmp_path / "store")
-    run(make_config(max_steps=2, save_steps=2, store_uri=store, lora={"r": 8, "alpha": 16}))
-    other = make_config(max_steps=4, save_steps=2, store_uri=store, lora={"r": 4, "alpha": 8})
+    first = make_config(
+        max_steps=4, save_steps=2, store_uri=store, run_id="run-1", lora={"r": 8, "alpha": 16}
+    )
+    run(first)
+    marker = json.loads(Path(store, "runs/run-1/train/checkpoints/step-00000004/COMPLETE").read_text())
+    assert marker["run"]["run_id"] == "run-1" and marker["run"]["owner"]["pid"] == os.getpid()
+    assert marker["run"]["config"]["lora.r"] == 8
+    other = make_config(max_steps=4, save_steps=2, store_uri=store, run_id="run-1", lora={"r": 4, "alpha": 8})
     with pytest.raises(
-        InputError, match="checkpoint step-00000002 does not match this model's trainable weights"
+        InputError,
+        match=r"checkpoint step-00000004 .* another configuration \(lora.alpha: 16 -> 8; lora.r: 8 -> 4\)",
     ):
         run(other)
+    # Same fields, other data: the inputs are compared by content.
+    data = tmp_path / "other-data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(
+        "\n".join(Path(first.data_dir, "train.jsonl").read_text().splitlines()[:-1])
+    )
+    moved = make_config(
+        max_steps=4,
+        save_steps=2,
+        store_uri=store,
+        run_id="run-1",
+        lora={"r": 8, "alpha": 16},
+        data_dir=str(data),
+    )
+    with pytest.raises(InputError, match=r"\(data_dir: its content differs\)"):
+        run(moved)
+    # Where outputs go and how often to log is no reason to refuse.
+    again = make_config(
+        max_steps=4,
+        save_steps=2,
+        store_uri=store,
+        run_id="run-1",
+        lora={"r": 8, "alpha": 16},
+        output_dir=str(tmp_path / "elsewhere"),
+        logging_steps=1,
+    )
+    assert run(again).resumed_from == 4
+
+
+class RunsCode:
+    """A pickle that, when loaded without weights_only, runs code: here it only writes a file."""
+
+    def __init__(self, evidence: Path):
+        self.evidence = str(evidence)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.evidence!r}, 'w').write('ran')",))
+
+
+def plant_code_in_optimizer_state(config, evidence: Path, rewrite_marker: bool) -> None:
+    folder = Path(config.store_uri, "runs", config.run_id, "train", "checkpoints", "step-00000004")
+    torch.save({"state": RunsCode(evidence), "param_groups": []}, folder / "optimizer.pt")
+    if rewrite_marker:  # the attacker can write the whole bucket, marker included
+        marker = json.loads((folder / "COMPLETE").read_text())
+        data = (folder / "optimizer.pt").read_bytes()
+        marker["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (folder / "COMPLETE").write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize(
+    ("rewrite_marker", "refusal"),
+    [
+        (False, "optimizer.pt in .* is not the file that was saved"),
+        (True, "optimizer.pt holds more than tensors and plain data, so loading it could run code"),
+    ],
+)
+def test_code_planted_in_a_checkpoint_is_never_run_and_the_resume_is_refused(
+    make_config, tmp_path, rewrite_marker, refusal
+):
+    config = make_config(max_steps=4, save_steps=2, store_uri=str(tmp_path / "store"))
+    run(config)
+    evidence = tmp_path / "code-ran.txt"
+    plant_code_in_optimizer_state(config, evidence, rewrite_marker)
+    with pytest.raises(InputError, match=refusal):
+        run(config)
+    assert not evidence.exists(), "the planted pickle ran"
+
+
+def test_a_resume_fetches_only_the_files_the_marker_lists_and_checks_each(tmp_path):
+    store = open_store(str(tmp_path / "ckpt"))
+    checkpoints = CheckpointStore(store, keep=2)
+    local = tmp_path / "state"
+    (local / "accelerate").mkdir(parents=True)
+    (local / "accelerate" / "pytorch_model.bin").write_bytes(b"w" * 64)
+    checkpoints.save(2, local)
+    # DeepSpeed/accelerate would unpickle any custom_checkpoint_*.pkl found in the folder.
+    store.write_bytes("step-00000002/accelerate/custom_checkpoint_0.pkl", b"planted")
+    checkpoints.download(2, tmp_path / "fetched")
+    assert sorted(p.name for p in (tmp_path / "fetched").rglob("*") if p.is_file()) == ["pytorch_model.bin"]
+    # A listed file changed in the store, same size: refused before anything loads it.
+    store.write_bytes("step-00000002/accelerate/pytorch_model.bin", b"x" * 64)
+    with pytest.raises(InputError, match="accelerate/pytorch_model.bin .* sha256 differs"):
+        checkpoints.download(2, tmp_path / "again")
