@@ -25,7 +25,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.store import open_store
 from components.train.batching import BatchStream, collate
-from components.train.checkpoint import CheckpointStore, run_fingerprint
+from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
 from components.train.curriculum import StagePlan, plan_stages
 from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
@@ -45,34 +44,9 @@ from components.train.modeling import base_model, check_vocab, load_student, loa
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.progress import Progress
 from components.train.sparse_kd import attach_topk, sparse_targets
-from components.train.state import load_checkpoint, save_checkpoint
 from components.train.tracking import Trackers, check_report_to
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Result:
-    steps: int
-    final_loss: float
-    output_dir: str
-    method: str = "lora"
-    tokens_per_second: float = 0.0
-    train_seconds: float = 0.0
-    # The loss parts of the last logging window: ce, kd, hidden_loss, ... (per token or per batch).
-    loss_parts: dict[str, float] = field(default_factory=dict)
-    # The checkpoint step this attempt continued from (0: it started from the input model).
-    resumed_from: int = 0
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return {
-            "train_steps": float(self.steps),
-            "train_final_loss": self.final_loss,
-            "train_tokens_per_second": self.tokens_per_second,
-            "train_seconds": self.train_seconds,
-            **{f"train_final_{name}": value for name, value in self.loss_parts.items()},
-        }
 
 
 def seed_everything(seed: int) -> None:
@@ -260,7 +234,8 @@ class DistillTrainer:
         return float("nan") if norm is None else float(norm)
 
     # --- training -------------------------------------------------------------------------------------
-    def train(self) -> Result:
+    def train(self) -> dict:
+        """Every curriculum phase's steps (from the newest checkpoint, if any); returns the run's summary."""
         config = self.config
         acc = self.accelerator
         world, accum = acc.num_processes, config.gradient_accumulation_steps
@@ -332,16 +307,20 @@ class DistillTrainer:
         seconds = time.monotonic() - started
         if trackers is not None:
             trackers.close()
-        return Result(
-            steps=self.global_step,
-            final_loss=self.final_loss,
-            output_dir=config.output_dir,
-            method=config.method,
-            tokens_per_second=tokens_total / seconds if seconds else 0.0,
-            train_seconds=seconds,
-            loss_parts=self.loss_parts,
-            resumed_from=resume or 0,
-        )
+        return {
+            "method": config.method,
+            "base_model": config.model_dir,
+            "steps": self.global_step,
+            "final_loss": self.final_loss,
+            "final_loss_parts": self.loss_parts,
+            "resumed_from": resume or 0,
+            "tokens_per_second": tokens_total / seconds if seconds else 0.0,
+            "train_seconds": seconds,
+            "stages": [stage.name for stage in self.stages],
+            "kd": config.kd.kind,
+            "precision": self.precision,
+            "deepspeed": config.deepspeed,
+        }
 
     def _log(self, trackers, progress, window, stage, stage_step) -> tuple[float, dict[str, float]]:
         window = to_floats(window)
@@ -378,8 +357,8 @@ class DistillTrainer:
         return scalars["train/loss"], parts
 
     # --- save -----------------------------------------------------------------------------------------
-    def save(self, result: Result) -> None:
-        """The adapter (or full model), the tokenizer and train_summary.json into output_dir."""
+    def save(self, summary: dict) -> None:
+        """The adapter (or full model), the tokenizer and `summary` (train_summary.json) into output_dir."""
         acc = self.accelerator
         acc.wait_for_everyone()
         # Gathers ZeRO-3 shards; a plain state dict otherwise. Keys are the objective's ("student.*").
@@ -395,18 +374,4 @@ class DistillTrainer:
         self.tokenizer.save_pretrained(out)
         if self.config.method == "full":
             student.generation_config.save_pretrained(out)
-        summary = {
-            "method": self.config.method,
-            "base_model": self.config.model_dir,
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "final_loss_parts": result.loss_parts,
-            "resumed_from": result.resumed_from,
-            "tokens_per_second": result.tokens_per_second,
-            "train_seconds": result.train_seconds,
-            "stages": [stage.name for stage in self.stages],
-            "kd": self.config.kd.kind,
-            "precision": self.precision,
-            "deepspeed": self.config.deepspeed,
-        }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
