@@ -23,6 +23,7 @@ from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
 from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import teacher_settings
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = demo_words(8, seed=5)
@@ -30,17 +31,10 @@ PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
 
 
 def settings(tmp_path, base_url, **overrides) -> dict:
-    provider = {"name": "demo", "base_url": base_url, "backoff_s": 0.01, "max_retries": 2}
-    return {
-        "dataset": str(tmp_path / "prompts.jsonl"),
-        "output_dir": str(tmp_path / "out"),
-        "store_uri": str(tmp_path / "store"),
-        "run_id": "exit",
-        "progress_bar": False,
-        "test_ratio": 0.0,
-        **overrides,
-        "provider": {**provider, **overrides.get("provider", {})},
-    }
+    """Two retries only, and every record in train so `kept` counts them all."""
+    provider = {"max_retries": 2, **overrides.pop("provider", {})}
+    defaults = {"run_id": "exit", "test_ratio": 0.0}
+    return teacher_settings(tmp_path, base_url, **{**defaults, **overrides, "provider": provider})
 
 
 def make_config(tmp_path, base_url, **overrides) -> Config:

@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import from_dict
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.api import backoff, retry_after
 from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import teacher_config
 
 WORDS = demo_words(8, seed=5)
 PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
 
 
 def make_config(tmp_path, base_url, **overrides) -> Config:
+    """Eight prompts, all in train, and a short request timeout for the servers that hang."""
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
-    provider = {
-        "name": "demo",
-        "base_url": base_url,
-        "backoff_s": 0.01,
-        "timeout_s": 0.5,
-        **overrides.pop("provider", {}),
-    }
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "provider": provider,
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            **overrides,
-        },
-    )
+    provider = {"timeout_s": 0.5, **overrides.pop("provider", {})}
+    return teacher_config(tmp_path, base_url, **{"test_ratio": 0.0, **overrides, "provider": provider})
 
 
 def answers(tmp_path) -> dict[str, str]:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from components.common.config import from_dict
 from components.common.errors import StageStopped
 from components.common.records import read_records
 from components.teacher import Config, run
@@ -14,6 +13,7 @@ from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import Prompt
 from components.teacher.templates import render_file_template
 from pipelines.demo_teacher import Faults, start_teacher_server
+from tests.teacher.conftest import teacher_config
 
 
 def prompt(text: str) -> Prompt:
@@ -69,17 +69,8 @@ def write_alpaca(path, rows):
 
 
 def config(tmp_path, base_url, **overrides) -> Config:
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "data.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            "provider": {"name": "demo", "base_url": base_url},
-            **overrides,
-        },
+    return teacher_config(
+        tmp_path, base_url, dataset=str(tmp_path / "data.jsonl"), test_ratio=0.0, **overrides
     )
 
 
