@@ -16,7 +16,8 @@ import yaml
 
 from components.common.lease import Lease, LeaseHeld
 from components.common.store import open_store
-from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import write_demo_dataset
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "leases/shard-00000-of-00001.json"
@@ -112,7 +113,7 @@ def test_a_holder_whose_lease_was_taken_over_is_told_to_stop(store_uri):
 
 def test_a_second_teacher_stage_with_the_same_run_id_sends_nothing(tmp_path, store_uri):
     write_demo_dataset(tmp_path / "prompts.jsonl", 40, seed=5)
-    with start_teacher_server(faults=Faults(stall_after=10)) as server:
+    with start_faulty_teacher(faults=Faults(stall_after=10)) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),

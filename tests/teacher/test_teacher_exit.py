@@ -22,8 +22,9 @@ from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
-from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import teacher_settings
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = demo_words(8, seed=5)
@@ -77,7 +78,7 @@ def test_a_teacher_that_dies_mid_run_fails_the_stage_which_a_retry_then_finishes
 def test_an_html_page_with_status_200_fails_the_stage(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
     faults = Faults(schedule={p: ["html"] * 3 for p in PROMPTS})
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         with pytest.raises(
             StageStopped, match=r"only 0 of 8 prompts have an answer .*failed: malformed( response)? 8"
         ):
@@ -101,12 +102,12 @@ def test_answers_all_cut_by_max_tokens_fail_the_stage(tmp_path):
 def test_below_min_answered_ratio_fails_but_at_it_passes(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
     faults = Faults(schedule={PROMPTS[0]: ["500"] * 3})
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         with pytest.raises(StageStopped, match=r"only 7 of 8 .*min_answered_ratio=0.95.*failed: 500 1"):
             run(make_config(tmp_path, server.base_url))
         assert kept(tmp_path) == 7
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
-    with start_teacher_server(faults=Faults(schedule={PROMPTS[0]: ["500"] * 3})) as server:
+    with start_faulty_teacher(faults=Faults(schedule={PROMPTS[0]: ["500"] * 3})) as server:
         result = run(make_config(tmp_path, server.base_url, run_id="lenient", min_answered_ratio=0.875))
     assert result.metrics["records"] == 7
 
@@ -134,7 +135,7 @@ def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_pat
     # Eight requests leave at once; seven take a second to answer, the eighth is refused at once.
     schedule = {**{p: ["slow"] for p in PROMPTS[:7]}, PROMPTS[7]: ["401"]}
     faults = Faults(schedule=schedule, slow_s=1.0)
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         config = make_config(
             tmp_path, server.base_url, concurrency=8, use_cache=False, provider={"timeout_s": 10.0}
         )
@@ -150,7 +151,7 @@ def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_pat
 @pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent):
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
-    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=Faults(stall_after=25)) as server:
         config = settings(
             tmp_path,
             server.base_url,
@@ -194,7 +195,7 @@ def test_the_progress_line_shows_retries_and_failures_by_cause_while_running(tmp
     schedule = {PROMPTS[0]: ["429", "429"], PROMPTS[1]: ["500"], PROMPTS[2]: ["500"] * 3}
     faults = Faults(schedule=schedule, retry_after_s=0.01)
     caplog.set_level(logging.INFO, logger="components.teacher")
-    with start_teacher_server(latency_s=0.05, faults=faults) as server:
+    with start_faulty_teacher(latency_s=0.05, faults=faults) as server:
         run(make_config(tmp_path, server.base_url, concurrency=1, log_every_s=0.02, min_answered_ratio=0.5))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
     final = lines[-1]

@@ -20,8 +20,9 @@ from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher import Config, finalize, run, run_shard
 from components.teacher.limits import shard_allowance, token_cost, worst_cost
-from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import teacher_config
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 PRICES = {"price_input_per_m": 1000.0, "price_output_per_m": 1000.0}
@@ -138,7 +139,7 @@ def test_totals_count_every_attempt_of_a_pod_killed_mid_run(tmp_path):
     # 30% of requests are refused with a 429 and retried. After 25 requests the server holds every further
     # one: the 8 workers end up each with a request in flight, which the kill takes down with the pod.
     faults = Faults(rate_limit_fraction=0.3, retry_after_s=0.01, stall_after=25)
-    with start_teacher_server(latency_s=0.01, faults=faults) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=faults) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),

@@ -16,7 +16,8 @@ from components.common.config import from_dict
 from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
-from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
     # After 25 answers the server holds every further request, so the kill lands mid-run at a known point;
     # requests held when the client dies were never taken up, like requests queued at a provider.
-    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=Faults(stall_after=25)) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),
