@@ -4,7 +4,7 @@ Layout under `runs/<run_id>/train/checkpoints/`:
 
     step-00000200/trainable.safetensors   the trainable weights only (adapters, or all for full FT)
     step-00000200/optimizer.pt            optimizer state
-    step-00000200/trainer.json            step, data position, scheduler, curriculum stage, RNG states
+    step-00000200/trainer.json            step, data position, scheduler, curriculum phase, RNG states
     step-00000200/COMPLETE                written last: every file's size and sha256, and the run that
                                           wrote it (run_id, pod, configuration fingerprint)
 
@@ -296,8 +296,8 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
         torch.save(rng_state(), local / "rng.pt")
         state = {
             "step": step,
-            "stage": trainer.stage_index,
-            "stage_step": trainer.stage_step,
+            "phase": trainer.phase_index,
+            "phase_step": trainer.phase_step,
             "scheduler": trainer.scheduler.state_dict(),
             "final_loss": trainer.final_loss,
             "loss_parts": trainer.loss_parts,
@@ -372,5 +372,5 @@ def load_checkpoint(trainer, step: int) -> dict:
     finally:
         if acc.is_local_main_process:
             shutil.rmtree(local, ignore_errors=True)
-    log.info("resumed from %s (stage %d, step %d)", step_name(step), state["stage"], state["stage_step"])
+    log.info("resumed from %s (phase %d, step %d)", step_name(step), state["phase"], state["phase_step"])
     return state
