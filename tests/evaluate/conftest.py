@@ -80,16 +80,13 @@ def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -
 
 
 class ReversalJudge:
-    """An OpenAI-compatible judge on loopback (aiohttp in a background thread) that knows the reversal task:
+    """An OpenAI-compatible judge on loopback (pipelines.loopback.ServerThread) that knows the reversal task:
     it prefers the answer that is the reversed word, says TIE when both or neither are, and answers the
     first chat request with a 429 so that the client's retry path runs."""
 
     def __init__(self) -> None:
-        import threading
-
         self.requests = 0
         self.authorization: str | None = None  # the last chat request's, to check which key was sent
-        self.ready = threading.Event()
         self.port = 0
 
     async def models(self, request):
@@ -135,31 +132,20 @@ class ReversalJudge:
             }
         )
 
-    def serve(self) -> None:
-        import asyncio
-
+    def app(self):
         from aiohttp import web
 
-        async def main():
-            app = web.Application()
-            app.router.add_get("/v1/models", self.models)
-            app.router.add_post("/v1/chat/completions", self.chat)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self.ready.set()
-            await asyncio.Event().wait()
-
-        asyncio.run(main())
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
 
 
 @pytest.fixture(scope="session")
 def judge_server() -> ReversalJudge:
-    import threading
+    from pipelines.loopback import ServerThread
 
     judge = ReversalJudge()
-    threading.Thread(target=judge.serve, daemon=True).start()
-    assert judge.ready.wait(10), "judge server did not start"
-    return judge
+    with ServerThread(judge.app()) as server:
+        judge.port = server.port
+        yield judge
