@@ -46,7 +46,7 @@ def reversal_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -> Path:
     """The tiny student fully fine-tuned on the test answers until it reproduces them: a stand-in for a
-    distilled student that is cheap to make (about 2 s) and certainly better than the untrained one."""
+    distilled student that is cheap to make (a few steps on the tiny model) and certainly better than the untrained one."""
     from components.common.records import read_records
 
     path = tmp_path_factory.mktemp("distilled")

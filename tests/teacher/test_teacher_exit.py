@@ -1,6 +1,6 @@
-"""Failing loudly and losing nothing (issue 12, items 14-16 and 21): a run that answered too little fails
-with its causes counted, a fatal error or a signal saves what is in flight first, and the progress line
-shows retries and failures by cause while the run goes on."""
+"""Failing loudly and losing nothing: a run that answered too little fails with its causes counted, a
+fatal error or a signal saves what is in flight first, and the progress line shows retries and failures
+by cause while the run goes on."""
 
 from __future__ import annotations
 

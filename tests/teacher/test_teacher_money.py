@@ -1,4 +1,4 @@
-"""Limits that hold exactly: every request is reserved and journaled before it leaves (issue 12, items 11-13).
+"""Limits that hold exactly: every request is reserved and journaled before it leaves.
 
 The demo teacher on loopback counts what it received; the stage's totals must agree with it.
 """
