@@ -1,4 +1,5 @@
-"""Fixtures of the eval tests: a reversal test split and a student that has learned it."""
+"""Fixtures and helpers of the eval tests: a reversal test split, a student that has learned it, a judge
+on loopback, TensorBoard events."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.records import Record, record_id, write_records
 from components.download.tiny import encode_example
+
+
+def write_events(folder, tag: str, values: list[float]) -> None:
+    """TensorBoard events as the train stage writes them: `tag` every 5 steps, beside a learning rate
+    (a scalar that is not a loss, which the curves must leave out)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    for step, value in enumerate(values):
+        writer.add_scalar(tag, value, step * 5)
+        writer.add_scalar("train/learning_rate", 0.1, step * 5)
+    writer.close()
+
 
 TEACHER = {"provider": "demo", "model": "reverser", "params": {"temperature": 0}}
 
