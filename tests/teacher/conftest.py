@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import from_dict
+from components.common.store import open_store
 from components.teacher import Config
+from pipelines.demo_teacher import demo_words
 
 
 def teacher_settings(tmp_path: Path, base_url: str, **overrides: Any) -> dict[str, Any]:
@@ -26,3 +28,15 @@ def teacher_settings(tmp_path: Path, base_url: str, **overrides: Any) -> dict[st
 
 def teacher_config(tmp_path: Path, base_url: str, **overrides: Any) -> Config:
     return from_dict(Config, teacher_settings(tmp_path, base_url, **overrides))
+
+
+def demo_prompts(count: int, seed: int = 0) -> list[str]:
+    """The prompts `write_demo_dataset(path, count, seed)` writes, in its order."""
+    return [f"Reverse the letters of: {word}" for word in demo_words(count, seed)]
+
+
+def stored_answers(store_uri: str, run_id: str) -> int:
+    """How many answers the run's journal holds in the store (one line each in its part files)."""
+    store = open_store(store_uri)
+    parts = [key for key in store.list(f"runs/{run_id}/teacher") if "/part-" in key]
+    return sum(len(store.read_text(key).splitlines()) for key in parts)

@@ -20,15 +20,13 @@ import yaml
 from components.common.config import from_dict
 from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
-from components.common.store import open_store
 from components.teacher import Config, run
-from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
-from tests.teacher.conftest import teacher_settings
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import demo_prompts, stored_answers, teacher_settings
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = demo_words(8, seed=5)
-PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
+PROMPTS = demo_prompts(8, seed=5)
 
 
 def settings(tmp_path, base_url, **overrides) -> dict:
@@ -44,11 +42,6 @@ def make_config(tmp_path, base_url, **overrides) -> Config:
 
 def kept(tmp_path) -> int:
     return len(read_records(tmp_path / "out" / "train.jsonl"))
-
-
-def saved_answers(tmp_path) -> int:
-    store = open_store(str(tmp_path / "store"))
-    return sum(len(store.read_text(k).splitlines()) for k in store.list("runs/exit/teacher") if "/part-" in k)
 
 
 def test_a_teacher_that_dies_mid_run_fails_the_stage_which_a_retry_then_finishes(tmp_path):
@@ -142,7 +135,7 @@ def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_pat
         with pytest.raises(InputError, match="401 Incorrect API key"):
             run(config)
         assert server.teacher.total_requests == 8
-        assert saved_answers(tmp_path) == 7  # paid for, so kept
+        assert stored_answers(str(tmp_path / "store"), "exit") == 7  # paid for, so kept
         again = run(config)
         assert again.metrics["resumed"] == 7 and again.metrics["requests"] == 1
         assert server.requests_by_prompt[PROMPTS[7]] == 2 and server.teacher.total_requests == 9
@@ -175,7 +168,7 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
             assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
             time.sleep(0.05)
         os.kill(process.pid, sent)
-        while saved_answers(tmp_path) < 25:
+        while stored_answers(str(tmp_path / "store"), "exit") < 25:
             assert time.monotonic() < deadline, f"the 25 answers were not saved on {sent.name}"
             time.sleep(0.05)
         server.release()  # the 8 in flight now finish, are paid for, and must be saved too
@@ -185,7 +178,7 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
         assert stderr.strip().splitlines()[-1] == (
             f"error: stopped by {sent.name}; every answer so far is saved and a restart resumes"
         )
-        assert saved_answers(tmp_path) == 33
+        assert stored_answers(str(tmp_path / "store"), "exit") == 33
         result = run(from_dict(Config, config))
         assert result.metrics["resumed"] == 33 and result.metrics["requests"] == 27
 

@@ -9,11 +9,11 @@ from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.api import backoff, retry_after
 from pipelines.demo_teacher import demo_words, write_demo_dataset
-from tests.teacher.conftest import teacher_config
+from tests.teacher.conftest import demo_prompts, teacher_config
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 WORDS = demo_words(8, seed=5)
-PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
+PROMPTS = demo_prompts(8, seed=5)
 
 
 def make_config(tmp_path, base_url, **overrides) -> Config:

@@ -17,6 +17,7 @@ from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import stored_answers
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +27,7 @@ def saved_answers(store_uri: str, saved_by: str) -> int:
     store = open_store(store_uri)
     if saved_by == "cache":
         return len(store.list("cache/teacher"))
-    return sum(
-        len(store.read_text(k).splitlines()) for k in store.list("runs/killed/teacher") if "/part-" in k
-    )
+    return stored_answers(store_uri, "killed")
 
 
 # journal: no cache, a checkpoint after every answer. cache: checkpoints too rare to happen before the
