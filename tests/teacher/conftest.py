@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from components.common.config import from_dict
 from components.common.store import open_store
 from components.teacher import Config
 from pipelines.demo_teacher import demo_words
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def teacher_settings(tmp_path: Path, base_url: str, **overrides: Any) -> dict[str, Any]:
@@ -40,3 +48,32 @@ def stored_answers(store_uri: str, run_id: str) -> int:
     store = open_store(store_uri)
     parts = [key for key in store.list(f"runs/{run_id}/teacher") if "/part-" in key]
     return sum(len(store.read_text(key).splitlines()) for key in parts)
+
+
+def teacher_command(tmp_path: Path, settings: dict[str, Any]) -> list[str]:
+    """`python -m components.teacher --config tmp_path/teacher.yaml`, with `settings` written there."""
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return [sys.executable, "-m", "components.teacher", "--config", str(path)]
+
+
+def run_teacher_cli(tmp_path: Path, settings: dict[str, Any]) -> subprocess.CompletedProcess:
+    """The stage's command run to its end, its output captured as text."""
+    command = teacher_command(tmp_path, settings)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def start_teacher_cli(tmp_path: Path, settings: dict[str, Any]) -> subprocess.Popen:
+    """The stage's command started in the background, its stderr kept as text."""
+    command = teacher_command(tmp_path, settings)
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen | None = None) -> None:
+    """Poll `condition` for up to a minute; fails naming `what`, or with the stage's error if `process`
+    ended first."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert process is None or process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

@@ -8,24 +8,26 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
 from components.teacher import Config, run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from tests.teacher.conftest import demo_prompts, stored_answers, teacher_settings
+from tests.teacher.conftest import (
+    demo_prompts,
+    run_teacher_cli,
+    start_teacher_cli,
+    stored_answers,
+    teacher_settings,
+    wait_until,
+)
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = demo_prompts(8, seed=5)
 
 
@@ -108,16 +110,7 @@ def test_below_min_answered_ratio_fails_but_at_it_passes(tmp_path):
 def test_a_dataset_whose_every_line_is_skipped_fails_in_one_line(tmp_path):
     (tmp_path / "prompts.jsonl").write_text("not json\n{broken\n[1, 2\n")
     overrides = {"dataset_format": "prompts", "bad_lines": "skip"}
-    (tmp_path / "teacher.yaml").write_text(
-        yaml.safe_dump(settings(tmp_path, "http://127.0.0.1:9/v1", **overrides))
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_teacher_cli(tmp_path, settings(tmp_path, "http://127.0.0.1:9/v1", **overrides))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the dataset gave no prompt to ask") and "3 lines skipped" in last
@@ -154,23 +147,14 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
             checkpoint_records=1000,
             checkpoint_seconds=600.0,
         )
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(config))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while server.held < 8:  # 25 answered, the next 8 held: the stage is mid-run
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
-            time.sleep(0.05)
+        process = start_teacher_cli(tmp_path, config)
+        # 25 answered, the next 8 held: the stage is mid-run.
+        wait_until(lambda: server.held >= 8, "the stage never got 8 requests in flight", process)
         os.kill(process.pid, sent)
-        while stored_answers(str(tmp_path / "store"), "exit") < 25:
-            assert time.monotonic() < deadline, f"the 25 answers were not saved on {sent.name}"
-            time.sleep(0.05)
+        store = str(tmp_path / "store")
+        wait_until(
+            lambda: stored_answers(store, "exit") >= 25, f"the 25 answers were not saved on {sent.name}"
+        )
         server.release()  # the 8 in flight now finish, are paid for, and must be saved too
         assert process.wait(timeout=30) == 1
         stderr = process.stderr.read()

@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError
@@ -21,10 +16,9 @@ from components.common.records import read_records
 from components.teacher import Config, finalize, run, run_shard
 from components.teacher.limits import shard_allowance, token_cost, worst_cost
 from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
-from tests.teacher.conftest import teacher_config
+from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, teacher_config, wait_until
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
-REPO = Path(__file__).resolve().parents[2]
 PRICES = {"price_input_per_m": 1000.0, "price_output_per_m": 1000.0}
 
 
@@ -121,14 +115,7 @@ def test_max_cost_without_prices_is_one_line_from_the_command_line(tmp_path):
         "provider": {"name": "vllm", "model": "m"},
         "max_cost": 5,
     }
-    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-    done = subprocess.run(
-        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_teacher_cli(tmp_path, settings)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: max_cost: provider 'vllm' has no prices")
     assert "Traceback" not in done.stderr
@@ -149,23 +136,11 @@ def test_totals_count_every_attempt_of_a_pod_killed_mid_run(tmp_path):
             "concurrency": 8,
             "progress_bar": False,
         }
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while server.held < 8:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
-            time.sleep(0.05)
+        process = start_teacher_cli(tmp_path, settings)
+        wait_until(lambda: server.held >= 8, "the stage never got 8 requests in flight", process)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-        while server.held:
-            assert time.monotonic() < deadline, f"{server.held} held requests outlived their client"
-            time.sleep(0.05)
+        wait_until(lambda: server.held == 0, "held requests outlived their client")
         server.release()
 
         result = run(from_dict(Config, settings))

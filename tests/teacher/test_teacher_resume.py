@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from tests.teacher.conftest import stored_answers
+from tests.teacher.conftest import start_teacher_cli, stored_answers, wait_until
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def saved_answers(store_uri: str, saved_by: str) -> int:
@@ -62,26 +55,15 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
             "progress_bar": False,
             **SAVED_BY[saved_by],
         }
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ},
+        process = start_teacher_cli(tmp_path, settings)
+        wait_until(
+            lambda: saved_answers(store_uri, saved_by) >= 25, "the stage never stored 25 answers", process
         )
-        deadline = time.monotonic() + 60
-        while saved_answers(store_uri, saved_by) < 25:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the stage never stored 25 answers"
-            time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         assert not (tmp_path / "out" / "train.jsonl").exists()
         # The server must notice the dead client's connections before it lets held requests through.
-        while server.held:
-            assert time.monotonic() < deadline, f"{server.held} held requests outlived their client"
-            time.sleep(0.05)
+        wait_until(lambda: server.held == 0, "held requests outlived their client")
         server.release()
 
         result = run(from_dict(Config, settings))
