@@ -43,7 +43,9 @@ def test_demo_pipeline_teaches_the_student_the_task(tmp_path):
     assert list(result.tensorboard.rglob("events.out.tfevents.*"))
     report = result.report.read_text()
     assert "Reverse the letters of" in report and "<table" in report
-    assert json.loads(result.eval_json.read_text())
+    evaluation = json.loads(result.eval_json.read_text())
+    assert evaluation["metrics"]["distilled_exact_match"] == pytest.approx(metrics["distilled_exact_match"])
+    assert evaluation["samples"] and "Reverse the letters of" in evaluation["samples"][0]["prompt"]
     assert "distilled" in format_table(metrics)
 
 

@@ -21,11 +21,11 @@ Module map: config.py (fields), readers.py and chunking.py (sources), templates/
 files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-compatible client), local.py
 (Hugging Face teacher), generate.py (worker pool, retries, answer policies), limits.py (rpm/tpm, budget),
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
-progress.py (bar, log lines), stage.py (run_shard, run), finalize.py (merge and write the dataset).
+progress.py (bar, log lines), stage.py (run, run_shard, finalize, Result), finalize.py (merge and write
+the dataset), component.py (the KFP component).
 """
 
 from components.teacher.config import Config, JudgeConfig, ProviderConfig, TextConfig
-from components.teacher.finalize import Result, finalize
-from components.teacher.stage import run, run_shard
+from components.teacher.stage import Result, finalize, run, run_shard
 
 __all__ = ["Config", "JudgeConfig", "ProviderConfig", "Result", "TextConfig", "finalize", "run", "run_shard"]

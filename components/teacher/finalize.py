@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,9 @@ from components.teacher.quality import split_keys
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Result:
-    output_dir: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    stopped: str = ""
-
-
-def finalize(config: Config) -> Result:
-    """Merge every shard's entries into train.jsonl / test.jsonl / rejected.jsonl / summary.json."""
+def write_dataset(config: Config) -> dict[str, float]:
+    """Merge every shard's entries into train.jsonl / test.jsonl / rejected.jsonl / summary.json; returns
+    the dataset's metrics."""
     store = open_store(config.store_uri)
     provider = resolve_provider(config.provider, config.provider_config)
     stored = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
@@ -106,7 +99,7 @@ def finalize(config: Config) -> Result:
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, len(rejected), output)
-    return Result(str(output), {k: float(v) for k, v in metrics.items()})
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], think_in_answer: bool) -> Record:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from components.common.errors import ConfigError, StageStopped
 from components.common.lease import Lease
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
 from components.teacher.config import Config, ProviderConfig
-from components.teacher.finalize import Result, finalize
+from components.teacher.finalize import write_dataset
 from components.teacher.generate import PROBLEMS, Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, Spend, SpendLedger, shard_name, spent_by_shard
 from components.teacher.judge import Judge
@@ -37,6 +37,13 @@ from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    output_dir: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    stopped: str = ""
 
 
 def make_teacher(config: Config):
@@ -254,6 +261,11 @@ async def _generate(
         for client in (teacher, judge.teacher if judge else None):
             if isinstance(client, ApiTeacher):
                 await client.aclose()
+
+
+def finalize(config: Config) -> Result:
+    """After every shard: merge their answers into the dataset in output_dir (finalize.py)."""
+    return Result(config.output_dir, write_dataset(config))
 
 
 def run(config: Config) -> Result:

@@ -1,40 +1,13 @@
 """The train stage: distill teacher records into the student (SFT, logit KD, curriculum), LoRA/QLoRA/full.
 
-    python -m components.train --config train.yaml [--set key=value ...]
-
-`run(config)` trains, writes the adapter (or full model), the tokenizer and train_summary.json to
-`config.output_dir` and TensorBoard events to `config.tensorboard_dir`, and returns a `Result`.
+Module map: config.py (fields), stage.py (`run(config) -> Result`), component.py (the KFP component),
+trainer.py (the recipe: setup, loss steps, save), data.py, batching.py, varlen.py (records to batches),
+losses.py, objective.py, sparse_kd.py, intermediate.py (the loss), curriculum.py (phases), modeling.py
+(student and teacher), launch.py (devices, multi-GPU), checkpoint.py (checkpoints in the store, save and
+resume), tracking.py and progress.py (logs), multinode/ (a PyTorchJob across nodes).
 """
 
-from __future__ import annotations
-
-import json
-from pathlib import Path
-
 from components.train.config import Config, IntermediateSettings, KDSettings, LoraSettings, StageSettings
-from components.train.trainer import DistillTrainer, Result
+from components.train.stage import Result, run
 
 __all__ = ["Config", "IntermediateSettings", "KDSettings", "LoraSettings", "Result", "StageSettings", "run"]
-
-
-def run(config: Config) -> Result:
-    from components.train.launch import maybe_relaunch
-
-    if maybe_relaunch(config):
-        # The ranks trained and saved; this process only reports what they wrote.
-        summary = json.loads((Path(config.output_dir) / "train_summary.json").read_text())
-        return Result(
-            steps=summary["steps"],
-            final_loss=summary["final_loss"],
-            output_dir=config.output_dir,
-            method=summary["method"],
-            tokens_per_second=summary["tokens_per_second"],
-            train_seconds=summary["train_seconds"],
-            loss_parts=summary["final_loss_parts"],
-            resumed_from=summary["resumed_from"],
-        )
-    trainer = DistillTrainer(config)
-    trainer.setup()
-    result = trainer.train()
-    trainer.save(result)
-    return result

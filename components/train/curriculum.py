@@ -1,18 +1,18 @@
-"""Multi-stage curriculum: a list of stages, each with its own data mix, loss weights, learning rate and length.
+"""Multi-phase curriculum: a list of phases, each with its own data mix, loss weights, learning rate and length.
 
     curriculum:
       - {name: general, mix: {main: 0.7, domain: 0.3}, num_epochs: 1, learning_rate: 2.0e-4}
       - {name: domain,  mix: {main: 0.3, domain: 0.7}, num_epochs: 2, kd_alpha: 0.8, temperature: 2.0}
     datasets: {domain: /data/domain-teacher}      # "main" is always data_dir
 
-Stages run in order and each starts from the weights the previous one ended with (a fresh optimizer and
-learning-rate schedule per stage). `start_stage`/`end_stage` run a slice: starting at stage 1 on a fresh
-run trains stage 1 from the student as loaded. Without a curriculum the run is one stage built from the
+Phases run in order and each starts from the weights the previous one ended with (a fresh optimizer and
+learning-rate schedule per phase). `start_stage`/`end_stage` run a slice: starting at phase 1 on a fresh
+run trains phase 1 from the student as loaded. Without a curriculum the run is one phase built from the
 top-level fields.
 
-A stage's epoch holds `samples` records (default: as many as all its sources together), drawn from each
+A phase's epoch holds `samples` records (default: as many as all its sources together), drawn from each
 source in proportion to `mix`: source s contributes round(samples * mix[s] / sum(mix)) records, taken
-without repetition while the source lasts, then cycled. The draw depends only on (seed, stage index).
+without repetition while the source lasts, then cycled. The draw depends only on (seed, phase index).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from components.train.losses import Divergence
 
 
 @dataclass
-class StagePlan:
+class PhasePlan:
     index: int
     name: str
     examples: list[Example]
@@ -47,7 +47,7 @@ class StagePlan:
 def mix_examples(
     sources: dict[str, list[Example]], mix: dict[str, float], samples: int, seed: int
 ) -> list[Example]:
-    """One epoch's records for a stage: each source's share of `samples`, drawn deterministically."""
+    """One epoch's records for a phase: each source's share of `samples`, drawn deterministically."""
     total_weight = sum(mix.values())
     generator = torch.Generator().manual_seed(seed)
     chosen: list[Example] = []
@@ -59,8 +59,8 @@ def mix_examples(
     return chosen
 
 
-def plan_stages(config, sources: dict[str, list[Example]], divergence: Divergence) -> list[StagePlan]:
-    """The stages this run executes (after start_stage/end_stage), with every inherited value resolved."""
+def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergence) -> list[PhasePlan]:
+    """The phases this run executes (after start_stage/end_stage), with every inherited value resolved."""
     weights = {
         "hidden": config.intermediate.hidden_weight,
         "attention": config.intermediate.attention_weight,
@@ -68,7 +68,7 @@ def plan_stages(config, sources: dict[str, list[Example]], divergence: Divergenc
     }
     if not config.curriculum:
         return [
-            StagePlan(
+            PhasePlan(
                 index=0,
                 name="main",
                 examples=sources["main"],
@@ -83,28 +83,28 @@ def plan_stages(config, sources: dict[str, list[Example]], divergence: Divergenc
     plans = []
     end = config.end_stage if config.end_stage >= 0 else len(config.curriculum) - 1
     for index in range(config.start_stage, end + 1):
-        stage = config.curriculum[index]
-        mix = stage.mix or {"main": 1.0}
-        samples = stage.samples or sum(len(sources[name]) for name in mix)
+        phase = config.curriculum[index]
+        mix = phase.mix or {"main": 1.0}
+        samples = phase.samples or sum(len(sources[name]) for name in mix)
         plans.append(
-            StagePlan(
+            PhasePlan(
                 index=index,
-                name=stage.name,
+                name=phase.name,
                 examples=mix_examples(sources, mix, samples, config.seed * 7919 + index),
-                max_steps=stage.max_steps,
-                num_epochs=stage.num_epochs,
-                learning_rate=stage.learning_rate or config.learning_rate,
+                max_steps=phase.max_steps,
+                num_epochs=phase.num_epochs,
+                learning_rate=phase.learning_rate or config.learning_rate,
                 divergence=Divergence(
                     kind=divergence.kind,
                     beta=divergence.beta,
-                    temperature=stage.temperature or divergence.temperature,
+                    temperature=phase.temperature or divergence.temperature,
                     vocab_limit=divergence.vocab_limit,
                 ),
-                kd_alpha=config.kd.alpha if stage.kd_alpha is None else stage.kd_alpha,
+                kd_alpha=config.kd.alpha if phase.kd_alpha is None else phase.kd_alpha,
                 weights={
                     name: weights[name]
-                    if getattr(stage, f"{name}_weight") is None
-                    else getattr(stage, f"{name}_weight")
+                    if getattr(phase, f"{name}_weight") is None
+                    else getattr(phase, f"{name}_weight")
                     for name in weights
                 },
             )

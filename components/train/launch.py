@@ -64,7 +64,7 @@ def accelerator_for(config):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
         cpu=device_type == "cpu",
-        # A curriculum stage may weight an intermediate term 0: its projection then gets no gradient.
+        # A curriculum phase may weight an intermediate term 0: its projection then gets no gradient.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.intermediate.enabled)],
     )
 

@@ -7,11 +7,10 @@ at a time, keeping only the sums of the loss terms, so peak memory holds one chu
 vocab) instead of N x vocab. Two ways to get the gradients through the chunks:
 
     fused (the default)
-        The gradient in the forward pass, as Liger's fused linear cross-entropy and Apple's Cut Cross-Entropy
-        do: for each chunk, its logits, its loss and at once the loss's gradients with respect to the chunk's
-        hidden states and the head's trainable parameters; the logits are then freed. Kept for backward: the
-        hidden states' gradient (N x d) and an fp32 accumulator per trainable head parameter (none for a
-        frozen head, as with LoRA). Backward only scales them by the incoming gradient: one forward and one
+        The gradient in the forward pass: for each chunk, its logits, its loss and at once the loss's
+        gradients with respect to the chunk's hidden states and the head's trainable parameters; the logits
+        are then freed. Kept for backward: the hidden states' gradient (N x d) and an fp32 accumulator per
+        trainable head parameter (none for a frozen head, as with LoRA). Backward only scales them by the incoming gradient: one forward and one
         backward of the head in all. The stored gradient is that of one scalar, so the mix
         ce_weight * CE + kd_weight * KD is fixed at the call.
     checkpoint (fused=False)
@@ -19,19 +18,15 @@ vocab) instead of N x vocab. Two ways to get the gradients through the chunks:
         forward of the heads. For DeepSpeed ZeRO-3, which gathers a partitioned head weight only around that
         module's own forward and backward, not inside another function's forward.
 
-Both equal the unchunked computation (chunk_size <= 0, the test reference). bench/train_kd_memory.py on a
-2-core CPU (CE + forward KL, Qwen2.5-0.5B trainable fp32 head, 1.5B teacher, chunks of 128) measures the
-loss's peak memory flat from 512 to 1536 tokens, 1.61 GiB fused and 1.55 GiB checkpointed (mostly the head's
-gradient of 520 MiB, twice: the running total and one chunk's), against 2.34 to 6.97 GiB unchunked.
-Checkpointing takes 1.34x (512 tokens) to 1.74x (1536) the fused path's time; the fused path takes 1.10x to
-0.80x the unchunked one's.
+Both equal the unchunked computation (chunk_size <= 0, the test reference); bench/train_kd_memory.py
+prints the three paths' peak memory and time.
 
-Divergences (per token, teacher p and student q, both at temperature T, scaled by T^2 as in Hinton et al.):
+Divergences (per token, teacher p and student q, both at temperature T, scaled by T^2):
 
     forward KL   sum p (log p - log q)            mode-covering: the student spreads over the teacher's mass
     reverse KL   sum q (log q - log p)            mode-seeking: the student picks the teacher's main mode
-    JSD(beta)    beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (GKD, Agarwal et al.)
-                 beta = 0 is forward KL and beta = 1 reverse KL, as in TRL's GKD trainer.
+    JSD(beta)    beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q
+                 beta = 0 is forward KL and beta = 1 reverse KL.
 
 Sparse top-k KD (no local teacher): the teacher gave log-probabilities of its top k tokens at each position.
 The distribution is treated as k + 1 buckets, the k tokens and "everything else" holding the remaining mass

@@ -1,6 +1,6 @@
 """Progress: a bar on a terminal, and on every logging step one line a log pane can show.
 
-stage main step 200/800 loss 0.4123 ce 0.4123 lr 1.95e-03 grad_norm 0.812 tok/s 14210 eta 0:00:44
+phase main step 200/800 loss 0.4123 ce 0.4123 lr 1.95e-03 grad_norm 0.812 tok/s 14210 eta 0:00:44
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ log = logging.getLogger("components.train")
 
 
 class Progress:
-    def __init__(self, stage: str, total: int, start: int, enabled: bool):
-        self.stage = stage
+    def __init__(self, phase: str, total: int, start: int, enabled: bool):
+        self.phase = phase
         self.total = total
         self.start_step = start
         self.enabled = enabled
@@ -24,7 +24,7 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, desc=phase, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, window_tokens: float) -> float:
         """Advance to `step`; returns the tokens per second of the window since the last update."""
@@ -45,10 +45,10 @@ class Progress:
     def log_line(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        parts = [f"stage {self.stage} step {step}/{self.total}"]
+        parts = [f"phase {self.phase} step {step}/{self.total}"]
         for key, value in scalars.items():
             name = key.removeprefix("train/")
-            if name in ("stage", "tokens_per_second"):
+            if name in ("phase", "tokens_per_second"):
                 continue
             parts.append(f"{name} {value:.2e}" if name == "lr" else f"{name} {value:.4f}")
         parts.append(f"tok/s {scalars.get('train/tokens_per_second', 0.0):.0f} eta {self.eta(step)}")

@@ -1,4 +1,4 @@
-"""The train recipe: setup, then each curriculum stage's loop of loss steps, then save.
+"""The train recipe: setup, then each curriculum phase's loop of loss steps, then save.
 
     python -m components.train --config train.yaml
     accelerate launch --num_processes 4 -m components.train --config train.yaml   (what launcher does)
@@ -11,7 +11,7 @@ Feature -> flag:
     logit KD from a local teacher (KL, RKL, JSD)       kd.kind=logits   losses.py
     sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
     hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
-    multi-stage curriculum                             curriculum       curriculum.py
+    multi-phase curriculum                             curriculum       curriculum.py
     LoRA / rsLoRA / DoRA / QLoRA / full                method, lora.*   modeling.py
     DeepSpeed ZeRO 0/2/3 (+offload)                    deepspeed        launch.py, deepspeed/*.json
     every GPU of the pod (torchrun / accelerate)       launcher         launch.py
@@ -25,7 +25,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,8 +34,8 @@ from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.store import open_store
 from components.train.batching import BatchStream, collate
-from components.train.checkpoint import CheckpointStore, run_fingerprint
-from components.train.curriculum import StagePlan, plan_stages
+from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
+from components.train.curriculum import PhasePlan, plan_phases
 from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
 from components.train.launch import accelerator_for
@@ -45,34 +44,9 @@ from components.train.modeling import base_model, check_vocab, load_student, loa
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.progress import Progress
 from components.train.sparse_kd import attach_topk, sparse_targets
-from components.train.state import load_checkpoint, save_checkpoint
 from components.train.tracking import Trackers, check_report_to
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Result:
-    steps: int
-    final_loss: float
-    output_dir: str
-    method: str = "lora"
-    tokens_per_second: float = 0.0
-    train_seconds: float = 0.0
-    # The loss parts of the last logging window: ce, kd, hidden_loss, ... (per token or per batch).
-    loss_parts: dict[str, float] = field(default_factory=dict)
-    # The checkpoint step this attempt continued from (0: it started from the input model).
-    resumed_from: int = 0
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return {
-            "train_steps": float(self.steps),
-            "train_final_loss": self.final_loss,
-            "train_tokens_per_second": self.tokens_per_second,
-            "train_seconds": self.train_seconds,
-            **{f"train_final_{name}": value for name, value in self.loss_parts.items()},
-        }
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +71,7 @@ def to_floats(values: dict) -> dict[str, float]:
 
 
 class DistillTrainer:
-    """One run of the recipe: `setup()`, then `train()` (every stage), then `save(result)`."""
+    """One run of the recipe: `setup()`, then `train()` (every phase), then `save(result)`."""
 
     def __init__(self, config):
         self.config = config
@@ -134,8 +108,8 @@ class DistillTrainer:
             fused_loss=fused_loss_allowed(config, self.student),
         )
         self.objective.to(self.device)
-        self.stage_index = self.stage_step = self.global_step = 0
-        self.stages = plan_stages(config, self.sources, divergence)
+        self.phase_index = self.phase_step = self.global_step = 0
+        self.phases = plan_phases(config, self.sources, divergence)
         store = (
             open_store(config.store_uri).child(f"runs/{config.run_id}/train") if config.store_uri else None
         )
@@ -170,25 +144,25 @@ class DistillTrainer:
 
     def _build_optimizer(self):
         params = [p for p in self.objective.parameters() if p.requires_grad]
-        # One optimizer for the whole run: each stage sets its own learning rate and schedule on it, so
+        # One optimizer for the whole run: each phase sets its own learning rate and schedule on it, so
         # DeepSpeed's engine (built around the optimizer) is created once. On a GPU the fused kernel
         # updates every tensor in a few launches instead of a dozen per parameter; ZeRO-Offload steps the
         # optimizer on CPU copies of the weights, where the plain implementation is the tested one.
         return torch.optim.AdamW(
             params,
-            lr=self.stages[0].learning_rate,
+            lr=self.phases[0].learning_rate,
             weight_decay=self.config.weight_decay,
             fused=self.device.type == "cuda" and "offload" not in self.config.deepspeed,
         )
 
-    def _start_stage(self, stage: StagePlan, total_steps: int) -> None:
+    def _start_phase(self, phase: PhasePlan, total_steps: int) -> None:
         from transformers import get_scheduler
 
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = stage.learning_rate
+            group["lr"] = group["initial_lr"] = phase.learning_rate
         if self.objective.intermediate is not None:
-            self.objective.intermediate.weights = stage.weights
-        self.objective.spec = stage.divergence
+            self.objective.intermediate.weights = phase.weights
+        self.objective.spec = phase.divergence
         name = {"constant": "constant_with_warmup"}.get(self.config.lr_scheduler, self.config.lr_scheduler)
         warmup = round(self.config.warmup_ratio * total_steps)
         self.scheduler = get_scheduler(
@@ -196,7 +170,7 @@ class DistillTrainer:
         )
 
     # --- the loss of one optimizer step ---------------------------------------------------------------
-    def loss_step(self, stage: StagePlan, micro_batches: list) -> dict[str, torch.Tensor | float]:
+    def loss_step(self, phase: PhasePlan, micro_batches: list) -> dict[str, torch.Tensor | float]:
         """Forward/backward over one accumulation window, then the optimizer step; returns statistics.
 
         Nothing here waits for the GPU: token counts come from the CPU-side batches, and the loss
@@ -207,8 +181,8 @@ class DistillTrainer:
         scored = max(1, sum(batch.num_scored for batch in micro_batches))
         kd_on = config.kd.kind != "none"
         weights = {
-            "ce_weight": 1.0 - stage.kd_alpha if kd_on else 1.0,
-            "kd_weight": stage.kd_alpha if kd_on else 0.0,
+            "ce_weight": 1.0 - phase.kd_alpha if kd_on else 1.0,
+            "kd_weight": phase.kd_alpha if kd_on else 0.0,
         }
         sums: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor | float] = {"scored": float(scored), "tokens": 0.0}
@@ -260,7 +234,8 @@ class DistillTrainer:
         return float("nan") if norm is None else float(norm)
 
     # --- training -------------------------------------------------------------------------------------
-    def train(self) -> Result:
+    def train(self) -> dict:
+        """Every curriculum phase's steps (from the newest checkpoint, if any); returns the run's summary."""
         config = self.config
         acc = self.accelerator
         world, accum = acc.num_processes, config.gradient_accumulation_steps
@@ -286,44 +261,44 @@ class DistillTrainer:
         )
         started = time.monotonic()
         tokens_total = 0.0
-        for stage in self.stages:
-            if state is not None and stage.index < state["stage"]:
+        for phase in self.phases:
+            if state is not None and phase.index < state["phase"]:
                 continue
-            seed = config.seed + stage.index
-            stream = BatchStream(stage.examples, config.batch_size, seed, config.batching == "grouped")
-            total = stage.total_steps(stream.batches_per_epoch, world * accum)
-            self._start_stage(stage, total)
-            self.stage_index, stage_step = stage.index, 0
+            seed = config.seed + phase.index
+            stream = BatchStream(phase.examples, config.batch_size, seed, config.batching == "grouped")
+            total = phase.total_steps(stream.batches_per_epoch, world * accum)
+            self._start_phase(phase, total)
+            self.phase_index, phase_step = phase.index, 0
             if state is not None:
-                # The checkpoint was taken inside this stage: continue its schedule where it stopped.
-                stage_step = state["stage_step"]
+                # The checkpoint was taken inside this phase: continue its schedule where it stopped.
+                phase_step = state["phase_step"]
                 self.scheduler.load_state_dict(state["scheduler"])
                 # Loading a schedule does not touch the optimizer: put its current rate back in place.
                 for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
                     group["lr"] = lr
                 state = None
             self.model.train()
-            progress = Progress(stage.name, total, stage_step, acc.is_main_process)
+            progress = Progress(phase.name, total, phase_step, acc.is_main_process)
             window: dict[str, float] = {}
-            while stage_step < total:
+            while phase_step < total:
                 micro = []
                 for m in range(accum):
-                    index = (stage_step * accum + m) * world + acc.process_index
+                    index = (phase_step * accum + m) * world + acc.process_index
                     examples = stream.get(index)
                     micro.append(
                         collate(examples, self.tokenizer.pad_token_id, config.batching, config.max_length)
                     )
-                stats = self.loss_step(stage, micro)
-                stage_step += 1
+                stats = self.loss_step(phase, micro)
+                phase_step += 1
                 self.global_step += 1
-                self.stage_step = stage_step
+                self.phase_step = phase_step
                 tokens_total += stats["tokens"] * world
                 for key, value in stats.items():
                     window[key] = value if key == "grad_norm" else window.get(key, 0.0) + value
                 window["steps"] = window.get("steps", 0.0) + 1
-                if stage_step % config.logging_steps == 0 or stage_step == total:
+                if phase_step % config.logging_steps == 0 or phase_step == total:
                     self.final_loss, self.loss_parts = self._log(
-                        trackers, progress, window, stage, stage_step
+                        trackers, progress, window, phase, phase_step
                     )
                     window = {}
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
@@ -332,18 +307,22 @@ class DistillTrainer:
         seconds = time.monotonic() - started
         if trackers is not None:
             trackers.close()
-        return Result(
-            steps=self.global_step,
-            final_loss=self.final_loss,
-            output_dir=config.output_dir,
-            method=config.method,
-            tokens_per_second=tokens_total / seconds if seconds else 0.0,
-            train_seconds=seconds,
-            loss_parts=self.loss_parts,
-            resumed_from=resume or 0,
-        )
+        return {
+            "method": config.method,
+            "base_model": config.model_dir,
+            "steps": self.global_step,
+            "final_loss": self.final_loss,
+            "final_loss_parts": self.loss_parts,
+            "resumed_from": resume or 0,
+            "tokens_per_second": tokens_total / seconds if seconds else 0.0,
+            "train_seconds": seconds,
+            "phases": [phase.name for phase in self.phases],
+            "kd": config.kd.kind,
+            "precision": self.precision,
+            "deepspeed": config.deepspeed,
+        }
 
-    def _log(self, trackers, progress, window, stage, stage_step) -> tuple[float, dict[str, float]]:
+    def _log(self, trackers, progress, window, phase, phase_step) -> tuple[float, dict[str, float]]:
         window = to_floats(window)
         world = self.accelerator.num_processes
         if world > 1:
@@ -362,8 +341,8 @@ class DistillTrainer:
             "train/ce": window["ce"] / scored,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": window.get("grad_norm", float("nan")),
-            "train/tokens_per_second": progress.update(stage_step, window["tokens"]),
-            "train/stage": float(stage.index),
+            "train/tokens_per_second": progress.update(phase_step, window["tokens"]),
+            "train/phase": float(phase.index),
         }
         if self.config.kd.kind != "none":
             scalars["train/kd"] = window["kd"] / scored
@@ -372,14 +351,14 @@ class DistillTrainer:
             scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         if trackers is not None:
             trackers.log(scalars, self.global_step)
-        progress.log_line(stage_step, scalars)
+        progress.log_line(phase_step, scalars)
         parts = {k[len("train/") :]: v for k, v in scalars.items() if k == "train/ce" or k == "train/kd"}
         parts.update({k[len("train/") :]: v for k, v in scalars.items() if k.endswith("_loss")})
         return scalars["train/loss"], parts
 
     # --- save -----------------------------------------------------------------------------------------
-    def save(self, result: Result) -> None:
-        """The adapter (or full model), the tokenizer and train_summary.json into output_dir."""
+    def save(self, summary: dict) -> None:
+        """The adapter (or full model), the tokenizer and `summary` (train_summary.json) into output_dir."""
         acc = self.accelerator
         acc.wait_for_everyone()
         # Gathers ZeRO-3 shards; a plain state dict otherwise. Keys are the objective's ("student.*").
@@ -395,18 +374,4 @@ class DistillTrainer:
         self.tokenizer.save_pretrained(out)
         if self.config.method == "full":
             student.generation_config.save_pretrained(out)
-        summary = {
-            "method": self.config.method,
-            "base_model": self.config.model_dir,
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "final_loss_parts": result.loss_parts,
-            "resumed_from": result.resumed_from,
-            "tokens_per_second": result.tokens_per_second,
-            "train_seconds": result.train_seconds,
-            "stages": [stage.name for stage in self.stages],
-            "kd": self.config.kd.kind,
-            "precision": self.precision,
-            "deepspeed": self.config.deepspeed,
-        }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

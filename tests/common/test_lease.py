@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.lease import Lease, LeaseHeld
 from components.common.store import open_store
-from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import write_demo_dataset
+from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, wait_until
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "leases/shard-00000-of-00001.json"
@@ -112,7 +113,7 @@ def test_a_holder_whose_lease_was_taken_over_is_told_to_stop(store_uri):
 
 def test_a_second_teacher_stage_with_the_same_run_id_sends_nothing(tmp_path, store_uri):
     write_demo_dataset(tmp_path / "prompts.jsonl", 40, seed=5)
-    with start_teacher_server(faults=Faults(stall_after=10)) as server:
+    with start_faulty_teacher(faults=Faults(stall_after=10)) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),
@@ -122,17 +123,12 @@ def test_a_second_teacher_stage_with_the_same_run_id_sends_nothing(tmp_path, sto
             "concurrency": 4,
             "progress_bar": False,
         }
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-        command = [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")]
-        first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first = start_teacher_cli(tmp_path, settings)
         try:
-            deadline = time.monotonic() + 60
-            while server.held < 4:  # the first stage is mid-run, holding its lease
-                assert first.poll() is None, first.stderr.read().decode()
-                assert time.monotonic() < deadline, "the first stage never got requests in flight"
-                time.sleep(0.05)
+            # The first stage is mid-run, holding its lease.
+            wait_until(lambda: server.held >= 4, "the first stage never got requests in flight", first)
             asked = sum(server.requests_by_prompt.values())
-            second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+            second = run_teacher_cli(tmp_path, settings)
             assert second.returncode != 0
             error = second.stderr.strip().splitlines()[-1]
             assert error.startswith("error: teacher shard 0/1 of run 'twice' is already running in ")

@@ -7,13 +7,13 @@ import sys
 import time
 
 import pytest
-from fake_hub import FakeHub, repo_files  # tests/download is on sys.path (rootdir import mode)
 
 from components.common.errors import ConfigError, InputError
 from components.common.store import open_store
 from components.download import Config, run
 from components.download.sources import parse_source
 from components.download.stage import COMPLETE_MARKER, cache_prefix
+from tests.download.conftest import FakeHub, repo_files
 
 TINY = "tiny://qwen2?warmup_steps=0&hidden=64&intermediate=128&layers=1"
 

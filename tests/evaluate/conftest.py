@@ -1,4 +1,5 @@
-"""Fixtures of the eval tests: a reversal test split and a student that has learned it."""
+"""Fixtures and helpers of the eval tests: a reversal test split, a student that has learned it, a judge
+on loopback, TensorBoard events."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.records import Record, record_id, write_records
 from components.download.tiny import encode_example
+
+
+def write_events(folder, tag: str, values: list[float]) -> None:
+    """TensorBoard events as the train stage writes them: `tag` every 5 steps, beside a learning rate
+    (a scalar that is not a loss, which the curves must leave out)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    for step, value in enumerate(values):
+        writer.add_scalar(tag, value, step * 5)
+        writer.add_scalar("train/learning_rate", 0.1, step * 5)
+    writer.close()
+
 
 TEACHER = {"provider": "demo", "model": "reverser", "params": {"temperature": 0}}
 
@@ -46,7 +60,7 @@ def reversal_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -> Path:
     """The tiny student fully fine-tuned on the test answers until it reproduces them: a stand-in for a
-    distilled student that is cheap to make (about 2 s) and certainly better than the untrained one."""
+    distilled student that is cheap to make (a few steps on the tiny model) and certainly better than the untrained one."""
     from components.common.records import read_records
 
     path = tmp_path_factory.mktemp("distilled")
@@ -80,16 +94,13 @@ def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -
 
 
 class ReversalJudge:
-    """An OpenAI-compatible judge on loopback (aiohttp in a background thread) that knows the reversal task:
+    """An OpenAI-compatible judge on loopback (pipelines.loopback.ServerThread) that knows the reversal task:
     it prefers the answer that is the reversed word, says TIE when both or neither are, and answers the
     first chat request with a 429 so that the client's retry path runs."""
 
     def __init__(self) -> None:
-        import threading
-
         self.requests = 0
         self.authorization: str | None = None  # the last chat request's, to check which key was sent
-        self.ready = threading.Event()
         self.port = 0
 
     async def models(self, request):
@@ -135,31 +146,20 @@ class ReversalJudge:
             }
         )
 
-    def serve(self) -> None:
-        import asyncio
-
+    def app(self):
         from aiohttp import web
 
-        async def main():
-            app = web.Application()
-            app.router.add_get("/v1/models", self.models)
-            app.router.add_post("/v1/chat/completions", self.chat)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self.ready.set()
-            await asyncio.Event().wait()
-
-        asyncio.run(main())
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
 
 
 @pytest.fixture(scope="session")
 def judge_server() -> ReversalJudge:
-    import threading
+    from pipelines.loopback import ServerThread
 
     judge = ReversalJudge()
-    threading.Thread(target=judge.serve, daemon=True).start()
-    assert judge.ready.wait(10), "judge server did not start"
-    return judge
+    with ServerThread(judge.app()) as server:
+        judge.port = server.port
+        yield judge

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from torch.utils.tensorboard import SummaryWriter
 
 from components.common.errors import InputError
 from components.common.store import open_store
 from components.evaluate.curves import loss_svg, nice_ticks, read_loss_curves
-
-
-def write_events(folder, tag: str, values: list[float]) -> None:
-    writer = SummaryWriter(str(folder))
-    for step, value in enumerate(values):
-        writer.add_scalar(tag, value, step * 5)
-        writer.add_scalar("train/learning_rate", 0.1, step * 5)
-    writer.close()
+from tests.evaluate.conftest import write_events
 
 
 def test_loss_scalars_of_every_run_folder_are_read_with_steps(tmp_path):

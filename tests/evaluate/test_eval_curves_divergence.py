@@ -5,21 +5,13 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ElementTree
 
-from torch.utils.tensorboard import SummaryWriter
-
 from components.evaluate.curves import divergence, loss_svg
 from components.evaluate.report import render_report
 from components.evaluate.stage import loss_curves
+from tests.evaluate.conftest import write_events
 
 NAN, INF = float("nan"), float("inf")
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def write_events(folder, tag: str, values: list[float]) -> None:
-    writer = SummaryWriter(str(folder))
-    for step, value in enumerate(values):
-        writer.add_scalar(tag, value, step * 5)
-    writer.close()
 
 
 def marker(svg: str) -> tuple[float, str]:

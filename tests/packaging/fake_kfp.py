@@ -1,4 +1,4 @@
-"""A fake Kubeflow Pipelines API server (REST v2beta1), served on loopback by loopback.ServerThread: the
+"""A fake Kubeflow Pipelines API server (REST v2beta1), served on loopback by pipelines.loopback.ServerThread: the
 endpoints `kfp.Client` calls to upload pipelines and versions, find or create experiments, create runs
 and poll them.
 

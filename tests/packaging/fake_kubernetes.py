@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server with a fake Training Operator, served on loopback by loopback.ServerThread.
+"""A fake Kubernetes API server with a fake Training Operator, served on loopback by pipelines.loopback.ServerThread.
 
 It implements what components/train/multinode.py calls through the official kubernetes client:
 PyTorchJobs (create, get, delete), pods (list by label selector) and pod logs (follow). Creating a

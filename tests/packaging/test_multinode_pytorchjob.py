@@ -22,7 +22,6 @@ import yaml
 from fake_kubernetes import FakeKubernetes  # tests/packaging is on sys.path (rootdir import mode)
 from kubernetes import client as k8s
 from kustomize_render import build
-from loopback import ServerThread
 from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
@@ -35,6 +34,7 @@ from components.train.multinode import (
     run_multinode_training,
     run_pytorchjob,
 )
+from pipelines.loopback import ServerThread
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

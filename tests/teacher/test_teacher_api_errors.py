@@ -98,7 +98,7 @@ def http_server(status: int, headers: dict[str, str]):
         server.server_close()
 
 
-# --- item 17: the real cause of a failed connection -------------------------------------------------------
+# --- the real cause of a failed connection -------------------------------------------------------
 
 
 def test_a_refused_connection_is_named_refused_not_a_timeout():
@@ -140,7 +140,7 @@ def test_a_server_that_never_answers_is_a_timeout():
     assert outcome.cause == "timeout"
 
 
-# --- item 18: Retry-After beyond max_retry_after_s ------------------------------------------------------------
+# --- Retry-After beyond max_retry_after_s ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_a_retry_after_within_the_cap_is_honoured():
     assert isinstance(outcome, Retry) and outcome.after_s == 120.0 and outcome.reason == "503 server error"
 
 
-# --- item 19: preflight has its own short timeout --------------------------------------------------------------
+# --- preflight has its own short timeout --------------------------------------------------------------
 
 
 def test_preflight_gives_up_on_a_silent_server_after_its_own_timeout_naming_the_request():

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from components.common.config import from_dict
 from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.limits import RateLimiter
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import teacher_config
 
 
 def make_config(tmp_path, base_url, run_id="first", **overrides) -> Config:
-    provider = {"name": "demo", "base_url": base_url, **overrides.pop("provider", {})}
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / run_id),
-            "store_uri": str(tmp_path / "store"),
-            "run_id": run_id,
-            "progress_bar": False,
-            "provider": provider,
-            **overrides,
-        },
-    )
+    """Each run_id writes its own output folder, beside the one store the runs share."""
+    return teacher_config(tmp_path, base_url, run_id=run_id, output_dir=str(tmp_path / run_id), **overrides)
 
 
 def test_the_cache_turns_a_new_run_with_the_same_inputs_into_zero_calls(tmp_path):

@@ -1,6 +1,6 @@
-"""Failing loudly and losing nothing (issue 12, items 14-16 and 21): a run that answered too little fails
-with its causes counted, a fatal error or a signal saves what is in flight first, and the progress line
-shows retries and failures by cause while the run goes on."""
+"""Failing loudly and losing nothing: a run that answered too little fails with its causes counted, a
+fatal error or a signal saves what is in flight first, and the progress line shows retries and failures
+by cause while the run goes on."""
 
 from __future__ import annotations
 
@@ -8,39 +8,34 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
-from components.common.store import open_store
 from components.teacher import Config, run
-from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import (
+    demo_prompts,
+    run_teacher_cli,
+    start_teacher_cli,
+    stored_answers,
+    teacher_settings,
+    wait_until,
+)
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
-REPO = Path(__file__).resolve().parents[2]
-WORDS = demo_words(8, seed=5)
-PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
+PROMPTS = demo_prompts(8, seed=5)
 
 
 def settings(tmp_path, base_url, **overrides) -> dict:
-    provider = {"name": "demo", "base_url": base_url, "backoff_s": 0.01, "max_retries": 2}
-    return {
-        "dataset": str(tmp_path / "prompts.jsonl"),
-        "output_dir": str(tmp_path / "out"),
-        "store_uri": str(tmp_path / "store"),
-        "run_id": "exit",
-        "progress_bar": False,
-        "test_ratio": 0.0,
-        **overrides,
-        "provider": {**provider, **overrides.get("provider", {})},
-    }
+    """Two retries only, and every record in train so `kept` counts them all."""
+    provider = {"max_retries": 2, **overrides.pop("provider", {})}
+    defaults = {"run_id": "exit", "test_ratio": 0.0}
+    return teacher_settings(tmp_path, base_url, **{**defaults, **overrides, "provider": provider})
 
 
 def make_config(tmp_path, base_url, **overrides) -> Config:
@@ -49,11 +44,6 @@ def make_config(tmp_path, base_url, **overrides) -> Config:
 
 def kept(tmp_path) -> int:
     return len(read_records(tmp_path / "out" / "train.jsonl"))
-
-
-def saved_answers(tmp_path) -> int:
-    store = open_store(str(tmp_path / "store"))
-    return sum(len(store.read_text(k).splitlines()) for k in store.list("runs/exit/teacher") if "/part-" in k)
 
 
 def test_a_teacher_that_dies_mid_run_fails_the_stage_which_a_retry_then_finishes(tmp_path):
@@ -83,7 +73,7 @@ def test_a_teacher_that_dies_mid_run_fails_the_stage_which_a_retry_then_finishes
 def test_an_html_page_with_status_200_fails_the_stage(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
     faults = Faults(schedule={p: ["html"] * 3 for p in PROMPTS})
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         with pytest.raises(
             StageStopped, match=r"only 0 of 8 prompts have an answer .*failed: malformed( response)? 8"
         ):
@@ -107,12 +97,12 @@ def test_answers_all_cut_by_max_tokens_fail_the_stage(tmp_path):
 def test_below_min_answered_ratio_fails_but_at_it_passes(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
     faults = Faults(schedule={PROMPTS[0]: ["500"] * 3})
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         with pytest.raises(StageStopped, match=r"only 7 of 8 .*min_answered_ratio=0.95.*failed: 500 1"):
             run(make_config(tmp_path, server.base_url))
         assert kept(tmp_path) == 7
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
-    with start_teacher_server(faults=Faults(schedule={PROMPTS[0]: ["500"] * 3})) as server:
+    with start_faulty_teacher(faults=Faults(schedule={PROMPTS[0]: ["500"] * 3})) as server:
         result = run(make_config(tmp_path, server.base_url, run_id="lenient", min_answered_ratio=0.875))
     assert result.metrics["records"] == 7
 
@@ -120,16 +110,7 @@ def test_below_min_answered_ratio_fails_but_at_it_passes(tmp_path):
 def test_a_dataset_whose_every_line_is_skipped_fails_in_one_line(tmp_path):
     (tmp_path / "prompts.jsonl").write_text("not json\n{broken\n[1, 2\n")
     overrides = {"dataset_format": "prompts", "bad_lines": "skip"}
-    (tmp_path / "teacher.yaml").write_text(
-        yaml.safe_dump(settings(tmp_path, "http://127.0.0.1:9/v1", **overrides))
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_teacher_cli(tmp_path, settings(tmp_path, "http://127.0.0.1:9/v1", **overrides))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the dataset gave no prompt to ask") and "3 lines skipped" in last
@@ -140,14 +121,14 @@ def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_pat
     # Eight requests leave at once; seven take a second to answer, the eighth is refused at once.
     schedule = {**{p: ["slow"] for p in PROMPTS[:7]}, PROMPTS[7]: ["401"]}
     faults = Faults(schedule=schedule, slow_s=1.0)
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         config = make_config(
             tmp_path, server.base_url, concurrency=8, use_cache=False, provider={"timeout_s": 10.0}
         )
         with pytest.raises(InputError, match="401 Incorrect API key"):
             run(config)
         assert server.teacher.total_requests == 8
-        assert saved_answers(tmp_path) == 7  # paid for, so kept
+        assert stored_answers(str(tmp_path / "store"), "exit") == 7  # paid for, so kept
         again = run(config)
         assert again.metrics["resumed"] == 7 and again.metrics["requests"] == 1
         assert server.requests_by_prompt[PROMPTS[7]] == 2 and server.teacher.total_requests == 9
@@ -156,7 +137,7 @@ def test_a_revoked_key_lets_the_requests_in_flight_finish_and_saves_them(tmp_pat
 @pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent):
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
-    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=Faults(stall_after=25)) as server:
         config = settings(
             tmp_path,
             server.base_url,
@@ -166,23 +147,14 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
             checkpoint_records=1000,
             checkpoint_seconds=600.0,
         )
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(config))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while server.held < 8:  # 25 answered, the next 8 held: the stage is mid-run
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
-            time.sleep(0.05)
+        process = start_teacher_cli(tmp_path, config)
+        # 25 answered, the next 8 held: the stage is mid-run.
+        wait_until(lambda: server.held >= 8, "the stage never got 8 requests in flight", process)
         os.kill(process.pid, sent)
-        while saved_answers(tmp_path) < 25:
-            assert time.monotonic() < deadline, f"the 25 answers were not saved on {sent.name}"
-            time.sleep(0.05)
+        store = str(tmp_path / "store")
+        wait_until(
+            lambda: stored_answers(store, "exit") >= 25, f"the 25 answers were not saved on {sent.name}"
+        )
         server.release()  # the 8 in flight now finish, are paid for, and must be saved too
         assert process.wait(timeout=30) == 1
         stderr = process.stderr.read()
@@ -190,7 +162,7 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
         assert stderr.strip().splitlines()[-1] == (
             f"error: stopped by {sent.name}; every answer so far is saved and a restart resumes"
         )
-        assert saved_answers(tmp_path) == 33
+        assert stored_answers(str(tmp_path / "store"), "exit") == 33
         result = run(from_dict(Config, config))
         assert result.metrics["resumed"] == 33 and result.metrics["requests"] == 27
 
@@ -200,7 +172,7 @@ def test_the_progress_line_shows_retries_and_failures_by_cause_while_running(tmp
     schedule = {PROMPTS[0]: ["429", "429"], PROMPTS[1]: ["500"], PROMPTS[2]: ["500"] * 3}
     faults = Faults(schedule=schedule, retry_after_s=0.01)
     caplog.set_level(logging.INFO, logger="components.teacher")
-    with start_teacher_server(latency_s=0.05, faults=faults) as server:
+    with start_faulty_teacher(latency_s=0.05, faults=faults) as server:
         run(make_config(tmp_path, server.base_url, concurrency=1, log_every_s=0.02, min_answered_ratio=0.5))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
     final = lines[-1]

@@ -4,38 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import from_dict
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.api import backoff, retry_after
-from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import demo_words, write_demo_dataset
+from tests.teacher.conftest import demo_prompts, teacher_config
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 WORDS = demo_words(8, seed=5)
-PROMPTS = [f"Reverse the letters of: {w}" for w in WORDS]
+PROMPTS = demo_prompts(8, seed=5)
 
 
 def make_config(tmp_path, base_url, **overrides) -> Config:
+    """Eight prompts, all in train, and a short request timeout for the servers that hang."""
     write_demo_dataset(tmp_path / "prompts.jsonl", 8, seed=5)
-    provider = {
-        "name": "demo",
-        "base_url": base_url,
-        "backoff_s": 0.01,
-        "timeout_s": 0.5,
-        **overrides.pop("provider", {}),
-    }
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "provider": provider,
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            **overrides,
-        },
-    )
+    provider = {"timeout_s": 0.5, **overrides.pop("provider", {})}
+    return teacher_config(tmp_path, base_url, **{"test_ratio": 0.0, **overrides, "provider": provider})
 
 
 def answers(tmp_path) -> dict[str, str]:
@@ -52,7 +37,7 @@ def test_transient_faults_are_retried_until_each_prompt_has_one_answer(tmp_path)
         PROMPTS[5]: ["429", "500", "drop", "slow"],
     }
     faults = Faults(schedule=schedule, retry_after_s=0.05, slow_s=5.0)
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         result = run(make_config(tmp_path, server.base_url))
         counts = dict(server.requests_by_prompt)
 
@@ -73,7 +58,7 @@ def test_transient_faults_are_retried_until_each_prompt_has_one_answer(tmp_path)
 
 def test_a_streamed_teacher_is_joined_and_a_stream_cut_midway_is_asked_again(tmp_path):
     schedule = {PROMPTS[0]: ["cut"], PROMPTS[1]: ["429", "drop"], PROMPTS[2]: ["length"]}
-    with start_teacher_server(faults=Faults(schedule=schedule, retry_after_s=0.01)) as server:
+    with start_faulty_teacher(faults=Faults(schedule=schedule, retry_after_s=0.01)) as server:
         result = run(make_config(tmp_path, server.base_url, provider={"stream": True}, on_length="keep"))
         counts = dict(server.requests_by_prompt)
     assert counts == {PROMPTS[0]: 2, PROMPTS[1]: 3, **{p: 1 for p in PROMPTS[2:]}}
@@ -88,7 +73,7 @@ def test_a_streamed_teacher_is_joined_and_a_stream_cut_midway_is_asked_again(tmp
 
 def test_length_and_empty_policies_keep_or_drop_and_never_re_ask(tmp_path):
     schedule = {PROMPTS[0]: ["length"], PROMPTS[1]: ["empty"], PROMPTS[2]: ["length"]}
-    with start_teacher_server(faults=Faults(schedule=schedule)) as server:
+    with start_faulty_teacher(faults=Faults(schedule=schedule)) as server:
         config = make_config(
             tmp_path, server.base_url, on_length="drop", on_empty="drop", min_answered_ratio=0.5
         )
@@ -102,7 +87,7 @@ def test_length_and_empty_policies_keep_or_drop_and_never_re_ask(tmp_path):
 
 
 def test_truncated_answers_can_be_kept(tmp_path):
-    with start_teacher_server(faults=Faults(schedule={PROMPTS[0]: ["length"]})) as server:
+    with start_faulty_teacher(faults=Faults(schedule={PROMPTS[0]: ["length"]})) as server:
         run(make_config(tmp_path, server.base_url, on_length="keep"))
     record = next(
         r for r in read_records(tmp_path / "out" / "train.jsonl") if r.messages[-2]["content"] == PROMPTS[0]
@@ -112,7 +97,7 @@ def test_truncated_answers_can_be_kept(tmp_path):
 
 
 def test_a_prompt_failing_past_max_retries_is_left_for_the_next_run(tmp_path):
-    with start_teacher_server(
+    with start_faulty_teacher(
         faults=Faults(schedule={PROMPTS[0]: ["500"] * 3}, retry_after_s=0.01)
     ) as server:
         config = make_config(tmp_path, server.base_url, provider={"max_retries": 2}, min_answered_ratio=0.5)
@@ -126,7 +111,7 @@ def test_a_prompt_failing_past_max_retries_is_left_for_the_next_run(tmp_path):
 
 def test_a_fraction_of_429s_costs_exactly_one_extra_request_each(tmp_path):
     faults = Faults(rate_limit_fraction=0.3, retry_after_s=0.01)
-    with start_teacher_server(faults=faults) as server:
+    with start_faulty_teacher(faults=faults) as server:
         result = run(make_config(tmp_path, server.base_url, concurrency=4))
         limited = server.teacher.faults_served["429"]
         assert limited > 0
@@ -138,7 +123,7 @@ def test_a_retried_prompt_goes_ahead_of_fresh_ones_and_its_slot_is_not_idle(tmp_
     # One slot; the 429 comes back at once and its retry is due within 10 ms, while every answer takes
     # 50 ms: the slot serves the next fresh prompt meanwhile, then the retry before any other fresh one.
     faults = Faults(schedule={PROMPTS[0]: ["429"]}, retry_after_s=0.0)
-    with start_teacher_server(latency_s=0.05, faults=faults) as server:
+    with start_faulty_teacher(latency_s=0.05, faults=faults) as server:
         run(make_config(tmp_path, server.base_url, concurrency=1))
         order = server.teacher.request_order
     assert order[:3] == [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
@@ -162,7 +147,7 @@ def test_backoff_is_jittered_exponential_unless_the_server_says_when():
 
 def test_a_revoked_key_mid_run_stops_with_the_reason_and_keeps_earlier_answers(tmp_path):
     schedule = {PROMPTS[5]: ["401"]}
-    with start_teacher_server(faults=Faults(schedule=schedule)) as server:
+    with start_faulty_teacher(faults=Faults(schedule=schedule)) as server:
         config = make_config(tmp_path, server.base_url, concurrency=1, checkpoint_records=1)
         with pytest.raises(InputError, match="401 Incorrect API key"):
             run(config)

@@ -1,4 +1,4 @@
-"""Limits that hold exactly: every request is reserved and journaled before it leaves (issue 12, items 11-13).
+"""Limits that hold exactly: every request is reserved and journaled before it leaves.
 
 The demo teacher on loopback counts what it received; the stage's totals must agree with it.
 """
@@ -7,38 +7,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher import Config, finalize, run, run_shard
 from components.teacher.limits import shard_allowance, token_cost, worst_cost
-from pipelines.demo_teacher import Faults, demo_words, start_teacher_server, write_demo_dataset
+from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, teacher_config, wait_until
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
-REPO = Path(__file__).resolve().parents[2]
 PRICES = {"price_input_per_m": 1000.0, "price_output_per_m": 1000.0}
-
-
-def make_config(tmp_path, base_url, **overrides) -> Config:
-    provider = {"name": "demo", "base_url": base_url, **overrides.pop("provider", {})}
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "progress_bar": False,
-            "provider": provider,
-            **overrides,
-        },
-    )
 
 
 def paid_for(records) -> float:
@@ -50,7 +31,7 @@ def paid_for(records) -> float:
 def test_max_requests_1_with_32_in_flight_sends_exactly_one_request(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 40)
     with start_teacher_server(latency_s=0.05) as server:
-        result = run(make_config(tmp_path, server.base_url, max_requests=1, concurrency=32))
+        result = run(teacher_config(tmp_path, server.base_url, max_requests=1, concurrency=32))
         assert server.teacher.total_requests == 1
     assert result.metrics["requests"] == 1 and result.metrics["total_requests"] == 1
     assert result.metrics["records"] == 1 and result.metrics["stopped_by_budget"] == 1
@@ -64,7 +45,7 @@ def test_max_cost_holds_exactly_with_32_requests_in_flight(tmp_path):
     provider = {**PRICES, "max_tokens": 64}
     with start_teacher_server(latency_s=0.05) as server:
         result = run(
-            make_config(tmp_path, server.base_url, max_cost=max_cost, concurrency=32, provider=provider)
+            teacher_config(tmp_path, server.base_url, max_cost=max_cost, concurrency=32, provider=provider)
         )
         received = server.teacher.total_requests
     records = read_records(tmp_path / "out" / "train.jsonl") + read_records(tmp_path / "out" / "test.jsonl")
@@ -80,7 +61,7 @@ def test_max_cost_holds_exactly_with_32_requests_in_flight(tmp_path):
 def test_shards_split_the_limits_so_the_run_holds_them_and_a_finishing_run_adds_nothing(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 30)
     with start_teacher_server() as server:
-        config = make_config(tmp_path, server.base_url, max_requests=4, concurrency=8)
+        config = teacher_config(tmp_path, server.base_url, max_requests=4, concurrency=8)
         shards = [run_shard(config, index, 3) for index in range(3)]
         # 4 requests in 3 shares: 2, 1, 1; a retried shard finds its share spent.
         assert [s.metrics["requests"] for s in shards] == [2, 1, 1]
@@ -94,8 +75,8 @@ def test_shards_split_the_limits_so_the_run_holds_them_and_a_finishing_run_adds_
 def test_a_finishing_run_gets_what_the_shards_left(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 30)
     with start_teacher_server() as server:
-        config = make_config(tmp_path, server.base_url, max_requests=10)
-        run_shard(make_config(tmp_path, server.base_url, max_requests=4), 1, 2)  # 2 of the 4 (its share)
+        config = teacher_config(tmp_path, server.base_url, max_requests=10)
+        run_shard(teacher_config(tmp_path, server.base_url, max_requests=4), 1, 2)  # 2 of the 4 (its share)
         finished = run(config)
         assert finished.metrics["requests"] == 8 and server.teacher.total_requests == 10
         assert finalize(config).metrics["total_requests"] == 10
@@ -122,7 +103,7 @@ def test_max_cost_without_prices_or_max_tokens_is_refused_before_any_request(tmp
     write_demo_dataset(tmp_path / "prompts.jsonl", 5)
     with start_teacher_server() as server:
         with pytest.raises(ConfigError, match=message):
-            run(make_config(tmp_path, server.base_url, max_cost=1.0, provider=provider))
+            run(teacher_config(tmp_path, server.base_url, max_cost=1.0, provider=provider))
         assert server.teacher.total_requests == 0
 
 
@@ -134,14 +115,7 @@ def test_max_cost_without_prices_is_one_line_from_the_command_line(tmp_path):
         "provider": {"name": "vllm", "model": "m"},
         "max_cost": 5,
     }
-    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-    done = subprocess.run(
-        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_teacher_cli(tmp_path, settings)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: max_cost: provider 'vllm' has no prices")
     assert "Traceback" not in done.stderr
@@ -152,7 +126,7 @@ def test_totals_count_every_attempt_of_a_pod_killed_mid_run(tmp_path):
     # 30% of requests are refused with a 429 and retried. After 25 requests the server holds every further
     # one: the 8 workers end up each with a request in flight, which the kill takes down with the pod.
     faults = Faults(rate_limit_fraction=0.3, retry_after_s=0.01, stall_after=25)
-    with start_teacher_server(latency_s=0.01, faults=faults) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=faults) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),
@@ -162,23 +136,11 @@ def test_totals_count_every_attempt_of_a_pod_killed_mid_run(tmp_path):
             "concurrency": 8,
             "progress_bar": False,
         }
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while server.held < 8:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the stage never got 8 requests in flight"
-            time.sleep(0.05)
+        process = start_teacher_cli(tmp_path, settings)
+        wait_until(lambda: server.held >= 8, "the stage never got 8 requests in flight", process)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-        while server.held:
-            assert time.monotonic() < deadline, f"{server.held} held requests outlived their client"
-            time.sleep(0.05)
+        wait_until(lambda: server.held == 0, "held requests outlived their client")
         server.release()
 
         result = run(from_dict(Config, settings))

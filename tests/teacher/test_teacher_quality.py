@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from components.common.config import from_dict
 from components.common.errors import StageStopped
 from components.common.records import read_records
 from components.teacher import Config, run
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import Prompt
 from components.teacher.templates import render_file_template
-from pipelines.demo_teacher import Faults, start_teacher_server
+from pipelines.demo_teacher import start_teacher_server
+from tests.teacher.conftest import teacher_config
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 
 def prompt(text: str) -> Prompt:
@@ -69,17 +70,8 @@ def write_alpaca(path, rows):
 
 
 def config(tmp_path, base_url, **overrides) -> Config:
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "data.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            "provider": {"name": "demo", "base_url": base_url},
-            **overrides,
-        },
+    return teacher_config(
+        tmp_path, base_url, dataset=str(tmp_path / "data.jsonl"), test_ratio=0.0, **overrides
     )
 
 
@@ -118,7 +110,7 @@ def test_a_judge_that_fails_leaves_the_prompt_for_the_next_run_without_paying_th
     judge_prompt = render_file_template(
         "judge", prompt="Reverse the letters of: abc", reference="cba", answer="cba"
     )
-    with start_teacher_server(faults=Faults(schedule={judge_prompt: ["500", "500"]})) as server:
+    with start_faulty_teacher(faults=Faults(schedule={judge_prompt: ["500", "500"]})) as server:
         settings = {
             "provider": {"name": "demo", "base_url": server.base_url, "max_retries": 1, "backoff_s": 0.01},
             "judge": {"enabled": True},

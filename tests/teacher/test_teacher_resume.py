@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from components.common.config import from_dict
 from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config, run
-from pipelines.demo_teacher import Faults, start_teacher_server, write_demo_dataset
-
-REPO = Path(__file__).resolve().parents[2]
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.teacher.conftest import start_teacher_cli, stored_answers, wait_until
+from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 
 def saved_answers(store_uri: str, saved_by: str) -> int:
     store = open_store(store_uri)
     if saved_by == "cache":
         return len(store.list("cache/teacher"))
-    return sum(
-        len(store.read_text(k).splitlines()) for k in store.list("runs/killed/teacher") if "/part-" in k
-    )
+    return stored_answers(store_uri, "killed")
 
 
 # journal: no cache, a checkpoint after every answer. cache: checkpoints too rare to happen before the
@@ -51,7 +44,7 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
     # After 25 answers the server holds every further request, so the kill lands mid-run at a known point;
     # requests held when the client dies were never taken up, like requests queued at a provider.
-    with start_teacher_server(latency_s=0.01, faults=Faults(stall_after=25)) as server:
+    with start_faulty_teacher(latency_s=0.01, faults=Faults(stall_after=25)) as server:
         settings = {
             "dataset": str(tmp_path / "prompts.jsonl"),
             "output_dir": str(tmp_path / "out"),
@@ -62,26 +55,15 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
             "progress_bar": False,
             **SAVED_BY[saved_by],
         }
-        (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(settings))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "teacher.yaml")],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ},
+        process = start_teacher_cli(tmp_path, settings)
+        wait_until(
+            lambda: saved_answers(store_uri, saved_by) >= 25, "the stage never stored 25 answers", process
         )
-        deadline = time.monotonic() + 60
-        while saved_answers(store_uri, saved_by) < 25:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the stage never stored 25 answers"
-            time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         assert not (tmp_path / "out" / "train.jsonl").exists()
         # The server must notice the dead client's connections before it lets held requests through.
-        while server.held:
-            assert time.monotonic() < deadline, f"{server.held} held requests outlived their client"
-            time.sleep(0.05)
+        wait_until(lambda: server.held == 0, "held requests outlived their client")
         server.release()
 
         result = run(from_dict(Config, settings))

@@ -34,7 +34,7 @@ def load(tmp_path, **fields) -> Config:
     return from_dict(Config, data)
 
 
-# Item 2: templates render in a sandbox, and a template that reaches for Python internals stops the load.
+# Templates render in a sandbox, and a template that reaches for Python internals stops the load.
 
 SHELL = "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}"
 
@@ -80,7 +80,7 @@ def test_safe_templates_still_render_with_filters_and_loops():
     assert render_prompt_template(config.prompt_template, "a b") == "A B "
 
 
-# Item 3: api_key_env names only key variables; plain http only to loopback or the cluster.
+# api_key_env names only key variables; plain http only to loopback or the cluster.
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_a_presets_file_cannot_bring_plain_http_in(tmp_path):
     assert allowed.base_url == "http://lab.example.com/v1"
 
 
-# Item 4: local inputs never come from the pod's secret-bearing folders.
+# Local inputs never come from the pod's secret-bearing folders.
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_a_dataset_folder_holding_a_symlink_to_the_environment_is_refused(tmp_pa
         list(read_prompts(config))
 
 
-# Item 5: the judge reads JUDGE_API_KEY unless told otherwise.
+# The judge reads JUDGE_API_KEY unless told otherwise.
 
 
 def write_referenced_dataset(path: Path) -> None:
@@ -248,7 +248,7 @@ def test_a_judge_on_the_teachers_provider_still_needs_judge_api_key(tmp_path, mo
         assert run(config).metrics["records"] == 2
 
 
-# Item 6: planted secrets appear in no file of a run and in no logged line, nor in a config's repr.
+# Planted secrets appear in no file of a run and in no logged line, nor in a config's repr.
 
 SECRETS = {"header": "planted-header-value-7f3a", "body": "planted-body-value-9c1e"}
 PASSWORD = "planted-pw-2b8d"

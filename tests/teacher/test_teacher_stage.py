@@ -7,24 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import from_dict
 from components.common.errors import InputError
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-
-
-def make_config(tmp_path, base_url, **overrides) -> Config:
-    provider = {"name": "demo", "base_url": base_url, "backoff_s": 0.01, **overrides.pop("provider", {})}
-    data = {
-        "dataset": str(tmp_path / "prompts.jsonl"),
-        "output_dir": str(tmp_path / "out"),
-        "store_uri": str(tmp_path / "store"),
-        "provider": provider,
-        "progress_bar": False,
-        **overrides,
-    }
-    return from_dict(Config, data)
+from tests.teacher.conftest import teacher_config
 
 
 @pytest.fixture
@@ -40,7 +27,7 @@ def keyed(monkeypatch):
 
 def test_run_writes_split_records_with_reasoning_and_metrics(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 40, seed=3)
-    config = make_config(tmp_path, server.base_url, provider={"api_key_required": True}, test_ratio=0.25)
+    config = teacher_config(tmp_path, server.base_url, provider={"api_key_required": True}, test_ratio=0.25)
 
     result = run(config)
 
@@ -66,7 +53,7 @@ def test_run_writes_split_records_with_reasoning_and_metrics(tmp_path, server, k
 
 def test_a_second_run_asks_nothing(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 12)
-    config = make_config(tmp_path, server.base_url)
+    config = teacher_config(tmp_path, server.base_url)
     run(config)
     again = run(config)
     assert again.metrics["requests"] == 0 and again.metrics["records"] == 12
@@ -75,14 +62,14 @@ def test_a_second_run_asks_nothing(tmp_path, server, keyed):
 
 def test_think_in_answer_puts_reasoning_before_the_answer(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
-    run(make_config(tmp_path, server.base_url, think_in_answer=True, test_ratio=0.0))
+    run(teacher_config(tmp_path, server.base_url, think_in_answer=True, test_ratio=0.0))
     record = read_records(tmp_path / "out" / "train.jsonl")[0]
     assert record.answer.startswith("<think>\nThe letters are ")
     assert record.answer.endswith("</think>\n\n" + record.messages[0]["content"].rsplit(" ", 1)[1][::-1])
 
 
 def test_missing_dataset_names_the_path(tmp_path, server, keyed):
-    config = make_config(tmp_path, server.base_url)
+    config = teacher_config(tmp_path, server.base_url)
     with pytest.raises(InputError, match=r"prompts\.jsonl does not exist"):
         run(config)
 
@@ -90,7 +77,7 @@ def test_missing_dataset_names_the_path(tmp_path, server, keyed):
 def test_malformed_line_names_file_and_line(tmp_path, server, keyed):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "Reverse the letters of: abc"}\n{"prompt": oops}\n')
     with pytest.raises(InputError, match=r"prompts\.jsonl:2: not valid JSON"):
-        run(make_config(tmp_path, server.base_url))
+        run(teacher_config(tmp_path, server.base_url))
     assert sum(server.requests_by_prompt.values()) == 0
 
 
@@ -99,13 +86,13 @@ def test_unreachable_teacher_names_the_base_url(tmp_path, keyed):
     with start_teacher_server() as stopped:
         base_url = stopped.base_url
     with pytest.raises(InputError, match=rf"teacher at {base_url} is unreachable"):
-        run(make_config(tmp_path, base_url, provider={"timeout_s": 5}))
+        run(teacher_config(tmp_path, base_url, provider={"timeout_s": 5}))
 
 
 def test_missing_api_key_names_the_variable_before_any_request(tmp_path, server, monkeypatch):
     monkeypatch.delenv("MY_TEACHER_API_KEY", raising=False)
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
-    config = make_config(
+    config = teacher_config(
         tmp_path, server.base_url, provider={"api_key_env": "MY_TEACHER_API_KEY", "api_key_required": True}
     )
     with pytest.raises(InputError, match="environment variable MY_TEACHER_API_KEY is not set"):
@@ -117,14 +104,14 @@ def test_wrong_api_key_is_refused_in_preflight(tmp_path, server, monkeypatch):
     monkeypatch.setenv("TEACHER_API_KEY", "sk-wrong")
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
     with pytest.raises(InputError, match=r"rejected the API key in \$TEACHER_API_KEY"):
-        run(make_config(tmp_path, server.base_url, provider={"api_key_required": True}))
+        run(teacher_config(tmp_path, server.base_url, provider={"api_key_required": True}))
     assert server.teacher.total_requests == 0
 
 
 def test_unknown_model_is_refused_in_preflight(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
     with pytest.raises(InputError, match="does not serve model 'gpt-9'"):
-        run(make_config(tmp_path, server.base_url, provider={"model": "gpt-9"}))
+        run(teacher_config(tmp_path, server.base_url, provider={"model": "gpt-9"}))
 
 
 def test_progress_is_logged_for_the_kfp_ui_with_tokens_and_cost(tmp_path, caplog):
@@ -132,7 +119,7 @@ def test_progress_is_logged_for_the_kfp_ui_with_tokens_and_cost(tmp_path, caplog
     with start_teacher_server(latency_s=0.1) as server:
         with caplog.at_level("INFO", logger="components.teacher"):
             run(
-                make_config(
+                teacher_config(
                     tmp_path,
                     server.base_url,
                     concurrency=1,
@@ -149,7 +136,7 @@ def test_progress_is_logged_for_the_kfp_ui_with_tokens_and_cost(tmp_path, caplog
 def test_raw_text_and_sharegpt_sources_become_records_end_to_end(tmp_path, server, keyed):
     fixtures = Path(__file__).parent / "fixtures"
     for name, fmt in (("zh.txt", "text"), ("sharegpt.jsonl", "sharegpt")):
-        config = make_config(
+        config = teacher_config(
             tmp_path,
             server.base_url,
             dataset=str(fixtures / name),
@@ -176,15 +163,15 @@ def test_raw_text_and_sharegpt_sources_become_records_end_to_end(tmp_path, serve
 def test_extra_headers_and_body_reach_the_provider(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 2)
     provider = {"extra_headers": {"X-Team": "distill"}, "extra_body": {"enable_thinking": False}}
-    run(make_config(tmp_path, server.base_url, provider=provider, test_ratio=0.0))
+    run(teacher_config(tmp_path, server.base_url, provider=provider, test_ratio=0.0))
     assert server.teacher.last_headers["x-team"] == "distill"
     assert all(r.reasoning is None for r in read_records(tmp_path / "out" / "train.jsonl"))
 
 
 def test_the_dataset_holds_only_the_current_prompts_answers(tmp_path, server, keyed):
     write_demo_dataset(tmp_path / "prompts.jsonl", 10)
-    run(make_config(tmp_path, server.base_url))
-    smaller = run(make_config(tmp_path, server.base_url, max_samples=4))  # same run_id, fewer prompts
+    run(teacher_config(tmp_path, server.base_url))
+    smaller = run(teacher_config(tmp_path, server.base_url, max_samples=4))  # same run_id, fewer prompts
     assert smaller.metrics["records"] == 4 and smaller.metrics["stale_answers"] == 6
     assert smaller.metrics["requests"] == 0
     records = read_records(tmp_path / "out" / "train.jsonl") + read_records(tmp_path / "out" / "test.jsonl")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
-from components.train import Config
+from components.train import Config, Result
 
 TEACHER = {"provider": "test", "model": "reverser"}
 
@@ -61,3 +63,13 @@ def make_config(tmp_path, tiny_model_dir, reversal_data):
         return from_dict(Config, fields)
 
     return build
+
+
+def assert_adapter_trained(result: Result) -> None:
+    """The run took steps with a finite loss and moved every LoRA B matrix (they start at zero)."""
+    assert result.steps > 0 and math.isfinite(result.final_loss), result
+    weights = load_file(str(Path(result.output_dir) / "adapter_model.safetensors"))
+    lora_b = {name: w for name, w in weights.items() if "lora_B" in name}
+    assert lora_b, "the adapter holds no LoRA B matrices"
+    unmoved = [name for name, w in lora_b.items() if not w.abs().sum() > 0]
+    assert not unmoved, f"untrained LoRA B matrices: {unmoved[:3]}"

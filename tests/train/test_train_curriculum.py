@@ -1,4 +1,4 @@
-"""Multi-stage curriculum: stages run in order with their own mix, rate and weights; a slice can be run."""
+"""Multi-phase curriculum: phases run in order with their own mix, rate and weights; a slice can be run."""
 
 from __future__ import annotations
 
@@ -45,26 +45,26 @@ def curriculum_config(make_config, domain_data, **overrides):
     )
 
 
-def test_two_stages_run_in_order_with_their_own_learning_rates(make_config, domain_data):
+def test_two_phases_run_in_order_with_their_own_learning_rates(make_config, domain_data):
     config = curriculum_config(make_config, domain_data)
     result = run(config)
     assert result.steps == 5
     summary = json.loads(open(f"{config.output_dir}/train_summary.json").read())
-    assert summary["stages"] == ["general", "domain"]
-    stage = scalars(config.tensorboard_dir, "train/stage")
-    assert [value for _, value in stage] == [0, 0, 0, 1, 1]
+    assert summary["phases"] == ["general", "domain"]
+    phase = scalars(config.tensorboard_dir, "train/phase")
+    assert [value for _, value in phase] == [0, 0, 0, 1, 1]
     lr = dict(scalars(config.tensorboard_dir, "train/lr"))
     assert lr[3] == pytest.approx(1e-3) and lr[4] == pytest.approx(5e-4)
 
 
-def test_start_stage_runs_only_the_later_stages(make_config, domain_data):
+def test_start_stage_runs_only_the_later_phases(make_config, domain_data):
     config = curriculum_config(make_config, domain_data, start_stage=1)
     result = run(config)
     assert result.steps == 2
-    assert [value for _, value in scalars(config.tensorboard_dir, "train/stage")] == [1, 1]
+    assert [value for _, value in scalars(config.tensorboard_dir, "train/phase")] == [1, 1]
 
 
-def test_a_stage_mix_draws_each_source_in_proportion():
+def test_a_phase_mix_draws_each_source_in_proportion():
     sources = {
         "main": [Example([1], [1], f"m{i}", source="main") for i in range(50)],
         "domain": [Example([1], [1], f"d{i}", source="domain") for i in range(20)],
@@ -82,13 +82,13 @@ def test_a_mix_naming_an_unknown_dataset_is_refused(make_config):
         make_config(curriculum=[{"name": "x", "mix": {"domain": 1.0}}])
 
 
-def test_a_run_stopped_at_a_stage_boundary_resumes_into_the_next_stage(make_config, domain_data, tmp_path):
+def test_a_run_stopped_at_a_phase_boundary_resumes_into_the_next_phase(make_config, domain_data, tmp_path):
     store = str(tmp_path / "store")
-    # save_steps 3: the only checkpoint is the last step of the first stage (3 of 3 + 2 steps).
+    # save_steps 3: the only checkpoint is the last step of the first phase (3 of 3 + 2 steps).
     whole = curriculum_config(make_config, domain_data, store_uri=store, save_steps=3)
     run(whole)
     reference = load_file(f"{whole.output_dir}/adapter_model.safetensors")
-    # A retry after the pod died in the second stage starts there again, from the first stage's weights.
+    # A retry after the pod died in the second phase starts there again, from the first phase's weights.
     again = curriculum_config(
         make_config,
         domain_data,

@@ -43,8 +43,8 @@ def test_lora_sft_writes_adapter_summary_and_tensorboard(make_config, tiny_model
     assert tags >= {"train/loss", "train/ce", "train/lr", "train/grad_norm", "train/tokens_per_second"}
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
     # One log line per logging step with loss, throughput and time left.
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage main step")]
-    assert len(lines) == 2 and lines[-1].startswith("stage main step 4/4 loss ")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("phase main step")]
+    assert len(lines) == 2 and lines[-1].startswith("phase main step 4/4 loss ")
     assert " tok/s " in lines[-1] and " eta " in lines[-1]
 
 

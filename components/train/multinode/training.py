@@ -119,7 +119,7 @@ def run_as_pytorchjob(
     is read through its S3 API. `job_env` holds the Secrets and ConfigMaps the job's pods get as
     environment: {"secrets": {name: {key: VAR}}, "config_maps": {name: {key: VAR}}}.
     """
-    from components.train.trainer import Result
+    from components.train.stage import Result
 
     summary = run_multinode_training(
         to_dict(config),
@@ -131,14 +131,7 @@ def run_as_pytorchjob(
         env_from_secrets=job_env.get("secrets", {}),
         env_from_config_maps=job_env.get("config_maps", {}),
     )
-    return Result(
-        steps=summary["steps"],
-        final_loss=summary["final_loss"],
-        output_dir=config.output_dir,
-        method=summary["method"],
-        tokens_per_second=summary.get("tokens_per_second", 0.0),
-        train_seconds=summary.get("train_seconds", 0.0),
-    )
+    return Result.from_summary(summary, config.output_dir)
 
 
 def _s3_uri(uri: str) -> str:

@@ -1,4 +1,5 @@
-"""A Hugging Face Hub on loopback serving one model repo, for the real huggingface_hub download code.
+"""Helpers of the download tests: a Hugging Face Hub on loopback serving one model repo, for the real
+huggingface_hub download code.
 
 It answers the calls `HfApi.model_info` and `snapshot_download` make: the revision API (a branch resolves
 to a commit), the recursive tree listing of a commit, and HEAD/GET of each file at that commit. Every

@@ -1,0 +1,31 @@
+"""Every stage package has the same rooms: config.py (Config), stage.py (run(config) -> Result and Result),
+component.py (the KFP component) and __main__.py; the package re-exports Config, run and Result."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+STAGES = sorted(p.name for p in COMPONENTS.iterdir() if (p / "component.py").is_file())
+
+
+def test_the_stages_are_the_pipelines_five():
+    assert STAGES == ["download", "evaluate", "merge", "teacher", "train"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_package_has_the_same_rooms(stage):
+    rooms = {"config.py", "stage.py", "component.py", "__main__.py"}
+    assert rooms <= {p.name for p in (COMPONENTS / stage).iterdir()}
+    module = importlib.import_module(f"components.{stage}.stage")
+    package = importlib.import_module(f"components.{stage}")
+    config = importlib.import_module(f"components.{stage}.config")
+    assert package.run is module.run and package.Result is module.Result and package.Config is config.Config
+    assert module.Result.__module__ == module.__name__, f"{stage}'s Result is defined outside stage.py"
+    signature = inspect.signature(module.run)
+    assert list(signature.parameters) == ["config"]
+    assert signature.return_annotation in ("Result", module.Result)
