@@ -83,6 +83,8 @@ def test_build_context_is_what_dockerignore_admits():
     assert {"pyproject.toml", "docker/requirements.py", "docker/constraints.txt"} <= files
     assert "components/train/trainer.py" in files and "pipelines/images.py" in files
     assert "pipelines/distill_pipeline.yaml" not in files
+    # The host-side runner and builder: editing them must not rebuild the images.
+    assert "pipelines/run_containers.py" not in files and "pipelines/container_engine.py" not in files
     assert not [f for f in files if f.startswith(("tests/", ".git", "README")) or "__pycache__" in f]
 
 
