@@ -32,8 +32,6 @@ CPU_TAG ?= cpu
 CPU_BASE_IMAGE ?= localhost/kfp-distill-base:bookworm
 CONTAINER_DEMO_DIR ?= .demo-containers
 CPU_WHEELS ?= $(shell $(BIN)/python -m pip config get global.find-links 2>/dev/null)
-cpu_images = REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) VARIANT=cpu PLATFORM= BASE_IMAGE=$(CPU_BASE_IMAGE) \
-	WHEELS=$(CPU_WHEELS)
 
 .PHONY: build push submit local-base images-cpu demo-containers \
 	$(STAGES:%=build-%) $(STAGES:%=push-%)
@@ -56,7 +54,8 @@ local-base: ## make the stand-in base CPU_BASE_IMAGE from Debian packages, unles
 		docker/local-base.sh $(CPU_BASE_IMAGE)
 
 images-cpu: $(if $(filter localhost/%,$(CPU_BASE_IMAGE)),local-base) | $(VENV)/.installed ## the CPU variant of every image, on CPU_BASE_IMAGE, reused when unchanged
-	$(MAKE) --no-print-directory build $(cpu_images)
+	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) $(BIN)/python -m pipelines.container_engine build \
+		--variant cpu --base-image $(CPU_BASE_IMAGE) $(if $(CPU_WHEELS),--wheels $(CPU_WHEELS)) $(BUILD_FLAGS)
 
 demo-containers: images-cpu ## the demo, every task of the compiled pipeline run in its CPU image
 	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) \
