@@ -31,6 +31,8 @@ CPU_TAG ?= cpu
 # Where no registry is reachable, docker/local-base.sh makes this stand-in from Debian packages (buildah).
 CPU_BASE_IMAGE ?= localhost/kfp-distill-base:bookworm
 CONTAINER_DEMO_DIR ?= .demo-containers
+# More options of pipelines/run_containers.py, e.g. --env OMP_NUM_THREADS=1 where other jobs share the cores.
+CONTAINER_DEMO_ARGS ?=
 CPU_WHEELS ?= $(shell $(BIN)/python -m pip config get global.find-links 2>/dev/null)
 
 .PHONY: build push submit local-base images-cpu demo-containers \
@@ -59,7 +61,7 @@ images-cpu: $(if $(filter localhost/%,$(CPU_BASE_IMAGE)),local-base) | $(VENV)/.
 
 demo-containers: images-cpu ## the demo, every task of the compiled pipeline run in its CPU image
 	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) \
-		$(BIN)/python -m pipelines.run_containers --workdir $(CONTAINER_DEMO_DIR)
+		$(BIN)/python -m pipelines.run_containers --workdir $(CONTAINER_DEMO_DIR) $(CONTAINER_DEMO_ARGS)
 
 submit: | $(VENV)/.installed ## compile with REGISTRY/TAG, upload and run (RUN_CONFIG=run.yaml, SUBMIT_ARGS=--wait)
 	REGISTRY=$(REGISTRY) TAG=$(TAG) $(BIN)/python -m pipelines.submit $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) $(SUBMIT_ARGS)

@@ -139,6 +139,7 @@ class ContainerLauncher:
         engine: str,
         images: dict[str, str],
         secrets: dict[str, dict[str, str]],
+        environment: dict[str, str] | None = None,
     ) -> None:
         pipeline_spec, platform_spec = list(yaml.safe_load_all(spec_path.read_text()))
         self.spec = pipeline_spec
@@ -147,6 +148,7 @@ class ContainerLauncher:
         self.engine = engine
         self.images = images
         self.secrets = secrets
+        self.environment = environment or {}
         self.run_id = uuid.uuid4().hex[:12]
         self.pipeline_root = f"s3://{BUCKET}/pipeline_root/{self.run_id}"
         self.seconds: dict[str, float] = {}
@@ -263,7 +265,7 @@ class ContainerLauncher:
 
     def task_environment(self, executor_label: str) -> dict[str, str]:
         """The environment the platform spec's Secrets give the task (the cluster mounts them as env)."""
-        environment = {}
+        environment = dict(self.environment)
         for secret in self.platform.get(executor_label, {}).get("secretAsEnv", []):
             values = self.secrets.get(secret["secretName"])
             if values is None:
@@ -338,7 +340,9 @@ def local_images(spec_path: Path) -> dict[str, str]:
     return mapping
 
 
-def run_demo(workdir: Path, parameters: dict[str, Any], engine: str) -> tuple[dict[str, Artifact], dict]:
+def run_demo(
+    workdir: Path, parameters: dict[str, Any], engine: str, environment: dict[str, str] | None = None
+) -> tuple[dict[str, Artifact], dict]:
     """The demo of `make demo`, every task in its image; returns the pipeline outputs and task timings."""
     workdir = workdir.resolve()
     launcher = ContainerLauncher(
@@ -351,6 +355,7 @@ def run_demo(workdir: Path, parameters: dict[str, Any], engine: str) -> tuple[di
             # The demo's store is a folder under /s3, so the S3 keys are never used; the spec requires them.
             "distill-s3": {"access-key-id": "unused", "secret-access-key": "unused"},
         },
+        environment=environment,
     )
     dataset_uri = f"s3://{BUCKET}/datasets/prompts.jsonl"
     dataset = s3_path(launcher.s3_root, dataset_uri)
@@ -381,9 +386,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="PARAM=VALUE", help="pipeline parameter"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in every task, as a pod template's env (e.g. OMP_NUM_THREADS=1 on a shared machine)",
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
-    outputs, seconds = run_demo(args.workdir, parse_assignments(args.set), detect_engine())
+    environment = dict(pair.split("=", 1) for pair in args.env)
+    outputs, seconds = run_demo(args.workdir, parse_assignments(args.set), detect_engine(), environment)
     print("\n" + format_table(outputs["metrics"].metadata))
     print("\ntask seconds: " + ", ".join(f"{task}={spent:.0f}" for task, spent in seconds.items()))
     print(f"pipeline seconds: {time.monotonic() - start:.0f}")

@@ -106,3 +106,16 @@ def test_every_image_of_the_spec_maps_to_a_local_stage_image(monkeypatch):
 def test_unknown_pipeline_parameters_are_refused(launcher):
     with pytest.raises(SystemExit, match="train_maxsteps: not a parameter of the pipeline"):
         launcher.run({"train_maxsteps": 3})
+
+
+def test_an_environment_given_to_every_task_is_kept_beside_its_secrets(tmp_path):
+    launcher = ContainerLauncher(
+        PIPELINE_YAML,
+        tmp_path,
+        engine="buildah",
+        images=local_images(PIPELINE_YAML),
+        secrets={"distill-s3": {"access-key-id": "id", "secret-access-key": "sk"}},
+        environment={"OMP_NUM_THREADS": "1"},
+    )
+    environment = launcher.task_environment("exec-merge-adapter")
+    assert environment["OMP_NUM_THREADS"] == "1" and environment["AWS_ACCESS_KEY_ID"] == "id"
