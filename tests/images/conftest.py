@@ -16,12 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 CPU_IMAGES = {"REGISTRY": "localhost/kfp-distill", "TAG": "cpu"}  # docker/cluster.mk CPU_REGISTRY, CPU_TAG
 
 
-def make(*targets: str) -> subprocess.CompletedProcess:
-    """Run make in the repository with this test's Python environment, output shown as it comes."""
+def make_command(*targets: str) -> list[str]:
+    """make in this test's Python environment, which is installed already (`-o`: never reinstalled)."""
     venv = Path(sys.executable).parent.parent
-    return subprocess.run(
-        ["make", "--no-print-directory", f"VENV={venv}", *targets], cwd=REPO, check=True, env=os.environ
-    )
+    return ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed", *targets]
+
+
+@pytest.fixture(scope="session")
+def make_targets():
+    """make_targets(*targets) -> the argv of make in this installed environment."""
+    return make_command
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +39,7 @@ def engine() -> str:
 @pytest.fixture(scope="session")
 def cpu_images(engine) -> dict[str, str]:
     """stage -> the name of its CPU image, after `make images-cpu` built whatever had changed."""
-    make("images-cpu")
+    subprocess.run(make_command("images-cpu"), cwd=REPO, check=True, env=os.environ)
     from pipelines.images import STAGES
 
     return {stage: f"{CPU_IMAGES['REGISTRY']}/kfp-distill-{stage}:{CPU_IMAGES['TAG']}" for stage in STAGES}

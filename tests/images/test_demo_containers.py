@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,9 @@ def table_row(output: str, metric: str) -> list[float]:
     return [float(cell) for cell in row.split()[1:3]]
 
 
-def test_demo_in_the_images_distills_the_student_from_0_to_100_percent(cpu_images, tmp_path):
-    venv = Path(sys.executable).parent.parent
+def test_demo_in_the_images_distills_the_student_from_0_to_100_percent(cpu_images, make_targets, tmp_path):
     done = subprocess.run(
-        ["make", "--no-print-directory", f"VENV={venv}", "demo-containers", f"CONTAINER_DEMO_DIR={tmp_path}"],
+        make_targets("demo-containers", f"CONTAINER_DEMO_DIR={tmp_path}"),
         cwd=REPO,
         capture_output=True,
         text=True,

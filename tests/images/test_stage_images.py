@@ -114,6 +114,9 @@ def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_
         "max_length": 64,
     }
     (shared / "train.yaml").write_text(yaml.safe_dump(config))
+    # safetensors writes its files 0600; the launcher hands the task files its user can read.
+    for path in shared.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o644)
     done = run_in(
         cpu_images["train"],
         "python",
