@@ -126,7 +126,8 @@ def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_
         "/s3/train.yaml",
         mounts={shared: "/s3"},
     )
-    result = json.loads(done.stdout[done.stdout.index("{") :])
+    # The stage CLI prints its result last, as indented JSON, after the logs.
+    result = json.loads(done.stdout[("\n" + done.stdout).rindex("\n{\n") :])
     assert result["steps"] == 20 and result["method"] == "lora"
     assert (shared / "out" / "adapter_config.json").is_file()
     assert list((shared / "out").glob("adapter_model.safetensors"))
