@@ -22,6 +22,17 @@ def make_command(*targets: str) -> list[str]:
     return ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed", *targets]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The image builds take minutes: a run leaves them out unless its `-m` names them (`-m images`, as
+    `make test-images` does), so `make test`, `pytest -m gpu` and `pytest -m "not slow"` never build."""
+    if "images" in (config.getoption("markexpr") or ""):
+        return
+    builds = [item for item in items if item.get_closest_marker("images")]
+    if builds:
+        config.hook.pytest_deselected(items=builds)
+        items[:] = [item for item in items if not item.get_closest_marker("images")]
+
+
 @pytest.fixture(scope="session")
 def make_targets():
     """make_targets(*targets) -> the argv of make in this installed environment."""
