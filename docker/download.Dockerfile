@@ -27,6 +27,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # The steps from here to torch are the same text in every stage Dockerfile (the teacher image stops
 # before torch), so an engine with a layer cache builds the venv and torch once for all of them.
+# pip's cache is the cache mount's folder, not $HOME's (HOME is the runtime user's, which root's pip
+# refuses); an ARG, so it stays out of the image.
+ARG PIP_CACHE_DIR=/root/.cache/pip
 ARG PYTHON
 RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
       && apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \

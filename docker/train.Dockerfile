@@ -45,6 +45,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # The steps from here to torch are the same text in every stage Dockerfile (the teacher image stops
 # before torch), so an engine with a layer cache builds the venv and torch once for all of them.
+# pip's cache is the cache mount's folder, not $HOME's (HOME is the runtime user's, which root's pip
+# refuses); an ARG, so it stays out of the image.
+ARG PIP_CACHE_DIR=/root/.cache/pip
 ARG PYTHON
 RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
       && apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
@@ -86,6 +89,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # The steps from here to torch are the same text in every stage Dockerfile (the teacher image stops
 # before torch), so an engine with a layer cache builds the venv and torch once for all of them.
+# pip's cache is the cache mount's folder, not $HOME's (HOME is the runtime user's, which root's pip
+# refuses); an ARG, so it stays out of the image.
+ARG PIP_CACHE_DIR=/root/.cache/pip
 ARG PYTHON
 RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
       && apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
@@ -100,12 +106,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} "${TORCH}"
 
 # Dependencies before source: rebuilt only when pyproject.toml, the constraints or the wheels change.
-# --only-binary keeps pip on the DeepSpeed wheel built above instead of PyPI's source release; the
-# wheels are bind-mounted from the build stage, so they never become a layer of this image.
+# --only-binary keeps pip on the DeepSpeed wheel built above instead of PyPI's source release. The
+# wheels are copied, not bind-mounted from the stage: buildah cannot mount a stage it took from its
+# cache; they add the size of the DeepSpeed (and flash-attn) wheel to the image.
 ARG DS_PREBUILD
+COPY --from=wheels /dist /dist
 COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    --mount=type=bind,from=wheels,source=/dist,target=/dist \
     python /build/requirements.py train deepspeed qlora pipeline > /build/requirements.txt \
  && pip install -c /build/constraints.txt --find-links /dist --only-binary deepspeed \
         -r /build/requirements.txt \

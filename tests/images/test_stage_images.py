@@ -56,6 +56,12 @@ def test_stage_imports_with_only_the_extras_of_its_image(cpu_images, run_in, sta
     run_in(cpu_images[stage], "python", "-c", f"import {STAGE_PACKAGES[stage]}.component, kfp")
 
 
+def test_download_image_fetches_modelscope_sources(cpu_images, run_in):
+    # modelscope:// sources need the modelscope extra on the cluster, not only in the dev venv.
+    done = run_in(cpu_images["download"], "python", "-c", "import modelscope; print(modelscope.__version__)")
+    assert done.stdout.strip().splitlines()[-1] == "1.40.2"
+
+
 def test_teacher_image_holds_no_torch(cpu_images, run_in):
     # The API teacher's image stays small: torch belongs to the images that run models.
     done = run_in(
