@@ -2,26 +2,52 @@
 # Download stage: fetches the student (hf://, modelscope://, s3://, local, tiny://) on CPU.
 #   make build-download
 #   docker build -f docker/download.Dockerfile --build-arg VERSION=$TAG -t $(python -m pipelines.images download) .
-FROM python:3.11.13-slim-bookworm
+# Build arguments (README "Building the images"):
+#   BASE_IMAGE   the base, pinned by tag; pin a digest with --build-arg BASE_IMAGE=<name:tag>@sha256:<digest>,
+#                or name a mirror, or the stand-in of docker/local-base.sh where no registry is reachable.
+#   PYTHON       the interpreter the venv is made from; installed with apt when the base lacks it.
+#   TORCH, TORCH_INDEX   the torch build and an extra index it comes from (empty: the package index only).
+#                Wheels in a folder mounted at /wheels (`buildah build -v DIR:/wheels`) are taken first.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+ARG PYTHON=python3
+ARG TORCH=torch==2.13.0+cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+FROM ${BASE_IMAGE}
 
-ENV PYTHONUNBUFFERED=1 \
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     HOME=/home/distill \
-    HF_HOME=/home/distill/.cache/huggingface
+    HF_HOME=/home/distill/.cache/huggingface \
+    TRITON_CACHE_DIR=/tmp/triton
 
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/distill distill \
- && python -m venv /opt/venv
+# The steps from here to torch are the same text in every stage Dockerfile (the teacher image stops
+# before torch), so an engine with a layer cache builds the venv and torch once for all of them.
+# pip's cache is the cache mount's folder, not $HOME's (HOME is the runtime user's, which root's pip
+# refuses); an ARG, so it stays out of the image.
+ARG PIP_CACHE_DIR=/root/.cache/pip
+ARG PYTHON
+RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
+      && apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
+      && rm -rf /var/lib/apt/lists/*; fi \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/distill distill \
+ && "${PYTHON}" -m venv /opt/venv
+COPY docker/constraints.txt /build/
+ARG TORCH
+ARG TORCH_INDEX
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -c /build/constraints.txt --find-links /wheels \
+        ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} "${TORCH}"
 
 # Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
-# torch first, as the CPU build, so the extra's `torch>=2.4` is already met and no CUDA wheels come in.
-COPY pyproject.toml docker/requirements.py docker/constraints.txt /build/
+# torch is installed above, so the extra's `torch>=2.4` is already met and no CUDA wheels come in.
+COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c /build/constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
- && python /build/requirements.py download pipeline > /build/requirements.txt \
+    python /build/requirements.py download modelscope pipeline > /build/requirements.txt \
  && pip install -c /build/constraints.txt -r /build/requirements.txt
 
 COPY components /app/components

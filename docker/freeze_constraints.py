@@ -5,7 +5,8 @@ project's extras pull in, so that every image and the development venv resolve t
 
 The closure is walked through installed distribution metadata (requirements, their extras and markers),
 starting from pyproject.toml's base dependencies and every extra that is installed here. Distributions
-that are not installed (an optional extra such as modelscope) are skipped: nothing pins them.
+the images install but this environment does not (the modelscope extra, the wheel builder of the train
+image) are pinned in IMAGE_ONLY.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ HEADER = """\
 # Generated from the development .venv by: python docker/freeze_constraints.py > docker/constraints.txt
 # torch is pinned by version only: the CPU images take the +cpu build, the CUDA images PyPI's CUDA build.
 """
+
+# Installed by an image but not by the development venv, so the walk below cannot find their versions.
+IMAGE_ONLY = {"modelscope": "1.40.2", "wheel": "0.48.0", "flash-attn": "2.8.3.post2"}
 
 
 def _applies(requirement: Requirement, extras: set[str]) -> bool:
@@ -65,6 +69,7 @@ def main() -> None:
     extras = list(pyproject["project"].get("optional-dependencies", {}))
     pinned = closure(requirements(pyproject, extras))
     pinned.pop(canonicalize_name(pyproject["project"]["name"]), None)
+    pinned.update(IMAGE_ONLY)
     print(HEADER + "\n".join(f"{name}=={version}" for name, version in sorted(pinned.items())))
 
 

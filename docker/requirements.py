@@ -53,11 +53,18 @@ def requirements(pyproject: dict, extras: list[str]) -> list[str]:
     return result
 
 
+def pyproject_path(script_dir: Path) -> Path:
+    """pyproject.toml beside the script (an image build copies both to /build), else the repository's."""
+    for folder in (script_dir, script_dir.parent):
+        if (folder / "pyproject.toml").is_file():
+            return folder / "pyproject.toml"
+    raise SystemExit(f"no pyproject.toml in {script_dir} or {script_dir.parent}")
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python docker/requirements.py EXTRA [EXTRA ...]")
-    pyproject_path = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    pyproject = tomllib.loads(pyproject_path.read_text())
+    pyproject = tomllib.loads(pyproject_path(Path(__file__).resolve().parent).read_text())
     print("\n".join(requirements(pyproject, argv)))
 
 

@@ -5,26 +5,44 @@
 #   make build-teacher
 #   docker build -f docker/teacher.Dockerfile --build-arg VERSION=$TAG -t $(python -m pipelines.images teacher) .
 #   docker build -f docker/teacher.Dockerfile --build-arg EXTRAS="teacher teacher-local pipeline" ...
-FROM python:3.11.13-slim-bookworm
+# Build arguments (README "Building the images"):
+#   BASE_IMAGE   the base, pinned by tag; pin a digest with --build-arg BASE_IMAGE=<name:tag>@sha256:<digest>,
+#                or name a mirror, or the stand-in of docker/local-base.sh where no registry is reachable.
+#   PYTHON       the interpreter the venv is made from; installed with apt when the base lacks it.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+ARG PYTHON=python3
+FROM ${BASE_IMAGE}
 
-ENV PYTHONUNBUFFERED=1 \
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     HOME=/home/distill \
-    HF_HOME=/home/distill/.cache/huggingface
+    HF_HOME=/home/distill/.cache/huggingface \
+    TRITON_CACHE_DIR=/tmp/triton
 
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/distill distill \
- && python -m venv /opt/venv
+# The steps from here to torch are the same text in every stage Dockerfile (the teacher image stops
+# before torch), so an engine with a layer cache builds the venv and torch once for all of them.
+# pip's cache is the cache mount's folder, not $HOME's (HOME is the runtime user's, which root's pip
+# refuses); an ARG, so it stays out of the image.
+ARG PIP_CACHE_DIR=/root/.cache/pip
+ARG PYTHON
+RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
+      && apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
+      && rm -rf /var/lib/apt/lists/*; fi \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/distill distill \
+ && "${PYTHON}" -m venv /opt/venv
+COPY docker/constraints.txt /build/
 
 # Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
 ARG EXTRAS="teacher pipeline"
-COPY pyproject.toml docker/requirements.py docker/constraints.txt /build/
+COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
     python /build/requirements.py ${EXTRAS} > /build/requirements.txt \
- && pip install -c /build/constraints.txt -r /build/requirements.txt
+ && pip install -c /build/constraints.txt --find-links /wheels -r /build/requirements.txt
 
 COPY components /app/components
 COPY pipelines /app/pipelines

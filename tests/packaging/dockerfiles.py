@@ -32,7 +32,8 @@ def arg_defaults(stage: str) -> dict[str, str]:
     defaults = {}
     for value in instructions(stage, "ARG"):
         key, _, default = value.partition("=")
-        defaults[key.strip()] = default.strip().strip('"')
+        if default or key.strip() not in defaults:  # a stage's bare `ARG X` keeps the global default
+            defaults[key.strip()] = default.strip().strip('"')
     return defaults
 
 

@@ -1,0 +1,139 @@
+"""Each stage image, built for real (CPU variant) and checked by running commands in it: its user is not
+root, its stage imports with only the extras it installs, the teacher image reaches a teacher over HTTP,
+and the train image trains a LoRA adapter for 20 steps."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from components.common.records import Record, record_id, write_records
+from components.download.tiny import make_tiny_model
+from pipelines.demo_teacher import start_teacher_server
+from pipelines.images import STAGES
+
+pytestmark = pytest.mark.images
+
+# The package of each stage (the eval stage's code lives in components/evaluate).
+STAGE_PACKAGES = {
+    "download": "components.download",
+    "teacher": "components.teacher",
+    "train": "components.train",
+    "merge": "components.merge",
+    "eval": "components.evaluate",
+}
+
+
+def reversal_record(word: str) -> Record:
+    prompt = [{"role": "user", "content": f"Reverse the letters of: {word}"}]
+    teacher = {"provider": "test", "model": "reverser"}
+    return Record(
+        id=record_id(prompt, teacher),
+        messages=[*prompt, {"role": "assistant", "content": word[::-1]}],
+        teacher=teacher,
+        split="train",
+    )
+
+
+def shared_folder(path):
+    """A folder the images' user (uid 10001) can write, mounted into the container."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o777)
+    return path
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_image_runs_as_a_non_root_user(cpu_images, run_in, stage):
+    ids = run_in(cpu_images[stage], "id", "-u").stdout.split()
+    assert ids == ["10001"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_imports_with_only_the_extras_of_its_image(cpu_images, run_in, stage):
+    run_in(cpu_images[stage], "python", "-c", f"import {STAGE_PACKAGES[stage]}.component, kfp")
+
+
+def test_download_image_fetches_modelscope_sources(cpu_images, run_in):
+    # modelscope:// sources need the modelscope extra on the cluster, not only in the dev venv.
+    done = run_in(cpu_images["download"], "python", "-c", "import modelscope; print(modelscope.__version__)")
+    assert done.stdout.strip().splitlines()[-1] == "1.40.2"
+
+
+def test_teacher_image_holds_no_torch(cpu_images, run_in):
+    # The API teacher's image stays small: torch belongs to the images that run models.
+    done = run_in(
+        cpu_images["teacher"], "python", "-c", "import importlib.util as u; print(u.find_spec('torch'))"
+    )
+    assert done.stdout.strip() == "None"
+
+
+# The stage's own client (components/teacher/api.py), inside the image, against the demo teacher on loopback.
+ASK_TEACHER = """
+import asyncio, sys
+from components.teacher.api import ApiTeacher
+from components.teacher.config import ProviderConfig
+
+async def ask():
+    provider = ProviderConfig(name="demo", base_url=sys.argv[1], model="demo-teacher", api_key_env="KEY")
+    async with ApiTeacher(provider) as teacher:
+        outcome = await teacher.ask([{"role": "user", "content": "Reverse the letters of: kite"}])
+    print(outcome.choices[0].content)
+
+asyncio.run(ask())
+"""
+
+
+def test_teacher_image_reaches_a_teacher_over_http(cpu_images, run_in):
+    with start_teacher_server(api_key="secret-key") as server:
+        done = run_in(
+            cpu_images["teacher"],
+            "python",
+            "-c",
+            ASK_TEACHER,
+            server.base_url,
+            environment={"KEY": "secret-key"},
+        )
+    assert done.stdout.strip().splitlines()[-1] == "etik"
+    assert server.requests_by_prompt["Reverse the letters of: kite"] == 1
+
+
+def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_path):
+    shared = shared_folder(tmp_path / "shared")
+    make_tiny_model("tiny://qwen2?warmup_steps=0", shared / "student")
+    words = ["abc", "hello", "kite", "moon", "star", "river", "stone", "cloud"]
+    write_records(
+        shared_folder(shared / "data") / "train.jsonl", [reversal_record(word) for word in words * 4]
+    )
+    config = {
+        "model_dir": "/s3/student",
+        "data_dir": "/s3/data",
+        "output_dir": "/s3/out",
+        "tensorboard_dir": "/s3/tb",
+        "method": "lora",
+        "max_steps": 20,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "logging_steps": 5,
+        "max_length": 64,
+    }
+    (shared / "train.yaml").write_text(yaml.safe_dump(config))
+    # safetensors writes its files 0600; the launcher hands the task files its user can read.
+    for path in shared.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    done = run_in(
+        cpu_images["train"],
+        "python",
+        "-m",
+        "components.train",
+        "--config",
+        "/s3/train.yaml",
+        mounts={shared: "/s3"},
+    )
+    # The stage CLI prints its result last, as indented JSON, after the logs.
+    result = json.loads(done.stdout[("\n" + done.stdout).rindex("\n{\n") :])
+    assert result["steps"] == 20 and result["method"] == "lora"
+    assert (shared / "out" / "adapter_config.json").is_file()
+    assert list((shared / "out").glob("adapter_model.safetensors"))
