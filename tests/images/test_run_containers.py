@@ -117,5 +117,5 @@ def test_an_environment_given_to_every_task_is_kept_beside_its_secrets(tmp_path)
         secrets={"distill-s3": {"access-key-id": "id", "secret-access-key": "sk"}},
         environment={"OMP_NUM_THREADS": "1"},
     )
-    environment = launcher.task_environment("exec-merge-adapter")
+    environment = launcher.task_environment("exec-download-model")
     assert environment["OMP_NUM_THREADS"] == "1" and environment["AWS_ACCESS_KEY_ID"] == "id"
