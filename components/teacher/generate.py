@@ -33,7 +33,7 @@ from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
 
-FEED_AHEAD = 256  # prompts read ahead of the workers; at least twice the concurrency
+FEED_AHEAD = 256  # prompts read from the dataset ahead of the workers (twice the concurrency if more)
 
 
 @dataclass
