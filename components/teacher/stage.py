@@ -7,8 +7,9 @@
 Every shard reads the whole dataset and applies the same dedup and filters, then keeps the prompts whose
 position p satisfies p % n == i, so shards never overlap whatever pod runs them. The plan holds keys
 only: a shard reads its prompts again from the dataset as its workers free up (plan.jobs). Answers land
-in the store under runs/<run_id>/teacher/ as they arrive; a restarted shard (or a re-run with the same run_id) skips
-every stored key, and the cache under cache/teacher/ answers repeated prompts of other runs for free.
+in the store under runs/<run_id>/teacher/ as they arrive; a restarted shard (or a re-run with the same
+run_id) skips every stored key, and the cache under cache/teacher/ answers repeated prompts of other runs
+for free.
 The provider's rpm/tpm limits are divided between the n shards, and so are the run's max_cost and
 max_requests (limits.shard_allowance): each shard holds its share exactly, so together they hold the run's.
 
