@@ -36,7 +36,7 @@ def write_dataset(config: Config) -> dict[str, float]:
     spent = sum(spent_by_shard(store.child(f"runs/{config.run_id}/teacher/spend")).values(), Spend())
     # Only the current plan's answers: a run_id reused with another dataset, filter or teacher setting
     # leaves answers under other keys, which stay in the store but not in this dataset. In plan order.
-    keys = [job.key for job in plan(config, provider.settings()).jobs]
+    keys = plan(config, provider.settings()).keys
     entries = {key: stored[key] for key in keys if key in stored}
     kept: list[Record] = []
     rejected: list[Record] = []

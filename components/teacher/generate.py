@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from components.teacher.limits import Budget, RateLimiter, worst_cost
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
+
+FEED_AHEAD = 256  # prompts read from the dataset ahead of the workers (twice the concurrency if more)
 
 
 @dataclass
@@ -333,18 +336,21 @@ class Generator:
                 f"stopped by {self.interrupted}; every answer so far is saved and a restart resumes"
             )
 
-    async def run(self, jobs: list[Job]) -> Tally:
+    async def run(self, jobs: Iterable[Job], count: int) -> Tally:
+        """Ask for the `count` prompts of `jobs`, taken from it a batch at a time as workers free up, so
+        that about FEED_AHEAD prompts wait in memory whatever the dataset's size."""
         # A prompt coming back from a retry goes before fresh ones (priority 0 before 1, then in order):
         # otherwise every retry would wait behind the whole dataset and the run would end in a burst of them.
         queue: asyncio.PriorityQueue[tuple[int, int, Job]] = asyncio.PriorityQueue()
         order = itertools.count()
-        for job in jobs:
-            queue.put_nowait((1, next(order), job))
+        fresh = iter(jobs)
+        ahead = max(FEED_AHEAD, 2 * self.config.concurrency)
+        room = asyncio.Event()  # set when a worker takes a prompt off the queue
 
         def retry(job: Job) -> None:
             queue.put_nowait((0, next(order), job))
 
-        remaining = len(jobs)
+        remaining = count
         all_done = asyncio.Event()
         loop = asyncio.get_running_loop()
         errors: list[BaseException] = []
@@ -361,10 +367,27 @@ class Generator:
                 self.halt(reason)
                 loop.create_task(drain())
 
+        async def feed() -> None:
+            try:
+                while not self.halted:
+                    while queue.qsize() >= ahead:
+                        room.clear()
+                        await room.wait()
+                    # Reading the dataset blocks, so it runs in a thread while answers keep arriving.
+                    batch = await asyncio.to_thread(list, itertools.islice(fresh, ahead))
+                    if not batch:
+                        return
+                    for job in batch:
+                        queue.put_nowait((1, next(order), job))
+            except Exception as error:  # a dataset that changed under the run ends it like a fatal error
+                errors.append(error)
+                halt(f"stopping: {error}")
+
         async def worker() -> None:
             nonlocal remaining, busy
             while not self.halted:
                 _, _, job = await queue.get()
+                room.set()
                 if self.halted:
                     return
                 busy += 1
@@ -385,14 +408,15 @@ class Generator:
                 else:
                     loop.call_later(delay, retry, job)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(jobs)) or 1)]
-        if not jobs:
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, count) or 1)]
+        feeder = asyncio.create_task(feed())
+        if not count:
             all_done.set()
         with self.stopping_on_signals(lambda: loop.create_task(drain())):
             await all_done.wait()
-        for task in workers:
+        for task in [*workers, feeder]:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*workers, feeder, return_exceptions=True)
         await asyncio.to_thread(self.journal.flush)
         if errors:
             raise errors[0]

@@ -14,7 +14,7 @@ import math
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from components.teacher.readers import Prompt
@@ -68,13 +68,13 @@ def select_prompts(
     min_chars: int = 1,
     max_chars: int | None = None,
     counts: FilterCounts | None = None,
-) -> list[Prompt]:
-    """The prompts kept, in their original order; the first of each duplicate group stays."""
+) -> Iterator[Prompt]:
+    """The prompts kept, one at a time in their original order; the first of each duplicate group stays.
+    Remembers a digest per prompt (and, for near duplicates, the kept prompts' shingles), not the prompts."""
     counts = counts if counts is not None else FilterCounts()
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     buckets: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
     kept_shingles: list[set[str]] = []
-    kept: list[Prompt] = []
     rows = NUM_HASHES // BANDS
     for prompt in prompts:
         user_chars = sum(len(m["content"]) for m in prompt.messages if m["role"] == "user")
@@ -86,7 +86,7 @@ def select_prompts(
             continue
         text = prompt_text(prompt)
         if dedup:
-            digest = hashlib.sha256(_normal(text).encode()).hexdigest()
+            digest = hashlib.sha256(_normal(text).encode()).digest()
             if digest in seen:
                 counts.duplicates += 1
                 continue
@@ -102,8 +102,7 @@ def select_prompts(
             for band in bands:
                 buckets[band].append(len(kept_shingles))
             kept_shingles.append(shingles)
-        kept.append(prompt)
-    return kept
+        yield prompt
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

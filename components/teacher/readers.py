@@ -64,15 +64,18 @@ class ReadStats:
     files: int = 0
     skipped_lines: int = 0
     errors: list[str] = field(default_factory=list)  # "file:line: reason" of the first SHOWN_SKIPPED
+    quiet: bool = False  # a second reading of the dataset, whose skipped lines were logged by the first
 
     def skip(self, problem: InputError) -> None:
         """Leave a bad line out (bad_lines: skip), saying which and why for the first SHOWN_SKIPPED."""
         self.skipped_lines += 1
-        if len(self.errors) < SHOWN_SKIPPED:
+        if len(self.errors) < SHOWN_SKIPPED and not self.quiet:
             self.errors.append(str(problem))
             log.warning("skipped %s", problem)
 
     def log_summary(self) -> None:
+        if self.quiet:
+            return
         if self.skipped_lines > len(self.errors):
             log.warning(
                 "skipped %d bad lines in all (bad_lines: skip); the first %d are listed above",

@@ -5,9 +5,11 @@
     finalize(config)                     merges every shard's answers, filters, judges' verdicts, splits
 
 Every shard reads the whole dataset and applies the same dedup and filters, then keeps the prompts whose
-position p satisfies p % n == i, so shards never overlap whatever pod runs them. Answers land in the store
-under runs/<run_id>/teacher/ as they arrive; a restarted shard (or a re-run with the same run_id) skips
-every stored key, and the cache under cache/teacher/ answers repeated prompts of other runs for free.
+position p satisfies p % n == i, so shards never overlap whatever pod runs them. The plan holds keys
+only: a shard reads its prompts again from the dataset as its workers free up (plan.jobs). Answers land
+in the store under runs/<run_id>/teacher/ as they arrive; a restarted shard (or a re-run with the same
+run_id) skips every stored key, and the cache under cache/teacher/ answers repeated prompts of other runs
+for free.
 The provider's rpm/tpm limits are divided between the n shards, and so are the run's max_cost and
 max_requests (limits.shard_allowance): each shard holds its share exactly, so together they hold the run's.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from components.common.errors import ConfigError, StageStopped
@@ -32,7 +35,7 @@ from components.teacher.generate import PROBLEMS, Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, Spend, SpendLedger, shard_name, spent_by_shard
 from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter, shard_allowance
-from components.teacher.plan import Plan, plan
+from components.teacher.plan import Plan, jobs, plan
 from components.teacher.progress import Progress
 from components.teacher.providers import resolve_provider
 
@@ -117,7 +120,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         judge_provider = resolve_provider(config.judge.provider or config.provider, config.provider_config)
     check_budget(config, {"provider": provider, "judge.provider": judge_provider})
     work = plan(config, teacher.settings)
-    mine = [job for position, job in enumerate(work.jobs) if position % num_shards == shard_index]
+    mine = work.keys[shard_index::num_shards]
     store = open_store(config.store_uri)
     journal = Journal(
         store.child(f"runs/{config.run_id}/teacher"),
@@ -126,8 +129,8 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         config.checkpoint_seconds,
     )
     stored = journal.read_all()
-    pending = [job for job in mine if job.key not in stored]
-    done = [stored[job.key] for job in mine if job.key in stored]
+    pending = [key for key in mine if key not in stored]
+    done = [stored[key] for key in mine if key in stored]
     spend_store = store.child(f"runs/{config.run_id}/teacher/spend")
     budget = shard_budget(config, spent_by_shard(spend_store), shard_index, num_shards)
     spend = SpendLedger(spend_store, shard_index, num_shards)
@@ -143,7 +146,19 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
     )
     tally = Tally()
     asyncio.run(
-        _generate(config, teacher, judge_provider, pending, journal, store, spend, budget, tally, num_shards)
+        _generate(
+            config,
+            teacher,
+            judge_provider,
+            jobs(config, teacher.settings, pending),
+            len(pending),
+            journal,
+            store,
+            spend,
+            budget,
+            tally,
+            num_shards,
+        )
     )
     metrics = {
         "shard_prompts": len(mine),
@@ -203,7 +218,7 @@ def require_answered(config: Config, outcome: ShardOutcome) -> None:
     died, a proxy's HTML page, answers all cut by max_tokens or a dataset of bad lines must not pass as a
     finished run. A stop by the budget is the run's own limit, not a failure."""
     work = outcome.work
-    if not work.jobs:
+    if not work.keys:
         read, filtered = work.read, work.filtered
         raise StageStopped(
             f"the dataset gave no prompt to ask: {read.files} files read, {read.skipped_lines} lines "
@@ -228,7 +243,8 @@ async def _generate(
     config: Config,
     teacher,
     judge_provider: ProviderConfig | None,
-    pending: list[Job],
+    pending: Iterator[Job],
+    count: int,
     journal: Journal,
     store,
     spend: SpendLedger,
@@ -245,15 +261,15 @@ async def _generate(
         provider.rpm / num_shards if provider.rpm else None,
         provider.tpm / num_shards if provider.tpm else None,
     )
-    progress = Progress(len(pending), budget, tally, config.log_every_s, config.progress_bar)
+    progress = Progress(count, budget, tally, config.log_every_s, config.progress_bar)
     ticker = asyncio.create_task(progress.log_periodically())
     generator = Generator(
         config, teacher, journal, cache, budget, spend, limiter, judge, tally, progress.update
     )
     try:
         if provider.is_local:
-            return await teacher.generate_all(generator, pending)
-        return await generator.run(pending)
+            return await teacher.generate_all(generator, list(pending))
+        return await generator.run(pending, count)
     finally:
         ticker.cancel()
         progress.close()

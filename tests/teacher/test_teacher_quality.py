@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import pytest
 
@@ -21,7 +22,7 @@ def prompt(text: str) -> Prompt:
     return Prompt([{"role": "user", "content": text}])
 
 
-def texts(prompts: list[Prompt]) -> list[str]:
+def texts(prompts: Iterable[Prompt]) -> list[str]:
     return [p.messages[-1]["content"] for p in prompts]
 
 
@@ -42,7 +43,7 @@ def test_near_duplicates_are_dropped_above_the_threshold_only():
         [prompt(base), prompt(variant), prompt(other)], near_dup_threshold=0.8, counts=counts
     )
     assert texts(kept) == [base, other] and counts.near_duplicates == 1
-    assert len(select_prompts([prompt(base), prompt(variant)], near_dup_threshold=None)) == 2
+    assert len(list(select_prompts([prompt(base), prompt(variant)], near_dup_threshold=None))) == 2
 
 
 def test_prompt_length_filters():

@@ -44,4 +44,4 @@ def test_every_shard_plans_the_same_prompts_in_the_same_order(tmp_path):
         Config, {"dataset": str(tmp_path / "prompts.jsonl"), "output_dir": str(tmp_path / "o")}
     )
     settings = {"provider": "demo", "model": "m", "params": {}}
-    assert [j.key for j in plan(config, settings).jobs] == [j.key for j in plan(config, settings).jobs]
+    assert plan(config, settings).keys == plan(config, settings).keys
