@@ -4,22 +4,77 @@
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
 
 Parameters are prefixed by the stage they configure (`teacher_`, `train_`, `eval_`); every stage also
-takes an `<stage>_overrides` mapping for any other field of its Config. Secrets never pass through
+takes an `<stage>_overrides` mapping for any other field of its Config. A parameter that sets a Config
+field is declared on that field (`exposed(...)` in components/<stage>/config.py), with its help text, which
+becomes the parameter's description here; its default here must equal the field's
+(tests/test_pipeline_parameters.py). Secrets never pass through
 parameters: the tasks read them from environment variables filled from Kubernetes Secrets (which
 task gets which: STAGE_SECRETS below, documented in the README).
 """
 
+import inspect
 import sys
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
+from components.common.config import exposed_fields
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
+from components.download.config import Config as DownloadConfig
 from components.evaluate.component import evaluate_student
+from components.evaluate.config import Config as EvalConfig
 from components.merge.component import merge_adapter
+from components.merge.config import Config as MergeConfig
 from components.teacher.component import teacher_data, teacher_shard_indices
+from components.teacher.config import Config as TeacherConfig
 from components.train.component import train_student
+from components.train.config import Config as TrainConfig
+
+# Each stage's Config under the prefix its parameters and `<prefix>_overrides` take.
+STAGE_CONFIGS = {
+    "download": DownloadConfig,
+    "teacher": TeacherConfig,
+    "train": TrainConfig,
+    "merge": MergeConfig,
+    "eval": EvalConfig,
+}
+# The parameters that set no Config field: where the run keeps its files, how the tasks are placed and
+# sized, and each stage's overrides. The others are described by their Config field's help.
+PIPELINE_HELP = {
+    "store_uri": "artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).",
+    "teacher_shards": "pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.",
+    "teacher_overrides": 'other teacher Config fields, nested as in its YAML, e.g. {"max_cost": 20}.',
+    "train_kd_teacher_source": "local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).",
+    "train_gpus": "GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.",
+    "train_nodes": "above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.",
+    "train_job_gpus_per_node": "GPUs of each PyTorchJob pod when train_nodes > 1.",
+    "train_cpu": "CPU request and limit of the train task.",
+    "train_memory": "memory request and limit of the train task.",
+    "train_node_selector": 'node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.',
+    "train_tolerations": 'tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
+    "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
+    "eval_overrides": "other eval Config fields, nested as in its YAML.",
+}
+
+
+def parameter_help() -> dict[str, str]:
+    """Every pipeline parameter's description: PIPELINE_HELP, and the help of the Config fields."""
+    described = dict(PIPELINE_HELP)
+    for config in STAGE_CONFIGS.values():
+        for exposed in exposed_fields(config):
+            described.setdefault(exposed.parameter, exposed.help)
+    return described
+
+
+def describe_parameters(function):
+    """Write `function`'s docstring from parameter_help(): KFP reads its Args into the parameters'
+    descriptions, which its UI shows beside each parameter."""
+    described = parameter_help()
+    lines = [f"    {name}: {described[name]}" for name in inspect.signature(function).parameters]
+    function.__doc__ = "Distill a teacher into a student.\n\nArgs:\n" + "\n".join(lines) + "\n"
+    return function
+
 
 # Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
 # Optional Secrets may be absent: public models need no HF token, most runs no judge.
@@ -113,13 +168,14 @@ def build_pipeline(retries: bool = True):
         name="llm-distillation",
         description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
     )
+    @describe_parameters
     def distill_pipeline(
         store_uri: str = "s3://distill",
         student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
         teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
         teacher_dataset_format: str = "auto",
-        teacher_provider: str = "deepseek",
-        teacher_model: str = "deepseek-chat",
+        teacher_provider: str = "openai",
+        teacher_model: str = "",
         teacher_base_url: str = "",
         teacher_api_key_env: str = TEACHER_KEY_ENV,
         teacher_concurrency: int = 16,
@@ -133,7 +189,7 @@ def build_pipeline(retries: bool = True):
         train_lora_r: int = 16,
         train_lora_alpha: int = 32,
         train_learning_rate: float = 2e-4,
-        train_max_steps: int = 1000,
+        train_max_steps: int = -1,
         train_batch_size: int = 8,
         train_kd: str = "none",
         train_kd_teacher_source: str = "",
@@ -155,50 +211,6 @@ def build_pipeline(retries: bool = True):
         eval_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
-        """Distill a teacher into a student.
-
-        Args:
-            store_uri: artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).
-            student_source: the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.
-            teacher_dataset: prompts dataset (local path in the image, or s3://).
-            teacher_dataset_format: auto, prompts, alpaca, sharegpt, messages or text.
-            teacher_provider: deepseek, qwen, openai, vllm, or any name together with teacher_base_url.
-            teacher_model: model name at the provider, e.g. deepseek-reasoner or qwen-max.
-            teacher_base_url: OpenAI-compatible endpoint; empty uses the provider's default.
-            teacher_api_key_env: environment variable with the API key (filled from Secret distill-teacher).
-            teacher_concurrency: requests in flight at once.
-            teacher_max_tokens: max tokens per teacher answer.
-            teacher_temperature: sampling temperature of the teacher.
-            teacher_test_ratio: share of records held out for evaluation.
-            teacher_system_prompt: system prompt added to every request (empty: none).
-            teacher_shards: pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.
-            teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
-            train_method: lora, qlora (CUDA) or full.
-            train_lora_r: LoRA rank.
-            train_lora_alpha: LoRA alpha.
-            train_learning_rate: peak learning rate.
-            train_max_steps: optimizer steps.
-            train_batch_size: sequences per step per GPU.
-            train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
-            train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
-            train_gpus: GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.
-            train_nodes: above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.
-            train_job_gpus_per_node: GPUs of each PyTorchJob pod when train_nodes > 1.
-            train_cpu: CPU request and limit of the train task.
-            train_memory: memory request and limit of the train task.
-            train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
-            train_tolerations: tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
-            train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
-            merge_max_shard_size: largest safetensors shard of the merged model.
-            merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
-            eval_max_new_tokens: generation length on the test split.
-            eval_batch_size: prompts generated together.
-            eval_max_samples: test records evaluated (0: all).
-            eval_gate_metric: metric that eval_min_score applies to.
-            eval_min_score: fail the run when the gate metric is below this value (0: no gate).
-            eval_overrides: other eval Config fields.
-            seed: seed for the split and training.
-        """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
         student = download_model(source=student_source, store_uri=store_uri)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 
 
@@ -20,7 +21,12 @@ class Config:
     use_cache: reuse a previous download of the same source and revision from the store.
     """
 
-    source: str
+    source: str = field(
+        metadata=exposed(
+            "student_source",
+            "the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.",
+        )
+    )
     output_dir: str
     store_uri: str = ""
     revision: str | None = None
