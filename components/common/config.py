@@ -17,6 +17,7 @@ components' defaults to the field's.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -81,7 +82,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     try:
         return cls(**values)
     except ConfigError as error:
-        raise ConfigError(f"{where}: {error}" if where else str(error)) from None
+        raise ConfigError(under(where, str(error))) from None
+
+
+def under(where: str, message: str) -> str:
+    """A message about a field of the section at `where`, with the field's full dotted path:
+    ("train", "lora.r: ...") -> "train.lora.r: ..."; a section that names itself ("lora", "lora.r: ...")
+    is not named twice; a message that names no field is prefixed with `where: `."""
+    if not where:
+        return message
+    path = re.match(r"[\w.\[\]]+(?=: )", message)
+    if path is None:
+        return f"{where}: {message}"
+    parent, _, last = where.rpartition(".")
+    if path.group().split(".")[0] == last:
+        return _join(parent, message)
+    return _join(where, message)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
