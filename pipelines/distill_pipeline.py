@@ -155,14 +155,33 @@ def use_secrets(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     return task
 
 
+def prepare(task: dsl.PipelineTask, stage: str, name: str, retries: bool) -> dsl.PipelineTask:
+    """Name the task and give it its stage's resources, Secrets and (with `retries`) retry policy."""
+    task.set_display_name(name)
+    if stage in RESOURCES:
+        size(task, stage)
+    use_secrets(task, stage)
+    if retries and stage in RETRIES:
+        count, backoff, factor = RETRIES[stage]
+        task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
+    return task
+
+
+def place_train(task, gpus, cpu, memory, node_selector, tolerations) -> dsl.PipelineTask:
+    """The train pod's GPUs, CPU, memory and nodes, from pipeline parameters; shared memory for the
+    data loader and NCCL; never cached, as a rerun must train again."""
+    task.set_caching_options(False)
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    task.set_cpu_request(cpu).set_cpu_limit(cpu)
+    task.set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    return kubernetes.set_timeout(task, TIMEOUT_HOURS["train"] * 3600)
+
+
 def build_pipeline(retries: bool = True):
     """The pipeline; `retries=False` leaves out the task retry policies (for local runs)."""
-
-    def retry(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
-        if not retries:
-            return task
-        count, backoff, factor = RETRIES[stage]
-        return task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
 
     @dsl.pipeline(
         name="llm-distillation",
@@ -214,9 +233,7 @@ def build_pipeline(retries: bool = True):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
         student = download_model(source=student_source, store_uri=store_uri)
-        student.set_display_name("download student")
-        size(student, "download")
-        use_secrets(student, "download")
+        prepare(student, "download", "download student", retries)
 
         teacher_inputs = dict(
             dataset=teacher_dataset,
@@ -239,16 +256,11 @@ def build_pipeline(retries: bool = True):
         size(shards, "teacher")
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
             shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
-            shard.set_display_name("teacher shard")
-            use_secrets(size(shard, "teacher"), "teacher")
-            retry(shard, "teacher")
+            prepare(shard, "teacher", "teacher shard", retries)
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
         teacher = teacher_data(**teacher_inputs).after(shard)
-        teacher.set_display_name("teacher data")
-        size(teacher, "teacher")
-        use_secrets(teacher, "teacher")
-        retry(teacher, "teacher")
+        prepare(teacher, "teacher", "teacher data", retries)
 
         train = train_student(
             student=student.outputs["model"],
@@ -269,15 +281,8 @@ def build_pipeline(retries: bool = True):
             gpus_per_node=train_job_gpus_per_node,
             job_env=JOB_ENV,
         )
-        train.set_display_name("train student").set_caching_options(False)
-        train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
-        train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
-        train.set_memory_request(train_memory).set_memory_limit(train_memory)
-        kubernetes.add_node_selector_json(train, train_node_selector)
-        kubernetes.add_toleration_json(train, train_tolerations)
-        kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-        kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
-        use_secrets(retry(train, "train"), "train")
+        place_train(train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations)
+        prepare(train, "train", "train student", retries)
 
         merge = merge_adapter(
             base=student.outputs["model"],
@@ -286,8 +291,7 @@ def build_pipeline(retries: bool = True):
             max_shard_size=merge_max_shard_size,
             dtype=merge_dtype,
         )
-        merge.set_display_name("merge adapter")
-        use_secrets(size(merge, "merge"), "merge")
+        prepare(merge, "merge", "merge adapter", retries)
 
         evaluate = evaluate_student(
             untrained=student.outputs["model"],
@@ -301,8 +305,7 @@ def build_pipeline(retries: bool = True):
             min_score=eval_min_score,
             overrides=eval_overrides,
         )
-        evaluate.set_display_name("evaluate student")
-        use_secrets(size(evaluate, "eval"), "eval")
+        prepare(evaluate, "eval", "evaluate student", retries)
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],
