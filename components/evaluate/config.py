@@ -60,8 +60,9 @@ class Config:
     Output
       output_dir: receives report.html (one self-contained file) and eval.json (everything).
     Generation (greedy unless do_sample)
-      max_new_tokens, batch_size, max_samples (first N test records; None = all), do_sample, temperature,
-      top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA when present).
+      max_new_tokens, batch_size, max_samples (the first N test records): see their help; do_sample,
+      temperature, top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA
+      when present).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
       checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;
@@ -74,7 +75,7 @@ class Config:
           `<system>_ref_<metric>` (against the dataset's references, when records have them) or
           `judge_win_rate`; the metric must be one where higher is better (see GATE_METRICS). ROUGE, BLEU,
           chrF, exact match and accuracy are 0-1.
-      min_score: below it the stage fails, saying by how much; None disables the gate.
+      min_score: see its help; the failure says by how much the metric fell short.
     """
 
     base_model_dir: str

@@ -38,9 +38,8 @@ class Config:
           fine-tuning, a whole model folder, which passes through re-sharded.
     Output
       output_dir: the folder that receives the merged Hugging Face model.
-      max_shard_size: largest safetensors file, e.g. "2GB" or "500MB" (bigger models are split with an index).
-      dtype: precision of the written weights. "auto" keeps the base's dtype, except for QLoRA adapters,
-          which are merged onto a bf16 base (never onto 4-bit weights).
+      max_shard_size, dtype: see their help; QLoRA adapters are merged onto a bf16 base (never onto
+          4-bit weights) whatever the dtype.
       device: where merging and the check run; "auto" picks CUDA when present.
     Verification
       tolerance: largest accepted |logit| difference between the reloaded merged model and base + adapter
