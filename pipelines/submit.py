@@ -369,6 +369,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between status checks")
     parser.add_argument("--dry-run", action="store_true", help="compile and check, print what would run")
     parser.add_argument("--check", action="store_true", help="check the run config only; contacts no server")
+    parser.add_argument(
+        "--skip-check",
+        action="store_true",
+        help="submit without checking the stage Configs here (for template files that exist only in the image)",
+    )
     return parser.parse_args(argv)
 
 
@@ -381,7 +386,8 @@ def main(argv: list[str] | None = None, client=None) -> int:
     try:
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
-        check_stage_configs(params, pipeline_defaults(package))
+        if not args.skip_check:
+            check_stage_configs(params, pipeline_defaults(package))
         if args.check:
             print(f"run config OK: {len(params)} parameter(s) set, every stage's Config checked")
             return 0

@@ -242,3 +242,11 @@ def test_check_validates_a_run_file_without_a_server(package, tmp_path, capsys, 
     bad = write_config(tmp_path, {"eval": {"gate_metric": "distilled_rouge"}})
     assert submit.main(["--check", "--package", str(package), "--config", str(bad)]) == 2
     assert capsys.readouterr().err.startswith("error: eval.gate_metric: 'distilled_rouge' is not a metric")
+
+
+def test_skip_check_submits_a_run_whose_template_file_exists_only_in_the_image(kfp_server, package, capsys):
+    image_only = ["--set", "teacher_overrides.text.template=/app/templates/mine.j2", "--version", "v"]
+    assert run_submit("--package", str(package), *image_only) == 2
+    assert "text.template: '/app/templates/mine.j2' is neither a shipped template" in capsys.readouterr().err
+    assert run_submit("--package", str(package), "--skip-check", *image_only) == 0
+    assert len(kfp_server.runs) == 1
