@@ -40,7 +40,6 @@ import yaml
 
 from components.common.cli import parse_assignments
 from components.common.config import (
-    ExposedField,
     deep_merge,
     exposed_fields,
     from_dict,
@@ -233,9 +232,9 @@ def check_stage_configs(params: dict[str, Any], defaults: dict[str, Any]) -> Non
                 data[f.name] = f"/check/{stage}/{f.name}"  # an artifact folder KFP makes for the task
         if any(f.name == "store_uri" for f in dataclasses.fields(config)):
             data["store_uri"] = values["store_uri"]
-        field: ExposedField
-        for field in exposed_fields(config):
-            _set_path(data, field.path, field.field_value(values[field.parameter]))
+        for exposed_field in exposed_fields(config):
+            value = exposed_field.field_value(values[exposed_field.parameter])
+            _set_path(data, exposed_field.path, value)
         if stage == "train" and values.get("train_kd_teacher_source"):
             _set_path(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
         try:
