@@ -4,22 +4,77 @@
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
 
 Parameters are prefixed by the stage they configure (`teacher_`, `train_`, `eval_`); every stage also
-takes an `<stage>_overrides` mapping for any other field of its Config. Secrets never pass through
+takes an `<stage>_overrides` mapping for any other field of its Config. A parameter that sets a Config
+field is declared on that field (`exposed(...)` in components/<stage>/config.py), with its help text, which
+becomes the parameter's description here; its default here must equal the field's
+(tests/test_pipeline_parameters.py). Secrets never pass through
 parameters: the tasks read them from environment variables filled from Kubernetes Secrets (which
 task gets which: STAGE_SECRETS below, documented in the README).
 """
 
+import inspect
 import sys
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
+from components.common.config import exposed_fields
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
+from components.download.config import Config as DownloadConfig
 from components.evaluate.component import evaluate_student
+from components.evaluate.config import Config as EvalConfig
 from components.merge.component import merge_adapter
+from components.merge.config import Config as MergeConfig
 from components.teacher.component import teacher_data, teacher_shard_indices
+from components.teacher.config import Config as TeacherConfig
 from components.train.component import train_student
+from components.train.config import Config as TrainConfig
+
+# Each stage's Config under the prefix its parameters and `<prefix>_overrides` take.
+STAGE_CONFIGS = {
+    "download": DownloadConfig,
+    "teacher": TeacherConfig,
+    "train": TrainConfig,
+    "merge": MergeConfig,
+    "eval": EvalConfig,
+}
+# The parameters that set no Config field: where the run keeps its files, how the tasks are placed and
+# sized, and each stage's overrides. The others are described by their Config field's help.
+PIPELINE_HELP = {
+    "store_uri": "artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).",
+    "teacher_shards": "pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.",
+    "teacher_overrides": 'other teacher Config fields, nested as in its YAML, e.g. {"max_cost": 20}.',
+    "train_kd_teacher_source": "local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).",
+    "train_gpus": "GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.",
+    "train_nodes": "above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.",
+    "train_job_gpus_per_node": "GPUs of each PyTorchJob pod when train_nodes > 1.",
+    "train_cpu": "CPU request and limit of the train task.",
+    "train_memory": "memory request and limit of the train task.",
+    "train_node_selector": 'node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.',
+    "train_tolerations": 'tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
+    "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
+    "eval_overrides": "other eval Config fields, nested as in its YAML.",
+}
+
+
+def parameter_help() -> dict[str, str]:
+    """Every pipeline parameter's description: PIPELINE_HELP, and the help of the Config fields."""
+    described = dict(PIPELINE_HELP)
+    for config in STAGE_CONFIGS.values():
+        for exposed in exposed_fields(config):
+            described.setdefault(exposed.parameter, exposed.help)
+    return described
+
+
+def describe_parameters(function):
+    """Write `function`'s docstring from parameter_help(): KFP reads its Args into the parameters'
+    descriptions, which its UI shows beside each parameter."""
+    described = parameter_help()
+    lines = [f"    {name}: {described[name]}" for name in inspect.signature(function).parameters]
+    function.__doc__ = "Distill a teacher into a student.\n\nArgs:\n" + "\n".join(lines) + "\n"
+    return function
+
 
 # Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
 # Optional Secrets may be absent: public models need no HF token, most runs no judge.
@@ -100,26 +155,46 @@ def use_secrets(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     return task
 
 
+def prepare(task: dsl.PipelineTask, stage: str, name: str, retries: bool) -> dsl.PipelineTask:
+    """Name the task and give it its stage's resources, Secrets and (with `retries`) retry policy."""
+    task.set_display_name(name)
+    if stage in RESOURCES:
+        size(task, stage)
+    use_secrets(task, stage)
+    if retries and stage in RETRIES:
+        count, backoff, factor = RETRIES[stage]
+        task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
+    return task
+
+
+def place_train(task, gpus, cpu, memory, node_selector, tolerations) -> dsl.PipelineTask:
+    """The train pod's GPUs, CPU, memory and nodes, from pipeline parameters; shared memory for the
+    data loader and NCCL; never cached, as a rerun must train again."""
+    task.set_caching_options(False)
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    task.set_cpu_request(cpu).set_cpu_limit(cpu)
+    task.set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    return kubernetes.set_timeout(task, TIMEOUT_HOURS["train"] * 3600)
+
+
 def build_pipeline(retries: bool = True):
     """The pipeline; `retries=False` leaves out the task retry policies (for local runs)."""
-
-    def retry(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
-        if not retries:
-            return task
-        count, backoff, factor = RETRIES[stage]
-        return task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
 
     @dsl.pipeline(
         name="llm-distillation",
         description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
     )
+    @describe_parameters
     def distill_pipeline(
         store_uri: str = "s3://distill",
         student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
         teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
         teacher_dataset_format: str = "auto",
-        teacher_provider: str = "deepseek",
-        teacher_model: str = "deepseek-chat",
+        teacher_provider: str = "openai",
+        teacher_model: str = "",
         teacher_base_url: str = "",
         teacher_api_key_env: str = TEACHER_KEY_ENV,
         teacher_concurrency: int = 16,
@@ -133,7 +208,7 @@ def build_pipeline(retries: bool = True):
         train_lora_r: int = 16,
         train_lora_alpha: int = 32,
         train_learning_rate: float = 2e-4,
-        train_max_steps: int = 1000,
+        train_max_steps: int = -1,
         train_batch_size: int = 8,
         train_kd: str = "none",
         train_kd_teacher_source: str = "",
@@ -155,56 +230,10 @@ def build_pipeline(retries: bool = True):
         eval_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
-        """Distill a teacher into a student.
-
-        Args:
-            store_uri: artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).
-            student_source: the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix or tiny://qwen2.
-            teacher_dataset: prompts dataset (local path in the image, or s3://).
-            teacher_dataset_format: auto, prompts, alpaca, sharegpt, messages or text.
-            teacher_provider: deepseek, qwen, openai, vllm, or any name together with teacher_base_url.
-            teacher_model: model name at the provider, e.g. deepseek-reasoner or qwen-max.
-            teacher_base_url: OpenAI-compatible endpoint; empty uses the provider's default.
-            teacher_api_key_env: environment variable with the API key (filled from Secret distill-teacher).
-            teacher_concurrency: requests in flight at once.
-            teacher_max_tokens: max tokens per teacher answer.
-            teacher_temperature: sampling temperature of the teacher.
-            teacher_test_ratio: share of records held out for evaluation.
-            teacher_system_prompt: system prompt added to every request (empty: none).
-            teacher_shards: pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.
-            teacher_overrides: other teacher Config fields, e.g. {"max_cost": 20}.
-            train_method: lora, qlora (CUDA) or full.
-            train_lora_r: LoRA rank.
-            train_lora_alpha: LoRA alpha.
-            train_learning_rate: peak learning rate.
-            train_max_steps: optimizer steps.
-            train_batch_size: sequences per step per GPU.
-            train_kd: logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).
-            train_kd_teacher_source: local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).
-            train_gpus: GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.
-            train_nodes: above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.
-            train_job_gpus_per_node: GPUs of each PyTorchJob pod when train_nodes > 1.
-            train_cpu: CPU request and limit of the train task.
-            train_memory: memory request and limit of the train task.
-            train_node_selector: node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
-            train_tolerations: tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
-            train_overrides: other train Config fields, e.g. {"deepspeed": "zero2"}.
-            merge_max_shard_size: largest safetensors shard of the merged model.
-            merge_dtype: dtype of the merged weights: auto, bf16, fp16, fp32.
-            eval_max_new_tokens: generation length on the test split.
-            eval_batch_size: prompts generated together.
-            eval_max_samples: test records evaluated (0: all).
-            eval_gate_metric: metric that eval_min_score applies to.
-            eval_min_score: fail the run when the gate metric is below this value (0: no gate).
-            eval_overrides: other eval Config fields.
-            seed: seed for the split and training.
-        """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
         student = download_model(source=student_source, store_uri=store_uri)
-        student.set_display_name("download student")
-        size(student, "download")
-        use_secrets(student, "download")
+        prepare(student, "download", "download student", retries)
 
         teacher_inputs = dict(
             dataset=teacher_dataset,
@@ -227,16 +256,11 @@ def build_pipeline(retries: bool = True):
         size(shards, "teacher")
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
             shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
-            shard.set_display_name("teacher shard")
-            use_secrets(size(shard, "teacher"), "teacher")
-            retry(shard, "teacher")
+            prepare(shard, "teacher", "teacher shard", retries)
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
         teacher = teacher_data(**teacher_inputs).after(shard)
-        teacher.set_display_name("teacher data")
-        size(teacher, "teacher")
-        use_secrets(teacher, "teacher")
-        retry(teacher, "teacher")
+        prepare(teacher, "teacher", "teacher data", retries)
 
         train = train_student(
             student=student.outputs["model"],
@@ -257,15 +281,8 @@ def build_pipeline(retries: bool = True):
             gpus_per_node=train_job_gpus_per_node,
             job_env=JOB_ENV,
         )
-        train.set_display_name("train student").set_caching_options(False)
-        train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpus)
-        train.set_cpu_request(train_cpu).set_cpu_limit(train_cpu)
-        train.set_memory_request(train_memory).set_memory_limit(train_memory)
-        kubernetes.add_node_selector_json(train, train_node_selector)
-        kubernetes.add_toleration_json(train, train_tolerations)
-        kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-        kubernetes.set_timeout(train, TIMEOUT_HOURS["train"] * 3600)
-        use_secrets(retry(train, "train"), "train")
+        place_train(train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations)
+        prepare(train, "train", "train student", retries)
 
         merge = merge_adapter(
             base=student.outputs["model"],
@@ -274,8 +291,7 @@ def build_pipeline(retries: bool = True):
             max_shard_size=merge_max_shard_size,
             dtype=merge_dtype,
         )
-        merge.set_display_name("merge adapter")
-        use_secrets(size(merge, "merge"), "merge")
+        prepare(merge, "merge", "merge adapter", retries)
 
         evaluate = evaluate_student(
             untrained=student.outputs["model"],
@@ -289,8 +305,7 @@ def build_pipeline(retries: bool = True):
             min_score=eval_min_score,
             overrides=eval_overrides,
         )
-        evaluate.set_display_name("evaluate student")
-        use_secrets(size(evaluate, "eval"), "eval")
+        prepare(evaluate, "eval", "evaluate student", retries)
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],

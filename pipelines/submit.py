@@ -3,16 +3,21 @@
     make submit RUN_CONFIG=run.yaml                       # = the command below with REGISTRY/TAG set
     KFP_HOST=https://kfp.example.com KFP_TOKEN=... python -m pipelines.submit --config run.yaml --wait
     python -m pipelines.submit --config run.yaml --set train_gpus=4 --experiment nightly --dry-run
+    python -m pipelines.submit --config run.yaml --check    # validate only: no server is contacted
 
 What it does, in order:
 1. compiles `pipelines.distill_pipeline` to build/distill_pipeline.yaml (image names come from the
    REGISTRY and TAG environment variables, as for `make build push`), or takes `--package`;
-2. reads the run config: a YAML mapping of pipeline parameters, flat (`train_gpus: 4`) or grouped by the
-   stage prefix (`train: {gpus: 4}`); unknown names are refused with the list of valid ones;
-3. uploads the pipeline if the cluster does not have it yet, then a pipeline version named after the git
+2. reads the run config: a YAML mapping of pipeline parameters, flat (`train_gpus: 4`, `train_lora_r: 8`)
+   or grouped by stage, where a Config field is spelled as in the stage's YAML (`train: {gpus: 4,
+   lora: {r: 8}, deepspeed: zero2}`; a field that is no parameter goes into `train_overrides`); unknown
+   names are refused with the list of valid ones;
+3. checks the run with each stage's own Config (every field's type and the cross-field rules), so a bad
+   run fails here, before anything is uploaded or a GPU is requested; `--check` stops after this step;
+4. uploads the pipeline if the cluster does not have it yet, then a pipeline version named after the git
    commit (reused when that commit was uploaded before);
-4. creates a run in the experiment (made if missing) and prints its id;
-5. with `--wait`, polls until the run ends and exits 0 only if it succeeded.
+5. creates a run in the experiment (made if missing) and prints its id;
+6. with `--wait`, polls until the run ends and exits 0 only if it succeeded.
 
 Connection: `--host` or KFP_HOST with a bearer token in KFP_TOKEN (`existing_token`, e.g. from
 `kubectl create token` or an OIDC provider); with neither, kfp.Client uses in-cluster credentials (the
@@ -22,6 +27,7 @@ pod's service-account token) or the local kubeconfig.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import subprocess
@@ -33,6 +39,13 @@ from typing import Any
 import yaml
 
 from components.common.cli import parse_assignments
+from components.common.config import (
+    deep_merge,
+    exposed_fields,
+    from_dict,
+    refuse_exposed_overrides,
+    under,
+)
 from components.common.errors import ConfigError, InputError
 from components.common.logs import setup_logging
 from components.common.secrets import optional_env
@@ -95,29 +108,139 @@ def compile_package(path: Path) -> Path:
     return path
 
 
-def pipeline_parameters(package: Path) -> dict[str, str]:
-    """Parameter name -> KFP parameter type, read from the compiled pipeline's root inputs."""
+def _root_parameters(package: Path) -> dict[str, dict[str, Any]]:
     try:
         spec = next(yaml.safe_load_all(package.read_text()))
     except FileNotFoundError:
         raise InputError(
             f"compiled pipeline {package} not found; run `make compile` or drop --package"
         ) from None
-    inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
-    return {name: definition["parameterType"] for name, definition in inputs.items()}
+    return spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+
+
+def pipeline_parameters(package: Path) -> dict[str, str]:
+    """Parameter name -> KFP parameter type, read from the compiled pipeline's root inputs."""
+    return {name: definition["parameterType"] for name, definition in _root_parameters(package).items()}
+
+
+def pipeline_defaults(package: Path) -> dict[str, Any]:
+    """Parameter name -> its default in the compiled pipeline (integers come back as floats there)."""
+    defaults = {}
+    for name, definition in _root_parameters(package).items():
+        value = definition.get("defaultValue")
+        if definition["parameterType"] == "NUMBER_INTEGER" and isinstance(value, float):
+            value = int(value)
+        defaults[name] = value
+    return defaults
+
+
+def stage_configs() -> dict[str, type]:
+    from pipelines.distill_pipeline import STAGE_CONFIGS
+
+    return STAGE_CONFIGS
 
 
 def flatten_run_config(config: dict[str, Any], valid: dict[str, str]) -> dict[str, Any]:
-    """Turn `{train: {gpus: 4}, seed: 1}` into `{train_gpus: 4, seed: 1}`; a key that is itself a
-    parameter name (e.g. `teacher_overrides`) is taken as is, even when its value is a mapping."""
+    """Turn `{train: {gpus: 4, lora: {r: 8}, deepspeed: zero2}, seed: 1}` into
+    `{train_gpus: 4, train_lora_r: 8, train_overrides: {deepspeed: zero2}, seed: 1}`.
+
+    Under a stage's key a Config field is spelled as in the stage's YAML (`lora: {r: 8}`), never as the
+    flat parameter's tail (`lora_r`); a key that is itself a parameter name (e.g. `teacher_overrides`) is
+    taken as is. A parameter given twice is refused, naming both spellings."""
     flat: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+
+    def put(name: str, value: Any, spelling: str) -> None:
+        if name in flat:
+            raise ConfigError(f"{spelled[name]} and {spelling} both set; give it once")
+        flat[name], spelled[name] = value, spelling
+
+    configs = stage_configs()
     for key, value in config.items():
-        if key not in valid and isinstance(value, dict) and any(name.startswith(f"{key}_") for name in valid):
-            for inner, inner_value in value.items():
-                flat[f"{key}_{inner}"] = inner_value
+        if key in configs and key not in valid and isinstance(value, dict):
+            for name, (inner, spelling) in _stage_group(key, configs[key], value, valid).items():
+                if name.endswith("_overrides") and name in flat:
+                    flat[name] = deep_merge(flat[name], inner)
+                else:
+                    put(name, inner, spelling)
+        elif key.endswith("_overrides") and key in flat:
+            flat[key] = deep_merge(value, flat[key])
         else:
-            flat[key] = value
+            put(key, value, key)
     return flat
+
+
+def _stage_group(
+    stage: str, config: type, group: dict[str, Any], valid: dict[str, str]
+) -> dict[str, tuple[Any, str]]:
+    """Parameter name -> (value, how the run config spelled it) for the mapping under `stage:`."""
+    exposed = {field.path: field for field in exposed_fields(config)}
+    by_parameter = {field.parameter: field for field in exposed.values()}
+    fields = {f.name for f in dataclasses.fields(config)}
+    found: dict[str, tuple[Any, str]] = {}
+    overrides: dict[str, Any] = {}
+
+    def visit(path: str, value: Any) -> None:
+        spelling = f"{stage}.{path}"
+        if path in exposed:
+            found[exposed[path].parameter] = (value, spelling)
+        elif isinstance(value, dict) and any(p.startswith(f"{path}.") for p in exposed):
+            for inner, inner_value in value.items():
+                visit(f"{path}.{inner}", inner_value)
+        elif f"{stage}_{path}" in by_parameter:
+            field = by_parameter[f"{stage}_{path}"]
+            raise ConfigError(
+                f"{spelling}: write it as {stage}.{field.path}, as in the stage's YAML (or {field.parameter})"
+            )
+        elif "." not in path and f"{stage}_{path}" in valid:
+            found[f"{stage}_{path}"] = (value, spelling)
+        elif path.split(".")[0] in fields and f"{stage}_overrides" in valid:
+            overrides.update(deep_merge(overrides, _nest(path, value)))
+        else:
+            found[f"{stage}_{path.replace('.', '_')}"] = (value, spelling)  # refused as unknown
+
+    for key, value in group.items():
+        visit(key, value)
+    if overrides:
+        found[f"{stage}_overrides"] = (overrides, f"{stage}_overrides")
+    return found
+
+
+def _nest(path: str, value: Any) -> dict[str, Any]:
+    for part in reversed(path.split(".")):
+        value = {part: value}
+    return value
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, name = path.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[name] = value
+
+
+def check_stage_configs(params: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Build each stage's Config from the run's parameters as its task will, with placeholder folders
+    for the artifacts, so that the Configs' own checks run now; a ConfigError names the stage's field."""
+    values = {**defaults, **params}
+    for stage, config in stage_configs().items():
+        overrides = values.get(f"{stage}_overrides") or {}
+        refuse_exposed_overrides(config, stage, overrides)
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(config):
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                data[f.name] = f"/check/{stage}/{f.name}"  # an artifact folder KFP makes for the task
+        if any(f.name == "store_uri" for f in dataclasses.fields(config)):
+            data["store_uri"] = values["store_uri"]
+        for exposed_field in exposed_fields(config):
+            value = exposed_field.field_value(values[exposed_field.parameter])
+            _set_path(data, exposed_field.path, value)
+        if stage == "train" and values.get("train_kd_teacher_source"):
+            _set_path(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
+        try:
+            from_dict(config, deep_merge(data, overrides))
+        except ConfigError as error:
+            raise ConfigError(under(stage, str(error))) from None
 
 
 def check_params(params: dict[str, Any], valid: dict[str, str], source: str) -> dict[str, Any]:
@@ -243,7 +366,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless it succeeds")
     parser.add_argument("--timeout", type=int, default=7 * 24 * 3600, help="seconds to wait (with --wait)")
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between status checks")
-    parser.add_argument("--dry-run", action="store_true", help="compile and check parameters only")
+    parser.add_argument("--dry-run", action="store_true", help="compile and check, print what would run")
+    parser.add_argument("--check", action="store_true", help="check the run config only; contacts no server")
+    parser.add_argument(
+        "--skip-check",
+        action="store_true",
+        help="submit without checking the stage Configs here (for template files that exist only in the image)",
+    )
     return parser.parse_args(argv)
 
 
@@ -256,6 +385,11 @@ def main(argv: list[str] | None = None, client=None) -> int:
     try:
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
+        if not args.skip_check:
+            check_stage_configs(params, pipeline_defaults(package))
+        if args.check:
+            print(f"run config OK: {len(params)} parameter(s) set, every stage's Config checked")
+            return 0
         submission = Submission(
             package=package,
             params=params,

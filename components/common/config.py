@@ -7,11 +7,17 @@ into nested dataclasses and rejecting unknown fields and wrong types with the fi
     train.lr_scheduler: 'cosin' is not one of 'cosine', 'linear', 'constant'
 
 Cross-field rules live in each dataclass's `__post_init__` and raise `ConfigError`.
+
+A field the pipeline exposes as a parameter declares its help text and the parameter's name once, on
+the field: `field(default=16, metadata=exposed("train_lora_r", "LoRA rank."))`. The pipeline's parameter
+descriptions are made from that help, and tests/test_pipeline_parameters.py holds the pipeline's and the
+components' defaults to the field's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -76,12 +82,85 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     try:
         return cls(**values)
     except ConfigError as error:
-        raise ConfigError(f"{where}: {error}" if where else str(error)) from None
+        raise ConfigError(under(where, str(error))) from None
+
+
+def under(where: str, message: str) -> str:
+    """A message about a field of the section at `where`, with the field's full dotted path:
+    ("train", "lora.r: ...") -> "train.lora.r: ..."; a section that names itself ("lora", "lora.r: ...")
+    is not named twice; a message that names no field is prefixed with `where: `."""
+    if not where:
+        return message
+    path = re.match(r"[\w.\[\]]+(?=: )", message)
+    if path is None:
+        return f"{where}: {message}"
+    parent, _, last = where.rpartition(".")
+    if path.group().split(".")[0] == last:
+        return _join(parent, message)
+    return _join(where, message)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
     """The plain-data form of a config (for logging, YAML, KFP parameters)."""
     return dataclasses.asdict(config)
+
+
+def exposed(parameter: str, help: str, none_as: Any = None) -> dict[str, Any]:
+    """Field metadata: the field is the pipeline parameter `parameter`, described by `help`. KFP
+    parameters cannot be None: `none_as` is the parameter value that stands for None ("" or 0)."""
+    return {"parameter": parameter, "help": help, "none_as": none_as}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExposedField:
+    """A Config field that is also a pipeline parameter."""
+
+    parameter: str
+    path: str  # dotted, as in the stage YAML and `<stage>_overrides`: lora.r
+    default: Any
+    help: str
+    none_as: Any = None
+
+    def field_value(self, parameter_value: Any) -> Any:
+        """The field's value for the parameter's."""
+        return None if self.none_as is not None and parameter_value == self.none_as else parameter_value
+
+    def parameter_value(self, field_value: Any) -> Any:
+        """The parameter's value for the field's."""
+        return self.none_as if field_value is None else field_value
+
+
+def exposed_fields(cls: type) -> list[ExposedField]:
+    """The fields of `cls` (nested dataclasses included) marked with `exposed`, in declaration order."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "parameter" in f.metadata:
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            metadata = f.metadata
+            found.append(
+                ExposedField(metadata["parameter"], f.name, default, metadata["help"], metadata["none_as"])
+            )
+        elif dataclasses.is_dataclass(hints[f.name]):
+            for inner in exposed_fields(hints[f.name]):
+                found.append(dataclasses.replace(inner, path=f"{f.name}.{inner.path}"))
+    return found
+
+
+def refuse_exposed_overrides(cls: type, stage_prefix: str, overrides: Mapping[str, Any]) -> None:
+    """A field the pipeline exposes is set by its parameter only: the same field in the stage's
+    overrides would silently win over the parameter, so it is refused, naming both spellings."""
+    for exposed_field in exposed_fields(cls):
+        value: Any = overrides
+        for part in exposed_field.path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                break
+            value = value[part]
+        else:
+            raise ConfigError(
+                f"{exposed_field.parameter} and {stage_prefix}_overrides.{exposed_field.path} both set; "
+                f"give it once, as {exposed_field.parameter}"
+            )
 
 
 def _join(where: str, name: str) -> str:

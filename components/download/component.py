@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from pipelines.images import image_for
+from components.common.images import image_for
 
 
 @dsl.component(base_image=image_for("download"), install_kfp_package=False)
@@ -22,9 +22,10 @@ def download_model(
         hf_token_env: environment variable with a Hugging Face token for gated models.
     """
     from components.common.entry import run_stage
+    from components.download import Config, run
 
     fields = dict(source=source, output_dir=model.path, store_uri=store_uri, hf_token_env=hf_token_env)
-    result = run_stage("download", {**fields, "revision": revision or None})
+    result = run_stage(run, Config, {**fields, "revision": revision or None})
     model.metadata.update({"source": source, "cached": result.cached, "format": "hf_model"})
     if "revision" in result.metadata:  # the commit a hub download was pinned to
         model.metadata["revision"] = result.metadata["revision"]

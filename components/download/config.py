@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 
 
@@ -11,8 +12,7 @@ from components.common.errors import ConfigError
 class Config:
     """Where the model comes from and where it goes.
 
-    source: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix, a local folder or
-        tiny://qwen2[?options] (see components/download/sources.py).
+    source: see its help (the forms are parsed in components/download/sources.py).
     output_dir: the folder that receives the model (the KFP Model artifact's path).
     store_uri: artifact store holding the download cache (local folder or s3://); empty disables caching.
     revision: branch, tag or commit for hub sources; overrides an @revision in `source`.
@@ -20,7 +20,12 @@ class Config:
     use_cache: reuse a previous download of the same source and revision from the store.
     """
 
-    source: str
+    source: str = field(
+        metadata=exposed(
+            "student_source",
+            "the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix, a folder or tiny://qwen2[?options].",
+        )
+    )
     output_dir: str
     store_uri: str = ""
     revision: str | None = None

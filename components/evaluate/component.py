@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from pipelines.images import image_for
+from components.common.images import image_for
 
 
 @dsl.component(base_image=image_for("eval"), install_kfp_package=False)
@@ -14,24 +14,22 @@ def evaluate_student(
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
     results: dsl.Output[dsl.Artifact],
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 256,
     batch_size: int = 16,
-    max_samples: int = 0,
+    max_samples: int = 200,
     gate_metric: str = "distilled_rouge_l",
     min_score: float = 0.0,
     overrides: dict = {},
 ):
     """Compare the untrained and the distilled student with the teacher on the held-out split.
 
-    Args:
-        max_samples: evaluate at most this many test records (0: all).
-        gate_metric: metric checked against `min_score`.
-        min_score: fail the run when `gate_metric` is below it (0: no gate).
-        overrides: any other field of components.evaluate.Config, nested as in its YAML form.
+    The parameters are the fields of components.evaluate.Config of the same name (0 for None);
+    `overrides` sets any other field, nested as in its YAML form.
     """
     import shutil
 
     from components.common.entry import run_stage
+    from components.evaluate import Config, run
 
     fields = dict(
         base_model_dir=untrained.path,
@@ -45,7 +43,7 @@ def evaluate_student(
         gate_metric=gate_metric,
         min_score=min_score or None,
     )
-    result = run_stage("evaluate", fields, overrides)
+    result = run_stage(run, Config, fields, overrides, parameters="eval")
     shutil.copyfile(f"{results.path}/report.html", report.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from components.common.config import from_dict
+from components.common.config import exposed, from_dict
 from components.common.errors import ConfigError
 
 SYSTEMS = ("untrained", "distilled", "teacher")
@@ -60,8 +60,9 @@ class Config:
     Output
       output_dir: receives report.html (one self-contained file) and eval.json (everything).
     Generation (greedy unless do_sample)
-      max_new_tokens, batch_size, max_samples (first N test records; None = all), do_sample, temperature,
-      top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA when present).
+      max_new_tokens, batch_size, max_samples (the first N test records): see their help; do_sample,
+      temperature, top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA
+      when present).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
       checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;
@@ -74,7 +75,7 @@ class Config:
           `<system>_ref_<metric>` (against the dataset's references, when records have them) or
           `judge_win_rate`; the metric must be one where higher is better (see GATE_METRICS). ROUGE, BLEU,
           chrF, exact match and accuracy are 0-1.
-      min_score: below it the stage fails, saying by how much; None disables the gate.
+      min_score: see its help; the failure says by how much the metric fell short.
     """
 
     base_model_dir: str
@@ -83,9 +84,18 @@ class Config:
     output_dir: str
     teacher_model_dir: str | None = None
     tensorboard_dir: str | None = None
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    max_samples: int | None = None
+    # 256 by default: teacher answers run to hundreds of tokens, and a student cut off at 64 scores low
+    # for length alone.
+    max_new_tokens: int = field(
+        default=256, metadata=exposed("eval_max_new_tokens", "generation length on the test split.")
+    )
+    batch_size: int = field(default=16, metadata=exposed("eval_batch_size", "prompts generated together."))
+    # 200 by default: three systems generate for every record, so a whole large test split would cost
+    # hours of GPU for little more precision.
+    max_samples: int | None = field(
+        default=200,
+        metadata=exposed("eval_max_samples", "test records evaluated (0 or null: all).", none_as=0),
+    )
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -97,8 +107,18 @@ class Config:
     checker: str | None = None
     judge: JudgeConfig | None = None
     report_samples: int = 20
-    gate_metric: str = "distilled_rouge_l"
-    min_score: float | None = None
+    gate_metric: str = field(
+        default="distilled_rouge_l",
+        metadata=exposed("eval_gate_metric", "metric that eval_min_score applies to."),
+    )
+    min_score: float | None = field(
+        default=None,
+        metadata=exposed(
+            "eval_min_score",
+            "fail the run when the gate metric is below this value (0 or null: no gate).",
+            none_as=0.0,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("base_model_dir", "model_dir", "data_dir", "output_dir"):

@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from pipelines.images import image_for
+from components.common.images import image_for
 
 
 @dsl.component(base_image=image_for("merge"), install_kfp_package=False)
@@ -17,13 +17,12 @@ def merge_adapter(
 ):
     """Merge the LoRA adapter into the base weights (or re-shard a full model) and verify the result.
 
-    Args:
-        max_shard_size: largest safetensors shard, e.g. 2GB or 500MB.
-        dtype: weights dtype of the merged model: auto, bf16, fp16 or fp32.
-        data: the teacher dataset, named with its teacher in the model card.
-        overrides: any other field of components.merge.Config, nested as in its YAML form.
+    The parameters are the fields of components.merge.Config of the same name; `data` (the teacher
+    dataset) names the teacher in the model card; `overrides` sets any other field, nested as in its
+    YAML form.
     """
     from components.common.entry import run_stage
+    from components.merge import Config, run
 
     fields = dict(
         base_dir=base.path,
@@ -33,5 +32,5 @@ def merge_adapter(
         max_shard_size=max_shard_size,
         dtype=dtype,
     )
-    result = run_stage("merge", fields, overrides)
+    result = run_stage(run, Config, fields, overrides, parameters="merge")
     merged.metadata.update({"format": "hf_model", "max_logit_diff": result.max_logit_diff})

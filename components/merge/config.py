@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
@@ -37,9 +38,8 @@ class Config:
           fine-tuning, a whole model folder, which passes through re-sharded.
     Output
       output_dir: the folder that receives the merged Hugging Face model.
-      max_shard_size: largest safetensors file, e.g. "2GB" or "500MB" (bigger models are split with an index).
-      dtype: precision of the written weights. "auto" keeps the base's dtype, except for QLoRA adapters,
-          which are merged onto a bf16 base (never onto 4-bit weights).
+      max_shard_size, dtype: see their help; QLoRA adapters are merged onto a bf16 base (never onto
+          4-bit weights) whatever the dtype.
       device: where merging and the check run; "auto" picks CUDA when present.
     Verification
       tolerance: largest accepted |logit| difference between the reloaded merged model and base + adapter
@@ -55,8 +55,18 @@ class Config:
     base_dir: str
     adapter_dir: str
     output_dir: str
-    max_shard_size: str = "2GB"
-    dtype: Dtype = "auto"
+    max_shard_size: str = field(
+        default="2GB",
+        metadata=exposed(
+            "merge_max_shard_size", "largest safetensors file of the merged model, e.g. 2GB or 500MB."
+        ),
+    )
+    dtype: Dtype = field(
+        default="auto",
+        metadata=exposed(
+            "merge_dtype", "dtype of the merged weights: auto (the base's), bf16, fp16 or fp32."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tolerance: float | None = None
     probe_prompts: list[str] = field(default_factory=lambda: list(PROBE_PROMPTS))

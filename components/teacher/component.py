@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from pipelines.images import image_for
+from components.common.images import image_for
 
 
 @dsl.component(base_image=image_for("teacher"), install_kfp_package=False)
@@ -17,7 +17,7 @@ def teacher_data(
     base_url: str = "",
     api_key_env: str = "TEACHER_API_KEY",
     dataset_format: str = "auto",
-    concurrency: int = 8,
+    concurrency: int = 16,
     max_tokens: int = 1024,
     temperature: float = 0.0,
     test_ratio: float = 0.1,
@@ -29,19 +29,20 @@ def teacher_data(
 ):
     """Ask the teacher for an answer to every prompt of `dataset`; write train/test distillation records.
 
+    The parameters are the fields of components.teacher.Config of the same name (provider, model,
+    base_url, api_key_env, max_tokens and temperature are its `provider` fields; "" for None).
+
     Args:
-        dataset: prompts file or folder (local path or s3://), in `dataset_format`.
         store_uri: artifact store for resumable result shards and the cross-run answer cache.
         run_id: run-scoped prefix in the store; a retried task resumes from it.
-        provider: teacher provider name (deepseek, qwen, openai, vllm, or any name with base_url).
-        model: teacher model name at the provider.
-        base_url: OpenAI-compatible endpoint; empty uses the provider's default.
-        api_key_env: environment variable holding the API key (from a Kubernetes Secret on the cluster).
         shard_index: with num_shards > 1, ask only for this shard's prompts (the `data` output stays
             empty); -1 asks for whatever no shard stored yet, then merges, filters and splits everything.
         overrides: any other field of components.teacher.Config, nested as in its YAML form.
     """
+    import functools
+
     from components.common.entry import run_stage
+    from components.teacher import Config, run, run_shard
 
     fields = dict(
         dataset=dataset,
@@ -63,9 +64,10 @@ def teacher_data(
         system_prompt=system_prompt or None,
     )
     if shard_index >= 0:
-        result = run_stage("teacher", fields, overrides, "run_shard", (shard_index, num_shards))
+        stage = functools.partial(run_shard, shard_index=shard_index, num_shards=num_shards)
     else:
-        result = run_stage("teacher", fields, overrides)
+        stage = run
+    result = run_stage(stage, Config, fields, overrides, parameters="teacher")
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 from components.common.redact import digest_values, redact_config, redact_urls
 from components.common.runs import check_run_id
@@ -57,14 +58,41 @@ class ProviderConfig:
     batch_size: (local) prompts per generate() call.
     """
 
-    name: str = "openai"
-    base_url: str | None = None
-    model: str = ""
-    api_key_env: str = "TEACHER_API_KEY"
+    name: str = field(
+        default="openai",
+        metadata=exposed(
+            "teacher_provider",
+            "deepseek, qwen, openai, vllm (teacher_config.yaml), or any name with teacher_base_url.",
+        ),
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata=exposed(
+            "teacher_base_url", "OpenAI-compatible endpoint; empty uses the provider's default.", none_as=""
+        ),
+    )
+    model: str = field(
+        default="",
+        metadata=exposed(
+            "teacher_model",
+            "model name at the provider, e.g. deepseek-chat; empty uses the provider's default.",
+        ),
+    )
+    api_key_env: str = field(
+        default="TEACHER_API_KEY",
+        metadata=exposed(
+            "teacher_api_key_env", "environment variable with the API key (from Secret distill-teacher)."
+        ),
+    )
     api_key_required: bool | None = None
-    temperature: float | None = None
+    # 0 by default: greedy answers are reproducible, so the cross-run cache pays off; raise it with n > 1.
+    temperature: float | None = field(
+        default=0.0, metadata=exposed("teacher_temperature", "sampling temperature of the teacher.")
+    )
     top_p: float | None = None
-    max_tokens: int | None = 1024
+    max_tokens: int | None = field(
+        default=1024, metadata=exposed("teacher_max_tokens", "max tokens per teacher answer.")
+    )
     seed: int | None = None
     n: int = 1
     logprobs: bool = False
@@ -263,18 +291,30 @@ class Config:
         min/max_answer_chars: length filters. test_ratio, seed: the split.
     """
 
-    dataset: str
+    dataset: str = field(
+        metadata=exposed("teacher_dataset", "prompts file or folder (local path in the image, or s3://).")
+    )
     output_dir: str
-    dataset_format: DatasetFormat = "auto"
+    dataset_format: DatasetFormat = field(
+        default="auto",
+        metadata=exposed("teacher_dataset_format", "auto, prompts, alpaca, sharegpt, messages or text."),
+    )
     bad_lines: Literal["fail", "skip"] = "fail"
     max_samples: int | None = None
-    system_prompt: str | None = None
+    system_prompt: str | None = field(
+        default=None,
+        metadata=exposed(
+            "teacher_system_prompt", "system prompt added to every request (empty: none).", none_as=""
+        ),
+    )
     prompt_template: str | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     provider_config: str = ""
-    concurrency: int = 8
+    concurrency: int = field(
+        default=16, metadata=exposed("teacher_concurrency", "requests in flight at once.")
+    )
     think_in_answer: bool = False
     on_empty: AnswerPolicy = "retry"
     on_length: AnswerPolicy = "drop"
@@ -298,8 +338,12 @@ class Config:
     max_prompt_chars: int | None = None
     min_answer_chars: int = 0
     max_answer_chars: int | None = None
-    test_ratio: float = 0.1
-    seed: int = 0
+    test_ratio: float = field(
+        default=0.1, metadata=exposed("teacher_test_ratio", "share of records held out for evaluation.")
+    )
+    seed: int = field(
+        default=0, metadata=exposed("seed", "seed of the teacher data's split and of training.")
+    )
 
     def __post_init__(self) -> None:
         if not self.dataset:

@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from pipelines.images import image_for
+from components.common.images import image_for
 
 
 @dsl.component(base_image=image_for("train"), install_kfp_package=False)
@@ -18,7 +18,7 @@ def train_student(
     lora_r: int = 16,
     lora_alpha: int = 32,
     learning_rate: float = 2e-4,
-    max_steps: int = 1000,
+    max_steps: int = -1,
     batch_size: int = 8,
     seed: int = 0,
     kd: str = "none",
@@ -30,27 +30,31 @@ def train_student(
 ):
     """Distill the teacher's records into the student: SFT (and KD when configured) with LoRA, QLoRA or full FT.
 
+    The parameters are the fields of components.train.Config of the same name (lora_r and lora_alpha
+    are lora.r and lora.alpha, kd is kd.kind).
+
     Args:
-        method: lora, qlora (CUDA only) or full.
         store_uri: artifact store for checkpoints and live TensorBoard logs under runs/<run_id>/train.
         run_id: run-scoped prefix in the store; a retried task resumes from its newest checkpoint.
-        kd: logit distillation on top of SFT: none, logits (a local teacher model) or topk (the
-            teacher's stored top_logprobs).
         kd_teacher_source: the local teacher for kd=logits, any download source (hf://, s3://, a path);
             fetched through the download stage and its cache in the store.
         nodes: with more than one, this task only runs a PyTorchJob of `nodes` x `gpus_per_node` GPUs
             (Kubeflow Training Operator) whose pods get the Secrets and ConfigMaps named in `job_env`.
         overrides: any other field of components.train.Config, nested as in its YAML form.
     """
+    import functools
     import tempfile
 
+    from components import download
     from components.common.entry import run_stage
+    from components.train import Config, run
 
     kd_fields = {"kind": kd}
     if kd_teacher_source:
         kd_fields["teacher_dir"] = tempfile.mkdtemp(prefix="kd-teacher-")
         run_stage(
-            "download",
+            download.run,
+            download.Config,
             dict(source=kd_teacher_source, output_dir=kd_fields["teacher_dir"], store_uri=store_uri),
         )
     fields = dict(
@@ -69,10 +73,19 @@ def train_student(
         kd=kd_fields,
     )
     if nodes > 1:
-        job = (student.uri, data.uri, nodes, gpus_per_node, job_env)
-        result = run_stage("train", fields, overrides, "multinode.run_as_pytorchjob", job)
+        from components.train.multinode.training import run_as_pytorchjob
+
+        stage = functools.partial(
+            run_as_pytorchjob,
+            model_uri=student.uri,
+            data_uri=data.uri,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            job_env=job_env,
+        )
     else:
-        result = run_stage("train", fields, overrides)
+        stage = run
+    result = run_stage(stage, Config, fields, overrides, parameters="train")
     trained.metadata.update({"format": "peft_adapter" if method != "full" else "hf_model", "method": method})
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 from components.common.runs import check_run_id
 
@@ -18,10 +19,15 @@ from components.common.runs import check_run_id
 class LoraSettings:
     """LoRA adapter shape (peft). Used by `method: lora` and `method: qlora`."""
 
-    # Rank of the update matrices; 16 suits most SFT, larger ranks for new skills on small students.
-    r: int = 16
-    # Scale of the update is alpha / r (or alpha / sqrt(r) with rslora); 2 * r is the usual choice.
-    alpha: int = 32
+    # 16 suits most SFT, larger ranks for new skills on small students.
+    r: int = field(default=16, metadata=exposed("train_lora_r", "LoRA rank of the update matrices."))
+    # 2 * r is the usual choice.
+    alpha: int = field(
+        default=32,
+        metadata=exposed(
+            "train_lora_alpha", "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."
+        ),
+    )
     dropout: float = 0.05
     # Module names or peft's "all-linear" (every linear layer except the output head).
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
@@ -50,11 +56,16 @@ class KDSettings:
     loss = (1 - alpha) * CE + alpha * divergence(teacher || student at temperature T) * T^2
     """
 
-    # none: sequence-level distillation only (SFT on the teacher's text).
     # logits: a local teacher model (teacher_dir) sharing the student's tokenizer runs on every batch.
     # topk: the teacher's top-k log-probabilities stored in the records (extra["logprobs"]); no teacher
     #       model needed. See components/train/sparse_kd.py for the expected format.
-    kind: Literal["none", "logits", "topk"] = "none"
+    kind: Literal["none", "logits", "topk"] = field(
+        default="none",
+        metadata=exposed(
+            "train_kd",
+            "logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).",
+        ),
+    )
     # forward_kl covers all the teacher's modes; reverse_kl seeks its main one; jsd interpolates (beta).
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     # Generalized JSD mixing weight: 0 is forward KL, 1 reverse KL (as in TRL's GKD).
@@ -156,27 +167,42 @@ class Config:
     run_id: str = "local"
 
     # --- parameterization -----------------------------------------------------------------------------
-    # lora: adapters on a frozen student; qlora: adapters on a 4-bit student (CUDA); full: every weight.
-    method: Literal["lora", "qlora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = field(
+        default="lora",
+        metadata=exposed(
+            "train_method",
+            "lora: adapters on a frozen student; qlora: adapters on a 4-bit student (CUDA); full: every weight.",
+        ),
+    )
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     # --- schedule -------------------------------------------------------------------------------------
-    # Optimizer steps to run; when > 0 it overrides num_epochs (the data repeats as needed).
-    max_steps: int = -1
+    # -1 by default: one pass over the data whatever its size, rather than a step count that suits one
+    # dataset size only.
+    max_steps: int = field(
+        default=-1,
+        metadata=exposed(
+            "train_max_steps",
+            "optimizer steps; when > 0 it overrides num_epochs (the data repeats as needed), -1 trains num_epochs passes.",
+        ),
+    )
     # Passes over the training records when max_steps <= 0.
     num_epochs: float = 1.0
-    # Records per micro-batch (per device).
-    batch_size: int = 8
+    batch_size: int = field(
+        default=8, metadata=exposed("train_batch_size", "records per micro-batch (per GPU).")
+    )
     # Micro-batches per optimizer step: the effective batch is batch_size * this * number of devices.
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float = field(default=2e-4, metadata=exposed("train_learning_rate", "peak learning rate."))
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     # Fraction of the steps spent warming the learning rate up linearly from 0.
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     # Gradients are clipped to this global norm; 0 disables clipping.
     max_grad_norm: float = 1.0
-    seed: int = 0
+    seed: int = field(
+        default=0, metadata=exposed("seed", "seed of the teacher data's split and of training.")
+    )
 
     # --- data -----------------------------------------------------------------------------------------
     # Token budget of one record after the chat template; see `truncation` for longer ones.

@@ -184,3 +184,69 @@ def test_version_name_is_the_commit_and_marks_uncommitted_changes(tmp_path):
 def test_version_name_outside_git_asks_for_version(tmp_path):
     with pytest.raises(submit.ConfigError, match="pass --version"):
         submit.git_version_name(tmp_path)
+
+
+def test_a_grouped_run_config_spells_fields_as_the_stage_yaml_and_routes_the_rest_to_overrides(
+    kfp_server, package, tmp_path
+):
+    config = write_config(
+        tmp_path,
+        {"train": {"gpus": 2, "lora": {"r": 8, "dropout": 0.1}, "deepspeed": "zero2"}, "eval": {"top_k": 5}},
+    )
+    assert run_submit("--package", str(package), "--config", str(config), "--version", "v") == 0
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["parameters"] == {
+        "train_gpus": 2,
+        "train_lora_r": 8,
+        "train_overrides": {"lora": {"dropout": 0.1}, "deepspeed": "zero2"},
+        "eval_overrides": {"top_k": 5},
+    }
+
+
+@pytest.mark.parametrize(
+    ("assignments", "error"),
+    [
+        (["train_lora_r=4", "train.lora.r=8"], "error: train_lora_r and train.lora.r both set; give it once"),
+        (
+            ["train_overrides.lora.r=4"],
+            "error: train_lora_r and train_overrides.lora.r both set; give it once, as train_lora_r",
+        ),
+        (
+            ["train.lora_r=4"],
+            "error: train.lora_r: write it as train.lora.r, as in the stage's YAML (or train_lora_r)",
+        ),
+        (["train.lora.r=-1"], "error: train.lora.r: must be a positive rank, got -1"),
+        (
+            ["train.kd.kind=logits"],
+            "error: train.kd.teacher_dir: kind 'logits' needs a local teacher model folder",
+        ),
+        (["eval.max_new_tokens=0"], "error: eval.max_new_tokens: 0 must be at least 1"),
+        (["teacher_overrides.provider.n=0"], "error: teacher.provider.n: 0 must be at least 1"),
+        (["train.method=qlora", "train.deepspeed=zero3"], "error: train.deepspeed: ZeRO-3 shards parameters"),
+    ],
+)
+def test_a_bad_run_is_refused_by_the_stage_configs_before_anything_is_submitted(
+    kfp_server, package, capsys, assignments, error
+):
+    sets = [arg for assignment in assignments for arg in ("--set", assignment)]
+    assert run_submit("--package", str(package), "--version", "v", *sets) == 2
+    assert capsys.readouterr().err.startswith(error)
+    assert kfp_server.runs == {} and kfp_server.pipelines == {}
+
+
+def test_check_validates_a_run_file_without_a_server(package, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KFP_HOST", "http://127.0.0.1:9")  # nothing listens: --check must not ask it
+    good = write_config(tmp_path, {"train": {"method": "full", "max_steps": 50}, "eval": {"max_samples": 0}})
+    assert submit.main(["--check", "--package", str(package), "--config", str(good)]) == 0
+    assert "run config OK" in capsys.readouterr().out
+    bad = write_config(tmp_path, {"eval": {"gate_metric": "distilled_rouge"}})
+    assert submit.main(["--check", "--package", str(package), "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith("error: eval.gate_metric: 'distilled_rouge' is not a metric")
+
+
+def test_skip_check_submits_a_run_whose_template_file_exists_only_in_the_image(kfp_server, package, capsys):
+    image_only = ["--set", "teacher_overrides.text.template=/app/templates/mine.j2", "--version", "v"]
+    assert run_submit("--package", str(package), *image_only) == 2
+    assert "text.template: '/app/templates/mine.j2' is neither a shipped template" in capsys.readouterr().err
+    assert run_submit("--package", str(package), "--skip-check", *image_only) == 0
+    assert len(kfp_server.runs) == 1

@@ -90,7 +90,7 @@ def test_the_comment_reply_example_wraps_every_comment(tmp_path):
         ({"concurrency": 0}, "concurrency: 0 must be at least 1"),
         ({"test_ratio": 1.0}, r"test_ratio: 1.0 must be in \[0, 1\)"),
         ({"on_empty": "ignore"}, "on_empty: 'ignore' is not one of 'retry', 'keep', 'drop'"),
-        ({"provider": {"top_logprobs": 5}}, "provider: top_logprobs: set logprobs: true"),
+        ({"provider": {"top_logprobs": 5}}, "provider.top_logprobs: set logprobs: true"),
         ({"provider": {"quantization": "4bit"}}, "quantization: applies to the local teacher only"),
         ({"run_id": "a/b"}, "run_id: 'a/b' must be a non-empty name"),
         ({"text": {"overlap_chars": 2000}}, r"overlap_chars: 2000 must be in \[0, chunk_chars\)"),

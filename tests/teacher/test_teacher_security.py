@@ -100,7 +100,7 @@ def test_a_run_naming_the_store_credentials_as_its_key_sends_nothing(tmp_path, m
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "store-secret")
     write_demo_dataset(tmp_path / "prompts.jsonl", 3)
     with start_teacher_server() as server:
-        with pytest.raises(ConfigError, match="provider: api_key_env: 'AWS_SECRET_ACCESS_KEY'"):
+        with pytest.raises(ConfigError, match="provider.api_key_env: 'AWS_SECRET_ACCESS_KEY'"):
             run(
                 load(
                     tmp_path,
@@ -149,7 +149,7 @@ def test_a_presets_file_cannot_bring_plain_http_in(tmp_path):
     presets.write_text(
         yaml.safe_dump({"providers": {"lab": {"base_url": "http://lab.example.com/v1", "model": "m"}}})
     )
-    with pytest.raises(ConfigError, match=r"providers\.lab: base_url: .* is plain http"):
+    with pytest.raises(ConfigError, match=r"providers\.lab\.base_url: .* is plain http"):
         resolve_provider(ProviderConfig(name="lab"), str(presets))
     allowed = resolve_provider(ProviderConfig(name="lab", allow_insecure_http=True), str(presets))
     assert allowed.base_url == "http://lab.example.com/v1"
@@ -321,7 +321,7 @@ def test_a_password_in_base_url_is_refused_without_being_shown(tmp_path):
         done = run_cli({**config, "provider": {"name": "demo", "base_url": base_url}}, tmp_path)
         assert server.teacher.total_requests == 0
     assert done.returncode == 2
-    assert done.stderr.startswith("error: provider: base_url: http://***@127.0.0.1:")
+    assert done.stderr.startswith("error: provider.base_url: http://***@127.0.0.1:")
     assert "holds user:password@" in done.stderr
     assert PASSWORD not in done.stdout + done.stderr
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,28 @@
+"""The one place image names are made; the Makefile (build, push, through `python -m pipelines.images`)
+and the components' base images both use it.
+
+REGISTRY=registry.example.com/ml TAG=3f2a1bc python -m pipelines.images train
+registry.example.com/ml/kfp-distill-train:3f2a1bc
+"""
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+STAGES = ("download", "teacher", "train", "merge", "eval")
+DEFAULT_REGISTRY = "ghcr.io/kfp-distill"
+
+
+def default_tag() -> str:
+    try:
+        return version("kfp-distill")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def image_for(stage: str) -> str:
+    """The image of `stage`, from the REGISTRY and TAG environment variables at compile time."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    registry = os.environ.get("REGISTRY") or DEFAULT_REGISTRY
+    tag = os.environ.get("TAG") or default_tag()
+    return f"{registry.rstrip('/')}/kfp-distill-{stage}:{tag}"
