@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_kfp import FakeKfp  # tests/packaging is on sys.path (rootdir import mode)
-from loopback import ServerThread
 
 from pipelines import submit
+from pipelines.loopback import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 
