@@ -77,7 +77,7 @@ from components.teacher.api import ApiTeacher
 from components.teacher.config import ProviderConfig
 
 async def ask():
-    provider = ProviderConfig(name="demo", base_url=sys.argv[1], model="demo-teacher", api_key_env="KEY")
+    provider = ProviderConfig(name="demo", base_url=sys.argv[1], model="demo-teacher", api_key_env="TEACHER_API_KEY")
     async with ApiTeacher(provider) as teacher:
         outcome = await teacher.ask([{"role": "user", "content": "Reverse the letters of: kite"}])
     print(outcome.choices[0].content)
@@ -94,7 +94,7 @@ def test_teacher_image_reaches_a_teacher_over_http(cpu_images, run_in):
             "-c",
             ASK_TEACHER,
             server.base_url,
-            environment={"KEY": "secret-key"},
+            environment={"TEACHER_API_KEY": "secret-key"},
         )
     assert done.stdout.strip().splitlines()[-1] == "etik"
     assert server.requests_by_prompt["Reverse the letters of: kite"] == 1

@@ -158,6 +158,28 @@ def read_only_root_available() -> bool:
     return subprocess.run(command, capture_output=True).returncode == 0
 
 
+def read_only_pod_script(scratch: list[str], keep: list[Path]) -> str:
+    """A shell script that makes / read-only and puts a fresh tmpfs on each scratch path, as the pod's
+    emptyDirs, then runs "$@". The code and the interpreter (`keep`) stay reachable read-only where a
+    scratch mount would hide them, as in a clone under /tmp: each is held on a tmpfs over /mnt first."""
+    hidden = [path for path in keep if any(path.is_relative_to(mount) for mount in scratch)]
+    hidden = [path for path in hidden if not any(path != top and path.is_relative_to(top) for top in hidden)]
+    hold = [f"mkdir /mnt/{i} && mount --bind {path} /mnt/{i}" for i, path in enumerate(hidden)]
+    back = [
+        f"mkdir -p {path} && mount --bind /mnt/{i} {path} && mount -o remount,bind,ro {path}"
+        for i, path in enumerate(hidden)
+    ]
+    steps = [
+        *(["mount -t tmpfs hold /mnt", *hold] if hidden else []),
+        "mount -o remount,bind,ro /",
+        *(f"mount -t tmpfs scratch {path}" for path in scratch),
+        *back,
+        "mkdir /tmp/home",
+        'exec "$@"',
+    ]
+    return " && ".join(steps)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not read_only_root_available(), reason="needs user and mount namespaces (unshare -rm)")
 def test_a_job_pod_trains_with_a_read_only_root_and_only_its_scratch_volumes_writable(
@@ -191,8 +213,7 @@ def test_a_job_pod_trains_with_a_read_only_root_and_only_its_scratch_volumes_wri
         "module": "components.train",
     }
     payload["fields"].update(store_uri="s3://distill/ro/store", run_id="read-only-root")
-    mounts = " && ".join(f"mount -t tmpfs scratch {path}" for path in scratch)
-    script = f'mount -o remount,bind,ro / && {mounts} && mkdir /tmp/home && exec "$@"'
+    script = read_only_pod_script(scratch, keep=[REPO, Path(sys.prefix)])
     env = {**os.environ, "DISTILL_TRAIN_JOB": json.dumps(payload), "HOME": "/tmp/home"}
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO), TRITON_CACHE_DIR="/tmp/triton")
     env.pop("DISTILL_WORKDIR", None)
