@@ -9,6 +9,8 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 
 STAGES = ("download", "teacher", "train", "merge", "eval")
+# The package each stage's image runs (the eval stage's code lives in components/evaluate).
+STAGE_PACKAGES = {stage: f"components.{'evaluate' if stage == 'eval' else stage}" for stage in STAGES}
 DEFAULT_REGISTRY = "ghcr.io/kfp-distill"
 
 

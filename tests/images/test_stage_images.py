@@ -10,21 +10,12 @@ import os
 import pytest
 import yaml
 
+from components.common.images import STAGE_PACKAGES, STAGES
 from components.common.records import Record, record_id, write_records
 from components.download.tiny import make_tiny_model
 from pipelines.demo_teacher import start_teacher_server
-from pipelines.images import STAGES
 
 pytestmark = pytest.mark.images
-
-# The package of each stage (the eval stage's code lives in components/evaluate).
-STAGE_PACKAGES = {
-    "download": "components.download",
-    "teacher": "components.teacher",
-    "train": "components.train",
-    "merge": "components.merge",
-    "eval": "components.evaluate",
-}
 
 
 def reversal_record(word: str) -> Record:

@@ -10,14 +10,6 @@ from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-# Where each stage's code lives (the eval stage's package is components/evaluate).
-STAGE_PACKAGES = {
-    "download": "components.download",
-    "teacher": "components.teacher",
-    "train": "components.train",
-    "merge": "components.merge",
-    "eval": "components.evaluate",
-}
 
 
 def parse(stage: str) -> DockerfileParser:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from dockerfiles import DOCKER, REPO, STAGE_PACKAGES, installed_extras  # tests/packaging on sys.path
+from dockerfiles import DOCKER, REPO, installed_extras  # tests/packaging on sys.path
 from packaging.requirements import Requirement
 
+from components.common.images import STAGE_PACKAGES
 from pipelines.images import STAGES
 
 sys.path.insert(0, str(DOCKER))
