@@ -7,7 +7,7 @@ losses.py, objective.py, sparse_kd.py, intermediate.py (the loss), curriculum.py
 resume), tracking.py and progress.py (logs), multinode/ (a PyTorchJob across nodes).
 """
 
-from components.train.config import Config, IntermediateSettings, KDSettings, LoraSettings, StageSettings
+from components.train.config import Config, IntermediateSettings, KDSettings, LoraSettings, PhaseSettings
 from components.train.stage import Result, run
 
-__all__ = ["Config", "IntermediateSettings", "KDSettings", "LoraSettings", "Result", "StageSettings", "run"]
+__all__ = ["Config", "IntermediateSettings", "KDSettings", "LoraSettings", "Result", "PhaseSettings", "run"]

@@ -124,13 +124,13 @@ class IntermediateSettings:
 
 
 @dataclass
-class StageSettings:
-    """One curriculum stage; a field left at None inherits the top-level value."""
+class PhaseSettings:
+    """One curriculum phase; a field left at None inherits the top-level value."""
 
     name: str
-    # Source name -> share of the stage's records ("main" is data_dir, others come from `datasets`).
+    # Source name -> share of the phase's records ("main" is data_dir, others come from `datasets`).
     mix: dict[str, float] = field(default_factory=dict)
-    # Records per epoch of this stage; 0 means as many as its sources hold together.
+    # Records per epoch of this phase; 0 means as many as its sources hold together.
     samples: int = 0
     max_steps: int = -1
     num_epochs: float = 1.0
@@ -143,9 +143,9 @@ class StageSettings:
 
     def __post_init__(self) -> None:
         if any(v < 0 for v in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
-            raise ConfigError(f"curriculum stage {self.name!r}: mix shares must be >= 0 and not all 0")
+            raise ConfigError(f"curriculum phase {self.name!r}: mix shares must be >= 0 and not all 0")
         if self.max_steps <= 0 and self.num_epochs <= 0:
-            raise ConfigError(f"curriculum stage {self.name!r}: set max_steps > 0 or num_epochs > 0")
+            raise ConfigError(f"curriculum phase {self.name!r}: set max_steps > 0 or num_epochs > 0")
 
 
 @dataclass
@@ -230,11 +230,11 @@ class Config:
     intermediate: IntermediateSettings = field(default_factory=IntermediateSettings)
 
     # --- curriculum -----------------------------------------------------------------------------------
-    # Stages run in order, each continuing from the previous one's weights; empty = one stage.
-    curriculum: list[StageSettings] = field(default_factory=list)
-    # First and last stage (0-based, inclusive) to run; -1 as end_stage means the last one.
-    start_stage: int = 0
-    end_stage: int = -1
+    # Phases run in order, each continuing from the previous one's weights; empty = one phase.
+    curriculum: list[PhaseSettings] = field(default_factory=list)
+    # First and last phase (0-based, inclusive) to run; -1 as end_phase means the last one.
+    start_phase: int = 0
+    end_phase: int = -1
 
     # --- numerics -------------------------------------------------------------------------------------
     # auto: bf16 on a CUDA device that supports it, else fp32. bf16/fp16 need CUDA.
@@ -313,29 +313,29 @@ class Config:
         if self.intermediate.attention_weight > 0 and self.attention not in ("auto", "eager"):
             raise ConfigError("attention: attention-map distillation needs the 'eager' kernel")
         names = {"main", *self.datasets}
-        for stage in self.curriculum:
-            unknown = sorted(set(stage.mix) - names)
+        for phase in self.curriculum:
+            unknown = sorted(set(phase.mix) - names)
             if unknown:
                 raise ConfigError(
-                    f"curriculum stage {stage.name!r}: mix names {unknown[0]!r}, which is not 'main' or a "
+                    f"curriculum phase {phase.name!r}: mix names {unknown[0]!r}, which is not 'main' or a "
                     f"key of datasets ({', '.join(sorted(names))})"
                 )
-        for stage in self.curriculum:
+        for phase in self.curriculum:
             for term in ("hidden", "attention", "contrastive"):
-                if (getattr(stage, f"{term}_weight") or 0) > 0 and getattr(
+                if (getattr(phase, f"{term}_weight") or 0) > 0 and getattr(
                     self.intermediate, f"{term}_weight"
                 ) == 0:
                     raise ConfigError(
-                        f"curriculum stage {stage.name!r}: {term}_weight > 0 needs intermediate.{term}_weight > 0 "
+                        f"curriculum phase {phase.name!r}: {term}_weight > 0 needs intermediate.{term}_weight > 0 "
                         "(the term and its projection are set up from the top-level value); set it there and "
-                        f"give {term}_weight: 0 to the stages that skip it"
+                        f"give {term}_weight: 0 to the phases that skip it"
                     )
         last = len(self.curriculum) - 1
-        if self.curriculum and not 0 <= self.start_stage <= (self.end_stage if self.end_stage >= 0 else last):
-            raise ConfigError(f"start_stage: {self.start_stage} is not a stage index up to end_stage")
-        if self.end_stage > last:
-            raise ConfigError(f"end_stage: {self.end_stage} but the curriculum has stages 0..{last}")
-        if not self.curriculum and (self.start_stage or self.end_stage not in (-1, 0)):
-            raise ConfigError("start_stage / end_stage: only meaningful with a curriculum")
+        if self.curriculum and not 0 <= self.start_phase <= (self.end_phase if self.end_phase >= 0 else last):
+            raise ConfigError(f"start_phase: {self.start_phase} is not a phase index up to end_phase")
+        if self.end_phase > last:
+            raise ConfigError(f"end_phase: {self.end_phase} but the curriculum has phases 0..{last}")
+        if not self.curriculum and (self.start_phase or self.end_phase not in (-1, 0)):
+            raise ConfigError("start_phase / end_phase: only meaningful with a curriculum")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm: must be >= 0 (0 disables clipping), got {self.max_grad_norm}")

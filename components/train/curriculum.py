@@ -6,7 +6,7 @@
     datasets: {domain: /data/domain-teacher}      # "main" is always data_dir
 
 Phases run in order and each starts from the weights the previous one ended with (a fresh optimizer and
-learning-rate schedule per phase). `start_stage`/`end_stage` run a slice: starting at phase 1 on a fresh
+learning-rate schedule per phase). `start_phase`/`end_phase` run a slice: starting at phase 1 on a fresh
 run trains phase 1 from the student as loaded. Without a curriculum the run is one phase built from the
 top-level fields.
 
@@ -60,7 +60,7 @@ def mix_examples(
 
 
 def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergence) -> list[PhasePlan]:
-    """The phases this run executes (after start_stage/end_stage), with every inherited value resolved."""
+    """The phases this run executes (after start_phase/end_phase), with every inherited value resolved."""
     weights = {
         "hidden": config.intermediate.hidden_weight,
         "attention": config.intermediate.attention_weight,
@@ -81,8 +81,8 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
             )
         ]
     plans = []
-    end = config.end_stage if config.end_stage >= 0 else len(config.curriculum) - 1
-    for index in range(config.start_stage, end + 1):
+    end = config.end_phase if config.end_phase >= 0 else len(config.curriculum) - 1
+    for index in range(config.start_phase, end + 1):
         phase = config.curriculum[index]
         mix = phase.mix or {"main": 1.0}
         samples = phase.samples or sum(len(sources[name]) for name in mix)
