@@ -9,9 +9,6 @@ user:password@ appears in no file a run writes and in no line it logs.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +22,7 @@ from components.teacher.providers import resolve_provider
 from components.teacher.readers import read_prompts
 from components.teacher.templates import render_file_template
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.teacher.conftest import run_teacher_cli
 
 
 def load(tmp_path, **fields) -> Config:
@@ -267,18 +263,6 @@ def leaks(texts: dict[str, str]) -> list[tuple[str, str]]:
     return [(where, name) for where, text in texts.items() for name, s in SECRETS.items() if s in text]
 
 
-def run_cli(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [sys.executable, "-m", "components.teacher", "--config", str(tmp_path / "run.yaml")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
 def test_config_repr_hides_header_and_body_values(tmp_path):
     config = load(tmp_path, provider=secret_provider("http://127.0.0.1:9/v1"), judge={"enabled": True})
     shown = repr(config)
@@ -298,7 +282,7 @@ def test_a_teacher_run_writes_and_logs_no_planted_secret(tmp_path):
             "judge": {"enabled": True},
             "progress_bar": False,
         }
-        done = run_cli(config, tmp_path)
+        done = run_teacher_cli(tmp_path, config)
         assert done.returncode == 0, done.stderr
         # The secrets were really used: the header reached the server.
         assert server.teacher.last_headers["x-tenant"] == SECRETS["header"]
@@ -318,7 +302,7 @@ def test_a_password_in_base_url_is_refused_without_being_shown(tmp_path):
     with start_teacher_server() as server:
         base_url = server.base_url.replace("http://", f"http://someone:{PASSWORD}@")
         config = {"dataset": str(tmp_path / "prompts.jsonl"), "output_dir": str(tmp_path / "out")}
-        done = run_cli({**config, "provider": {"name": "demo", "base_url": base_url}}, tmp_path)
+        done = run_teacher_cli(tmp_path, {**config, "provider": {"name": "demo", "base_url": base_url}})
         assert server.teacher.total_requests == 0
     assert done.returncode == 2
     assert done.stderr.startswith("error: provider.base_url: http://***@127.0.0.1:")
