@@ -79,3 +79,22 @@ def s3_endpoint():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def vendored_schemas() -> Path:
+    """The upstream CRDs the project's Kubernetes objects are validated against (Trainer, KServe): the
+    workspace's shared/vendor beside the checkout, or KFP_DISTILL_VENDOR; never a copy in this repository."""
+    candidates = [
+        os.environ.get("KFP_DISTILL_VENDOR", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "vendor",
+    ]
+    candidates.append(Path("/work/shared/vendor"))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "README.md").is_file():
+            return Path(candidate)
+    pytest.skip("the vendored CRDs (shared/vendor) are not beside this checkout; set KFP_DISTILL_VENDOR")
+
+
+@pytest.fixture(scope="session")
+def vendor_dir() -> Path:
+    return vendored_schemas()
