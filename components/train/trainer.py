@@ -86,7 +86,7 @@ class DistillTrainer:
         self.accelerator = accelerator_for(config)
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.student_dir)
         self.sources = self._load_sources()
         self.student = load_student(config, self.device, self.precision)
         self.teacher = None
@@ -309,7 +309,7 @@ class DistillTrainer:
             trackers.close()
         return {
             "method": config.method,
-            "base_model": config.model_dir,
+            "base_model": config.student_dir,
             "steps": self.global_step,
             "final_loss": self.final_loss,
             "final_loss_parts": self.loss_parts,
