@@ -446,3 +446,42 @@ def test_a_kd_teacher_folder_without_its_source_is_refused_before_any_job(store_
         ConfigError, match="kd.teacher_dir: a folder of the train pod does not exist in the job's pods"
     ):
         run_as_job(config, "s3://distill/s", "s3://distill/d", nodes=2, gpus_per_node=1, job_env={})
+
+
+def test_a_pytorchjob_gets_the_same_queue_priority_and_pull_secrets():
+    from components.train.multinode import PyTorchJobSpec, build_pytorchjob
+
+    job = build_pytorchjob(
+        PyTorchJobSpec(
+            name="j",
+            namespace="team",
+            image="i",
+            command=["python"],
+            queue_name="team-queue",
+            priority_class="low",
+            image_pull_secrets=["regcred"],
+        )
+    )
+    assert job["metadata"]["labels"] == {
+        "kueue.x-k8s.io/queue-name": "team-queue",
+        "kueue.x-k8s.io/priority-class": "low",
+    }
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_image_pull_secrets_named_at_compile_time_reach_every_task(tmp_path, monkeypatch):
+    from kfp import compiler
+
+    from pipelines.distill_pipeline import build_pipeline, image_pull_secrets
+
+    monkeypatch.setenv("IMAGE_PULL_SECRETS", "regcred, mirror-cred,")
+    assert image_pull_secrets() == ["regcred", "mirror-cred"]
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(), package_path=str(path))
+    spec, platform = yaml.safe_load_all(path.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])  # every task has a pod config
+    for name, settings in executors.items():
+        names = [secret["secretName"] for secret in settings.get("imagePullSecret", [])]
+        assert names == ["regcred", "mirror-cred"], name
