@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from components.train.multinode import (
     TrainJobSpec,
     build_trainjob,
     choose_engine,
+    job_name_for,
     run_multinode_training,
     run_trainjob,
 )
@@ -72,7 +74,7 @@ def node_pod_template(runtime: dict) -> dict:
 def two_by_eight_gpus() -> TrainJobSpec:
     """The TrainJob the train task creates for a 2 x 8-GPU run, as in the pipeline's compiled wiring."""
     return TrainJobSpec(
-        name="distill-train-3f2a1bc0-aaaa-bbbb-cccc-1234567890ab",
+        name=job_name_for("3F2A1BC0-aaaa-bbbb-cccc-1234567890ab"),  # a KFP run id
         namespace="team-a",
         image=TRAIN_IMAGE,
         command=["python", "-m", "components.train.multinode"],
@@ -97,6 +99,9 @@ def test_the_trainjob_of_a_two_by_eight_gpu_run_is_valid_against_the_trainer_crd
     validator = crd_validator(vendor_dir, "trainjobs")
     job = build_trainjob(two_by_eight_gpus())
     assert errors(validator, job) == []
+    # The CRD's CEL rules on the name (the API server's, not in the JSON schema): an RFC 1035 label.
+    name = job["metadata"]["name"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
     trainer = job["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
     assert trainer["resourcesPerNode"] == {
