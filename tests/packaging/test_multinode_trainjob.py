@@ -447,10 +447,11 @@ def test_a_kd_teacher_folder_without_its_source_is_refused_before_any_job(store_
             "kd": {"kind": "logits", "teacher_dir": "/tmp/kd-teacher-x"},
         },
     )
-    with pytest.raises(
-        ConfigError, match="kd.teacher_dir: a folder of the train pod does not exist in the job's pods"
-    ):
-        run_as_job(config, "s3://distill/s", "s3://distill/d", nodes=2, gpus_per_node=1, job_env={})
+    for source in ("", "/models/teacher"):  # none, or a folder: the pods cannot reach either
+        with pytest.raises(
+            ConfigError, match="kd.teacher_dir: a folder of the train pod does not exist in the job's pods"
+        ):
+            run_as_job(config, "s3://distill/s", "s3://distill/d", 2, 1, job_env={}, kd_teacher_source=source)
 
 
 def test_a_pytorchjob_gets_the_same_queue_priority_and_pull_secrets():

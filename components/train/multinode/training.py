@@ -140,9 +140,10 @@ def run_as_job(
     (`kd_teacher_source`) reaches the pods through the store's download cache, which this pod filled:
     the folder config.kd.teacher_dir names exists in this pod only.
     """
+    from components.download.sources import parse_source
     from components.train.stage import Result
 
-    if config.kd.teacher_dir and not kd_teacher_source:
+    if config.kd.teacher_dir and not (kd_teacher_source and parse_source(kd_teacher_source).cacheable):
         raise ConfigError(
             "kd.teacher_dir: a folder of the train pod does not exist in the job's pods; give the teacher "
             "as train_kd_teacher_source (hf://, s3://) so that they fetch it from the store"
