@@ -491,3 +491,40 @@ def test_image_pull_secrets_named_at_compile_time_reach_every_task(tmp_path, mon
     for name, settings in executors.items():
         names = [secret["secretName"] for secret in settings.get("imagePullSecret", [])]
         assert names == ["regcred", "mirror-cred"], name
+
+
+def test_progress_and_final_state_read_from_the_trainjob_status():
+    from components.train.multinode.trainjob import progress_line, trainjob_state
+
+    running = {
+        "status": {
+            "jobsStatus": [{"name": "node", "active": 2, "ready": 2, "succeeded": 0, "failed": 0}],
+            "trainerStatus": {
+                "progressPercentage": 40,
+                "estimatedRemainingSeconds": 1800,
+                "lastUpdatedTime": "t",
+            },
+        }
+    }
+    assert progress_line(running, restarts=1) == (
+        "node: active 2, ready 2; 40% done; about 30 min left; restarted 1 time(s), resuming from the newest checkpoint"
+    )
+    assert progress_line({}, restarts=0) == "waiting for its pods"
+    assert trainjob_state(running) == (None, "")
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True", "message": "jobset completed"}]}}
+    assert trainjob_state(done) == ("Succeeded", "jobset completed")
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "jobset failed"}]}}
+    assert trainjob_state(failed) == ("Failed", "jobset failed")
+
+
+def test_the_train_task_calls_the_api_with_its_own_accounts_token_when_mounted(tmp_path, monkeypatch):
+    from components.train.multinode.kube import default_api_client
+
+    (tmp_path / "token").write_text("train-launcher-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    configuration = default_api_client(token_dir=tmp_path).configuration
+    assert configuration.host == "https://10.0.0.1:443"
+    assert configuration.api_key["authorization"] == "bearer train-launcher-token"
+    assert configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
