@@ -528,3 +528,28 @@ def test_the_train_task_calls_the_api_with_its_own_accounts_token_when_mounted(t
     assert configuration.host == "https://10.0.0.1:443"
     assert configuration.api_key["authorization"] == "bearer train-launcher-token"
     assert configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
+
+
+def test_a_checkpoint_resumes_whatever_queue_or_engine_the_retry_runs_on(tmp_path):
+    """The fingerprint a resume checks covers what decides the weights, not where the job was queued."""
+    from components.common.config import from_dict
+    from components.train.checkpoint import fingerprint_differences, run_fingerprint
+    from components.train.config import Config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    folders = {name: str(tmp_path / name) for name in ("model", "data", "out", "tb")}
+    (tmp_path / "model").mkdir()
+    base = {
+        "model_dir": folders["model"],
+        "data_dir": folders["data"],
+        "output_dir": folders["out"],
+        "tensorboard_dir": folders["tb"],
+    }
+    first = from_dict(Config, {**base, "cluster": {"engine": "trainjob", "queue_name": "a"}})
+    retry = from_dict(
+        Config, {**base, "cluster": {"engine": "pytorchjob", "queue_name": "b", "priority_class": "low"}}
+    )
+    assert fingerprint_differences(run_fingerprint(first), run_fingerprint(retry)) == []
+    other = from_dict(Config, {**base, "learning_rate": 1e-4})
+    assert fingerprint_differences(run_fingerprint(first), run_fingerprint(other)) != []
