@@ -311,9 +311,9 @@ class FakeKubernetes:
                 {"kind": "Status", "code": 422, "reason": "Invalid", "message": message}, status=422
             )
         trainjob["metadata"]["namespace"] = namespace
+        self._start_nodes(trainjob)  # before it is listed, so that a listed job has its pods
         self.trainjobs[key] = trainjob
         self.created.append(trainjob)
-        self._start_nodes(trainjob)
         return web.json_response(trainjob, status=201)
 
     async def get_trainjob(self, request):
