@@ -46,6 +46,7 @@ class Job:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    failure: str = ""  # why a batch left it unanswered (batch.py)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Tally:
     unfinished: int = 0
     retries: int = 0
     usable: int = 0
+    batches: int = 0
     retry_causes: collections.Counter[str] = field(default_factory=collections.Counter)
     lost_causes: collections.Counter[str] = field(default_factory=collections.Counter)
 

@@ -29,6 +29,7 @@ from components.common.errors import ConfigError, StageStopped
 from components.common.lease import Lease
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
+from components.teacher.batch import BatchRunner
 from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import write_dataset
 from components.teacher.generate import PROBLEMS, Generator, Job, Tally
@@ -152,6 +153,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
             judge_provider,
             jobs(config, teacher.settings, pending),
             len(pending),
+            set(pending) if config.mode == "batch" else set(),
             journal,
             store,
             spend,
@@ -170,6 +172,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         "failed": tally.failed,
         "unfinished": tally.unfinished,
         "retries": tally.retries,
+        "batches": tally.batches,
         "skipped_lines": work.read.skipped_lines,
         "duplicates": work.filtered.duplicates,
         "near_duplicates": work.filtered.near_duplicates,
@@ -245,6 +248,7 @@ async def _generate(
     judge_provider: ProviderConfig | None,
     pending: Iterator[Job],
     count: int,
+    pending_keys: set[str],
     journal: Journal,
     store,
     spend: SpendLedger,
@@ -269,6 +273,13 @@ async def _generate(
     try:
         if provider.is_local:
             return await teacher.generate_all(generator, list(pending))
+        if config.mode == "batch":
+            # The batches first; what they leave goes through the pool below (batch.on_failure: sync).
+            batch_store = store.child(f"runs/{config.run_id}/teacher/batches/{shard_name(*spend.shard)}")
+            batches = BatchRunner(config.batch, teacher, generator, batch_store)
+            leftovers = await batches.run_stoppable(pending, count, pending_keys)
+            tally.batches = batches.submitted
+            pending, count = iter(leftovers), len(leftovers)
         return await generator.run(pending, count)
     finally:
         ticker.cancel()

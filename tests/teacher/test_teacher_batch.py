@@ -1,0 +1,147 @@
+"""mode: batch against a loopback Batch API: every prompt answered once, at the batch price, whatever
+fails or is killed in between."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from components.common.errors import ConfigError
+from components.common.records import read_records
+from components.common.store import open_store
+from components.teacher import run
+from pipelines.demo_teacher import write_demo_dataset
+from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
+from tests.teacher.conftest import (
+    demo_prompts,
+    start_teacher_cli,
+    teacher_config,
+    teacher_settings,
+    wait_until,
+)
+
+FAST_POLLS = {"poll_s": 0.02, "poll_max_s": 0.1}
+
+
+def batch_settings(tmp_path, server, **batch) -> dict:
+    return teacher_settings(
+        tmp_path,
+        server.base_url,
+        mode="batch",
+        run_id="batch",
+        provider={"price_input_per_m": 1.0, "price_output_per_m": 2.0, "batch_price_factor": 0.5},
+        batch={**FAST_POLLS, **batch},
+    )
+
+
+def records(tmp_path) -> list:
+    out = tmp_path / "out"
+    return read_records(out / "train.jsonl") + read_records(out / "test.jsonl")
+
+
+def batch_records(tmp_path) -> list[dict]:
+    store = open_store(str(tmp_path / "store")).child("runs/batch/teacher/batches")
+    return [json.loads(store.read_text(k)) for k in store.list() if k.endswith(".json")]
+
+
+def test_batches_answer_every_prompt_at_the_batch_price(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 25)
+    with start_batch_teacher() as server:
+        result = run(
+            teacher_config(tmp_path, "", **{**batch_settings(tmp_path, server, max_requests_per_file=10)})
+        )
+        assert [b["request_counts"]["total"] for b in server.created] == [10, 10, 5]
+        assert server.teacher.total_requests == 0  # no synchronous request
+    assert sorted(server.lines_by_prompt) == sorted(demo_prompts(25))
+    assert set(server.lines_by_prompt.values()) == {1}
+    kept = records(tmp_path)
+    assert len(kept) == 25 and all(r.reasoning for r in kept)
+    assert all(r.messages[-1]["content"] == r.messages[-2]["content"].split(": ")[1][::-1] for r in kept)
+    metrics = result.metrics
+    assert metrics["batches"] == 3 and metrics["answered"] == 25 and metrics["requests"] == 25
+    full_price = (metrics["prompt_tokens"] * 1.0 + metrics["completion_tokens"] * 2.0) / 1e6
+    assert metrics["cost"] == pytest.approx(full_price / 2) and metrics["total_cost"] == pytest.approx(
+        full_price / 2
+    )
+    assert {r["state"] for r in batch_records(tmp_path)} == {"collected"}
+
+
+def test_batch_files_stay_within_the_byte_limit(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 30)
+    with start_batch_teacher() as server:
+        run(teacher_config(tmp_path, "", **batch_settings(tmp_path, server, max_bytes_per_file=2048)))
+        sizes = [server.teacher.files[b["input_file_id"]]["meta"]["bytes"] for b in server.created]
+    assert len(sizes) > 1 and max(sizes) <= 2048
+    assert len(records(tmp_path)) == 30
+
+
+def test_failed_items_fall_back_to_synchronous_requests(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 20)
+    with start_batch_teacher(BatchFaults(fail_every=4)) as server:
+        result = run(teacher_config(tmp_path, "", **batch_settings(tmp_path, server)))
+        asked_alone = set(server.requests_by_prompt)
+    assert len(server.created) == 1
+    assert len(asked_alone) == 5 and not asked_alone & set(server.lines_by_prompt)
+    assert len(records(tmp_path)) == 20 and result.metrics["answered"] == 20
+
+
+def test_expired_items_go_into_a_new_batch(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 20)
+    with start_batch_teacher(BatchFaults(expire_after=12)) as server:
+        run(teacher_config(tmp_path, "", **batch_settings(tmp_path, server, on_failure="batch")))
+        assert [b["status"] for b in server.created] == ["expired", "completed"]
+        assert server.created[1]["request_counts"]["total"] == 8
+        assert server.teacher.total_requests == 0
+    assert set(server.lines_by_prompt.values()) == {1} and len(server.lines_by_prompt) == 20
+    assert len(records(tmp_path)) == 20
+
+
+def test_failed_items_are_left_unanswered_when_dropped(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 20)
+    with start_batch_teacher(BatchFaults(fail_every=4)) as server:
+        settings = {**batch_settings(tmp_path, server, on_failure="drop"), "min_answered_ratio": 0.5}
+        result = run(teacher_config(tmp_path, "", **settings))
+        assert server.teacher.total_requests == 0
+    assert result.metrics["failed"] == 5 and len(records(tmp_path)) == 15
+
+
+@pytest.mark.parametrize("kill_at", ["waiting", "creating"])
+def test_sigkill_between_submit_and_done_submits_nothing_twice(tmp_path, kill_at):
+    """Killed while its batch runs (its id stored), or while the create is on the wire (the batch exists
+    at the provider, its id never came back): the restart takes up that same batch."""
+    write_demo_dataset(tmp_path / "prompts.jsonl", 30)
+    faults = BatchFaults(hold=True, stall_create=kill_at == "creating")
+    with start_batch_teacher(faults) as server:
+        settings = batch_settings(tmp_path, server, max_requests_per_file=20)
+        process = start_teacher_cli(tmp_path, settings)
+        state = "submitted" if kill_at == "waiting" else "submitting"
+
+        def stopped_at_its_state() -> bool:
+            found = batch_records(tmp_path)
+            return len(server.created) >= 1 and any(r["state"] == state for r in found)
+
+        wait_until(stopped_at_its_state, f"no batch record in state {state}", process)
+        if kill_at == "waiting":
+            wait_until(lambda: len(server.created) == 2, "the second batch was never created", process)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        created_before = len(server.created)
+        faults.stall_create = False
+        server.release()
+
+        result = run(teacher_config(tmp_path, "", **settings))
+
+        assert len(server.created) == 2 and created_before == (2 if kill_at == "waiting" else 1)
+        assert server.teacher.total_requests == 0
+        assert result.metrics["total_requests"] == 30  # the killed pod's reservations, counted once
+    assert sorted(server.lines_by_prompt) == sorted(demo_prompts(30))
+    assert set(server.lines_by_prompt.values()) == {1}
+    assert len({r.id for r in records(tmp_path)}) == 30
+
+
+def test_batch_mode_needs_an_api_provider(tmp_path):
+    with pytest.raises(ConfigError, match="mode: batch needs an API provider"):
+        teacher_config(tmp_path, "", mode="batch", provider={"name": "local", "model": "x", "base_url": None})
