@@ -330,8 +330,11 @@ class Config:
       log_every_s: a progress line in the log this often. progress_bar: a tqdm bar (None: only when
         stderr is a terminal).
     Quality
-      dedup: drop exact duplicate prompts. near_dup_threshold: also drop prompts whose character
-        5-gram Jaccard similarity to an earlier one reaches this (0-1; None: off; uses numpy).
+      dedup: drop exact duplicate prompts (a 32-byte digest per prompt: fine at a million).
+        near_dup_threshold: also drop prompts whose character 5-gram Jaccard similarity to an earlier
+        one reaches this (0-1; None: off; uses numpy). It keeps every kept prompt's 5-grams in memory,
+        about 100 bytes per character of prompt (30 KB for a 260-character prompt): within a 1 GB pod
+        that is some tens of thousands of prompts; for more, leave it off or give the pod the memory.
         min/max_prompt_chars,
         min/max_answer_chars: length filters. test_ratio, seed: the split.
     """

@@ -129,9 +129,10 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         config.checkpoint_records,
         config.checkpoint_seconds,
     )
-    stored = journal.read_all()
+    stored = journal.read_outcomes()
     pending = [key for key in mine if key not in stored]
     done = [stored[key] for key in mine if key in stored]
+    del stored
     spend_store = store.child(f"runs/{config.run_id}/teacher/spend")
     budget = shard_budget(config, spent_by_shard(spend_store), shard_index, num_shards)
     spend = SpendLedger(spend_store, shard_index, num_shards)
@@ -153,13 +154,13 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
             judge_provider,
             jobs(config, teacher.settings, pending),
             len(pending),
-            set(pending) if config.mode == "batch" else set(),
             journal,
             store,
             spend,
             budget,
             tally,
             num_shards,
+            pending_keys=set(pending) if config.mode == "batch" else set(),
         )
     )
     metrics = {
@@ -185,14 +186,14 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
     if budget.stopped:
         log.warning("stopped early: %s; everything answered so far is kept", budget.stopped)
     lost = collections.Counter(tally.lost_causes)
-    for entry in done:
-        if entry["status"] != "ok":
-            lost[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
+    for reason in done:
+        if reason:
+            lost[f"dropped: {PROBLEMS[reason]}"] += 1
     return ShardOutcome(
         Result(config.output_dir, {k: float(v) for k, v in metrics.items()}, budget.stopped),
         work,
         len(mine),
-        sum(entry["status"] == "ok" for entry in done) + tally.usable,
+        done.count("") + tally.usable,
         lost,
     )
 
@@ -248,14 +249,15 @@ async def _generate(
     judge_provider: ProviderConfig | None,
     pending: Iterator[Job],
     count: int,
-    pending_keys: set[str],
     journal: Journal,
     store,
     spend: SpendLedger,
     budget: Budget,
     tally: Tally,
     num_shards: int,
+    pending_keys: set[str] | None = None,
 ) -> Tally:
+    """Ask for the `count` prompts of `pending` (mode: batch also needs their keys, `pending_keys`)."""
     provider = teacher.provider
     cache = Cache(store.child("cache/teacher")) if config.use_cache else None
     judge = None
@@ -277,7 +279,7 @@ async def _generate(
             # The batches first; what they leave goes through the pool below (batch.on_failure: sync).
             batch_store = store.child(f"runs/{config.run_id}/teacher/batches/{shard_name(*spend.shard)}")
             batches = BatchRunner(config.batch, teacher, generator, batch_store)
-            leftovers = await batches.run_stoppable(pending, count, pending_keys)
+            leftovers = await batches.run_stoppable(pending, count, pending_keys or set())
             tally.batches = batches.submitted
             pending, count = iter(leftovers), len(leftovers)
         return await generator.run(pending, count)
