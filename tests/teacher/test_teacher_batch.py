@@ -12,7 +12,7 @@ import pytest
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.common.store import open_store
-from components.teacher import run
+from components.teacher import finalize, run, run_shard
 from pipelines.demo_teacher import write_demo_dataset
 from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
 from tests.teacher.conftest import (
@@ -145,3 +145,18 @@ def test_sigkill_between_submit_and_done_submits_nothing_twice(tmp_path, kill_at
 def test_batch_mode_needs_an_api_provider(tmp_path):
     with pytest.raises(ConfigError, match="mode: batch needs an API provider"):
         teacher_config(tmp_path, "", mode="batch", provider={"name": "local", "model": "x", "base_url": None})
+
+
+def test_shards_submit_their_own_batches_and_their_ledgers_add_up(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 21)
+    with start_batch_teacher() as server:
+        config = teacher_config(tmp_path, "", **batch_settings(tmp_path, server))
+        shards = [run_shard(config, index, 2) for index in range(2)]
+        final = finalize(config)
+        assert [b["request_counts"]["total"] for b in server.created] == [11, 10]
+    assert set(server.lines_by_prompt.values()) == {1} and len(server.lines_by_prompt) == 21
+    metrics = final.metrics
+    assert metrics["records"] == 21
+    assert metrics["total_requests"] == sum(s.metrics["requests"] for s in shards) == 21
+    assert metrics["total_cost"] == pytest.approx(sum(s.metrics["cost"] for s in shards))
+    assert metrics["total_completion_tokens"] == sum(s.metrics["completion_tokens"] for s in shards)
