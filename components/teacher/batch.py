@@ -111,8 +111,8 @@ class BatchRunner:
     def client(self) -> openai.AsyncOpenAI:
         return self.teacher.client
 
-    async def run(self, jobs: Iterator[Job], count: int, pending: set[str]) -> list[Job]:
-        """Answer `jobs` (the shard's `count` pending prompts) by batches: first those of batches an
+    async def run(self, jobs: Iterator[Job], pending: set[str]) -> list[Job]:
+        """Answer `jobs` (the shard's prompts of the keys `pending`) by batches: first those of batches an
         earlier invocation submitted, then new ones. Returns the jobs left for synchronous calls."""
         generator = self.generator
         records = await asyncio.to_thread(self.load_records)
@@ -150,11 +150,11 @@ class BatchRunner:
             generator.tally.lost("failed", job.failure)
         return []
 
-    async def run_stoppable(self, jobs: Iterator[Job], count: int, pending: set[str]) -> list[Job]:
+    async def run_stoppable(self, jobs: Iterator[Job], pending: set[str]) -> list[Job]:
         """`run`, ended by SIGTERM or Ctrl-C at once, whatever it waits for: the batches go on at the
         provider and a restart takes them up."""
         generator = self.generator
-        task = asyncio.ensure_future(self.run(jobs, count, pending))
+        task = asyncio.ensure_future(self.run(jobs, pending))
         with generator.stopping_on_signals(task.cancel):
             try:
                 leftovers = await task
@@ -234,20 +234,27 @@ class BatchRunner:
         """Upload the record's input file (when not uploaded yet) and create its batch, unless
         (`look_first`, for a record an earlier pod left in "submitting") the provider already holds a
         batch of that name; the batch id is stored before returning."""
-        if record.file_id is None:
-            if data is None:
-                data = await asyncio.to_thread(self.input_file, record)
-            uploaded = await self.client.files.create(file=(f"{record.name}.jsonl", data), purpose="batch")
-            record.file_id = uploaded.id
-            await asyncio.to_thread(self.save, record)
-        batch = await self.find(record) if look_first else None
-        if batch is None:
-            batch = await self.client.batches.create(
-                input_file_id=record.file_id,
-                endpoint=ENDPOINT,
-                completion_window=self.settings.completion_window,
-                metadata={METADATA_KEY: record.name},
-            )
+        try:
+            if record.file_id is None:
+                if data is None:
+                    data = await asyncio.to_thread(self.input_file, record)
+                upload = (f"{record.name}.jsonl", data)
+                record.file_id = (await self.client.files.create(file=upload, purpose="batch")).id
+                await asyncio.to_thread(self.save, record)
+            batch = await self.find(record) if look_first else None
+            if batch is None:
+                batch = await self.client.batches.create(
+                    input_file_id=record.file_id,
+                    endpoint=ENDPOINT,
+                    completion_window=self.settings.completion_window,
+                    metadata={METADATA_KEY: record.name},
+                )
+        except openai.APIStatusError as error:
+            raise InputError(
+                f"mode: batch: the Batch API at {self.teacher.provider.base_url} refused batch "
+                f"{record.name}: {error.status_code} {error.message}; check that the provider serves "
+                "/v1/files and /v1/batches for this model, or use mode: sync"
+            ) from None
         record.batch_id, record.state = batch.id, "submitted"
         await asyncio.to_thread(self.save, record)
 

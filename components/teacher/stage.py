@@ -279,7 +279,7 @@ async def _generate(
             # The batches first; what they leave goes through the pool below (batch.on_failure: sync).
             batch_store = store.child(f"runs/{config.run_id}/teacher/batches/{shard_name(*spend.shard)}")
             batches = BatchRunner(config.batch, teacher, generator, batch_store)
-            leftovers = await batches.run_stoppable(pending, count, pending_keys or set())
+            leftovers = await batches.run_stoppable(pending, pending_keys or set())
             tally.batches = batches.submitted
             pending, count = iter(leftovers), len(leftovers)
         return await generator.run(pending, count)

@@ -9,11 +9,11 @@ import signal
 
 import pytest
 
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, InputError
 from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import finalize, run, run_shard
-from pipelines.demo_teacher import write_demo_dataset
+from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
 from tests.teacher.conftest import (
     demo_prompts,
@@ -160,3 +160,12 @@ def test_shards_submit_their_own_batches_and_their_ledgers_add_up(tmp_path):
     assert metrics["total_requests"] == sum(s.metrics["requests"] for s in shards) == 21
     assert metrics["total_cost"] == pytest.approx(sum(s.metrics["cost"] for s in shards))
     assert metrics["total_completion_tokens"] == sum(s.metrics["completion_tokens"] for s in shards)
+
+
+def test_a_provider_without_the_batch_api_is_named_in_one_line(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    with start_teacher_server() as server:
+        config = teacher_config(tmp_path, "", **batch_settings(tmp_path, server))
+        with pytest.raises(InputError, match=r"mode: batch: the Batch API at .* refused batch .*: 404"):
+            run(config)
+        assert server.teacher.total_requests == 0
