@@ -15,10 +15,11 @@ a child process (`run_shard`, then `run_shard` + `finalize` for the resume), as 
     bytes_per_record   bytes of the run's journal and the answer cache in the store, per prompt
     ratio@256          answers per second between 10% and the kill, over concurrency / latency
 
-With --shards K > 1 the same prompts are asked by K shard processes at once, each at --concurrency,
-without the kill: `rate@K` over K * concurrency / latency, then the finalize of all shards. Other
-processes compete for the same cores: the load average before and after is printed with the figures.
-Last line: peak_mb= resume_s= bytes_per_record= ratio@<concurrency>= (or rate and ratio@shards=K).
+With --shards K > 1 the same prompts are asked, without the kill, by one shard process and then by K
+shard processes at once (each at --concurrency, as `teacher_shards` pods would), each run finalized:
+the last line gives both rates and their ratio, `scaling@K`. Other processes compete for the same
+cores: the load average before and after is printed with the figures.
+Last line: peak_mb= resume_s= bytes_per_record= ratio@<concurrency>= (or rate@1= rate@K= scaling@K=).
 """
 
 from __future__ import annotations
@@ -176,29 +177,36 @@ def kill_and_resume(work: Path, base_url: str, args) -> str:
     )
 
 
-def shards_at_once(work: Path, base_url: str, args) -> str:
-    config = settings(work, base_url, args.concurrency, f"shards{args.shards}")
-    start = time.monotonic()
-    stages = [Stage(config, i, args.shards, finalize=False) for i in range(args.shards)]
+def shards_rate(work: Path, base_url: str, args, shards: int) -> tuple[float, float]:
+    """(answers per second of `shards` shard processes side by side, their largest peak RSS in MB)"""
+    config = settings(work, base_url, args.concurrency, f"shards{shards}")
+    stages = [Stage(config, i, shards, finalize=False) for i in range(shards)]
     peaks = []
     for stage in stages:
         code, peak = stage.wait()
         if code != 0:
             raise RuntimeError("a shard failed:\n" + "".join(stage.tail))
         peaks.append(peak)
-    # Each shard's steady rate (after its plan), summed: the shards run side by side.
-    rate = sum(s.rate_between(0, args.prompts) for s in stages)
-    elapsed = time.monotonic() - start
+    # Each shard's steady rate (from its 10th to its 90th percent), summed: they run side by side.
+    share = args.prompts // shards
+    rate = sum(s.rate_between(share // 10, share * 9 // 10) for s in stages)
     final = Stage(config, 0, 1, finalize=True)
     code, final_mb = final.wait()
     if code != 0:
         raise RuntimeError("finalize failed:\n" + "".join(final.tail))
-    bound = args.shards * args.concurrency / args.latency
-    print(
-        f"{args.shards} shards: {elapsed:.1f} s, {rate:.1f}/s of bound {bound:.1f}/s, peaks {peaks} MB",
-        flush=True,
+    bound = shards * args.concurrency / args.latency
+    print(f"{shards} shard processes: {rate:.1f}/s of bound {bound:.1f}/s, peaks {[round(p) for p in peaks]} MB", flush=True)
+    return rate, max([*peaks, final_mb])
+
+
+def shards_side_by_side(work: Path, base_url: str, args) -> str:
+    """The same prompts asked by one shard process, then by --shards processes: the peer is one."""
+    one, one_mb = shards_rate(work, base_url, args, 1)
+    many, many_mb = shards_rate(work, base_url, args, args.shards)
+    return (
+        f"peak_mb={max(one_mb, many_mb):.0f} rate@1={one:.1f} rate@{args.shards}={many:.1f} "
+        f"scaling@{args.shards}={many / one:.2f}"
     )
-    return f"peak_mb={max([*peaks, final_mb]):.0f} rate@{args.shards}={rate:.1f} ratio@shards={args.shards}={rate / bound:.3f}"
 
 
 def child(args) -> None:
@@ -230,7 +238,7 @@ def main() -> None:
         write_prompts(work / "prompts.jsonl", args.prompts)
         server, base_url = start_server(args.latency, 0.0)
         try:
-            line = (shards_at_once if args.shards > 1 else kill_and_resume)(work, base_url, args)
+            line = (shards_side_by_side if args.shards > 1 else kill_and_resume)(work, base_url, args)
         finally:
             server.terminate()
             server.wait(timeout=10)
