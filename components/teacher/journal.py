@@ -14,7 +14,7 @@ and the cache turns a repeated run into zero API calls.
 
 Parts are immutable objects (S3 has no append): buffered entries are written as a new part every
 `checkpoint_records` entries or `checkpoint_seconds`, whichever comes first, and when the shard ends,
-when its parts are merged into one (`compact`). The
+when its parts are merged into a few (`compact`). The
 cache entry is written as soon as an answer arrives, so with the cache on (the default) a killed pod loses
 no paid answer at all; without it, at most one checkpoint's worth.
 
