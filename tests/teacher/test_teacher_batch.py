@@ -169,3 +169,19 @@ def test_a_provider_without_the_batch_api_is_named_in_one_line(tmp_path):
         with pytest.raises(InputError, match=r"mode: batch: the Batch API at .* refused batch .*: 404"):
             run(config)
         assert server.teacher.total_requests == 0
+
+
+def test_batch_answers_go_through_the_judge_and_a_rerun_takes_them_from_the_cache(tmp_path):
+    rows = [
+        {"instruction": "Reverse the letters of: abc", "output": "cba"},
+        {"instruction": "Reverse the letters of: dog", "output": "dog"},  # a wrong reference: rejected
+    ]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with start_batch_teacher() as server:
+        settings = {**batch_settings(tmp_path, server), "judge": {"enabled": True}, "test_ratio": 0.0}
+        result = run(teacher_config(tmp_path, "", **settings))
+        judged = sum(n for p, n in server.requests_by_prompt.items() if "Candidate answer" in p)
+        rerun = run(teacher_config(tmp_path, "", **{**settings, "run_id": "again"}))
+        assert len(server.created) == 1  # the rerun's answers all came from the cache
+    assert judged == 2 and result.metrics["judge_rejected"] == 1 and result.metrics["records"] == 1
+    assert rerun.metrics["cached"] == 2 and rerun.metrics["batches"] == 0
