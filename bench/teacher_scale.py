@@ -19,6 +19,9 @@ With --shards K > 1 the same prompts are asked, without the kill, by one shard p
 shard processes at once (each at --concurrency, as `teacher_shards` pods would), each run finalized:
 the last line gives both rates and their ratio, `scaling@K`. Other processes compete for the same
 cores: the load average before and after is printed with the figures.
+With --offline no teacher runs: the journal of N answered prompts is written directly and the stage
+then only plans, scans the journal (finding nothing to ask) and finalizes: the memory and time of those
+steps at sizes the loaded machine cannot ask for in the time at hand.
 Last line: peak_mb= resume_s= bytes_per_record= ratio@<concurrency>= (or rate@1= rate@K= scaling@K=).
 """
 
@@ -195,7 +198,10 @@ def shards_rate(work: Path, base_url: str, args, shards: int) -> tuple[float, fl
     if code != 0:
         raise RuntimeError("finalize failed:\n" + "".join(final.tail))
     bound = shards * args.concurrency / args.latency
-    print(f"{shards} shard processes: {rate:.1f}/s of bound {bound:.1f}/s, peaks {[round(p) for p in peaks]} MB", flush=True)
+    print(
+        f"{shards} shard processes: {rate:.1f}/s of bound {bound:.1f}/s, peaks {[round(p) for p in peaks]} MB",
+        flush=True,
+    )
     return rate, max([*peaks, final_mb])
 
 
@@ -206,6 +212,58 @@ def shards_side_by_side(work: Path, base_url: str, args) -> str:
     return (
         f"peak_mb={max(one_mb, many_mb):.0f} rate@1={one:.1f} rate@{args.shards}={many:.1f} "
         f"scaling@{args.shards}={many / one:.2f}"
+    )
+
+
+def write_journal(config_path: Path, count: int) -> None:
+    """The journal a finished run of `count` prompts leaves (one shard, compacted), written directly: the
+    entries the stage writes for the demo teacher's answers, without asking for them."""
+    from components.common.config import from_dict
+    from components.common.store import open_store
+    from components.teacher import Config
+    from components.teacher.api import Choice
+    from components.teacher.generate import Job, make_entry
+    from components.teacher.journal import Journal, shard_name
+    from components.teacher.plan import RecordIds
+    from components.teacher.providers import resolve_provider
+    from components.teacher.readers import Prompt
+    from pipelines.demo_teacher import demo_answer
+
+    config = from_dict(Config, yaml.safe_load(config_path.read_text()))
+    settings = resolve_provider(config.provider).settings()
+    record_id = RecordIds(settings)
+    journal = Journal(open_store(config.store_uri).child(f"runs/{config.run_id}/teacher"), shard_name(0, 1))
+    batch = []
+    for i in range(count):
+        messages = [{"role": "user", "content": f"Reverse the letters of: {word(i)}"}]
+        job = Job(record_id(messages), Prompt(messages, source=f"prompts.jsonl:{i + 1}"), requests=1)
+        job.prompt_tokens, job.completion_tokens = 12, 30
+        content, reasoning = demo_answer(messages[0]["content"])
+        batch.append(make_entry(job, [Choice(content, reasoning, "stop")], "ok", "", settings))
+        if len(batch) == 20_000:
+            journal.write_part(batch)
+            batch = []
+    journal.write_part(batch)
+
+
+def offline(work: Path, args) -> str:
+    """The resume scan and finalize at N prompts without asking: a journal of N answers written directly,
+    then `run` in a child process (it plans, scans the journal, finds nothing to ask, finalizes)."""
+    config = settings(work, "http://127.0.0.1:9/v1", args.concurrency, "offline")
+    write_journal(config, args.prompts)
+    journal_bytes = store_bytes(work / "offline" / "store", "offline")
+    stage = Stage(config, 0, 1, finalize=True)
+    code, peak = stage.wait()
+    if code != 0:
+        raise RuntimeError("the stage failed:\n" + "".join(stage.tail))
+    total = time.monotonic() - stage.start
+    print(
+        f"{args.prompts} answered prompts: planned and scanned in {stage.planned_s:.1f} s, finalized by {total:.1f} s",
+        flush=True,
+    )
+    return (
+        f"peak_mb={peak:.0f} scan_s={stage.planned_s:.1f} finalize_s={total - stage.planned_s:.1f} "
+        f"journal_bytes_per_record={journal_bytes / args.prompts:.0f}"
     )
 
 
@@ -226,6 +284,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the teacher adds to each request")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--shards", type=int, default=1, help="K > 1: K shard processes at once, no kill")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="no teacher: a journal of N answers, then the resume scan and finalize",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--finalize", action="store_true", help=argparse.SUPPRESS)
@@ -236,6 +299,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="teacher-scale-") as scratch:
         work = Path(scratch)
         write_prompts(work / "prompts.jsonl", args.prompts)
+        if args.offline:
+            print(offline(work, args))
+            return
         server, base_url = start_server(args.latency, 0.0)
         try:
             line = (shards_side_by_side if args.shards > 1 else kill_and_resume)(work, base_url, args)

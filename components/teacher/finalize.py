@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import to_dict
-from components.common.records import Record, stable_hash, write_records
+from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
@@ -45,11 +45,19 @@ def write_dataset(config: Config) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="teacher-finalize-") as scratch:
         ordered = PlanOrder(keys, Path(scratch))
         stale = ordered.sort(journal.entries())
-        answered = 0
-        kept_path = Path(scratch) / "kept.jsonl"
-        rejected = kept = 0
+        # All answers to one prompt go to the same split, so the test set never shares a prompt with train:
+        # a first pass finds the prompts that keep an answer, the second writes the records.
+        kept_keys = (
+            entry["key"]
+            for entry in ordered.entries()
+            if entry["status"] == "ok"
+            and "kept" in (answer_outcome(entry, a, config) for a in entry["answers"])
+        )
+        test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
+        answered = train = test = rejected = 0
         with (
-            kept_path.open("w", encoding="utf-8") as kept_file,
+            (output / "train.jsonl").open("w", encoding="utf-8") as train_file,
+            (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
             (output / "rejected.jsonl").open("w", encoding="utf-8") as rejected_file,
             (output / "logprobs.jsonl").open("w", encoding="utf-8") as logprobs_file,
         ):
@@ -59,32 +67,28 @@ def write_dataset(config: Config) -> dict[str, float]:
                     counts["dropped"] += 1
                     continue
                 for index, answer in enumerate(entry["answers"]):
+                    outcome = answer_outcome(entry, answer, config)
+                    if outcome != "kept":
+                        counts[outcome] += 1
+                    if outcome not in ("kept", "judge_rejected"):
+                        continue
                     record = build_record(entry, index, answer, config.think_in_answer)
-                    length = len(answer["content"])
-                    if length < config.min_answer_chars:
-                        counts["answer_too_short"] += 1
-                    elif config.max_answer_chars is not None and length > config.max_answer_chars:
-                        counts["answer_too_long"] += 1
-                    elif record.judge is not None and record.judge.get("verdict") != "accept":
-                        counts["judge_rejected"] += 1
+                    if outcome == "judge_rejected":
                         rejected_file.write(record.to_json() + "\n")
                         rejected += 1
+                        continue
+                    if entry["key"] in test_keys:
+                        record.split, test = "test", test + 1
+                        test_file.write(record.to_json() + "\n")
                     else:
-                        kept_file.write(record.to_json() + "\n")
-                        kept += 1
-                        if answer.get("logprobs"):
-                            logprobs_file.write(
-                                json.dumps({"id": record.id, "logprobs": answer["logprobs"]}) + "\n"
-                            )
+                        record.split, train = "train", train + 1
+                        train_file.write(record.to_json() + "\n")
+                    if answer.get("logprobs"):
+                        logprobs_file.write(
+                            json.dumps({"id": record.id, "logprobs": answer["logprobs"]}) + "\n"
+                        )
         if (output / "logprobs.jsonl").stat().st_size == 0:
             (output / "logprobs.jsonl").unlink()
-        # All answers to one prompt go to the same split, so the test set never shares a prompt with train.
-        test_keys = split_keys((r.extra["key"] for r in _records(kept_path)), config.test_ratio, config.seed)
-        records = _records(kept_path, test_keys)
-        train = write_records(output / "train.jsonl", (r for r in records if r.split == "train"))
-        test = write_records(
-            output / "test.jsonl", (r for r in _records(kept_path, test_keys) if r.split == "test")
-        )
     metrics = {
         "records": train + test,
         "train": train,
@@ -114,14 +118,18 @@ def write_dataset(config: Config) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _records(path: Path, test_keys: set[str] | None = None) -> Iterator[Record]:
-    """The records of `path`, each marked with its split when `test_keys` is given."""
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            record = Record.from_dict(json.loads(line))
-            if test_keys is not None:
-                record.split = "test" if record.extra["key"] in test_keys else "train"
-            yield record
+def answer_outcome(entry: dict[str, Any], answer: dict[str, Any], config: Config) -> str:
+    """ "kept", or why an answer of an answered prompt is not: answer_too_short, answer_too_long or
+    judge_rejected (it goes to rejected.jsonl)."""
+    length = len(answer["content"])
+    if length < config.min_answer_chars:
+        return "answer_too_short"
+    if config.max_answer_chars is not None and length > config.max_answer_chars:
+        return "answer_too_long"
+    judge = entry.get("judge")
+    if judge is not None and judge.get("verdict") != "accept":
+        return "judge_rejected"
+    return "kept"
 
 
 class PlanOrder:
