@@ -54,7 +54,8 @@ class Tally:
     """What this invocation did: the shard's metrics, and why prompts were retried or left unanswered.
 
     `usable` counts prompts that got a usable answer (asked or from the cache); `retry_causes` and
-    `lost_causes` count by cause (the teacher's error, "cut by max_tokens", the budget ...).
+    `lost_causes` count by cause (the teacher's error, "cut by max_tokens", the budget ...); `batches`
+    the Batch API batches created (mode: batch).
     """
 
     answered: int = 0
