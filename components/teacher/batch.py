@@ -385,7 +385,9 @@ class BatchRunner:
 
 
 def _chain(first: list[Job], rest: Iterator[Job]) -> Iterator[Job]:
-    """The jobs of `first` (emptied as they are taken), then those of `rest`."""
+    """The jobs of `first` (emptied as they are taken), then those of `rest`. Not `yield from`: closing
+    this generator when a round stops early would close `rest`, and the next round would find it empty."""
     while first:
         yield first.pop(0)
-    yield from rest
+    for job in rest:  # noqa: UP028 (see above)
+        yield job

@@ -185,3 +185,18 @@ def test_batch_answers_go_through_the_judge_and_a_rerun_takes_them_from_the_cach
         assert len(server.created) == 1  # the rerun's answers all came from the cache
     assert judged == 2 and result.metrics["judge_rejected"] == 1 and result.metrics["records"] == 1
     assert rerun.metrics["cached"] == 2 and rerun.metrics["batches"] == 0
+
+
+def test_max_cost_holds_in_batches_and_settled_batches_free_the_rest(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 40)
+    with start_batch_teacher() as server:
+        settings = batch_settings(tmp_path, server)
+        settings["provider"]["max_tokens"] = 50
+        settings.update(max_cost=0.0008, min_answered_ratio=0.0)
+        result = run(teacher_config(tmp_path, "", **settings))
+        sizes = [b["request_counts"]["total"] for b in server.created]
+    metrics = result.metrics
+    assert metrics["stopped_by_budget"] == 1 and metrics["total_cost"] <= 0.0008
+    # The first batch holds the budget at its worst case; once it is settled at its real cost, more fit.
+    assert len(sizes) > 1 and metrics["answered"] == sum(sizes) > sizes[0]
+    assert set(server.lines_by_prompt.values()) == {1}
