@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -41,6 +42,7 @@ from components.teacher.limits import Budget
 
 log = logging.getLogger(__name__)
 
+_OUTCOME = re.compile(r'\{"key": "([0-9a-f]+)", "status": "(ok|dropped)", "reason": "([a-z]*)"')
 COMPACT_ENTRIES = 20_000  # entries per merged part: a few tens of MB of text at most
 
 
@@ -69,17 +71,29 @@ class Journal:
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry stored by any shard of this run, a part at a time (a key may come again: the
         later one wins)."""
+        for line in self.lines():
+            yield json.loads(line)
+
+    def lines(self) -> Iterator[str]:
         for key in self.part_keys():
             for line in self.store.read_text(key).splitlines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield line
 
     def read_outcomes(self) -> dict[str, str]:
         """The key of every stored entry and how it ended: "" for an answer, else the reason it was
-        dropped. Only that, not the answers: a resume of a million prompts holds a million keys."""
+        dropped. Only that, not the answers: a resume of a million prompts holds a million keys. Entries
+        begin with key, status and reason (make_entry's order), read from the line's start without
+        parsing the answers; any other line is parsed whole."""
         outcomes = {}
-        for entry in self.entries():
-            outcomes[entry["key"]] = "" if entry["status"] == "ok" else sys.intern(entry["reason"])
+        for line in self.lines():
+            found = _OUTCOME.match(line)
+            if found:
+                key, status, reason = found.groups()
+            else:
+                entry = json.loads(line)
+                key, status, reason = entry["key"], entry["status"], entry.get("reason", "")
+            outcomes[key] = "" if status == "ok" else sys.intern(reason)
         return outcomes
 
     def add(self, entry: dict[str, Any]) -> bool:
