@@ -21,7 +21,7 @@ from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
-from components.teacher.journal import Journal, Spend, spent_by_shard
+from components.teacher.journal import Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
@@ -44,7 +44,7 @@ def write_dataset(config: Config) -> dict[str, float]:
     counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
     with tempfile.TemporaryDirectory(prefix="teacher-finalize-") as scratch:
         ordered = PlanOrder(keys, Path(scratch))
-        stale = ordered.sort(journal.entries())
+        stale = ordered.sort(journal.lines())
         # All answers to one prompt go to the same split, so the test set never shares a prompt with train:
         # a first pass finds the prompts that keep an answer, the second writes the records.
         kept_keys = (
@@ -148,17 +148,19 @@ class PlanOrder:
     def _bucket(self, number: int) -> Path:
         return self.folder / f"bucket-{number:05d}.jsonl"
 
-    def sort(self, entries: Iterator[dict[str, Any]]) -> int:
-        """Spread `entries` over the bucket files; returns how many keys were not in the plan."""
+    def sort(self, lines: Iterator[str]) -> int:
+        """Spread the journal's `lines` over the bucket files, as they are; returns how many keys were
+        not in the plan."""
         files = [self._bucket(i).open("w", encoding="utf-8") for i in range(self.buckets)]
         stale: set[str] = set()
         try:
-            for entry in entries:
-                position = self.position.get(entry["key"])
+            for line in lines:
+                key = line_outcome(line)[0]
+                position = self.position.get(key)
                 if position is None:
-                    stale.add(entry["key"])
+                    stale.add(key)
                     continue
-                files[position // self.size].write(f"{position}\t{json.dumps(entry, ensure_ascii=False)}\n")
+                files[position // self.size].write(f"{position}\t{line}\n")
         finally:
             for handle in files:
                 handle.close()

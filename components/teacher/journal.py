@@ -68,13 +68,9 @@ class Journal:
         """The part objects of every shard of this run, in the order they were written per shard."""
         return [key for key in self.store.list() if key.endswith(".jsonl") and "/part-" in key]
 
-    def entries(self) -> Iterator[dict[str, Any]]:
-        """Every entry stored by any shard of this run, a part at a time (a key may come again: the
-        later one wins)."""
-        for line in self.lines():
-            yield json.loads(line)
-
     def lines(self) -> Iterator[str]:
+        """Every entry stored by any shard of this run, as its JSON line, a part at a time (a key may
+        come again: the later one wins)."""
         for key in self.part_keys():
             for line in self.store.read_text(key).splitlines():
                 if line.strip():
@@ -87,12 +83,7 @@ class Journal:
         parsing the answers; any other line is parsed whole."""
         outcomes = {}
         for line in self.lines():
-            found = _OUTCOME.match(line)
-            if found:
-                key, status, reason = found.groups()
-            else:
-                entry = json.loads(line)
-                key, status, reason = entry["key"], entry["status"], entry.get("reason", "")
+            key, status, reason = line_outcome(line)
             outcomes[key] = "" if status == "ok" else sys.intern(reason)
         return outcomes
 
@@ -142,6 +133,17 @@ class Journal:
             name = f"{self.shard}/part-{self._parts:06d}-{uuid.uuid4().hex[:8]}.jsonl"
             self._parts += 1
             self.store.write_text(name, "".join(line + "\n" for line in lines))
+
+
+def line_outcome(line: str) -> tuple[str, str, str]:
+    """(key, status, reason) of a journal line, read from its start when it is laid out as make_entry
+    writes it, else parsed whole."""
+    found = _OUTCOME.match(line)
+    if found:
+        key, status, reason = found.groups()
+        return key, status, reason
+    entry = json.loads(line)
+    return entry["key"], entry["status"], entry.get("reason", "")
 
 
 class Cache:
