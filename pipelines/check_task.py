@@ -19,6 +19,7 @@ def check_run(
     teacher_base_url: str,
     teacher_api_key_env: str,
     teacher_concurrency: int,
+    teacher_mode: str,
     teacher_max_tokens: int,
     teacher_temperature: float,
     teacher_test_ratio: float,
