@@ -227,6 +227,9 @@ def build_pipeline(retries: bool = True):
         eval_max_samples: int = 200,
         eval_gate_metric: str = "distilled_rouge_l",
         eval_min_score: float = 0.0,
+        eval_benchmark_tasks: list = [],
+        eval_benchmark_limit: int = 100,
+        eval_max_regression: dict = {},
         eval_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
@@ -303,6 +306,9 @@ def build_pipeline(retries: bool = True):
             max_samples=eval_max_samples,
             gate_metric=eval_gate_metric,
             min_score=eval_min_score,
+            benchmark_tasks=eval_benchmark_tasks,
+            benchmark_limit=eval_benchmark_limit,
+            max_regression=eval_max_regression,
             overrides=eval_overrides,
         )
         prepare(evaluate, "eval", "evaluate student", retries)
