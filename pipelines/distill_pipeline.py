@@ -1,4 +1,4 @@
-"""The distillation pipeline: download → teacher data → train → merge → eval.
+"""The distillation pipeline: download → teacher data → train → merge → eval → register.
 
     make compile                                  # writes pipelines/distill_pipeline.yaml
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
@@ -26,6 +26,9 @@ from components.evaluate.component import evaluate_student
 from components.evaluate.config import Config as EvalConfig
 from components.merge.component import merge_adapter
 from components.merge.config import Config as MergeConfig
+from components.register.component import register_model
+from components.register.config import Config as RegisterConfig
+from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.teacher.component import teacher_data, teacher_shard_indices
 from components.teacher.config import Config as TeacherConfig
 from components.train.component import train_student
@@ -38,6 +41,7 @@ STAGE_CONFIGS = {
     "train": TrainConfig,
     "merge": MergeConfig,
     "eval": EvalConfig,
+    "register": RegisterConfig,
 }
 # The parameters that set no Config field: where the run keeps its files, how the tasks are placed and
 # sized, and each stage's overrides. The others are described by their Config field's help.
@@ -55,6 +59,7 @@ PIPELINE_HELP = {
     "train_tolerations": 'tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
     "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
     "eval_overrides": "other eval Config fields, nested as in its YAML.",
+    "register_overrides": 'other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
 }
 
 
@@ -86,6 +91,8 @@ S3_SECRET = (
 )
 HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
 JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
+# Absent: the register step authenticates to Model Registry with its pod's service-account token.
+REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
@@ -98,6 +105,7 @@ STAGE_SECRETS = {
     "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
     "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
+    "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)
 }
 # What the pods of a multi-node PyTorchJob get: they read and write the store only (inputs, checkpoints,
 # outputs), and never the teacher's key.
@@ -123,9 +131,10 @@ RESOURCES = {
     "teacher": ("1", "2", "2Gi", "8Gi"),
     "merge": ("2", "8", "16Gi", "64Gi"),
     "eval": ("4", "8", "16Gi", "64Gi"),
+    "register": ("0.5", "1", "1Gi", "2Gi"),
 }
 # Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
-TIMEOUT_HOURS = {"download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
+TIMEOUT_HOURS = {"download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12, "register": 1}
 
 
 def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -231,6 +240,12 @@ def build_pipeline(retries: bool = True):
         eval_benchmark_limit: int = 100,
         eval_max_regression: dict = {},
         eval_overrides: dict = {},
+        register_registry_url: str = "",
+        register_model_name: str = "distilled-student",
+        register_deploy: bool = False,
+        register_namespace: str = "",
+        register_gpus: int = 1,
+        register_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -312,6 +327,21 @@ def build_pipeline(retries: bool = True):
             overrides=eval_overrides,
         )
         prepare(evaluate, "eval", "evaluate student", retries)
+
+        # Runs only when eval passed its gates; registers and deploys only when asked to.
+        handoff = register_model(
+            model_uri=evaluate.outputs["Output"],
+            results=evaluate.outputs["results"],
+            run_id=run_id,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            registry_url=register_registry_url,
+            model_name=register_model_name,
+            deploy=register_deploy,
+            namespace=register_namespace,
+            gpus=register_gpus,
+            overrides=register_overrides,
+        )
+        prepare(handoff, "register", "hand over model", retries)
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],

@@ -23,8 +23,9 @@ def evaluate_student(
     benchmark_limit: int = 100,
     max_regression: dict = {},
     overrides: dict = {},
-):
-    """Compare the untrained and the distilled student with the teacher on the held-out split.
+) -> str:
+    """Compare the untrained and the distilled student with the teacher on the held-out split; returns the
+    distilled model's URI, for the hand-off of a model that passed the gates.
 
     The parameters are the fields of components.evaluate.Config of the same name (0 for None), the
     benchmark ones those of its `benchmarks` section; `overrides` sets any other field, nested as in its
@@ -52,3 +53,4 @@ def evaluate_student(
     shutil.copyfile(f"{results.path}/report.html", report.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+    return distilled.uri

@@ -1,7 +1,9 @@
 """A fake Kubernetes API server with a fake Training Operator, served on loopback by pipelines.loopback.ServerThread.
 
 It implements what components/train/multinode.py calls through the official kubernetes client:
-PyTorchJobs (create, get, delete), pods (list by label selector) and pod logs (follow). Creating a
+PyTorchJobs (create, get, delete), pods (list by label selector) and pod logs (follow); and what
+components/register/inference_service.py calls: KServe InferenceServices (create, get, replace), stored
+as given with a resourceVersion that a replace must match. Creating a
 PyTorchJob starts one local process per replica, the way the operator starts pods: the container's
 command, its env with Secret and ConfigMap references resolved, and the operator's rendezvous variables
 (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, PET_*). Each "pod" gets its own DISTILL_WORKDIR, as pods get
@@ -24,6 +26,7 @@ from aiohttp import web
 from tests.conftest import free_port
 
 JOB_PATH = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
 
 
 def rbac_rule(method: str, path: str, query) -> tuple[str, str, str]:
@@ -67,6 +70,7 @@ class FakeKubernetes:
     # Pods that exist without a job, e.g. the KFP train pod: name -> Pod JSON as the API returns it.
     other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
+    inference_services: dict[tuple[str, str], dict] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     # Every request as the RBAC rule it needs: (API group, resource[/subresource], verb).
     api_calls: set[tuple[str, str, str]] = field(default_factory=set)
@@ -182,6 +186,32 @@ class FakeKubernetes:
         self.deleted.append(key[1])
         return web.json_response({"kind": "Status", "status": "Success"})
 
+    async def create_isvc(self, request):
+        namespace, service = request.match_info["namespace"], await request.json()
+        key = (namespace, service["metadata"]["name"])
+        if key in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        service["metadata"]["resourceVersion"] = "1"
+        self.inference_services[key] = service
+        return web.json_response(service, status=201)
+
+    async def get_isvc(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response(self.inference_services[key])
+
+    async def replace_isvc(self, request):
+        key, service = (request.match_info["namespace"], request.match_info["name"]), await request.json()
+        current = self.inference_services.get(key)
+        if current is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        if service["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
+        service["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        self.inference_services[key] = service
+        return web.json_response(service)
+
     async def list_pods(self, request):
         selector = dict(
             pair.split("=", 1) for pair in request.query.get("labelSelector", "").split(",") if pair
@@ -226,6 +256,9 @@ class FakeKubernetes:
         app.router.add_post(JOB_PATH, self.create_job)
         app.router.add_get(JOB_PATH + "/{name}", self.get_job)
         app.router.add_delete(JOB_PATH + "/{name}", self.delete_job)
+        app.router.add_post(ISVC_PATH, self.create_isvc)
+        app.router.add_get(ISVC_PATH + "/{name}", self.get_isvc)
+        app.router.add_put(ISVC_PATH + "/{name}", self.replace_isvc)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)

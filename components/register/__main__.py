@@ -1,0 +1,4 @@
+from components.common.cli import run_stage_cli
+from components.register import Config, run
+
+run_stage_cli("register", Config, run)
