@@ -126,6 +126,8 @@ class Config:
       max_new_tokens, batch_size, max_samples (the first N test records): see their help; do_sample,
       temperature, top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA
       when present).
+      engine: "auto" generates with vLLM when it is installed and the device is CUDA (full model
+          folders), else HF generate; "vllm" or "hf" insist (see vllm_generate.py).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
       checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;
@@ -168,6 +170,7 @@ class Config:
     seed: int = 0
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["auto", "hf", "vllm"] = "auto"
     zh_tokenizer: Literal["char", "jieba"] = "char"
     checker: str | None = None
     judge: JudgeConfig | None = None

@@ -51,6 +51,7 @@ from components.evaluate.generate import (
 )
 from components.evaluate.metrics import accuracy, exact_match, text_metrics
 from components.evaluate.report import render_report
+from components.evaluate.vllm_generate import use_vllm, vllm_generate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ def run(config: Config) -> Result:
     checker = load_checker(config.checker)
     plan = BenchmarkPlan.from_config(config.benchmarks) if config.benchmarks.tasks else None
     device = resolve_device(config.device)
+    for path in (config.base_model_dir, config.model_dir, config.teacher_model_dir):
+        if path:
+            use_vllm(config.engine, device, path)  # an engine that cannot run fails before any model loads
     log.info("eval: %d test records from %s on %s", len(test.records), config.data_dir, device)
 
     metrics: dict[str, float] = {"num_samples": float(len(test.records))}
@@ -175,8 +179,9 @@ def score_student(
 ) -> tuple[Generation, dict, dict]:
     """Generate with one student, score it against the teacher and run the benchmarks on it (empty
     without a plan); the model is freed afterwards."""
+    generation = vllm_generate(path, test.prompts, config) if use_vllm(config.engine, device, path) else None
     model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
-    generation = generate(model, tokenizer, test.prompts, config)
+    generation = generation or generate(model, tokenizer, test.prompts, config)
     count = len(test.records)
     scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)
     scores["accuracy"] = accuracy(generation.answers, test.questions, test.references, checker)
@@ -288,8 +293,12 @@ def teacher_metrics(
         scores["avg_output_tokens"] = sum(completion) / len(completion)
     benchmarks = {}
     if config.teacher_model_dir:
-        model, tokenizer = load_model(config.teacher_model_dir, config.dtype, device, "teacher_model_dir")
-        generation = generate(model, tokenizer, test.prompts, config)
+        path = config.teacher_model_dir
+        generation = (
+            vllm_generate(path, test.prompts, config) if use_vllm(config.engine, device, path) else None
+        )
+        model, tokenizer = load_model(path, config.dtype, device, "teacher_model_dir")
+        generation = generation or generate(model, tokenizer, test.prompts, config)
         scores["tokens_per_s"] = generation.tokens_per_s
         scores["params"] = float(sum(p.numel() for p in model.parameters()))
         scores["size_bytes"] = float(size_on_disk(config.teacher_model_dir))
