@@ -209,7 +209,7 @@ def render_report(
     metrics: dict[str, float],
     gate: dict[str, Any],
     curve_svg: str,
-    benchmarks: list[dict[str, Any]] = (),
+    benchmarks: list[dict[str, Any]] | None = None,
     forgetting: dict[str, Any] | None = None,
     curve_note: str = "",
     samples: list[dict[str, Any]],
@@ -248,7 +248,7 @@ student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers s
 {versus}
 {judge}
 {reference_section(metrics)}
-{benchmark_section(list(benchmarks), forgetting or {"passed": None, "message": ""})}
+{benchmark_section(benchmarks or [], forgetting or {"passed": None, "message": ""})}
 <h2>Training loss</h2>
 {curve}
 <h2>Samples ({len(samples)} of {total_samples})</h2>

@@ -50,7 +50,11 @@ def pipeline_job_env() -> dict:
 
 def role_rules() -> set[tuple[str, str, str]]:
     """(group, resource, verb) granted by the Role in manifests/ that the train task runs under."""
-    (role,) = [r for r in build(REPO / "manifests" / "base") if r["kind"] == "Role"]
+    (role,) = [
+        r
+        for r in build(REPO / "manifests" / "base")
+        if r["kind"] == "Role" and r["metadata"]["name"] == "distill-pytorchjob-runner"
+    ]
     return {
         (group, resource, verb)
         for rule in role["rules"]

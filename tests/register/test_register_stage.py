@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -21,6 +22,7 @@ from components.register.config import ServingConfig
 from components.register.inference_service import build_inference_service, service_name
 from pipelines.loopback import ServerThread
 from tests.packaging.fake_kubernetes import FakeKubernetes
+from tests.packaging.kustomize_render import build
 from tests.register.fake_model_registry import API, FakeModelRegistry
 
 MODEL_URI = "s3://distill/pipeline-root/run-7/merge-adapter/merged"
@@ -236,11 +238,30 @@ def test_deploy_creates_the_inference_service_then_replaces_it_on_the_next_run(
     stored = cluster.inference_services["team", "distilled-student"]
     assert stored["metadata"]["labels"]["kfp-distill/model-version"] == "v2"
     assert stored["metadata"]["resourceVersion"] == "2"
-    # What the register pod's service account must be allowed (its Role).
-    assert cluster.api_calls == {
-        ("serving.kserve.io", "inferenceservices", "create"),
-        ("serving.kserve.io", "inferenceservices", "get"),
-        ("serving.kserve.io", "inferenceservices", "update"),
+    # Exactly what the Role in manifests/ grants the pipeline's service accounts for deploying.
+    assert (
+        cluster.api_calls
+        == deployer_role_rules()
+        == {
+            ("serving.kserve.io", "inferenceservices", "create"),
+            ("serving.kserve.io", "inferenceservices", "get"),
+            ("serving.kserve.io", "inferenceservices", "update"),
+        }
+    )
+
+
+def deployer_role_rules() -> set[tuple[str, str, str]]:
+    (role,) = [
+        r
+        for r in build(Path(__file__).resolve().parents[2] / "manifests" / "base")
+        if r["kind"] == "Role" and r["metadata"]["name"] == "distill-model-deployer"
+    ]
+    return {
+        (g, res, verb)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
     }
 
 
