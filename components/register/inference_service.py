@@ -8,6 +8,7 @@ with the predictor service account's credentials.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ def apply_inference_service(service: dict[str, Any]) -> str:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # KUBECONFIG as it is now: the client reads its default location once, when it is imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     api = client.CustomObjectsApi(client.ApiClient())
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
     try:
