@@ -258,14 +258,17 @@ def test_logs_of_every_pod_are_streamed_and_the_job_is_deleted(cluster):
     assert fake.deleted == ["hello"] and fake.jobs == {}
 
 
-def test_a_failing_pod_fails_the_run_and_the_job_is_still_deleted(cluster):
+def test_a_failing_pod_fails_the_run_with_its_last_lines_and_the_job_is_still_deleted(cluster):
     fake, api_client = cluster
     code = (
         "import os, sys; print('rank', os.environ['RANK']); sys.exit(3 if os.environ['RANK'] == '1' else 0)"
     )
     lines: list[str] = []
-    with pytest.raises(RuntimeError, match="PyTorchJob team/broken failed: pod broken-worker-0 failed"):
+    with pytest.raises(RuntimeError) as failed:
         run_pytorchjob(python_job("broken", code), api_client=api_client, poll_s=0.1, echo=lines.append)
+    message = str(failed.value)
+    assert message.startswith("PyTorchJob team/broken failed: pod broken-worker-0 failed")
+    assert message.endswith("\nlast lines of broken-worker-0:\nrank 1\n")  # the failing pod's only
     assert "[broken-worker-0] rank 1" in lines
     assert fake.deleted == ["broken"]
 

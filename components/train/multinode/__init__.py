@@ -19,8 +19,8 @@ folders are not visible from the job's pods:
              kd.teacher_dir <- the download stage's cache of the KD teacher in the store
     outputs: output_dir, tensorboard_dir -> <store_uri>/runs/<run_id>/train/multinode/<field>
 
-trainjob.py holds the TrainJob, job.py the PyTorchJob (spec, create, watch, logs, delete), kube.py what
-both share, training.py both halves above.
+trainjob.py holds the TrainJob, job.py the PyTorchJob (spec, object, state, pods), lifecycle.py the
+run both share (create, watch, logs, delete), kube.py the rest they share, training.py both halves above.
 """
 
 from components.train.multinode.engine import choose_engine

@@ -1,5 +1,6 @@
 """The Kubernetes plumbing both job engines share (job.py: PyTorchJob, trainjob.py: TrainJob): the API
-client, the job's name and owner, environment by reference, log streaming, deletion on SIGTERM."""
+client, the job's spec, name, metadata and owner, environment by reference, log streaming, deletion on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,42 @@ TRAIN_TOKEN_DIR = Path("/var/run/secrets/kfp-distill/train-launcher")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+
+
+@dataclass
+class JobSpec:
+    """What a training job of either engine is made of: `nodes` pods with `gpus_per_node` GPUs each, the
+    command they run and its environment, where they may run and how they are queued."""
+
+    name: str
+    namespace: str
+    image: str
+    command: list[str]
+    nodes: int = 2
+    gpus_per_node: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    # Kubernetes Secret name -> {key in the Secret: environment variable}, as in the pipeline.
+    env_from_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    env_from_config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    cpu: str = "8"
+    memory: str = "64Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    # Kueue: the LocalQueue that admits the job and its WorkloadPriorityClass ("" for none).
+    queue_name: str = ""
+    priority_class: str = ""
+    # Secrets for pulling the image from a private registry (those of the KFP train pod).
+    image_pull_secrets: list[str] = field(default_factory=list)
+    active_deadline_s: int | None = None
+    # The KFP train pod: owning the job lets Kubernetes garbage-collect it if that pod is deleted.
+    owner_pod: dict[str, str] | None = None  # {"name": ..., "uid": ...}
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"nodes: must be at least 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ConfigError(f"gpus_per_node: must be 0 (CPU) or more, got {self.gpus_per_node}")
 
 
 def default_api_client(token_dir: Path = TRAIN_TOKEN_DIR):
@@ -101,9 +139,29 @@ def scheduling_labels(labels: dict[str, str], queue_name: str, priority_class: s
     }
 
 
-def owner_references(owner_pod: dict[str, str] | None) -> list[dict[str, str]]:
-    """The KFP train pod as the job's owner: Kubernetes garbage-collects the job if that pod is deleted."""
-    return [{"apiVersion": "v1", "kind": "Pod", **owner_pod}] if owner_pod else []
+def job_metadata(spec: JobSpec) -> dict[str, Any]:
+    """The job object's metadata: its name, Kueue's labels and the KFP train pod as its owner (Kubernetes
+    garbage-collects the job if that pod is deleted)."""
+    metadata: dict[str, Any] = {
+        "name": spec.name,
+        "namespace": spec.namespace,
+        "labels": scheduling_labels(spec.labels, spec.queue_name, spec.priority_class),
+    }
+    if spec.owner_pod:
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", **spec.owner_pod}]
+    return metadata
+
+
+def pod_placement(spec: JobSpec) -> dict[str, Any]:
+    """Where the job's pods may run and how they pull the image: the pod spec fields this run sets."""
+    pod: dict[str, Any] = {}
+    if spec.node_selector:
+        pod["nodeSelector"] = spec.node_selector
+    if spec.tolerations:
+        pod["tolerations"] = spec.tolerations
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    return pod
 
 
 class LogStreamer:
