@@ -12,16 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import boto3
 import kubernetes_validate
 import pytest
-import yaml
-from fake_kubernetes import FakeKubernetes  # tests/packaging is on sys.path (rootdir import mode)
 from kubernetes import client as k8s
-from kustomize_render import build
 from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
@@ -34,64 +29,23 @@ from components.train.multinode import (
     run_multinode_training,
     run_pytorchjob,
 )
-from pipelines.loopback import ServerThread
+from tests.packaging.conftest import (
+    REPO,
+    TRAIN_IMAGE,
+    TRAIN_POD,
+    TRAIN_ROLE,
+    assert_trained_on_two_nodes,
+    python_spec,
+    role_rules,
+    terminate_while_running,
+    train,
+)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 SECRETS = {"distill-teacher": {"api-key": "TEACHER_API_KEY"}}
 
 
-def pipeline_job_env() -> dict:
-    """The Secrets and ConfigMaps the compiled pipeline hands the train task for the job's pods."""
-    pipeline = next(yaml.safe_load_all((REPO / "pipelines" / "distill_pipeline.yaml").read_text()))
-    inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
-    return inputs["job_env"]["runtimeValue"]["constant"]
-
-
-def role_rules() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) granted by the Role in manifests/ that the train task runs under (both
-    engines: TrainJob and PyTorchJob)."""
-    (role,) = [
-        r
-        for r in build(REPO / "manifests" / "base")
-        if r["kind"] == "Role" and r["metadata"]["name"] == "distill-train-launcher"
-    ]
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
-def is_credential(name: str) -> bool:
-    return any(word in name for word in ("KEY", "TOKEN", "SECRET"))
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    fake = FakeKubernetes(workdir=tmp_path / "pods", secrets={"distill-teacher": {"api-key": "sk-test"}})
-    fake.workdir.mkdir()
-    with ServerThread(fake.app()) as server:
-        configuration = k8s.Configuration(host=server.url)
-        configuration.api_key = {"authorization": fake.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-        with k8s.ApiClient(configuration) as api_client:
-            yield fake, api_client
-        fake.shutdown()
-
-
 def python_job(name: str, code: str, nodes: int = 2) -> PyTorchJobSpec:
-    return PyTorchJobSpec(
-        name=name,
-        namespace="team",
-        image="ghcr.io/kfp-distill/kfp-distill-train:test",
-        command=["python", "-c", code],
-        nodes=nodes,
-        gpus_per_node=0,
-        env_from_secrets=SECRETS,
-    )
+    return python_spec(PyTorchJobSpec, name, code, nodes=nodes, env_from_secrets=SECRETS)
 
 
 def test_job_has_a_master_and_workers_with_gpus_shm_and_secrets_by_reference():
@@ -301,71 +255,19 @@ def test_a_job_left_by_an_earlier_attempt_is_replaced(cluster):
     )
 
 
-def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster, s3_endpoint, tmp_path):
-    fake, api_client = cluster
-    s3 = boto3.client("s3")
-    s3.put_object(
-        Bucket="distill", Key="pipeline-root/student/config.json", Body=json.dumps({"model_type": "qwen2"})
-    )
-    s3.put_object(Bucket="distill", Key="pipeline-root/data/train.jsonl", Body=b"{}\n")
-    # The pods get credentials only through the Secret and ConfigMap references, as on the cluster,
-    # and the cluster holds every Secret of the pipeline.
-    fake.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not is_credential(k)}
-    fake.base_env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
-    fake.secrets["distill-s3"] = {"access-key-id": "test-access-key", "secret-access-key": "test-secret-key"}
-    fake.secrets["distill-hf"] = {"token": "hf-test"}
-    fake.secrets["distill-judge"] = {"api-key": "judge-test"}
-    fake.config_maps["distill-s3-endpoint"] = {"endpoint-url": s3_endpoint, "region": "us-east-1"}
-    train_image = "registry.example.com/ml/kfp-distill-train:abc1234"
-    fake.other_pods["llm-distillation-xyz-train"] = {
-        "metadata": {"name": "llm-distillation-xyz-train", "namespace": "team", "uid": "uid-123"},
-        "spec": {"containers": [{"name": "main", "image": train_image}]},
-    }
-    fields = {
-        "student_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
-        "data_dir": "/kfp/inputs/data",
-        "output_dir": str(tmp_path / "trained"),
-        "tensorboard_dir": str(tmp_path / "tensorboard"),
-        "method": "lora",
-        "max_steps": 3,
-    }
-    summary = run_multinode_training(
-        fields,
-        {"student_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
-        store_uri="s3://distill",
-        run_id="run-0001",
-        pod_name="llm-distillation-xyz-train",
-        nodes=2,
-        gpus_per_node=0,
-        namespace="team",
-        env_from_secrets=pipeline_job_env()["secrets"],
-        env_from_config_maps=pipeline_job_env()["config_maps"],
-        module="fake_trainer",
-        engine="pytorchjob",
-        api_client=api_client,
-        poll_s=0.2,
-    )
-    assert summary == {
-        "method": "lora",
-        "base_model": "qwen2",
-        "steps": 3,
-        "final_loss": 0.5,
-        "world_size": 2,
-        "rank_sum": 1,
-        "nodes": 2,
-        "credentials": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],  # never the teacher's key
-    }
-    assert (tmp_path / "tensorboard" / "events.out.tfevents.fake").exists()
-    assert fake.deleted == ["distill-train-run-0001"]
+def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(store_cluster, tmp_path):
+    fake, api_client, s3 = store_cluster
+    summary, _ = train(api_client, tmp_path, "run-0001", engine="pytorchjob")
+    assert_trained_on_two_nodes(fake, summary, tmp_path, "run-0001")
     (job,) = fake.created
     assert job["metadata"]["ownerReferences"] == [
-        {"apiVersion": "v1", "kind": "Pod", "name": "llm-distillation-xyz-train", "uid": "uid-123"}
+        {"apiVersion": "v1", "kind": "Pod", "name": TRAIN_POD, "uid": "uid-123"}
     ]
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
-        assert replica["template"]["spec"]["containers"][0]["image"] == train_image
+        assert replica["template"]["spec"]["containers"][0]["image"] == TRAIN_IMAGE
         assert restricted_violations(replica["template"]["spec"]) == []
     # The train task's Role grants exactly the calls it made: nothing missing, nothing spare.
-    assert fake.api_calls == {rule for rule in role_rules() if rule[0] != "trainer.kubeflow.org"}
+    assert fake.api_calls == {rule for rule in role_rules(TRAIN_ROLE) if rule[0] != "trainer.kubeflow.org"}
     staged = s3.list_objects_v2(Bucket="distill", Prefix="runs/run-0001/train/multinode/")["Contents"]
     assert {item["Key"].rsplit("/", 1)[-1] for item in staged} == {
         "train_summary.json",
@@ -402,25 +304,6 @@ def test_multinode_training_needs_a_store_and_an_image(cluster, tmp_path):
 
 
 def test_a_terminated_train_pod_deletes_its_job(cluster, tmp_path):
-    fake, api_client = cluster
-    configuration = api_client.configuration
-    script = tmp_path / "driver.py"
-    script.write_text(
-        f"""
-from kubernetes import client as k8s
-from components.train.multinode import PyTorchJobSpec, run_pytorchjob
-configuration = k8s.Configuration(host={configuration.host!r})
-configuration.api_key = {{"authorization": {fake.token!r}}}
-configuration.api_key_prefix = {{"authorization": "Bearer"}}
-spec = PyTorchJobSpec(name="killed", namespace="team", image="i", command=["python", "-c", "import time; time.sleep(60)"])
-run_pytorchjob(spec, api_client=k8s.ApiClient(configuration), poll_s=0.1)
-"""
-    )
-    driver = subprocess.Popen([sys.executable, str(script)], cwd=HERE.parents[1])
-    deadline = time.monotonic() + 60
-    while ("team", "killed") not in fake.jobs and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.1)
-    assert ("team", "killed") in fake.jobs
-    driver.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=30) != 0
+    fake, _ = cluster
+    assert terminate_while_running(cluster, tmp_path, "PyTorchJobSpec", "run_pytorchjob", fake.jobs) != 0
     assert fake.deleted == ["killed"] and fake.pods == {}

@@ -9,24 +9,15 @@ the KD teacher from the store, and a Role that grants exactly the API calls made
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import boto3
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from fake_kubernetes import FakeKubernetes  # tests/packaging is on sys.path (rootdir import mode)
-from kubernetes import client as k8s
-from kustomize_render import build
 from pod_security import restricted_violations
-from test_multinode_pytorchjob import is_credential, pipeline_job_env, role_rules
 
 from components.common.errors import ConfigError
 from components.common.store import open_store
@@ -37,16 +28,23 @@ from components.train.multinode import (
     build_trainjob,
     choose_engine,
     job_name_for,
-    run_multinode_training,
     run_trainjob,
 )
-from pipelines.loopback import ServerThread
+from tests.packaging.conftest import (
+    TRAIN_IMAGE,
+    TRAIN_POD,
+    TRAIN_ROLE,
+    assert_trained_on_two_nodes,
+    is_credential,
+    our_runtime,
+    pipeline_job_env,
+    python_spec,
+    role_rules,
+    terminate_while_running,
+    train,
+)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 TRAINER = "kubeflow-trainer-v2.3.0"
-TRAIN_POD = "llm-distillation-xyz-train"
-TRAIN_IMAGE = "registry.example.com/ml/kfp-distill-train:abc1234"
 
 
 def crd_validator(vendor_dir: Path, name: str) -> jsonschema.Draft7Validator:
@@ -58,13 +56,6 @@ def crd_validator(vendor_dir: Path, name: str) -> jsonschema.Draft7Validator:
 
 def errors(validator: jsonschema.Draft7Validator, document: dict) -> list[str]:
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
-
-
-def our_runtime(max_restarts: int | None = None) -> dict:
-    (runtime,) = build(REPO / "manifests" / "trainer")
-    if max_restarts is not None:
-        runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] = max_restarts
-    return runtime
 
 
 def node_pod_template(runtime: dict) -> dict:
@@ -160,19 +151,6 @@ def test_our_runtime_and_the_upstream_ones_are_valid_against_the_runtime_crd(ven
     assert shm["emptyDir"]["medium"] == "Memory"
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    fake = FakeKubernetes(workdir=tmp_path / "pods", runtimes={"distill-torch": our_runtime()})
-    fake.workdir.mkdir()
-    with ServerThread(fake.app()) as server:
-        configuration = k8s.Configuration(host=server.url)
-        configuration.api_key = {"authorization": fake.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-        with k8s.ApiClient(configuration) as api_client:
-            yield fake, api_client
-        fake.shutdown()
-
-
 def test_auto_picks_trainjob_then_pytorchjob_else_says_what_to_install(cluster):
     fake, api_client = cluster
     assert choose_engine("auto", api_client) == "trainjob"
@@ -197,16 +175,8 @@ def test_auto_picks_trainjob_then_pytorchjob_else_says_what_to_install(cluster):
     assert fake.api_calls == set()  # discovery needs no Role
 
 
-def python_trainjob(name: str, code: str, runtime: str = "distill-torch", nodes: int = 2) -> TrainJobSpec:
-    return TrainJobSpec(
-        name=name,
-        namespace="team",
-        image="ghcr.io/kfp-distill/kfp-distill-train:test",
-        command=["python", "-c", code],
-        nodes=nodes,
-        gpus_per_node=0,
-        runtime=runtime,
-    )
+def python_trainjob(name: str, code: str, runtime: str = "distill-torch") -> TrainJobSpec:
+    return python_spec(TrainJobSpec, name, code, runtime=runtime)
 
 
 def test_node_zero_log_and_progress_are_streamed_and_the_job_is_deleted(cluster):
@@ -258,85 +228,9 @@ def test_a_failed_trainjob_names_the_failing_pods_last_lines_and_is_deleted(clus
 
 
 def test_a_terminated_train_pod_deletes_its_trainjob(cluster, tmp_path):
-    fake, api_client = cluster
-    configuration = api_client.configuration
-    script = tmp_path / "driver.py"
-    script.write_text(
-        f"""
-from kubernetes import client as k8s
-from components.train.multinode import TrainJobSpec, run_trainjob
-configuration = k8s.Configuration(host={configuration.host!r})
-configuration.api_key = {{"authorization": {fake.token!r}}}
-configuration.api_key_prefix = {{"authorization": "Bearer"}}
-spec = TrainJobSpec(name="killed", namespace="team", image="i", command=["python", "-c", "import time; time.sleep(60)"])
-run_trainjob(spec, api_client=k8s.ApiClient(configuration), poll_s=0.1)
-"""
-    )
-    driver = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
-    deadline = time.monotonic() + 60
-    while ("team", "killed") not in fake.trainjobs and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.1)
-    assert ("team", "killed") in fake.trainjobs and len(fake.pods) == 2
-    driver.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=30) != 0
+    fake, _ = cluster
+    assert terminate_while_running(cluster, tmp_path, "TrainJobSpec", "run_trainjob", fake.trainjobs) != 0
     assert fake.deleted == ["killed"] and fake.trainjobs == {} and fake.pods == {}
-
-
-@pytest.fixture
-def store_cluster(cluster, s3_endpoint):
-    """The fake cluster holding the pipeline's Secrets and ConfigMap, the train pod, and the student and
-    data in S3; the node pods get credentials only through the references, as on the cluster."""
-    fake, api_client = cluster
-    s3 = boto3.client("s3")
-    s3.put_object(
-        Bucket="distill", Key="pipeline-root/student/config.json", Body=json.dumps({"model_type": "qwen2"})
-    )
-    s3.put_object(Bucket="distill", Key="pipeline-root/data/train.jsonl", Body=b"{}\n")
-    fake.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not is_credential(k)}
-    fake.base_env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
-    fake.secrets["distill-s3"] = {"access-key-id": "test-access-key", "secret-access-key": "test-secret-key"}
-    fake.config_maps["distill-s3-endpoint"] = {"endpoint-url": s3_endpoint, "region": "us-east-1"}
-    fake.other_pods[TRAIN_POD] = {
-        "metadata": {"name": TRAIN_POD, "namespace": "team", "uid": "uid-123"},
-        "spec": {
-            "containers": [{"name": "main", "image": TRAIN_IMAGE}],
-            "imagePullSecrets": [{"name": "regcred"}],
-        },
-    }
-    return fake, api_client, s3
-
-
-def train(
-    api_client, tmp_path, run_id: str, fields: dict | None = None, **settings
-) -> tuple[dict, list[str]]:
-    lines: list[str] = []
-    fields = {
-        "student_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
-        "data_dir": "/kfp/inputs/data",
-        "output_dir": str(tmp_path / run_id / "trained"),
-        "tensorboard_dir": str(tmp_path / run_id / "tensorboard"),
-        "method": "lora",
-        "max_steps": 3,
-        **(fields or {}),
-    }
-    summary = run_multinode_training(
-        fields,
-        {"student_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
-        store_uri="s3://distill",
-        run_id=run_id,
-        pod_name=TRAIN_POD,
-        nodes=2,
-        gpus_per_node=0,
-        namespace="team",
-        env_from_secrets=pipeline_job_env()["secrets"],
-        env_from_config_maps=pipeline_job_env()["config_maps"],
-        module="fake_trainer",
-        api_client=api_client,
-        poll_s=0.2,
-        echo=lines.append,
-        **settings,
-    )
-    return summary, lines
 
 
 def test_two_nodes_train_as_a_trainjob_through_torchrun_with_inputs_and_outputs_in_s3(
@@ -344,20 +238,9 @@ def test_two_nodes_train_as_a_trainjob_through_torchrun_with_inputs_and_outputs_
 ):
     fake, api_client, s3 = store_cluster
     summary, lines = train(api_client, tmp_path, "run-0001", queue_name="team-queue", priority_class="low")
-    assert summary == {
-        "method": "lora",
-        "base_model": "qwen2",
-        "steps": 3,
-        "final_loss": 0.5,
-        "world_size": 2,
-        "rank_sum": 1,
-        "nodes": 2,
-        "credentials": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],  # never the teacher's key
-    }
-    assert (tmp_path / "run-0001" / "tensorboard" / "events.out.tfevents.fake").exists()
+    assert_trained_on_two_nodes(fake, summary, tmp_path, "run-0001")
     assert "[distill-train-run-0001-node-0-0-a0] rank 0 of 2: data has 1 file(s)" in lines
     assert lines[0] == "TrainJob team/distill-train-run-0001 (runtime distill-torch): 2 node(s) x 0 GPU(s)"
-    assert fake.deleted == ["distill-train-run-0001"]
     (job,) = fake.created
     assert job["kind"] == "TrainJob" and job["spec"]["trainer"]["image"] == TRAIN_IMAGE
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
@@ -368,7 +251,7 @@ def test_two_nodes_train_as_a_trainjob_through_torchrun_with_inputs_and_outputs_
     ]
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]  # the train pod's, for the same image
     # The train task's Role grants exactly the calls it made: nothing missing, nothing spare.
-    assert fake.api_calls == {rule for rule in role_rules() if rule[0] != "kubeflow.org"}
+    assert fake.api_calls == {rule for rule in role_rules(TRAIN_ROLE) if rule[0] != "kubeflow.org"}
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -22,8 +21,8 @@ from components.register.config import ServingConfig
 from components.register.inference_service import build_inference_service, service_name
 from components.register.stage import HandOffRefused, run
 from pipelines.loopback import ServerThread
+from tests.packaging.conftest import role_rules
 from tests.packaging.fake_kubernetes import FakeKubernetes
-from tests.packaging.kustomize_render import build
 from tests.register.fake_model_registry import API, FakeModelRegistry
 
 MODEL_URI = "s3://distill/pipeline-root/run-7/merge-adapter/merged"
@@ -242,28 +241,13 @@ def test_deploy_creates_the_inference_service_then_replaces_it_on_the_next_run(
     # Exactly what the Role in manifests/ grants the pipeline's service accounts for deploying.
     assert (
         cluster.api_calls
-        == deployer_role_rules()
+        == role_rules("distill-model-deployer")
         == {
             ("serving.kserve.io", "inferenceservices", "create"),
             ("serving.kserve.io", "inferenceservices", "get"),
             ("serving.kserve.io", "inferenceservices", "update"),
         }
     )
-
-
-def deployer_role_rules() -> set[tuple[str, str, str]]:
-    (role,) = [
-        r
-        for r in build(Path(__file__).resolve().parents[2] / "manifests" / "base")
-        if r["kind"] == "Role" and r["metadata"]["name"] == "distill-model-deployer"
-    ]
-    return {
-        (g, res, verb)
-        for rule in role["rules"]
-        for g in rule["apiGroups"]
-        for res in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 @pytest.mark.parametrize(
