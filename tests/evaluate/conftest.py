@@ -1,5 +1,5 @@
 """Fixtures and helpers of the eval tests: a reversal test split, a student that has learned it, a judge
-on loopback, TensorBoard events."""
+on loopback, TensorBoard events, the config of an eval run."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import random
 import shutil
 import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
 from components.download.tiny import encode_example
+from components.evaluate import Config
 
 
 def write_events(folder, tag: str, values: list[float]) -> None:
@@ -163,3 +166,11 @@ def judge_server() -> ReversalJudge:
     with ServerThread(judge.app()) as server:
         judge.port = server.port
         yield judge
+
+
+def eval_config(student: Path, trained: Path, data: Path, out: Path, **fields: Any) -> Config:
+    """The eval run of `trained` against `student` on `data`, writing `out`: 12 new tokens, batches of 4,
+    and `fields` (as a run file writes them) on top."""
+    paths = {"student_dir": student, "trained_dir": trained, "data_dir": data, "output_dir": out}
+    settings = {"max_new_tokens": 12, "batch_size": 4, **fields}
+    return from_dict(Config, {**{name: str(path) for name, path in paths.items()}, **settings})

@@ -23,6 +23,7 @@ from components.evaluate.benchmarks import (
 )
 from components.evaluate.config import BenchmarkConfig
 from components.evaluate.stage import EvalGateError, run
+from tests.evaluate.conftest import eval_config
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +70,10 @@ def local_tasks(reversal_data_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def config(base, distilled, data, out, tasks, **benchmarks) -> Config:
-    return from_dict(
-        Config,
-        {
-            "student_dir": str(base),
-            "trained_dir": str(distilled),
-            "data_dir": str(data),
-            "output_dir": str(out),
-            "max_new_tokens": 12,
-            "batch_size": 8,
-            "benchmarks": {"tasks": tasks, "batch_size": 8, **benchmarks},
-        },
-    )
+def benchmark_config(student: Path, trained: Path, data: Path, out: Path, tasks, **benchmarks) -> Config:
+    """The eval run with lm-eval on `tasks` (and `benchmarks`' other fields), batches of 8."""
+    benchmarks = {"tasks": tasks, "batch_size": 8, **benchmarks}
+    return eval_config(student, trained, data, out, batch_size=8, benchmarks=benchmarks)
 
 
 def test_benchmarks_score_each_student_and_the_report_shows_the_table_and_the_gate(
@@ -89,13 +81,9 @@ def test_benchmarks_score_each_student_and_the_report_shows_the_table_and_the_ga
 ):
     tasks = [str(local_tasks / "reverse_gen.yaml"), str(local_tasks / "reverse_choice.yaml")]
     out = tmp_path / "eval"
-    cfg = config(
-        tiny_model_dir,
-        memorized_student_dir,
-        reversal_data_dir,
-        out,
-        tasks,
-        max_regression={"reverse_gen": 0},
+    gate = {"reverse_gen": 0}
+    cfg = benchmark_config(
+        tiny_model_dir, memorized_student_dir, reversal_data_dir, out, tasks, max_regression=gate
     )
     result = run(cfg)
     m = result.metrics
@@ -128,13 +116,9 @@ def test_forgetting_gate_fails_saying_by_how_much(
     """Roles swapped: the 'distilled' model is the random one, so it lost all 100 points of reverse_gen."""
     tasks = [str(local_tasks / "reverse_gen.yaml")]
     out = tmp_path / "eval"
-    cfg = config(
-        memorized_student_dir,
-        tiny_model_dir,
-        reversal_data_dir,
-        out,
-        tasks,
-        max_regression={"reverse_gen": 5},
+    gate = {"reverse_gen": 5}
+    cfg = benchmark_config(
+        memorized_student_dir, tiny_model_dir, reversal_data_dir, out, tasks, max_regression=gate
     )
     with pytest.raises(EvalGateError) as failure:
         run(cfg)

@@ -10,9 +10,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
-from components.evaluate import Config, JudgeConfig
+from components.evaluate import Config
 from components.evaluate.generate import split_reasoning
 from components.evaluate.stage import EvalGateError, run
+from tests.evaluate.conftest import eval_config
 
 CHECKER = "components.evaluate.checkers:reverse_letters"
 
@@ -26,11 +27,6 @@ def tensorboard_dir(tmp_path_factory):
         writer.add_scalar("train/lr", 1e-3, step)
     writer.close()
     return path
-
-
-def config(base, distilled, data, out, **extra) -> Config:
-    fields = dict(student_dir=str(base), trained_dir=str(distilled), data_dir=str(data), output_dir=str(out))
-    return Config(**fields, max_new_tokens=12, batch_size=4, **extra)
 
 
 def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
@@ -50,7 +46,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
         "backoff_s": 0.01,
     }
     out = tmp_path / "eval"
-    cfg = config(
+    cfg = eval_config(
         tiny_model_dir,
         memorized_student_dir,
         reversal_data_dir,
@@ -58,7 +54,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
         teacher_dir=str(tiny_teacher_dir),
         tensorboard_dir=str(tensorboard_dir),
         checker=CHECKER,
-        judge=from_dict(JudgeConfig, {"provider": judge}),
+        judge={"provider": judge},
         gate_metric="distilled_exact_match",
         min_score=0.9,
     )
@@ -101,7 +97,7 @@ def test_gate_below_min_score_fails_saying_by_how_much_and_still_writes_the_repo
     tiny_model_dir, reversal_data_dir, tmp_path
 ):
     out = tmp_path / "eval"
-    cfg = config(
+    cfg = eval_config(
         tiny_model_dir,
         tiny_model_dir,
         reversal_data_dir,
@@ -143,4 +139,4 @@ def test_config_and_input_errors_name_the_field(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="temperature: 0.0 must be positive when do_sample is true"):
         from_dict(Config, {**base, "do_sample": True, "temperature": 0})
     with pytest.raises(InputError, match="data_dir: .*test.jsonl does not exist"):
-        run(config(tiny_model_dir, tiny_model_dir, tmp_path, tmp_path / "out"))
+        run(eval_config(tiny_model_dir, tiny_model_dir, tmp_path, tmp_path / "out"))
