@@ -16,7 +16,7 @@ import pytest
 from components.common.lease import Lease, LeaseHeld
 from components.common.store import open_store
 from pipelines.demo_teacher import write_demo_dataset
-from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, wait_until
+from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, teacher_settings, wait_until
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,15 +114,9 @@ def test_a_holder_whose_lease_was_taken_over_is_told_to_stop(store_uri):
 def test_a_second_teacher_stage_with_the_same_run_id_sends_nothing(tmp_path, store_uri):
     write_demo_dataset(tmp_path / "prompts.jsonl", 40, seed=5)
     with start_faulty_teacher(faults=Faults(stall_after=10)) as server:
-        settings = {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": store_uri,
-            "run_id": "twice",
-            "provider": {"name": "demo", "base_url": server.base_url},
-            "concurrency": 4,
-            "progress_bar": False,
-        }
+        settings = teacher_settings(
+            tmp_path, server.base_url, store_uri=store_uri, run_id="twice", concurrency=4
+        )
         first = start_teacher_cli(tmp_path, settings)
         try:
             # The first stage is mid-run, holding its lease.

@@ -13,7 +13,13 @@ from components.common.store import open_store
 from components.teacher import Config
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from tests.teacher.conftest import start_teacher_cli, stored_answers, wait_until
+from tests.teacher.conftest import (
+    start_teacher_cli,
+    stored_answers,
+    teacher_config,
+    teacher_settings,
+    wait_until,
+)
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
 
 
@@ -46,16 +52,14 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
     # After 25 answers the server holds every further request, so the kill lands mid-run at a known point;
     # requests held when the client dies were never taken up, like requests queued at a provider.
     with start_faulty_teacher(latency_s=0.01, faults=Faults(stall_after=25)) as server:
-        settings = {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": store_uri,
-            "run_id": "killed",
-            "provider": {"name": "demo", "base_url": server.base_url},
-            "concurrency": 8,
-            "progress_bar": False,
+        settings = teacher_settings(
+            tmp_path,
+            server.base_url,
+            store_uri=store_uri,
+            run_id="killed",
+            concurrency=8,
             **SAVED_BY[saved_by],
-        }
+        )
         process = start_teacher_cli(tmp_path, settings)
         wait_until(
             lambda: saved_answers(store_uri, saved_by) >= 25, "the stage never stored 25 answers", process
@@ -83,17 +87,8 @@ def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri,
 def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
     write_demo_dataset(tmp_path / "prompts.jsonl", 10)
     with start_teacher_server() as server:
-        config = from_dict(
-            Config,
-            {
-                "dataset": str(tmp_path / "prompts.jsonl"),
-                "output_dir": str(tmp_path / "out"),
-                "store_uri": str(tmp_path / "store"),
-                "run_id": "compact",
-                "use_cache": False,
-                "checkpoint_records": 1,
-                "provider": {"name": "demo", "base_url": server.base_url},
-            },
+        config = teacher_config(
+            tmp_path, server.base_url, run_id="compact", use_cache=False, checkpoint_records=1
         )
         run(config)
         parts = list((tmp_path / "store" / "runs" / "compact" / "teacher").rglob("part-*.jsonl"))

@@ -121,14 +121,13 @@ def test_checkpoints_and_live_tensorboard_go_to_s3(make_config, s3_endpoint, tmp
 
 def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(make_config, tmp_path):
     store = str(tmp_path / "store")
-    first = make_config(
-        max_steps=4, save_steps=2, store_uri=store, run_id="run-1", lora={"r": 8, "alpha": 16}
-    )
+    first_run = {"max_steps": 4, "save_steps": 2, "store_uri": store, "run_id": "run-1"}
+    first = make_config(**first_run, lora={"r": 8, "alpha": 16})
     run(first)
     marker = json.loads(Path(store, "runs/run-1/train/checkpoints/step-00000004/COMPLETE").read_text())
     assert marker["run"]["run_id"] == "run-1" and marker["run"]["owner"]["pid"] == os.getpid()
     assert marker["run"]["config"]["lora.r"] == 8
-    other = make_config(max_steps=4, save_steps=2, store_uri=store, run_id="run-1", lora={"r": 4, "alpha": 8})
+    other = make_config(**first_run, lora={"r": 4, "alpha": 8})
     with pytest.raises(
         InputError,
         match=r"checkpoint step-00000004 .* another configuration \(lora.alpha: 16 -> 8; lora.r: 8 -> 4\)",
@@ -140,25 +139,12 @@ def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
     (data / "train.jsonl").write_text(
         "\n".join(Path(first.data_dir, "train.jsonl").read_text().splitlines()[:-1])
     )
-    moved = make_config(
-        max_steps=4,
-        save_steps=2,
-        store_uri=store,
-        run_id="run-1",
-        lora={"r": 8, "alpha": 16},
-        data_dir=str(data),
-    )
+    moved = make_config(**first_run, lora={"r": 8, "alpha": 16}, data_dir=str(data))
     with pytest.raises(InputError, match=r"\(data_dir: its content differs\)"):
         run(moved)
     # Where outputs go and how often to log is no reason to refuse.
     again = make_config(
-        max_steps=4,
-        save_steps=2,
-        store_uri=store,
-        run_id="run-1",
-        lora={"r": 8, "alpha": 16},
-        output_dir=str(tmp_path / "elsewhere"),
-        logging_steps=1,
+        **first_run, lora={"r": 8, "alpha": 16}, output_dir=str(tmp_path / "elsewhere"), logging_steps=1
     )
     assert run(again).resumed_from == 4
 
