@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench.conftest import run_bench
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 OURS = "ours (padding-free, attention auto)"
 SFT_MODES = [OURS, "TRL padding", "TRL padding-free", "TRL packing bfd"]  # those that need no CUDA
 KD_MODES = [
@@ -30,26 +28,9 @@ KD_MODES = [
 
 @pytest.fixture(scope="module")
 def output() -> list[str]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "train_throughput.py"),
-            "--tiny",
-            "--steps",
-            "2",
-            "--curve-steps",
-            "4",
-            # Compiling on CPU takes a minute per shape; tests/train covers compiled training.
-            "--sections",
-            "sft,kd",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout.strip().splitlines()
+    # Compiling on CPU takes a minute per shape; tests/train covers compiled training.
+    sections = ["--sections", "sft,kd"]
+    return run_bench("train_throughput.py", "--tiny", "--steps", "2", "--curve-steps", "4", *sections)
 
 
 def row(lines: list[str], start: str) -> str:
