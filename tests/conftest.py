@@ -95,6 +95,16 @@ def vendored_schemas() -> Path:
     pytest.skip("the vendored CRDs (shared/vendor) are not beside this checkout; set KFP_DISTILL_VENDOR")
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path) -> str:
+    """A store of this test alone, on the local disk and (a second run of the test) in S3 through moto;
+    child processes inherit the AWS_* variables s3_endpoint sets."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_endpoint")
+        return f"s3://distill/{tmp_path.name}"
+    return str(tmp_path / "store")
+
+
 @pytest.fixture(scope="session")
 def vendor_dir() -> Path:
     return vendored_schemas()

@@ -33,14 +33,6 @@ print("released", flush=True)
 """
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_uri(request, tmp_path):
-    if request.param == "s3":
-        request.getfixturevalue("s3_endpoint")  # the child processes inherit its AWS_* variables
-        return f"s3://distill/{tmp_path.name}"
-    return str(tmp_path / "store")
-
-
 def hold(store_uri: str, seconds: float) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-c", HOLD, store_uri, KEY, str(seconds)],

@@ -38,14 +38,6 @@ SAVED_BY = {
 }
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_uri(request, tmp_path):
-    if request.param == "s3":
-        request.getfixturevalue("s3_endpoint")  # the killed process inherits its AWS_* variables
-        return f"s3://distill/{tmp_path.name}"
-    return str(tmp_path / "store")
-
-
 @pytest.mark.parametrize("saved_by", list(SAVED_BY))
 def test_sigkill_mid_run_then_restart_asks_each_prompt_once(tmp_path, store_uri, saved_by):
     write_demo_dataset(tmp_path / "prompts.jsonl", 60, seed=11)
