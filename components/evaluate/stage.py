@@ -142,7 +142,10 @@ class HeldOut:
 
 def score_student(config, test: HeldOut, checker, device, path: str, field: str) -> tuple[Generation, dict]:
     """Generate with one student and score it against the teacher; the model is freed afterwards."""
-    model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
+    quantization = config.quantization if field == "model_dir" else "none"
+    model, tokenizer = load_model(
+        path, config.dtype, device, field, base_dir=config.base_model_dir, quantization=quantization
+    )
     generation = generate(model, tokenizer, test.prompts, config)
     count = len(test.records)
     scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)

@@ -19,6 +19,7 @@ from components.common.records import Record, stable_hash, write_records
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
+from components.teacher.export import write_sharegpt
 from components.teacher.journal import Journal, Spend, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
@@ -69,6 +70,8 @@ def write_dataset(config: Config) -> dict[str, float]:
     train = write_records(output / "train.jsonl", (r for r in kept if r.split == "train"))
     test = write_records(output / "test.jsonl", (r for r in kept if r.split == "test"))
     write_records(output / "rejected.jsonl", rejected)
+    if "sharegpt" in config.export:
+        write_sharegpt(output, {split: [r for r in kept if r.split == split] for split in ("train", "test")})
     if logprobs:
         (output / "logprobs.jsonl").write_text(
             "".join(json.dumps(x) + "\n" for x in logprobs), encoding="utf-8"
@@ -119,6 +122,8 @@ def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], thin
         usage={"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"] // n},
         judge=entry.get("judge"),
         extra={
+            # What the reader recorded of the prompt's origin: a raw-text chunk's id and prompt kind.
+            **prompt.get("extra", {}),
             "key": entry["key"],
             "source": prompt.get("source", ""),
             "finish_reason": answer.get("finish_reason"),

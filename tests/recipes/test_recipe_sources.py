@@ -113,10 +113,11 @@ def offline_hub(tmp_path, monkeypatch):
     return cache
 
 
+def messages(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
 def test_hugging_face_dataset_split_and_config_offline(tmp_path, offline_hub):
-    messages = lambda q, a: {
-        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-    }  # noqa: E731
     readme = (
         "---\nconfigs:\n- config_name: easy\n  data_files:\n  - split: train\n    path: easy/train.parquet\n"
         "  - split: test\n    path: easy/test.parquet\n- config_name: hard\n  data_files:\n"
@@ -132,7 +133,9 @@ def test_hugging_face_dataset_split_and_config_offline(tmp_path, offline_hub):
             "hard/train.parquet": parquet_bytes([messages("x^2=4?", "2")]),
         },
     )
-    read = lambda **fields: list(read_prompts(config(tmp_path, **fields)))  # noqa: E731
+
+    def read(**fields):
+        return list(read_prompts(config(tmp_path, **fields)))
 
     easy = read(dataset="hf://datasets/AI-MO/NuminaMath-CoT", dataset_config="easy")
     assert [(p.messages[-1]["content"], p.reference) for p in easy] == [("1+1?", "2"), ("2+2?", "4")]
