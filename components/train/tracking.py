@@ -89,6 +89,11 @@ class Trackers:
         self.writer.flush()
         self.sync.maybe_sync()
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A Markdown text (TensorBoard's TEXT tab), e.g. teacher-vs-student samples."""
+        self.writer.add_text(tag, markdown, step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
         self.sync.maybe_sync(force=True)
