@@ -275,12 +275,14 @@ def build_pipeline(retries: bool = True):
         shards = teacher_shard_indices(num_shards=teacher_shards).set_display_name("plan teacher shards")
         size(shards, "teacher")
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
-            shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
+            shard = teacher_data(
+                shard_index=shard_index, num_shards=teacher_shards, gpus=teacher_gpus, **teacher_inputs
+            )
             prepare(shard, "teacher", "teacher shard", retries)
             place_on_gpus(shard, teacher_gpus, teacher_node_selector, teacher_tolerations)
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
-        teacher = teacher_data(**teacher_inputs).after(shard)
+        teacher = teacher_data(gpus=teacher_gpus, **teacher_inputs).after(shard)
         prepare(teacher, "teacher", "teacher data", retries)
         place_on_gpus(teacher, teacher_gpus, teacher_node_selector, teacher_tolerations)
 

@@ -47,7 +47,7 @@ from components.train.modeling import base_model, check_vocab, load_student, loa
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.phase_eval import PhaseEvaluator
 from components.train.progress import Progress
-from components.train.sparse_kd import attach_topk, sparse_targets
+from components.train.sparse_kd import attach_topk, join_logprobs_file, sparse_targets
 from components.train.tracking import Trackers, check_report_to
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class DistillTrainer:
             records = read_records(path)
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
+                join_logprobs_file(records, Path(folder) / "logprobs.jsonl")
                 attach_topk(sources[name], records, self.tokenizer)
         log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
         return sources, heldout

@@ -12,6 +12,7 @@ import pytest
 from components.common.records import read_records
 from components.teacher import run
 from components.teacher.chunking import chunk_text
+from components.train.sparse_kd import join_logprobs_file
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.recipes.test_recipe_sources import TEXT
 from tests.teacher.conftest import teacher_config
@@ -82,3 +83,19 @@ def test_kept_records_are_exported_as_sharegpt_for_llama_factory(tmp_path, serve
             == f"<think>\n{record.reasoning.strip()}\n</think>\n\n{record.answer}"
         )
     assert len(json.loads((out / "sharegpt" / "test.json").read_text())) == 3
+
+
+def test_the_teachers_logprobs_file_reaches_the_records_top_k_kd_reads(tmp_path, server):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 4, seed=2)
+    config = teacher_config(
+        tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": 3}, test_ratio=0.0
+    )
+    run(config)
+
+    out = tmp_path / "out"
+    records = read_records(out / "train.jsonl")
+    assert not any(record.extra.get("logprobs") for record in records)
+    join_logprobs_file(records, out / "logprobs.jsonl")
+    for record in records:
+        entries = record.extra["logprobs"]
+        assert "".join(entry["token"] for entry in entries) == record.answer
