@@ -120,6 +120,7 @@ def test_recipe_3_runs_three_phases_at_temperatures_4_2_1_with_best_weights_per_
         tmp_path,
         {
             "teacher_dataset": str(tmp_path / "prompts.jsonl"),
+            "teacher_max_tokens": 96,
             "train_kd_teacher_source": str(tiny_teacher_dir),
             "train_overrides": {
                 "datasets": {"general": teacher_data("general", 1), "domain": teacher_data("domain", 2)},
