@@ -205,6 +205,7 @@ def build_pipeline(retries: bool = True):
     def distill_pipeline(
         store_uri: str = "s3://distill",
         student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
+        student_trust_remote_code: bool = False,
         teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
         teacher_dataset_format: str = "auto",
         teacher_provider: str = "openai",
@@ -252,7 +253,9 @@ def build_pipeline(retries: bool = True):
     ) -> Outputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
-        student = download_model(source=student_source, store_uri=store_uri)
+        student = download_model(
+            source=student_source, store_uri=store_uri, trust_remote_code=student_trust_remote_code
+        )
         prepare(student, "download", "download student", retries)
 
         teacher_inputs = dict(

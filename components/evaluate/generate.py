@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
+from components.common.remote_code import allows_remote_code
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,16 @@ def load_model(
     if not (weights / "config.json").is_file():
         what = f"the adapter's base {weights}" if is_adapter else str(path)
         raise InputError(f"{field}: {what} is not a Hugging Face model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").is_file() else weights)
+    tokenizer_folder = path if (path / "tokenizer_config.json").is_file() else weights
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
+    )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        weights, trust_remote_code=allows_remote_code(weights), **kwargs
+    )
     if is_adapter:
         from peft import PeftModel
 

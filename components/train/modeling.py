@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
+from components.common.remote_code import allows_remote_code
 from components.train import varlen
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ def load_student(config, device: torch.device, precision: str):
     kwargs.update(attention_kwargs(config))
     if config.method == "qlora":
         kwargs.update(qlora_kwargs(device, precision))
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+    )
     if config.method != "qlora":
         model.to(device)
     if config.gradient_checkpointing:
@@ -167,7 +170,9 @@ def load_teacher(config, device: torch.device, precision: str):
         index = device.index if device.index is not None else torch.cuda.current_device()
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": index})
     kwargs.update(attention_kwargs(config))
-    teacher = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    teacher = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+    )
     if config.kd.teacher_adapter:
         from peft import PeftModel
 

@@ -35,6 +35,7 @@ import torch
 from components.common.config import to_dict
 from components.common.errors import InputError
 from components.common.records import read_records
+from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
 from components.train.batching import collate
 from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
@@ -90,7 +91,9 @@ class DistillTrainer:
         self.accelerator = accelerator_for(config)
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.model_dir, trust_remote_code=allows_remote_code(config.model_dir)
+        )
         self.sources, heldout = self._load_sources()
         self.evaluator = (
             PhaseEvaluator(config, self.tokenizer, heldout, self.device) if config.eval_steps else None
@@ -101,7 +104,9 @@ class DistillTrainer:
         intermediate = None
         if config.kd.teacher_dir and (config.kd.kind == "logits" or config.intermediate.enabled):
             self.teacher = load_teacher(config, self.device, self.precision)
-            teacher_tokenizer = AutoTokenizer.from_pretrained(config.kd.teacher_dir)
+            teacher_tokenizer = AutoTokenizer.from_pretrained(
+                config.kd.teacher_dir, trust_remote_code=allows_remote_code(config.kd.teacher_dir)
+            )
             limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
             divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
             if config.intermediate.enabled:

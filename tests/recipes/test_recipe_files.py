@@ -44,3 +44,22 @@ def test_a_recipe_with_a_misspelt_field_is_refused_by_name(package, tmp_path, ca
     broken.write_text(RECIPES[0].read_text(encoding="utf-8").replace("num_epochs: 3", "num_epoch: 3"))
     assert main(["--check", "--config", str(broken), "--package", str(package)]) == 2
     assert "num_epoch" in capsys.readouterr().err
+
+
+def test_the_commands_in_a_recipes_header_change_only_what_they_name(package):
+    """`--set teacher.fields.question=...` adds to the run file's teacher overrides instead of replacing them."""
+    from pipelines.submit import load_run_config, pipeline_parameters
+
+    recipe = next(path for path in RECIPES if path.stem == "reasoning_cot_full_ft")
+    assignments = [
+        "teacher_dataset=hf://datasets/BAAI/TACO",
+        "teacher_dataset_format=auto",
+        "teacher.fields.question=question",
+        "teacher.fields.answer=solutions",
+    ]
+    params = load_run_config(recipe, assignments, pipeline_parameters(package))
+    overrides = params["teacher_overrides"]
+    assert overrides["fields"] == {"question": "question", "answer": "solutions"}
+    assert overrides["judge"]["enabled"] and overrides["export"] == ["sharegpt"]
+    argv = ["--check", "--config", str(recipe), "--package", str(package)]
+    assert main([*argv, *(item for a in assignments for item in ("--set", a))]) == 0
