@@ -1,8 +1,9 @@
-"""Recipes 3 and 4 run whole, as their run files say, through kfp.local with tiny stand-ins: a tiny
-student and a tiny local KD teacher made on the spot, the loopback demo teacher in place of the API, local
-folders in place of the bucket, and a few steps instead of epochs. Each asserts the recipe's distinctive
-behaviour on the artifacts the run leaves. (Recipes 1, 2 and 5 need bitsandbytes on a GPU, ZeRO-3 or a
-hub dataset; their distinctive parts run stage by stage in the other tests of this folder.)"""
+"""The five recipes run whole, as their run files say, through kfp.local with tiny stand-ins: a tiny
+student and a tiny local teacher (with a LoRA adapter) made on the spot, the loopback demo teacher in place
+of the APIs, local folders and an offline Hugging Face cache in place of the bucket and the Hub, a few
+steps instead of epochs, and no GPU: DeepSpeed, bf16 and bitsandbytes (the 4-bit eval, 8-bit teachers) are
+switched off here and their wiring is checked in test_recipe_gpus.py. Each test asserts the recipe's
+distinctive behaviour on the artifacts the run leaves."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from components.common.records import read_records, write_records
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
-from tests.recipes.test_recipe_sources import TEXT
+from tests.recipes.test_recipe_local_teacher import teacher_adapter  # noqa: F401  (the adapter fixture)
+from tests.recipes.test_recipe_sources import COMMENTS, TEXT, lay_out_hub_cache, messages, parquet_bytes
 from tests.train.conftest import reversal_record, reversal_records
 
 pytestmark = pytest.mark.slow
@@ -41,9 +43,12 @@ STAND_INS = {
 }
 
 
-def run_recipe(name: str, compiled: Path, workdir: Path, changes: dict[str, Any]) -> Path:
+def run_recipe(
+    name: str, compiled: Path, workdir: Path, changes: dict[str, Any], judge_base_url: bool = False
+) -> Path:
     """Run recipe `name` with STAND_INS and `changes` (overrides deep-merged) through kfp.local; returns
-    the pipeline root holding every task's artifacts."""
+    the pipeline root holding every task's artifacts. `judge_base_url`: the judge asks the loopback
+    teacher too."""
     from pipelines.distill_pipeline import build_pipeline
 
     params = load_run_config(RECIPE[name], [], pipeline_parameters(compiled))
@@ -54,6 +59,9 @@ def run_recipe(name: str, compiled: Path, workdir: Path, changes: dict[str, Any]
         os.environ["TEACHER_API_KEY"] = API_KEY
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         params.update(store_uri=str(workdir / "store"), teacher_base_url=server.base_url)
+        if judge_base_url:
+            judge = {"judge": {"provider": {"base_url": server.base_url}}}
+            params["teacher_overrides"] = deep_merge(params["teacher_overrides"], judge)
         build_pipeline(retries=False)(**params)
     return root
 
@@ -143,3 +151,117 @@ def test_recipe_3_runs_three_phases_at_temperatures_4_2_1_with_best_weights_per_
     trained = next(root.rglob("train-student/trained"))
     assert sorted(p.parent.name for p in trained.glob("best/*/best.json")) == ["domain", "general", "task"]
     assert "samples/task/text_summary" in events.Tags()["tensors"]
+
+
+def test_recipe_1_builds_each_prompt_from_several_fields_under_the_persona(tmp_path, package):  # noqa: F811
+    (tmp_path / "comments.parquet").write_bytes(parquet_bytes(COMMENTS * 4))
+    root = run_recipe(
+        "api_teacher_lora_sft",
+        package,
+        tmp_path,
+        {
+            "student_source": "tiny://qwen2?warmup_steps=0",
+            "teacher_dataset": str(tmp_path / "comments.parquet"),
+            "teacher_test_ratio": 0.5,
+            "train_max_steps": 2,
+            "train_overrides": {"deepspeed": "none", "precision": "auto"},
+            "eval_gpus": 0,
+            "eval_overrides": {"quantization": "none"},
+        },
+    )
+
+    data = next(root.rglob("teacher-data-2/data"))
+    records = read_records(data / "train.jsonl") + read_records(data / "test.jsonl")
+    assert len(records) == 2  # the 8 rows hold 2 distinct prompts
+    for record in records:
+        system, user, _ = record.messages
+        assert system == {"role": "system", "content": "你是一个喜欢网上冲浪的B站网友。"}
+        assert user["content"].startswith("视频标题：") and user["content"].endswith(
+            "请回复这条评论（限50字）"
+        )
+        assert record.reference in ("哈哈哈", "真的吗")
+    summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
+    assert summary["method"] == "lora" and summary["steps"] == 2
+    report = next(root.rglob("evaluate-student/report")).read_text()
+    assert "视频标题" in report  # the side-by-side samples of teacher and students
+
+
+def test_recipe_2_judges_reasoning_answers_against_gold_and_exports_sharegpt(
+    tmp_path,
+    package,  # noqa: F811
+    monkeypatch,
+):
+    cache = tmp_path / "hub"
+    words = ["abc", "kite", "hello", "moon", "tree", "lamp"]
+    rows = [
+        messages(f"Reverse the letters of: {w}", w[::-1] if i % 3 else "wrong") for i, w in enumerate(words)
+    ]
+    lay_out_hub_cache(cache, "AI-MO/NuminaMath-CoT", {"data/train.parquet": parquet_bytes(rows)})
+    # The task subprocesses read the Hub cache offline, and the judge's key.
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("JUDGE_API_KEY", API_KEY)
+    root = run_recipe(
+        "reasoning_cot_full_ft",
+        package,
+        tmp_path,
+        {
+            "teacher_max_tokens": 96,
+            "teacher_test_ratio": 0.25,
+            "teacher_overrides": {"judge": {"provider": {"name": "openai", "model": "demo-teacher"}}},
+            "train_max_steps": 2,
+            "train_overrides": {"deepspeed": "none", "precision": "auto", "gradient_accumulation_steps": 2},
+        },
+        judge_base_url=True,
+    )
+
+    data = next(root.rglob("teacher-data-2/data"))
+    kept = read_records(data / "train.jsonl") + read_records(data / "test.jsonl")
+    rejected = read_records(data / "rejected.jsonl")
+    assert len(kept) == 4 and len(rejected) == 2  # the rows whose gold answer is "wrong"
+    assert all(record.reasoning and record.judge["verdict"] == "accept" for record in kept)
+    exported = json.loads((data / "sharegpt" / "train.json").read_text())
+    assert exported and all(row["conversations"][1]["value"].startswith("<think>") for row in exported)
+    summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
+    assert summary["method"] == "full" and summary["steps"] == 2
+
+
+def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
+    tmp_path,
+    package,  # noqa: F811
+    tiny_teacher_dir,
+    teacher_adapter,  # noqa: F811
+):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 12)
+    root = run_recipe(
+        "local_teacher_offline_online_kd",
+        package,
+        tmp_path,
+        {
+            "teacher_dataset": str(tmp_path / "prompts.jsonl"),
+            "teacher_provider": "local",
+            "teacher_model": str(tiny_teacher_dir),
+            "teacher_max_tokens": 8,
+            "teacher_gpus": 0,
+            "teacher_overrides": {
+                "provider": {"adapter": str(teacher_adapter), "quantization": "none"},
+                "on_length": "keep",
+            },
+            "train_kd_teacher_source": str(tiny_teacher_dir),
+            "train_max_steps": 2,
+            "train_overrides": {
+                "precision": "auto",
+                "logging_steps": 1,
+                "kd": {"teacher_8bit": False, "teacher_adapter": str(teacher_adapter)},
+            },
+        },
+    )
+
+    data = next(root.rglob("teacher-data-2/data"))
+    records = read_records(data / "train.jsonl")
+    assert records and {record.teacher["params"]["adapter"] for record in records} == {str(teacher_adapter)}
+    events = EventAccumulator(str(next(root.rglob("train-student/tensorboard"))))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/kd_temperature")] == [2.0, 2.0]
+    metrics = json.loads(next(root.rglob("evaluate-student/results/eval.json")).read_text())["metrics"]
+    assert {"distilled_bleu", "distilled_rouge_l", "distilled_perplexity"} <= set(metrics)
