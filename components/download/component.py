@@ -24,7 +24,8 @@ def download_model(
         trust_remote_code: fetch the repository's Python code too (pinned revision only).
     """
     from components.common.entry import run_stage
-    from components.download import Config, run
+    from components.download import Config
+    from components.download.stage import run
 
     fields = dict(
         source=source,

@@ -92,7 +92,7 @@ class DistillTrainer:
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
-            config.model_dir, trust_remote_code=allows_remote_code(config.model_dir)
+            config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
         )
         self.sources, heldout = self._load_sources()
         self.evaluator = (
@@ -341,7 +341,7 @@ class DistillTrainer:
             trackers.close()
         return {
             "method": config.method,
-            "base_model": config.model_dir,
+            "base_model": config.student_dir,
             "steps": self.global_step,
             "final_loss": self.final_loss,
             "final_loss_parts": self.loss_parts,

@@ -48,7 +48,7 @@ def test_three_phase_kd_curriculum_as_recipe_3_runs_it(
     config = from_dict(
         Config,
         {
-            "model_dir": str(tiny_model_dir),
+            "student_dir": str(tiny_model_dir),
             "data_dir": str(teacher_data(tmp_path / "task", 3)),
             "datasets": {"general": general, "domain": domain},
             "output_dir": str(tmp_path / "out"),

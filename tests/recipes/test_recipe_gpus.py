@@ -57,7 +57,7 @@ def test_a_quantized_eval_without_a_gpu_is_refused_before_submission(package, ca
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_quantized_loaders_refuse_on_cpu_in_one_line(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="quantization: '4bit' loads the student through bitsandbytes"):
-        load_model(tiny_model_dir, "auto", torch.device("cpu"), "model_dir", quantization="4bit")
+        load_model(tiny_model_dir, "auto", torch.device("cpu"), "trained_dir", quantization="4bit")
     teacher = from_dict(
         TeacherConfig,
         {
@@ -73,5 +73,5 @@ def test_quantized_loaders_refuse_on_cpu_in_one_line(tiny_model_dir, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and bitsandbytes")
 def test_the_student_loads_in_4bit_on_a_gpu(tiny_model_dir):
-    model, _ = load_model(tiny_model_dir, "auto", torch.device("cuda", 0), "model_dir", quantization="4bit")
+    model, _ = load_model(tiny_model_dir, "auto", torch.device("cuda", 0), "trained_dir", quantization="4bit")
     assert model.config.quantization_config.load_in_4bit

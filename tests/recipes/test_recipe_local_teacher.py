@@ -65,7 +65,7 @@ def test_base_plus_adapter_teacher_labels_offline_then_teaches_online(
     train = from_dict(
         TrainConfig,
         {
-            "model_dir": str(tiny_model_dir),
+            "student_dir": str(tiny_model_dir),
             "data_dir": str(tmp_path / "data"),
             "output_dir": str(tmp_path / "trained"),
             "tensorboard_dir": str(tmp_path / "tb"),
@@ -95,7 +95,11 @@ def test_the_kd_teacher_is_the_base_with_its_adapter_applied(
 ):
     def teacher(**kd) -> TrainConfig:
         fields = dict(
-            model_dir=str(tiny_model_dir), data_dir="d", output_dir="o", tensorboard_dir="t", attention="sdpa"
+            student_dir=str(tiny_model_dir),
+            data_dir="d",
+            output_dir="o",
+            tensorboard_dir="t",
+            attention="sdpa",
         )
         return from_dict(
             TrainConfig, {**fields, "kd": {"kind": "logits", "teacher_dir": str(tiny_teacher_dir), **kd}}

@@ -102,10 +102,10 @@ def test_loaders_run_the_models_code_only_while_the_marker_vouches_for_it(remote
     cpu = torch.device("cpu")
     assert not allows_remote_code(remote_code_model)
     with pytest.raises(ValueError, match="tinyremote|trust_remote_code"):
-        load_model(remote_code_model, "auto", cpu, "model_dir")
+        load_model(remote_code_model, "auto", cpu, "trained_dir")
 
     write_marker(remote_code_model, "hf://org/tiny-remote", COMMIT)
-    model, _ = load_model(remote_code_model, "auto", cpu, "model_dir")
+    model, _ = load_model(remote_code_model, "auto", cpu, "trained_dir")
     assert type(model).__name__ == "TinyRemoteForCausalLM"
 
     with (remote_code_model / "modeling_tiny.py").open("a") as code:

@@ -23,7 +23,7 @@ def config(tmp_path, tiny_model_dir, **fields) -> Config:
     return from_dict(
         Config,
         {
-            "model_dir": str(tiny_model_dir),
+            "student_dir": str(tiny_model_dir),
             "data_dir": str(data),
             "output_dir": str(tmp_path / "out"),
             "tensorboard_dir": str(tmp_path / "tb"),
