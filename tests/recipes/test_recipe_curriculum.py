@@ -14,9 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from components.common.config import from_dict
 from components.common.records import write_records
 from components.common.store import open_store
-from components.train import Config, run
+from components.train import Config
 from components.train.curriculum import RampStream
 from components.train.data import Example
+from components.train.stage import run
 from tests.train.conftest import reversal_record, reversal_records
 
 

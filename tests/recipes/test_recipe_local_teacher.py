@@ -15,10 +15,10 @@ from components.common.config import from_dict
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher import Config as TeacherConfig
-from components.teacher import run as run_teacher
+from components.teacher.stage import run as run_teacher
 from components.train import Config as TrainConfig
-from components.train import run as run_train
 from components.train.modeling import load_teacher
+from components.train.stage import run as run_train
 from pipelines.demo_teacher import write_demo_dataset
 
 

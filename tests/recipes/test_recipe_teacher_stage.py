@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 
 from components.common.records import read_records
-from components.teacher import run
 from components.teacher.chunking import chunk_text
+from components.teacher.stage import run
 from components.train.sparse_kd import join_logprobs_file
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.recipes.test_recipe_sources import TEXT

@@ -12,7 +12,8 @@ import pytest
 from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import write_records
-from components.train import Config, run
+from components.train import Config
+from components.train.stage import run
 from tests.train.conftest import reversal_records
 
 
