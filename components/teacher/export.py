@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.common.records import Record
+from components.common.records import Record, iter_jsonl
 
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt"}
 
@@ -34,15 +34,19 @@ def sharegpt_row(record: Record) -> dict:
     return {"conversations": turns, "system": system} if system else {"conversations": turns}
 
 
-def write_sharegpt(output: Path, splits: dict[str, list[Record]]) -> None:
+def write_sharegpt(output: Path, splits: tuple[str, ...]) -> None:
+    """output/sharegpt/<split>.json from output/<split>.jsonl, a record at a time, and dataset_info.json."""
     folder = output / "sharegpt"
     folder.mkdir(parents=True, exist_ok=True)
     info = {}
-    for split, records in splits.items():
-        rows = [sharegpt_row(record) for record in records]
-        (folder / f"{split}.json").write_text(
-            json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8"
-        )
+    for split in splits:
+        source = output / f"{split}.jsonl"
+        with (folder / f"{split}.json").open("w", encoding="utf-8") as rows:
+            rows.write("[")
+            for count, (number, obj) in enumerate(iter_jsonl(source)):
+                row = sharegpt_row(Record.from_dict(obj, f"{source}:{number}"))
+                rows.write(("," if count else "") + "\n" + json.dumps(row, ensure_ascii=False))
+            rows.write("\n]\n")
         info[f"distill_{split}"] = {
             "file_name": f"{split}.json",
             "formatting": "sharegpt",
