@@ -62,7 +62,16 @@ def check_run(
     eval_gpus: int,
     eval_node_selector: dict,
     eval_tolerations: list,
+    eval_benchmark_tasks: list,
+    eval_benchmark_limit: int,
+    eval_max_regression: dict,
     eval_overrides: dict,
+    register_registry_url: str,
+    register_model_name: str,
+    register_deploy: bool,
+    register_namespace: str,
+    register_gpus: int,
+    register_overrides: dict,
     seed: int,
 ):
     """Check the run's parameters with every stage's Config before any stage starts."""

@@ -1,4 +1,4 @@
-"""The distillation pipeline: download → teacher data → train → merge → eval.
+"""The distillation pipeline: download → teacher data → train → merge → eval → register.
 
     make compile                                  # writes pipelines/distill_pipeline.yaml
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
@@ -25,6 +25,8 @@ from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
 from components.evaluate.component import evaluate_student
 from components.merge.component import merge_adapter
+from components.register.component import register_model
+from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.teacher.component import teacher_data, teacher_shard_indices
 from components.train.component import train_student
 from components.train.multinode.kube import TRAIN_TOKEN_DIR
@@ -55,6 +57,7 @@ PIPELINE_HELP = {
     "eval_gpus": "GPUs of the eval pod: 1 to score a 4/8-bit quantized student (eval quantization) or a large one.",
     "eval_node_selector": "node labels the eval pod must match (with eval_gpus).",
     "eval_tolerations": "tolerations of the eval pod (with eval_gpus).",
+    "register_overrides": 'other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
 }
 
 
@@ -86,6 +89,8 @@ S3_SECRET = (
 )
 HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
 JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
+# Absent: the register step authenticates to Model Registry with its pod's service-account token.
+REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
@@ -99,6 +104,7 @@ STAGE_SECRETS = {
     "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
     "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
+    "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)
 }
 # What the pods of a multi-node training job get: they read and write the store only (inputs, the KD
 # teacher's cached copy, checkpoints, outputs), and never the teacher's key.
@@ -136,9 +142,10 @@ RESOURCES = {
     "teacher": ("1", "2", "2Gi", "8Gi"),
     "merge": ("2", "8", "16Gi", "64Gi"),
     "eval": ("4", "8", "16Gi", "64Gi"),
+    "register": ("0.5", "1", "1Gi", "2Gi"),
 }
 # Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
-TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
+TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12, "register": 1}
 
 
 def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -276,7 +283,16 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
         eval_gpus: int = 0,
         eval_node_selector: dict = {},
         eval_tolerations: list = [],
+        eval_benchmark_tasks: list = [],
+        eval_benchmark_limit: int = 100,
+        eval_max_regression: dict = {},
         eval_overrides: dict = {},
+        register_registry_url: str = "",
+        register_model_name: str = "distilled-student",
+        register_deploy: bool = False,
+        register_namespace: str = "",
+        register_gpus: int = 1,
+        register_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
         # Every parameter above, as the run was started with (`retries` is the builder's, not the run's).
@@ -375,10 +391,28 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
             max_samples=eval_max_samples,
             gate_metric=eval_gate_metric,
             min_score=eval_min_score,
+            benchmark_tasks=eval_benchmark_tasks,
+            benchmark_limit=eval_benchmark_limit,
+            max_regression=eval_max_regression,
             overrides=eval_overrides,
         )
         prepare(evaluate, "eval", "evaluate student", retries, pull_secrets)
         place_on_gpus(evaluate, eval_gpus, eval_node_selector, eval_tolerations)
+
+        # Runs only when eval passed its gates; registers and deploys only when asked to.
+        handoff = register_model(
+            model_uri=evaluate.outputs["Output"],
+            results=evaluate.outputs["results"],
+            run_id=run_id,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            registry_url=register_registry_url,
+            model_name=register_model_name,
+            deploy=register_deploy,
+            namespace=register_namespace,
+            gpus=register_gpus,
+            overrides=register_overrides,
+        )
+        prepare(handoff, "register", "hand over model", retries, pull_secrets)
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],

@@ -12,6 +12,8 @@ the processes; a job succeeds when every pod has, and fails as soon as one pod f
 TrainJob first restarts all its pods (a JobSet restart) as often as its runtime's
 failurePolicy.maxRestarts allows. A TrainJob must name a ClusterTrainingRuntime in `runtimes`, and its
 pod container starts from the runtime's, with the TrainJob's trainer fields on top, as Trainer does.
+It also serves what components/register/inference_service.py calls: KServe InferenceServices (create,
+get, replace), stored as given with a resourceVersion that a replace must match.
 Every namespaced request is recorded as the RBAC rule it needs (`api_calls`), for comparing with the Role.
 """
 
@@ -35,6 +37,7 @@ ENGINE_APIS = {
     "pytorchjob": ("/apis/kubeflow.org/v1", "pytorchjobs", "PyTorchJob"),
     "trainjob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs", "TrainJob"),
 }
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
 
 
 def rbac_rule(method: str, path: str, query) -> tuple[str, str, str]:
@@ -86,6 +89,7 @@ class FakeKubernetes:
     # Pods that exist without a job, e.g. the KFP train pod: name -> Pod JSON as the API returns it.
     other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
+    inference_services: dict[tuple[str, str], dict] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     # Pods of a TrainJob that failed before a JobSet restart replaced them.
     failed_pods: list[Pod] = field(default_factory=list)
@@ -357,6 +361,32 @@ class FakeKubernetes:
 
         return resources
 
+    async def create_isvc(self, request):
+        namespace, service = request.match_info["namespace"], await request.json()
+        key = (namespace, service["metadata"]["name"])
+        if key in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        service["metadata"]["resourceVersion"] = "1"
+        self.inference_services[key] = service
+        return web.json_response(service, status=201)
+
+    async def get_isvc(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response(self.inference_services[key])
+
+    async def replace_isvc(self, request):
+        key, service = (request.match_info["namespace"], request.match_info["name"]), await request.json()
+        current = self.inference_services.get(key)
+        if current is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        if service["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
+        service["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        self.inference_services[key] = service
+        return web.json_response(service)
+
     async def list_pods(self, request):
         selector = dict(
             pair.split("=", 1) for pair in request.query.get("labelSelector", "").split(",") if pair
@@ -412,6 +442,9 @@ class FakeKubernetes:
         app.router.add_delete(TRAINJOB_PATH + "/{name}", self.delete_trainjob)
         for engine, (path, _, _) in ENGINE_APIS.items():
             app.router.add_get(path, self._discovery(engine))
+        app.router.add_post(ISVC_PATH, self.create_isvc)
+        app.router.add_get(ISVC_PATH + "/{name}", self.get_isvc)
+        app.router.add_put(ISVC_PATH + "/{name}", self.replace_isvc)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)

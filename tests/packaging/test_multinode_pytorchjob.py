@@ -51,7 +51,11 @@ def pipeline_job_env() -> dict:
 def role_rules() -> set[tuple[str, str, str]]:
     """(group, resource, verb) granted by the Role in manifests/ that the train task runs under (both
     engines: TrainJob and PyTorchJob)."""
-    (role,) = [r for r in build(REPO / "manifests" / "base") if r["kind"] == "Role"]
+    (role,) = [
+        r
+        for r in build(REPO / "manifests" / "base")
+        if r["kind"] == "Role" and r["metadata"]["name"] == "distill-train-launcher"
+    ]
     return {
         (group, resource, verb)
         for rule in role["rules"]
