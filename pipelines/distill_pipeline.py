@@ -39,6 +39,9 @@ PIPELINE_HELP = {
     "store_uri": "artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).",
     "teacher_shards": "pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.",
     "teacher_overrides": 'other teacher Config fields, nested as in its YAML, e.g. {"max_cost": 20}.',
+    "teacher_gpus": "GPUs of each teacher pod (nvidia.com/gpu): 1 or more for a local teacher (teacher_provider=local), 0 for an API.",
+    "teacher_node_selector": "node labels the teacher pods must match (with teacher_gpus), as for train_node_selector.",
+    "teacher_tolerations": "tolerations of the teacher pods (with teacher_gpus), as for train_tolerations.",
     "train_kd_teacher_source": "local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).",
     "train_gpus": "GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.",
     "train_nodes": "above 1, the train pod runs a training job (train_engine) of train_nodes x train_job_gpus_per_node GPUs.",
@@ -51,6 +54,9 @@ PIPELINE_HELP = {
     "train_tolerations": 'tolerations of the train pod and the training job nodes, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
     "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
     "eval_overrides": "other eval Config fields, nested as in its YAML.",
+    "eval_gpus": "GPUs of the eval pod: 1 to score a 4/8-bit quantized student (eval quantization) or a large one.",
+    "eval_node_selector": "node labels the eval pod must match (with eval_gpus).",
+    "eval_tolerations": "tolerations of the eval pod (with eval_gpus).",
     "register_overrides": 'other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
 }
 
@@ -206,6 +212,14 @@ def place_train(task, gpus, cpu, memory, node_selector, tolerations) -> dsl.Pipe
     return kubernetes.set_timeout(task, TIMEOUT_HOURS["train"] * 3600)
 
 
+def place_on_gpus(task, gpus, node_selector, tolerations) -> dsl.PipelineTask:
+    """A GPU task's accelerators and nodes from pipeline parameters (0 GPUs: a CPU pod, no request)."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    return task
+
+
 def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
     """The pipeline; `retries=False` leaves out the task retry policies (for local runs); every task's
     pod pulls its image with `pull_secrets` (default: image_pull_secrets())."""
@@ -219,6 +233,7 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
     def distill_pipeline(
         store_uri: str = "s3://distill",
         student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
+        student_trust_remote_code: bool = False,
         teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
         teacher_dataset_format: str = "auto",
         teacher_provider: str = "openai",
@@ -232,6 +247,9 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
         teacher_test_ratio: float = 0.1,
         teacher_system_prompt: str = "",
         teacher_shards: int = 1,
+        teacher_gpus: int = 0,
+        teacher_node_selector: dict = {},
+        teacher_tolerations: list = [],
         teacher_overrides: dict = {},
         train_method: str = "lora",
         train_lora_r: int = 16,
@@ -262,6 +280,9 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
         eval_max_samples: int = 200,
         eval_gate_metric: str = "distilled_rouge_l",
         eval_min_score: float = 0.0,
+        eval_gpus: int = 0,
+        eval_node_selector: dict = {},
+        eval_tolerations: list = [],
         eval_benchmark_tasks: list = [],
         eval_benchmark_limit: int = 100,
         eval_max_regression: dict = {},
@@ -283,7 +304,9 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
         check = check_run(**parameters)
         prepare(check, "check", "check run", retries, pull_secrets)
 
-        student = download_model(source=student_source, store_uri=store_uri).after(check)
+        student = download_model(
+            source=student_source, store_uri=store_uri, trust_remote_code=student_trust_remote_code
+        ).after(check)
         prepare(student, "download", "download student", retries, pull_secrets)
 
         teacher_inputs = dict(
@@ -308,12 +331,16 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
         shards.set_display_name("plan teacher shards")
         pull_with(size(shards, "teacher"), pull_secrets)
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
-            shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
+            shard = teacher_data(
+                shard_index=shard_index, num_shards=teacher_shards, gpus=teacher_gpus, **teacher_inputs
+            )
             prepare(shard, "teacher", "teacher shard", retries, pull_secrets)
+            place_on_gpus(shard, teacher_gpus, teacher_node_selector, teacher_tolerations)
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
-        teacher = teacher_data(**teacher_inputs).after(shard)
+        teacher = teacher_data(gpus=teacher_gpus, **teacher_inputs).after(shard)
         prepare(teacher, "teacher", "teacher data", retries, pull_secrets)
+        place_on_gpus(teacher, teacher_gpus, teacher_node_selector, teacher_tolerations)
 
         train = train_student(
             student=student.outputs["model"],
@@ -370,6 +397,7 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
             overrides=eval_overrides,
         )
         prepare(evaluate, "eval", "evaluate student", retries, pull_secrets)
+        place_on_gpus(evaluate, eval_gpus, eval_node_selector, eval_tolerations)
 
         # Runs only when eval passed its gates; registers and deploys only when asked to.
         handoff = register_model(

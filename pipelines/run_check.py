@@ -38,7 +38,31 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 def check_stage_configs(values: dict[str, Any]) -> None:
     """Build each stage's Config from the run's parameters (`values`: every pipeline parameter) as its
     task will, with placeholder folders for the artifacts, so that the Configs' own checks run now; a
-    ConfigError names the stage's field."""
+    ConfigError names the stage's field. Then check that the tasks which need a GPU for what their Config
+    asks are given one."""
+    check_gpus(build_stage_configs(values), values)
+
+
+def check_gpus(configs: dict[str, Any], values: dict[str, Any]) -> None:
+    """bitsandbytes (a quantized local teacher, a quantized eval) runs only on CUDA: refuse a run whose
+    pod for it would have no GPU, here rather than after the earlier tasks have run."""
+    provider = configs["teacher"].provider
+    if provider.is_local and provider.quantization != "none" and values.get("teacher_gpus", 0) < 1:
+        raise ConfigError(
+            f"teacher_gpus: the local teacher loads in {provider.quantization} (bitsandbytes), which needs a "
+            "GPU; set teacher_gpus: 1 (and teacher_tolerations for GPU nodes)"
+        )
+    quantization = configs["eval"].quantization
+    if quantization != "none" and values.get("eval_gpus", 0) < 1:
+        raise ConfigError(
+            f"eval_gpus: eval scores the student in {quantization} (bitsandbytes), which needs a GPU; set "
+            "eval_gpus: 1, or eval quantization: none"
+        )
+
+
+def build_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
+    """Each stage's Config as its task will build it from `values` (every pipeline parameter)."""
+    built = {}
     for stage, config in STAGE_CONFIGS.items():
         overrides = values.get(f"{stage}_overrides") or {}
         refuse_exposed_overrides(config, stage, overrides)
@@ -53,6 +77,7 @@ def check_stage_configs(values: dict[str, Any]) -> None:
         if stage == "train" and values.get("train_kd_teacher_source"):
             _set_path(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
         try:
-            from_dict(config, deep_merge(data, overrides))
+            built[stage] = from_dict(config, deep_merge(data, overrides))
         except ConfigError as error:
             raise ConfigError(under(stage, str(error))) from None
+    return built

@@ -220,7 +220,7 @@ def check_params(params: dict[str, Any], valid: dict[str, str], source: str) -> 
 
 
 def load_run_config(path: Path | None, assignments: list[str], valid: dict[str, str]) -> dict[str, Any]:
-    """Parameters from the run-config file, then `--set name=value` on top."""
+    """Parameters from the run-config file, then `--set name=value` (or `stage.field=value`) on top."""
     params: dict[str, Any] = {}
     if path is not None:
         try:
@@ -232,7 +232,13 @@ def load_run_config(path: Path | None, assignments: list[str], valid: dict[str, 
                 f"{path}: expected a mapping of pipeline parameters, got {type(loaded).__name__}"
             )
         params = check_params(flatten_run_config(loaded, valid), valid, str(path))
-    params.update(check_params(flatten_run_config(parse_assignments(assignments), valid), valid, "--set"))
+    # --set wins; within an `<stage>_overrides` mapping it changes only the fields it names, so
+    # `--set teacher.fields.question=q` keeps the run file's other teacher overrides.
+    for name, value in check_params(
+        flatten_run_config(parse_assignments(assignments), valid), valid, "--set"
+    ).items():
+        merge = name.endswith("_overrides") and isinstance(params.get(name), dict)
+        params[name] = deep_merge(params[name], value) if merge else value
     return params
 
 

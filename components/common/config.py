@@ -205,6 +205,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is int:
+        # KFP passes dict and list parameters (`*_overrides`) as protobuf Structs, whose numbers are all
+        # doubles: 20 arrives as 20.0. A whole double is that integer; 20.5 is still refused.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected int, got {value!r}")
         return value

@@ -12,6 +12,7 @@ def download_model(
     model: dsl.Output[dsl.Model],
     revision: str = "",
     hf_token_env: str = "HF_TOKEN",
+    trust_remote_code: bool = False,
 ):
     """Fetch a model into the `model` artifact, reusing the store's cached copy of the same source.
 
@@ -20,12 +21,19 @@ def download_model(
         store_uri: artifact store (s3://bucket/prefix or a folder) that holds the download cache.
         revision: branch, tag or commit for hub sources.
         hf_token_env: environment variable with a Hugging Face token for gated models.
+        trust_remote_code: fetch the repository's Python code too (pinned revision only).
     """
     from components.common.entry import run_stage
     from components.download import Config
     from components.download.stage import run
 
-    fields = dict(source=source, output_dir=model.path, store_uri=store_uri, hf_token_env=hf_token_env)
+    fields = dict(
+        source=source,
+        output_dir=model.path,
+        store_uri=store_uri,
+        hf_token_env=hf_token_env,
+        trust_remote_code=trust_remote_code,
+    )
     result = run_stage(run, Config, {**fields, "revision": revision or None})
     model.metadata.update({"source": source, "cached": result.cached, "format": "hf_model"})
     if "revision" in result.metadata:  # the commit a hub download was pinned to

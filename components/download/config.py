@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from components.common.config import exposed
 from components.common.errors import ConfigError
+from components.common.remote_code import check_pinned
 
 
 @dataclass
@@ -18,6 +19,8 @@ class Config:
     revision: branch, tag or commit for hub sources; overrides an @revision in `source`.
     hf_token_env: environment variable holding a Hugging Face token for gated or private models.
     use_cache: reuse a previous download of the same source and revision from the store.
+    trust_remote_code: fetch the repository's Python files too, for models whose architecture lives in
+        them (older Qwen, ...); needs a pinned revision (components/common/remote_code.py).
     """
 
     source: str = field(
@@ -31,9 +34,25 @@ class Config:
     revision: str | None = None
     hf_token_env: str = "HF_TOKEN"
     use_cache: bool = True
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=exposed(
+            "student_trust_remote_code",
+            "run the student repository's own Python code (older Qwen); needs a commit in student_source@rev.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ConfigError("source: empty; give hf://org/name, s3://bucket/prefix, a path or tiny://qwen2")
         if not self.output_dir:
             raise ConfigError("output_dir: empty; give the folder that receives the model")
+        if self.trust_remote_code:
+            from components.common.errors import InputError
+            from components.download.sources import parse_source
+
+            try:
+                source = parse_source(self.source, self.revision)
+            except InputError as error:
+                raise ConfigError(f"source: {error}") from None
+            check_pinned(source.scheme, source.revision)

@@ -7,7 +7,8 @@ s3://bucket/prefix                           any S3 API (boto3)
 tiny://qwen2?layers=2&hidden=128             a tiny model made on the spot (see tiny.py)
 
 No source brings code: Python files are never fetched from a hub (and removed from every fetched folder,
-see stage.py), and models are loaded without trust_remote_code. A Hugging Face download is pinned to
+see stage.py), and models are loaded without trust_remote_code, unless a run opts in with
+trust_remote_code and a pinned revision (components/common/remote_code.py). A Hugging Face download is pinned to
 one commit: the requested revision (a branch by default: main) is resolved first, every file comes from
 that commit, and the commit is recorded in the artifact's metadata.
 """
@@ -66,13 +67,14 @@ def parse_source(text: str, revision: str | None = None) -> Source:
     )
 
 
-def fetch(source: Source, destination: Path, token_env: str) -> dict[str, object]:
-    """Put the model named by `source` into `destination`; returns facts for the artifact metadata."""
+def fetch(source: Source, destination: Path, token_env: str, code: bool = False) -> dict[str, object]:
+    """Put the model named by `source` into `destination`; returns facts for the artifact metadata.
+    `code`: a hub source's Python files come too (trust_remote_code, pinned by the Config)."""
     destination.mkdir(parents=True, exist_ok=True)
     if source.scheme == "hf":
-        return _fetch_hf(source, destination, token_env)
+        return _fetch_hf(source, destination, token_env, code)
     if source.scheme == "modelscope":
-        return _fetch_modelscope(source, destination)
+        return _fetch_modelscope(source, destination, code)
     if source.scheme == "s3":
         open_store(f"s3://{source.location}").download_dir("", destination)
         return {}
@@ -83,19 +85,21 @@ def fetch(source: Source, destination: Path, token_env: str) -> dict[str, object
     return _copy_local(Path(source.location), destination)
 
 
-def hf_snapshot_arguments(repo: str, commit: str, destination: Path, token: str | None) -> dict[str, object]:
-    """The snapshot_download call: one commit, the model files only, never code."""
+def hf_snapshot_arguments(
+    repo: str, commit: str, destination: Path, token: str | None, code: bool = False
+) -> dict[str, object]:
+    """The snapshot_download call: one commit, the model files only, code only with `code`."""
     return {
         "repo_id": repo,
         "revision": commit,
         "local_dir": destination,
-        "allow_patterns": HF_PATTERNS,
-        "ignore_patterns": CODE_PATTERNS,
+        "allow_patterns": [*HF_PATTERNS, "*.py"] if code else HF_PATTERNS,
+        "ignore_patterns": ["*.pyc", "*.so"] if code else CODE_PATTERNS,
         "token": token,
     }
 
 
-def _fetch_hf(source: Source, destination: Path, token_env: str) -> dict[str, object]:
+def _fetch_hf(source: Source, destination: Path, token_env: str, code: bool) -> dict[str, object]:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -104,7 +108,7 @@ def _fetch_hf(source: Source, destination: Path, token_env: str) -> dict[str, ob
     try:
         # A branch moves: resolving it once makes every file come from the same commit, and names it.
         commit = HfApi().model_info(source.location, revision=requested, token=token).sha
-        snapshot_download(**hf_snapshot_arguments(source.location, commit, destination, token))
+        snapshot_download(**hf_snapshot_arguments(source.location, commit, destination, token, code))
     except HfHubHTTPError as error:
         raise InputError(
             f"hf://{source.location}: the Hub refused the download ({error}). Check the repo id and revision; "
@@ -130,7 +134,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _fetch_modelscope(source: Source, destination: Path) -> dict[str, object]:
+def _fetch_modelscope(source: Source, destination: Path, code: bool) -> dict[str, object]:
     try:
         from modelscope import snapshot_download
     except ImportError:
@@ -142,7 +146,7 @@ def _fetch_modelscope(source: Source, destination: Path) -> dict[str, object]:
         source.location,
         revision=source.revision,
         local_dir=str(destination),
-        ignore_file_pattern=[r"\.py$", r"\.pyc$", r"\.so$"],
+        ignore_file_pattern=[r"\.pyc$", r"\.so$"] if code else [r"\.py$", r"\.pyc$", r"\.so$"],
     )
     return {"revision": source.revision or "master"}
 

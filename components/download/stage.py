@@ -27,6 +27,7 @@ from pathlib import Path
 
 from components.common.errors import InputError
 from components.common.records import stable_hash
+from components.common.remote_code import write_marker
 from components.common.store import ArtifactStore, check_key, file_digest, open_store, path_under
 from components.download.config import Config
 from components.download.sources import CODE_PATTERNS, Source, fetch, parse_source
@@ -51,7 +52,9 @@ def cache_prefix(source: Source) -> str:
 def run(config: Config) -> Result:
     source = parse_source(config.source, config.revision)
     output = Path(config.output_dir)
-    store = open_store(config.store_uri) if config.store_uri and source.cacheable else None
+    # Remote code never comes from the store's cache, which others may write to: always from the hub.
+    cacheable = source.cacheable and not config.trust_remote_code
+    store = open_store(config.store_uri) if config.store_uri and cacheable else None
     prefix = cache_prefix(source)
 
     if store and config.use_cache and store.exists(f"{prefix}/{COMPLETE_MARKER}"):
@@ -60,8 +63,11 @@ def run(config: Config) -> Result:
             return Result(str(output), config.source, cached=True, metadata=metadata)
 
     log.info("fetching %s", config.source)
-    metadata = fetch(source, output, config.hf_token_env)
-    remove_code_files(output, config.source)
+    metadata = fetch(source, output, config.hf_token_env, code=config.trust_remote_code)
+    if config.trust_remote_code:
+        write_marker(output, config.source, str(metadata.get("revision") or source.revision))
+    else:
+        remove_code_files(output, config.source)
     check_model_folder(output, config.source)
     if store:
         save_to_cache(store, prefix, output, metadata)

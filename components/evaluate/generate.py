@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from components.common.errors import InputError
+from components.common.errors import ConfigError, InputError
+from components.common.remote_code import allows_remote_code
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,38 @@ class Generation:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_model(path: str | Path, dtype: str, device: torch.device, field: str, base_dir: str | Path = ""):
+def load_model(
+    path: str | Path,
+    dtype: str,
+    device: torch.device,
+    field: str,
+    base_dir: str | Path = "",
+    quantization: str = "none",
+):
     """(model, tokenizer) from a Hugging Face folder, tokenizer set up for left-padded batches.
 
     A PEFT adapter folder (adapter_config.json, e.g. the train output when merging is skipped) is applied
-    unmerged on top of the model in `base_dir`.
+    unmerged on top of the model in `base_dir`. `quantization` "8bit" or "4bit" (NF4) loads the weights
+    through bitsandbytes, as a quantized deployment would serve them (CUDA only).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": TORCH_DTYPES[dtype], "device_map": {"": device}}
+    if quantization != "none":
+        if device.type != "cuda":
+            raise ConfigError(
+                f"quantization: {quantization!r} loads the student through bitsandbytes, which needs a CUDA "
+                "GPU, and this eval runs on CPU; give the eval task a GPU (eval_gpus) or set quantization: none"
+            )
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if quantization == "8bit"
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            )
+        )
 
     path = Path(path)
     is_adapter = (path / "adapter_config.json").is_file()
@@ -54,11 +80,16 @@ def load_model(path: str | Path, dtype: str, device: torch.device, field: str, b
     if not (weights / "config.json").is_file():
         what = f"the adapter's base {weights}" if is_adapter else str(path)
         raise InputError(f"{field}: {what} is not a Hugging Face model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").is_file() else weights)
+    tokenizer_folder = path if (path / "tokenizer_config.json").is_file() else weights
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
+    )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=TORCH_DTYPES[dtype], device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(
+        weights, trust_remote_code=allows_remote_code(weights), **kwargs
+    )
     if is_adapter:
         from peft import PeftModel
 

@@ -178,9 +178,14 @@ def score_student(
     config, test: HeldOut, checker, device, path: str, field: str, plan: BenchmarkPlan | None
 ) -> tuple[Generation, dict, dict]:
     """Generate with one student, score it against the teacher and run the benchmarks on it (empty
-    without a plan); the model is freed afterwards."""
-    generation = vllm_generate(path, test.prompts, config) if use_vllm(config.engine, device, path) else None
-    model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.student_dir)
+    without a plan); the model is freed afterwards. A quantized student is scored as bitsandbytes loads
+    it, so it never goes through vLLM."""
+    quantization = config.quantization if field == "trained_dir" else "none"
+    vllm = quantization == "none" and use_vllm(config.engine, device, path)
+    generation = vllm_generate(path, test.prompts, config) if vllm else None
+    model, tokenizer = load_model(
+        path, config.dtype, device, field, base_dir=config.student_dir, quantization=quantization
+    )
     generation = generation or generate(model, tokenizer, test.prompts, config)
     count = len(test.records)
     scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)

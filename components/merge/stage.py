@@ -23,6 +23,7 @@ import torch
 
 from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
+from components.common.remote_code import allows_remote_code
 from components.merge.card import dataset_facts, model_card
 from components.merge.config import DEFAULT_TOLERANCE, Config
 from components.merge.verify import max_abs_diff, probe_batch, probe_logits
@@ -174,7 +175,7 @@ def load_tokenizer(trained_dir: Path, student_dir: Path):
     from transformers import AutoTokenizer
 
     source = trained_dir if (trained_dir / "tokenizer_config.json").is_file() else student_dir
-    return AutoTokenizer.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=allows_remote_code(source))
 
 
 def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "student_dir"):
@@ -182,17 +183,22 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     check_model_folder(path, field)
-    if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
+    remote_code = allows_remote_code(path)
+    if getattr(AutoConfig.from_pretrained(path, trust_remote_code=remote_code), "quantization_config", None):
         if device.type != "cuda":
             raise ConfigError(
                 f"student_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
                 "dequantizing it needs a CUDA device (device: auto or cuda on a GPU machine), or point "
                 "student_dir at the unquantized model"
             )
-        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device.index or 0})
+        model = AutoModelForCausalLM.from_pretrained(
+            path, device_map={"": device.index or 0}, trust_remote_code=remote_code
+        )
         model = model.dequantize(dtype=dtype).to(dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device})
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map={"": device}, trust_remote_code=remote_code
+        )
     return model.eval()
 
 

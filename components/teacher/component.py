@@ -26,6 +26,7 @@ def teacher_data(
     system_prompt: str = "",
     shard_index: int = -1,
     num_shards: int = 1,
+    gpus: int = 0,
     overrides: dict = {},
 ):
     """Ask the teacher for an answer to every prompt of `dataset`; write train/test distillation records.
@@ -38,6 +39,9 @@ def teacher_data(
         run_id: run-scoped prefix in the store; a retried task resumes from it.
         shard_index: with num_shards > 1, ask only for this shard's prompts (the `data` output stays
             empty); -1 asks for whatever no shard stored yet, then merges, filters and splits everything.
+        gpus: the GPUs the pipeline requested for this pod (teacher_gpus), reported in its metrics. As an
+            input it also reaches the shards' ParallelFor, whose GPU request reads it: KFP does not pass
+            a value used only in a resource request into a loop.
         overrides: any other field of components.teacher.Config, nested as in its YAML form.
     """
     import functools
@@ -71,7 +75,7 @@ def teacher_data(
     else:
         stage = run
     result = run_stage(stage, Config, fields, overrides, parameters="teacher")
-    for name, value in result.metrics.items():
+    for name, value in {**result.metrics, "gpus": float(gpus)}.items():
         metrics.log_metric(name, value)
 
 

@@ -18,10 +18,11 @@ from components.common.errors import ConfigError
 from components.common.redact import digest_values, redact_config, redact_urls
 from components.common.runs import check_run_id
 from components.common.secrets import JUDGE_KEY_ENV, check_api_key_env, refuse_secret_path
-from components.teacher.templates import render_file_template, render_prompt_template
+from components.teacher.templates import render_file_template, render_prompt_template, template_variables
 
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
 AnswerPolicy = Literal["retry", "keep", "drop"]
+HF_DATASETS = "hf://datasets/"
 
 
 @dataclass(repr=False)
@@ -224,17 +225,40 @@ class TextConfig:
         one chunk at the start of the next (whole sentences). template: "qa" (questions and answers about
         the chunk), "continue" (continue in the same style), or the path of a Jinja file of your own that
         receives `chunk`.
+    kinds: mix several templates in one run, template -> share, e.g. {qa: 0.6, continue: 0.4}: each chunk
+        gets one template, drawn from a hash of (seed, chunk) so a rerun makes the same prompts; the
+        record keeps the chunk id and the template as extra.chunk and extra.prompt_kind. Empty: `template`
+        for every chunk.
     """
 
     chunk_chars: int = 1000
     overlap_chars: int = 0
     template: str = "qa"
+    kinds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if any(share < 0 for share in self.kinds.values()) or (self.kinds and not sum(self.kinds.values())):
+            raise ConfigError("text.kinds: shares must be >= 0 and not all 0, e.g. {qa: 0.6, continue: 0.4}")
         if self.chunk_chars < 16:
             raise ConfigError(f"chunk_chars: {self.chunk_chars} is too small; use at least 16")
         if not 0 <= self.overlap_chars < self.chunk_chars:
             raise ConfigError(f"overlap_chars: {self.overlap_chars} must be in [0, chunk_chars)")
+
+
+@dataclass
+class FieldMap:
+    """Which fields of arbitrary JSON, parquet or Hugging Face rows hold what; a dotted path reaches into
+    nested values (`solutions.0`). question: the user prompt (may be left out when prompt_template builds
+    it from the row's fields). answer: the gold answer, kept as the record's reference. system: a
+    per-row system prompt."""
+
+    question: str | None = None
+    answer: str | None = None
+    system: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.question, self.answer, self.system))
 
 
 @dataclass
@@ -297,8 +321,11 @@ class Config:
     """The teacher-data stage: read prompts, ask the teacher, keep every answer safe, filter and split.
 
     Source
-      dataset: prompts file or folder, local path or s3://bucket/key. dataset_format: see readers.py;
-        "auto" decides from the first record. bad_lines: "fail" on the first malformed line, or "skip"
+      dataset: prompts file or folder, local path or s3://bucket/key, or a Hugging Face dataset
+        hf://datasets/org/name[@revision] read with the `datasets` library (dataset_split, dataset_config
+        pick its split and configuration). .parquet files are read in row batches. dataset_format: see
+        readers.py; "auto" decides from the first record. fields: read arbitrary rows through a mapping
+        (see FieldMap); prompt_template (Jinja) then sees every field of the row. bad_lines: "fail" on the first malformed line, or "skip"
         it and count it. max_samples: use only the first N prompts (after dedup and length filters).
       system_prompt: replaces any system message of the source. prompt_template: wraps every user
         prompt; "{prompt}" (str.format) or "{{ prompt }}" (Jinja), or the path of a file holding it.
@@ -347,6 +374,9 @@ class Config:
         default="auto",
         metadata=exposed("teacher_dataset_format", "auto, prompts, alpaca, sharegpt, messages or text."),
     )
+    dataset_split: str = "train"
+    dataset_config: str | None = None
+    fields: FieldMap = field(default_factory=FieldMap)
     bad_lines: Literal["fail", "skip"] = "fail"
     max_samples: int | None = None
     system_prompt: str | None = field(
@@ -380,6 +410,9 @@ class Config:
     max_requests: int | None = None
     use_cache: bool = True
     min_answered_ratio: float = 0.95
+    # Extra copies of the kept train records for other trainers: sharegpt (+ dataset_info.json, the
+    # layout LLaMA-Factory reads).
+    export: list[Literal["sharegpt"]] = field(default_factory=list)
 
     store_uri: str = ""
     run_id: str = "local"
@@ -425,7 +458,8 @@ class Config:
         check_run_id(self.run_id)
         if self.mode == "batch" and self.provider.is_local:
             raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")
-        if not self.dataset.startswith("s3://"):
+        self._check_source()
+        if not self.dataset.startswith(("s3://", HF_DATASETS)):
             refuse_secret_path(self.dataset, "dataset")
         # Judging on the teacher's own provider still takes the judge's key variable: the teacher's key
         # reaches a judge only where a config names it.
@@ -436,12 +470,39 @@ class Config:
         if self.store_uri == "":
             self.store_uri = os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), ".store")
 
+    def _check_source(self) -> None:
+        if self.dataset.startswith("hf://") and not self.dataset.startswith(HF_DATASETS):
+            raise ConfigError(
+                f"dataset: {self.dataset!r}: a Hugging Face dataset is written hf://datasets/org/name[@revision]"
+            )
+        if self.dataset.startswith(HF_DATASETS):
+            repo = self.dataset[len(HF_DATASETS) :].partition("@")[0]
+            if repo.count("/") != 1 or not all(repo.split("/")):
+                raise ConfigError(f"dataset: {self.dataset!r}: expected hf://datasets/org/name[@revision]")
+        if self.fields.enabled:
+            if self.dataset_format not in ("auto", "prompts"):
+                raise ConfigError(
+                    f"fields: rows are read through the mapping, which dataset_format {self.dataset_format!r} "
+                    "contradicts; leave dataset_format auto"
+                )
+            if not self.fields.question and not self.prompt_template:
+                raise ConfigError(
+                    "fields.question: name the field holding the prompt, or give a Jinja prompt_template "
+                    "over the row's fields (e.g. {{ title }})"
+                )
+
     def _check_templates(self) -> None:
         """Render every template once with sample values, so an unsafe or broken one stops the run at
         load, before any request."""
-        if self.prompt_template:
+        if self.prompt_template and self.fields.enabled:
+            sample = {name: "A sample value." for name in template_variables(self.prompt_template)}
+            question = "A sample prompt." if self.fields.question else None
+            render_prompt_template(self.prompt_template, question, sample)
+        elif self.prompt_template:
             render_prompt_template(self.prompt_template, "A sample prompt.")
         render_file_template(self.text.template, field="text.template", chunk="A sample passage.")
+        for kind in self.text.kinds:
+            render_file_template(kind, field="text.kinds", chunk="A sample passage.")
         if self.judge.enabled:
             sample = {"prompt": "A sample question?", "reference": "A reference.", "answer": "An answer."}
             render_file_template(self.judge.template, field="judge.template", **sample)

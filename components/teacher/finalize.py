@@ -21,6 +21,7 @@ from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
+from components.teacher.export import write_sharegpt
 from components.teacher.journal import Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
@@ -89,6 +90,8 @@ def write_dataset(config: Config) -> dict[str, float]:
                         )
         if (output / "logprobs.jsonl").stat().st_size == 0:
             (output / "logprobs.jsonl").unlink()
+    if "sharegpt" in config.export:
+        write_sharegpt(output, ("train", "test"))
     metrics = {
         "records": train + test,
         "train": train,
@@ -194,6 +197,8 @@ def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], thin
         usage={"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"] // n},
         judge=entry.get("judge"),
         extra={
+            # What the reader recorded of the prompt's origin: a raw-text chunk's id and prompt kind.
+            **prompt.get("extra", {}),
             "key": entry["key"],
             "source": prompt.get("source", ""),
             "finish_reason": answer.get("finish_reason"),

@@ -32,6 +32,7 @@ from typing import Any
 
 from components.common.errors import ConfigError
 from components.common.records import stable_hash
+from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
 from components.teacher.api import Answer, Choice
 from components.teacher.config import ProviderConfig
@@ -113,12 +114,16 @@ class LocalTeacher:
         tokenizer_folder = (
             adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
         )
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
+        )
         # Left padding: in a batch every prompt must end where generation starts.
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, trust_remote_code=allows_remote_code(folder), **kwargs
+        )
         if adapter:
             from peft import PeftModel
 

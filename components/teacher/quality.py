@@ -77,7 +77,10 @@ def select_prompts(
     kept_shingles: list[set[str]] = []
     rows = NUM_HASHES // BANDS
     for prompt in prompts:
-        user_chars = sum(len(m["content"]) for m in prompt.messages if m["role"] == "user")
+        # A prompt made from a raw-text chunk is measured by its chunk, not by the template around it.
+        user_chars = prompt.source_chars or sum(
+            len(m["content"]) for m in prompt.messages if m["role"] == "user"
+        )
         if user_chars < min_chars:
             counts.too_short += 1
             continue

@@ -6,10 +6,15 @@ Formats (one JSON object per line, or a .json file holding a list of them):
     sharegpt   {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}], "system": "..."}
     messages   {"messages": [{"role": ..., "content": ...}]}; a final assistant turn becomes the reference
     text       UTF-8 text (.txt/.md or any file of a folder), chunked on sentence boundaries and turned
-               into prompts by a template (templates/qa.j2, templates/continue.j2 or your own file)
+               into prompts by a template (templates/qa.j2, templates/continue.j2 or your own file), or
+               by several templates mixed at the shares of `text.kinds`
 "auto" picks text for .txt/.md files and otherwise looks at the keys of the first good record of a file.
+With `fields` set, every row is read through that mapping instead (question, answer, system), and a
+Jinja `prompt_template` sees all the row's fields.
 
-`dataset` is a file, a folder (every file in it, sorted) or s3://bucket/key (a file or a prefix).
+`dataset` is a file, a folder (every file in it, sorted), s3://bucket/key (a file or a prefix) or a
+Hugging Face dataset hf://datasets/org/name[@revision] (hub_datasets.py). Rows of .parquet files are read
+a record batch at a time.
 JSONL is read a line at a time, so a dataset of any size streams through in constant memory (a .json list
 and a text file are read whole). Every error names the file and line; with bad_lines "skip" a malformed
 line is left out, and the first SHOWN_SKIPPED of them are logged as "file:line: reason", then a count.
@@ -17,6 +22,7 @@ line is left out, and the first SHOWN_SKIPPED of them are logged as "file:line: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -25,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import InputError
+from components.common.errors import ConfigError, InputError
 from components.common.records import validate_messages
 from components.common.secrets import refuse_secret_path
 from components.common.store import open_store, path_under
 from components.teacher.chunking import chunk_text
-from components.teacher.config import Config
+from components.teacher.config import HF_DATASETS, Config, FieldMap
+from components.teacher.hub_datasets import hub_rows
 from components.teacher.templates import render_file_template, render_prompt_template
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,10 @@ class Prompt:
     reference: str | None = None
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # What min/max_prompt_chars measure instead of the user turn (a raw-text chunk, without its template).
+    source_chars: int = 0
+    # The dataset row read through `fields`: what a Jinja prompt_template sees besides `prompt`.
+    row: dict[str, Any] | None = None
 
 
 @dataclass
@@ -89,6 +100,13 @@ class ReadStats:
 def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Prompt]:
     """Every prompt of `config.dataset`, one at a time, with the system prompt and prompt template applied."""
     stats = stats if stats is not None else ReadStats()
+    if config.dataset.startswith(HF_DATASETS):
+        rows = hub_rows(config.dataset, config.dataset_split, config.dataset_config)
+        for prompt in _read_objects(rows, config.dataset_format, config, stats):
+            _apply_config(prompt, config)
+            yield prompt
+        stats.log_summary()
+        return
     with tempfile.TemporaryDirectory(prefix="teacher-dataset-") as scratch:
         files = _local_files(config.dataset, Path(scratch))
         stats.files = len(files)
@@ -128,10 +146,19 @@ def _read_file(path: Path, name: str, config: Config, stats: ReadStats) -> Itera
     if fmt == "text" or (fmt == "auto" and path.suffix.lower() in TEXT_SUFFIXES):
         yield from _read_text(path, name, config)
         return
-    for where, obj in _objects(path, name, config.bad_lines, stats):
+    yield from _read_objects(_objects(path, name, config.bad_lines, stats), fmt, config, stats)
+
+
+def _read_objects(
+    objects: Iterator[tuple[str, dict[str, Any]]], fmt: str, config: Config, stats: ReadStats
+) -> Iterator[Prompt]:
+    for where, obj in objects:
         try:
-            line_format = detect_format(obj, where) if fmt == "auto" else fmt
-            prompt = READERS[line_format](obj, where)
+            if config.fields.enabled:
+                line_format, prompt = fmt, read_fields_row(obj, where, config.fields)
+            else:
+                line_format = detect_format(obj, where) if fmt == "auto" else fmt
+                prompt = READERS[line_format](obj, where)
         except InputError as error:
             if config.bad_lines == "fail":
                 raise
@@ -157,8 +184,14 @@ def detect_format(obj: dict[str, Any], where: str) -> str:
 
 
 def _objects(path: Path, name: str, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(file:line, object) pairs of a JSONL file, or (file:item N, object) of a .json list."""
-    entries = _json_list(path, name) if _is_json_list(path) else _jsonl(path, name)
+    """(file:line, object) pairs of a JSONL file, (file:item N, object) of a .json list, (file:row N,
+    object) of a parquet file."""
+    if path.suffix.lower() == ".parquet":
+        entries = _parquet_rows(path, name)
+    elif _is_json_list(path):
+        entries = _json_list(path, name)
+    else:
+        entries = _jsonl(path, name)
     for where, value in entries:
         problem = value if isinstance(value, InputError) else None
         if problem is None and not isinstance(value, dict):
@@ -188,6 +221,22 @@ def _json_list(path: Path, name: str) -> Iterator[tuple[str, Any]]:
         raise InputError(f"{name}:{error.lineno}: not valid JSON ({error.msg})") from None
     for i, item in enumerate(items, start=1):
         yield f"{name}:item {i}", item
+
+
+def _parquet_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    """The rows of a parquet file as mappings, a record batch at a time (memory bounded by the batch)."""
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    try:
+        table = parquet.ParquetFile(path)
+    except pyarrow.ArrowInvalid as error:
+        raise InputError(f"{name}: not a parquet file ({error})") from None
+    number = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"{name}:row {number}", row
 
 
 def _jsonl(path: Path, name: str) -> Iterator[tuple[str, Any | InputError]]:
@@ -273,6 +322,37 @@ def read_messages_line(obj: dict[str, Any], where: str) -> Prompt:
     return Prompt(prompt_messages, _text(obj, "reference", where, required=False) or reference, where)
 
 
+def _field(obj: dict[str, Any], path: str, where: str, required: bool) -> str | None:
+    """The value at a dotted path (`solutions.0`) as text; lists and mappings become JSON."""
+    value: Any = obj
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            value = None
+            break
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InputError(f"{where}: field {path!r} is missing or empty (fields mapping)")
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def read_fields_row(obj: dict[str, Any], where: str, fields: FieldMap) -> Prompt:
+    """A row of any shape, through the `fields` mapping; the row itself stays for the prompt template."""
+    question = _field(obj, fields.question, where, required=True) if fields.question else None
+    messages = [{"role": "user", "content": question or ""}]
+    system = _field(obj, fields.system, where, required=False) if fields.system else None
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    reference = _field(obj, fields.answer, where, required=False) if fields.answer else None
+    return Prompt(messages, reference, where, row=obj)
+
+
 READERS = {
     "prompts": read_prompt_line,
     "alpaca": read_alpaca_line,
@@ -287,8 +367,26 @@ def _read_text(path: Path, name: str, config: Config) -> Iterator[Prompt]:
     except UnicodeDecodeError as error:
         raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     for number, chunk in enumerate(chunk_text(text, config.text.chunk_chars, config.text.overlap_chars)):
-        user = render_file_template(config.text.template, chunk=chunk.text)
-        yield Prompt([{"role": "user", "content": user}], None, f"{name}:{chunk.line}", {"chunk": number})
+        kind = prompt_kind(config.text.kinds, config.seed, f"{name}:{number}") or config.text.template
+        user = render_file_template(kind, chunk=chunk.text)
+        extra = {"chunk": number, "prompt_kind": kind} if config.text.kinds else {"chunk": number}
+        where = f"{name}:{chunk.line}"
+        yield Prompt([{"role": "user", "content": user}], None, where, extra, source_chars=len(chunk.text))
+
+
+def prompt_kind(kinds: dict[str, float], seed: int, chunk: str) -> str | None:
+    """The template of one chunk when several are mixed: a point in [0, 1) from a hash of (seed, chunk)
+    falls into one template's share of the cumulative shares, so the mix holds on average and a rerun
+    gives each chunk the same template."""
+    if not kinds:
+        return None
+    digest = hashlib.sha256(f"{seed}:{chunk}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(kinds.values())
+    for kind, share in kinds.items():
+        point -= share
+        if point < 0:
+            return kind
+    return next(kind for kind, share in reversed(kinds.items()) if share > 0)
 
 
 def _apply_config(prompt: Prompt, config: Config) -> None:
@@ -298,4 +396,18 @@ def _apply_config(prompt: Prompt, config: Config) -> None:
         prompt.messages.insert(0, {"role": "system", "content": config.system_prompt})
     if config.prompt_template:
         last = prompt.messages[-1]
-        last["content"] = render_prompt_template(config.prompt_template, last["content"])
+        if prompt.row is not None:
+            question = last["content"] if config.fields.question else None
+            try:
+                last["content"] = render_prompt_template(
+                    config.prompt_template, question, _row_text(prompt.row)
+                )
+            except ConfigError as error:  # a field the template reads is missing from this row
+                raise InputError(f"{prompt.source}: {error}") from None
+        else:
+            last["content"] = render_prompt_template(config.prompt_template, last["content"])
+
+
+def _row_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's fields as the template sees them: text as is, None as empty text."""
+    return {key: "" if value is None else value for key, value in row.items()}

@@ -77,6 +77,9 @@ class KDSettings:
     alpha: float = 0.5
     # Local teacher model folder for kind 'logits' (and for the intermediate-layer terms).
     teacher_dir: str = ""
+    # A PEFT adapter applied on top of teacher_dir, unmerged (a folder or s3://bucket/prefix): a base +
+    # LoRA teacher needs no merge step first.
+    teacher_adapter: str = ""
     # Load the teacher in 8-bit with bitsandbytes (CUDA only): halves its memory again versus bf16.
     teacher_8bit: bool = False
     # Scored tokens per chunk of the loss: the full-vocabulary logits exist for one chunk at a time.
@@ -129,8 +132,9 @@ class PhaseSettings:
     """One curriculum phase; a field left at None inherits the top-level value."""
 
     name: str
-    # Source name -> share of the phase's records ("main" is data_dir, others come from `datasets`).
-    mix: dict[str, float] = field(default_factory=dict)
+    # Source name -> share of the phase's records ("main" is data_dir, others come from `datasets`). A
+    # share written {from: 0.3, to: 0.7} ramps linearly over the phase's steps (see curriculum.py).
+    mix: dict[str, float | dict[str, float]] = field(default_factory=dict)
     # Records per epoch of this phase; 0 means as many as its sources hold together.
     samples: int = 0
     max_steps: int = -1
@@ -143,10 +147,24 @@ class PhaseSettings:
     contrastive_weight: float | None = None
 
     def __post_init__(self) -> None:
-        if any(v < 0 for v in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
+        for source, share in self.mix.items():
+            if isinstance(share, dict) and set(share) != {"from", "to"}:
+                raise ConfigError(
+                    f"curriculum phase {self.name!r}: mix.{source} is a share or a ramp {{from: 0.3, to: 0.7}}, "
+                    f"got keys {sorted(share)}"
+                )
+        ranges = [self.share_range(source) for source in self.mix]
+        if any(min(r) < 0 for r in ranges) or (
+            self.mix and (sum(r[0] for r in ranges) <= 0 or sum(r[1] for r in ranges) <= 0)
+        ):
             raise ConfigError(f"curriculum phase {self.name!r}: mix shares must be >= 0 and not all 0")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             raise ConfigError(f"curriculum phase {self.name!r}: set max_steps > 0 or num_epochs > 0")
+
+    def share_range(self, source: str) -> tuple[float, float]:
+        """(share at the phase's first step, share at its last) of one source of the mix."""
+        share = self.mix[source]
+        return (share["from"], share["to"]) if isinstance(share, dict) else (share, share)
 
 
 # A Kubernetes object name (DNS-1123 subdomain) that is also a valid label value (at most 63 characters).
@@ -272,7 +290,8 @@ class Config:
     #   length batched together; packed: rows of at most max_length tokens, several records each.
     batching: Literal["padding_free", "padded", "grouped", "packed"] = "padding_free"
 
-    # Extra teacher datasets for curriculum mixes: name -> folder with train.jsonl.
+    # Extra teacher datasets for curriculum mixes: name -> a teacher-data folder (train.jsonl, and
+    # test.jsonl for held-out evaluation) or its location in the store (s3://bucket/prefix).
     datasets: dict[str, str] = field(default_factory=dict)
 
     # --- distillation ---------------------------------------------------------------------------------
@@ -285,6 +304,15 @@ class Config:
     # First and last phase (0-based, inclusive) to run; -1 as end_phase means the last one.
     start_phase: int = 0
     end_phase: int = -1
+    # Held-out evaluation every eval_steps optimizer steps of a phase and at its end (0: none): the loss
+    # on the test.jsonl records of the phase's sources goes to TensorBoard (eval/loss), the best weights
+    # of each phase by that loss are kept in output_dir/best/<phase>/, and sample_count teacher-vs-student
+    # answers go to TensorBoard's TEXT tab.
+    eval_steps: int = 0
+    # Held-out records scored per evaluation (the first ones of the phase's sources).
+    eval_samples: int = 64
+    sample_count: int = 4
+    sample_max_new_tokens: int = 64
 
     # --- numerics -------------------------------------------------------------------------------------
     # auto: bf16 on a CUDA device that supports it, else fp32. bf16/fp16 need CUDA.
@@ -389,5 +417,7 @@ class Config:
             raise ConfigError(f"end_phase: {self.end_phase} but the curriculum has phases 0..{last}")
         if not self.curriculum and (self.start_phase or self.end_phase not in (-1, 0)):
             raise ConfigError("start_phase / end_phase: only meaningful with a curriculum")
+        if self.eval_steps < 0 or self.eval_samples < 1 or self.sample_count < 0:
+            raise ConfigError("eval_steps / eval_samples / sample_count: must be >= 0 (eval_samples >= 1)")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm: must be >= 0 (0 disables clipping), got {self.max_grad_norm}")

@@ -3,7 +3,7 @@
     curriculum:
       - {name: general, mix: {main: 0.7, domain: 0.3}, num_epochs: 1, learning_rate: 2.0e-4}
       - {name: domain,  mix: {main: 0.3, domain: 0.7}, num_epochs: 2, kd_alpha: 0.8, temperature: 2.0}
-    datasets: {domain: /data/domain-teacher}      # "main" is always data_dir
+    datasets: {domain: /data/domain-teacher}      # "main" is always data_dir; or s3://bucket/prefix
 
 Phases run in order and each starts from the weights the previous one ended with (a fresh optimizer and
 learning-rate schedule per phase). `start_phase`/`end_phase` run a slice: starting at phase 1 on a fresh
@@ -13,17 +13,31 @@ top-level fields.
 A phase's epoch holds `samples` records (default: as many as all its sources together), drawn from each
 source in proportion to `mix`: source s contributes round(samples * mix[s] / sum(mix)) records, taken
 without repetition while the source lasts, then cycled. The draw depends only on (seed, phase index).
+
+A share written as a ramp, `mix: {main: {from: 0.3, to: 0.7}, general: 0.7}`, changes linearly over the
+phase's micro-batches: at micro-batch i of n every record of the batch comes from source s with probability
+share_s(t) / sum of shares(t), t = i / (n - 1), so the first batches hold about 30% main records and the
+last about 70%. Each record's source and its index in that source come from a hash of (seed, phase,
+position), so a resumed run draws the same batches (with replacement; the epoch has `samples` records).
+A phase's datasets may live in the store: an s3:// location is fetched (train.jsonl, and test.jsonl when
+present) into a scratch folder when training starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from components.common.store import open_store
+from components.train.batching import BatchStream
 from components.train.data import Example
 from components.train.losses import Divergence
+
+TEACHER_DATA_FILES = ("train.jsonl", "test.jsonl")
 
 
 @dataclass
@@ -37,11 +51,76 @@ class PhasePlan:
     divergence: Divergence
     kd_alpha: float
     weights: dict[str, float]
+    # The sources the phase draws from (their test.jsonl records are its held-out set).
+    source_names: list[str] = field(default_factory=lambda: ["main"])
+    # Set when a share of the mix ramps: each source's (first, last) share and the records per epoch.
+    ramp: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sources: dict[str, list[Example]] = field(default_factory=dict)
+    samples: int = 0
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:
         if self.max_steps > 0:
             return self.max_steps
         return max(1, math.ceil(self.num_epochs * batches_per_epoch / batches_per_step))
+
+    def stream(self, batch_size: int, seed: int, group_by_length: bool, batches_per_step: int):
+        """The phase's micro-batches: a shuffled fixed mix, or a RampStream when a share ramps."""
+        if not self.ramp:
+            return BatchStream(self.examples, batch_size, seed, group_by_length)
+        batches_per_epoch = -(-self.samples // batch_size)
+        horizon = self.total_steps(batches_per_epoch, batches_per_step) * batches_per_step
+        return RampStream(self.sources, self.ramp, batch_size, seed, batches_per_epoch, horizon)
+
+
+class RampStream:
+    """Micro-batches whose source mix moves linearly from each share's `from` to its `to` over `horizon`
+    micro-batches (see the module docstring); batch `index` is a pure function of (seed, index)."""
+
+    def __init__(self, sources, ramp, batch_size: int, seed: int, batches_per_epoch: int, horizon: int):
+        self.sources = {name: sources[name] for name in sorted(ramp)}
+        self.ramp = ramp
+        self.batch_size = batch_size
+        self.seed = seed
+        self.batches_per_epoch = batches_per_epoch
+        self.horizon = max(1, horizon)
+
+    def shares(self, index: int) -> dict[str, float]:
+        """Each source's share of micro-batch `index`, normalized to sum to 1."""
+        t = min(1.0, index / max(1, self.horizon - 1))
+        raw = {name: first + (last - first) * t for name, (first, last) in self.ramp.items()}
+        total = sum(raw.values())
+        return {name: value / total for name, value in raw.items()}
+
+    def get(self, index: int) -> list[Example]:
+        shares = self.shares(index)
+        batch = []
+        for slot in range(self.batch_size):
+            point, pick = _uniform(self.seed, index, slot)
+            for name, share in shares.items():
+                point -= share
+                if point < 0 or name == next(reversed(shares)):
+                    pool = self.sources[name]
+                    batch.append(pool[int(pick * len(pool))])
+                    break
+        return batch
+
+
+def _uniform(seed: int, index: int, slot: int) -> tuple[float, float]:
+    """Two numbers in [0, 1) from a hash of (seed, micro-batch, slot): the source and the record."""
+    digest = hashlib.sha256(f"{seed}:{index}:{slot}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64, int.from_bytes(digest[8:16], "big") / 2**64
+
+
+def source_folder(location: str, scratch: Path) -> Path:
+    """A local teacher-data folder for `location`: itself, or its train/test files fetched from the store."""
+    if not location.startswith("s3://"):
+        return Path(location)
+    store = open_store(location)
+    target = scratch / hashlib.sha256(location.encode()).hexdigest()[:16]
+    for name in TEACHER_DATA_FILES:
+        if store.exists(name):
+            store.download_file(name, target / name)
+    return target
 
 
 def mix_examples(
@@ -84,13 +163,19 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
     end = config.end_phase if config.end_phase >= 0 else len(config.curriculum) - 1
     for index in range(config.start_phase, end + 1):
         phase = config.curriculum[index]
-        mix = phase.mix or {"main": 1.0}
+        ramp = {name: phase.share_range(name) for name in phase.mix}
+        ramped = any(first != last for first, last in ramp.values())
+        mix = {name: first for name, (first, _) in ramp.items()} or {"main": 1.0}
         samples = phase.samples or sum(len(sources[name]) for name in mix)
         plans.append(
             PhasePlan(
                 index=index,
                 name=phase.name,
-                examples=mix_examples(sources, mix, samples, config.seed * 7919 + index),
+                examples=[] if ramped else mix_examples(sources, mix, samples, config.seed * 7919 + index),
+                source_names=sorted(mix),
+                ramp=ramp if ramped else {},
+                sources={name: sources[name] for name in mix} if ramped else {},
+                samples=samples,
                 max_steps=phase.max_steps,
                 num_epochs=phase.num_epochs,
                 learning_rate=phase.learning_rate or config.learning_rate,

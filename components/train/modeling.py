@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
+from components.common.remote_code import allows_remote_code
 from components.train import varlen
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ def load_student(config, device: torch.device, precision: str):
     kwargs.update(attention_kwargs(config))
     if config.method == "qlora":
         kwargs.update(qlora_kwargs(device, precision))
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+    )
     if config.method != "qlora":
         model.to(device)
     if config.gradient_checkpointing:
@@ -167,7 +170,14 @@ def load_teacher(config, device: torch.device, precision: str):
         index = device.index if device.index is not None else torch.cuda.current_device()
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": index})
     kwargs.update(attention_kwargs(config))
-    teacher = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    teacher = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+    )
+    if config.kd.teacher_adapter:
+        from peft import PeftModel
+
+        # Applied unmerged: a base + LoRA teacher needs no merge step, and in 8-bit cannot be merged.
+        teacher = PeftModel.from_pretrained(teacher, teacher_adapter_folder(config.kd.teacher_adapter))
     if not config.kd.teacher_8bit:
         teacher.to(device)
     teacher.eval()
@@ -175,6 +185,28 @@ def load_teacher(config, device: torch.device, precision: str):
     if config.compile:
         compile_blocks(teacher)
     return teacher
+
+
+def teacher_adapter_folder(location: str) -> str:
+    """A local folder for the KD teacher's adapter; an s3:// one is fetched into a scratch folder first."""
+    if not location.startswith("s3://"):
+        return str(check_adapter_dir(location))
+    import tempfile
+
+    from components.common.store import open_store
+
+    target = Path(tempfile.mkdtemp(prefix="kd-teacher-adapter-"))
+    open_store(location).download_dir("", target)
+    return str(check_adapter_dir(str(target), location))
+
+
+def check_adapter_dir(path: str, shown: str = "") -> Path:
+    folder = Path(path)
+    if not (folder / "adapter_config.json").is_file():
+        raise InputError(
+            f"kd.teacher_adapter: {shown or path} holds no adapter_config.json; give a PEFT adapter folder"
+        )
+    return folder
 
 
 def check_vocab(student_tokenizer, student_model, teacher_tokenizer, teacher_model) -> int:

@@ -19,8 +19,10 @@ end-of-turn token) have no teacher data either.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -100,6 +102,19 @@ def topk_for(
                 logprobs.append(float(candidate["logprob"]))
         table.append((ids, logprobs))
     return table
+
+
+def join_logprobs_file(records: list[Record], path: Path) -> None:
+    """Put the teacher stage's logprobs.jsonl ({"id", "logprobs"} per line, beside train.jsonl) into
+    each record's extra["logprobs"], where attach_topk reads them."""
+    if not path.is_file():
+        return
+    by_id = {record.id: record for record in records}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            entry = json.loads(line)
+            if entry.get("id") in by_id and not by_id[entry["id"]].extra.get("logprobs"):
+                by_id[entry["id"]].extra["logprobs"] = entry["logprobs"]
 
 
 def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> None:

@@ -6,7 +6,9 @@ TensorBoard event files are written to `tensorboard_dir` and, when a store is co
     tensorboard --logdir s3://bucket/prefix/runs/<run_id>/train/tensorboard
 
 shows the run live on the cluster. Extra trackers (`report_to: [wandb, mlflow, swanlab]`) get the same
-scalars when their package is installed; asking for one that is not installed fails before training.
+scalars when their package is installed (wandb and swanlab: the `trackers` extra; their keys come from
+their own environment variables, WANDB_API_KEY / SWANLAB_API_KEY, or WANDB_MODE=offline /
+SWANLAB_MODE=local); asking for one that is not installed fails before the models are loaded.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ class Trackers:
         self.writer.flush()
         self.sync.maybe_sync()
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A Markdown text (TensorBoard's TEXT tab), e.g. teacher-vs-student samples."""
+        self.writer.add_text(tag, markdown, step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
         self.sync.maybe_sync(force=True)
@@ -102,8 +109,8 @@ def check_report_to(report_to: list[str]) -> None:
             )
         if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
             raise ConfigError(
-                f"report_to: {name!r} is not installed in this image; pip install {name} or remove it "
-                "(TensorBoard is always written)"
+                f"report_to: {name!r} is not installed in this image; install it (pip install {name}, or the "
+                "project's extra: pip install 'kfp-distill[trackers]') or remove it (TensorBoard is always written)"
             )
 
 

@@ -11,7 +11,8 @@ Feature -> flag:
     logit KD from a local teacher (KL, RKL, JSD)       kd.kind=logits   losses.py
     sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
     hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
-    multi-phase curriculum                             curriculum       curriculum.py
+    multi-phase curriculum, ramped mixes               curriculum       curriculum.py
+    held-out loss, best weights per phase, samples     eval_steps       phase_eval.py
     LoRA / rsLoRA / DoRA / QLoRA / full                method, lora.*   modeling.py
     DeepSpeed ZeRO 0/2/3 (+offload)                    deepspeed        launch.py, deepspeed/*.json
     every GPU of the pod (torchrun / accelerate)       launcher         launch.py
@@ -24,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -32,18 +35,20 @@ import torch
 from components.common.config import to_dict
 from components.common.errors import InputError
 from components.common.records import read_records
+from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
-from components.train.batching import BatchStream, collate
+from components.train.batching import collate
 from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
-from components.train.curriculum import PhasePlan, plan_phases
+from components.train.curriculum import PhasePlan, plan_phases, source_folder
 from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
 from components.train.launch import accelerator_for
 from components.train.losses import Divergence
 from components.train.modeling import base_model, check_vocab, load_student, load_teacher, resolve_precision
 from components.train.objective import DistillObjective, teacher_outputs
+from components.train.phase_eval import PhaseEvaluator
 from components.train.progress import Progress
-from components.train.sparse_kd import attach_topk, sparse_targets
+from components.train.sparse_kd import attach_topk, join_logprobs_file, sparse_targets
 from components.train.tracking import Trackers, check_report_to
 
 log = logging.getLogger(__name__)
@@ -86,15 +91,22 @@ class DistillTrainer:
         self.accelerator = accelerator_for(config)
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.student_dir)
-        self.sources = self._load_sources()
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
+        )
+        self.sources, heldout = self._load_sources()
+        self.evaluator = (
+            PhaseEvaluator(config, self.tokenizer, heldout, self.device) if config.eval_steps else None
+        )
         self.student = load_student(config, self.device, self.precision)
         self.teacher = None
         divergence = Divergence(config.kd.divergence, config.kd.beta, config.kd.temperature)
         intermediate = None
         if config.kd.teacher_dir and (config.kd.kind == "logits" or config.intermediate.enabled):
             self.teacher = load_teacher(config, self.device, self.precision)
-            teacher_tokenizer = AutoTokenizer.from_pretrained(config.kd.teacher_dir)
+            teacher_tokenizer = AutoTokenizer.from_pretrained(
+                config.kd.teacher_dir, trust_remote_code=allows_remote_code(config.kd.teacher_dir)
+            )
             limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
             divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
             if config.intermediate.enabled:
@@ -120,14 +132,22 @@ class DistillTrainer:
         )
         self.tb_store = store.child("tensorboard") if store else None
 
-    def _load_sources(self) -> dict:
+    def _load_sources(self) -> tuple[dict, dict]:
+        """(training examples, held-out examples when eval_steps is set) of every source by name."""
         config = self.config
         encoder = Encoder(
             self.tokenizer, config.max_length, config.truncation, config.reasoning, config.assistant_turns
         )
-        folders = {"main": config.data_dir, **config.datasets}
-        sources = {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="train-sources-")
+        folders = {
+            name: source_folder(location, Path(self._scratch.name))
+            for name, location in {"main": config.data_dir, **config.datasets}.items()
+        }
+        sources, heldout = {}, {}
         for name, folder in folders.items():
+            test = Path(folder) / "test.jsonl"
+            if config.eval_steps and test.is_file() and test.stat().st_size:
+                heldout[name] = encode_records(encoder, read_records(test), f"{name} held-out")
             path = Path(folder) / "train.jsonl"
             if not path.is_file():
                 field_name = "data_dir" if name == "main" else f"datasets.{name}"
@@ -138,9 +158,10 @@ class DistillTrainer:
             records = read_records(path)
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
+                join_logprobs_file(records, Path(folder) / "logprobs.jsonl")
                 attach_topk(sources[name], records, self.tokenizer)
         log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
-        return sources
+        return sources, heldout
 
     def _build_optimizer(self):
         params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -265,7 +286,7 @@ class DistillTrainer:
             if state is not None and phase.index < state["phase"]:
                 continue
             seed = config.seed + phase.index
-            stream = BatchStream(phase.examples, config.batch_size, seed, config.batching == "grouped")
+            stream = phase.stream(config.batch_size, seed, config.batching == "grouped", world * accum)
             total = phase.total_steps(stream.batches_per_epoch, world * accum)
             self._start_phase(phase, total)
             self.phase_index, phase_step = phase.index, 0
@@ -278,6 +299,7 @@ class DistillTrainer:
                     group["lr"] = lr
                 state = None
             self.model.train()
+            self.drawn: Counter = Counter()
             progress = Progress(phase.name, total, phase_step, acc.is_main_process)
             window: dict[str, float] = {}
             while phase_step < total:
@@ -285,6 +307,7 @@ class DistillTrainer:
                 for m in range(accum):
                     index = (phase_step * accum + m) * world + acc.process_index
                     examples = stream.get(index)
+                    self.drawn.update(example.source for example in examples)
                     micro.append(
                         collate(examples, self.tokenizer.pad_token_id, config.batching, config.max_length)
                     )
@@ -301,6 +324,15 @@ class DistillTrainer:
                         trackers, progress, window, phase, phase_step
                     )
                     window = {}
+                if self.evaluator and (phase_step % config.eval_steps == 0 or phase_step == total):
+                    self.evaluator.evaluate(
+                        acc.unwrap_model(self.model).student,
+                        phase,
+                        phase_step,
+                        self.global_step,
+                        trackers,
+                        self._save_weights,
+                    )
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
                     save_checkpoint(self, self.checkpoints)
             progress.close()
@@ -317,6 +349,7 @@ class DistillTrainer:
             "tokens_per_second": tokens_total / seconds if seconds else 0.0,
             "train_seconds": seconds,
             "phases": [phase.name for phase in self.phases],
+            "best": self.evaluator.best if self.evaluator else {},
             "kd": config.kd.kind,
             "precision": self.precision,
             "deepspeed": config.deepspeed,
@@ -346,6 +379,11 @@ class DistillTrainer:
         }
         if self.config.kd.kind != "none":
             scalars["train/kd"] = window["kd"] / scored
+            scalars["train/kd_temperature"] = self.objective.spec.temperature
+        # The share of each source in the window's records: a ramped mix shows its ramp here.
+        drawn = sum(self.drawn.values()) or 1
+        scalars.update({f"train/share_{name}": self.drawn[name] / drawn for name in phase.source_names})
+        self.drawn.clear()
         scalars.update({f"train/{k}": v / steps for k, v in window.items() if k.endswith("_loss")})
         if torch.cuda.is_available():
             scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -359,6 +397,13 @@ class DistillTrainer:
     # --- save -----------------------------------------------------------------------------------------
     def save(self, summary: dict) -> None:
         """The adapter (or full model), the tokenizer and `summary` (train_summary.json) into output_dir."""
+        out = Path(self.config.output_dir)
+        self._save_weights(out)
+        if self.accelerator.is_main_process:
+            (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+    def _save_weights(self, out: Path) -> None:
+        """The adapter (or full model) and the tokenizer into `out`; every rank calls it (ZeRO-3 gathers)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         # Gathers ZeRO-3 shards; a plain state dict otherwise. Keys are the objective's ("student.*").
@@ -367,11 +412,9 @@ class DistillTrainer:
             return
         prefix = "student."
         state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
-        out = Path(self.config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         student = acc.unwrap_model(self.model).student
         student.save_pretrained(out, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         if self.config.method == "full":
             student.generation_config.save_pretrained(out)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

@@ -13,8 +13,10 @@ run before any request.
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from components.common.errors import ConfigError
 from components.common.secrets import refuse_secret_path
@@ -62,19 +64,44 @@ def render_file_template(name_or_path: str, *, field: str = "template", **variab
     return _render(template_source(name_or_path, field), f"{field} {name_or_path!r}", variables).strip()
 
 
-def render_prompt_template(template: str, prompt: str) -> str:
-    """Wrap a user prompt: Jinja when the template holds '{{', else str.format with {prompt}."""
-    path = Path(template).expanduser()
-    if "\n" not in template and len(template) < 4096 and path.suffix in (".j2", ".txt") and path.is_file():
-        refuse_secret_path(path, "prompt_template")
-        template = path.read_text(encoding="utf-8")
+def render_prompt_template(template: str, prompt: str | None, row: Mapping[str, Any] | None = None) -> str:
+    """Wrap a user prompt: Jinja when the template holds '{{', else str.format with {prompt}. A Jinja
+    template also sees every field of the dataset row (`fields` mapping), e.g. {{ video_title }}."""
+    template = _prompt_template_source(template)
     if "{{" in template or "{%" in template:
-        return _render(template, "prompt_template", {"prompt": prompt})
+        variables = {**(row or {}), **({"prompt": prompt} if prompt is not None else {})}
+        return _render(template, "prompt_template", variables)
+    if prompt is None:
+        raise ConfigError(
+            "prompt_template: without fields.question the prompt comes from the row's fields; write it in "
+            "Jinja, e.g. {{ title }}"
+        )
     _check_format_fields(template)
     try:
         return template.format(prompt=prompt)
     except ValueError as error:
         raise ConfigError(f"prompt_template: {error}; use {{prompt}} for the user prompt") from None
+
+
+def template_variables(template: str) -> set[str]:
+    """The names a Jinja prompt template reads (for checking it at load with a sample of each)."""
+    import jinja2
+    from jinja2 import meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    source = _prompt_template_source(template)
+    try:
+        return meta.find_undeclared_variables(ImmutableSandboxedEnvironment().parse(source))
+    except jinja2.TemplateSyntaxError as error:
+        raise ConfigError(f"prompt_template: {error.message} (line {error.lineno})") from None
+
+
+def _prompt_template_source(template: str) -> str:
+    path = Path(template).expanduser()
+    if "\n" not in template and len(template) < 4096 and path.suffix in (".j2", ".txt") and path.is_file():
+        refuse_secret_path(path, "prompt_template")
+        return path.read_text(encoding="utf-8")
+    return template
 
 
 def _check_format_fields(template: str) -> None:

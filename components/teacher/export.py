@@ -1,0 +1,55 @@
+"""Copies of the kept records for other trainers (`export` in the teacher's Config).
+
+sharegpt: output_dir/sharegpt/train.json and test.json (lists of {"conversations": [{"from": "human" |
+"gpt", "value": ...}], "system": ...}) with the dataset_info.json LLaMA-Factory reads, so that
+
+    llamafactory-cli train ... --dataset_dir <data artifact>/sharegpt --dataset distill_train
+
+trains on them. The teacher's reasoning, when a record has it and the answer does not already hold it,
+goes before the answer as <think>...</think>, as R1-style reasoning datasets write it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.common.records import Record, iter_jsonl
+
+SHAREGPT_FROM = {"user": "human", "assistant": "gpt"}
+
+
+def sharegpt_row(record: Record) -> dict:
+    system = "\n".join(m["content"] for m in record.messages if m["role"] == "system")
+    turns = [
+        {"from": SHAREGPT_FROM[m["role"]], "value": m["content"]}
+        for m in record.messages
+        if m["role"] in SHAREGPT_FROM
+    ]
+    if record.reasoning and not turns[-1]["value"].lstrip().startswith("<think>"):
+        turns[-1] = {
+            "from": "gpt",
+            "value": f"<think>\n{record.reasoning.strip()}\n</think>\n\n{turns[-1]['value']}",
+        }
+    return {"conversations": turns, "system": system} if system else {"conversations": turns}
+
+
+def write_sharegpt(output: Path, splits: tuple[str, ...]) -> None:
+    """output/sharegpt/<split>.json from output/<split>.jsonl, a record at a time, and dataset_info.json."""
+    folder = output / "sharegpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for split in splits:
+        source = output / f"{split}.jsonl"
+        with (folder / f"{split}.json").open("w", encoding="utf-8") as rows:
+            rows.write("[")
+            for count, (number, obj) in enumerate(iter_jsonl(source)):
+                row = sharegpt_row(Record.from_dict(obj, f"{source}:{number}"))
+                rows.write(("," if count else "") + "\n" + json.dumps(row, ensure_ascii=False))
+            rows.write("\n]\n")
+        info[f"distill_{split}"] = {
+            "file_name": f"{split}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "system": "system"},
+        }
+    (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")

@@ -1,0 +1,65 @@
+"""Every shipped recipe is a run file the submitter accepts: its header says how to run it, and every
+stage's Config accepts what it sets (`python -m pipelines.submit --check --config <recipe>`)."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.submit import compile_package, main
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return compile_package(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+
+
+def test_the_five_recipes_are_shipped():
+    assert [path.stem for path in RECIPES] == [
+        "api_teacher_lora_sft",
+        "local_teacher_offline_online_kd",
+        "raw_text_lora_kd",
+        "reasoning_cot_full_ft",
+        "three_phase_kd",
+    ]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_opens_with_its_run_command_and_gpu_needs(recipe):
+    header = recipe.read_text(encoding="utf-8").split("\n\n")[0]
+    assert header.startswith("# Recipe ")
+    assert f"python -m pipelines.submit --config pipelines/recipes/{recipe.name}" in header
+    assert "# GPUs:" in recipe.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_passes_the_submitters_check(recipe, package, capsys):
+    assert main(["--check", "--config", str(recipe), "--package", str(package)]) == 0, capsys.readouterr().err
+    assert "run config OK" in capsys.readouterr().out
+
+
+def test_a_recipe_with_a_misspelt_field_is_refused_by_name(package, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(RECIPES[0].read_text(encoding="utf-8").replace("num_epochs: 3", "num_epoch: 3"))
+    assert main(["--check", "--config", str(broken), "--package", str(package)]) == 2
+    assert "num_epoch" in capsys.readouterr().err
+
+
+def test_the_commands_in_a_recipes_header_change_only_what_they_name(package):
+    """`--set teacher.fields.question=...` adds to the run file's teacher overrides instead of replacing them."""
+    from pipelines.submit import load_run_config, pipeline_parameters
+
+    recipe = next(path for path in RECIPES if path.stem == "reasoning_cot_full_ft")
+    assignments = [
+        "teacher_dataset=hf://datasets/BAAI/TACO",
+        "teacher_dataset_format=auto",
+        "teacher.fields.question=question",
+        "teacher.fields.answer=solutions",
+    ]
+    params = load_run_config(recipe, assignments, pipeline_parameters(package))
+    overrides = params["teacher_overrides"]
+    assert overrides["fields"] == {"question": "question", "answer": "solutions"}
+    assert overrides["judge"]["enabled"] and overrides["export"] == ["sharegpt"]
+    argv = ["--check", "--config", str(recipe), "--package", str(package)]
+    assert main([*argv, *(item for a in assignments for item in ("--set", a))]) == 0

@@ -1,0 +1,77 @@
+"""GPU needs of the recipes: a local quantized teacher and a quantized eval ask for a GPU in the pipeline,
+a run that gives them none is refused before submission, and on CPU the quantized loaders refuse in one
+line instead of failing inside bitsandbytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from components.common.config import from_dict
+from components.common.errors import ConfigError
+from components.evaluate.generate import load_model
+from components.teacher.config import Config as TeacherConfig
+from components.teacher.local import LocalTeacher
+from pipelines.submit import main
+from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
+
+RECIPE = {path.stem: path for path in RECIPES}
+
+
+def compiled_tasks(package_path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(package_path.read_text())
+    return spec["deploymentSpec"]["executors"], platform["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"
+    ]
+
+
+def test_teacher_and_eval_tasks_take_gpus_and_tolerations_from_parameters(package):  # noqa: F811
+    executors, kubernetes = compiled_tasks(package)
+    by_gpus = {}
+    for name, executor in executors.items():
+        accelerator = executor["container"].get("resources", {}).get("accelerator")
+        if accelerator:
+            by_gpus[name] = accelerator["resourceCount"]
+    assert by_gpus["exec-teacher-data"].endswith("teacher_gpus']}}")
+    assert by_gpus["exec-teacher-data-2"].endswith("teacher_gpus']}}")
+    assert by_gpus["exec-evaluate-student"].endswith("eval_gpus']}}")
+    assert "teacher_tolerations" in str(kubernetes["exec-teacher-data"]["tolerations"])
+    assert "eval_tolerations" in str(kubernetes["exec-evaluate-student"]["tolerations"])
+
+
+def test_a_local_8bit_teacher_without_a_gpu_is_refused_before_submission(package, capsys):  # noqa: F811
+    recipe = str(RECIPE["local_teacher_offline_online_kd"])
+    assert main(["--check", "--config", recipe, "--package", str(package), "--set", "teacher_gpus=0"]) == 2
+    assert "teacher_gpus: the local teacher loads in 8bit" in capsys.readouterr().err
+
+
+def test_a_quantized_eval_without_a_gpu_is_refused_before_submission(package, capsys):  # noqa: F811
+    recipe = str(RECIPE["api_teacher_lora_sft"])
+    assert main(["--check", "--config", recipe, "--package", str(package), "--set", "eval_gpus=0"]) == 2
+    assert "eval_gpus: eval scores the student in 4bit" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_quantized_loaders_refuse_on_cpu_in_one_line(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="quantization: '4bit' loads the student through bitsandbytes"):
+        load_model(tiny_model_dir, "auto", torch.device("cpu"), "trained_dir", quantization="4bit")
+    teacher = from_dict(
+        TeacherConfig,
+        {
+            "dataset": str(tmp_path / "p.jsonl"),
+            "output_dir": str(tmp_path / "out"),
+            "provider": {"name": "local", "model": str(tiny_model_dir), "quantization": "8bit"},
+        },
+    )
+    with pytest.raises(ConfigError, match="provider.quantization: '8bit' needs a CUDA GPU"):
+        LocalTeacher(teacher.provider)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and bitsandbytes")
+def test_the_student_loads_in_4bit_on_a_gpu(tiny_model_dir):
+    model, _ = load_model(tiny_model_dir, "auto", torch.device("cuda", 0), "trained_dir", quantization="4bit")
+    assert model.config.quantization_config.load_in_4bit
