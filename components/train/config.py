@@ -63,11 +63,11 @@ class OnPolicySettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
-            raise ConfigError(f"kd.on_policy.fraction: must be in [0, 1], got {self.fraction}")
+            raise ConfigError(f"on_policy.fraction: must be in [0, 1], got {self.fraction}")
         if self.temperature < 0:
-            raise ConfigError(f"kd.on_policy.temperature: must be >= 0 (0 is greedy), got {self.temperature}")
+            raise ConfigError(f"on_policy.temperature: must be >= 0 (0 is greedy), got {self.temperature}")
         if self.max_new_tokens <= 0:
-            raise ConfigError(f"kd.on_policy.max_new_tokens: must be positive, got {self.max_new_tokens}")
+            raise ConfigError(f"on_policy.max_new_tokens: must be positive, got {self.max_new_tokens}")
 
 
 @dataclass
