@@ -105,11 +105,17 @@ def targets_tensor(rows: list[TopK | None], device: torch.device) -> SparseTarge
     return SparseTargets(ids.to(device), logprobs.to(device), mask.to(device), sorted_only.to(device))
 
 
-def answer_text(example: Example, tokenizer) -> str:
-    """The scored text of an example, without its closing end-of-turn token: what a teacher scores."""
+def answer_ids(example: Example, tokenizer) -> list[int]:
+    """The scored tokens of an example without its closing end-of-turn token: what a teacher scores."""
     ids = scored_tokens(example)
     while ids and ids[-1] in (tokenizer.eos_token_id, tokenizer.pad_token_id):
         ids = ids[:-1]
+    return ids
+
+
+def answer_text(example: Example, tokenizer) -> str:
+    """`answer_ids` as text, for a teacher with another tokenizer."""
+    ids = answer_ids(example, tokenizer)
     # A sample cut at max_new_tokens can end inside a character: dropping the partial bytes keeps the
     # teacher's text a prefix of the student's, which the alignment accepts.
     return b"".join(token_bytes(tokenizer).of_id.get(i, b"") for i in ids).decode("utf-8", errors="ignore")

@@ -1,6 +1,7 @@
 """A teacher that scores given text in its own tokens: a local model, or a vLLM server over HTTP.
 
-Both return, for each (prompt, answer text) pair, the teacher's top-k distribution at each of its answer
+Both return, for each (prompt, answer) pair (the answer as text, or as token ids when the student shares
+the teacher's vocabulary: a sample need not be valid UTF-8 text), the teacher's top-k distribution at each of its answer
 tokens as OpenAI logprobs entries (`token`, `bytes`, `logprob`, `top_logprobs`): the same form the API
 teacher stores in the records, so cross_tokenizer.align maps either onto any student's tokens.
 
@@ -52,8 +53,11 @@ class TeacherTokens:
             )
         self.tokenizer = tokenizer
 
-    def __call__(self, prompt: Sequence[dict], answer: str) -> tuple[list[int], list[int]]:
+    def __call__(self, prompt: Sequence[dict], answer: str | list[int]) -> tuple[list[int], list[int]]:
+        """`answer` as text, or as ids already in the teacher's vocabulary (a student sharing it)."""
         prompt_ids = render_ids(self.tokenizer, prompt, add_generation_prompt=True)
+        if isinstance(answer, list):
+            return prompt_ids, answer
         return prompt_ids, self.tokenizer(answer, add_special_tokens=False)["input_ids"]
 
 
@@ -64,7 +68,9 @@ class LocalScorer:
         self.model, self.tokens, self.top_k = model, TeacherTokens(tokenizer), top_k
 
     @torch.no_grad()
-    def entries(self, prompts: Sequence[Sequence[dict]], answers: Sequence[str]) -> list[list[dict]]:
+    def entries(
+        self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
+    ) -> list[list[dict]]:
         pairs = [self.tokens(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
         device = self.model.get_output_embeddings().weight.device
         width = max(len(p) + len(a) for p, a in pairs)
@@ -101,10 +107,12 @@ class HttpScorer:
         self.url = url.rstrip("/") + "/v1/completions"
         self.model, self.tokens, self.top_k, self.timeout = model, TeacherTokens(tokenizer), top_k, timeout
 
-    def entries(self, prompts: Sequence[Sequence[dict]], answers: Sequence[str]) -> list[list[dict]]:
+    def entries(
+        self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
+    ) -> list[list[dict]]:
         return [self._one(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
 
-    def _one(self, prompt: Sequence[dict], answer: str) -> list[dict]:
+    def _one(self, prompt: Sequence[dict], answer: str | list[int]) -> list[dict]:
         prompt_ids, answer_ids = self.tokens(prompt, answer)
         body = {
             "model": self.model,

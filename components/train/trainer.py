@@ -48,7 +48,14 @@ from components.train.modeling import base_model, check_vocab, load_student, loa
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.on_policy import ce_targets, draw, with_samples
 from components.train.progress import Progress
-from components.train.sparse_kd import answer_text, attach_topk, report, scored_targets, sparse_targets
+from components.train.sparse_kd import (
+    answer_ids,
+    answer_text,
+    attach_topk,
+    report,
+    scored_targets,
+    sparse_targets,
+)
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from components.train.tracking import Trackers, check_report_to
 
@@ -98,11 +105,13 @@ class DistillTrainer:
         self.teacher = None
         # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
         self.scorer: LocalScorer | HttpScorer | None = None
+        self.same_tokens = True
         divergence = Divergence(config.kd.divergence, config.kd.beta, config.kd.temperature)
         intermediate = None
         if config.kd.teacher_dir and (config.kd.needs_scoring_teacher or config.intermediate.enabled):
             teacher_tokenizer = AutoTokenizer.from_pretrained(config.kd.teacher_dir)
-            same_tokens = teacher_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+            self.same_tokens = teacher_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+            same_tokens = self.same_tokens
             if not same_tokens and config.intermediate.enabled:
                 raise InputError(
                     "kd.teacher_dir: the teacher's tokenizer differs from the student's, so their positions "
@@ -281,8 +290,9 @@ class DistillTrainer:
     def _scored_targets(self, batch: Batch):
         """Sparse targets from a teacher scoring the batch's text in its own tokens (cross_tokenizer.py)."""
         examples = batch.examples
+        answer = answer_ids if self.same_tokens else answer_text
         entries = self.scorer.entries(
-            [self.prompts[e.record_id] for e in examples], [answer_text(e, self.tokenizer) for e in examples]
+            [self.prompts[e.record_id] for e in examples], [answer(e, self.tokenizer) for e in examples]
         )
         targets, counts = scored_targets(examples, entries, self.tokenizer, self.device)
         self.alignment.add(counts)
