@@ -143,29 +143,43 @@ def exact_match(model_dir: Path, held_out: list[tuple[str, str]], max_new_tokens
 
 
 @torch.no_grad()
-def api_logprobs(model, tokenizer, prompt: str, answer: str, k: int) -> list[dict]:
-    """The answer's tokens with the teacher's top-k, as an OpenAI-compatible API returns them."""
-    prefix = prompt_ids(tokenizer, prompt)
-    tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    logprobs = torch.log_softmax(model(torch.tensor([prefix + tokens])).logits[0].float(), -1)
+def api_logprobs(
+    model, tokenizer, pairs: list[tuple[str, str]], k: int, batch: int = 128
+) -> list[list[dict]]:
+    """Each answer's tokens with the teacher's top-k, as an OpenAI-compatible API returns them."""
 
     def entry(index: int, value: float) -> dict:
         text = tokenizer.decode([index])
         return {"token": text, "logprob": value, "bytes": list(text.encode())}
 
-    entries = []
-    for t, token in enumerate(tokens):
-        row = logprobs[len(prefix) - 1 + t]
-        top = row.topk(k)
-        entries.append(
-            {
-                **entry(token, float(row[token])),
-                "top_logprobs": [
-                    entry(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)
-                ],
-            }
-        )
-    return entries
+    out = []
+    for start in range(0, len(pairs), batch):
+        rows = [
+            (prompt_ids(tokenizer, p), tokenizer(a, add_special_tokens=False)["input_ids"])
+            for p, a in pairs[start : start + batch]
+        ]
+        width = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (p, a) in enumerate(rows):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, : len(p) + len(a)] = 1
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for i, (prefix, tokens) in enumerate(rows):
+            entries = []
+            for t, token in enumerate(tokens):
+                row = logprobs[i, len(prefix) - 1 + t]
+                top = row.topk(k)
+                entries.append(
+                    {
+                        **entry(token, float(row[token])),
+                        "top_logprobs": [
+                            entry(int(j), float(v)) for v, j in zip(top.values, top.indices, strict=True)
+                        ],
+                    }
+                )
+            out.append(entries)
+    return out
 
 
 def teacher_dataset(teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int) -> float:
@@ -173,9 +187,9 @@ def teacher_dataset(teacher_dir: Path, train_problems, folder: Path, max_new_tok
     model, tokenizer = load(teacher_dir)
     prompts = [p for p, _ in train_problems]
     said = answers(model, tokenizer, prompts, max_new_tokens)
+    logprobs = api_logprobs(model, tokenizer, list(zip(prompts, said, strict=True)), k)
     records = [
-        record(p, a, {"logprobs": api_logprobs(model, tokenizer, p, a, k)})
-        for p, a in zip(prompts, said, strict=True)
+        record(p, a, {"logprobs": entries}) for p, a, entries in zip(prompts, said, logprobs, strict=True)
     ]
     write_records(folder / "train.jsonl", records)
     write_records(folder / "test.jsonl", [])
@@ -204,11 +218,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every method runs")
     parser.add_argument("--digits", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=150, help="student optimizer steps, every method")
-    parser.add_argument("--teacher-steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=100, help="student optimizer steps, every method")
+    parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--train", type=int, default=2000, help="training prompts")
-    parser.add_argument("--held-out", type=int, default=300)
+    parser.add_argument("--train", type=int, default=1000, help="training prompts")
+    parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--methods", default=",".join(METHODS))

@@ -101,14 +101,17 @@ class DistillTrainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
         self.sources = self._load_sources()
-        self.student = load_student(config, self.device, self.precision)
         self.teacher = None
         # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
         self.scorer: LocalScorer | HttpScorer | None = None
         self.same_tokens = True
         divergence = Divergence(config.kd.divergence, config.kd.beta, config.kd.temperature)
         intermediate = None
-        if config.kd.teacher_dir and (config.kd.needs_scoring_teacher or config.intermediate.enabled):
+        wants_teacher = config.kd.teacher_dir and (
+            config.kd.needs_scoring_teacher or config.intermediate.enabled
+        )
+        if wants_teacher:
+            # Compared before any model is loaded: a refusal costs no GPU time.
             teacher_tokenizer = AutoTokenizer.from_pretrained(config.kd.teacher_dir)
             self.same_tokens = teacher_tokenizer.get_vocab() == self.tokenizer.get_vocab()
             same_tokens = self.same_tokens
@@ -118,6 +121,8 @@ class DistillTrainer:
                     "do not correspond and intermediate-layer terms cannot compare them; set the "
                     "intermediate weights to 0 (logit KD works across tokenizers)"
                 )
+        self.student = load_student(config, self.device, self.precision)
+        if wants_teacher:
             if config.kd.teacher_url:
                 self.scorer = HttpScorer(
                     config.kd.teacher_url, config.kd.teacher_model, teacher_tokenizer, config.kd.top_k
