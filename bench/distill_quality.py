@@ -2,8 +2,11 @@
 
 On CPU, in minutes (2 cores):
 
-    python bench/distill_quality.py                 # the table; about 10 minutes on 2 busy cores
-    python bench/distill_quality.py --smoke         # seconds: every method runs once, numbers meaningless
+    python bench/distill_quality.py                 # the table
+    python bench/distill_quality.py --smoke         # every method runs once on a few steps, numbers meaningless
+
+The comparison means something only once the teacher is competent: its held-out exact match is printed
+first, with a warning below COMPETENT; raise --teacher-steps until it passes.
 
 The task is addition of two numbers (`--digits` digits each), "Add: 47+85" -> "132". The bench first
 trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stage on gold answers) until it
@@ -45,6 +48,8 @@ from components.download.tiny import make_tiny_model  # noqa: E402
 from components.train import Config, run  # noqa: E402
 
 TEACHER = {"provider": "bench", "model": "adder"}
+# Held-out exact match from which the teacher's answers are mostly right, so that distilling them can help.
+COMPETENT = 0.9
 METHODS = ["sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"]
 
 
@@ -254,6 +259,12 @@ def main() -> None:
             f"{teacher_right:.3f} of its training answers ({time.monotonic() - started:.0f} s)",
             flush=True,
         )
+        if teacher_em < COMPETENT and not args.smoke:
+            print(
+                f"warning: the teacher is below {COMPETENT} exact match; the students learn from wrong answers "
+                "and the comparison says little: raise --teacher-steps",
+                flush=True,
+            )
 
         student = "tiny://qwen2?warmup_steps=0&layers=2&hidden=64&heads=4&kv_heads=2&intermediate=128"
         make_tiny_model(student, work / "student-init")
