@@ -92,6 +92,9 @@ class KDSettings:
         ),
     )
     # forward_kl covers all the teacher's modes; reverse_kl seeks its main one; jsd interpolates (beta).
+    # For a teacher with the student's tokenizer run locally. One that gives only its top_k (another
+    # tokenizer, a server, stored logprobs) is matched by forward KL over the top k + the rest, or by
+    # sorted probabilities where the token spans differ (components/train/cross_tokenizer.py).
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     # Generalized JSD mixing weight: 0 is forward KL, 1 reverse KL (as in TRL's GKD).
     beta: float = 0.5
