@@ -197,8 +197,14 @@ class PhaseSettings:
     hidden_weight: float | None = None
     attention_weight: float | None = None
     contrastive_weight: float | None = None
+    # kd.on_policy.fraction for this phase (kd.kind on_policy), e.g. teacher text first, own samples later.
+    on_policy_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        if self.on_policy_fraction is not None and not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ConfigError(
+                f"curriculum phase {self.name!r}: on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}"
+            )
         if any(v < 0 for v in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
             raise ConfigError(f"curriculum phase {self.name!r}: mix shares must be >= 0 and not all 0")
         if self.max_steps <= 0 and self.num_epochs <= 0:

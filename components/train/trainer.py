@@ -220,7 +220,10 @@ class DistillTrainer:
         """
         config = self.config
         if config.kd.kind == "on_policy":
-            micro_batches = [self._with_samples(batch, micro) for micro, batch in enumerate(micro_batches)]
+            micro_batches = [
+                self._with_samples(batch, micro, phase.on_policy_fraction)
+                for micro, batch in enumerate(micro_batches)
+            ]
         accum = len(micro_batches)
         scored = max(1, sum(batch.num_scored for batch in micro_batches))
         kd_on = config.kd.kind != "none"
@@ -275,7 +278,7 @@ class DistillTrainer:
         stats.update(sums)
         return stats
 
-    def _with_samples(self, batch: Batch, micro: int) -> Batch:
+    def _with_samples(self, batch: Batch, micro: int, fraction: float) -> Batch:
         """The micro-batch with a share of its answers replaced by the student's samples (on_policy.py)."""
         config = self.config
         settings = config.kd.on_policy
@@ -283,7 +286,7 @@ class DistillTrainer:
         examples = with_samples(
             self.student,
             batch.examples,
-            fraction=settings.fraction,
+            fraction=fraction,
             rng=rng,
             pad_id=self.tokenizer.pad_token_id,
             eos_id=self.tokenizer.eos_token_id,

@@ -209,3 +209,26 @@ def test_kill_9_then_resume_draws_the_same_samples_and_reaches_the_same_weights(
     want = load_file(f"{reference.output_dir}/adapter_model.safetensors")
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_each_curriculum_phase_can_set_its_own_on_policy_fraction(tiny_model_dir, reversal_data, tmp_path):
+    from components.train.curriculum import plan_phases
+
+    fields = {
+        "model_dir": str(tiny_model_dir),
+        "data_dir": str(reversal_data),
+        "output_dir": str(tmp_path / "out"),
+        "tensorboard_dir": str(tmp_path / "tb"),
+        "kd": {"kind": "on_policy", "teacher_dir": "t", "on_policy": {"fraction": 0.5}},
+    }
+    phases = [
+        {"name": "teacher-text", "max_steps": 1, "on_policy_fraction": 0.0},
+        {"name": "own", "max_steps": 1},
+    ]
+    config = from_dict(Config, {**fields, "curriculum": phases})
+    plans = plan_phases(config, {"main": []}, Divergence())
+    assert [plan.on_policy_fraction for plan in plans] == [0.0, 0.5]
+    with pytest.raises(ConfigError, match=r"curriculum phase 'x': on_policy_fraction must be in \[0, 1\]"):
+        from_dict(
+            Config, {**fields, "curriculum": [{"name": "x", "max_steps": 1, "on_policy_fraction": 1.5}]}
+        )
