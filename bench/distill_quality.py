@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000, help="training prompts")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="students' learning rate")
+    parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
     if args.smoke:
@@ -250,7 +251,9 @@ def main() -> None:
 
         base = "tiny://qwen2?warmup_steps=0&layers=2&hidden=128&heads=4&kv_heads=2&intermediate=256"
         make_tiny_model(base, work / "teacher-init")
-        teacher = train(work / "teacher-init", gold, work / "teacher", args.teacher_steps, args.lr, seed=0)
+        teacher = train(
+            work / "teacher-init", gold, work / "teacher", args.teacher_steps, args.teacher_lr, seed=0
+        )
         teacher_em = exact_match(teacher, held_out, answer_tokens)
         data = work / "teacher-data"
         teacher_right = teacher_dataset(teacher, train_problems, data, answer_tokens, args.top_k)
