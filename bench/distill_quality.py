@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from components.common.config import from_dict  # noqa: E402
 from components.common.records import Record, record_id, write_records  # noqa: E402
 from components.download.tiny import make_tiny_model  # noqa: E402
-from components.train import Config, run  # noqa: E402
+from components.train import Config  # noqa: E402
+from components.train.stage import run  # noqa: E402
 
 TEACHER = {"provider": "bench", "model": "adder"}
 # Held-out exact match from which the teacher's answers are mostly right, so that distilling them can help.
@@ -81,7 +82,7 @@ def train(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, see
     config = from_dict(
         Config,
         {
-            "model_dir": str(model_dir),
+            "student_dir": str(model_dir),
             "data_dir": str(data_dir),
             "output_dir": str(out),
             "tensorboard_dir": str(out / "tb"),

@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from components.common.config import from_dict
-from components.teacher import Config, run_shard
+from components.teacher import Config
+from components.teacher.stage import run_shard
 from pipelines.demo_teacher import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]

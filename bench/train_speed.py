@@ -23,9 +23,10 @@ import torch
 from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
 from components.download.tiny import make_tiny_model
-from components.train import Config, run
+from components.train import Config
 from components.train.batching import BatchStream, collate
 from components.train.data import Encoder, encode_records
+from components.train.stage import run
 
 
 def records(count: int) -> list[Record]:
@@ -38,15 +39,15 @@ def records(count: int) -> list[Record]:
     return out
 
 
-def plain_loop(model_dir: Path, data: list[Record], steps: int, batch: int) -> float:
+def plain_loop(student_dir: Path, data: list[Record], steps: int, batch: int) -> float:
     """The peer: seconds for `steps` steps of a bare LoRA loop."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
     examples = encode_records(Encoder(tokenizer, 256), data)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
     model = get_peft_model(
         model, LoraConfig(r=64, lora_alpha=128, target_modules="all-linear", lora_dropout=0.05)
     )
@@ -63,11 +64,11 @@ def plain_loop(model_dir: Path, data: list[Record], steps: int, batch: int) -> f
     return time.perf_counter() - started
 
 
-def stage_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int) -> float:
+def stage_run(student_dir: Path, data_dir: Path, out: Path, steps: int, batch: int) -> float:
     config = from_dict(
         Config,
         {
-            "model_dir": str(model_dir),
+            "student_dir": str(student_dir),
             "data_dir": str(data_dir),
             "output_dir": str(out / "model"),
             "tensorboard_dir": str(out / "tb"),

@@ -355,10 +355,10 @@ def job_trl(job: dict) -> dict:
         **settings,
     )
     trainer = TimedSFT(
-        model=job["model_dir"],
+        model=job["student_dir"],
         args=args,
         train_dataset=Dataset.from_dict(json.loads(Path(job["tokens"]).read_text())),
-        processing_class=AutoTokenizer.from_pretrained(job["model_dir"]),
+        processing_class=AutoTokenizer.from_pretrained(job["student_dir"]),
         peft_config=LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
@@ -397,7 +397,7 @@ def job_naive_kd(job: dict) -> dict:
     cuda = start_device(job)
     device = torch.device(job["device"])
     student = AutoModelForCausalLM.from_pretrained(
-        job["model_dir"], dtype=torch.float32, attn_implementation="sdpa"
+        job["student_dir"], dtype=torch.float32, attn_implementation="sdpa"
     ).to(device)
     teacher = AutoModelForCausalLM.from_pretrained(
         job["teacher_dir"], dtype=getattr(torch, job["dtype"]), attn_implementation="sdpa"
@@ -478,9 +478,9 @@ class Runner:
         return results[-1] if results else {"error": f"exit status {done.returncode}"}
 
 
-def ours_config(plan: Plan, run_dir: Path, model_dir: str, data_dir: str, total: int, **extra) -> dict:
+def ours_config(plan: Plan, run_dir: Path, student_dir: str, data_dir: str, total: int, **extra) -> dict:
     return {
-        "model_dir": model_dir,
+        "student_dir": student_dir,
         "data_dir": data_dir,
         "output_dir": str(run_dir / "model"),
         "tensorboard_dir": str(run_dir / "tb"),
@@ -505,13 +505,13 @@ def ours_config(plan: Plan, run_dir: Path, model_dir: str, data_dir: str, total:
 def sft_section(run: Runner, plan: Plan, data: dict) -> dict:
     results = {}
     for shape in plan.shapes:
-        model_dir = str(run.root / shape)
+        student_dir = str(run.root / shape)
         curve = shape == "0.5B" and plan.curve_steps > 0  # ours and TRL padding go on for the curve
         base = plan.warmup + plan.steps
         timing = {"warmup": plan.warmup, "steps": plan.steps, "batch": plan.batch, "lr": plan.lr}
         row = results[shape] = {}
         total = max(base, plan.curve_steps) if curve else base
-        config = ours_config(plan, run.root / f"ours-{shape}", model_dir, data["dir"], total)
+        config = ours_config(plan, run.root / f"ours-{shape}", student_dir, data["dir"], total)
         row[OURS] = run(f"{shape} ours", {"kind": "ours", "config": config, **timing})
         for mode, (label, fields, needs) in TRL_MODES.items():
             if not set(needs) <= set(plan.have):
@@ -519,7 +519,7 @@ def sft_section(run: Runner, plan: Plan, data: dict) -> dict:
             total = max(base, plan.curve_steps) if curve and mode == "trl_padded" else base
             job = {
                 "kind": "trl",
-                "model_dir": model_dir,
+                "student_dir": student_dir,
                 "tokens": data["tokens"],
                 "fields": fields,
                 "varlen": "varlen" in needs,
@@ -558,7 +558,7 @@ def kd_section(run: Runner, plan: Plan, data: dict) -> dict:
     kd = {"kind": "logits", "teacher_dir": teacher, "alpha": 0.5}
     naive = {
         "kind": "naive_kd",
-        "model_dir": student,
+        "student_dir": student,
         "teacher_dir": teacher,
         "tokens": data["tokens"],
         "total": total,

@@ -17,28 +17,18 @@ import sys
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
+from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
 from components.common.config import exposed_fields
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
-from components.download.config import Config as DownloadConfig
 from components.evaluate.component import evaluate_student
-from components.evaluate.config import Config as EvalConfig
 from components.merge.component import merge_adapter
-from components.merge.config import Config as MergeConfig
 from components.teacher.component import teacher_data, teacher_shard_indices
-from components.teacher.config import Config as TeacherConfig
 from components.train.component import train_student
-from components.train.config import Config as TrainConfig
+from pipelines.check_task import check_run
+from pipelines.run_check import STAGE_CONFIGS
 
-# Each stage's Config under the prefix its parameters and `<prefix>_overrides` take.
-STAGE_CONFIGS = {
-    "download": DownloadConfig,
-    "teacher": TeacherConfig,
-    "train": TrainConfig,
-    "merge": MergeConfig,
-    "eval": EvalConfig,
-}
 # The parameters that set no Config field: where the run keeps its files, how the tasks are placed and
 # sized, and each stage's overrides. The others are described by their Config field's help.
 PIPELINE_HELP = {
@@ -93,6 +83,7 @@ S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "reg
 # KFP artifacts (inputs and outputs) are moved by the KFP launcher with its own credentials (the
 # kfp-launcher ConfigMap), so a stage needs S3_SECRET only to reach `store_uri` itself.
 STAGE_SECRETS = {
+    "check": (),  # reads nothing: the parameters only
     "download": (S3_SECRET, HF_SECRET),  # the download cache in the store; gated hub models
     "teacher": (S3_SECRET, TEACHER_SECRET, JUDGE_SECRET),  # answer shards and cache; the API; the judge
     "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
@@ -119,13 +110,14 @@ class Outputs(NamedTuple):
 
 # CPU/memory (request, limit) of the stages that need no GPU; train takes pipeline parameters instead.
 RESOURCES = {
+    "check": ("100m", "1", "256Mi", "1Gi"),
     "download": ("1", "2", "4Gi", "16Gi"),
     "teacher": ("1", "2", "2Gi", "8Gi"),
     "merge": ("2", "8", "16Gi", "64Gi"),
     "eval": ("4", "8", "16Gi", "64Gi"),
 }
 # Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
-TIMEOUT_HOURS = {"download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
+TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
 
 
 def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -230,9 +222,16 @@ def build_pipeline(retries: bool = True):
         eval_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
+        # Every parameter above, as the run was started with (`retries` is the builder's, not the run's).
+        parameters = {
+            name: value for name, value in locals().items() if isinstance(value, PipelineParameterChannel)
+        }
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
-        student = download_model(source=student_source, store_uri=store_uri)
+        check = check_run(**parameters)
+        prepare(check, "check", "check run", retries)
+
+        student = download_model(source=student_source, store_uri=store_uri).after(check)
         prepare(student, "download", "download student", retries)
 
         teacher_inputs = dict(
@@ -252,7 +251,8 @@ def build_pipeline(retries: bool = True):
             seed=seed,
             overrides=teacher_overrides,
         )
-        shards = teacher_shard_indices(num_shards=teacher_shards).set_display_name("plan teacher shards")
+        shards = teacher_shard_indices(num_shards=teacher_shards).after(check)
+        shards.set_display_name("plan teacher shards")
         size(shards, "teacher")
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
             shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)

@@ -39,16 +39,11 @@ from typing import Any
 import yaml
 
 from components.common.cli import parse_assignments
-from components.common.config import (
-    deep_merge,
-    exposed_fields,
-    from_dict,
-    refuse_exposed_overrides,
-    under,
-)
+from components.common.config import deep_merge, exposed_fields
 from components.common.errors import ConfigError, InputError
 from components.common.logs import setup_logging
 from components.common.secrets import optional_env
+from pipelines.run_check import STAGE_CONFIGS, check_stage_configs
 
 PIPELINE_NAME = "llm-distillation"
 # Compiled with this run's REGISTRY/TAG into the ignored build/ folder: the committed
@@ -134,12 +129,6 @@ def pipeline_defaults(package: Path) -> dict[str, Any]:
     return defaults
 
 
-def stage_configs() -> dict[str, type]:
-    from pipelines.distill_pipeline import STAGE_CONFIGS
-
-    return STAGE_CONFIGS
-
-
 def flatten_run_config(config: dict[str, Any], valid: dict[str, str]) -> dict[str, Any]:
     """Turn `{train: {gpus: 4, lora: {r: 8}, deepspeed: zero2}, seed: 1}` into
     `{train_gpus: 4, train_lora_r: 8, train_overrides: {deepspeed: zero2}, seed: 1}`.
@@ -155,7 +144,7 @@ def flatten_run_config(config: dict[str, Any], valid: dict[str, str]) -> dict[st
             raise ConfigError(f"{spelled[name]} and {spelling} both set; give it once")
         flat[name], spelled[name] = value, spelling
 
-    configs = stage_configs()
+    configs = STAGE_CONFIGS
     for key, value in config.items():
         if key in configs and key not in valid and isinstance(value, dict):
             for name, (inner, spelling) in _stage_group(key, configs[key], value, valid).items():
@@ -210,37 +199,6 @@ def _nest(path: str, value: Any) -> dict[str, Any]:
     for part in reversed(path.split(".")):
         value = {part: value}
     return value
-
-
-def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, name = path.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[name] = value
-
-
-def check_stage_configs(params: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Build each stage's Config from the run's parameters as its task will, with placeholder folders
-    for the artifacts, so that the Configs' own checks run now; a ConfigError names the stage's field."""
-    values = {**defaults, **params}
-    for stage, config in stage_configs().items():
-        overrides = values.get(f"{stage}_overrides") or {}
-        refuse_exposed_overrides(config, stage, overrides)
-        data: dict[str, Any] = {}
-        for f in dataclasses.fields(config):
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                data[f.name] = f"/check/{stage}/{f.name}"  # an artifact folder KFP makes for the task
-        if any(f.name == "store_uri" for f in dataclasses.fields(config)):
-            data["store_uri"] = values["store_uri"]
-        for exposed_field in exposed_fields(config):
-            value = exposed_field.field_value(values[exposed_field.parameter])
-            _set_path(data, exposed_field.path, value)
-        if stage == "train" and values.get("train_kd_teacher_source"):
-            _set_path(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
-        try:
-            from_dict(config, deep_merge(data, overrides))
-        except ConfigError as error:
-            raise ConfigError(under(stage, str(error))) from None
 
 
 def check_params(params: dict[str, Any], valid: dict[str, str], source: str) -> dict[str, Any]:
@@ -386,7 +344,7 @@ def main(argv: list[str] | None = None, client=None) -> int:
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
         if not args.skip_check:
-            check_stage_configs(params, pipeline_defaults(package))
+            check_stage_configs({**pipeline_defaults(package), **params})
         if args.check:
             print(f"run config OK: {len(params)} parameter(s) set, every stage's Config checked")
             return 0

@@ -2,6 +2,8 @@
 stages; image names live in components/common/images.py)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 COMPONENTS = Path(__file__).resolve().parents[1] / "components"
@@ -24,3 +26,13 @@ def test_components_do_not_import_pipelines():
         if found:
             offenders[str(path.relative_to(COMPONENTS.parent))] = found
     assert offenders == {}
+
+
+def test_the_run_check_loads_no_stage_code():
+    """The check task runs in a small image: every stage's Config, and nothing of torch or the clients."""
+    heavy = ("torch", "transformers", "peft", "openai", "deepspeed", "huggingface_hub", "boto3")
+    probe = f"import sys, pipelines.run_check; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=COMPONENTS.parent
+    ).stdout.strip()
+    assert loaded == "[]"

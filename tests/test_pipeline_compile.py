@@ -18,6 +18,7 @@ COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
 # (teacher-data inside the loop) and the final teacher-data-2 that merges, filters and splits.
 STAGE_TASKS = {"download-model", "teacher-data-2", "train-student", "merge-adapter", "evaluate-student"}
 FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-1"}
+CHECK_TASK = "check-run"  # every stage's Config over the run's parameters, before anything else
 TRAIN = "exec-train-student"
 STORE_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 # Secret values present while compiling, as on a CI runner that holds them: none may reach the YAML.
@@ -26,6 +27,7 @@ PLANTED = {
 }
 # The Secret variables of each task, exactly: what its stage reads and nothing more.
 SECRET_ENV = {
+    "exec-check-run": set(),
     "exec-download-model": STORE_KEYS | {"HF_TOKEN"},
     "exec-teacher-shard-indices": set(),
     "exec-teacher-data": STORE_KEYS | {"TEACHER_API_KEY", "JUDGE_API_KEY"},
@@ -57,7 +59,19 @@ def test_documents_parse_into_pipeline_and_platform_spec(compiled):
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert spec.pipeline_info.name == "llm-distillation"
-    assert set(spec.root.dag.tasks) == STAGE_TASKS | FAN_OUT_TASKS
+    assert set(spec.root.dag.tasks) == STAGE_TASKS | FAN_OUT_TASKS | {CHECK_TASK}
+
+
+def test_the_run_check_comes_first_with_every_parameter(compiled):
+    pipeline, _ = compiled
+    tasks = pipeline["root"]["dag"]["tasks"]
+    for first in ("download-model", "teacher-shard-indices"):
+        assert CHECK_TASK in tasks[first]["dependentTasks"], f"{first} may start before the run check"
+    wired = {
+        name: wiring["componentInputParameter"]
+        for name, wiring in tasks[CHECK_TASK]["inputs"]["parameters"].items()
+    }
+    assert wired == {name: name for name in pipeline["root"]["inputDefinitions"]["parameters"]}
 
 
 def test_teacher_shards_fan_out_then_merge(compiled):

@@ -95,6 +95,20 @@ def test_bad_input_stops_the_run_with_one_clear_error(tmp_path, capfd, change, m
     assert any(message in line for line in error_lines), error_lines
 
 
+def test_a_bad_parameter_fails_the_run_check_before_any_stage_starts(tmp_path, capfd):
+    parameters = {**QUICK, "train_overrides": {"lora": {"dropout": 1.5}}}
+    settings = LocalRun(
+        workdir=tmp_path, student_source="tiny://qwen2?warmup_steps=0", dataset_size=10, parameters=parameters
+    )
+    with pytest.raises(RuntimeError):
+        run_pipeline(settings)
+    output = capfd.readouterr()
+    log = output.out + output.err
+    assert any("error: " in line and "train.lora.dropout" in line for line in log.splitlines()), log[-2000:]
+    assert "check-run" in log
+    assert "download-model" not in log and "teacher-shard-indices" not in log
+
+
 def test_malformed_dataset_line_is_reported_with_file_and_line(tmp_path, capfd):
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text('{"prompt": "Reverse the letters of: abc"}\n{"prompt": "Reverse the letters\n')

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from components.common.config import exposed_fields
-from pipelines.distill_pipeline import PIPELINE_HELP, STAGE_CONFIGS
+from pipelines.distill_pipeline import PIPELINE_HELP
+from pipelines.run_check import STAGE_CONFIGS
 
 COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "distill_pipeline.yaml"
 EXPOSED = [(stage, field) for stage, config in STAGE_CONFIGS.items() for field in exposed_fields(config)]
@@ -69,7 +70,13 @@ def test_a_parameter_given_again_in_its_stage_overrides_is_refused_naming_both(c
     from components.common.entry import run_stage
     from components.train.config import Config
 
-    fields = {"model_dir": "m", "data_dir": "d", "output_dir": "o", "tensorboard_dir": "t", "lora": {"r": 8}}
+    fields = {
+        "student_dir": "m",
+        "data_dir": "d",
+        "output_dir": "o",
+        "tensorboard_dir": "t",
+        "lora": {"r": 8},
+    }
     ran = []
     with pytest.raises(SystemExit):
         run_stage(ran.append, Config, fields, {"lora": {"r": 32}}, parameters="train")

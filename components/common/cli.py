@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -18,8 +17,7 @@ import yaml
 
 from components.common.config import load_config
 from components.common.errors import ConfigError, InputError, StageStopped
-from components.common.logs import setup_logging
-from components.common.redact import redact_urls
+from components.common.logs import print_error, setup_logging
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -51,12 +49,12 @@ def run_stage_cli(
         config = load_config(config_class, args.config, parse_assignments(args.set))
         result = run(config)
     except (ConfigError, InputError) as error:
-        print(f"error: {redact_urls(str(error))}", file=sys.stderr)
+        print_error(str(error))
         raise SystemExit(2) from None
     except StageStopped as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(str(error))
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        print_error("interrupted (Ctrl-C)")
         raise SystemExit(130) from None
     print(json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str))

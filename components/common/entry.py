@@ -10,14 +10,13 @@ the cause at the bottom of the log.
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from components.common.config import deep_merge, from_dict, refuse_exposed_overrides
 from components.common.errors import ConfigError, InputError, StageStopped
-from components.common.logs import setup_logging
-from components.common.redact import redact_urls
+from components.common.logs import print_error, setup_logging
 
 log = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -33,13 +32,20 @@ def run_stage(
 ) -> R:
     """`function(config_class(fields, then overrides))`. With `parameters` (the pipeline's prefix for this
     stage, e.g. "train"), an override of a field that is also a pipeline parameter is refused."""
-    setup_logging()
-    try:
+    with one_line_errors():
         if parameters:
             refuse_exposed_overrides(config_class, parameters, overrides or {})
         config = from_dict(config_class, deep_merge(dict(fields), dict(overrides or {})))
         return function(config)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """End the process with `error: <what and how to fix it>` on an error the user can fix."""
+    setup_logging()
+    try:
+        yield
     except (ConfigError, InputError, StageStopped) as error:
         log.error("%s", error)
-        print(f"error: {redact_urls(str(error))}", file=sys.stderr, flush=True)
+        print_error(str(error))
         raise SystemExit(1) from None

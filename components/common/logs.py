@@ -31,3 +31,11 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactCredentials())
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, URL credentials redacted, in one write: the ranks of a multi-GPU
+    run share stderr, and print() writes the text and its newline apart, so two ranks' lines could
+    run together."""
+    sys.stderr.write(f"error: {redact_urls(message)}\n")
+    sys.stderr.flush()

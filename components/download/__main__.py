@@ -1,4 +1,5 @@
 from components.common.cli import run_stage_cli
-from components.download import Config, run
+from components.download import Config
+from components.download.stage import run
 
 run_stage_cli("download", Config, run)

@@ -22,7 +22,8 @@ def download_model(
         hf_token_env: environment variable with a Hugging Face token for gated models.
     """
     from components.common.entry import run_stage
-    from components.download import Config, run
+    from components.download import Config
+    from components.download.stage import run
 
     fields = dict(source=source, output_dir=model.path, store_uri=store_uri, hf_token_env=hf_token_env)
     result = run_stage(run, Config, {**fields, "revision": revision or None})

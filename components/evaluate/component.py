@@ -29,11 +29,12 @@ def evaluate_student(
     import shutil
 
     from components.common.entry import run_stage
-    from components.evaluate import Config, run
+    from components.evaluate import Config
+    from components.evaluate.stage import run
 
     fields = dict(
-        base_model_dir=untrained.path,
-        model_dir=distilled.path,
+        student_dir=untrained.path,
+        trained_dir=distilled.path,
         data_dir=data.path,
         tensorboard_dir=tensorboard.path,
         output_dir=results.path,

@@ -51,11 +51,11 @@ class Config:
     """What to compare, how to generate, and when to fail.
 
     Inputs
-      base_model_dir: the untrained student (the download stage's model folder).
-      model_dir: the distilled student (the merge stage's model folder, or a PEFT adapter folder, which is
-          applied unmerged on top of base_model_dir).
+      student_dir: the untrained student (the download stage's model folder).
+      trained_dir: the distilled student (the merge stage's model folder, or a PEFT adapter folder, which is
+          applied unmerged on top of student_dir).
       data_dir: the teacher dataset folder; its test.jsonl holds prompts, teacher answers and references.
-      teacher_model_dir: a local teacher model folder, when there is one: its speed and size are measured.
+      teacher_dir: a local teacher model folder, when there is one: its speed and size are measured.
       tensorboard_dir: the train stage's TensorBoard logs (a folder or s3:// prefix) for the loss curve.
     Output
       output_dir: receives report.html (one self-contained file) and eval.json (everything).
@@ -78,11 +78,11 @@ class Config:
       min_score: see its help; the failure says by how much the metric fell short.
     """
 
-    base_model_dir: str
-    model_dir: str
+    student_dir: str
+    trained_dir: str
     data_dir: str
     output_dir: str
-    teacher_model_dir: str | None = None
+    teacher_dir: str | None = None
     tensorboard_dir: str | None = None
     # 256 by default: teacher answers run to hundreds of tokens, and a student cut off at 64 scores low
     # for length alone.
@@ -121,7 +121,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in ("base_model_dir", "model_dir", "data_dir", "output_dir"):
+        for name in ("student_dir", "trained_dir", "data_dir", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: empty; give a folder path")
         for name in ("max_new_tokens", "batch_size", "report_samples"):

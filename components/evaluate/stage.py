@@ -67,8 +67,8 @@ def run(config: Config) -> Result:
     metrics: dict[str, float] = {"num_samples": float(len(test.records))}
     outputs: dict[str, Generation] = {}
     for system, path, field in (
-        ("untrained", config.base_model_dir, "base_model_dir"),
-        ("distilled", config.model_dir, "model_dir"),
+        ("untrained", config.student_dir, "student_dir"),
+        ("distilled", config.trained_dir, "trained_dir"),
     ):
         outputs[system], scores = score_student(config, test, checker, device, path, field)
         metrics.update({f"{system}_{name}": value for name, value in scores.items()})
@@ -142,7 +142,7 @@ class HeldOut:
 
 def score_student(config, test: HeldOut, checker, device, path: str, field: str) -> tuple[Generation, dict]:
     """Generate with one student and score it against the teacher; the model is freed afterwards."""
-    model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.base_model_dir)
+    model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.student_dir)
     generation = generate(model, tokenizer, test.prompts, config)
     count = len(test.records)
     scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)
@@ -152,7 +152,7 @@ def score_student(config, test: HeldOut, checker, device, path: str, field: str)
     scores["avg_output_tokens"] = generation.new_tokens / count
     scores["tokens_per_s"] = generation.tokens_per_s
     scores["params"] = float(sum(p.numel() for p in model.parameters()))
-    scores["size_bytes"] = float(size_on_disk(path, base_dir=config.base_model_dir))
+    scores["size_bytes"] = float(size_on_disk(path, base_dir=config.student_dir))
     log.info(
         "eval: %s %s: exact match %.3f, rouge_l %.3f", field, path, scores["exact_match"], scores["rouge_l"]
     )
@@ -200,8 +200,8 @@ def report_facts(config: Config, test: HeldOut) -> dict[str, str]:
         {f"{r.teacher.get('provider', '?')}/{r.teacher.get('model', '?')}" for r in test.records if r.teacher}
     )
     return {
-        "distilled": config.model_dir,
-        "untrained": config.base_model_dir,
+        "distilled": config.trained_dir,
+        "untrained": config.student_dir,
         "teacher": ", ".join(teachers) or "unknown",
         "test prompts": str(len(test.records)),
         "decoding": "sampling" if config.do_sample else "greedy",
@@ -249,12 +249,12 @@ def teacher_metrics(config: Config, test: HeldOut, checker, device) -> dict[str,
     completion = [r.usage.get("completion_tokens") for r in test.records]
     if all(isinstance(c, int) for c in completion):
         scores["avg_output_tokens"] = sum(completion) / len(completion)
-    if config.teacher_model_dir:
-        model, tokenizer = load_model(config.teacher_model_dir, config.dtype, device, "teacher_model_dir")
+    if config.teacher_dir:
+        model, tokenizer = load_model(config.teacher_dir, config.dtype, device, "teacher_dir")
         generation = generate(model, tokenizer, test.prompts, config)
         scores["tokens_per_s"] = generation.tokens_per_s
         scores["params"] = float(sum(p.numel() for p in model.parameters()))
-        scores["size_bytes"] = float(size_on_disk(config.teacher_model_dir))
+        scores["size_bytes"] = float(size_on_disk(config.teacher_dir))
         del model
         free_memory()
     return {f"teacher_{k}": v for k, v in scores.items() if v is not None}

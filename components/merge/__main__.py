@@ -1,4 +1,5 @@
 from components.common.cli import run_stage_cli
-from components.merge import Config, run
+from components.merge import Config
+from components.merge.stage import run
 
 run_stage_cli("merge", Config, run)

@@ -22,11 +22,12 @@ def merge_adapter(
     YAML form.
     """
     from components.common.entry import run_stage
-    from components.merge import Config, run
+    from components.merge import Config
+    from components.merge.stage import run
 
     fields = dict(
-        base_dir=base.path,
-        adapter_dir=trained.path,
+        student_dir=base.path,
+        trained_dir=trained.path,
         output_dir=merged.path,
         data_dir=data.path,
         max_shard_size=max_shard_size,

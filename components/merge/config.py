@@ -32,9 +32,9 @@ class Config:
     """What to merge and how to write it.
 
     Inputs
-      base_dir: the student the adapter was trained on (a Hugging Face model folder, unquantized or a
+      student_dir: the student the adapter was trained on (a Hugging Face model folder, unquantized or a
           pre-quantized checkpoint; quantized bases are dequantized on CUDA before merging).
-      adapter_dir: the train stage's output: a PEFT adapter folder (has adapter_config.json) or, after full
+      trained_dir: the train stage's output: a PEFT adapter folder (has adapter_config.json) or, after full
           fine-tuning, a whole model folder, which passes through re-sharded.
     Output
       output_dir: the folder that receives the merged Hugging Face model.
@@ -52,8 +52,8 @@ class Config:
           and final loss.
     """
 
-    base_dir: str
-    adapter_dir: str
+    student_dir: str
+    trained_dir: str
     output_dir: str
     max_shard_size: str = field(
         default="2GB",
@@ -75,12 +75,12 @@ class Config:
     dataset: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("base_dir", "adapter_dir", "output_dir"):
+        for name in ("student_dir", "trained_dir", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: empty; give a folder path")
         if Path(self.output_dir).resolve() in (
-            Path(self.base_dir).resolve(),
-            Path(self.adapter_dir).resolve(),
+            Path(self.student_dir).resolve(),
+            Path(self.trained_dir).resolve(),
         ):
             raise ConfigError(
                 f"output_dir: {self.output_dir} is also an input folder; merging replaces the weights files "

@@ -61,26 +61,26 @@ class Result:
 
 
 def run(config: Config) -> Result:
-    adapter_dir, base_dir, output_dir = (
-        Path(config.adapter_dir),
-        Path(config.base_dir),
+    trained_dir, student_dir, output_dir = (
+        Path(config.trained_dir),
+        Path(config.student_dir),
         Path(config.output_dir),
     )
-    summary = read_train_summary(adapter_dir)
-    is_adapter = (adapter_dir / "adapter_config.json").is_file()
+    summary = read_train_summary(trained_dir)
+    is_adapter = (trained_dir / "adapter_config.json").is_file()
     method = summary.get("method") or ("lora" if is_adapter else "full")
-    dtype = resolve_dtype(config.dtype, method, base_dir if is_adapter else adapter_dir)
+    dtype = resolve_dtype(config.dtype, method, student_dir if is_adapter else trained_dir)
     device = resolve_device(config.device)
     tolerance = config.tolerance if config.tolerance is not None else DEFAULT_TOLERANCE[DTYPE_NAMES[dtype]]
-    tokenizer = load_tokenizer(adapter_dir, base_dir)
-    log.info("merge: %s output in %s on %s, dtype %s", method, adapter_dir, device, DTYPE_NAMES[dtype])
+    tokenizer = load_tokenizer(trained_dir, student_dir)
+    log.info("merge: %s output in %s on %s, dtype %s", method, trained_dir, device, DTYPE_NAMES[dtype])
 
     if is_adapter:
         model, reference = merge_adapter(
-            base_dir, adapter_dir, tokenizer, dtype, device, config.probe_prompts
+            student_dir, trained_dir, tokenizer, dtype, device, config.probe_prompts
         )
     else:
-        model, reference = load_model(adapter_dir, dtype, device, "adapter_dir"), None
+        model, reference = load_model(trained_dir, dtype, device, "trained_dir"), None
     parameters = sum(p.numel() for p in model.parameters())
     save_model(model, tokenizer, output_dir, config.max_shard_size)
     del model
@@ -95,8 +95,8 @@ def run(config: Config) -> Result:
         if not max_diff <= tolerance:
             raise MergeVerificationError(
                 f"merge check failed: merged logits differ from base + adapter by up to {max_diff:.4g}, over "
-                f"tolerance {tolerance:.4g} by {max_diff - tolerance:.4g}; the adapter in {adapter_dir} may not "
-                f"belong to base {base_dir}, or raise `tolerance` if {DTYPE_NAMES[dtype]} rounding explains it"
+                f"tolerance {tolerance:.4g} by {max_diff - tolerance:.4g}; the adapter in {trained_dir} may not "
+                f"belong to base {student_dir}, or raise `tolerance` if {DTYPE_NAMES[dtype]} rounding explains it"
             )
     shards = sorted(output_dir.glob("*.safetensors"))
     result = Result(
@@ -129,7 +129,7 @@ def write_card(output_dir: Path, config: Config, summary: dict[str, Any], result
     data = dataset_facts(config.data_dir)
     facts = {
         **summary,
-        "base_model": summary.get("base_model") or config.base_dir,
+        "base_model": summary.get("base_model") or config.student_dir,
         "teacher": config.teacher or data.get("teacher"),
         "dataset": config.dataset or data.get("dataset"),
         "parameters": result.parameters,
@@ -141,10 +141,10 @@ def write_card(output_dir: Path, config: Config, summary: dict[str, Any], result
     (output_dir / "merge_summary.json").write_text(json.dumps(_summary(result), indent=2) + "\n")
 
 
-def read_train_summary(adapter_dir: Path) -> dict[str, Any]:
-    if not adapter_dir.is_dir():
-        raise InputError(f"adapter_dir: {adapter_dir} is not a folder; give the train stage's output folder")
-    path = adapter_dir / "train_summary.json"
+def read_train_summary(trained_dir: Path) -> dict[str, Any]:
+    if not trained_dir.is_dir():
+        raise InputError(f"trained_dir: {trained_dir} is not a folder; give the train stage's output folder")
+    path = trained_dir / "train_summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -165,19 +165,19 @@ def resolve_dtype(name: str, method: str, weights_dir: Path) -> torch.dtype:
 
 def check_model_folder(path: Path, field: str) -> None:
     if not (path / "config.json").is_file():
-        what = "neither adapter_config.json (an adapter) nor" if field == "adapter_dir" else "no"
+        what = "neither adapter_config.json (an adapter) nor" if field == "trained_dir" else "no"
         raise InputError(f"{field}: {path} holds {what} config.json (a Hugging Face model folder)")
 
 
-def load_tokenizer(adapter_dir: Path, base_dir: Path):
+def load_tokenizer(trained_dir: Path, student_dir: Path):
     """The train output's tokenizer when it saved one (it may carry a new chat template), else the base's."""
     from transformers import AutoTokenizer
 
-    source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    source = trained_dir if (trained_dir / "tokenizer_config.json").is_file() else student_dir
     return AutoTokenizer.from_pretrained(source)
 
 
-def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "base_dir"):
+def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "student_dir"):
     """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first (needs CUDA)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -185,9 +185,9 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str 
     if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
         if device.type != "cuda":
             raise ConfigError(
-                f"base_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
+                f"student_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
                 "dequantizing it needs a CUDA device (device: auto or cuda on a GPU machine), or point "
-                "base_dir at the unquantized model"
+                "student_dir at the unquantized model"
             )
         model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device.index or 0})
         model = model.dequantize(dtype=dtype).to(dtype)
@@ -196,16 +196,16 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str 
     return model.eval()
 
 
-def merge_adapter(base_dir, adapter_dir, tokenizer, dtype, device, prompts):
+def merge_adapter(student_dir, trained_dir, tokenizer, dtype, device, prompts):
     """(merged model, reference logits of base + adapter before merging)."""
     from peft import PeftModel
 
-    base = load_model(base_dir, dtype, device)
+    base = load_model(student_dir, dtype, device)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        model = PeftModel.from_pretrained(base, str(trained_dir)).eval()
     except (ValueError, RuntimeError, KeyError) as error:
         raise InputError(
-            f"adapter_dir: cannot apply the adapter in {adapter_dir} to base {base_dir}: {error}"
+            f"trained_dir: cannot apply the adapter in {trained_dir} to base {student_dir}: {error}"
         ) from None
     # Adapter weights may be stored in fp32; the merge happens in the base's dtype.
     model.to(dtype)

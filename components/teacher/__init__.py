@@ -23,9 +23,11 @@ files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-com
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
 progress.py (bar, log lines), stage.py (run, run_shard, finalize, Result), finalize.py (merge and write
 the dataset), component.py (the KFP component).
+
+Importing the package loads its Config only (no torch, no clients): `run` and `Result` live in stage.py,
+so the pipeline's run check reads every stage's Config in one small image.
 """
 
 from components.teacher.config import Config, JudgeConfig, ProviderConfig, TextConfig
-from components.teacher.stage import Result, finalize, run, run_shard
 
-__all__ = ["Config", "JudgeConfig", "ProviderConfig", "Result", "TextConfig", "finalize", "run", "run_shard"]
+__all__ = ["Config", "JudgeConfig", "ProviderConfig", "TextConfig"]

@@ -42,7 +42,8 @@ def teacher_data(
     import functools
 
     from components.common.entry import run_stage
-    from components.teacher import Config, run, run_shard
+    from components.teacher import Config
+    from components.teacher.stage import run, run_shard
 
     fields = dict(
         dataset=dataset,

@@ -54,7 +54,7 @@ NAME = re.compile(r"^step-(\d{8})$")
 # for memory without changing the arithmetic: a retry may change them and still resume. The input
 # folders are compared by content instead of by path (a multi-node pod downloads them elsewhere).
 NOT_FINGERPRINTED = {
-    "model_dir",
+    "student_dir",
     "data_dir",
     "datasets",
     "kd.teacher_dir",
@@ -96,7 +96,7 @@ def run_fingerprint(config) -> dict[str, Any]:
         name: value for name, value in _flatten(to_dict(config)).items() if name not in NOT_FINGERPRINTED
     }
     inputs = {
-        "model_dir": folder_digest(config.model_dir),
+        "student_dir": folder_digest(config.student_dir),
         "data_dir": folder_digest(config.data_dir, "train.jsonl"),
     }
     for name, folder in sorted(config.datasets.items()):

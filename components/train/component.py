@@ -47,7 +47,8 @@ def train_student(
 
     from components import download
     from components.common.entry import run_stage
-    from components.train import Config, run
+    from components.train import Config
+    from components.train.stage import run
 
     kd_fields = {"kind": kd}
     if kd_teacher_source:
@@ -58,7 +59,7 @@ def train_student(
             dict(source=kd_teacher_source, output_dir=kd_fields["teacher_dir"], store_uri=store_uri),
         )
     fields = dict(
-        model_dir=student.path,
+        student_dir=student.path,
         data_dir=data.path,
         output_dir=trained.path,
         tensorboard_dir=tensorboard.path,

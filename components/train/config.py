@@ -217,7 +217,7 @@ class Config:
 
     # --- inputs and outputs ---------------------------------------------------------------------------
     # Student model folder (Hugging Face layout: config.json, tokenizer, *.safetensors).
-    model_dir: str
+    student_dir: str
     # Teacher dataset folder holding train.jsonl of distillation records.
     data_dir: str
     # Where the adapter (or the full model), the tokenizer and train_summary.json are written.
@@ -332,7 +332,7 @@ class Config:
     tensorboard_sync_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("model_dir", "data_dir", "output_dir", "tensorboard_dir"):
+        for name in ("student_dir", "data_dir", "output_dir", "tensorboard_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: must name a folder")
         check_run_id(self.run_id)

@@ -59,7 +59,7 @@ def load_student(config, device: torch.device, precision: str):
     """The student ready to train: frozen base + LoRA adapters, or every weight trainable."""
     from transformers import AutoModelForCausalLM
 
-    folder = check_model_dir(config.model_dir, "model_dir")
+    folder = check_model_dir(config.student_dir, "student_dir")
     kwargs: dict = {"dtype": torch.float32 if config.method == "full" else DTYPES[precision]}
     kwargs.update(attention_kwargs(config))
     if config.method == "qlora":

@@ -99,7 +99,7 @@ class DistillTrainer:
         self.accelerator = accelerator_for(config)
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.student_dir)
         self.sources = self._load_sources()
         self.teacher = None
         # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
@@ -392,7 +392,7 @@ class DistillTrainer:
             report(self.alignment, "KD from a teacher with its own tokens")
         return {
             "method": config.method,
-            "base_model": config.model_dir,
+            "base_model": config.student_dir,
             "steps": self.global_step,
             "final_loss": self.final_loss,
             "final_loss_parts": self.loss_parts,

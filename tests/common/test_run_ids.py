@@ -15,7 +15,7 @@ def teacher(run_id: str) -> TeacherConfig:
 
 
 def train(run_id: str) -> TrainConfig:
-    folders = {name: name for name in ("model_dir", "data_dir", "output_dir", "tensorboard_dir")}
+    folders = {name: name for name in ("student_dir", "data_dir", "output_dir", "tensorboard_dir")}
     return from_dict(TrainConfig, {**folders, "run_id": run_id})
 
 

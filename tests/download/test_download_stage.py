@@ -10,9 +10,9 @@ import pytest
 
 from components.common.errors import ConfigError, InputError
 from components.common.store import open_store
-from components.download import Config, run
+from components.download import Config
 from components.download.sources import parse_source
-from components.download.stage import COMPLETE_MARKER, cache_prefix
+from components.download.stage import COMPLETE_MARKER, cache_prefix, run
 from tests.download.conftest import FakeHub, repo_files
 
 TINY = "tiny://qwen2?warmup_steps=0&hidden=64&intermediate=128&layers=1"
@@ -106,7 +106,7 @@ def test_s3_source_and_s3_cache(s3_endpoint, tiny_model_dir, tmp_path):
 def test_unreachable_hub_names_the_fix(tmp_path):
     """The real huggingface_hub code path, pointed at a closed loopback port."""
     code = (
-        "from components.download import Config, run\n"
+        "from components.download import Config\nfrom components.download.stage import run\n"
         f"run(Config(source='hf://Qwen/Qwen2.5-0.5B', output_dir={str(tmp_path / 'out')!r}))\n"
     )
     env = {
@@ -237,7 +237,7 @@ def test_a_hub_download_through_huggingface_hub_pins_the_commit_and_skips_code(t
     with FakeHub("org/tiny", files, {"main": commit}) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home")}
         code = (
-            "import json\nfrom components.download import Config, run\n"
+            "import json\nfrom components.download import Config\nfrom components.download.stage import run\n"
             f"result = run(Config(source='hf://org/tiny', output_dir={str(tmp_path / 'out')!r}))\n"
             "print(json.dumps(result.metadata))\n"
         )

@@ -17,8 +17,8 @@ CPU = torch.device("cpu")
 
 def settings(**extra) -> Config:
     fields = {
-        "base_model_dir": "b",
-        "model_dir": "m",
+        "student_dir": "b",
+        "trained_dir": "m",
         "data_dir": "d",
         "output_dir": "o",
         "max_new_tokens": 12,
@@ -34,7 +34,7 @@ def test_split(reversal_data_dir):
 
 def test_batched_generation_keeps_the_input_order(memorized_student_dir, test_split):
     prompts, answers = test_split
-    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
     batched = generate(model, tokenizer, prompts, settings(batch_size=3))
     one_by_one = [generate(model, tokenizer, [p], settings(batch_size=1)).answers[0] for p in prompts]
 
@@ -46,7 +46,7 @@ def test_batched_generation_keeps_the_input_order(memorized_student_dir, test_sp
 def test_perplexity_does_not_depend_on_batching_and_matches_a_direct_computation(tiny_model_dir, test_split):
     prompts, answers = test_split
     answers = [a * (i % 3 + 1) for i, a in enumerate(answers)]  # uneven lengths: padding on every row
-    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "model_dir")
+    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "trained_dir")
     batched = answer_perplexity(model, tokenizer, prompts, answers, batch_size=4)
     single = answer_perplexity(model, tokenizer, prompts, answers, batch_size=1)
 
@@ -65,7 +65,7 @@ def test_perplexity_does_not_depend_on_batching_and_matches_a_direct_computation
 
 
 def test_sampling_is_configurable_and_seeded(tiny_model_dir):
-    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "model_dir")
+    model, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "trained_dir")
     prompts = [[{"role": "user", "content": "Reverse the letters of: abc"}]] * 3
     sampled = settings(do_sample=True, temperature=1.5, top_k=0, max_new_tokens=8)
     first, again = generate(model, tokenizer, prompts, sampled), generate(model, tokenizer, prompts, sampled)
@@ -81,7 +81,7 @@ def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_
 
     from components.evaluate.generate import size_on_disk
     from components.merge import Config as MergeConfig
-    from components.merge import run as merge
+    from components.merge.stage import run as merge
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
@@ -94,9 +94,9 @@ def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_
 
     scored = {}
     for name in ("adapter", "merged"):
-        model, tokenizer = load_model(tmp_path / name, "fp32", CPU, "model_dir", base_dir=tiny_model_dir)
+        model, tokenizer = load_model(tmp_path / name, "fp32", CPU, "trained_dir", base_dir=tiny_model_dir)
         scored[name] = answer_perplexity(model, tokenizer, prompts, answers, batch_size=4)
-    base, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "base_model_dir")
+    base, tokenizer = load_model(tiny_model_dir, "fp32", CPU, "student_dir")
 
     assert scored["adapter"] == pytest.approx(scored["merged"], rel=1e-4)
     assert scored["adapter"] != pytest.approx(
@@ -123,11 +123,11 @@ def test_asking_for_cuda_without_a_gpu_fails_naming_the_field():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 on CUDA needs a GPU")
 def test_bf16_on_cuda_matches_fp32_on_cpu(memorized_student_dir, test_split):
     prompts, answers = test_split
-    cuda_model, tokenizer = load_model(memorized_student_dir, "bf16", torch.device("cuda"), "model_dir")
+    cuda_model, tokenizer = load_model(memorized_student_dir, "bf16", torch.device("cuda"), "trained_dir")
     assert next(cuda_model.parameters()).dtype == torch.bfloat16
     on_gpu = generate(cuda_model, tokenizer, prompts, settings(batch_size=4))
     assert sum(a == b for a, b in zip(on_gpu.answers, answers, strict=True)) >= len(answers) - 1
-    cpu_model, _ = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    cpu_model, _ = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
     gpu_ppl = answer_perplexity(cuda_model, tokenizer, prompts, answers, batch_size=4)
     cpu_ppl = answer_perplexity(cpu_model, tokenizer, prompts, answers, batch_size=4)
     assert gpu_ppl == pytest.approx(cpu_ppl, rel=0.05)  # bf16 keeps 8 mantissa bits: ~0.4% per operation
@@ -137,7 +137,7 @@ def test_generation_stops_at_any_end_token_of_the_generation_config(memorized_st
     from components.evaluate.generate import stop_ids
 
     prompts, answers = test_split
-    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "model_dir")
+    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     model.generation_config.eos_token_id = [eos, pad]
     assert stop_ids(model, tokenizer) == [eos, pad]

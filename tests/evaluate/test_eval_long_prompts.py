@@ -21,7 +21,7 @@ CONTEXT = 64
 def short_context_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-64-positions")
     make_tiny_model(f"tiny://qwen2?warmup_steps=0&max_positions={CONTEXT}", path)
-    model, tokenizer = load_model(path, "fp32", CPU, "model_dir")
+    model, tokenizer = load_model(path, "fp32", CPU, "trained_dir")
     assert model.config.max_position_embeddings == CONTEXT
     return model, tokenizer
 
@@ -46,7 +46,7 @@ PROMPTS = [
 def test_generation_cuts_an_over_long_prompt_to_the_context_keeping_its_end(short_context_model, caplog):
     model, tokenizer = short_context_model
     seen = positions_seen(model)
-    settings = Config(base_model_dir="b", model_dir="m", data_dir="d", output_dir="o", max_new_tokens=8)
+    settings = Config(student_dir="b", trained_dir="m", data_dir="d", output_dir="o", max_new_tokens=8)
     with caplog.at_level(logging.WARNING, logger="components.evaluate.generate"):
         generation = generate(model, tokenizer, PROMPTS, settings)
     model._forward_pre_hooks.clear()

@@ -44,7 +44,7 @@ def test_config_repr_hides_the_judges_header_and_body_values(judge_server):
         judge_server, extra_headers={"X-Tenant": SECRETS["header"]}, extra_body={"token": SECRETS["body"]}
     )
     config = Config(
-        base_model_dir="b", model_dir="m", data_dir="d", output_dir="o", judge=JudgeConfig(provider)
+        student_dir="b", trained_dir="m", data_dir="d", output_dir="o", judge=JudgeConfig(provider)
     )
     shown = repr(config)
     assert "X-Tenant" in shown and not [s for s in SECRETS.values() if s in shown]
@@ -62,8 +62,8 @@ def test_an_eval_run_writes_and_logs_no_planted_secret(
         extra_body={"tenant_token": SECRETS["body"]},
     )
     config = {
-        "base_model_dir": str(tiny_model_dir),
-        "model_dir": str(memorized_student_dir),
+        "student_dir": str(tiny_model_dir),
+        "trained_dir": str(memorized_student_dir),
         "data_dir": str(reversal_data_dir),
         "output_dir": str(out),
         "max_new_tokens": 12,

@@ -10,8 +10,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
-from components.evaluate import Config, EvalGateError, JudgeConfig, run
+from components.evaluate import Config, JudgeConfig
 from components.evaluate.generate import split_reasoning
+from components.evaluate.stage import EvalGateError, run
 
 CHECKER = "components.evaluate.checkers:reverse_letters"
 
@@ -28,7 +29,7 @@ def tensorboard_dir(tmp_path_factory):
 
 
 def config(base, distilled, data, out, **extra) -> Config:
-    fields = dict(base_model_dir=str(base), model_dir=str(distilled), data_dir=str(data), output_dir=str(out))
+    fields = dict(student_dir=str(base), trained_dir=str(distilled), data_dir=str(data), output_dir=str(out))
     return Config(**fields, max_new_tokens=12, batch_size=4, **extra)
 
 
@@ -54,7 +55,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
         memorized_student_dir,
         reversal_data_dir,
         out,
-        teacher_model_dir=str(tiny_teacher_dir),
+        teacher_dir=str(tiny_teacher_dir),
         tensorboard_dir=str(tensorboard_dir),
         checker=CHECKER,
         judge=from_dict(JudgeConfig, {"provider": judge}),
@@ -88,7 +89,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
 
     report = (out / "report.html").read_text()
     assert "<polyline" in report and "train/loss" in report  # the loss curve, inline SVG
-    # the teacher named from the records' teacher settings; its size measured from teacher_model_dir
+    # the teacher named from the records' teacher settings; its size measured from teacher_dir
     assert "teacher: <b title='demo/reverser'>demo/reverser</b>" in report
     assert "smaller on disk" in report
     assert "Reverse the letters of:" in report and "eval gate passed" in report
@@ -130,7 +131,7 @@ def test_reasoning_is_split_from_the_answer():
 
 
 def test_config_and_input_errors_name_the_field(tiny_model_dir, tmp_path):
-    base = {"base_model_dir": "b", "model_dir": "m", "data_dir": "d", "output_dir": "o"}
+    base = {"student_dir": "b", "trained_dir": "m", "data_dir": "d", "output_dir": "o"}
     with pytest.raises(
         ConfigError, match="gate_metric: 'distilled_perplexity' is not a metric the gate can use"
     ):

@@ -99,7 +99,7 @@ def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_
         shared_folder(shared / "data") / "train.jsonl", [reversal_record(word) for word in words * 4]
     )
     config = {
-        "model_dir": "/s3/student",
+        "student_dir": "/s3/student",
         "data_dir": "/s3/data",
         "output_dir": "/s3/out",
         "tensorboard_dir": "/s3/tb",

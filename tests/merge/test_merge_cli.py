@@ -12,8 +12,8 @@ import yaml
 def test_python_m_components_merge_with_a_yaml_config(tiny_model_dir, make_adapter, tmp_path):
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     config = {
-        "base_dir": str(tiny_model_dir),
-        "adapter_dir": str(adapter),
+        "student_dir": str(tiny_model_dir),
+        "trained_dir": str(adapter),
         "output_dir": str(tmp_path / "out"),
     }
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(config))

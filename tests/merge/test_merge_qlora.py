@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.errors import ConfigError
-from components.merge import Config, run
+from components.merge import Config
+from components.merge.stage import run
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit bitsandbytes needs CUDA")
 BNB_4BIT = {
@@ -52,7 +53,7 @@ def test_a_quantized_base_checkpoint_on_cpu_is_refused_naming_the_field(
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", method="qlora")
     if torch.cuda.is_available():
         pytest.skip("on CUDA the quantized base is dequantized instead (see the gpu test)")
-    with pytest.raises(ConfigError, match="base_dir: .* is a quantized checkpoint .* needs a CUDA device"):
+    with pytest.raises(ConfigError, match="student_dir: .* is a quantized checkpoint .* needs a CUDA device"):
         run(Config(str(quantized), str(adapter), str(tmp_path / "merged")))
 
 

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
-from components.merge import Config, MergeVerificationError, run
+from components.merge import Config
+from components.merge.stage import MergeVerificationError, run
 from components.merge.verify import probe_batch, probe_logits
 
 
@@ -22,7 +23,7 @@ def logits_of(model_dir: Path, prompts: list[str]) -> torch.Tensor:
     return probe_logits(model, probe_batch(tokenizer, prompts, torch.device("cpu")))
 
 
-def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_model_dir, adapter_dir, tmp_path):
+def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_model_dir, trained_dir, tmp_path):
     out, data = tmp_path / "merged", tmp_path / "data"
     data.mkdir()
     summary = {
@@ -31,7 +32,7 @@ def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_mode
         "metrics": {"train": 900, "test": 100},
     }
     (data / "summary.json").write_text(json.dumps(summary))
-    result = run(Config(str(tiny_model_dir), str(adapter_dir), str(out), data_dir=str(data)))
+    result = run(Config(str(tiny_model_dir), str(trained_dir), str(out), data_dir=str(data)))
 
     assert result.merged and result.verified and result.method == "lora" and result.dtype == "fp32"
     assert result.max_logit_diff < 1e-4 <= result.tolerance
@@ -56,9 +57,9 @@ def test_lora_merge_matches_base_plus_adapter_and_writes_a_plain_model(tiny_mode
     assert set(result.metrics) >= {"merge_max_logit_diff", "merge_size_bytes", "merge_parameters"}
 
 
-def test_max_shard_size_splits_the_weights_into_indexed_shards(tiny_model_dir, adapter_dir, tmp_path):
+def test_max_shard_size_splits_the_weights_into_indexed_shards(tiny_model_dir, trained_dir, tmp_path):
     out = tmp_path / "merged"
-    config = Config(str(tiny_model_dir), str(adapter_dir), str(out), max_shard_size="300KB")
+    config = Config(str(tiny_model_dir), str(trained_dir), str(out), max_shard_size="300KB")
     result = run(config)
 
     shards = sorted(out.glob("*.safetensors"))
@@ -70,18 +71,18 @@ def test_max_shard_size_splits_the_weights_into_indexed_shards(tiny_model_dir, a
 
 
 def test_merge_in_bf16_fails_loudly_when_rounding_exceeds_a_strict_tolerance(
-    tiny_model_dir, adapter_dir, tmp_path
+    tiny_model_dir, trained_dir, tmp_path
 ):
-    config = Config(str(tiny_model_dir), str(adapter_dir), str(tmp_path / "m"), dtype="bf16", tolerance=1e-6)
+    config = Config(str(tiny_model_dir), str(trained_dir), str(tmp_path / "m"), dtype="bf16", tolerance=1e-6)
     with pytest.raises(MergeVerificationError, match=r"over tolerance 1e-06 by [0-9.e-]+"):
         run(config)
 
 
 def test_merge_onto_the_wrong_base_is_caught_by_the_check(
-    tiny_model_dir, tiny_teacher_dir, adapter_dir, tmp_path
+    tiny_model_dir, tiny_teacher_dir, trained_dir, tmp_path
 ):
     # The teacher is wider (hidden 192): the adapter's shapes do not fit, and the stage says which folders.
-    config = Config(str(tiny_teacher_dir), str(adapter_dir), str(tmp_path / "m"))
+    config = Config(str(tiny_teacher_dir), str(trained_dir), str(tmp_path / "m"))
     with pytest.raises(InputError, match="cannot apply the adapter"):
         run(config)
 
@@ -104,7 +105,7 @@ def test_full_fine_tuning_output_passes_through_resharded_in_the_asked_dtype(tin
 
 
 def test_config_rejects_bad_values_naming_the_field():
-    base = {"base_dir": "b", "adapter_dir": "a", "output_dir": "o"}
+    base = {"student_dir": "b", "trained_dir": "a", "output_dir": "o"}
     with pytest.raises(ConfigError, match="max_shard_size: '2 gigs' is not a size"):
         from_dict(Config, {**base, "max_shard_size": "2 gigs"})
     with pytest.raises(ConfigError, match="dtype: 'int8' is not one of"):
@@ -116,15 +117,15 @@ def test_config_rejects_bad_values_naming_the_field():
 
 
 def test_missing_train_output_is_an_input_error(tiny_model_dir, tmp_path):
-    with pytest.raises(InputError, match="adapter_dir: .* is not a folder"):
+    with pytest.raises(InputError, match="trained_dir: .* is not a folder"):
         run(Config(str(tiny_model_dir), str(tmp_path / "nowhere"), str(tmp_path / "out")))
 
 
-def test_a_folder_that_is_neither_adapter_nor_model_is_named(tiny_model_dir, adapter_dir, tmp_path):
+def test_a_folder_that_is_neither_adapter_nor_model_is_named(tiny_model_dir, trained_dir, tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(
-        InputError, match="adapter_dir: .* holds neither adapter_config.json .* nor config.json"
+        InputError, match="trained_dir: .* holds neither adapter_config.json .* nor config.json"
     ):
         run(Config(str(tiny_model_dir), str(tmp_path / "train"), str(tmp_path / "out")))
-    with pytest.raises(InputError, match="base_dir: .* holds no config.json"):
-        run(Config(str(tmp_path / "train"), str(adapter_dir), str(tmp_path / "out")))
+    with pytest.raises(InputError, match="student_dir: .* holds no config.json"):
+        run(Config(str(tmp_path / "train"), str(trained_dir), str(tmp_path / "out")))

@@ -25,7 +25,7 @@ total = torch.tensor([rank])
 dist.all_reduce(total)
 print(f"rank {rank} of {world}: data has {len(list(Path(fields['data_dir']).iterdir()))} file(s)", flush=True)
 if rank == 0:
-    base = json.loads((Path(fields["model_dir"]) / "config.json").read_text())
+    base = json.loads((Path(fields["student_dir"]) / "config.json").read_text())
     output, tensorboard = Path(fields["output_dir"]), Path(fields["tensorboard_dir"])
     output.mkdir(parents=True, exist_ok=True)
     tensorboard.mkdir(parents=True, exist_ok=True)

@@ -206,7 +206,7 @@ def test_a_job_pod_trains_with_a_read_only_root_and_only_its_scratch_volumes_wri
     open_store("s3://distill/ro/data").upload_dir(data, "")
     payload = {
         "fields": {"method": "lora", "max_steps": 4, "batch_size": 4, "save_steps": 2},
-        "inputs": {"model_dir": "s3://distill/ro/student", "data_dir": "s3://distill/ro/data"},
+        "inputs": {"student_dir": "s3://distill/ro/student", "data_dir": "s3://distill/ro/data"},
         "outputs": {"output_dir": "s3://distill/ro/out/trained", "tensorboard_dir": "s3://distill/ro/out/tb"},
         "nodes": 1,
         "gpus_per_node": 0,
@@ -314,7 +314,7 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
         "spec": {"containers": [{"name": "main", "image": train_image}]},
     }
     fields = {
-        "model_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
+        "student_dir": "/kfp/inputs/student",  # the KFP pod's local copies: not visible to the job's pods
         "data_dir": "/kfp/inputs/data",
         "output_dir": str(tmp_path / "trained"),
         "tensorboard_dir": str(tmp_path / "tensorboard"),
@@ -323,7 +323,7 @@ def test_two_nodes_train_through_torchrun_with_inputs_and_outputs_in_s3(cluster,
     }
     summary = run_multinode_training(
         fields,
-        {"model_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
+        {"student_dir": "s3://distill/pipeline-root/student", "data_dir": "s3://distill/pipeline-root/data"},
         store_uri="s3://distill",
         run_id="run-0001",
         pod_name="llm-distillation-xyz-train",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import Config
 from components.teacher.limits import RateLimiter
+from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import teacher_config
 

@@ -16,7 +16,8 @@ import pytest
 from components.common.config import from_dict
 from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import Config
+from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import (
     demo_prompts,

@@ -6,8 +6,9 @@ import pytest
 
 from components.common.errors import InputError
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import Config
 from components.teacher.api import backoff, retry_after
+from components.teacher.stage import run
 from pipelines.demo_teacher import demo_words, write_demo_dataset
 from tests.teacher.conftest import demo_prompts, teacher_config
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher

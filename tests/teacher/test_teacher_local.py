@@ -8,8 +8,9 @@ import torch
 from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import Config
 from components.teacher.local import LocalTeacher
+from components.teacher.stage import run
 from pipelines.demo_teacher import write_demo_dataset
 
 

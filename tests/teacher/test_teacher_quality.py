@@ -9,9 +9,10 @@ import pytest
 
 from components.common.errors import StageStopped
 from components.common.records import read_records
-from components.teacher import Config, run
+from components.teacher import Config
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import Prompt
+from components.teacher.stage import run
 from components.teacher.templates import render_file_template
 from pipelines.demo_teacher import start_teacher_server
 from tests.teacher.conftest import teacher_config

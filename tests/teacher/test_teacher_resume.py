@@ -10,7 +10,8 @@ import pytest
 from components.common.config import from_dict
 from components.common.records import read_records
 from components.common.store import open_store
-from components.teacher import Config, run
+from components.teacher import Config
+from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import start_teacher_cli, stored_answers, wait_until
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher

@@ -17,9 +17,10 @@ import yaml
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
 from components.common.records import read_records
-from components.teacher import Config, ProviderConfig, run
+from components.teacher import Config, ProviderConfig
 from components.teacher.providers import resolve_provider
 from components.teacher.readers import read_prompts
+from components.teacher.stage import run
 from components.teacher.templates import render_file_template
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import run_teacher_cli

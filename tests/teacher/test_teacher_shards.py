@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from components.common.config import from_dict
 from components.common.records import read_records
-from components.teacher import Config, finalize, run_shard
+from components.teacher import Config
 from components.teacher.plan import plan
+from components.teacher.stage import finalize, run_shard
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 
 

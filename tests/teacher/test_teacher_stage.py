@@ -9,7 +9,7 @@ import pytest
 
 from components.common.errors import InputError
 from components.common.records import read_records
-from components.teacher import run
+from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import teacher_config
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
-from components.train import Config, Result
+from components.train import Config
+from components.train.stage import Result
 
 TEACHER = {"provider": "test", "model": "reverser"}
 
@@ -49,7 +50,7 @@ def make_config(tmp_path, tiny_model_dir, reversal_data):
 
     def build(**overrides) -> Config:
         fields = {
-            "model_dir": str(tiny_model_dir),
+            "student_dir": str(tiny_model_dir),
             "data_dir": str(reversal_data),
             "output_dir": str(tmp_path / "out"),
             "tensorboard_dir": str(tmp_path / "tb"),

@@ -12,11 +12,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.common.errors import InputError
 from components.common.records import read_records, write_records
 from components.download.tiny import make_tiny_model
-from components.train import run
 from components.train.cross_tokenizer import align, token_bytes
 from components.train.data import Encoder
 from components.train.losses import token_losses
 from components.train.sparse_kd import answer_text, scored_targets, scored_tokens
+from components.train.stage import run
 from components.train.teacher_scoring import LocalScorer
 
 

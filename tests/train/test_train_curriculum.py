@@ -12,9 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from components.common.errors import ConfigError
 from components.common.records import write_records
-from components.train import run
 from components.train.curriculum import mix_examples
 from components.train.data import Example
+from components.train.stage import run
 from tests.train.conftest import reversal_records
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from components.common.errors import ConfigError
-from components.train import run
 from components.train.launch import deepspeed_config, relaunch_command
+from components.train.stage import run
 from components.train.trainer import DistillTrainer
 from tests.conftest import free_port
 from tests.train.conftest import assert_adapter_trained
@@ -155,7 +155,7 @@ def single_rank(monkeypatch):
 @needs_cuda
 def test_gpu_qlora_4bit_trains_a_0_5b_shaped_student(make_config, tiny_model_dir, tmp_path):
     student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
-    config = make_config(model_dir=student, method="qlora", max_steps=5, gradient_checkpointing=True)
+    config = make_config(student_dir=student, method="qlora", max_steps=5, gradient_checkpointing=True)
     result = run(config)
     summary = json.loads(open(f"{config.output_dir}/train_summary.json").read())
     assert summary["method"] == "qlora" and summary["precision"] == "bf16"
@@ -170,7 +170,7 @@ def test_gpu_qlora_4bit_trains_a_0_5b_shaped_student(make_config, tiny_model_dir
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_gpu_bf16_lora_under_deepspeed_zero(make_config, tiny_model_dir, tmp_path, zero, single_rank):
     student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
-    config = make_config(model_dir=student, precision="bf16", deepspeed=zero, max_steps=5)
+    config = make_config(student_dir=student, precision="bf16", deepspeed=zero, max_steps=5)
     result = run(config)
     assert json.loads(open(f"{config.output_dir}/adapter_config.json").read())["r"] == 16
     assert_adapter_trained(result)
@@ -183,7 +183,7 @@ def test_gpu_kd_with_an_8bit_teacher(make_config, tiny_model_dir, tmp_path):
     student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
     teacher = qwen25_shaped(tmp_path / "teacher", "1.5B", tiny_model_dir)
     config = make_config(
-        model_dir=student,
+        student_dir=student,
         max_steps=5,
         precision="bf16",
         kd={"kind": "logits", "teacher_dir": teacher, "teacher_8bit": True, "chunk_size": 256},
@@ -211,7 +211,7 @@ def test_gpu_a_training_step_never_waits_for_the_gpu(make_config, tiny_model_dir
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(DistillTrainer, "loss_step", strict_step)
-    config = make_config(model_dir=student, precision="bf16", max_steps=3, logging_steps=3)
+    config = make_config(student_dir=student, precision="bf16", max_steps=3, logging_steps=3)
     assert run(config).steps == 3
 
 

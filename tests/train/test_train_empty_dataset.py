@@ -6,7 +6,7 @@ import pytest
 
 from components.common.errors import InputError
 from components.common.records import write_records
-from components.train import run
+from components.train.stage import run
 from tests.train.conftest import reversal_record
 
 

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.records import read_records, write_records
-from components.train import run
 from components.train.cross_tokenizer import TopK
 from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk, byte_symbols, scored_tokens
+from components.train.stage import run
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def saved_bytes_loss_and_grads(model, input_ids):
 def test_adapters_under_autocast_keep_no_fp32_copy_of_their_inputs(tiny_model_dir, tmp_path):
     config = from_dict(
         Config,
-        {"model_dir": str(tiny_model_dir), "data_dir": "d", "output_dir": "o", "tensorboard_dir": "t"},
+        {"student_dir": str(tiny_model_dir), "data_dir": "d", "output_dir": "o", "tensorboard_dir": "t"},
     )
     input_ids = torch.randint(0, 200, (4, 48), generator=torch.Generator().manual_seed(0))
     results = []

@@ -20,12 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.common.config import from_dict, to_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
-from components.train import Config, run
+from components.train import Config
 from components.train.batching import collate
 from components.train.data import IGNORE, Encoder
 from components.train.losses import Divergence
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.on_policy import ce_targets, draw, with_samples
+from components.train.stage import run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +115,7 @@ def test_on_policy_loss_matches_the_reference_in_value_and_gradient(models, chun
 
 def test_on_policy_without_a_scoring_teacher_is_refused_at_load(tiny_model_dir, reversal_data, tmp_path):
     base = {
-        "model_dir": str(tiny_model_dir),
+        "student_dir": str(tiny_model_dir),
         "data_dir": str(reversal_data),
         "output_dir": str(tmp_path / "out"),
         "tensorboard_dir": str(tmp_path / "tb"),
@@ -215,7 +216,7 @@ def test_each_curriculum_phase_can_set_its_own_on_policy_fraction(tiny_model_dir
     from components.train.curriculum import plan_phases
 
     fields = {
-        "model_dir": str(tiny_model_dir),
+        "student_dir": str(tiny_model_dir),
         "data_dir": str(reversal_data),
         "output_dir": str(tmp_path / "out"),
         "tensorboard_dir": str(tmp_path / "tb"),

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from components.common.config import to_dict
 from components.common.errors import InputError
 from components.common.store import open_store
-from components.train import run
 from components.train.checkpoint import CheckpointStore
+from components.train.stage import run
 
 REPO = Path(__file__).resolve().parents[2]
 

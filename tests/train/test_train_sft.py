@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from components.common.errors import ConfigError, InputError
-from components.train import run
+from components.train.stage import run
 
 
 def test_lora_sft_writes_adapter_summary_and_tensorboard(make_config, tiny_model_dir, caplog):

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.errors import InputError
 from components.common.records import read_records
-from components.train import run
+from components.train.stage import run
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from pipelines.loopback import ServerThread
 

@@ -13,7 +13,7 @@ pipeline asks for more than one node. Two halves live here:
 Inputs and outputs travel through the artifact store (s3://...), because the KFP pod's local artifact
 folders are not visible from the job's pods:
 
-    inputs:  model_dir <- KFP artifact URI of the student, data_dir <- URI of the teacher dataset
+    inputs:  student_dir <- KFP artifact URI of the student, data_dir <- URI of the teacher dataset
     outputs: output_dir, tensorboard_dir -> <store_uri>/runs/<run_id>/train/multinode/<field>
 
 job.py holds the PyTorchJob itself (spec, create, watch, logs, delete); training.py both halves above.

@@ -50,7 +50,7 @@ def run_multinode_training(
     """Train as a PyTorchJob and leave the outputs in `fields`' local output folders, like a local run.
 
     `fields` is the train Config as a dict (its output_dir and tensorboard_dir are this pod's folders);
-    `inputs` maps the input fields (model_dir, data_dir) to store URIs the job's pods can read, e.g.
+    `inputs` maps the input fields (student_dir, data_dir) to store URIs the job's pods can read, e.g.
     the KFP artifacts' `.uri`. The job's pods run this pod's own image unless `image` is given, and the
     job is owned by this pod (`pod_name`, default $HOSTNAME). `job_settings` go to PyTorchJobSpec (cpu,
     memory, node_selector, tolerations, ...). Returns the trained output's train_summary.json."""
@@ -123,7 +123,7 @@ def run_as_pytorchjob(
 
     summary = run_multinode_training(
         to_dict(config),
-        {"model_dir": _s3_uri(model_uri), "data_dir": _s3_uri(data_uri)},
+        {"student_dir": _s3_uri(model_uri), "data_dir": _s3_uri(data_uri)},
         store_uri=config.store_uri,
         run_id=config.run_id,
         nodes=nodes,

@@ -1,0 +1,35 @@
+"""The run check over a run's parameters: what the pipeline's first task and `submit --check` both do."""
+
+import inspect
+
+import pytest
+
+from components.common.errors import ConfigError
+from pipelines.check_task import check_run
+from pipelines.run_check import check_stage_configs
+from pipelines.submit import pipeline_defaults
+from tests.test_pipeline_parameters import COMPILED
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict:
+    return pipeline_defaults(COMPILED)
+
+
+def test_the_check_task_takes_every_pipeline_parameter(defaults):
+    assert set(check_run.component_spec.inputs) == set(defaults)
+    assert set(inspect.signature(check_run.python_func).parameters) == set(defaults)
+
+
+def test_the_pipeline_defaults_pass_the_check(defaults):
+    check_stage_configs(defaults)
+
+
+def test_a_bad_override_is_refused_with_its_stage_and_field(defaults):
+    with pytest.raises(ConfigError, match=r"train\.lora\.dropout"):
+        check_stage_configs({**defaults, "train_overrides": {"lora": {"dropout": 1.5}}})
+
+
+def test_a_parameter_also_given_as_an_override_is_refused(defaults):
+    with pytest.raises(ConfigError, match=r"train_lora_r"):
+        check_stage_configs({**defaults, "train_overrides": {"lora": {"r": 4}}})
