@@ -1,4 +1,4 @@
-"""The distillation pipeline: download → teacher data → train → merge → eval.
+"""The distillation pipeline: download → teacher data → train → merge → eval → register.
 
     make compile                                  # writes pipelines/distill_pipeline.yaml
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
@@ -13,6 +13,7 @@ task gets which: STAGE_SECRETS below, documented in the README).
 """
 
 import inspect
+import os
 import sys
 from typing import NamedTuple
 
@@ -24,8 +25,11 @@ from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.download.component import download_model
 from components.evaluate.component import evaluate_student
 from components.merge.component import merge_adapter
+from components.register.component import register_model
+from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.teacher.component import teacher_data, teacher_shard_indices
 from components.train.component import train_student
+from components.train.multinode.kube import TRAIN_TOKEN_DIR
 from pipelines.check_task import check_run
 from pipelines.run_check import STAGE_CONFIGS
 
@@ -37,14 +41,17 @@ PIPELINE_HELP = {
     "teacher_overrides": 'other teacher Config fields, nested as in its YAML, e.g. {"max_cost": 20}.',
     "train_kd_teacher_source": "local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).",
     "train_gpus": "GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.",
-    "train_nodes": "above 1, the train pod runs a Kubeflow Training Operator PyTorchJob of train_nodes x train_job_gpus_per_node GPUs.",
-    "train_job_gpus_per_node": "GPUs of each PyTorchJob pod when train_nodes > 1.",
+    "train_nodes": "above 1, the train pod runs a training job (train_engine) of train_nodes x train_job_gpus_per_node GPUs.",
+    "train_job_gpus_per_node": "GPUs of each training job node when train_nodes > 1.",
+    "train_job_cpu": "CPU request of each training job node.",
+    "train_job_memory": "memory request and limit of each training job node.",
     "train_cpu": "CPU request and limit of the train task.",
     "train_memory": "memory request and limit of the train task.",
-    "train_node_selector": 'node labels the train pod must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.',
-    "train_tolerations": 'tolerations of the train pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
+    "train_node_selector": 'node labels the train pod and the training job nodes must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.',
+    "train_tolerations": 'tolerations of the train pod and the training job nodes, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
     "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
     "eval_overrides": "other eval Config fields, nested as in its YAML.",
+    "register_overrides": 'other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
 }
 
 
@@ -76,6 +83,8 @@ S3_SECRET = (
 )
 HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
 JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
+# Absent: the register step authenticates to Model Registry with its pod's service-account token.
+REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
@@ -89,13 +98,25 @@ STAGE_SECRETS = {
     "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
     "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
+    "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)
 }
-# What the pods of a multi-node PyTorchJob get: they read and write the store only (inputs, checkpoints,
-# outputs), and never the teacher's key.
+# What the pods of a multi-node training job get: they read and write the store only (inputs, the KD
+# teacher's cached copy, checkpoints, outputs), and never the teacher's key.
 JOB_ENV = {
     "secrets": {S3_SECRET[0]: S3_SECRET[1]},
     "config_maps": {S3_CONFIGMAP[0]: S3_CONFIGMAP[1]},
 }
+
+
+# The token of the account that may run training jobs (manifests/base/rbac.yaml), for the train task only.
+TRAIN_LAUNCHER_TOKEN = "distill-train-launcher-token"
+
+
+def image_pull_secrets() -> list[str]:
+    """Secrets for pulling the images from a private registry, named at compile time beside REGISTRY and
+    TAG (IMAGE_PULL_SECRETS=regcred,other): kfp-kubernetes takes each name as a string, not a list
+    parameter, and the registry they unlock is chosen at compile time too."""
+    return [name.strip() for name in os.environ.get("IMAGE_PULL_SECRETS", "").split(",") if name.strip()]
 
 
 class Outputs(NamedTuple):
@@ -115,9 +136,10 @@ RESOURCES = {
     "teacher": ("1", "2", "2Gi", "8Gi"),
     "merge": ("2", "8", "16Gi", "64Gi"),
     "eval": ("4", "8", "16Gi", "64Gi"),
+    "register": ("0.5", "1", "1Gi", "2Gi"),
 }
 # Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
-TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12}
+TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12, "register": 1}
 
 
 def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -147,9 +169,17 @@ def use_secrets(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     return task
 
 
-def prepare(task: dsl.PipelineTask, stage: str, name: str, retries: bool) -> dsl.PipelineTask:
-    """Name the task and give it its stage's resources, Secrets and (with `retries`) retry policy."""
+def pull_with(task: dsl.PipelineTask, secrets: list[str]) -> dsl.PipelineTask:
+    return kubernetes.set_image_pull_secrets(task, secrets) if secrets else task
+
+
+def prepare(
+    task: dsl.PipelineTask, stage: str, name: str, retries: bool, pull_secrets: list[str]
+) -> dsl.PipelineTask:
+    """Name the task and give it its stage's resources, Secrets, image pull secrets and (with `retries`)
+    retry policy."""
     task.set_display_name(name)
+    pull_with(task, pull_secrets)
     if stage in RESOURCES:
         size(task, stage)
     use_secrets(task, stage)
@@ -169,11 +199,17 @@ def place_train(task, gpus, cpu, memory, node_selector, tolerations) -> dsl.Pipe
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    # Optional: a one-pod run needs no job, and a cluster without the Role has none to mount.
+    kubernetes.use_secret_as_volume(
+        task, secret_name=TRAIN_LAUNCHER_TOKEN, mount_path=str(TRAIN_TOKEN_DIR), optional=True
+    )
     return kubernetes.set_timeout(task, TIMEOUT_HOURS["train"] * 3600)
 
 
-def build_pipeline(retries: bool = True):
-    """The pipeline; `retries=False` leaves out the task retry policies (for local runs)."""
+def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
+    """The pipeline; `retries=False` leaves out the task retry policies (for local runs); every task's
+    pod pulls its image with `pull_secrets` (default: image_pull_secrets())."""
+    pull_secrets = image_pull_secrets() if pull_secrets is None else pull_secrets
 
     @dsl.pipeline(
         name="llm-distillation",
@@ -190,6 +226,7 @@ def build_pipeline(retries: bool = True):
         teacher_base_url: str = "",
         teacher_api_key_env: str = TEACHER_KEY_ENV,
         teacher_concurrency: int = 16,
+        teacher_mode: str = "sync",
         teacher_max_tokens: int = 1024,
         teacher_temperature: float = 0.0,
         teacher_test_ratio: float = 0.1,
@@ -207,6 +244,12 @@ def build_pipeline(retries: bool = True):
         train_gpus: int = 1,
         train_nodes: int = 1,
         train_job_gpus_per_node: int = 8,
+        train_job_cpu: str = "32",
+        train_job_memory: str = "256Gi",
+        train_engine: str = "auto",
+        train_runtime: str = "distill-torch",
+        train_queue_name: str = "",
+        train_priority_class: str = "",
         train_cpu: str = "8",
         train_memory: str = "64Gi",
         train_node_selector: dict = {},
@@ -219,7 +262,16 @@ def build_pipeline(retries: bool = True):
         eval_max_samples: int = 200,
         eval_gate_metric: str = "distilled_rouge_l",
         eval_min_score: float = 0.0,
+        eval_benchmark_tasks: list = [],
+        eval_benchmark_limit: int = 100,
+        eval_max_regression: dict = {},
         eval_overrides: dict = {},
+        register_registry_url: str = "",
+        register_model_name: str = "distilled-student",
+        register_deploy: bool = False,
+        register_namespace: str = "",
+        register_gpus: int = 1,
+        register_overrides: dict = {},
         seed: int = 0,
     ) -> Outputs:
         # Every parameter above, as the run was started with (`retries` is the builder's, not the run's).
@@ -229,10 +281,10 @@ def build_pipeline(retries: bool = True):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
         check = check_run(**parameters)
-        prepare(check, "check", "check run", retries)
+        prepare(check, "check", "check run", retries, pull_secrets)
 
         student = download_model(source=student_source, store_uri=store_uri).after(check)
-        prepare(student, "download", "download student", retries)
+        prepare(student, "download", "download student", retries, pull_secrets)
 
         teacher_inputs = dict(
             dataset=teacher_dataset,
@@ -244,6 +296,7 @@ def build_pipeline(retries: bool = True):
             base_url=teacher_base_url,
             api_key_env=teacher_api_key_env,
             concurrency=teacher_concurrency,
+            mode=teacher_mode,
             max_tokens=teacher_max_tokens,
             temperature=teacher_temperature,
             test_ratio=teacher_test_ratio,
@@ -253,14 +306,14 @@ def build_pipeline(retries: bool = True):
         )
         shards = teacher_shard_indices(num_shards=teacher_shards).after(check)
         shards.set_display_name("plan teacher shards")
-        size(shards, "teacher")
+        pull_with(size(shards, "teacher"), pull_secrets)
         with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
             shard = teacher_data(shard_index=shard_index, num_shards=teacher_shards, **teacher_inputs)
-            prepare(shard, "teacher", "teacher shard", retries)
+            prepare(shard, "teacher", "teacher shard", retries, pull_secrets)
 
         # Merges what the shards stored (asking only for what they left), filters and splits.
         teacher = teacher_data(**teacher_inputs).after(shard)
-        prepare(teacher, "teacher", "teacher data", retries)
+        prepare(teacher, "teacher", "teacher data", retries, pull_secrets)
 
         train = train_student(
             student=student.outputs["model"],
@@ -279,10 +332,18 @@ def build_pipeline(retries: bool = True):
             overrides=train_overrides,
             nodes=train_nodes,
             gpus_per_node=train_job_gpus_per_node,
+            engine=train_engine,
+            runtime=train_runtime,
+            queue_name=train_queue_name,
+            priority_class=train_priority_class,
+            job_cpu=train_job_cpu,
+            job_memory=train_job_memory,
+            node_selector=train_node_selector,
+            tolerations=train_tolerations,
             job_env=JOB_ENV,
         )
         place_train(train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations)
-        prepare(train, "train", "train student", retries)
+        prepare(train, "train", "train student", retries, pull_secrets)
 
         merge = merge_adapter(
             base=student.outputs["model"],
@@ -291,7 +352,7 @@ def build_pipeline(retries: bool = True):
             max_shard_size=merge_max_shard_size,
             dtype=merge_dtype,
         )
-        prepare(merge, "merge", "merge adapter", retries)
+        prepare(merge, "merge", "merge adapter", retries, pull_secrets)
 
         evaluate = evaluate_student(
             untrained=student.outputs["model"],
@@ -303,9 +364,27 @@ def build_pipeline(retries: bool = True):
             max_samples=eval_max_samples,
             gate_metric=eval_gate_metric,
             min_score=eval_min_score,
+            benchmark_tasks=eval_benchmark_tasks,
+            benchmark_limit=eval_benchmark_limit,
+            max_regression=eval_max_regression,
             overrides=eval_overrides,
         )
-        prepare(evaluate, "eval", "evaluate student", retries)
+        prepare(evaluate, "eval", "evaluate student", retries, pull_secrets)
+
+        # Runs only when eval passed its gates; registers and deploys only when asked to.
+        handoff = register_model(
+            model_uri=evaluate.outputs["Output"],
+            results=evaluate.outputs["results"],
+            run_id=run_id,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            registry_url=register_registry_url,
+            model_name=register_model_name,
+            deploy=register_deploy,
+            namespace=register_namespace,
+            gpus=register_gpus,
+            overrides=register_overrides,
+        )
+        prepare(handoff, "register", "hand over model", retries, pull_secrets)
         return Outputs(
             model=merge.outputs["merged"],
             tensorboard=train.outputs["tensorboard"],

@@ -13,6 +13,7 @@ from components.common.errors import ConfigError
 from components.download.config import Config as DownloadConfig
 from components.evaluate.config import Config as EvalConfig
 from components.merge.config import Config as MergeConfig
+from components.register.config import Config as RegisterConfig
 from components.teacher.config import Config as TeacherConfig
 from components.train.config import Config as TrainConfig
 
@@ -23,6 +24,7 @@ STAGE_CONFIGS = {
     "train": TrainConfig,
     "merge": MergeConfig,
     "eval": EvalConfig,
+    "register": RegisterConfig,
 }
 
 

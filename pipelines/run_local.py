@@ -51,6 +51,11 @@ class LocalRun:
             "eval_max_new_tokens": 12,
             "eval_batch_size": 50,
             "eval_max_samples": 100,
+            # lm-eval on the shipped demo tasks: the skill distilled, and a warm-up skill it is not
+            # trained on again, which the forgetting gate watches.
+            "eval_benchmark_tasks": ["demo_reverse", "demo_reverse_choice", "demo_uppercase"],
+            "eval_benchmark_limit": 20,
+            "eval_max_regression": {"demo_uppercase": 5},
         }
     )
 

@@ -14,9 +14,17 @@ from pipelines.images import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
-# The five stages, plus the teacher's fan-out: a shard list, a ParallelFor of shard tasks
-# (teacher-data inside the loop) and the final teacher-data-2 that merges, filters and splits.
-STAGE_TASKS = {"download-model", "teacher-data-2", "train-student", "merge-adapter", "evaluate-student"}
+# The five stages and the hand-off (in the eval image), plus the teacher's fan-out: a shard list, a
+# ParallelFor of shard tasks (teacher-data inside the loop) and the final teacher-data-2 that merges,
+# filters and splits.
+STAGE_TASKS = {
+    "download-model",
+    "teacher-data-2",
+    "train-student",
+    "merge-adapter",
+    "evaluate-student",
+    "register-model",
+}
 FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-1"}
 CHECK_TASK = "check-run"  # every stage's Config over the run's parameters, before anything else
 TRAIN = "exec-train-student"
@@ -35,6 +43,7 @@ SECRET_ENV = {
     TRAIN: STORE_KEYS | {"HF_TOKEN"},
     "exec-merge-adapter": set(),
     "exec-evaluate-student": {"JUDGE_API_KEY"},  # the optional LLM judge
+    "exec-register-model": {"MODEL_REGISTRY_TOKEN"},  # the optional Model Registry token
 }
 
 

@@ -47,6 +47,12 @@ def test_demo_pipeline_teaches_the_student_the_task(tmp_path):
     assert evaluation["metrics"]["distilled_exact_match"] == pytest.approx(metrics["distilled_exact_match"])
     assert evaluation["samples"] and "Reverse the letters of" in evaluation["samples"][0]["prompt"]
     assert "distilled" in format_table(metrics)
+    # lm-eval on the shipped demo tasks, and the forgetting gate's verdict, in the report.
+    assert (
+        metrics["distilled_bench_demo_reverse_exact_match"]
+        > metrics["untrained_bench_demo_reverse_exact_match"]
+    )
+    assert "<h2>Benchmarks</h2>" in report and "forgetting gate passed: demo_uppercase" in report
 
 
 def test_pipeline_runs_against_an_s3_store_and_reuses_its_caches(s3_endpoint, tmp_path):

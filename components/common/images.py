@@ -12,6 +12,9 @@ STAGES = ("download", "teacher", "train", "merge", "eval")
 # The package each stage's image runs (the eval stage's code lives in components/evaluate).
 STAGE_PACKAGES = {stage: f"components.{'evaluate' if stage == 'eval' else stage}" for stage in STAGES}
 DEFAULT_REGISTRY = "ghcr.io/kfp-distill"
+# Pipeline steps that run in another stage's image rather than their own: the register step needs only
+# what the eval image holds (the model-registry and kubernetes clients are in the eval extra).
+SHARED_IMAGES = {"register": "eval"}
 
 
 def default_tag() -> str:
@@ -22,7 +25,9 @@ def default_tag() -> str:
 
 
 def image_for(stage: str) -> str:
-    """The image of `stage`, from the REGISTRY and TAG environment variables at compile time."""
+    """The image of `stage` (or of the stage whose image it shares), from the REGISTRY and TAG environment
+    variables at compile time."""
+    stage = SHARED_IMAGES.get(stage, stage)
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     registry = os.environ.get("REGISTRY") or DEFAULT_REGISTRY

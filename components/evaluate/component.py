@@ -19,12 +19,17 @@ def evaluate_student(
     max_samples: int = 200,
     gate_metric: str = "distilled_rouge_l",
     min_score: float = 0.0,
+    benchmark_tasks: list = [],
+    benchmark_limit: int = 100,
+    max_regression: dict = {},
     overrides: dict = {},
-):
-    """Compare the untrained and the distilled student with the teacher on the held-out split.
+) -> str:
+    """Compare the untrained and the distilled student with the teacher on the held-out split; returns the
+    distilled model's URI, for the hand-off of a model that passed the gates.
 
-    The parameters are the fields of components.evaluate.Config of the same name (0 for None);
-    `overrides` sets any other field, nested as in its YAML form.
+    The parameters are the fields of components.evaluate.Config of the same name (0 for None), the
+    benchmark ones those of its `benchmarks` section; `overrides` sets any other field, nested as in its
+    YAML form.
     """
     import shutil
 
@@ -43,8 +48,10 @@ def evaluate_student(
         max_samples=max_samples or None,
         gate_metric=gate_metric,
         min_score=min_score or None,
+        benchmarks=dict(tasks=benchmark_tasks, limit=benchmark_limit or None, max_regression=max_regression),
     )
     result = run_stage(run, Config, fields, overrides, parameters="eval")
     shutil.copyfile(f"{results.path}/report.html", report.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+    return distilled.uri

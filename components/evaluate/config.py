@@ -47,6 +47,69 @@ class JudgeConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """General-ability benchmarks with EleutherAI lm-evaluation-harness, and the forgetting gate (see
+    benchmarks.py). Each model the stage loads (untrained, distilled, local teacher) runs every task.
+
+    tasks: lm-eval task or group names (mmlu, gsm8k, ceval-valid, cmmlu, ifeval: passed to lm-eval
+        unchanged, fetched from the Hugging Face Hub on the cluster), the project's shipped tasks by name
+        (components/evaluate/tasks/: demo_reverse, demo_uppercase, demo_reverse_choice), or paths of
+        task YAML files whose relative data files lie beside them. Empty: no benchmarks.
+    limit: documents per task (null: all).
+    num_fewshot: few-shot examples per prompt (null: each task's default).
+    apply_chat_template: wrap each prompt in the model's chat template (chat students), few-shot
+        examples as earlier turns.
+    batch_size: lm-eval's batch size.
+    think_end_token: for reasoning students, the text (or token id) that ends their thinking: generated
+        answers are scored on what follows it.
+    max_regression: task name -> the most points (0-100 on lm-eval's 0-1 scores) the distilled student
+        may score below the untrained one on each of the task's higher-is-better metrics; the stage
+        fails, saying by how much, beyond it. Tasks not named are reported, not gated.
+    """
+
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata=exposed(
+            "eval_benchmark_tasks",
+            'lm-eval tasks run on each model (e.g. ["mmlu", "gsm8k"], or the shipped demo_reverse); empty: none.',
+        ),
+    )
+    limit: int | None = field(
+        default=100,
+        metadata=exposed("eval_benchmark_limit", "documents per benchmark task (0 or null: all).", none_as=0),
+    )
+    num_fewshot: int | None = None
+    apply_chat_template: bool = True
+    batch_size: int = 8
+    think_end_token: str | None = None
+    max_regression: dict[str, float] = field(
+        default_factory=dict,
+        metadata=exposed(
+            "eval_max_regression",
+            'per benchmark task, the most points (0-100) the distilled student may lose against the untrained one, e.g. {"mmlu": 2}.',
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for i, task in enumerate(self.tasks):
+            if not task.strip():
+                raise ConfigError(f"tasks[{i}]: empty; give an lm-eval task name or a task YAML path")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"tasks: {self.tasks} names a task twice")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit: {self.limit} must be at least 1 (or null for all)")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"num_fewshot: {self.num_fewshot} must be 0 or more (or null)")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} must be at least 1")
+        for task, points in self.max_regression.items():
+            if not 0 <= points <= 100:
+                raise ConfigError(f"max_regression.{task}: {points} must be between 0 and 100 points")
+        if self.max_regression and not self.tasks:
+            raise ConfigError("max_regression: set, but no benchmark tasks run; add them to benchmarks.tasks")
+
+
+@dataclass
 class Config:
     """What to compare, how to generate, and when to fail.
 
@@ -63,6 +126,8 @@ class Config:
       max_new_tokens, batch_size, max_samples (the first N test records): see their help; do_sample,
       temperature, top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA
       when present).
+      engine: "auto" generates with vLLM when it is installed and the device is CUDA (full model
+          folders), else HF generate; "vllm" or "hf" insist (see vllm_generate.py).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
       checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;
@@ -70,6 +135,8 @@ class Config:
           reverse_letters for the demo, final_number for GSM8K-style math).
       judge: optional LLM-as-judge settings; adds `judge_win_rate` of the distilled student vs the teacher.
       report_samples: how many side-by-side samples the HTML report shows (eval.json holds them all).
+    Benchmarks
+      benchmarks: lm-eval tasks on every model and the forgetting gate (BenchmarkConfig).
     Gate
       gate_metric: `<untrained|distilled|teacher>_<metric>` (scored against the teacher's answers),
           `<system>_ref_<metric>` (against the dataset's references, when records have them) or
@@ -103,10 +170,12 @@ class Config:
     seed: int = 0
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["auto", "hf", "vllm"] = "auto"
     zh_tokenizer: Literal["char", "jieba"] = "char"
     checker: str | None = None
     judge: JudgeConfig | None = None
     report_samples: int = 20
+    benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     gate_metric: str = field(
         default="distilled_rouge_l",
         metadata=exposed("eval_gate_metric", "metric that eval_min_score applies to."),

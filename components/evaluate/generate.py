@@ -147,7 +147,7 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
     sampling = {"do_sample": settings.do_sample}
     if settings.do_sample:
         sampling.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-    specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
+    specials = special_tokens(tokenizer)
     context = context_length(model)
     prompt_ids = [
         tokenizer(prompt_text(tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts
@@ -175,16 +175,26 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings) ->
             torch.cuda.synchronize()  # kernels run asynchronously: stop the clock when they are done
         seconds += time.perf_counter() - began
         for index, row in zip(rows, output[:, width:].tolist(), strict=True):
-            end = next((i for i, token in enumerate(row) if token in stops), None)
-            if end is not None:
-                row = row[: end + 1]
-            new_tokens += len(row)
-            text = tokenizer.decode(row, skip_special_tokens=False)
-            for special in specials:
-                text = text.replace(special, "")
-            raw[index] = text
+            raw[index], count = decode_output(row, stops, tokenizer, specials)
+            new_tokens += count
     answers = [split_reasoning(text)[1] for text in raw]
     return Generation(answers=answers, raw=raw, new_tokens=new_tokens, seconds=seconds)
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The special tokens removed from outputs; <think> and </think> stay, split_reasoning reads them."""
+    return [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
+
+
+def decode_output(row: list[int], stops: list[int], tokenizer, specials: list[str]) -> tuple[str, int]:
+    """(text, generated tokens) of one output: cut after its first stop token, special tokens removed."""
+    end = next((i for i, token in enumerate(row) if token in stops), None)
+    if end is not None:
+        row = row[: end + 1]
+    text = tokenizer.decode(row, skip_special_tokens=False)
+    for special in specials:
+        text = text.replace(special, "")
+    return text, len(row)
 
 
 @torch.no_grad()

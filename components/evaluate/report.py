@@ -121,6 +121,44 @@ def gate_banner(gate: dict[str, Any]) -> str:
     return f"<div class='gate {'pass' if gate['passed'] else 'fail'}'>{text}</div>"
 
 
+def benchmark_section(rows: list[dict[str, Any]], forgetting: dict[str, Any]) -> str:
+    """The lm-eval table (scores in points, 100 × lm-eval's 0-1 score) and the forgetting gate's verdict;
+    nothing when no benchmark ran."""
+    if not rows:
+        return ""
+    state = {True: "pass", False: "fail", None: "off"}[forgetting["passed"]]
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in ("Task", "Metric", "Shots", "Documents", "Untrained", "Distilled", "Teacher", "Change")
+    )
+    lines = [f"<table class='benchmarks'><tr>{head}</tr>"]
+    for row in rows:
+        change = row["change_points"]
+        worse = change is not None and (change < 0) == row["higher_is_better"] and change != 0
+        cells = [
+            html.escape(row["task"]),
+            html.escape(row["metric"]),
+            "—" if row["num_fewshot"] is None else str(row["num_fewshot"]),
+            "—" if row["samples"] is None else str(row["samples"]),
+        ]
+        numbers = [fmt(None if row.get(s) is None else 100 * row[s], "num") for s in SYSTEMS]
+        numbers.append(
+            "—" if change is None else f"<span class='{'bad' if worse else 'ok'}'>{change:+.1f}</span>"
+        )
+        lines.append(
+            "<tr>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "".join(f"<td class='n'>{n}</td>" for n in numbers)
+            + "</tr>"
+        )
+    lines.append("</table>")
+    return (
+        "<h2>Benchmarks</h2><p class='note'>EleutherAI lm-evaluation-harness on each model, in points "
+        "(100 × the 0-1 score); change = distilled − untrained.</p>\n"
+        f"<div class='gate {state}'>{html.escape(forgetting['message'])}</div>\n" + "\n".join(lines)
+    )
+
+
 def cell(text: str, limit: int = 600) -> str:
     """Escaped text of one sample cell, cut at `limit` characters (eval.json keeps every answer whole)."""
     if len(text) > limit:
@@ -171,6 +209,8 @@ def render_report(
     metrics: dict[str, float],
     gate: dict[str, Any],
     curve_svg: str,
+    benchmarks: list[dict[str, Any]] | None = None,
+    forgetting: dict[str, Any] | None = None,
     curve_note: str = "",
     samples: list[dict[str, Any]],
     total_samples: int,
@@ -208,6 +248,7 @@ student per row is highlighted. ROUGE-2 counts word pairs, so one-word answers s
 {versus}
 {judge}
 {reference_section(metrics)}
+{benchmark_section(benchmarks or [], forgetting or {"passed": None, "message": ""})}
 <h2>Training loss</h2>
 {curve}
 <h2>Samples ({len(samples)} of {total_samples})</h2>

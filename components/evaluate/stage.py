@@ -7,8 +7,10 @@ Order of work:
     2. for the untrained and the distilled student (one model in memory at a time): batched generation,
        text metrics against the teacher's answers, accuracy, perplexity on the teacher's answers, speed, size
     3. the teacher's own row from the stored records (+ speed and size when it is a local model)
+       and, with benchmarks.tasks, lm-eval benchmarks on each model while it is loaded (benchmarks.py)
     4. optional LLM-as-judge win rate, the loss curve from TensorBoard
-    5. eval.json + report.html, then the gate: below `min_score` the stage fails, saying by how much
+    5. eval.json + report.html, then the gates: below `min_score`, or a benchmark lost beyond its
+       `max_regression`, the stage fails, saying by how much
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from components.common.devices import resolve_device
 from components.common.errors import ConfigError, InputError
 from components.common.records import Record, read_records
 from components.common.redact import redact_config
+from components.evaluate.benchmarks import (
+    BenchmarkPlan,
+    benchmark_metrics,
+    benchmark_table,
+    check_forgetting,
+    run_benchmarks,
+)
 from components.evaluate.config import Config
 from components.evaluate.curves import divergence_note, loss_svg, read_loss_curves
 from components.evaluate.generate import (
@@ -42,12 +51,14 @@ from components.evaluate.generate import (
 )
 from components.evaluate.metrics import accuracy, exact_match, text_metrics
 from components.evaluate.report import render_report
+from components.evaluate.vllm_generate import use_vllm, vllm_generate
 
 log = logging.getLogger(__name__)
 
 
 class EvalGateError(InputError):
-    """The gated metric is below `min_score`: the model must not be promoted."""
+    """The gated metric is below `min_score`, or a benchmark regressed beyond `max_regression`: the model
+    must not be promoted."""
 
 
 @dataclass
@@ -56,23 +67,37 @@ class Result:
     report_path: str
     eval_path: str
     gate_passed: bool | None  # None when no min_score is set
+    forgetting_passed: bool | None  # None when no benchmark task is gated
 
 
 def run(config: Config) -> Result:
     test = HeldOut.load(config)
     checker = load_checker(config.checker)
+    plan = BenchmarkPlan.from_config(config.benchmarks) if config.benchmarks.tasks else None
     device = resolve_device(config.device)
+    for path in (config.student_dir, config.trained_dir, config.teacher_dir):
+        if path:
+            use_vllm(config.engine, device, path)  # an engine that cannot run fails before any model loads
     log.info("eval: %d test records from %s on %s", len(test.records), config.data_dir, device)
 
     metrics: dict[str, float] = {"num_samples": float(len(test.records))}
     outputs: dict[str, Generation] = {}
+    benchmarked: dict[str, dict] = {}
     for system, path, field in (
         ("untrained", config.student_dir, "student_dir"),
         ("distilled", config.trained_dir, "trained_dir"),
     ):
-        outputs[system], scores = score_student(config, test, checker, device, path, field)
+        outputs[system], scores, benchmarked[system] = score_student(
+            config, test, checker, device, path, field, plan
+        )
         metrics.update({f"{system}_{name}": value for name, value in scores.items()})
-    metrics.update(teacher_metrics(config, test, checker, device))
+    teacher_scores, teacher_benchmarks = teacher_metrics(config, test, checker, device, plan)
+    metrics.update(teacher_scores)
+    if teacher_benchmarks:
+        benchmarked["teacher"] = teacher_benchmarks
+    benchmark_rows = benchmark_table(benchmarked) if plan else []
+    metrics.update(benchmark_metrics(benchmark_rows))
+    forgetting = check_forgetting(benchmark_rows, config.benchmarks.max_regression)
     answers = {system: generation.answers for system, generation in outputs.items()}
     metrics.update(
         reference_metrics({**answers, "teacher": test.teacher}, test.references, config.zh_tokenizer)
@@ -95,6 +120,8 @@ def run(config: Config) -> Result:
     everything = {
         "metrics": metrics,
         "gate": gate,
+        "benchmarks": benchmark_rows,
+        "forgetting_gate": forgetting,
         "config": redact_config(to_dict(config)),
         "loss_curves": curves,
         "samples": samples,
@@ -105,16 +132,23 @@ def run(config: Config) -> Result:
         facts=report_facts(config, test),
         metrics=metrics,
         gate=gate,
+        benchmarks=benchmark_rows,
+        forgetting=forgetting,
         curve_svg=loss_svg(curves),
         curve_note=curve_note,
         samples=samples[: config.report_samples],
         total_samples=len(test.records),
     )
     report_path.write_text(report)
-    if gate["passed"] is False:
-        raise EvalGateError(gate["message"] + f" (report: {report_path})")
+    failed = [g["message"] for g in (gate, forgetting) if g["passed"] is False]
+    if failed:
+        raise EvalGateError("; ".join(failed) + f" (report: {report_path})")
     return Result(
-        metrics=metrics, report_path=str(report_path), eval_path=str(eval_path), gate_passed=gate["passed"]
+        metrics=metrics,
+        report_path=str(report_path),
+        eval_path=str(eval_path),
+        gate_passed=gate["passed"],
+        forgetting_passed=forgetting["passed"],
     )
 
 
@@ -140,10 +174,14 @@ class HeldOut:
         )
 
 
-def score_student(config, test: HeldOut, checker, device, path: str, field: str) -> tuple[Generation, dict]:
-    """Generate with one student and score it against the teacher; the model is freed afterwards."""
+def score_student(
+    config, test: HeldOut, checker, device, path: str, field: str, plan: BenchmarkPlan | None
+) -> tuple[Generation, dict, dict]:
+    """Generate with one student, score it against the teacher and run the benchmarks on it (empty
+    without a plan); the model is freed afterwards."""
+    generation = vllm_generate(path, test.prompts, config) if use_vllm(config.engine, device, path) else None
     model, tokenizer = load_model(path, config.dtype, device, field, base_dir=config.student_dir)
-    generation = generate(model, tokenizer, test.prompts, config)
+    generation = generation or generate(model, tokenizer, test.prompts, config)
     count = len(test.records)
     scores = text_metrics(generation.answers, test.teacher, config.zh_tokenizer)
     scores["accuracy"] = accuracy(generation.answers, test.questions, test.references, checker)
@@ -156,9 +194,10 @@ def score_student(config, test: HeldOut, checker, device, path: str, field: str)
     log.info(
         "eval: %s %s: exact match %.3f, rouge_l %.3f", field, path, scores["exact_match"], scores["rouge_l"]
     )
+    benchmarks = run_benchmarks(model, tokenizer, plan, config.benchmarks, config.seed) if plan else {}
     del model
     free_memory()
-    return generation, {name: value for name, value in scores.items() if value is not None}
+    return generation, {name: value for name, value in scores.items() if value is not None}, benchmarks
 
 
 def loss_curves(tensorboard_dir: str | None) -> tuple[dict, str]:
@@ -240,8 +279,11 @@ def load_checker(spec: str | None) -> Callable[[str, str, str | None], bool | No
     return function
 
 
-def teacher_metrics(config: Config, test: HeldOut, checker, device) -> dict[str, float]:
-    """The teacher's row: accuracy and length of its stored answers; speed and size when it is local."""
+def teacher_metrics(
+    config: Config, test: HeldOut, checker, device, plan: BenchmarkPlan | None
+) -> tuple[dict[str, float], dict]:
+    """The teacher's row: accuracy and length of its stored answers; speed, size and benchmarks when it is
+    local (no benchmarks otherwise)."""
     scores: dict[str, float | None] = {
         "accuracy": accuracy(test.teacher, test.questions, test.references, checker),
         "avg_output_chars": sum(map(len, test.teacher)) / len(test.teacher),
@@ -249,15 +291,22 @@ def teacher_metrics(config: Config, test: HeldOut, checker, device) -> dict[str,
     completion = [r.usage.get("completion_tokens") for r in test.records]
     if all(isinstance(c, int) for c in completion):
         scores["avg_output_tokens"] = sum(completion) / len(completion)
+    benchmarks = {}
     if config.teacher_dir:
-        model, tokenizer = load_model(config.teacher_dir, config.dtype, device, "teacher_dir")
-        generation = generate(model, tokenizer, test.prompts, config)
+        path = config.teacher_dir
+        generation = (
+            vllm_generate(path, test.prompts, config) if use_vllm(config.engine, device, path) else None
+        )
+        model, tokenizer = load_model(path, config.dtype, device, "teacher_dir")
+        generation = generation or generate(model, tokenizer, test.prompts, config)
         scores["tokens_per_s"] = generation.tokens_per_s
         scores["params"] = float(sum(p.numel() for p in model.parameters()))
         scores["size_bytes"] = float(size_on_disk(config.teacher_dir))
+        if plan:
+            benchmarks = run_benchmarks(model, tokenizer, plan, config.benchmarks, config.seed)
         del model
         free_memory()
-    return {f"teacher_{k}": v for k, v in scores.items() if v is not None}
+    return {f"teacher_{k}": v for k, v in scores.items() if v is not None}, benchmarks
 
 
 def reference_metrics(

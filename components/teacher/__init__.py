@@ -19,7 +19,8 @@ prompt_tokens, completion_tokens, cost, total_cost, ...).
 
 Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
 files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-compatible client), local.py
-(Hugging Face teacher), generate.py (worker pool, retries, answer policies), limits.py (rpm/tpm, budget),
+(Hugging Face teacher, vLLM when installed), generate.py (worker pool, retries, answer policies),
+batch.py (mode: batch, the provider's Batch API), limits.py (rpm/tpm, budget),
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
 progress.py (bar, log lines), stage.py (run, run_shard, finalize, Result), finalize.py (merge and write
 the dataset), component.py (the KFP component).

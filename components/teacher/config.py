@@ -45,7 +45,8 @@ class ProviderConfig:
     extra_headers, extra_body: sent as given (e.g. DashScope's {"enable_thinking": true}). Their values
         are never written or logged in clear: "***" in summaries and reprs, a digest in records.
     price_input_per_m, price_output_per_m: price per million prompt / completion tokens, for the cost
-        totals and `max_cost`.
+        totals and `max_cost`. batch_price_factor: what `mode: batch` pays, as a share of those prices
+        (OpenAI and DashScope bill their Batch APIs at 0.5; 1.0 claims no discount).
     rpm, tpm: requests and tokens per minute allowed for this provider (divided between shards).
     timeout_s: per-request timeout; max_retries: attempts after the first on 429/5xx/timeouts/dropped
         connections; backoff_s, backoff_max_s: exponential backoff base and cap (with full jitter);
@@ -114,6 +115,7 @@ class ProviderConfig:
     adapter: str | None = None
     quantization: Literal["none", "8bit", "4bit"] = "none"
     batch_size: int = 8
+    batch_price_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -135,6 +137,8 @@ class ProviderConfig:
                 raise ConfigError(f"{name}: {value} must be positive, or left unset for no limit")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: {self.batch_size} must be at least 1")
+        if not 0 < self.batch_price_factor <= 1:
+            raise ConfigError(f"batch_price_factor: {self.batch_price_factor} must be in (0, 1]")
         if self.quantization != "none" and self.name != "local":
             raise ConfigError("quantization: applies to the local teacher only (name: local)")
         check_api_key_env(self.api_key_env)
@@ -234,6 +238,44 @@ class TextConfig:
 
 
 @dataclass
+class BatchConfig:
+    """How `mode: batch` uses the provider's Batch API (batch.py).
+
+    max_requests_per_file, max_bytes_per_file: the prompts are split into batch input files within
+        these (OpenAI: 50,000 requests and 200 MB a file; DashScope: 50,000 and 500 MB).
+    completion_window: the window asked of the provider ("24h"); items it leaves unanswered come back
+        expired.
+    poll_s, poll_max_s: the first wait between status polls, growing by half each poll up to the cap.
+    on_failure: what happens to items a batch did not answer (failed, expired, cancelled, or an answer
+        the on_empty/on_length policy retries): "sync" asks them one request each at the full price,
+        "batch" submits them again in a new batch (at most max_resubmits times, then they count as
+        failed), "drop" leaves them unanswered.
+    """
+
+    max_requests_per_file: int = 50_000
+    max_bytes_per_file: int = 100_000_000
+    completion_window: str = "24h"
+    poll_s: float = 30.0
+    poll_max_s: float = 600.0
+    on_failure: Literal["sync", "batch", "drop"] = "sync"
+    max_resubmits: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_requests_per_file < 1:
+            raise ConfigError(f"batch.max_requests_per_file: {self.max_requests_per_file} must be at least 1")
+        if self.max_bytes_per_file < 1024:
+            raise ConfigError(
+                f"batch.max_bytes_per_file: {self.max_bytes_per_file} is too small; use at least 1024"
+            )
+        if not 0 < self.poll_s <= self.poll_max_s:
+            raise ConfigError(
+                f"batch.poll_s: {self.poll_s} must be positive and at most poll_max_s={self.poll_max_s}"
+            )
+        if self.max_resubmits < 0:
+            raise ConfigError(f"batch.max_resubmits: {self.max_resubmits} must be 0 or more")
+
+
+@dataclass
 class JudgeConfig:
     """Verification of answers against the dataset's `reference` by a second model.
 
@@ -263,6 +305,9 @@ class Config:
     Teacher
       provider: see ProviderConfig. provider_config: a teacher_config.yaml of named providers (empty:
         the one shipped beside this file). concurrency: requests in flight (a refilling pool).
+      mode: "sync" asks one request per prompt; "batch" submits the prompts to the provider's Batch
+        API (OpenAI-compatible /v1/batches: OpenAI, DashScope), at its batch prices, answered within its
+        completion window; see BatchConfig and batch.py.
       think_in_answer: write the teacher's reasoning into the answer as <think>...</think>.
       on_empty / on_length: what to do with an empty answer / one cut off by max_tokens: "retry" asks
         again (at most provider.max_retries times, then drops it), "keep" or "drop".
@@ -285,8 +330,11 @@ class Config:
       log_every_s: a progress line in the log this often. progress_bar: a tqdm bar (None: only when
         stderr is a terminal).
     Quality
-      dedup: drop exact duplicate prompts. near_dup_threshold: also drop prompts whose character
-        5-gram Jaccard similarity to an earlier one reaches this (0-1; None: off; uses numpy).
+      dedup: drop exact duplicate prompts (a 32-byte digest per prompt: fine at a million).
+        near_dup_threshold: also drop prompts whose character 5-gram Jaccard similarity to an earlier
+        one reaches this (0-1; None: off; uses numpy). It keeps every kept prompt's 5-grams in memory,
+        about 100 bytes per character of prompt (30 KB for a 260-character prompt): within a 1 GB pod
+        that is some tens of thousands of prompts; for more, leave it off or give the pod the memory.
         min/max_prompt_chars,
         min/max_answer_chars: length filters. test_ratio, seed: the split.
     """
@@ -315,6 +363,14 @@ class Config:
     concurrency: int = field(
         default=16, metadata=exposed("teacher_concurrency", "requests in flight at once.")
     )
+    mode: Literal["sync", "batch"] = field(
+        default="sync",
+        metadata=exposed(
+            "teacher_mode",
+            "sync (a request per prompt) or batch (the provider's Batch API, cheaper, slower).",
+        ),
+    )
+    batch: BatchConfig = field(default_factory=BatchConfig)
     think_in_answer: bool = False
     on_empty: AnswerPolicy = "retry"
     on_length: AnswerPolicy = "drop"
@@ -367,6 +423,8 @@ class Config:
         if self.checkpoint_records < 1:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
         check_run_id(self.run_id)
+        if self.mode == "batch" and self.provider.is_local:
+            raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")
         if not self.dataset.startswith("s3://"):
             refuse_secret_path(self.dataset, "dataset")
         # Judging on the teacher's own provider still takes the judge's key variable: the teacher's key

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.common.config import to_dict
-from components.common.records import Record, stable_hash, write_records
+from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
-from components.teacher.journal import Journal, Spend, spent_by_shard
+from components.teacher.journal import Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
@@ -32,55 +34,69 @@ def write_dataset(config: Config) -> dict[str, float]:
     the dataset's metrics."""
     store = open_store(config.store_uri)
     provider = resolve_provider(config.provider, config.provider_config)
-    stored = Journal(store.child(f"runs/{config.run_id}/teacher"), "").read_all()
+    journal = Journal(store.child(f"runs/{config.run_id}/teacher"), "")
     spent = sum(spent_by_shard(store.child(f"runs/{config.run_id}/teacher/spend")).values(), Spend())
     # Only the current plan's answers: a run_id reused with another dataset, filter or teacher setting
     # leaves answers under other keys, which stay in the store but not in this dataset. In plan order.
     keys = plan(config, provider.settings()).keys
-    entries = {key: stored[key] for key in keys if key in stored}
-    kept: list[Record] = []
-    rejected: list[Record] = []
-    logprobs: list[dict[str, Any]] = []
-    counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
-    for entry in entries.values():
-        if entry["status"] != "ok":
-            counts["dropped"] += 1
-            continue
-        for index, answer in enumerate(entry["answers"]):
-            record = build_record(entry, index, answer, config.think_in_answer)
-            length = len(answer["content"])
-            if length < config.min_answer_chars:
-                counts["answer_too_short"] += 1
-            elif config.max_answer_chars is not None and length > config.max_answer_chars:
-                counts["answer_too_long"] += 1
-            elif record.judge is not None and record.judge.get("verdict") != "accept":
-                counts["judge_rejected"] += 1
-                rejected.append(record)
-            else:
-                kept.append(record)
-                if answer.get("logprobs"):
-                    logprobs.append({"id": record.id, "logprobs": answer["logprobs"]})
-    # All answers to one prompt go to the same split, so the test set never shares a prompt with train.
-    test_keys = split_keys((r.extra["key"] for r in kept), config.test_ratio, config.seed)
-    for record in kept:
-        record.split = "test" if record.extra["key"] in test_keys else "train"
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    train = write_records(output / "train.jsonl", (r for r in kept if r.split == "train"))
-    test = write_records(output / "test.jsonl", (r for r in kept if r.split == "test"))
-    write_records(output / "rejected.jsonl", rejected)
-    if logprobs:
-        (output / "logprobs.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in logprobs), encoding="utf-8"
+    counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
+    with tempfile.TemporaryDirectory(prefix="teacher-finalize-") as scratch:
+        ordered = PlanOrder(keys, Path(scratch))
+        stale = ordered.sort(journal.lines())
+        # All answers to one prompt go to the same split, so the test set never shares a prompt with train:
+        # a first pass finds the prompts that keep an answer, the second writes the records.
+        kept_keys = (
+            entry["key"]
+            for entry in ordered.entries()
+            if entry["status"] == "ok"
+            and "kept" in (answer_outcome(entry, a, config) for a in entry["answers"])
         )
+        test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
+        answered = train = test = rejected = 0
+        with (
+            (output / "train.jsonl").open("w", encoding="utf-8") as train_file,
+            (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
+            (output / "rejected.jsonl").open("w", encoding="utf-8") as rejected_file,
+            (output / "logprobs.jsonl").open("w", encoding="utf-8") as logprobs_file,
+        ):
+            for entry in ordered.entries():
+                answered += 1
+                if entry["status"] != "ok":
+                    counts["dropped"] += 1
+                    continue
+                for index, answer in enumerate(entry["answers"]):
+                    outcome = answer_outcome(entry, answer, config)
+                    if outcome != "kept":
+                        counts[outcome] += 1
+                    if outcome not in ("kept", "judge_rejected"):
+                        continue
+                    record = build_record(entry, index, answer, config.think_in_answer)
+                    if outcome == "judge_rejected":
+                        rejected_file.write(record.to_json() + "\n")
+                        rejected += 1
+                        continue
+                    if entry["key"] in test_keys:
+                        record.split, test = "test", test + 1
+                        test_file.write(record.to_json() + "\n")
+                    else:
+                        record.split, train = "train", train + 1
+                        train_file.write(record.to_json() + "\n")
+                    if answer.get("logprobs"):
+                        logprobs_file.write(
+                            json.dumps({"id": record.id, "logprobs": answer["logprobs"]}) + "\n"
+                        )
+        if (output / "logprobs.jsonl").stat().st_size == 0:
+            (output / "logprobs.jsonl").unlink()
     metrics = {
         "records": train + test,
         "train": train,
         "test": test,
-        "rejected": len(rejected),
-        "prompts_answered": len(entries),
-        "prompts_unanswered": len(keys) - len(entries),
-        "stale_answers": len(stored) - len(entries),
+        "rejected": rejected,
+        "prompts_answered": answered,
+        "prompts_unanswered": len(keys) - answered,
+        "stale_answers": stale,
         **counts,
         "total_requests": spent.requests,
         "total_prompt_tokens": spent.prompt_tokens,
@@ -98,8 +114,67 @@ def write_dataset(config: Config) -> dict[str, float]:
         "config": redact_config(to_dict(config)),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, len(rejected), output)
+    log.info("wrote %d train and %d test records (%d rejected) to %s", train, test, rejected, output)
     return {k: float(v) for k, v in metrics.items()}
+
+
+def answer_outcome(entry: dict[str, Any], answer: dict[str, Any], config: Config) -> str:
+    """ "kept", or why an answer of an answered prompt is not: answer_too_short, answer_too_long or
+    judge_rejected (it goes to rejected.jsonl)."""
+    length = len(answer["content"])
+    if length < config.min_answer_chars:
+        return "answer_too_short"
+    if config.max_answer_chars is not None and length > config.max_answer_chars:
+        return "answer_too_long"
+    judge = entry.get("judge")
+    if judge is not None and judge.get("verdict") != "accept":
+        return "judge_rejected"
+    return "kept"
+
+
+class PlanOrder:
+    """The journal's entries put in plan order on local disk, a bucket of positions at a time, so no
+    step holds more than one bucket of answers: entries go to BUCKETS files by plan position, and each
+    file is read back, folded by key (the later entry wins, as in the journal) and sorted on its own."""
+
+    BUCKET_ENTRIES = 20_000
+
+    def __init__(self, keys: list[str], folder: Path):
+        self.position = {key: index for index, key in enumerate(keys)}
+        self.buckets = max(1, -(-len(keys) // self.BUCKET_ENTRIES))
+        self.size = max(1, -(-len(keys) // self.buckets))
+        self.folder = folder
+
+    def _bucket(self, number: int) -> Path:
+        return self.folder / f"bucket-{number:05d}.jsonl"
+
+    def sort(self, lines: Iterator[str]) -> int:
+        """Spread the journal's `lines` over the bucket files, as they are; returns how many keys were
+        not in the plan."""
+        files = [self._bucket(i).open("w", encoding="utf-8") for i in range(self.buckets)]
+        stale: set[str] = set()
+        try:
+            for line in lines:
+                key = line_outcome(line)[0]
+                position = self.position.get(key)
+                if position is None:
+                    stale.add(key)
+                    continue
+                files[position // self.size].write(f"{position}\t{line}\n")
+        finally:
+            for handle in files:
+                handle.close()
+        return len(stale)
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        for number in range(self.buckets):
+            folded: dict[int, str] = {}
+            with self._bucket(number).open(encoding="utf-8") as handle:
+                for line in handle:
+                    position, _, text = line.partition("\t")
+                    folded[int(position)] = text
+            for position in sorted(folded):
+                yield json.loads(folded[position])
 
 
 def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], think_in_answer: bool) -> Record:

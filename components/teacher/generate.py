@@ -46,6 +46,7 @@ class Job:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    failure: str = ""  # why a batch left it unanswered (batch.py)
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Tally:
     """What this invocation did: the shard's metrics, and why prompts were retried or left unanswered.
 
     `usable` counts prompts that got a usable answer (asked or from the cache); `retry_causes` and
-    `lost_causes` count by cause (the teacher's error, "cut by max_tokens", the budget ...).
+    `lost_causes` count by cause (the teacher's error, "cut by max_tokens", the budget ...); `batches`
+    the Batch API batches created (mode: batch).
     """
 
     answered: int = 0
@@ -63,6 +65,7 @@ class Tally:
     unfinished: int = 0
     retries: int = 0
     usable: int = 0
+    batches: int = 0
     retry_causes: collections.Counter[str] = field(default_factory=collections.Counter)
     lost_causes: collections.Counter[str] = field(default_factory=collections.Counter)
 

@@ -14,7 +14,7 @@ and the cache turns a repeated run into zero API calls.
 
 Parts are immutable objects (S3 has no append): buffered entries are written as a new part every
 `checkpoint_records` entries or `checkpoint_seconds`, whichever comes first, and when the shard ends,
-when its parts are merged into one (`compact`). The
+when its parts are merged into a few (`compact`). The
 cache entry is written as soon as an answer arrives, so with the cache on (the default) a killed pod loses
 no paid answer at all; without it, at most one checkpoint's worth.
 
@@ -28,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
@@ -39,13 +42,16 @@ from components.teacher.limits import Budget
 
 log = logging.getLogger(__name__)
 
+_OUTCOME = re.compile(r'\{"key": "([0-9a-f]+)", "status": "(ok|dropped)", "reason": "([a-z]*)"')
+COMPACT_ENTRIES = 20_000  # entries per merged part: a few tens of MB of text at most
+
 
 def shard_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}"
 
 
 class Journal:
-    """The run-scoped record of finished prompts, written in parts, read back whole."""
+    """The run-scoped record of finished prompts, written in parts, read back a part at a time."""
 
     def __init__(
         self, store: ArtifactStore, shard: str, checkpoint_records: int = 32, checkpoint_seconds: float = 10.0
@@ -58,17 +64,28 @@ class Journal:
         self._last_flush = time.monotonic()
         self._parts = len(self.store.list(shard))
 
-    def read_all(self) -> dict[str, dict[str, Any]]:
-        """Every entry stored by any shard of this run, by key (a later part wins a tie)."""
-        entries: dict[str, dict[str, Any]] = {}
-        for key in self.store.list():
-            if not key.endswith(".jsonl") or "/part-" not in key:
-                continue
+    def part_keys(self) -> list[str]:
+        """The part objects of every shard of this run, in the order they were written per shard."""
+        return [key for key in self.store.list() if key.endswith(".jsonl") and "/part-" in key]
+
+    def lines(self) -> Iterator[str]:
+        """Every entry stored by any shard of this run, as its JSON line, a part at a time (a key may
+        come again: the later one wins)."""
+        for key in self.part_keys():
             for line in self.store.read_text(key).splitlines():
                 if line.strip():
-                    entry = json.loads(line)
-                    entries[entry["key"]] = entry
-        return entries
+                    yield line
+
+    def read_outcomes(self) -> dict[str, str]:
+        """The key of every stored entry and how it ended: "" for an answer, else the reason it was
+        dropped. Only that, not the answers: a resume of a million prompts holds a million keys. Entries
+        begin with key, status and reason (make_entry's order), read from the line's start without
+        parsing the answers; any other line is parsed whole."""
+        outcomes = {}
+        for line in self.lines():
+            key, status, reason = line_outcome(line)
+            outcomes[key] = "" if status == "ok" else sys.intern(reason)
+        return outcomes
 
     def add(self, entry: dict[str, Any]) -> bool:
         """Buffer `entry`; True when a checkpoint is due: the caller then writes `take_buffer()` as a part."""
@@ -87,25 +104,46 @@ class Journal:
     def write_part(self, batch: list[dict[str, Any]]) -> None:
         if not batch:
             return
-        # The random suffix keeps a part of a killed pod and one of its replacement from colliding.
-        name = f"{self.shard}/part-{self._parts:06d}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._parts += 1
-        self.store.write_text(name, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in batch))
+        self._write_lines([json.dumps(e, ensure_ascii=False) for e in batch])
 
     def flush(self) -> None:
         self.write_part(self.take_buffer())
 
     def compact(self) -> None:
-        """Merge this shard's parts into one, so a later resume or finalize reads one object, not
-        thousands. The merged part is written before the old ones are deleted: a kill in between
-        leaves duplicates, which read_all folds by key."""
+        """Merge this shard's parts into few, of at most COMPACT_ENTRIES entries each, so a later resume
+        or finalize reads a few objects, not thousands, and none of them must fit a whole shard in
+        memory. The merged parts are written before the old ones are deleted: a kill in between leaves
+        duplicates, which every reader folds by key."""
         parts = [k for k in self.store.list(self.shard) if "/part-" in k]
         if len(parts) <= 1:
             return
-        text = "".join(self.store.read_text(k) for k in parts)
-        self.write_part([json.loads(line) for line in text.splitlines() if line.strip()])
+        lines: list[str] = []
+        for key in parts:
+            lines.extend(line for line in self.store.read_text(key).splitlines() if line.strip())
+            while len(lines) >= COMPACT_ENTRIES:
+                self._write_lines(lines[:COMPACT_ENTRIES])
+                del lines[:COMPACT_ENTRIES]
+        self._write_lines(lines)
         for key in parts:
             self.store.delete(key)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if lines:
+            # The random suffix keeps a part of a killed pod and one of its replacement from colliding.
+            name = f"{self.shard}/part-{self._parts:06d}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._parts += 1
+            self.store.write_text(name, "".join(line + "\n" for line in lines))
+
+
+def line_outcome(line: str) -> tuple[str, str, str]:
+    """(key, status, reason) of a journal line, read from its start when it is laid out as make_entry
+    writes it, else parsed whole."""
+    found = _OUTCOME.match(line)
+    if found:
+        key, status, reason = found.groups()
+        return key, status, reason
+    entry = json.loads(line)
+    return entry["key"], entry["status"], entry.get("reason", "")
 
 
 class Cache:

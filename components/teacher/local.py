@@ -12,6 +12,12 @@
 It writes the same entries as the API teacher (so resume, cache, judge and split work the same), and is
 the teacher for offline pseudo-labels. A chain of thought written as <think>...</think> by the model is
 moved into the record's `reasoning`. On CPU it runs in float32; on CUDA in bfloat16.
+
+Engines: with CUDA, `vllm` importable (the GPU image option) and no quantization, it generates with
+vLLM's offline engine (continuous batching over up to VLLM_BATCH prompts a call, the adapter as a LoRA
+request, top-k logprobs when asked); otherwise with Hugging Face `generate`, batch_size prompts a call.
+Both give the same Answer for a prompt: text decoded with special tokens and then stripped of the chat
+end markers, finish "stop" at the end-of-sequence token else "length", the end token counted.
 """
 
 from __future__ import annotations
@@ -32,6 +38,20 @@ from components.teacher.config import ProviderConfig
 
 log = logging.getLogger(__name__)
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+VLLM_BATCH = 1024  # prompts handed to vLLM at once; it schedules them itself
+
+
+def vllm_usable(provider: ProviderConfig) -> bool:
+    """vLLM generates when it is installed, a GPU is there and no bitsandbytes quantization is asked."""
+    import importlib.util
+
+    import torch
+
+    return (
+        provider.quantization == "none"
+        and torch.cuda.is_available()
+        and importlib.util.find_spec("vllm") is not None
+    )
 
 
 class LocalTeacher:
@@ -49,6 +69,8 @@ class LocalTeacher:
                 "set provider.temperature above 0 (greedy decoding gives one answer)"
             )
         self.provider = provider
+        self.engine = "vllm" if vllm_usable(provider) else "hf"
+        self._llm = None
         self._model = None
         self._tokenizer = None
         self._scratch: tempfile.TemporaryDirectory | None = None
@@ -129,8 +151,68 @@ class LocalTeacher:
 
     async def preflight(self) -> None:
         """Load the model before the first batch, so a bad folder fails before any work is done."""
-        if self._model is None:
+        if self.engine == "vllm" and self._llm is None:
+            await asyncio.to_thread(self.load_vllm)
+        elif self.engine == "hf" and self._model is None:
             await asyncio.to_thread(self.load)
+
+    def load_vllm(self) -> None:
+        from vllm import LLM
+
+        folder, adapter = self._base_and_adapter()
+        self._llm = LLM(
+            model=folder, dtype="bfloat16", seed=self.provider.seed or 0, enable_lora=bool(adapter)
+        )
+        log.info(
+            "local teacher %s loaded in vLLM%s",
+            self.provider.model,
+            f", adapter {adapter}" if adapter else "",
+        )
+
+    def generate_vllm(self, conversations: list[list[dict[str, str]]]) -> list[Answer]:
+        """The same Answers as `generate`, from vLLM's offline engine."""
+        from vllm import SamplingParams
+
+        if self._llm is None:
+            self.load_vllm()
+        provider = self.provider
+        _, adapter = self._base_and_adapter()
+        lora = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("adapter", 1, adapter)
+        params = SamplingParams(
+            n=provider.n,
+            temperature=provider.temperature or 0.0,
+            top_p=provider.top_p or 1.0,
+            max_tokens=provider.max_tokens or 512,
+            seed=provider.seed,
+            logprobs=(provider.top_logprobs or 1) if provider.logprobs else None,
+            skip_special_tokens=False,
+        )
+        outputs = self._llm.chat(conversations, params, lora_request=lora, use_tqdm=False)
+        eos = self._llm.get_tokenizer().eos_token_id
+        answers = []
+        for output in outputs:
+            choices, completion_tokens = [], 0
+            for sample in output.outputs:
+                ids = list(sample.token_ids)
+                ended = sample.finish_reason == "stop"
+                # vLLM keeps the end token in token_ids and text; HF's path counts it and drops it.
+                text_ids = ids[: ids.index(eos)] if eos in ids else ids
+                completion_tokens += len(text_ids) + int(ended)
+                text = self._llm.get_tokenizer().decode(text_ids, skip_special_tokens=False)
+                choice = _choice(text, ended)
+                if provider.logprobs and sample.logprobs:
+                    choice.logprobs = [
+                        _vllm_logprobs(step, token)
+                        # the end token has log-probabilities too; the text stops before it
+                        for step, token in zip(sample.logprobs, text_ids, strict=False)
+                    ]
+                choices.append(choice)
+            answers.append(Answer(choices, len(output.prompt_token_ids), completion_tokens))
+        return answers
 
     def generate(self, conversations: list[list[dict[str, str]]]) -> list[Answer]:
         """One batched generate() over `conversations`; one Answer with `n` choices each."""
@@ -189,8 +271,10 @@ class LocalTeacher:
         return generator.tally
 
     async def _batches(self, generator, waiting: list) -> None:
+        size = VLLM_BATCH if self.engine == "vllm" else self.provider.batch_size
+        generate = self.generate_vllm if self.engine == "vllm" else self.generate
         while waiting:
-            batch, waiting = waiting[: self.provider.batch_size], waiting[self.provider.batch_size :]
+            batch, waiting = waiting[:size], waiting[size:]
             allowed = []
             for job in batch:
                 if generator.budget.reserve_now(0.0):
@@ -202,11 +286,22 @@ class LocalTeacher:
                 continue
             await generator.ensure_ready()
             await generator.spend.record(generator.budget)
-            answers = await asyncio.to_thread(self.generate, [job.prompt.messages for job in allowed])
+            answers = await asyncio.to_thread(generate, [job.prompt.messages for job in allowed])
             for job, answer in zip(allowed, answers, strict=True):
                 generator.budget.settle(0.0, answer.prompt_tokens, answer.completion_tokens, (0.0, 0.0))
                 if await generator.answered(job, answer) is not None:
                     waiting.append(job)  # the policy asked for another try
+
+
+def _vllm_logprobs(step: dict, token: int) -> dict[str, Any]:
+    """One position's log-probabilities in the API teacher's shape: the chosen token, then its top-k."""
+    ranked = sorted(step.items(), key=lambda item: -item[1].logprob)
+    chosen = step[token]
+    return {
+        "token": chosen.decoded_token,
+        "logprob": chosen.logprob,
+        "top": [{"token": value.decoded_token, "logprob": value.logprob} for _, value in ranked],
+    }
 
 
 def _choice(text: str, ended: bool) -> Choice:

@@ -10,16 +10,35 @@ sets). The prompts themselves are read again, a line at a time, when they are as
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from components.common.errors import InputError
-from components.common.records import record_id
 from components.teacher.config import Config
 from components.teacher.generate import Job
 from components.teacher.quality import FilterCounts, select_prompts
 from components.teacher.readers import ReadStats, read_prompts
+
+
+class RecordIds:
+    """record_id(messages, settings) for one teacher's settings, serialised once rather than per prompt:
+    the canonical JSON of {"messages": m, "teacher": s} is that of m and of s between fixed keys (sorted,
+    "messages" before "teacher"), so the digest is the same; a resume hashes every prompt of the
+    dataset before its first request."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.suffix = ',"teacher":' + _canonical(settings) + "}"
+
+    def __call__(self, messages: list[dict[str, str]]) -> str:
+        text = '{"messages":' + _canonical(messages) + self.suffix
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass
@@ -42,10 +61,11 @@ def plan(config: Config, settings: dict[str, Any]) -> Plan:
         filtered,
     )
     keys: dict[str, None] = {}
+    record_id = RecordIds(settings)
     # Every prompt goes through the filters even past max_samples, so their counts cover the whole dataset.
     for position, prompt in enumerate(prompts):
         if config.max_samples is None or position < config.max_samples:
-            keys.setdefault(record_id(prompt.messages, settings), None)
+            keys.setdefault(record_id(prompt.messages), None)
     return Plan(list(keys), read, filtered)
 
 
@@ -57,8 +77,9 @@ def jobs(config: Config, settings: dict[str, Any], wanted: Collection[str]) -> I
     remaining = set(wanted)
     if not remaining:
         return
+    record_id = RecordIds(settings)
     for prompt in read_prompts(config, ReadStats(quiet=True)):
-        key = record_id(prompt.messages, settings)
+        key = record_id(prompt.messages)
         if key in remaining:
             remaining.discard(key)
             yield Job(key, prompt)

@@ -29,6 +29,7 @@ from components.common.errors import ConfigError, StageStopped
 from components.common.lease import Lease
 from components.common.store import open_store
 from components.teacher.api import ApiTeacher
+from components.teacher.batch import BatchRunner
 from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import write_dataset
 from components.teacher.generate import PROBLEMS, Generator, Job, Tally
@@ -128,9 +129,10 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         config.checkpoint_records,
         config.checkpoint_seconds,
     )
-    stored = journal.read_all()
+    stored = journal.read_outcomes()
     pending = [key for key in mine if key not in stored]
     done = [stored[key] for key in mine if key in stored]
+    del stored
     spend_store = store.child(f"runs/{config.run_id}/teacher/spend")
     budget = shard_budget(config, spent_by_shard(spend_store), shard_index, num_shards)
     spend = SpendLedger(spend_store, shard_index, num_shards)
@@ -158,6 +160,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
             budget,
             tally,
             num_shards,
+            pending_keys=set(pending) if config.mode == "batch" else set(),
         )
     )
     metrics = {
@@ -170,6 +173,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         "failed": tally.failed,
         "unfinished": tally.unfinished,
         "retries": tally.retries,
+        "batches": tally.batches,
         "skipped_lines": work.read.skipped_lines,
         "duplicates": work.filtered.duplicates,
         "near_duplicates": work.filtered.near_duplicates,
@@ -182,14 +186,14 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
     if budget.stopped:
         log.warning("stopped early: %s; everything answered so far is kept", budget.stopped)
     lost = collections.Counter(tally.lost_causes)
-    for entry in done:
-        if entry["status"] != "ok":
-            lost[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
+    for reason in done:
+        if reason:
+            lost[f"dropped: {PROBLEMS[reason]}"] += 1
     return ShardOutcome(
         Result(config.output_dir, {k: float(v) for k, v in metrics.items()}, budget.stopped),
         work,
         len(mine),
-        sum(entry["status"] == "ok" for entry in done) + tally.usable,
+        done.count("") + tally.usable,
         lost,
     )
 
@@ -251,7 +255,9 @@ async def _generate(
     budget: Budget,
     tally: Tally,
     num_shards: int,
+    pending_keys: set[str] | None = None,
 ) -> Tally:
+    """Ask for the `count` prompts of `pending` (mode: batch also needs their keys, `pending_keys`)."""
     provider = teacher.provider
     cache = Cache(store.child("cache/teacher")) if config.use_cache else None
     judge = None
@@ -269,6 +275,13 @@ async def _generate(
     try:
         if provider.is_local:
             return await teacher.generate_all(generator, list(pending))
+        if config.mode == "batch":
+            # The batches first; what they leave goes through the pool below (batch.on_failure: sync).
+            batch_store = store.child(f"runs/{config.run_id}/teacher/batches/{shard_name(*spend.shard)}")
+            batches = BatchRunner(config.batch, teacher, generator, batch_store)
+            leftovers = await batches.run_stoppable(pending, pending_keys or set())
+            tally.batches = batches.submitted
+            pending, count = iter(leftovers), len(leftovers)
         return await generator.run(pending, count)
     finally:
         ticker.cancel()

@@ -68,6 +68,11 @@ NOT_FINGERPRINTED = {
     "report_to",
     "tensorboard_sync_seconds",
     "launcher",
+    # Where a multi-node run's job is queued and run does not decide its weights.
+    "cluster.engine",
+    "cluster.runtime",
+    "cluster.queue_name",
+    "cluster.priority_class",
     "gradient_checkpointing",
     "compile",
 }

@@ -7,6 +7,7 @@ Every field is documented where it is declared: its type, its default and why th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -211,6 +212,55 @@ class PhaseSettings:
             raise ConfigError(f"curriculum phase {self.name!r}: set max_steps > 0 or num_epochs > 0")
 
 
+# A Kubernetes object name (DNS-1123 subdomain) that is also a valid label value (at most 63 characters).
+KUBERNETES_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
+
+
+@dataclass
+class ClusterSettings:
+    """Where multi-node training runs on the cluster (components/train/multinode/); a one-pod run
+    (train_nodes 1, engine auto) ignores these."""
+
+    engine: Literal["auto", "trainjob", "pytorchjob"] = field(
+        default="auto",
+        metadata=exposed(
+            "train_engine",
+            "training job for train_nodes > 1: auto (TrainJob where Kubeflow Trainer v2 is served, else PyTorchJob), "
+            "trainjob or pytorchjob (these two also with one node).",
+        ),
+    )
+    runtime: str = field(
+        default="distill-torch",
+        metadata=exposed(
+            "train_runtime",
+            "ClusterTrainingRuntime the TrainJob uses: distill-torch (manifests/trainer) or one the platform provides.",
+        ),
+    )
+    queue_name: str = field(
+        default="",
+        metadata=exposed(
+            "train_queue_name",
+            "Kueue LocalQueue that admits the training job (kueue.x-k8s.io/queue-name); empty: no queue.",
+        ),
+    )
+    priority_class: str = field(
+        default="",
+        metadata=exposed(
+            "train_priority_class",
+            "Kueue WorkloadPriorityClass of the training job (kueue.x-k8s.io/priority-class); empty: the default.",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("runtime", "queue_name", "priority_class"):
+            value = getattr(self, name)
+            if (value or name == "runtime") and not KUBERNETES_NAME.fullmatch(value):
+                raise ConfigError(
+                    f"cluster.{name}: {value!r} is not a Kubernetes name (lower-case letters, digits, '-' "
+                    "and '.', at most 63 characters, starting and ending with a letter or digit)"
+                )
+
+
 @dataclass
 class Config:
     """Supervised distillation of teacher records into a student, optionally with logit-level KD."""
@@ -318,6 +368,8 @@ class Config:
     deepspeed: Literal["none", "zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"] = "none"
     # With more than one visible GPU, re-launch this stage on all of them (torchrun or accelerate launch).
     launcher: Literal["auto", "none", "torchrun", "accelerate"] = "auto"
+    # The training job of a multi-node run: engine, runtime, Kueue queue and priority.
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     # --- operations -----------------------------------------------------------------------------------
     # Optimizer steps between log lines and TensorBoard points.

@@ -1,13 +1,20 @@
-"""A fake Kubernetes API server with a fake Training Operator, served on loopback by pipelines.loopback.ServerThread.
+"""A fake Kubernetes API server with a fake Training Operator and a fake Kubeflow Trainer v2, served on
+loopback by pipelines.loopback.ServerThread.
 
-It implements what components/train/multinode.py calls through the official kubernetes client:
-PyTorchJobs (create, get, delete), pods (list by label selector) and pod logs (follow). Creating a
-PyTorchJob starts one local process per replica, the way the operator starts pods: the container's
-command, its env with Secret and ConfigMap references resolved, and the operator's rendezvous variables
-(MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, PET_*). Each "pod" gets its own DISTILL_WORKDIR, as pods get
-their own disk. Pod phases follow the processes; the job succeeds when every pod has, and fails as soon as
-one pod fails.
-Every request is recorded as the RBAC rule it needs (`api_calls`), for comparing with the Role.
+It implements what components/train/multinode/ calls through the official kubernetes client: API
+discovery of the engines it serves (`engines`), PyTorchJobs and TrainJobs (create, get, delete), pods
+(list by label selector, get) and pod logs (follow, tail). Creating a job starts one local process per
+pod, the way the controllers start pods: the container's command, its env with Secret and ConfigMap
+references resolved, and the engine's rendezvous variables (PyTorchJob: MASTER_ADDR, MASTER_PORT,
+WORLD_SIZE, RANK, PET_*; TrainJob: PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR,
+PET_MASTER_PORT). Each "pod" gets its own DISTILL_WORKDIR, as pods get their own disk. Pod phases follow
+the processes; a job succeeds when every pod has, and fails as soon as one pod fails, except that a
+TrainJob first restarts all its pods (a JobSet restart) as often as its runtime's
+failurePolicy.maxRestarts allows. A TrainJob must name a ClusterTrainingRuntime in `runtimes`, and its
+pod container starts from the runtime's, with the TrainJob's trainer fields on top, as Trainer does.
+It also serves what components/register/inference_service.py calls: KServe InferenceServices (create,
+get, replace), stored as given with a resourceVersion that a replace must match.
+Every namespaced request is recorded as the RBAC rule it needs (`api_calls`), for comparing with the Role.
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ from aiohttp import web
 from tests.conftest import free_port
 
 JOB_PATH = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+TRAINJOB_PATH = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs"
+# Engine -> (discovery path, the resource it lists).
+ENGINE_APIS = {
+    "pytorchjob": ("/apis/kubeflow.org/v1", "pytorchjobs", "PyTorchJob"),
+    "trainjob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs", "TrainJob"),
+}
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
 
 
 def rbac_rule(method: str, path: str, query) -> tuple[str, str, str]:
@@ -48,6 +62,7 @@ class Pod:
     labels: dict[str, str]
     process: subprocess.Popen
     log_path: Path
+    job: str = ""
 
     @property
     def phase(self) -> str:
@@ -63,11 +78,21 @@ class FakeKubernetes:
     config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     jobs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    trainjobs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    # ClusterTrainingRuntimes installed: name -> object (e.g. manifests/trainer's distill-torch).
+    runtimes: dict[str, dict] = field(default_factory=dict)
+    # The engines whose CRDs the API server serves (API discovery).
+    engines: set[str] = field(default_factory=lambda: {"pytorchjob", "trainjob"})
+    # TrainJob name -> JobSet restarts so far.
+    restarts: dict[str, int] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
     # Pods that exist without a job, e.g. the KFP train pod: name -> Pod JSON as the API returns it.
     other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
+    inference_services: dict[tuple[str, str], dict] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    # Pods of a TrainJob that failed before a JobSet restart replaced them.
+    failed_pods: list[Pod] = field(default_factory=list)
     # Every request as the RBAC rule it needs: (API group, resource[/subresource], verb).
     api_calls: set[tuple[str, str, str]] = field(default_factory=set)
 
@@ -75,7 +100,8 @@ class FakeKubernetes:
     async def _auth(self, request: web.Request, handler):
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
-        self.api_calls.add(rbac_rule(request.method, request.path, request.query))
+        if "/namespaces/" in request.path:  # discovery is open to every account (system:discovery)
+            self.api_calls.add(rbac_rule(request.method, request.path, request.query))
         return await handler(request)
 
     # --- the operator -----------------------------------------------------------------------------
@@ -123,21 +149,120 @@ class FakeKubernetes:
                     "DISTILL_WORKDIR": str(self.workdir / pod_name),
                 }
                 command = list(container["command"]) + list(container.get("args", []))
-                if command[0] == "python":  # the image's python is this test's interpreter
-                    command[0] = sys.executable
-                log_path = self.workdir / f"{pod_name}.log"
-                with open(log_path, "wb") as log_file:
-                    process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                process, log_path = self._start(command, env, pod_name)
                 labels = {
                     "training.kubeflow.org/job-name": name,
                     "training.kubeflow.org/replica-type": replica_type.lower(),
                     "training.kubeflow.org/replica-index": str(index),
                 }
-                self.pods[pod_name] = Pod(pod_name, namespace, labels, process, log_path)
+                self.pods[pod_name] = Pod(pod_name, namespace, labels, process, log_path, job=name)
                 rank += 1
 
     def _job_pods(self, name: str) -> list[Pod]:
-        return [pod for pod in self.pods.values() if pod.labels["training.kubeflow.org/job-name"] == name]
+        return [pod for pod in self.pods.values() if pod.job == name]
+
+    def _start(self, command: list[str], env: dict[str, str], pod_name: str) -> tuple[subprocess.Popen, Path]:
+        if command[0] == "python":  # the image's python is this test's interpreter
+            command = [sys.executable, *command[1:]]
+        log_path = self.workdir / f"{pod_name}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        return process, log_path
+
+    # --- Kubeflow Trainer v2 ----------------------------------------------------------------------
+
+    def _node_container(self, trainjob: dict) -> dict:
+        """The runtime's node container with the TrainJob's trainer fields on top, as Trainer merges them."""
+        runtime = self.runtimes[trainjob["spec"]["runtimeRef"]["name"]]
+        (node,) = [
+            job for job in runtime["spec"]["template"]["spec"]["replicatedJobs"] if job["name"] == "node"
+        ]
+        (container,) = [
+            c for c in node["template"]["spec"]["template"]["spec"]["containers"] if c["name"] == "node"
+        ]
+        trainer = trainjob["spec"].get("trainer", {})
+        merged = {
+            **container,
+            **{key: trainer[key] for key in ("image", "command", "args") if key in trainer},
+        }
+        names = {variable["name"] for variable in trainer.get("env", [])}
+        merged["env"] = [v for v in container.get("env", []) if v["name"] not in names] + trainer.get(
+            "env", []
+        )
+        return merged
+
+    def _start_nodes(self, trainjob: dict) -> None:
+        name, namespace = trainjob["metadata"]["name"], trainjob["metadata"]["namespace"]
+        trainer = trainjob["spec"].get("trainer", {})
+        nodes, nproc = trainer.get("numNodes", 1), trainer.get("numProcPerNode", 1)
+        attempt = self.restarts.get(name, 0)
+        container, port = self._node_container(trainjob), free_port()
+        for index in range(nodes):
+            pod_name = f"{name}-node-0-{index}-a{attempt}"
+            env = {
+                **self.base_env,
+                **self._resolve_env(container),
+                "PET_NNODES": str(nodes),
+                "PET_NPROC_PER_NODE": str(nproc),
+                "PET_NODE_RANK": str(index),
+                "PET_MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_PORT": str(port),
+                "PYTHONUNBUFFERED": "1",
+                "DISTILL_WORKDIR": str(self.workdir / pod_name),
+            }
+            process, log_path = self._start(
+                list(container["command"]) + list(container.get("args", [])), env, pod_name
+            )
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "jobset.sigs.k8s.io/restart-attempt": str(attempt),
+                "batch.kubernetes.io/job-completion-index": str(index),
+            }
+            self.pods[pod_name] = Pod(pod_name, namespace, labels, process, log_path, job=name)
+
+    def _stop_pods(self, name: str) -> None:
+        for pod in self._job_pods(name):
+            if pod.process.poll() is None:
+                pod.process.kill()
+            pod.process.wait()
+            del self.pods[pod.name]
+
+    def _trainjob_status(self, trainjob: dict) -> dict:
+        """Status as Trainer reports it; a failed pod restarts the whole JobSet while restarts are left."""
+        name = trainjob["metadata"]["name"]
+        runtime = self.runtimes[trainjob["spec"]["runtimeRef"]["name"]]
+        max_restarts = runtime["spec"]["template"]["spec"].get("failurePolicy", {}).get("maxRestarts", 0)
+        phases = {pod.name: pod.phase for pod in self._job_pods(name)}
+        failed = sorted(pod for pod, phase in phases.items() if phase == "Failed")
+        if failed and self.restarts.get(name, 0) < max_restarts:
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.failed_pods.extend(pod for pod in self._job_pods(name) if pod.phase == "Failed")
+            self._stop_pods(name)
+            self._start_nodes(trainjob)
+            phases = {pod.name: pod.phase for pod in self._job_pods(name)}
+            failed = []
+        counts = {
+            "active": sum(phase == "Running" for phase in phases.values()),
+            "succeeded": sum(phase == "Succeeded" for phase in phases.values()),
+            "failed": len(failed),
+        }
+        status: dict = {"jobsStatus": [{"name": "node", "ready": counts["active"], **counts, "suspended": 0}]}
+        if failed:
+            message = f"jobset failed: pod {failed[0]} failed after {self.restarts.get(name, 0)} restart(s)"
+            status["conditions"] = [
+                {"type": "Failed", "status": "True", "reason": "JobsFailed", "message": message}
+            ]
+        elif phases and all(phase == "Succeeded" for phase in phases.values()):
+            status["conditions"] = [
+                {
+                    "type": "Complete",
+                    "status": "True",
+                    "reason": "JobsCompleted",
+                    "message": "jobset completed",
+                }
+            ]
+        return status
 
     def _status(self, name: str) -> dict:
         phases = {pod.name: pod.phase for pod in self._job_pods(name)}
@@ -174,13 +299,93 @@ class FakeKubernetes:
         if key not in self.jobs:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
         del self.jobs[key]
-        for pod in self._job_pods(key[1]):
-            if pod.process.poll() is None:
-                pod.process.kill()
-            pod.process.wait()
-            del self.pods[pod.name]
+        self._stop_pods(key[1])
         self.deleted.append(key[1])
         return web.json_response({"kind": "Status", "status": "Success"})
+
+    async def create_trainjob(self, request):
+        namespace, trainjob = request.match_info["namespace"], await request.json()
+        key = (namespace, trainjob["metadata"]["name"])
+        if key in self.trainjobs:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        runtime = trainjob["spec"]["runtimeRef"]["name"]
+        if runtime not in self.runtimes:  # Trainer's admission webhook refuses it
+            message = f'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: ClusterTrainingRuntime.trainer.kubeflow.org "{runtime}" not found'
+            return web.json_response(
+                {"kind": "Status", "code": 422, "reason": "Invalid", "message": message}, status=422
+            )
+        trainjob["metadata"]["namespace"] = namespace
+        self._start_nodes(trainjob)  # before it is listed, so that a listed job has its pods
+        self.trainjobs[key] = trainjob
+        self.created.append(trainjob)
+        return web.json_response(trainjob, status=201)
+
+    async def get_trainjob(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.trainjobs:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response(
+            {**self.trainjobs[key], "status": self._trainjob_status(self.trainjobs[key])}
+        )
+
+    async def delete_trainjob(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.trainjobs:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        del self.trainjobs[key]
+        self._stop_pods(key[1])
+        self.deleted.append(key[1])
+        return web.json_response({"kind": "Status", "status": "Success"})
+
+    def _discovery(self, engine: str):
+        path, plural, kind = ENGINE_APIS[engine]
+
+        async def resources(request):
+            if engine not in self.engines:
+                return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+            resource = {
+                "name": plural,
+                "singularName": "",
+                "namespaced": True,
+                "kind": kind,
+                "verbs": ["create", "get", "list", "delete"],
+            }
+            return web.json_response(
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": path[len("/apis/") :],
+                    "resources": [resource],
+                }
+            )
+
+        return resources
+
+    async def create_isvc(self, request):
+        namespace, service = request.match_info["namespace"], await request.json()
+        key = (namespace, service["metadata"]["name"])
+        if key in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        service["metadata"]["resourceVersion"] = "1"
+        self.inference_services[key] = service
+        return web.json_response(service, status=201)
+
+    async def get_isvc(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.inference_services:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        return web.json_response(self.inference_services[key])
+
+    async def replace_isvc(self, request):
+        key, service = (request.match_info["namespace"], request.match_info["name"]), await request.json()
+        current = self.inference_services.get(key)
+        if current is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        if service["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
+        service["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        self.inference_services[key] = service
+        return web.json_response(service)
 
     async def list_pods(self, request):
         selector = dict(
@@ -203,9 +408,15 @@ class FakeKubernetes:
         return web.json_response(pod)
 
     async def pod_log(self, request):
-        pod = self.pods.get(request.match_info["name"])
+        pod = self.pods.get(request.match_info["name"]) or next(
+            (p for p in self.failed_pods if p.name == request.match_info["name"]), None
+        )
         if pod is None:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        if "tailLines" in request.query:
+            pod.process.wait()
+            lines = pod.log_path.read_bytes().splitlines(keepends=True)[-int(request.query["tailLines"]) :]
+            return web.Response(body=b"".join(lines), content_type="text/plain")
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
         with open(pod.log_path, "rb") as log_file:
@@ -226,6 +437,14 @@ class FakeKubernetes:
         app.router.add_post(JOB_PATH, self.create_job)
         app.router.add_get(JOB_PATH + "/{name}", self.get_job)
         app.router.add_delete(JOB_PATH + "/{name}", self.delete_job)
+        app.router.add_post(TRAINJOB_PATH, self.create_trainjob)
+        app.router.add_get(TRAINJOB_PATH + "/{name}", self.get_trainjob)
+        app.router.add_delete(TRAINJOB_PATH + "/{name}", self.delete_trainjob)
+        for engine, (path, _, _) in ENGINE_APIS.items():
+            app.router.add_get(path, self._discovery(engine))
+        app.router.add_post(ISVC_PATH, self.create_isvc)
+        app.router.add_get(ISVC_PATH + "/{name}", self.get_isvc)
+        app.router.add_put(ISVC_PATH + "/{name}", self.replace_isvc)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)

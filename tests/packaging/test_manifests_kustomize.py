@@ -270,9 +270,9 @@ def test_tensorboard_as_deployed_listens_on_loopback_only_and_its_probe_passes(t
         server.wait(timeout=30)
 
 
-def test_pipeline_service_accounts_may_run_pytorchjobs_and_nothing_more():
+def test_only_the_train_tasks_own_account_may_run_training_jobs_and_nothing_more():
     resources = rendered("base")
-    role = find(resources, "Role", "distill-pytorchjob-runner")
+    role = find(resources, "Role", "distill-train-launcher")
     granted = {
         (group, resource, verb)
         for rule in role["rules"]
@@ -280,13 +280,31 @@ def test_pipeline_service_accounts_may_run_pytorchjobs_and_nothing_more():
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    needed = {("kubeflow.org", "pytorchjobs", verb) for verb in ("create", "get", "delete")}
+    needed = {
+        (group, plural, verb)
+        for group, plural in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs"))
+        for verb in ("create", "get", "delete")
+    }
     needed |= {("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
-    assert granted == needed  # the calls the train task makes, see test_multinode_pytorchjob.py
-    binding = find(resources, "RoleBinding", "distill-pytorchjob-runner")
+    assert granted == needed  # the calls the train task makes, see test_multinode_*.py
+    binding = find(resources, "RoleBinding", "distill-train-launcher")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    accounts = {(s["name"], s["namespace"]) for s in binding["subjects"]}
-    assert accounts == {("pipeline-runner", NAMESPACE), ("default-editor", NAMESPACE)}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "distill-train-launcher", "namespace": NAMESPACE}
+    ]
+    token = find(resources, "Secret", "distill-train-launcher-token")
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "distill-train-launcher"
+    # Only the train task mounts the account's token; every other task runs without it.
+    compiled = list(yaml.safe_load_all((REPO / "pipelines" / "distill_pipeline.yaml").read_text()))
+    executors = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounting = {
+        name
+        for name, settings in executors.items()
+        for volume in settings.get("secretAsVolume", [])
+        if volume["secretName"] == token["metadata"]["name"]
+    }
+    assert mounting == {"exec-train-student"}
 
 
 def test_kubeflow_profile_overlay_lets_the_profile_own_the_namespace():

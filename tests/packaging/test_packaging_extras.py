@@ -24,7 +24,7 @@ import tomllib
 from dockerfiles import DOCKER, REPO, installed_extras  # tests/packaging on sys.path
 from packaging.requirements import Requirement
 
-from components.common.images import STAGE_PACKAGES
+from components.common.images import SHARED_IMAGES, STAGE_PACKAGES
 from pipelines.images import STAGES
 
 sys.path.insert(0, str(DOCKER))
@@ -94,12 +94,24 @@ def stage_venv(extras: list[str]) -> Path:
     return python
 
 
+def shared_steps(stage: str) -> list[str]:
+    """The packages of the pipeline steps that run in `stage`'s image (the register step in eval's)."""
+    return [f"components.{step}" for step, image in SHARED_IMAGES.items() if image == stage]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_module_of_the_stage_imports_with_only_its_image_extras(stage):
     python = stage_venv(installed_extras(stage))
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
-        [str(python), "-c", IMPORT_EVERY_MODULE, STAGE_PACKAGES[stage], "components.common"],
+        [
+            str(python),
+            "-c",
+            IMPORT_EVERY_MODULE,
+            STAGE_PACKAGES[stage],
+            *shared_steps(stage),
+            "components.common",
+        ],
         capture_output=True,
         text=True,
         cwd=CACHE,

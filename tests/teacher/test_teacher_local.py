@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -138,3 +141,29 @@ def test_the_local_teacher_can_come_from_s3(tmp_path, tiny_teacher_dir, s3_endpo
     assert answers == {
         r.messages[0]["content"]: r.answer for r in read_records(tmp_path / "from-disk" / "train.jsonl")
     }
+
+
+def test_without_vllm_and_a_gpu_the_hf_engine_generates(tiny_teacher_dir):
+    teacher = LocalTeacher(make_config(Path("."), tiny_teacher_dir).provider)
+    expected = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+    assert teacher.engine == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None, reason="vLLM needs CUDA"
+)
+def test_vllm_and_hf_give_the_same_greedy_answers_and_records(tmp_path, tiny_teacher_dir):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 16)
+    teacher = LocalTeacher(make_config(tmp_path, tiny_teacher_dir).provider)
+    conversations = [
+        [{"role": "user", "content": f"Reverse the letters of: {w}"}] for w in "abc de fgh".split()
+    ]
+    by_vllm = teacher.generate_vllm(conversations)
+    by_hf = teacher.generate(conversations)
+    assert [vars(c) for a in by_vllm for c in a.choices] == [vars(c) for a in by_hf for c in a.choices]
+    assert [(a.prompt_tokens, a.completion_tokens) for a in by_vllm] == [
+        (a.prompt_tokens, a.completion_tokens) for a in by_hf
+    ]
+    result = run(make_config(tmp_path, tiny_teacher_dir, run_id="vllm"))
+    assert result.metrics["records"] == 16

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 import pytest
 
 from components.common.errors import StageStopped
-from components.common.records import read_records
+from components.common.records import read_records, record_id
 from components.teacher import Config
+from components.teacher.plan import RecordIds
 from components.teacher.quality import FilterCounts, select_prompts, split_keys
 from components.teacher.readers import Prompt
 from components.teacher.stage import run
@@ -160,3 +161,9 @@ def test_logprobs_are_stored_beside_the_records(tmp_path):
     assert (
         token["token"] == "cba" and len(token["top"]) == 3 and token["top"][0]["logprob"] == token["logprob"]
     )
+
+
+def test_the_plans_record_ids_are_the_records_ids():
+    settings = {"provider": "demo", "model": "m", "params": {"temperature": 0.0, "n": 2, "extra_body": "ab"}}
+    messages = [{"role": "system", "content": "Sé breve."}, {"role": "user", "content": 'Say "hi"\n'}]
+    assert RecordIds(settings)(messages) == record_id(messages, settings)

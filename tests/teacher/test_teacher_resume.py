@@ -100,3 +100,18 @@ def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
         assert len(parts) == 1 and len(parts[0].read_text().splitlines()) == 10
         assert run(config).metrics["resumed"] == 10
         assert sum(server.requests_by_prompt.values()) == 10
+
+
+def test_the_resume_scan_reads_each_entrys_outcome_whatever_its_layout(tmp_path):
+    from components.teacher.api import Choice
+    from components.teacher.generate import Job, make_entry
+    from components.teacher.journal import Journal
+    from components.teacher.readers import Prompt
+
+    journal = Journal(open_store(str(tmp_path)), "shard-00000-of-00001")
+    prompt = Prompt([{"role": "user", "content": 'a "quoted" prompt'}])
+    answered = make_entry(Job("a1", prompt), [Choice("yes")], "ok", "", {"model": "m"})
+    cut = make_entry(Job("b2", prompt), [Choice("ye", finish_reason="length")], "dropped", "length", {})
+    reordered = {"status": "dropped", "key": "c3", "reason": "empty", "answers": []}
+    journal.write_part([answered, cut, reordered])
+    assert journal.read_outcomes() == {"a1": "", "b2": "length", "c3": "empty"}

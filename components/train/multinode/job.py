@@ -10,14 +10,22 @@ from __future__ import annotations
 import copy
 import logging
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from components.common.errors import ConfigError
+from components.train.multinode.kube import (
+    LogStreamer,
+    default_api_client,
+    delete_leftover,
+    delete_object,
+    env_by_reference,
+    exit_on_sigterm,
+    owner_references,
+    scheduling_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,11 @@ class PyTorchJobSpec:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     service_account: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Kueue: the LocalQueue that admits the job and its WorkloadPriorityClass ("" for none).
+    queue_name: str = ""
+    priority_class: str = ""
+    # Secrets for pulling the image from a private registry (those of the KFP train pod).
+    image_pull_secrets: list[str] = field(default_factory=list)
     active_deadline_s: int | None = None
     # The KFP train pod: owning the job lets Kubernetes garbage-collect it if that pod is deleted.
     owner_pod: dict[str, str] | None = None  # {"name": ..., "uid": ...}
@@ -72,19 +85,7 @@ class PyTorchJobSpec:
 
 
 def pod_template(spec: PyTorchJobSpec) -> dict[str, Any]:
-    env = [{"name": name, "value": value} for name, value in spec.env.items()]
-    for kind, sources in (
-        ("secretKeyRef", spec.env_from_secrets),
-        ("configMapKeyRef", spec.env_from_config_maps),
-    ):
-        for source, keys in sources.items():
-            for key, variable in keys.items():
-                reference = {
-                    "name": source,
-                    "key": key,
-                    **({"optional": True} if kind == "configMapKeyRef" else {}),
-                }
-                env.append({"name": variable, "valueFrom": {kind: reference}})
+    env = env_by_reference(spec.env, spec.env_from_secrets, spec.env_from_config_maps)
     resources = {"cpu": spec.cpu, "memory": spec.memory}
     limits = {
         "memory": spec.memory,
@@ -120,6 +121,8 @@ def pod_template(spec: PyTorchJobSpec) -> dict[str, Any]:
         pod["tolerations"] = spec.tolerations
     if spec.service_account:
         pod["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
     return {"metadata": {"labels": spec.labels}, "spec": pod}
 
 
@@ -136,9 +139,10 @@ def build_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
     run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": 0}
     if spec.active_deadline_s:
         run_policy["activeDeadlineSeconds"] = spec.active_deadline_s
-    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels}
+    labels = scheduling_labels(spec.labels, spec.queue_name, spec.priority_class)
+    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace, "labels": labels}
     if spec.owner_pod:
-        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", **spec.owner_pod}]
+        metadata["ownerReferences"] = owner_references(spec.owner_pod)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
@@ -159,50 +163,6 @@ def job_state(job: dict[str, Any]) -> tuple[str | None, str]:
     return None, ""
 
 
-class _LogStreamer:
-    """Follows each pod's log in a thread, printing lines prefixed with the pod name."""
-
-    def __init__(self, core, namespace: str, echo: Callable[[str], None]):
-        self.core, self.namespace, self.echo = core, namespace, echo
-        self.threads: dict[str, threading.Thread] = {}
-
-    def follow(self, pod_name: str) -> None:
-        if pod_name not in self.threads:
-            thread = threading.Thread(target=self._stream, args=(pod_name,), daemon=True)
-            self.threads[pod_name] = thread
-            thread.start()
-
-    def _stream(self, pod_name: str) -> None:
-        try:
-            response = self.core.read_namespaced_pod_log(
-                pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False
-            )
-            buffered = b""
-            for chunk in response.stream(4096):
-                buffered += chunk
-                *lines, buffered = buffered.split(b"\n")
-                for line in lines:
-                    self.echo(f"[{pod_name}] {line.decode(errors='replace')}")
-            if buffered:
-                self.echo(f"[{pod_name}] {buffered.decode(errors='replace')}")
-        except Exception as error:  # a log stream that breaks must not fail the training it reports on
-            self.echo(f"[{pod_name}] log stream ended: {error}")
-
-    def join(self, timeout_s: float) -> None:
-        for thread in self.threads.values():
-            thread.join(timeout=timeout_s)
-
-
-def default_api_client():
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
 def run_pytorchjob(
     spec: PyTorchJobSpec,
     api_client=None,
@@ -221,9 +181,11 @@ def run_pytorchjob(
     api_client = api_client or default_api_client()
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     address = (GROUP, VERSION, spec.namespace, PLURAL)
-    previous_handler = _exit_on_sigterm()  # before the job exists: no window where SIGTERM orphans it
-    _delete_leftover(custom, address, spec.name, poll_s)
-    streamer = _LogStreamer(core, spec.namespace, echo)
+    previous_handler = exit_on_sigterm(
+        "PyTorchJob"
+    )  # before the job exists: no window where SIGTERM orphans it
+    delete_leftover(custom, address, spec.name, poll_s, "PyTorchJob")
+    streamer = LogStreamer(core, spec.namespace, echo, CONTAINER)
     started = time.monotonic()
     try:
         custom.create_namespaced_custom_object(*address, build_pytorchjob(spec))
@@ -245,7 +207,7 @@ def run_pytorchjob(
         streamer.join(timeout_s=30)
     finally:
         if not keep:
-            _delete(custom, address, spec.name)
+            delete_object(custom, address, spec.name)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     echo(f"PyTorchJob {spec.name}: {state} {message}".rstrip())
@@ -254,74 +216,3 @@ def run_pytorchjob(
             f"PyTorchJob {spec.namespace}/{spec.name} failed: {message or 'see the pod logs above'}"
         )
     return state
-
-
-def _exit_on_sigterm():
-    """Turn SIGTERM (the KFP task's timeout, a terminated run, a node drain) into SystemExit, so the
-    `finally` that deletes the job runs within the pod's grace period instead of leaving GPUs held.
-    Returns the handler it replaced (None off the main thread, where signals cannot be handled)."""
-
-    def stop(signum, frame):
-        raise SystemExit(f"terminated by signal {signum}; deleting the PyTorchJob")
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, stop)
-
-
-def _delete(custom, address: tuple, name: str) -> None:
-    from kubernetes.client import V1DeleteOptions
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        custom.delete_namespaced_custom_object(
-            *address, name, body=V1DeleteOptions(propagation_policy="Background")
-        )
-    except ApiException as error:
-        if error.status != 404:
-            raise
-
-
-def _delete_leftover(custom, address: tuple, name: str, poll_s: float) -> None:
-    from kubernetes.client.exceptions import ApiException
-
-    for attempt in range(60):
-        try:
-            custom.get_namespaced_custom_object(*address, name)
-        except ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        if attempt == 0:
-            log.info("deleting PyTorchJob %s left by an earlier attempt", name)
-            _delete(custom, address, name)
-        time.sleep(poll_s)
-    raise RuntimeError(f"PyTorchJob {name} from an earlier attempt is still being deleted")
-
-
-def current_namespace() -> str:
-    """The namespace this pod runs in (KFP runs the train task in the profile's namespace)."""
-    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    if not path.exists():
-        raise ConfigError("namespace: not running in a Kubernetes pod; pass the namespace of the PyTorchJob")
-    return path.read_text().strip()
-
-
-def job_name_for(run_id: str) -> str:
-    """A DNS-1035 name, unique per KFP run, so a retried task finds (and replaces) its own job."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
-    return f"distill-train-{cleaned}"[:52].rstrip("-")  # the operator appends -worker-<index>
-
-
-def this_pod(core, namespace: str, pod_name: str | None):
-    """The pod this code runs in (its name is the HOSTNAME), or None outside a pod."""
-    from kubernetes.client.exceptions import ApiException
-
-    if not pod_name:
-        return None
-    try:
-        return core.read_namespaced_pod(pod_name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise

@@ -1,5 +1,6 @@
-"""Multi-node training on both sides of the PyTorchJob: `run_multinode_training` in the KFP train pod,
-`worker_main` in each of the job's pods (`python -m components.train.multinode`)."""
+"""Multi-node training on both sides of the training job (a TrainJob or a PyTorchJob):
+`run_multinode_training` in the KFP train pod, `worker_main` in each of the job's node pods
+(`python -m components.train.multinode`)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,13 @@ from typing import Any
 from components.common.config import to_dict
 from components.common.errors import ConfigError
 from components.common.store import open_store
-from components.train.multinode.job import (
-    PyTorchJobSpec,
-    current_namespace,
-    default_api_client,
-    job_name_for,
-    run_pytorchjob,
-    this_pod,
-)
+from components.train.multinode.engine import choose_engine
+from components.train.multinode.job import PyTorchJobSpec, run_pytorchjob
+from components.train.multinode.kube import current_namespace, default_api_client, job_name_for, this_pod
+from components.train.multinode.trainjob import DEFAULT_RUNTIME, TrainJobSpec, run_trainjob
 
-JOB_ENV = "DISTILL_TRAIN_JOB"  # JSON payload for worker_main: fields, inputs, outputs, nodes, gpus
+# JSON payload for worker_main: fields, inputs, downloads, outputs, nodes, gpus_per_node, module
+JOB_ENV = "DISTILL_TRAIN_JOB"
 OUTPUT_FIELDS = ("output_dir", "tensorboard_dir")
 
 log = logging.getLogger(__name__)
@@ -41,19 +39,27 @@ def run_multinode_training(
     namespace: str | None = None,
     env_from_secrets: dict[str, dict[str, str]] | None = None,
     env_from_config_maps: dict[str, dict[str, str]] | None = None,
+    downloads: dict[str, str] | None = None,
+    engine: str = "auto",
+    runtime: str = DEFAULT_RUNTIME,
     module: str = "components.train",
     api_client=None,
     poll_s: float = 10.0,
     pod_name: str | None = None,
+    echo=print,
     **job_settings: Any,
 ) -> dict[str, Any]:
-    """Train as a PyTorchJob and leave the outputs in `fields`' local output folders, like a local run.
+    """Train as a TrainJob or PyTorchJob (`engine`: auto picks the one the cluster serves, TrainJob
+    first) and leave the outputs in `fields`' local output folders, like a local run.
 
     `fields` is the train Config as a dict (its output_dir and tensorboard_dir are this pod's folders);
     `inputs` maps the input fields (student_dir, data_dir) to store URIs the job's pods can read, e.g.
-    the KFP artifacts' `.uri`. The job's pods run this pod's own image unless `image` is given, and the
-    job is owned by this pod (`pod_name`, default $HOSTNAME). `job_settings` go to PyTorchJobSpec (cpu,
-    memory, node_selector, tolerations, ...). Returns the trained output's train_summary.json."""
+    the KFP artifacts' `.uri`; `downloads` maps (dotted) fields to download-stage sources that the pods
+    fetch through the download cache in the store, as this pod did (kd.teacher_dir: the KD teacher).
+    The job's pods run this pod's own image with its image pull secrets unless `image` is given, and
+    the job is owned by this pod (`pod_name`, default $HOSTNAME). A TrainJob names the training runtime
+    `runtime`. `job_settings` go to the job's spec (cpu, memory, node_selector, tolerations, queue_name,
+    priority_class, ...). Returns the trained output's train_summary.json."""
     from kubernetes import client
 
     if not store_uri:
@@ -61,6 +67,7 @@ def run_multinode_training(
             "store_uri: multi-node training passes inputs and outputs through the store; set s3://..."
         )
     api_client = api_client or default_api_client()
+    engine = choose_engine(engine, api_client)
     namespace = namespace or current_namespace()
     pod = this_pod(client.CoreV1Api(api_client), namespace, pod_name or os.environ.get("HOSTNAME"))
     if image is None:
@@ -70,6 +77,9 @@ def run_multinode_training(
             )
         containers = {container.name: container.image for container in pod.spec.containers}
         image = containers.get("main") or pod.spec.containers[0].image  # KFP names its executor "main"
+        job_settings.setdefault(
+            "image_pull_secrets", [secret.name for secret in pod.spec.image_pull_secrets or []]
+        )
     staging = f"{store_uri.rstrip('/')}/runs/{run_id}/train/multinode"
     outputs = {name: f"{staging}/{name}" for name in OUTPUT_FIELDS}
     for uri in outputs.values():
@@ -77,12 +87,15 @@ def run_multinode_training(
     payload = {
         "fields": fields,
         "inputs": inputs,
+        "downloads": {
+            name: {"source": source, "store_uri": store_uri} for name, source in (downloads or {}).items()
+        },
         "outputs": outputs,
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,
         "module": module,
     }
-    spec = PyTorchJobSpec(
+    common = dict(
         name=job_name_for(run_id),
         namespace=namespace,
         image=image,
@@ -96,7 +109,10 @@ def run_multinode_training(
         owner_pod={"name": pod.metadata.name, "uid": pod.metadata.uid} if pod is not None else None,
         **job_settings,
     )
-    run_pytorchjob(spec, api_client=api_client, poll_s=poll_s)
+    if engine == "trainjob":
+        run_trainjob(TrainJobSpec(runtime=runtime, **common), api_client=api_client, poll_s=poll_s, echo=echo)
+    else:
+        run_pytorchjob(PyTorchJobSpec(**common), api_client=api_client, poll_s=poll_s, echo=echo)
     open_store(outputs["output_dir"]).download_dir("", Path(fields["output_dir"]))
     tensorboard = open_store(outputs["tensorboard_dir"])
     if tensorboard.list(""):  # a run that logged nothing leaves no TensorBoard folder
@@ -105,31 +121,48 @@ def run_multinode_training(
     return json.loads(summary.read_text()) if summary.exists() else {}
 
 
-def run_as_pytorchjob(
+def run_as_job(
     config,
     model_uri: str,
     data_uri: str,
     nodes: int,
     gpus_per_node: int,
     job_env: dict[str, dict[str, dict[str, str]]],
+    kd_teacher_source: str = "",
+    **job_settings: Any,
 ):
-    """The train stage as a PyTorchJob: this (CPU-only) pod checked `config` and only runs the job.
+    """The train stage as a training job: this (CPU-only) pod checked `config` and only runs the job,
+    on the engine, runtime and Kueue queue that `config.cluster` names.
 
     `model_uri`/`data_uri` are the KFP input artifacts' URIs; KFP's default MinIO root (minio://)
     is read through its S3 API. `job_env` holds the Secrets and ConfigMaps the job's pods get as
-    environment: {"secrets": {name: {key: VAR}}, "config_maps": {name: {key: VAR}}}.
+    environment: {"secrets": {name: {key: VAR}}, "config_maps": {name: {key: VAR}}}. The KD teacher
+    (`kd_teacher_source`) reaches the pods through the store's download cache, which this pod filled:
+    the folder config.kd.teacher_dir names exists in this pod only.
     """
+    from components.download.sources import parse_source
     from components.train.stage import Result
 
+    if config.kd.teacher_dir and not (kd_teacher_source and parse_source(kd_teacher_source).cacheable):
+        raise ConfigError(
+            "kd.teacher_dir: a folder of the train pod does not exist in the job's pods; give the teacher "
+            "as train_kd_teacher_source (hf://, s3://) so that they fetch it from the store"
+        )
     summary = run_multinode_training(
         to_dict(config),
         {"student_dir": _s3_uri(model_uri), "data_dir": _s3_uri(data_uri)},
+        downloads={"kd.teacher_dir": kd_teacher_source} if kd_teacher_source else {},
         store_uri=config.store_uri,
         run_id=config.run_id,
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         env_from_secrets=job_env.get("secrets", {}),
         env_from_config_maps=job_env.get("config_maps", {}),
+        engine=config.cluster.engine,
+        runtime=config.cluster.runtime,
+        queue_name=config.cluster.queue_name,
+        priority_class=config.cluster.priority_class,
+        **job_settings,
     )
     return Result.from_summary(summary, config.output_dir)
 
@@ -139,14 +172,22 @@ def _s3_uri(uri: str) -> str:
 
 
 def node_rank(environ: dict[str, str]) -> int:
-    """This pod's node rank: RANK is the pod's index in every Training Operator version, PET_NODE_RANK
-    in newer ones."""
+    """This pod's node rank: PET_NODE_RANK in Trainer v2 and newer Training Operators, RANK (the pod's
+    index) in every Training Operator version."""
     return int(environ.get("PET_NODE_RANK") or environ.get("RANK") or 0)
 
 
+def rendezvous(environ: dict[str, str]) -> tuple[str, str]:
+    """Node 0's address and port: PET_MASTER_* from Trainer v2's torch policy, MASTER_* from the
+    Training Operator."""
+    address = environ.get("PET_MASTER_ADDR") or environ.get("MASTER_ADDR") or "127.0.0.1"
+    return address, environ.get("PET_MASTER_PORT") or environ.get("MASTER_PORT") or "29500"
+
+
 def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str, str]) -> list[str]:
-    """torchrun for this node: rendezvous at the operator's MASTER_ADDR/MASTER_PORT; node and GPU counts
+    """torchrun for this node: rendezvous at node 0 as the engine announces it; node and GPU counts
     from the payload, since WORLD_SIZE means pods in old operators and processes in new ones."""
+    address, port = rendezvous(environ)
     return [
         sys.executable,
         "-m",
@@ -154,8 +195,8 @@ def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str
         f"--nnodes={payload['nodes']}",
         f"--nproc_per_node={max(payload['gpus_per_node'], 1)}",
         f"--node_rank={node_rank(environ)}",
-        f"--master_addr={environ.get('MASTER_ADDR', '127.0.0.1')}",
-        f"--master_port={environ.get('MASTER_PORT', '29500')}",
+        f"--master_addr={address}",
+        f"--master_port={port}",
         "-m",
         payload["module"],
         "--config",
@@ -163,9 +204,20 @@ def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str
     ]
 
 
+def set_dotted(fields: dict[str, Any], name: str, value: Any) -> None:
+    """fields["kd"]["teacher_dir"] = value for name "kd.teacher_dir"."""
+    *parents, leaf = name.split(".")
+    for parent in parents:
+        fields = fields.setdefault(parent, {})
+    fields[leaf] = value
+
+
 def worker_main(environ: dict[str, str] | None = None) -> int:
-    """Entry point of every PyTorchJob pod: fetch inputs, train this node's share, node 0 uploads."""
+    """Entry point of every job pod: fetch inputs, train this node's share, node 0 uploads."""
     import yaml
+
+    from components.download import Config as DownloadConfig
+    from components.download.stage import run as download
 
     environ = dict(os.environ if environ is None else environ)
     payload = json.loads(environ[JOB_ENV])
@@ -174,6 +226,10 @@ def worker_main(environ: dict[str, str] | None = None) -> int:
     for name, uri in payload["inputs"].items():
         fields[name] = str(workdir / name)
         open_store(uri).download_dir("", workdir / name)
+    for name, spec in payload.get("downloads", {}).items():
+        folder = workdir / name.replace(".", "_")
+        download(DownloadConfig(source=spec["source"], output_dir=str(folder), store_uri=spec["store_uri"]))
+        set_dotted(fields, name, str(folder))
     for name in payload["outputs"]:
         fields[name] = str(workdir / name)
     config_file = workdir / "train.yaml"

@@ -1,0 +1,105 @@
+"""The KServe InferenceService of the gated model, and applying it through the Kubernetes API.
+
+The Hugging Face serving runtime (kserve-huggingfaceserver, model format `huggingface`) serves the model
+from its storage URI with vLLM on a GPU (`--backend=vllm`); KServe's storage initializer downloads it
+with the predictor service account's credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import InputError
+from components.register.config import ServingConfig
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def service_name(model_name: str) -> str:
+    """A model name as a DNS label: lowercase, runs of other characters as '-', at most 63 characters."""
+    name = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[:63].rstrip("-")
+    if not name or not name[0].isalpha():
+        name = f"m-{name}"[:63].rstrip("-")
+    return name
+
+
+def build_inference_service(
+    serving: ServingConfig, *, model_name: str, storage_uri: str, namespace: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    """The InferenceService object (serving.kserve.io/v1beta1)."""
+    name = serving.name or service_name(model_name)
+    args = [f"--model_name={name}"]
+    if serving.gpus:
+        args.append("--backend=vllm")
+    if serving.max_model_len:
+        args.append(f"--max-model-len={serving.max_model_len}")
+    args += serving.args
+    resources = {"cpu": serving.cpu, "memory": serving.memory}
+    if serving.gpus:
+        resources["nvidia.com/gpu"] = str(serving.gpus)
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "huggingface"},
+        "storageUri": storage_uri,
+        "args": args,
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+    }
+    if serving.runtime:
+        model["runtime"] = serving.runtime
+    predictor: dict[str, Any] = {"model": model}
+    if serving.service_account:
+        predictor["serviceAccountName"] = serving.service_account
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"predictor": predictor},
+    }
+
+
+def pod_namespace() -> str:
+    """The namespace this pod runs in (the pipeline's), or "default" outside a cluster."""
+    return NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default"
+
+
+def apply_inference_service(service: dict[str, Any]) -> str:
+    """Create the InferenceService, or replace the one of that name; returns 'created' or 'replaced'.
+    Credentials: the pod's service account in a cluster, else the kubeconfig (KUBECONFIG)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # KUBECONFIG as it is now: the client reads its default location once, when it is imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    api = client.CustomObjectsApi(client.ApiClient())
+    namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, service)
+        log.info("register: InferenceService %s/%s created", namespace, name)
+        return "created"
+    except ApiException as error:
+        if error.status != 409:
+            raise InputError(
+                f"deploy: creating InferenceService {namespace}/{name} failed: {error.status} {error.reason}"
+            ) from None
+    current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    replacement = {
+        **service,
+        "metadata": {**service["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+    }
+    try:
+        api.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, replacement)
+    except ApiException as error:
+        raise InputError(
+            f"deploy: replacing InferenceService {namespace}/{name} failed: {error.status} {error.reason}"
+        ) from None
+    log.info("register: InferenceService %s/%s replaced", namespace, name)
+    return "replaced"
