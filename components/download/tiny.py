@@ -54,6 +54,9 @@ class TinySpec:
     warmup_batch: int = 32
     warmup_lr: float = 1e-3
     seed: int = 0
+    # BPE merges of the first `merges` pairs of PAIR_MERGES: another tokenizer over the same bytes, for
+    # cross-tokenizer distillation between two tiny models.
+    merges: int = 0
 
     @classmethod
     def parse(cls, source: str) -> TinySpec:
@@ -74,14 +77,22 @@ class TinySpec:
         return cls(**values)
 
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer without merges, with ChatML specials and chat template."""
+# Digit pairs, then lowercase letter pairs: merges that change how numbers and words split.
+PAIR_MERGES = [(a, b) for a in string.digits for b in string.digits] + [
+    (a, b) for a in string.ascii_lowercase for b in string.ascii_lowercase
+]
+
+
+def build_tokenizer(merges: int = 0):
+    """A byte-level BPE tokenizer with the first `merges` PAIR_MERGES, ChatML specials and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    pairs = PAIR_MERGES[:merges]
+    vocab.update({a + b: len(alphabet) + i for i, (a, b) in enumerate(pairs)})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
@@ -180,7 +191,7 @@ def make_tiny_model(source: str, output_dir: Path) -> dict[str, object]:
 
     spec = TinySpec.parse(source)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(spec.merges)
     model = build_model(spec, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     final_loss = warm_up(model, tokenizer, spec) if spec.warmup_steps else None
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -51,23 +51,51 @@ class LoraSettings:
 
 
 @dataclass
+class OnPolicySettings:
+    """Student-sampled continuations for kd.kind 'on_policy' (see components/train/on_policy.py)."""
+
+    # lambda: the share of each micro-batch's prompts answered by the student's own sample (GKD's 0.5
+    # keeps half the batch on teacher text, which anchors the early steps when the samples are poor).
+    fraction: float = 0.5
+    # Sampling temperature of the student (0: greedy); 1 samples its true distribution, as GKD does.
+    temperature: float = 1.0
+    # Longest sample; a sample ends earlier at the end-of-turn token.
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"on_policy.fraction: must be in [0, 1], got {self.fraction}")
+        if self.temperature < 0:
+            raise ConfigError(f"on_policy.temperature: must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"on_policy.max_new_tokens: must be positive, got {self.max_new_tokens}")
+
+
+@dataclass
 class KDSettings:
     """Logit-level distillation, mixed with cross-entropy on the teacher's answers.
 
     loss = (1 - alpha) * CE + alpha * divergence(teacher || student at temperature T) * T^2
     """
 
-    # logits: a local teacher model (teacher_dir) sharing the student's tokenizer runs on every batch.
+    # logits: a local teacher model (teacher_dir) runs on every batch. With the student's tokenizer it
+    #       gives full-vocabulary KD; with another one its top_k per token is aligned by bytes
+    #       (components/train/cross_tokenizer.py).
     # topk: the teacher's top-k log-probabilities stored in the records (extra["logprobs"]); no teacher
-    #       model needed. See components/train/sparse_kd.py for the expected format.
-    kind: Literal["none", "logits", "topk"] = field(
+    #       model needed, any teacher tokenizer. See components/train/sparse_kd.py for the format.
+    # on_policy: as logits, and a share of each batch is the student's own samples (kd.on_policy).
+    kind: Literal["none", "logits", "topk", "on_policy"] = field(
         default="none",
         metadata=exposed(
             "train_kd",
-            "logit-level distillation on top of SFT: none, logits (local teacher) or topk (stored top_logprobs).",
+            "logit-level distillation on top of SFT: none, logits (local teacher), topk (stored top_logprobs) "
+            "or on_policy (the teacher scores the student's own samples).",
         ),
     )
     # forward_kl covers all the teacher's modes; reverse_kl seeks its main one; jsd interpolates (beta).
+    # For a teacher with the student's tokenizer run locally. One that gives only its top_k (another
+    # tokenizer, a server, stored logprobs) is matched by forward KL over the top k + the rest, or by
+    # sorted probabilities where the token spans differ (components/train/cross_tokenizer.py).
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     # Generalized JSD mixing weight: 0 is forward KL, 1 reverse KL (as in TRL's GKD).
     beta: float = 0.5
@@ -84,6 +112,18 @@ class KDSettings:
     teacher_8bit: bool = False
     # Scored tokens per chunk of the loss: the full-vocabulary logits exist for one chunk at a time.
     chunk_size: int = 1024
+    on_policy: OnPolicySettings = field(default_factory=OnPolicySettings)
+    # Candidates per position kept from a teacher whose tokenizer differs from the student's (or one
+    # served over HTTP): they carry nearly all of a trained model's mass.
+    top_k: int = 20
+    # A vLLM OpenAI-compatible server that scores for the teacher (prompt_logprobs) instead of a local
+    # model: teacher_dir then needs only the teacher's tokenizer files. teacher_model names it there.
+    teacher_url: str = ""
+    teacher_model: str = ""
+
+    @property
+    def needs_scoring_teacher(self) -> bool:
+        return self.kind in ("logits", "on_policy")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -94,6 +134,23 @@ class KDSettings:
             raise ConfigError(f"kd.temperature: must be positive, got {self.temperature}")
         if self.kind == "logits" and not self.teacher_dir:
             raise ConfigError("kd.teacher_dir: kind 'logits' needs a local teacher model folder")
+        if self.kind == "on_policy" and not self.teacher_dir:
+            raise ConfigError(
+                "kd.teacher_dir: kind 'on_policy' needs a teacher that scores the student's new samples (a "
+                "local model folder, or its tokenizer with kd.teacher_url); stored top_logprobs (kind topk) "
+                "only cover the teacher's own answers"
+            )
+        if self.top_k <= 0:
+            raise ConfigError(f"kd.top_k: must be positive, got {self.top_k}")
+        if self.teacher_url and not self.needs_scoring_teacher:
+            raise ConfigError(
+                f"kd.teacher_url: only kinds 'logits' and 'on_policy' ask a teacher to score; kind "
+                f"{self.kind!r} does not, so remove kd.teacher_url"
+            )
+        if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"kd.teacher_url: must start with http:// or https://, got {self.teacher_url!r}"
+            )
 
 
 @dataclass
@@ -145,8 +202,14 @@ class PhaseSettings:
     hidden_weight: float | None = None
     attention_weight: float | None = None
     contrastive_weight: float | None = None
+    # kd.on_policy.fraction for this phase (kd.kind on_policy), e.g. teacher text first, own samples later.
+    on_policy_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        if self.on_policy_fraction is not None and not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ConfigError(
+                f"curriculum phase {self.name!r}: on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}"
+            )
         for source, share in self.mix.items():
             if isinstance(share, dict) and set(share) != {"from", "to"}:
                 raise ConfigError(
@@ -387,7 +450,17 @@ class Config:
                 "compile: ZeRO-3 gathers each block's parameters in hooks around its forward pass, which "
                 "torch.compile does not trace; use deepspeed zero2 (or none) with compile, or compile: false"
             )
-        needs_teacher = self.kd.kind == "logits" or self.intermediate.enabled
+        if self.kd.kind == "on_policy" and self.deepspeed.startswith("zero3"):
+            raise ConfigError(
+                "kd.kind: on_policy samples with the student's generate(), which under ZeRO-3 gathers every "
+                "layer's weights for each new token; use deepspeed zero2 (or none) with on_policy"
+            )
+        if self.kd.teacher_url and self.intermediate.enabled:
+            raise ConfigError(
+                "kd.teacher_url: intermediate-layer terms need the teacher's hidden states, which a server "
+                "does not return; use a local teacher model, or set the intermediate weights to 0"
+            )
+        needs_teacher = self.kd.needs_scoring_teacher or self.intermediate.enabled
         if needs_teacher and not self.kd.teacher_dir:
             raise ConfigError("kd.teacher_dir: intermediate-layer terms need a local teacher model folder")
         if self.intermediate.attention_weight > 0 and self.attention not in ("auto", "eager"):

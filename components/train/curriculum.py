@@ -57,6 +57,8 @@ class PhasePlan:
     ramp: dict[str, tuple[float, float]] = field(default_factory=dict)
     sources: dict[str, list[Example]] = field(default_factory=dict)
     samples: int = 0
+    # Share of each batch's prompts answered by the student's own samples (kd.kind on_policy).
+    on_policy_fraction: float = 0.0
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:
         if self.max_steps > 0:
@@ -157,6 +159,7 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
                 divergence=divergence,
                 kd_alpha=config.kd.alpha,
                 weights=weights,
+                on_policy_fraction=config.kd.on_policy.fraction,
             )
         ]
     plans = []
@@ -192,6 +195,9 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
                     else getattr(phase, f"{name}_weight")
                     for name in weights
                 },
+                on_policy_fraction=config.kd.on_policy.fraction
+                if phase.on_policy_fraction is None
+                else phase.on_policy_fraction,
             )
         )
     return plans

@@ -31,8 +31,10 @@ class Example:
     labels: list[int]
     record_id: str
     # Sparse teacher distribution per scored position, aligned with the scored labels (see sparse_kd).
-    teacher_topk: list[tuple[list[int], list[float]]] | None = None
+    teacher_topk: list | None = None  # list[cross_tokenizer.TopK | None]
     source: str = "main"
+    # True for a continuation the student sampled itself (on-policy KD): scored by the teacher, no CE.
+    sampled: bool = False
 
     @property
     def num_scored(self) -> int:

@@ -32,6 +32,9 @@ Sparse top-k KD (no local teacher): the teacher gave log-probabilities of its to
 The distribution is treated as k + 1 buckets, the k tokens and "everything else" holding the remaining mass
 1 - sum(p_k); the student's mass on "everything else" is logsumexp of its log-probs outside the top k. The
 loss is the forward KL over those buckets, so a student that matches the teacher's top k gets zero loss.
+Rows whose teacher tokens are not the student's (another tokenizer, see cross_tokenizer.py) are marked
+`topk_sorted`: there the loss compares the two distributions' probabilities sorted in decreasing order
+(ULD), rank by rank over the teacher's k, plus the remaining mass.
 """
 
 from __future__ import annotations
@@ -113,6 +116,26 @@ def sparse_forward_kl(
     return top + rest
 
 
+def sorted_probability_distance(student_logits: torch.Tensor, topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-row ULD distance: sum over ranks r < k of |p_(r) - q_(r)|, plus |rest_p - rest_q|.
+
+    p_(r) is the teacher's r-th largest probability (topk_logprobs, any order, -inf in unused slots) and
+    q_(r) the student's; the rest is the mass outside the ranks the teacher gave. This is the closed-form
+    Wasserstein-1 distance between the sorted distributions that ULD uses, truncated at the teacher's k.
+    """
+    q = F.softmax(student_logits.float(), dim=-1)
+    k = topk_logprobs.shape[-1]
+    q_top = q.topk(min(k, q.shape[-1]), dim=-1).values
+    p = topk_logprobs.float().exp().sort(dim=-1, descending=True).values[:, : q_top.shape[-1]]
+    valid = torch.isfinite(topk_logprobs).sum(-1, keepdim=True) > torch.arange(
+        q_top.shape[-1], device=p.device
+    )
+    ranks = torch.where(valid, (p - q_top).abs(), torch.zeros_like(p)).sum(-1)
+    rest_p = (1.0 - (p * valid).sum(-1)).clamp_min(0.0)
+    rest_q = 1.0 - (q_top * valid).sum(-1)
+    return ranks + (rest_p - rest_q).abs()
+
+
 @dataclass(frozen=True)
 class _Labels:
     """What the student's logits are compared with at each of the N positions, sliced by `rows`."""
@@ -123,6 +146,7 @@ class _Labels:
     topk_ids: torch.Tensor | None
     topk_logprobs: torch.Tensor | None
     topk_mask: torch.Tensor | None
+    topk_sorted: torch.Tensor | None
     spec: Divergence
 
     def rows(self, part: slice) -> _Labels:
@@ -136,6 +160,7 @@ class _Labels:
             topk_ids=cut(self.topk_ids),
             topk_logprobs=cut(self.topk_logprobs),
             topk_mask=cut(self.topk_mask),
+            topk_sorted=cut(self.topk_sorted),
         )
 
 
@@ -151,6 +176,9 @@ def _sums(hidden: torch.Tensor, head: torch.nn.Module, labels: _Labels) -> tuple
         kd = divergence(logits[:, :limit], teacher_logits[:, :limit], labels.spec).sum()
     elif labels.topk_ids is not None:
         per_row = sparse_forward_kl(logits, labels.topk_ids, labels.topk_logprobs)
+        if labels.topk_sorted is not None:
+            uld = sorted_probability_distance(logits, labels.topk_logprobs)
+            per_row = torch.where(labels.topk_sorted, uld, per_row)
         kd = (per_row * labels.topk_mask).sum()
     return ce, kd
 
@@ -240,19 +268,23 @@ def token_losses(
     topk_ids: torch.Tensor | None = None,
     topk_logprobs: torch.Tensor | None = None,
     topk_mask: torch.Tensor | None = None,
+    topk_sorted: torch.Tensor | None = None,
     spec: Divergence = Divergence(),
     fused: bool = True,
 ) -> TokenLosses:
     """The mixed loss and the summed CE and KD over N scored positions (hidden is N x d, targets N).
 
     KD comes from a local teacher (`teacher_hidden` N x d_teacher through `teacher_head`) or from stored
-    top-k log-probabilities (`topk_*`, masked by `topk_mask`); with neither, kd_sum is 0.
+    top-k log-probabilities (`topk_*`, masked by `topk_mask`; rows marked in `topk_sorted` take the sorted-
+    probability distance instead of the KL); with neither, kd_sum is 0.
     `chunk_size` <= 0 computes everything in one piece: the reference, holding N x vocab logits until
     backward. Otherwise `fused` computes the gradients in the forward pass; `fused=False` checkpoints each
     chunk and recomputes it in backward, for DeepSpeed ZeRO-3, which gathers a trainable head's weight only
     around the module's own forward and backward.
     """
-    labels = _Labels(targets, teacher_hidden, teacher_head, topk_ids, topk_logprobs, topk_mask, spec)
+    labels = _Labels(
+        targets, teacher_hidden, teacher_head, topk_ids, topk_logprobs, topk_mask, topk_sorted, spec
+    )
     params = [p for p in head.parameters() if p.requires_grad]
     wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
     if chunk_size > 0 and fused and wants_grad:

@@ -9,6 +9,7 @@ Numerics per method:
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -241,3 +242,19 @@ def check_vocab(student_tokenizer, student_model, teacher_tokenizer, teacher_mod
             "their tokenizer"
         )
     return min(s_rows, t_rows)
+
+
+@contextmanager
+def padded_attention(model):
+    """Padded inputs (sampling with a KV cache, a scorer's batch) on a model loaded with the padding-free
+    kernel, which needs per-example offsets: sdpa meanwhile, the same weights."""
+    causal_lm = base_model(model)
+    current = causal_lm.config._attn_implementation
+    if current != varlen.NAME:
+        yield
+        return
+    causal_lm.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        causal_lm.set_attn_implementation(current)

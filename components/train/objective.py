@@ -38,6 +38,8 @@ class SparseTargets:
     ids: torch.Tensor  # (N, k) token ids
     logprobs: torch.Tensor  # (N, k), -inf in unused slots
     mask: torch.Tensor  # (N,) 1.0 where the position has teacher data
+    # (N,) True where the teacher's tokens differ from the student's: sorted-probability loss (ULD)
+    sorted_only: torch.Tensor | None = None
 
 
 def scored_hidden(last_hidden_state: torch.Tensor, scored_index: torch.Tensor) -> torch.Tensor:
@@ -129,6 +131,7 @@ class DistillObjective(nn.Module):
             topk_ids=None if sparse is None else sparse.ids,
             topk_logprobs=None if sparse is None else sparse.logprobs,
             topk_mask=None if sparse is None else sparse.mask,
+            topk_sorted=None if sparse is None else sparse.sorted_only,
             spec=self.spec,
             fused=self.fused_loss,
         )

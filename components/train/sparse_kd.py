@@ -7,101 +7,34 @@ answer under `extra["logprobs"]` of each record, one entry per generated token, 
      "top_logprobs": [{"token": "ol", "logprob": -0.01, "bytes": [111, 108]}, {"token": "o", ...}, ...]}
 
 (vLLM: request `logprobs: true, top_logprobs: k`; with `return_tokens_as_token_ids` the tokens read
-"token_id:1234", which is used as is.) Token strings are mapped to the student's ids through their UTF-8
-bytes (byte-level BPE vocabularies such as Qwen's, GPT-2's) or the string itself.
-
-Entry j must be the teacher's distribution for the j-th scored token of the example (the answer, or the
-think block then the answer with `reasoning: train`): the records' sampled tokens are checked against the
-student's tokens, and a record where they differ (another tokenizer, a template that changed the text)
-trains on cross-entropy only, counted in the log. Scored positions past the end of the list (the
-end-of-turn token) have no teacher data either.
+"token_id:1234", which are taken as ids of the student's tokenizer.) The teacher's tokens need not be the
+student's: cross_tokenizer.py lines both up by the bytes each token spells, so an API teacher with another
+vocabulary (DeepSeek, Qwen-Max into a Llama student) still gives KD targets. The entries cover the scored
+text of the example (the answer, or the think block then the answer with `reasoning: train`); the
+end-of-turn token past their end has no teacher data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from components.common.records import Record
 from components.train.batching import Batch
+from components.train.cross_tokenizer import AlignmentCounts, TopK, align, byte_symbols, token_bytes
 from components.train.data import IGNORE, Example
 from components.train.objective import SparseTargets
+
+__all__ = ["attach_topk", "byte_symbols", "scored_tokens", "sparse_targets"]
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
-def byte_symbols() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are spelled in.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes are shifted to chr(256 + n).
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in table:
-            table[byte] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
-class TokenMap:
-    """OpenAI logprobs entries -> student token ids (the vocabulary is read once: Qwen's has 151k)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.vocab = tokenizer.get_vocab()
-
-    def __call__(self, entry: dict) -> int | None:
-        return token_id(self.tokenizer, self.vocab, entry)
-
-
-def token_id(tokenizer, vocab: dict[str, int], entry: dict) -> int | None:
-    """The student id of one OpenAI logprobs entry, or None when the student has no such token."""
-    text = entry.get("token", "")
-    if text.startswith("token_id:"):
-        return int(text.split(":", 1)[1])
-    if entry.get("bytes") is not None:
-        alphabet = byte_symbols()
-        symbol = "".join(alphabet[b] for b in entry["bytes"])
-        if symbol in vocab:
-            return vocab[symbol]
-    if text in vocab:
-        return vocab[text]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
-
-
 def scored_tokens(example: Example) -> list[int]:
     return [label for label in example.labels[1:] if label != IGNORE]
-
-
-def topk_for(
-    example: Example, entries: list[dict], to_id: TokenMap
-) -> list[tuple[list[int], list[float]]] | None:
-    """Per scored position (ids, logprobs) of the teacher's top-k, or None when the tokens disagree."""
-    targets = scored_tokens(example)
-    table = []
-    for position, entry in enumerate(entries[: len(targets)]):
-        if to_id(entry) != targets[position]:
-            return None
-        ids, logprobs = [], []
-        for candidate in entry.get("top_logprobs") or [entry]:
-            candidate_id = to_id(candidate)
-            if candidate_id is not None and candidate_id not in ids:
-                ids.append(candidate_id)
-                logprobs.append(float(candidate["logprob"]))
-        table.append((ids, logprobs))
-    return table
 
 
 def join_logprobs_file(records: list[Record], path: Path) -> None:
@@ -117,50 +50,105 @@ def join_logprobs_file(records: list[Record], path: Path) -> None:
                 by_id[entry["id"]].extra["logprobs"] = entry["logprobs"]
 
 
-def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> None:
-    """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`."""
+def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> AlignmentCounts:
+    """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`; returns the counts."""
     by_id = {record.id: record for record in records}
-    to_id = TokenMap(tokenizer)
-    missing = mismatched = 0
+    student = token_bytes(tokenizer)
+    total = AlignmentCounts()
     for example in examples:
         entries = by_id[example.record_id].extra.get("logprobs")
         if not entries:
-            missing += 1
+            total.add(AlignmentCounts(records=1, missing_records=1))
             continue
-        example.teacher_topk = topk_for(example, entries, to_id)
-        mismatched += example.teacher_topk is None
-    if missing or mismatched:
-        log.warning(
-            "sparse KD: %d of %d records have no extra['logprobs'] and %d have tokens that differ from the "
-            "student's; those train on cross-entropy only",
-            missing,
-            len(examples),
-            mismatched,
-        )
-    if missing + mismatched == len(examples) and examples:
+        example.teacher_topk, counts = align(scored_tokens(example), entries, student)
+        if example.teacher_topk is None:
+            counts.examples = [example.record_id]
+        total.add(counts)
+    report(total, "sparse KD")
+    if total.missing_records + total.unaligned_records == len(examples) and examples:
         from components.common.errors import InputError
 
         raise InputError(
             "kd.kind: 'topk' needs the teacher's top_logprobs in extra['logprobs'] of the records, and no "
             "record has usable ones; ask the teacher stage for logprobs, or set kd.kind: none"
         )
+    return total
+
+
+def report(counts: AlignmentCounts, what: str) -> None:
+    """One log line for the records and positions that train on cross-entropy only."""
+    if counts.missing_records or counts.unaligned_records or counts.sorted_positions:
+        log.warning(
+            "%s: of %d records, %d have no teacher logprobs and %d a teacher text that differs from the "
+            "student's (e.g. %s): those train on cross-entropy only; positions: %d matched, %d by sorted "
+            "probabilities (token spans differ), %d without teacher data",
+            what,
+            counts.records,
+            counts.missing_records,
+            counts.unaligned_records,
+            counts.examples,
+            counts.matched_positions,
+            counts.sorted_positions,
+            counts.uncovered_positions,
+        )
 
 
 def sparse_targets(batch: Batch, device: torch.device) -> SparseTargets:
     """(N, k) tensors over the batch's scored positions, in the order the objective flattens them."""
-    rows: list[tuple[list[int], list[float]] | None] = []
+    rows: list[TopK | None] = []
     for example in batch.examples:
         count = len(scored_tokens(example))
         table = example.teacher_topk or []
         rows += [table[j] if j < len(table) else None for j in range(count)]
-    k = max([len(row[0]) for row in rows if row is not None] or [1])
+    return targets_tensor(rows, device)
+
+
+def targets_tensor(rows: list[TopK | None], device: torch.device) -> SparseTargets:
+    k = max([len(row.logprobs) for row in rows if row is not None] or [1])
     ids = torch.zeros((len(rows), k), dtype=torch.long)
     logprobs = torch.full((len(rows), k), float("-inf"))
     mask = torch.zeros(len(rows))
+    sorted_only = torch.zeros(len(rows), dtype=torch.bool)
     for position, row in enumerate(rows):
-        if row is None:
+        if row is None or not row.logprobs:
             continue
-        ids[position, : len(row[0])] = torch.tensor(row[0])
-        logprobs[position, : len(row[1])] = torch.tensor(row[1])
+        if row.ids:
+            ids[position, : len(row.ids)] = torch.tensor(row.ids)
+        logprobs[position, : len(row.logprobs)] = torch.tensor(row.logprobs)
         mask[position] = 1.0
-    return SparseTargets(ids.to(device), logprobs.to(device), mask.to(device))
+        sorted_only[position] = row.sorted_only
+    return SparseTargets(ids.to(device), logprobs.to(device), mask.to(device), sorted_only.to(device))
+
+
+def answer_ids(example: Example, tokenizer) -> list[int]:
+    """The scored tokens of an example without its closing end-of-turn token: what a teacher scores."""
+    ids = scored_tokens(example)
+    while ids and ids[-1] in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        ids = ids[:-1]
+    return ids
+
+
+def answer_text(example: Example, tokenizer) -> str:
+    """`answer_ids` as text, for a teacher with another tokenizer."""
+    ids = answer_ids(example, tokenizer)
+    # A sample cut at max_new_tokens can end inside a character: dropping the partial bytes keeps the
+    # teacher's text a prefix of the student's, which the alignment accepts.
+    return b"".join(token_bytes(tokenizer).of_id.get(i, b"") for i in ids).decode("utf-8", errors="ignore")
+
+
+def scored_targets(
+    examples: list[Example], entries: list[list[dict]], tokenizer, device: torch.device
+) -> tuple[SparseTargets, AlignmentCounts]:
+    """Sparse targets of a batch from a teacher's entries over each example's scored text."""
+    student = token_bytes(tokenizer)
+    counts = AlignmentCounts()
+    rows: list[TopK | None] = []
+    for example, example_entries in zip(examples, entries, strict=True):
+        scored = scored_tokens(example)
+        table, one = align(scored, example_entries, student)
+        if table is None:
+            one.examples = [example.record_id]
+        counts.add(one)
+        table = table or []
+        rows += [table[j] if j < len(table) else None for j in range(len(scored))]
+    return targets_tensor(rows, device), counts

@@ -30,6 +30,9 @@ class Result:
     loss_parts: dict[str, float] = field(default_factory=dict)
     # The checkpoint step this attempt continued from (0: it started from the input model).
     resumed_from: int = 0
+    # How a teacher's tokens lined up with the student's (cross_tokenizer.AlignmentCounts), when KD used
+    # stored or scored top-k: unaligned records trained on cross-entropy only.
+    kd_alignment: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], output_dir: str) -> Result:
@@ -43,6 +46,7 @@ class Result:
             train_seconds=summary.get("train_seconds", 0.0),
             loss_parts=summary.get("final_loss_parts", {}),
             resumed_from=summary.get("resumed_from", 0),
+            kd_alignment=summary.get("kd_alignment", {}),
         )
 
     @property

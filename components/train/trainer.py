@@ -10,6 +10,9 @@ Feature -> flag:
     fused chunked CE/KD loss, no full logits           kd.chunk_size    losses.py
     logit KD from a local teacher (KL, RKL, JSD)       kd.kind=logits   losses.py
     sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
+    teacher with another tokenizer (byte-span aligned) (automatic)      cross_tokenizer.py
+    on-policy KD on the student's own samples          kd.kind=on_policy on_policy.py
+    teacher scoring over HTTP (vLLM prompt_logprobs)   kd.teacher_url   teacher_scoring.py
     hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
     multi-phase curriculum, ramped mixes               curriculum       curriculum.py
     held-out loss, best weights per phase, samples     eval_steps       phase_eval.py
@@ -37,8 +40,9 @@ from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
-from components.train.batching import collate
+from components.train.batching import Batch, collate
 from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
+from components.train.cross_tokenizer import AlignmentCounts
 from components.train.curriculum import PhasePlan, plan_phases, source_folder
 from components.train.data import Encoder, encode_records
 from components.train.intermediate import IntermediateLoss
@@ -46,9 +50,19 @@ from components.train.launch import accelerator_for
 from components.train.losses import Divergence
 from components.train.modeling import base_model, check_vocab, load_student, load_teacher, resolve_precision
 from components.train.objective import DistillObjective, teacher_outputs
+from components.train.on_policy import ce_targets, draw, with_samples
 from components.train.phase_eval import PhaseEvaluator
 from components.train.progress import Progress
-from components.train.sparse_kd import attach_topk, join_logprobs_file, sparse_targets
+from components.train.sparse_kd import (
+    answer_ids,
+    answer_text,
+    attach_topk,
+    join_logprobs_file,
+    report,
+    scored_targets,
+    sparse_targets,
+)
+from components.train.teacher_scoring import HttpScorer, LocalScorer
 from components.train.tracking import Trackers, check_report_to
 
 log = logging.getLogger(__name__)
@@ -98,17 +112,42 @@ class DistillTrainer:
         self.evaluator = (
             PhaseEvaluator(config, self.tokenizer, heldout, self.device) if config.eval_steps else None
         )
-        self.student = load_student(config, self.device, self.precision)
         self.teacher = None
+        # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
+        self.scorer: LocalScorer | HttpScorer | None = None
+        self.same_tokens = True
         divergence = Divergence(config.kd.divergence, config.kd.beta, config.kd.temperature)
         intermediate = None
-        if config.kd.teacher_dir and (config.kd.kind == "logits" or config.intermediate.enabled):
-            self.teacher = load_teacher(config, self.device, self.precision)
+        wants_teacher = config.kd.teacher_dir and (
+            config.kd.needs_scoring_teacher or config.intermediate.enabled
+        )
+        if wants_teacher:
+            # Compared before any model is loaded: a refusal costs no GPU time.
             teacher_tokenizer = AutoTokenizer.from_pretrained(
                 config.kd.teacher_dir, trust_remote_code=allows_remote_code(config.kd.teacher_dir)
             )
-            limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
-            divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
+            self.same_tokens = teacher_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+            same_tokens = self.same_tokens
+            if not same_tokens and config.intermediate.enabled:
+                raise InputError(
+                    "kd.teacher_dir: the teacher's tokenizer differs from the student's, so their positions "
+                    "do not correspond and intermediate-layer terms cannot compare them; set the "
+                    "intermediate weights to 0 (logit KD works across tokenizers)"
+                )
+        self.student = load_student(config, self.device, self.precision)
+        if wants_teacher:
+            if config.kd.teacher_url:
+                self.scorer = HttpScorer(
+                    config.kd.teacher_url, config.kd.teacher_model, teacher_tokenizer, config.kd.top_k
+                )
+            else:
+                self.teacher = load_teacher(config, self.device, self.precision)
+                if same_tokens:
+                    limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
+                    divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
+                elif config.kd.needs_scoring_teacher:
+                    log.info("the teacher's tokenizer differs from the student's: KD by byte-span alignment")
+                    self.scorer = LocalScorer(self.teacher, teacher_tokenizer, config.kd.top_k)
             if config.intermediate.enabled:
                 intermediate = IntermediateLoss(config.intermediate, self.student.config, self.teacher.config)
         self.objective = DistillObjective(
@@ -116,7 +155,7 @@ class DistillTrainer:
             divergence,
             config.kd.chunk_size,
             intermediate,
-            logit_kd=config.kd.kind == "logits",
+            logit_kd=config.kd.needs_scoring_teacher and self.scorer is None,
             fused_loss=fused_loss_allowed(config, self.student),
         )
         self.objective.to(self.device)
@@ -144,6 +183,9 @@ class DistillTrainer:
             for name, location in {"main": config.data_dir, **config.datasets}.items()
         }
         sources, heldout = {}, {}
+        # What each record's teacher is asked about when a teacher scores text: its prompt messages.
+        self.prompts: dict[str, list[dict]] = {}
+        self.alignment = AlignmentCounts()
         for name, folder in folders.items():
             test = Path(folder) / "test.jsonl"
             if config.eval_steps and test.is_file() and test.stat().st_size:
@@ -159,7 +201,8 @@ class DistillTrainer:
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
                 join_logprobs_file(records, Path(folder) / "logprobs.jsonl")
-                attach_topk(sources[name], records, self.tokenizer)
+                self.alignment.add(attach_topk(sources[name], records, self.tokenizer))
+            self.prompts.update({record.id: record.prompt_messages for record in records})
         log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
         return sources, heldout
 
@@ -198,6 +241,11 @@ class DistillTrainer:
         statistics stay on the device (as tensors) until the trainer logs them.
         """
         config = self.config
+        if config.kd.kind == "on_policy":
+            micro_batches = [
+                self._with_samples(batch, micro, phase.on_policy_fraction)
+                for micro, batch in enumerate(micro_batches)
+            ]
         accum = len(micro_batches)
         scored = max(1, sum(batch.num_scored for batch in micro_batches))
         kd_on = config.kd.kind != "none"
@@ -210,8 +258,14 @@ class DistillTrainer:
         for batch in micro_batches:
             with self.accelerator.accumulate(self.model):
                 model_inputs, loss_inputs = batch.model_inputs(self.device), batch.loss_inputs(self.device)
-                teacher = None
-                if self.teacher is not None:
+                if config.kd.kind == "on_policy":
+                    loss_inputs["targets"] = ce_targets(loss_inputs["targets"], batch.examples)
+                teacher = sparse = None
+                if config.kd.kind == "topk":
+                    sparse = sparse_targets(batch, self.device)
+                elif self.scorer is not None:
+                    sparse = self._scored_targets(batch)
+                elif self.teacher is not None:
                     teacher = teacher_outputs(
                         self.teacher,
                         model_inputs,
@@ -223,7 +277,7 @@ class DistillTrainer:
                     **model_inputs,
                     **loss_inputs,
                     teacher=teacher,
-                    sparse=sparse_targets(batch, self.device) if config.kd.kind == "topk" else None,
+                    sparse=sparse,
                     **weights,
                 )
                 # accelerate divides the loss by the window length; multiplying by it first makes the
@@ -245,6 +299,34 @@ class DistillTrainer:
         stats["mixed"] = weights["ce_weight"] * stats["ce"] + weights["kd_weight"] * stats["kd"]
         stats.update(sums)
         return stats
+
+    def _with_samples(self, batch: Batch, micro: int, fraction: float) -> Batch:
+        """The micro-batch with a share of its answers replaced by the student's samples (on_policy.py)."""
+        config = self.config
+        settings = config.kd.on_policy
+        rng = draw(config.seed, self.global_step, micro, self.accelerator.process_index)
+        examples = with_samples(
+            self.student,
+            batch.examples,
+            fraction=fraction,
+            rng=rng,
+            pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id,
+            temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens,
+        )
+        return collate(examples, self.tokenizer.pad_token_id, config.batching, config.max_length)
+
+    def _scored_targets(self, batch: Batch):
+        """Sparse targets from a teacher scoring the batch's text in its own tokens (cross_tokenizer.py)."""
+        examples = batch.examples
+        answer = answer_ids if self.same_tokens else answer_text
+        entries = self.scorer.entries(
+            [self.prompts[e.record_id] for e in examples], [answer(e, self.tokenizer) for e in examples]
+        )
+        targets, counts = scored_targets(examples, entries, self.tokenizer, self.device)
+        self.alignment.add(counts)
+        return targets
 
     def _clip(self) -> torch.Tensor | float:
         if self.config.max_grad_norm <= 0:
@@ -339,6 +421,8 @@ class DistillTrainer:
         seconds = time.monotonic() - started
         if trackers is not None:
             trackers.close()
+        if self.scorer is not None:
+            report(self.alignment, "KD from a teacher with its own tokens")
         return {
             "method": config.method,
             "base_model": config.student_dir,
@@ -351,6 +435,8 @@ class DistillTrainer:
             "phases": [phase.name for phase in self.phases],
             "best": self.evaluator.best if self.evaluator else {},
             "kd": config.kd.kind,
+            # How the teacher's tokens lined up with the student's (records are counted once per use).
+            "kd_alignment": self.alignment.summary() if self.alignment.records else {},
             "precision": self.precision,
             "deepspeed": config.deepspeed,
         }

@@ -1,0 +1,310 @@
+"""Distillation quality at equal steps: SFT, logit KD, stored top-k KD, on-policy KD and cross-tokenizer KD.
+
+On CPU, in minutes (2 cores):
+
+    python bench/distill_quality.py                 # the table
+    python bench/distill_quality.py --smoke         # every method runs once on a few steps, numbers meaningless
+
+The comparison means something only once the teacher is competent: its held-out exact match is printed
+first, with a warning below COMPETENT; raise --teacher-steps until it passes.
+
+The task is addition of two numbers (`--digits` digits each), "Add: 47+85" -> "132". The bench first
+trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stage on gold answers) until it
+is competent, then writes the teacher dataset as the teacher stage would: the teacher's own greedy answers
+to the training prompts, with its top-k log-probabilities per answer token in the OpenAI logprobs format
+(extra["logprobs"]). A smaller student (random init) is then trained through the train stage with each
+method, the same steps, batch, learning rate and seeds:
+
+    sft        cross-entropy on the teacher's answers
+    kd         0.5 CE + 0.5 forward KL against the local teacher's full distribution (kd.kind logits)
+    topk       0.5 CE + 0.5 sparse KL against the stored top-k (kd.kind topk)
+    onpolicy   as kd, with half of each batch's answers sampled by the student (kd.kind on_policy)
+    xtok       topk into a student whose tokenizer merges digit pairs ("57" is one token): the stored
+               top-k aligned by byte spans (cross_tokenizer.py); `xtok_sft` is that student's SFT, its peer
+
+Reported: exact match of the student's greedy answer on held-out problems, mean and standard deviation over
+the seeds. Last line: `sft= kd= topk= onpolicy= xtok= steps=` (means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components.common.config import from_dict  # noqa: E402
+from components.common.records import Record, record_id, write_records  # noqa: E402
+from components.download.tiny import make_tiny_model  # noqa: E402
+from components.train import Config  # noqa: E402
+from components.train.stage import run  # noqa: E402
+
+TEACHER = {"provider": "bench", "model": "adder"}
+# Held-out exact match from which the teacher's answers are mostly right, so that distilling them can help.
+COMPETENT = 0.9
+METHODS = ["sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"]
+
+
+def problems(count: int, digits: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out, seen = [], set(exclude)
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    while len(out) < count:
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        prompt = f"Add: {a}+{b}"
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append((prompt, str(a + b)))
+    return out
+
+
+def record(prompt: str, answer: str, extra: dict | None = None) -> Record:
+    messages = [{"role": "user", "content": prompt}]
+    return Record(
+        id=record_id(messages, TEACHER),
+        messages=[*messages, {"role": "assistant", "content": answer}],
+        teacher=TEACHER,
+        split="train",
+        extra=extra or {},
+    )
+
+
+def train(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, seed: int, **settings) -> Path:
+    config = from_dict(
+        Config,
+        {
+            "student_dir": str(model_dir),
+            "data_dir": str(data_dir),
+            "output_dir": str(out),
+            "tensorboard_dir": str(out / "tb"),
+            "method": "full",
+            "max_steps": steps,
+            "batch_size": 32,
+            "learning_rate": lr,
+            "warmup_ratio": 0.05,
+            "logging_steps": max(1, steps // 4),
+            "max_length": 64,
+            "seed": seed,
+            "precision": "fp32",
+            **settings,
+        },
+    )
+    run(config)
+    return out
+
+
+def load(model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa")
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@torch.no_grad()
+def answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 128) -> list[str]:
+    """Greedy answers, batched with left padding."""
+    out = []
+    for start in range(0, len(prompts), batch):
+        rows = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        out += [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]
+    return out
+
+
+def exact_match(model_dir: Path, held_out: list[tuple[str, str]], max_new_tokens: int) -> float:
+    model, tokenizer = load(model_dir)
+    got = answers(model, tokenizer, [p for p, _ in held_out], max_new_tokens)
+    return sum(g == a for g, (_, a) in zip(got, held_out, strict=True)) / len(held_out)
+
+
+@torch.no_grad()
+def api_logprobs(
+    model, tokenizer, pairs: list[tuple[str, str]], k: int, batch: int = 128
+) -> list[list[dict]]:
+    """Each answer's tokens with the teacher's top-k, as an OpenAI-compatible API returns them."""
+
+    def entry(index: int, value: float) -> dict:
+        text = tokenizer.decode([index])
+        return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+    out = []
+    for start in range(0, len(pairs), batch):
+        rows = [
+            (prompt_ids(tokenizer, p), tokenizer(a, add_special_tokens=False)["input_ids"])
+            for p, a in pairs[start : start + batch]
+        ]
+        width = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (p, a) in enumerate(rows):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, : len(p) + len(a)] = 1
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for i, (prefix, tokens) in enumerate(rows):
+            entries = []
+            for t, token in enumerate(tokens):
+                row = logprobs[i, len(prefix) - 1 + t]
+                top = row.topk(k)
+                entries.append(
+                    {
+                        **entry(token, float(row[token])),
+                        "top_logprobs": [
+                            entry(int(j), float(v)) for v, j in zip(top.values, top.indices, strict=True)
+                        ],
+                    }
+                )
+            out.append(entries)
+    return out
+
+
+def teacher_dataset(teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int) -> float:
+    """The teacher stage's output for the training prompts; returns how often the teacher was right."""
+    model, tokenizer = load(teacher_dir)
+    prompts = [p for p, _ in train_problems]
+    said = answers(model, tokenizer, prompts, max_new_tokens)
+    logprobs = api_logprobs(model, tokenizer, list(zip(prompts, said, strict=True)), k)
+    records = [
+        record(p, a, {"logprobs": entries}) for p, a, entries in zip(prompts, said, logprobs, strict=True)
+    ]
+    write_records(folder / "train.jsonl", records)
+    write_records(folder / "test.jsonl", [])
+    return sum(s == a for s, (_, a) in zip(said, train_problems, strict=True)) / len(train_problems)
+
+
+def method_settings(method: str, teacher_dir: Path, on_policy_tokens: int) -> dict:
+    teacher = {"teacher_dir": str(teacher_dir), "alpha": 0.5}
+    return {
+        "sft": {},
+        "xtok_sft": {},
+        "kd": {"kd": {"kind": "logits", **teacher}},
+        "topk": {"kd": {"kind": "topk", "alpha": 0.5}},
+        "xtok": {"kd": {"kind": "topk", "alpha": 0.5}},
+        "onpolicy": {
+            "kd": {
+                "kind": "on_policy",
+                **teacher,
+                "on_policy": {"fraction": 0.5, "temperature": 1.0, "max_new_tokens": on_policy_tokens},
+            }
+        },
+    }[method]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every method runs")
+    parser.add_argument("--digits", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=400, help="student optimizer steps, every method")
+    parser.add_argument("--teacher-steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train", type=int, default=1000, help="training prompts")
+    parser.add_argument("--held-out", type=int, default=200)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-3, help="students' learning rate")
+    parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.teacher_steps, args.seeds, args.train, args.held_out = 2, 4, 1, 64, 16
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    methods = args.methods.split(",")
+    answer_tokens = args.digits + 3  # the sum's digits and the end-of-turn token, with room to spare
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="distill-quality-") as scratch:
+        work = Path(scratch)
+        train_problems = problems(args.train, args.digits, seed=0)
+        held_out = problems(args.held_out, args.digits, seed=1, exclude={p for p, _ in train_problems})
+        gold = work / "gold"
+        write_records(gold / "train.jsonl", [record(p, a) for p, a in train_problems])
+        write_records(gold / "test.jsonl", [])
+
+        base = "tiny://qwen2?warmup_steps=0&layers=2&hidden=128&heads=4&kv_heads=2&intermediate=256"
+        make_tiny_model(base, work / "teacher-init")
+        teacher = train(
+            work / "teacher-init", gold, work / "teacher", args.teacher_steps, args.teacher_lr, seed=0
+        )
+        teacher_em = exact_match(teacher, held_out, answer_tokens)
+        data = work / "teacher-data"
+        teacher_right = teacher_dataset(teacher, train_problems, data, answer_tokens, args.top_k)
+        print(
+            f"teacher: {args.teacher_steps} steps, held-out exact match {teacher_em:.3f}, right on "
+            f"{teacher_right:.3f} of its training answers ({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+        if teacher_em < COMPETENT and not args.smoke:
+            print(
+                f"warning: the teacher is below {COMPETENT} exact match; the students learn from wrong answers "
+                "and the comparison says little: raise --teacher-steps",
+                flush=True,
+            )
+
+        student = "tiny://qwen2?warmup_steps=0&layers=2&hidden=64&heads=4&kv_heads=2&intermediate=128"
+        make_tiny_model(student, work / "student-init")
+        make_tiny_model(f"{student}&merges=100", work / "student-merged-init")
+        scores: dict[str, list[float]] = {m: [] for m in methods}
+        for seed in range(args.seeds):
+            for method in methods:
+                init = work / ("student-merged-init" if method.startswith("xtok") else "student-init")
+                out = work / f"{method}-{seed}"
+                settings = method_settings(method, teacher, answer_tokens)
+                began = time.monotonic()
+                train(init, data, out, args.steps, args.lr, seed=seed, **settings)
+                scores[method].append(exact_match(out, held_out, answer_tokens))
+                print(
+                    f"  seed {seed} {method:9} exact match {scores[method][-1]:.3f} "
+                    f"({time.monotonic() - began:.0f} s)",
+                    flush=True,
+                )
+
+    print(
+        f"\n{args.digits}-digit addition, {args.steps} student steps x batch 32, {args.seeds} seeds, "
+        f"{len(held_out)} held-out problems; teacher exact match {teacher_em:.3f}"
+    )
+    print(f"{'method':10} {'exact match mean':>17} {'std':>7}")
+    means = {}
+    for method in methods:
+        values = scores[method]
+        means[method] = statistics.mean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{method:10} {means[method]:17.3f} {spread:7.3f}")
+    print(f"total {time.monotonic() - started:.0f} s")
+    keys = ["sft", "kd", "topk", "onpolicy", "xtok"]
+    print(
+        " ".join(f"{k}={means[k]:.3f}" if k in means else f"{k}=nan" for k in keys) + f" steps={args.steps}"
+    )
+
+
+if __name__ == "__main__":
+    main()

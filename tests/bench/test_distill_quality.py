@@ -1,0 +1,46 @@
+"""bench/distill_quality.py in its smoke mode: the teacher is trained and writes its dataset, every method
+trains a student through the train stage and is scored, and the last line holds the five figures.
+
+The figures of a smoke run mean nothing (a few steps); the full run's table is in the README.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def output() -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "distill_quality.py"), "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_the_last_line_holds_each_methods_exact_match_and_the_steps(output):
+    figures = dict(pair.split("=") for pair in output[-1].split())
+    assert list(figures) == ["sft", "kd", "topk", "onpolicy", "xtok", "steps"]
+    assert figures["steps"] == "2"
+    for key in ("sft", "kd", "topk", "onpolicy", "xtok"):
+        assert 0.0 <= float(figures[key]) <= 1.0 and not math.isnan(float(figures[key]))
+
+
+def test_every_method_trained_and_was_scored(output):
+    for method in ("sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"):
+        rows = [line for line in output if line.startswith(f"  seed 0 {method:9} exact match ")]
+        assert len(rows) == 1, "\n".join(output)
+    assert any(line.startswith("teacher: 4 steps, held-out exact match") for line in output)

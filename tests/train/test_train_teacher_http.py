@@ -1,0 +1,118 @@
+"""The HTTP teacher scorer against a loopback server speaking vLLM's /v1/completions prompt_logprobs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from aiohttp import web
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.common.errors import InputError
+from components.common.records import read_records
+from components.train.stage import run
+from components.train.teacher_scoring import HttpScorer, LocalScorer
+from pipelines.loopback import ServerThread
+
+
+def vllm_app(model_dir, top_default: int = 5, broken: bool = False) -> web.Application:
+    """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        ids = body["prompt"]
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            return web.json_response({"error": "this test server takes token ids"}, status=400)
+        k = int(body.get("prompt_logprobs") or top_default)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        scored: list[dict | None] = [None]
+        for t in range(1, len(ids)):
+            row = logprobs[t - 1]
+            top = row.topk(k)
+            position = {
+                str(int(i)): {"logprob": float(v), "rank": r + 1, "decoded_token": tokenizer.decode([int(i)])}
+                for r, (v, i) in enumerate(zip(top.values, top.indices, strict=True))
+            }
+            own = int(ids[t])
+            rank = int((row > row[own]).sum()) + 1
+            position.setdefault(
+                str(own), {"logprob": float(row[own]), "rank": rank, "decoded_token": tokenizer.decode([own])}
+            )
+            scored.append(position)
+        if broken:
+            scored = scored[:-1]
+        next_id = int(logprobs[-1].argmax())
+        return web.json_response(
+            {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "model": body.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": tokenizer.decode([next_id]),
+                        "finish_reason": "length",
+                        "prompt_logprobs": scored,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+def test_http_scores_equal_the_local_models_scores(tiny_teacher_dir, reversal_data):
+    records = read_records(reversal_data / "train.jsonl")[:3]
+    prompts, answers = [r.prompt_messages for r in records], [r.answer for r in records]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    local = LocalScorer(AutoModelForCausalLM.from_pretrained(tiny_teacher_dir), tokenizer, top_k=4)
+    with ServerThread(vllm_app(tiny_teacher_dir)) as server:
+        remote = HttpScorer(server.url, "teacher", tokenizer, top_k=4).entries(prompts, answers)
+    want = local.entries(prompts, answers)
+    assert len(remote) == len(want) == 3
+    for got_record, want_record in zip(remote, want, strict=True):
+        assert [e["token"] for e in got_record] == [e["token"] for e in want_record]
+        for got, expected in zip(got_record, want_record, strict=True):
+            assert got["logprob"] == pytest.approx(expected["logprob"], abs=1e-4)
+            assert [c["token"] for c in got["top_logprobs"]] == [c["token"] for c in expected["top_logprobs"]]
+            assert [c["logprob"] for c in got["top_logprobs"]] == pytest.approx(
+                [c["logprob"] for c in expected["top_logprobs"]], abs=1e-4
+            )
+
+
+def test_a_reply_without_usable_prompt_logprobs_is_an_error_naming_the_server(
+    tiny_teacher_dir, reversal_data
+):
+    record = read_records(reversal_data / "train.jsonl")[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    with ServerThread(vllm_app(tiny_teacher_dir, broken=True)) as server:
+        scorer = HttpScorer(server.url, "teacher", tokenizer, top_k=4)
+        with pytest.raises(InputError, match=r"^kd.teacher_url: http://127.0.0.1:\d+/v1/completions replied"):
+            scorer.entries([record.prompt_messages], [record.answer])
+
+
+def test_on_policy_kd_with_a_teacher_served_over_http(make_config, tiny_teacher_dir):
+    with ServerThread(vllm_app(tiny_teacher_dir)) as server:
+        config = make_config(
+            max_steps=2,
+            kd={
+                "kind": "on_policy",
+                "teacher_dir": str(tiny_teacher_dir),
+                "teacher_url": server.url,
+                "teacher_model": "teacher",
+                "top_k": 8,
+                "on_policy": {"max_new_tokens": 6},
+            },
+        )
+        result = run(config)
+    assert result.loss_parts["kd"] > 0 and math.isfinite(result.final_loss)
+    assert result.kd_alignment["matched_positions"] > 0 and result.kd_alignment["unaligned_records"] == 0
