@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
-from components.common.remote_code import allows_remote_code
+from components.common.generation import load_for_generation, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ def load_model(
     unmerged on top of the model in `base_dir`. `quantization` "8bit" or "4bit" (NF4) loads the weights
     through bitsandbytes, as a quantized deployment would serve them (CUDA only).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"dtype": TORCH_DTYPES[dtype], "device_map": {"": device}}
     if quantization != "none":
@@ -64,15 +63,7 @@ def load_model(
                 f"quantization: {quantization!r} loads the student through bitsandbytes, which needs a CUDA "
                 "GPU, and this eval runs on CPU; give the eval task a GPU (eval_gpus) or set quantization: none"
             )
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True)
-            if quantization == "8bit"
-            else BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-            )
-        )
+        kwargs["quantization_config"] = quantization_config(quantization)
 
     path = Path(path)
     is_adapter = (path / "adapter_config.json").is_file()
@@ -81,15 +72,7 @@ def load_model(
         what = f"the adapter's base {weights}" if is_adapter else str(path)
         raise InputError(f"{field}: {what} is not a Hugging Face model folder (no config.json)")
     tokenizer_folder = path if (path / "tokenizer_config.json").is_file() else weights
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
-    )
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        weights, trust_remote_code=allows_remote_code(weights), **kwargs
-    )
+    model, tokenizer = load_for_generation(weights, tokenizer_folder, **kwargs)
     if is_adapter:
         from peft import PeftModel
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import ConfigError
+from components.common.generation import load_for_generation, quantization_config
 from components.common.records import stable_hash
-from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
 from components.teacher.api import Answer, Choice
 from components.teacher.config import ProviderConfig
@@ -94,36 +94,19 @@ class LocalTeacher:
 
     def load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         provider = self.provider
         cuda = torch.cuda.is_available()
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
         if provider.quantization != "none":
-            from transformers import BitsAndBytesConfig
-
-            if provider.quantization == "4bit":
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-                )
-            else:
-                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["quantization_config"] = quantization_config(provider.quantization)
             kwargs["device_map"] = "auto"
         folder, adapter = self._base_and_adapter()
         # An adapter folder from the train stage carries the tokenizer it was trained with: prefer it.
         tokenizer_folder = (
             adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
         )
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
-        )
-        # Left padding: in a batch every prompt must end where generation starts.
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, trust_remote_code=allows_remote_code(folder), **kwargs
-        )
+        model, tokenizer = load_for_generation(folder, tokenizer_folder, **kwargs)
         if adapter:
             from peft import PeftModel
 

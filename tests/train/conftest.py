@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import string
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
-from components.common.config import from_dict
+from components.common.config import from_dict, to_dict
 from components.common.records import Record, record_id, write_records
 from components.train import Config
 from components.train.stage import Result
+
+REPO = Path(__file__).resolve().parents[2]
 
 TEACHER = {"provider": "test", "model": "reverser"}
 
@@ -74,3 +82,24 @@ def assert_adapter_trained(result: Result) -> None:
     assert lora_b, "the adapter holds no LoRA B matrices"
     unmoved = [name for name, w in lora_b.items() if not w.abs().sum() > 0]
     assert not unmoved, f"untrained LoRA B matrices: {unmoved[:3]}"
+
+
+def train_until_killed(config: Config, config_file: Path, step: int) -> None:
+    """Run `python -m components.train` on `config` and SIGKILL it once checkpoint `step` is complete
+    in its store (the local `store_uri` folder), as a node loss would."""
+    config_file.write_text(yaml.safe_dump(to_dict(config)))
+    checkpoints = Path(config.store_uri) / "runs" / config.run_id / "train" / "checkpoints"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "components.train", "--config", str(config_file)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
+    while not (checkpoints / f"step-{step:08d}" / "COMPLETE").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.common.config import from_dict, to_dict
+from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.train import Config
@@ -27,6 +21,7 @@ from components.train.losses import Divergence
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.on_policy import ce_targets, draw, with_samples
 from components.train.stage import run
+from tests.train.conftest import train_until_killed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,23 +182,7 @@ def test_kill_9_then_resume_draws_the_same_samples_and_reaches_the_same_weights(
     reference = config("a")
     run(reference)
     interrupted = config("b")
-    config_file = tmp_path / "b.yaml"
-    config_file.write_text(yaml.safe_dump(to_dict(interrupted)))
-    checkpoints = tmp_path / "store-b" / "runs" / "local" / "train" / "checkpoints"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "components.train", "--config", str(config_file)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
-    while not (checkpoints / "step-00000002" / "COMPLETE").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    train_until_killed(interrupted, tmp_path / "b.yaml", step=2)
     result = run(interrupted)
     assert result.steps == 8 and result.resumed_from >= 2
     got = load_file(f"{interrupted.output_dir}/adapter_model.safetensors")

@@ -5,23 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from components.common.config import to_dict
 from components.common.errors import InputError
 from components.common.store import open_store
 from components.train.checkpoint import CheckpointStore
 from components.train.stage import run
+from tests.train.conftest import train_until_killed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,22 +41,8 @@ def test_kill_9_mid_training_then_resume_reaches_the_uninterrupted_weights(make_
         output_dir=str(tmp_path / "b"),
         tensorboard_dir=str(tmp_path / "tb-b"),
     )
-    config_file = tmp_path / "b.yaml"
-    config_file.write_text(yaml.safe_dump(to_dict(interrupted)))
+    train_until_killed(interrupted, tmp_path / "b.yaml", step=4)
     checkpoints = tmp_path / "store-b" / "runs" / "local" / "train" / "checkpoints"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "components.train", "--config", str(config_file)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
-    while not (checkpoints / "step-00000004" / "COMPLETE").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
     assert not (tmp_path / "b" / "adapter_model.safetensors").exists()
 
     result = run(interrupted)
