@@ -1,14 +1,22 @@
 """The run check: every stage's Config built from a run's parameters, before anything runs.
 
 `python -m pipelines.submit --check` calls `check_stage_configs` before a run is submitted, and the
-pipeline's first task (`check_run` in pipelines/check_task.py) calls it again on the parameters the run was started with (from the
-KFP UI too), so a bad run fails in seconds, before the teacher is paid or a GPU is requested.
+pipeline's first task (`check_run` in pipelines/check_task.py) calls it again on the parameters the run
+was started with (from the KFP UI too), so a bad run fails in seconds, before the teacher is paid or a GPU
+is requested.
 """
 
 import dataclasses
 from typing import Any
 
-from components.common.config import deep_merge, exposed_fields, from_dict, refuse_exposed_overrides, under
+from components.common.config import (
+    deep_merge,
+    exposed_fields,
+    from_dict,
+    refuse_exposed_overrides,
+    set_dotted,
+    under,
+)
 from components.common.errors import ConfigError
 from components.download.config import Config as DownloadConfig
 from components.evaluate.config import Config as EvalConfig
@@ -26,13 +34,6 @@ STAGE_CONFIGS = {
     "eval": EvalConfig,
     "register": RegisterConfig,
 }
-
-
-def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, name = path.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[name] = value
 
 
 def check_stage_configs(values: dict[str, Any]) -> None:
@@ -73,9 +74,9 @@ def build_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
         if any(f.name == "store_uri" for f in dataclasses.fields(config)):
             data["store_uri"] = values["store_uri"]
         for exposed_field in exposed_fields(config):
-            _set_path(data, exposed_field.path, exposed_field.field_value(values[exposed_field.parameter]))
+            set_dotted(data, exposed_field.path, exposed_field.field_value(values[exposed_field.parameter]))
         if stage == "train" and values.get("train_kd_teacher_source"):
-            _set_path(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
+            set_dotted(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
         try:
             built[stage] = from_dict(config, deep_merge(data, overrides))
         except ConfigError as error:

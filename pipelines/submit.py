@@ -39,9 +39,9 @@ from typing import Any
 import yaml
 
 from components.common.cli import parse_assignments
-from components.common.config import deep_merge, exposed_fields
+from components.common.config import deep_merge, exposed_fields, set_dotted
 from components.common.errors import ConfigError, InputError
-from components.common.logs import setup_logging
+from components.common.logs import print_error, setup_logging
 from components.common.secrets import optional_env
 from pipelines.run_check import STAGE_CONFIGS, check_stage_configs
 
@@ -184,7 +184,7 @@ def _stage_group(
         elif "." not in path and f"{stage}_{path}" in valid:
             found[f"{stage}_{path}"] = (value, spelling)
         elif path.split(".")[0] in fields and f"{stage}_overrides" in valid:
-            overrides.update(deep_merge(overrides, _nest(path, value)))
+            set_dotted(overrides, path, value)
         else:
             found[f"{stage}_{path.replace('.', '_')}"] = (value, spelling)  # refused as unknown
 
@@ -193,12 +193,6 @@ def _stage_group(
     if overrides:
         found[f"{stage}_overrides"] = (overrides, f"{stage}_overrides")
     return found
-
-
-def _nest(path: str, value: Any) -> dict[str, Any]:
-    for part in reversed(path.split(".")):
-        value = {part: value}
-    return value
 
 
 def check_params(params: dict[str, Any], valid: dict[str, str], source: str) -> dict[str, Any]:
@@ -368,7 +362,7 @@ def main(argv: list[str] | None = None, client=None) -> int:
             poll_s=args.poll,
         )
     except (ConfigError, InputError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(str(error))
         return 2
     if args.dry_run:
         print(yaml.safe_dump({"package": str(package), "version": submission.version_name, "params": params}))
@@ -385,7 +379,7 @@ def main(argv: list[str] | None = None, client=None) -> int:
         )
         return 4
     if outcome.state == TIMEOUT:
-        print(f"error: run {outcome.run_id} did not finish within --timeout {args.timeout}s", file=sys.stderr)
+        print_error(f"run {outcome.run_id} did not finish within --timeout {args.timeout}s")
     elif outcome.state is not None:
         print(f"run {outcome.run_id} finished: {outcome.state}")
     return outcome.exit_code

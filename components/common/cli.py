@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from components.common.config import load_config
+from components.common.config import load_config, set_dotted
 from components.common.errors import ConfigError, InputError, StageStopped
 from components.common.logs import print_error, setup_logging
 
@@ -27,11 +27,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        node = overrides
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        set_dotted(overrides, key, yaml.safe_load(raw))
     return overrides
 
 

@@ -56,6 +56,14 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return merged
 
 
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    """data["kd"]["teacher_dir"] = value for path "kd.teacher_dir", making the mappings on the way."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from `data`, validating names and types; `where` prefixes error paths."""
     if not isinstance(data, Mapping):

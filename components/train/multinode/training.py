@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.common.config import to_dict
+from components.common.config import set_dotted, to_dict
 from components.common.errors import ConfigError
 from components.common.store import open_store
 from components.train.multinode.engine import choose_engine
@@ -202,14 +202,6 @@ def worker_command(payload: dict[str, Any], config_file: Path, environ: dict[str
         "--config",
         str(config_file),
     ]
-
-
-def set_dotted(fields: dict[str, Any], name: str, value: Any) -> None:
-    """fields["kd"]["teacher_dir"] = value for name "kd.teacher_dir"."""
-    *parents, leaf = name.split(".")
-    for parent in parents:
-        fields = fields.setdefault(parent, {})
-    fields[leaf] = value
 
 
 def worker_main(environ: dict[str, str] | None = None) -> int:
