@@ -24,7 +24,9 @@ What runs, each in a fresh process on the GPU (peak memory and Liger's patching 
   here; that mode stands in for it). Ours: batching padding_free, attention auto.
 - KD: 0.5B student trained in full (fp32 weights, bf16 autocast) with a 1.5B teacher (bf16), 8 x 512
   tokens, 0.5 CE + 0.5 forward KL over the answer tokens: a naive step written here (every position's
-  full-vocabulary logits from both models, fp32 log-softmax), ours, and our SFT step on the same tokens.
+  full-vocabulary logits from both models, fp32 log-softmax), ours, and our SFT step on the same tokens;
+  then on-policy KD (kd.kind on_policy, half of each batch's answers sampled by the student up to the
+  answers' length) against ours KD, in tokens/s.
 - Loss curve: ours and TRL padding over the same first 50 batches from the same base weights (the LoRA
   B matrices start at 0 and A is drawn from the same seed, so step 1 must agree almost exactly).
 
@@ -576,6 +578,12 @@ def kd_section(run: Runner, plan: Plan, data: dict) -> dict:
         # Full fine-tuning keeps fp32 weights, gradients and AdamW state (16 bytes per weight, ~8 GB for
         # 0.5B) beside a 3 GB teacher: recomputing activations is the lever left for memory.
         "ours KD, gradient checkpointing": ours("ours-kd-ckpt", kd=kd, gradient_checkpointing=True),
+        # Half of each batch's answers sampled by the student (KV cache, temperature 1) up to the teacher
+        # answers' length, then scored by the teacher: the price of on-policy KD over KD on teacher text.
+        "ours on-policy KD, fraction 0.5": ours(
+            "ours-on-policy",
+            kd={**kd, "kind": "on_policy", "on_policy": {"fraction": 0.5, "max_new_tokens": plan.kd_answer}},
+        ),
     }
 
 
@@ -627,22 +635,24 @@ def report_kd(plan: Plan, results: dict) -> tuple[float, float]:
         f"{plan.kd_length} tokens, 0.5 CE + 0.5 forward KL; steps {plan.kd_warmup + 1}.."
         f"{plan.kd_warmup + plan.kd_steps} timed"
     )
-    print(f"{'mode':42} {'step s':>8} {'peak GiB':>9}")
-    step = {}
+    print(f"{'mode':42} {'step s':>8} {'tok/s':>9} {'peak GiB':>9}")
+    step, tokens = {}, {}
     for label, result in results.items():
         if "error" in result:
             print(f"{label:42} failed: {result['error']}")
-            step[label] = (float("nan"), float("nan"))
+            step[label], tokens[label] = (float("nan"), float("nan")), float("nan")
             continue
-        step[label] = (result["seconds"] / result["steps"], result["peak_gib"])
-        print(f"{label:42} {step[label][0]:8.3f} {cell(step[label][1], '9.1f')}")
-    (naive_s, naive_m), (kd_s, kd_m), (sft_s, _), (ckpt_s, ckpt_m) = step.values()
+        step[label], tokens[label] = (result["seconds"] / result["steps"], result["peak_gib"]), rate(result)
+        print(f"{label:42} {step[label][0]:8.3f} {tokens[label]:9.0f} {cell(step[label][1], '9.1f')}")
+    (naive_s, naive_m), (kd_s, kd_m), (sft_s, _), (ckpt_s, ckpt_m), (policy_s, _) = step.values()
+    kd_rate, policy_rate = tokens["ours KD"], tokens["ours on-policy KD, fraction 0.5"]
     print(
         f"ours KD / ours SFT time: {kd_s / sft_s:.2f} (target <= 1.5); ours KD / naive: time "
         f"{kd_s / naive_s:.2f}, peak memory {cell(kd_m / naive_m, '.2f')} (target <= 0.5); with gradient "
-        f"checkpointing: time / SFT {ckpt_s / sft_s:.2f}, memory / naive {cell(ckpt_m / naive_m, '.2f')}"
+        f"checkpointing: time / SFT {ckpt_s / sft_s:.2f}, memory / naive {cell(ckpt_m / naive_m, '.2f')}; "
+        f"on-policy KD / KD: step time {policy_s / kd_s:.2f}, tokens/s {policy_rate / kd_rate:.2f}"
     )
-    return kd_s / sft_s, kd_m / naive_m
+    return kd_s / sft_s, kd_m / naive_m, policy_rate / kd_rate
 
 
 def smooth(values: list[float], window: int = 5) -> list[float]:
@@ -719,13 +729,13 @@ def main(argv: list[str] | None = None) -> None:
         if "compile" in sections and sft:
             compile_section(run, plan, sft_data, sft)
         ratios = report_sft(plan, sft) if sft else {}
-        kd_time, kd_memory = report_kd(plan, kd) if kd else (float("nan"), float("nan"))
+        kd_time, kd_memory, on_policy_rate = report_kd(plan, kd) if kd else (float("nan"),) * 3
         report_curve(plan, sft)
         print(f"\nelapsed {run.elapsed():.0f}s on {plan.device}")
     nan = float("nan")
     print(
         f"sft_ratio_0.5B={ratios.get('0.5B', nan):.3f} sft_ratio_1.5B={ratios.get('1.5B', nan):.3f} "
-        f"kd_time_vs_sft={kd_time:.3f} kd_mem_vs_naive={kd_memory:.3f}"
+        f"kd_time_vs_sft={kd_time:.3f} kd_mem_vs_naive={kd_memory:.3f} onpolicy_tokps_vs_kd={on_policy_rate:.3f}"
     )
 
 

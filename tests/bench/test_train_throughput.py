@@ -23,6 +23,7 @@ KD_MODES = [
     "ours KD",
     "ours SFT, same student and tokens",
     "ours KD, gradient checkpointing",
+    "ours on-policy KD, fraction 0.5",
 ]
 
 
@@ -41,11 +42,18 @@ def row(lines: list[str], start: str) -> str:
     return found[0][len(start) :]
 
 
-def test_the_last_line_holds_the_four_headline_figures(output):
+def test_the_last_line_holds_the_five_headline_figures(output):
     figures = dict(pair.split("=") for pair in output[-1].split())
-    assert list(figures) == ["sft_ratio_0.5B", "sft_ratio_1.5B", "kd_time_vs_sft", "kd_mem_vs_naive"]
+    assert list(figures) == [
+        "sft_ratio_0.5B",
+        "sft_ratio_1.5B",
+        "kd_time_vs_sft",
+        "kd_mem_vs_naive",
+        "onpolicy_tokps_vs_kd",
+    ]
     values = {key: float(value) for key, value in figures.items()}
-    assert all(values[key] > 0 for key in ("sft_ratio_0.5B", "sft_ratio_1.5B", "kd_time_vs_sft"))
+    positive = ("sft_ratio_0.5B", "sft_ratio_1.5B", "kd_time_vs_sft", "onpolicy_tokps_vs_kd")
+    assert all(values[key] > 0 for key in positive)
     assert math.isnan(values["kd_mem_vs_naive"])  # peak memory is a CUDA figure
 
 
@@ -60,10 +68,11 @@ def test_every_cpu_mode_trains_each_shape_and_ours_sees_the_same_tokens_as_trl(o
         assert tokens[OURS] == tokens["TRL padding"] == tokens["TRL padding-free"]
 
 
-def test_the_kd_section_times_the_naive_step_ours_and_our_sft_step(output):
+def test_the_kd_section_times_the_naive_step_ours_our_sft_step_and_on_policy_kd(output):
     for mode in KD_MODES:
-        seconds, memory = row(output, f"{mode:42}").split()
+        seconds, tokens_per_second, memory = row(output, f"{mode:42}").split()
         assert float(seconds) > 0 and memory == "-"  # peak memory is a CUDA figure
+        assert float(tokens_per_second) > 0
 
 
 def test_our_loss_curve_matches_trls_on_the_same_batches(output):
