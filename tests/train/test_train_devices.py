@@ -198,6 +198,42 @@ def test_gpu_kd_with_an_8bit_teacher(make_config, tiny_model_dir, tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("teacher_tokenizer", ["same", "other"])
+def test_gpu_on_policy_kd_samples_scores_and_trains_on_cuda(
+    make_config, tiny_model_dir, tmp_path, teacher_tokenizer
+):
+    from components.download.tiny import make_tiny_model
+
+    student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
+    tokenizer_dir = tiny_model_dir
+    if teacher_tokenizer == "other":  # digit and letter pairs merged: aligned to the student by bytes
+        tokenizer_dir = tmp_path / "merged-tokenizer"
+        make_tiny_model("tiny://qwen2?warmup_steps=0&merges=776", tokenizer_dir)
+    teacher = qwen25_shaped(tmp_path / "teacher", "1.5B", tokenizer_dir)
+    config = make_config(
+        student_dir=student,
+        max_steps=5,
+        precision="bf16",
+        kd={
+            "kind": "on_policy",
+            "teacher_dir": teacher,
+            "divergence": "reverse_kl",
+            "on_policy": {"fraction": 0.5, "max_new_tokens": 32},
+        },
+    )
+    result = run(config)
+    assert result.loss_parts["kd"] > 0 and math.isfinite(result.loss_parts["kd"])
+    assert_adapter_trained(result)
+    if teacher_tokenizer == "other":
+        assert result.kd_alignment["matched_positions"] > 0
+    print(
+        f"on-policy KD, {teacher_tokenizer} tokenizer: {result.tokens_per_second:.0f} tok/s, "
+        f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_a_training_step_never_waits_for_the_gpu(make_config, tiny_model_dir, tmp_path, monkeypatch):
     """A step queues its kernels and returns: any device-to-host copy or sync inside it raises."""
     student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
