@@ -22,8 +22,15 @@ method, the same steps, batch, learning rate and seeds:
     xtok       topk into a student whose tokenizer merges digit pairs ("57" is one token): the stored
                top-k aligned by byte spans (cross_tokenizer.py); `xtok_sft` is that student's SFT, its peer
 
-Reported: exact match of the student's greedy answer on held-out problems, mean and standard deviation over
-the seeds. Last line: `sft= kd= topk= onpolicy= xtok= steps=` (means).
+Each seed draws its own student initialisation and data order. Reported per method, over the seeds:
+exact match of the student's greedy answer on held-out problems after the last step (mean, standard
+deviation, how many seeds learned the task: exact match of at least LEARNED), the same exact match
+averaged along training (scored CURVE_POINTS times with the weights of the moment; greedy decoding draws no
+random numbers, so the training is the unscored one's), the step at which each seed learned, and the
+seconds per run. A run either finds the carry rule and then gets most problems right, or stays near the
+exact match of answering without it: the final figure mostly says whether a seed got there within the
+steps, the averaged one also how early.
+Last line: `sft= kd= topk= onpolicy= xtok= steps=` (final exact match, means).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,11 +54,17 @@ from components.common.config import from_dict  # noqa: E402
 from components.common.records import Record, record_id, write_records  # noqa: E402
 from components.download.tiny import make_tiny_model  # noqa: E402
 from components.train import Config  # noqa: E402
+from components.train.modeling import padded_attention  # noqa: E402
 from components.train.stage import run  # noqa: E402
+from components.train.trainer import DistillTrainer  # noqa: E402
 
 TEACHER = {"provider": "bench", "model": "adder"}
 # Held-out exact match from which the teacher's answers are mostly right, so that distilling them can help.
 COMPETENT = 0.9
+# A student with this held-out exact match has found the carry rule (runs that have not stay near 0.1).
+LEARNED = 0.5
+# Held-out exact match is scored this many times along each student's training.
+CURVE_POINTS = 20
 METHODS = ["sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"]
 
 
@@ -78,8 +92,8 @@ def record(prompt: str, answer: str, extra: dict | None = None) -> Record:
     )
 
 
-def train(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, seed: int, **settings) -> Path:
-    config = from_dict(
+def train_config(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, seed: int, **settings):
+    return from_dict(
         Config,
         {
             "student_dir": str(model_dir),
@@ -98,8 +112,41 @@ def train(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, see
             **settings,
         },
     )
-    run(config)
+
+
+def train(model_dir: Path, data_dir: Path, out: Path, steps: int, lr: float, seed: int, **settings) -> Path:
+    """The train stage, as the pipeline runs it."""
+    run(train_config(model_dir, data_dir, out, steps, lr, seed, **settings))
     return out
+
+
+class ScoredTrainer(DistillTrainer):
+    """The train stage's trainer, scoring held-out exact match every `every` optimizer steps on the way."""
+
+    def __init__(self, config, held_out: list[tuple[str, str]], every: int, max_new_tokens: int):
+        super().__init__(config)
+        self.held_out, self.every, self.max_new_tokens = held_out, every, max_new_tokens
+        self.steps_done = 0
+        self.curve: list[float] = []
+
+    def loss_step(self, phase, micro_batches):
+        stats = super().loss_step(phase, micro_batches)
+        self.steps_done += 1
+        if self.steps_done % self.every == 0:
+            self.student.eval()
+            # Greedy decoding draws no random numbers: the training that follows is the unscored one's.
+            with padded_attention(self.student):
+                self.curve.append(score(self.student, self.tokenizer, self.held_out, self.max_new_tokens))
+            self.student.train()
+        return stats
+
+
+def train_scored(config, held_out, every: int, max_new_tokens: int) -> list[float]:
+    """Train like the stage does and return held-out exact match after every `every` steps."""
+    trainer = ScoredTrainer(config, held_out, every, max_new_tokens)
+    trainer.setup()
+    trainer.save(trainer.train())
+    return trainer.curve
 
 
 def load(model_dir: Path):
@@ -142,10 +189,14 @@ def answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: in
     return out
 
 
-def exact_match(model_dir: Path, held_out: list[tuple[str, str]], max_new_tokens: int) -> float:
-    model, tokenizer = load(model_dir)
+def score(model, tokenizer, held_out: list[tuple[str, str]], max_new_tokens: int) -> float:
+    """Held-out exact match of the model's greedy answers."""
     got = answers(model, tokenizer, [p for p, _ in held_out], max_new_tokens)
     return sum(g == a for g, (_, a) in zip(got, held_out, strict=True)) / len(held_out)
+
+
+def exact_match(model_dir: Path, held_out: list[tuple[str, str]], max_new_tokens: int) -> float:
+    return score(*load(model_dir), held_out, max_new_tokens)
 
 
 @torch.no_grad()
@@ -224,13 +275,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every method runs")
     parser.add_argument("--digits", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=400, help="student optimizer steps, every method")
+    parser.add_argument("--steps", type=int, default=1000, help="student optimizer steps, every method")
     parser.add_argument("--teacher-steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train", type=int, default=1000, help="training prompts")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=1e-3, help="students' learning rate")
+    parser.add_argument("--lr", type=float, default=3e-3, help="students' learning rate")
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
@@ -271,39 +322,84 @@ def main() -> None:
             )
 
         student = "tiny://qwen2?warmup_steps=0&layers=2&hidden=64&heads=4&kv_heads=2&intermediate=128"
-        make_tiny_model(student, work / "student-init")
-        make_tiny_model(f"{student}&merges=100", work / "student-merged-init")
-        scores: dict[str, list[float]] = {m: [] for m in methods}
+        every = max(1, args.steps // CURVE_POINTS)
+        runs: dict[str, list[StudentRun]] = {m: [] for m in methods}
         for seed in range(args.seeds):
+            make_tiny_model(f"{student}&seed={seed}", work / f"student-init-{seed}")
+            make_tiny_model(f"{student}&seed={seed}&merges=100", work / f"student-merged-init-{seed}")
             for method in methods:
-                init = work / ("student-merged-init" if method.startswith("xtok") else "student-init")
+                init = work / (
+                    f"student-merged-init-{seed}" if method.startswith("xtok") else f"student-init-{seed}"
+                )
                 out = work / f"{method}-{seed}"
                 settings = method_settings(method, teacher, answer_tokens)
                 began = time.monotonic()
-                train(init, data, out, args.steps, args.lr, seed=seed, **settings)
-                scores[method].append(exact_match(out, held_out, answer_tokens))
-                print(
-                    f"  seed {seed} {method:9} exact match {scores[method][-1]:.3f} "
-                    f"({time.monotonic() - began:.0f} s)",
-                    flush=True,
+                config = train_config(init, data, out, args.steps, args.lr, seed, **settings)
+                curve = train_scored(config, held_out, every, answer_tokens)
+                done = StudentRun(
+                    exact_match(out, held_out, answer_tokens), curve, every, time.monotonic() - began
                 )
+                runs[method].append(done)
+                print(f"  seed {seed} {method:9} {done.describe()}", flush=True)
 
     print(
         f"\n{args.digits}-digit addition, {args.steps} student steps x batch 32, {args.seeds} seeds, "
         f"{len(held_out)} held-out problems; teacher exact match {teacher_em:.3f}"
     )
-    print(f"{'method':10} {'exact match mean':>17} {'std':>7}")
-    means = {}
-    for method in methods:
-        values = scores[method]
-        means[method] = statistics.mean(values)
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{method:10} {means[method]:17.3f} {spread:7.3f}")
+    means = report(runs)
     print(f"total {time.monotonic() - started:.0f} s")
     keys = ["sft", "kd", "topk", "onpolicy", "xtok"]
     print(
         " ".join(f"{k}={means[k]:.3f}" if k in means else f"{k}=nan" for k in keys) + f" steps={args.steps}"
     )
+
+
+@dataclass
+class StudentRun:
+    exact_match: float  # of the saved model, after the last step
+    curve: list[float]  # exact match after every `every` steps
+    every: int
+    seconds: float
+
+    def learned_at(self) -> int | None:
+        """The first scored step at which the student had learned the task."""
+        return next(((i + 1) * self.every for i, v in enumerate(self.curve) if v >= LEARNED), None)
+
+    def along(self) -> float:
+        """Exact match averaged over the scored steps: higher when the task is learned earlier."""
+        return statistics.mean(self.curve) if self.curve else self.exact_match
+
+    def describe(self) -> str:
+        step = self.learned_at()
+        return (
+            f"exact match {self.exact_match:.3f}, along training {self.along():.3f}, "
+            f"{'learned at step ' + str(step) if step else 'not learned'} ({self.seconds:.0f} s)"
+        )
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def report(runs: dict[str, list[StudentRun]]) -> dict[str, float]:
+    """Print the table; return each method's mean final exact match."""
+    print(
+        f"{'method':10} {'exact match':>11} {'std':>6} {'learned':>8} {'along training':>15} {'std':>6} "
+        f"{'learned at step':>18} {'s/run':>6}"
+    )
+    means = {}
+    for method, done in runs.items():
+        final = [r.exact_match for r in done]
+        along = [r.along() for r in done]
+        means[method] = statistics.mean(final)
+        learned = f"{sum(v >= LEARNED for v in final)}/{len(final)}"
+        steps = ",".join(str(r.learned_at() or "-") for r in done)
+        print(
+            f"{method:10} {means[method]:11.3f} {spread(final):6.3f} {learned:>8} "
+            f"{statistics.mean(along):15.3f} {spread(along):6.3f} {steps:>18} "
+            f"{statistics.mean(r.seconds for r in done):6.0f}"
+        )
+    return means
 
 
 if __name__ == "__main__":

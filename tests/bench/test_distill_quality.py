@@ -44,3 +44,13 @@ def test_every_method_trained_and_was_scored(output):
         rows = [line for line in output if line.startswith(f"  seed 0 {method:9} exact match ")]
         assert len(rows) == 1, "\n".join(output)
     assert any(line.startswith("teacher: 4 steps, held-out exact match") for line in output)
+
+
+def test_the_table_gives_each_method_its_final_and_along_training_exact_match(output):
+    header = next(i for i, line in enumerate(output) if line.startswith("method "))
+    rows = {line.split()[0]: line.split()[1:] for line in output[header + 1 : header + 7]}
+    assert list(rows) == ["sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"]
+    for final, final_std, learned, along, along_std, learned_at, seconds in rows.values():
+        assert 0.0 <= float(final) <= 1.0 and 0.0 <= float(along) <= 1.0
+        assert learned == "0/1" and learned_at == "-"  # two steps learn nothing
+        assert float(final_std) == float(along_std) == 0.0 and float(seconds) >= 0
