@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from components.common.records import Record, write_records
 from components.common.store import open_store
+from components.train.checkpoint import BestStore
 from components.train.stage import run
 from tests.train.conftest import reversal_record, reversal_records, train_until_killed
 
@@ -125,3 +126,20 @@ def test_a_changed_best_in_the_bucket_is_refused_and_the_run_still_finishes(
     assert (domain / "adapter_model.safetensors").read_bytes() == (
         Path(config.output_dir, "best", "domain", "adapter_model.safetensors").read_bytes()
     )
+
+
+def test_a_best_folder_listing_a_pickle_is_not_restored_even_with_matching_digests(tmp_path, caplog):
+    stored = BestStore(open_store(str(tmp_path / "store")))
+    folder = tmp_path / "best"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle")  # the attacker rewrote the marker to list it
+    stored.save("general", 2, folder)
+    with caplog.at_level(logging.WARNING, logger="components.train.checkpoint"):
+        assert not stored.restore("general", 2, tmp_path / "restored")
+    assert "lists 'pytorch_model.bin', not a safetensors, json or tokenizer file" in caplog.text
+    assert not (tmp_path / "restored").exists()
+    (folder / "pytorch_model.bin").unlink()
+    stored.save("general", 2, folder)
+    assert stored.restore("general", 2, tmp_path / "restored")
+    assert (tmp_path / "restored" / "adapter_model.safetensors").read_bytes() == b"weights"
