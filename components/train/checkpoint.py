@@ -4,7 +4,8 @@ Layout under `runs/<run_id>/train/checkpoints/`:
 
     step-00000200/trainable.safetensors   the trainable weights only (adapters, or all for full FT)
     step-00000200/optimizer.pt            optimizer state
-    step-00000200/trainer.json            step, data position, scheduler, curriculum phase, RNG states
+    step-00000200/trainer.json            step, data position, scheduler, curriculum phase, RNG states,
+                                          each phase's best-so-far held-out loss (phase_eval.py)
     step-00000200/COMPLETE                written last: every file's size and sha256, and the run that
                                           wrote it (run_id, pod, configuration fingerprint)
 
@@ -17,6 +18,14 @@ as they load). So a resume fetches only the files COMPLETE lists, checks each on
 refuses the checkpoint if any differs; the project's own files are loaded with `weights_only=True`. It
 also refuses a checkpoint written under another configuration (`run_fingerprint`), naming the fields
 that differ: resuming it would mix two trainings.
+
+Each curriculum phase's best weights (eval_steps) are kept beside the checkpoints, in the same format:
+
+    ../best/<phase>/step-00000150/        the folder output_dir/best/<phase>/ held after the evaluation at
+                                          global step 150 (safetensors and json), and its COMPLETE marker
+
+A checkpoint's trainer.json names the best of each phase as of its step, so one folder is kept per best
+that a kept checkpoint names (`BestStore.prune`); a resume copies those folders back into output_dir/best/.
 
 What a checkpoint holds: the trainable weights alone (LoRA adapters are megabytes; the frozen base is the
 input model and is loaded again on restart). The data position needs no state of its own: the batch stream
@@ -49,6 +58,10 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 NAME = re.compile(r"^step-(\d{8})$")
+# What save_pretrained writes for an adapter or model and its tokenizer, and no pickle: a best folder
+# listing any other kind of file is not copied back into output_dir (whoever loads it from there would
+# unpickle it).
+BEST_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja", ".md", ".model")
 
 # Fields that say where things go or how often they are logged and saved, and switches that trade speed
 # for memory without changing the arithmetic: a retry may change them and still resume. The input
@@ -137,8 +150,9 @@ def fingerprint_differences(stored: dict[str, Any], current: dict[str, Any]) -> 
 
 
 class CheckpointStore:
-    def __init__(self, store: ArtifactStore, keep: int, run: dict[str, Any] | None = None):
-        """`run` (run_id and `run_fingerprint`) is recorded in every checkpoint and checked on resume."""
+    def __init__(self, store: ArtifactStore, keep: int | None, run: dict[str, Any] | None = None):
+        """`run` (run_id and `run_fingerprint`) is recorded in every checkpoint and checked on resume;
+        `keep` complete checkpoints are kept (None: the owner prunes, as `BestStore` does)."""
         self.store = store
         self.keep = keep
         self.run = run
@@ -159,6 +173,14 @@ class CheckpointStore:
             return False
         return all(f"{name}/{rel}" in keys for rel in self.manifest(step)["files"])
 
+    def is_complete(self, step: int) -> bool:
+        return self._is_complete(step, self.store.list(step_name(step)))
+
+    def complete_steps(self) -> list[int]:
+        """The steps of every complete checkpoint, oldest first."""
+        folders = self._steps()
+        return sorted(step for step in folders if self._is_complete(step, folders[step]))
+
     def latest(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
         folders = self._steps()
@@ -169,7 +191,17 @@ class CheckpointStore:
         return None
 
     def manifest(self, step: int) -> dict[str, Any]:
-        return json.loads(self.store.read_text(f"{step_name(step)}/{MARKER}"))
+        text = self.store.read_text(f"{step_name(step)}/{MARKER}")
+        try:
+            manifest = json.loads(text)
+        except ValueError:
+            manifest = None
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+            raise InputError(
+                f"{self.store.uri}/{step_name(step)}/{MARKER} is not a manifest this project wrote (no JSON "
+                f"object listing files); delete {self.store.uri}/{step_name(step)}"
+            )
+        return manifest
 
     def save(self, step: int, local_dir: Path) -> None:
         """Upload `local_dir` as checkpoint `step`, mark it complete, then prune old and partial ones."""
@@ -196,13 +228,12 @@ class CheckpointStore:
         self.store.write_text(
             f"{step_name(step)}/{MARKER}", json.dumps({"step": step, "files": files, "run": run})
         )
-        self._prune(step)
+        if self.keep is not None:
+            self._prune(step)
 
     def _prune(self, newest: int) -> None:
-        folders = self._steps()
-        complete = sorted(s for s in folders if self._is_complete(s, folders[s]))
-        keep = set(complete[-self.keep :])
-        for step in folders:
+        keep = set(self.complete_steps()[-self.keep :])
+        for step in self._steps():
             if step not in keep and step != newest:
                 self.store.delete(step_name(step))
 
@@ -243,6 +274,67 @@ class CheckpointStore:
                     "earlier checkpoint"
                 )
         return Path(local_dir)
+
+
+class BestStore:
+    """Each phase's best weights in the run's store: `<phase>/step-<global step>/`, written and checked like
+    a checkpoint (a CheckpointStore per phase, pruned by what the kept checkpoints name)."""
+
+    def __init__(self, store: ArtifactStore, run: dict[str, Any] | None = None):
+        self.store = store
+        self.run = run
+
+    def _phase(self, phase: str) -> CheckpointStore:
+        return CheckpointStore(self.store.child(phase), None, self.run)
+
+    def save(self, phase: str, step: int, folder: Path) -> None:
+        """Upload `folder` (output_dir/best/<phase>/) as the phase's best at global step `step`."""
+        best = self._phase(phase)
+        best.begin(step)
+        best.complete(step, best.upload(step, folder))
+
+    def restore(self, phase: str, step: int, folder: Path) -> bool:
+        """Copy the phase's best of step `step` into `folder`, every file checked; False (and a log line
+        saying why) when the store does not hold it whole and unchanged."""
+        best = self._phase(phase)
+        where = f"{best.store.uri}/{step_name(step)}"
+        try:
+            if not best.is_complete(step):
+                raise InputError(f"{where} is missing or incomplete")
+            best.check_resumable(step)
+            unexpected = [rel for rel in best.manifest(step)["files"] if not rel.endswith(BEST_SUFFIXES)]
+            if unexpected:
+                raise InputError(
+                    f"{where} lists {unexpected[0]!r}, not a safetensors, json or tokenizer file"
+                )
+            shutil.rmtree(folder, ignore_errors=True)
+            best.download(step, folder)
+        except InputError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning(
+                "best weights of phase %s not restored (%s); its best starts over from the evaluations "
+                "after the checkpoint",
+                phase,
+                error,
+            )
+            return False
+        return True
+
+    def prune(self, checkpoints: CheckpointStore) -> None:
+        """Delete every best folder that no complete checkpoint's trainer.json names."""
+        named = set()
+        for step in checkpoints.complete_steps():
+            try:
+                state = json.loads(checkpoints.store.read_text(f"{step_name(step)}/trainer.json"))
+                named |= {(phase, int(record["step"])) for phase, record in state.get("best", {}).items()}
+            except (ValueError, TypeError, KeyError, AttributeError):
+                log.warning("%s: trainer.json is unreadable; keeping every best folder", step_name(step))
+                return
+        folders = {tuple(key.split("/")[:2]) for key in self.store.list("") if key.count("/") >= 2}
+        for phase, name in sorted(folders):
+            match = NAME.match(name)
+            if match and (phase, int(match.group(1))) not in named:
+                self.store.delete(f"{phase}/{name}")
 
 
 def trainable_state(objective) -> dict[str, torch.Tensor]:
@@ -306,6 +398,7 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
             "scheduler": trainer.scheduler.state_dict(),
             "final_loss": trainer.final_loss,
             "loss_parts": trainer.loss_parts,
+            "best": trainer.evaluator.best if trainer.evaluator else {},
         }
         (local / "trainer.json").write_text(json.dumps(state))
     acc.wait_for_everyone()
@@ -316,6 +409,8 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
     if acc.is_main_process:
         checkpoints.complete(step, files)
         log.info("checkpoint %s saved to %s", step_name(step), checkpoints.store.uri)
+        if trainer.evaluator and trainer.evaluator.stored:
+            trainer.evaluator.stored.prune(checkpoints)
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
     acc.wait_for_everyone()

@@ -9,9 +9,12 @@ The held-out records are the test.jsonl records of the phase's sources (every so
 up to eval_samples shared equally among them, encoded exactly like the training records. The loss is
 the mean cross-entropy per scored token (the teacher's answer), so phases with different KD settings are
 compared on one scale. Each phase keeps its best weights by that loss in output_dir/best/<phase>/ (the
-adapter or the full model, with best.json saying the step and the loss). The samples are greedy answers
-of the student to the first sample_count held-out prompts, decoded one token per forward pass through
-the same collation as training, so they work with every attention kernel and batching.
+adapter or the full model, with best.json saying the step and the loss). With checkpoints on (save_steps
+and store_uri), each best is also kept in the run's store and every checkpoint records the best so far,
+so a retried pod restores each phase's best folder and compares its later evaluations against it
+(`BestStore` in checkpoint.py). The samples are greedy answers of the student to the first sample_count
+held-out prompts, decoded one token per forward pass through the same collation as training, so they
+work with every attention kernel and batching.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from components.train.batching import collate
+from components.train.checkpoint import BestStore
 from components.train.data import IGNORE, Example
 
 log = logging.getLogger(__name__)
@@ -48,11 +52,22 @@ def split_prompt(example: Example) -> tuple[list[int], list[int]]:
 class PhaseEvaluator:
     """Scores the student on held-out records and keeps each phase's best weights."""
 
-    def __init__(self, config, tokenizer, heldout: dict[str, list[Example]], device: torch.device):
+    def __init__(
+        self,
+        config,
+        tokenizer,
+        heldout: dict[str, list[Example]],
+        device: torch.device,
+        main_process: bool = True,
+        stored: BestStore | None = None,
+    ):
+        """`main_process` writes output_dir (every rank scores); `stored` keeps the bests in the run's store."""
         self.config = config
         self.tokenizer = tokenizer
         self.heldout = heldout
         self.device = device
+        self.main_process = main_process
+        self.stored = stored
         self.best: dict[str, dict] = {}
 
     def _forward_logits(self, student, examples: list[Example]):
@@ -118,12 +133,48 @@ class PhaseEvaluator:
         best = self.best.get(phase.name)
         log.info("phase %s step %d: held-out loss %.4f", phase.name, phase_step, loss)
         if best is None or loss < best["loss"]:
-            folder = Path(self.config.output_dir) / "best" / phase.name
+            folder = self._folder(phase.name)
             save(folder)
             self.best[phase.name] = {"loss": loss, "step": global_step, "phase_step": phase_step}
-            if folder.is_dir():
+            if self.main_process:
                 (folder / "best.json").write_text(json.dumps(self.best[phase.name], indent=2))
+                # Only a checkpoint can name it for a retry to restore: without checkpoints, no upload.
+                if self.stored and self.config.save_steps:
+                    self.stored.save(phase.name, global_step, folder)
         return loss
+
+    def _folder(self, phase: str) -> Path:
+        return Path(self.config.output_dir) / "best" / phase
+
+    def resume(self, records: dict, phases: list[str]) -> None:
+        """Take up a checkpoint's best-so-far `records` (phase -> loss, step, phase_step), the main process
+        copying their weights from the store into output_dir/best/; a phase whose record or stored
+        weights are refused starts its best over."""
+        from accelerate.utils import gather_object
+
+        records = records if isinstance(records, dict) else {}
+        kept: list[str] = []
+        if self.main_process:
+            kept = [name for name in phases if name in records and self._restore(name, records[name])]
+        # Every rank decides alike whether an evaluation is a new best (saving one is collective).
+        kept = gather_object([kept])[0]
+        self.best = {name: records[name] for name in kept}
+
+    def _restore(self, phase: str, record) -> bool:
+        valid = (
+            isinstance(record, dict)
+            and isinstance(record.get("loss"), float)
+            and all(isinstance(record.get(key), int) for key in ("step", "phase_step"))
+        )
+        if not valid:
+            log.warning(
+                "best of phase %s not restored: the checkpoint's record %r is malformed", phase, record
+            )
+            return False
+        if self.stored is None or not self.stored.restore(phase, record["step"], self._folder(phase)):
+            return False
+        (self._folder(phase) / "best.json").write_text(json.dumps(record, indent=2))
+        return True
 
 
 def _cell(text: str) -> str:

@@ -41,7 +41,13 @@ from components.common.records import read_records
 from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
 from components.train.batching import Batch, collate
-from components.train.checkpoint import CheckpointStore, load_checkpoint, run_fingerprint, save_checkpoint
+from components.train.checkpoint import (
+    BestStore,
+    CheckpointStore,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from components.train.cross_tokenizer import AlignmentCounts
 from components.train.curriculum import PhasePlan, plan_phases, source_folder
 from components.train.data import Encoder, encode_records
@@ -109,9 +115,6 @@ class DistillTrainer:
             config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
         )
         self.sources, heldout = self._load_sources()
-        self.evaluator = (
-            PhaseEvaluator(config, self.tokenizer, heldout, self.device) if config.eval_steps else None
-        )
         self.teacher = None
         # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
         self.scorer: LocalScorer | HttpScorer | None = None
@@ -164,9 +167,20 @@ class DistillTrainer:
         store = (
             open_store(config.store_uri).child(f"runs/{config.run_id}/train") if config.store_uri else None
         )
+        run = run_fingerprint(config) if store else None
         self.checkpoints = (
-            CheckpointStore(store.child("checkpoints"), config.save_total_limit, run_fingerprint(config))
-            if store
+            CheckpointStore(store.child("checkpoints"), config.save_total_limit, run) if store else None
+        )
+        self.evaluator = (
+            PhaseEvaluator(
+                config,
+                self.tokenizer,
+                heldout,
+                self.device,
+                self.accelerator.is_main_process,
+                BestStore(store.child("best"), run) if store else None,
+            )
+            if config.eval_steps
             else None
         )
         self.tb_store = store.child("tensorboard") if store else None
@@ -346,6 +360,8 @@ class DistillTrainer:
         self.model, self.optimizer = acc.prepare(self.objective, self.optimizer)
         resume = self.checkpoints.latest() if self.checkpoints else None
         state = load_checkpoint(self, resume) if resume is not None else None
+        if state is not None and self.evaluator:
+            self.evaluator.resume(state.get("best", {}), [phase.name for phase in self.phases])
         trackers = None
         if acc.is_main_process:
             trackers = Trackers(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from components.common.config import from_dict, to_dict
 from components.common.records import Record, record_id, write_records
+from components.common.store import open_store
 from components.train import Config
 from components.train.stage import Result
 
@@ -86,9 +87,9 @@ def assert_adapter_trained(result: Result) -> None:
 
 def train_until_killed(config: Config, config_file: Path, step: int) -> None:
     """Run `python -m components.train` on `config` and SIGKILL it once checkpoint `step` is complete
-    in its store (the local `store_uri` folder), as a node loss would."""
+    in its store (a local folder or S3), as a node loss would."""
     config_file.write_text(yaml.safe_dump(to_dict(config)))
-    checkpoints = Path(config.store_uri) / "runs" / config.run_id / "train" / "checkpoints"
+    checkpoints = open_store(config.store_uri).child(f"runs/{config.run_id}/train/checkpoints")
     process = subprocess.Popen(
         [sys.executable, "-m", "components.train", "--config", str(config_file)],
         cwd=REPO,
@@ -97,7 +98,7 @@ def train_until_killed(config: Config, config_file: Path, step: int) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
-    while not (checkpoints / f"step-{step:08d}" / "COMPLETE").exists():
+    while not checkpoints.exists(f"step-{step:08d}/COMPLETE"):
         assert process.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
