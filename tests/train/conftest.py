@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -104,3 +105,34 @@ def train_until_killed(config: Config, config_file: Path, step: int) -> None:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+
+
+def assert_resume_reaches_the_same_weights(make_config, tmp_path: Path, **settings) -> None:
+    """Train `settings` for 8 steps twice, the second run killed at its checkpoint of step 2 and run
+    again: it must resume there and end with the uninterrupted run's adapter."""
+    from components.train.stage import run
+
+    def config(name: str) -> Config:
+        return make_config(
+            max_steps=8,
+            save_steps=2,
+            logging_steps=4,
+            batch_size=4,
+            seed=3,
+            **settings,
+            store_uri=str(tmp_path / f"store-{name}"),
+            output_dir=str(tmp_path / name),
+            tensorboard_dir=str(tmp_path / f"tb-{name}"),
+        )
+
+    reference = config("uninterrupted")
+    run(reference)
+    interrupted = config("killed")
+    train_until_killed(interrupted, tmp_path / "killed.yaml", step=2)
+    result = run(interrupted)
+    assert result.steps == 8 and result.resumed_from >= 2
+    got = load_file(f"{interrupted.output_dir}/adapter_model.safetensors")
+    want = load_file(f"{reference.output_dir}/adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)

@@ -18,6 +18,7 @@ from components.train.losses import token_losses
 from components.train.sparse_kd import answer_text, scored_targets, scored_tokens
 from components.train.stage import run
 from components.train.teacher_scoring import LocalScorer
+from tests.train.conftest import assert_resume_reaches_the_same_weights
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +218,13 @@ def test_local_teacher_with_another_tokenizer_distills_instead_of_being_refused(
     result = run(config)
     assert result.loss_parts["kd"] > 0 and math.isfinite(result.loss_parts["kd"])
     assert result.kd_alignment["sorted_positions"] > 0 and result.kd_alignment["unaligned_records"] == 0
+
+
+def test_kill_9_then_resume_with_another_tokenizers_teacher_reaches_the_same_weights(
+    make_config, merged_teacher_dir, tmp_path
+):
+    kd = {"kind": "logits", "teacher_dir": str(merged_teacher_dir), "top_k": 8}
+    assert_resume_reaches_the_same_weights(make_config, tmp_path, kd=kd)
 
 
 def test_intermediate_terms_with_another_tokenizer_are_refused_before_training(

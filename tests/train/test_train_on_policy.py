@@ -21,7 +21,7 @@ from components.train.losses import Divergence
 from components.train.objective import DistillObjective, teacher_outputs
 from components.train.on_policy import ce_targets, draw, with_samples
 from components.train.stage import run
-from tests.train.conftest import train_until_killed
+from tests.train.conftest import assert_resume_reaches_the_same_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,33 +162,8 @@ def test_on_policy_kd_trains_with_a_teacher_of_either_tokenizer(
 def test_kill_9_then_resume_draws_the_same_samples_and_reaches_the_same_weights(
     make_config, tiny_teacher_dir, tmp_path
 ):
-    common = {
-        "max_steps": 8,
-        "save_steps": 2,
-        "logging_steps": 4,
-        "batch_size": 4,
-        "seed": 3,
-        "kd": {"kind": "on_policy", "teacher_dir": str(tiny_teacher_dir), "on_policy": {"max_new_tokens": 6}},
-    }
-
-    def config(name):
-        return make_config(
-            **common,
-            store_uri=str(tmp_path / f"store-{name}"),
-            output_dir=str(tmp_path / name),
-            tensorboard_dir=str(tmp_path / f"tb-{name}"),
-        )
-
-    reference = config("a")
-    run(reference)
-    interrupted = config("b")
-    train_until_killed(interrupted, tmp_path / "b.yaml", step=2)
-    result = run(interrupted)
-    assert result.steps == 8 and result.resumed_from >= 2
-    got = load_file(f"{interrupted.output_dir}/adapter_model.safetensors")
-    want = load_file(f"{reference.output_dir}/adapter_model.safetensors")
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+    kd = {"kind": "on_policy", "teacher_dir": str(tiny_teacher_dir), "on_policy": {"max_new_tokens": 6}}
+    assert_resume_reaches_the_same_weights(make_config, tmp_path, kd=kd)
 
 
 def test_each_curriculum_phase_can_set_its_own_on_policy_fraction(tiny_model_dir, reversal_data, tmp_path):

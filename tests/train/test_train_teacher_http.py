@@ -14,6 +14,7 @@ from components.common.records import read_records
 from components.train.stage import run
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from pipelines.loopback import ServerThread
+from tests.train.conftest import assert_resume_reaches_the_same_weights
 
 
 def vllm_app(model_dir, top_default: int = 5, broken: bool = False) -> web.Application:
@@ -116,3 +117,18 @@ def test_on_policy_kd_with_a_teacher_served_over_http(make_config, tiny_teacher_
         result = run(config)
     assert result.loss_parts["kd"] > 0 and math.isfinite(result.final_loss)
     assert result.kd_alignment["matched_positions"] > 0 and result.kd_alignment["unaligned_records"] == 0
+
+
+def test_kill_9_then_resume_with_the_http_teacher_reaches_the_same_weights(
+    make_config, tiny_teacher_dir, tmp_path
+):
+    with ServerThread(vllm_app(tiny_teacher_dir)) as server:
+        kd = {
+            "kind": "on_policy",
+            "teacher_dir": str(tiny_teacher_dir),
+            "teacher_url": server.url,
+            "teacher_model": "teacher",
+            "top_k": 8,
+            "on_policy": {"max_new_tokens": 6},
+        }
+        assert_resume_reaches_the_same_weights(make_config, tmp_path, kd=kd)
