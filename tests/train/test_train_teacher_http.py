@@ -9,8 +9,10 @@ import torch
 from aiohttp import web
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.common.errors import InputError
+from components.common.config import from_dict
+from components.common.errors import ConfigError, InputError
 from components.common.records import read_records
+from components.train import Config
 from components.train.stage import run
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from pipelines.loopback import ServerThread
@@ -132,3 +134,26 @@ def test_kill_9_then_resume_with_the_http_teacher_reaches_the_same_weights(
             "on_policy": {"max_new_tokens": 6},
         }
         assert_resume_reaches_the_same_weights(make_config, tmp_path, kd=kd)
+
+
+@pytest.mark.parametrize(
+    ("kd", "extra", "message"),
+    [
+        ({"teacher_url": "ftp://teacher:8000"}, {}, r"^kd.teacher_url: must start with http:// or https://"),
+        ({}, {"intermediate": {"hidden_weight": 1.0}}, r"^kd.teacher_url: intermediate-layer terms need"),
+    ],
+)
+def test_a_served_teacher_without_http_or_with_intermediate_terms_is_refused_at_load(
+    tiny_model_dir, reversal_data, tmp_path, kd, extra, message
+):
+    served = {"kind": "logits", "teacher_dir": str(tiny_model_dir), "teacher_url": "http://teacher:8000"}
+    fields = {
+        "student_dir": str(tiny_model_dir),
+        "data_dir": str(reversal_data),
+        "output_dir": str(tmp_path / "out"),
+        "tensorboard_dir": str(tmp_path / "tb"),
+        "kd": {**served, **kd},
+        **extra,
+    }
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Config, fields)
