@@ -103,20 +103,21 @@ def test_a_reply_without_usable_prompt_logprobs_is_an_error_naming_the_server(
             scorer.entries([record.prompt_messages], [record.answer])
 
 
+def served_on_policy_kd(teacher_dir, url: str) -> dict:
+    """On-policy KD scored by the teacher at `url`; `teacher_dir` gives its tokenizer."""
+    return {
+        "kind": "on_policy",
+        "teacher_dir": str(teacher_dir),
+        "teacher_url": url,
+        "teacher_model": "teacher",
+        "top_k": 8,
+        "on_policy": {"max_new_tokens": 6},
+    }
+
+
 def test_on_policy_kd_with_a_teacher_served_over_http(make_config, tiny_teacher_dir):
     with ServerThread(vllm_app(tiny_teacher_dir)) as server:
-        config = make_config(
-            max_steps=2,
-            kd={
-                "kind": "on_policy",
-                "teacher_dir": str(tiny_teacher_dir),
-                "teacher_url": server.url,
-                "teacher_model": "teacher",
-                "top_k": 8,
-                "on_policy": {"max_new_tokens": 6},
-            },
-        )
-        result = run(config)
+        result = run(make_config(max_steps=2, kd=served_on_policy_kd(tiny_teacher_dir, server.url)))
     assert result.loss_parts["kd"] > 0 and math.isfinite(result.final_loss)
     assert result.kd_alignment["matched_positions"] > 0 and result.kd_alignment["unaligned_records"] == 0
 
@@ -125,14 +126,7 @@ def test_kill_9_then_resume_with_the_http_teacher_reaches_the_same_weights(
     make_config, tiny_teacher_dir, tmp_path
 ):
     with ServerThread(vllm_app(tiny_teacher_dir)) as server:
-        kd = {
-            "kind": "on_policy",
-            "teacher_dir": str(tiny_teacher_dir),
-            "teacher_url": server.url,
-            "teacher_model": "teacher",
-            "top_k": 8,
-            "on_policy": {"max_new_tokens": 6},
-        }
+        kd = served_on_policy_kd(tiny_teacher_dir, server.url)
         assert_resume_reaches_the_same_weights(make_config, tmp_path, kd=kd)
 
 
