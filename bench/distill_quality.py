@@ -4,6 +4,11 @@ On CPU, in minutes (2 cores):
 
     python bench/distill_quality.py                 # the table
     python bench/distill_quality.py --smoke         # every method runs once on a few steps, numbers meaningless
+    python bench/distill_quality.py --warm-start 500 --steps 500 --seeds 6 --methods sft,kd,topk,onpolicy
+
+The last form starts every method from the same student, SFT'd for the first 500 steps, as on-policy
+distillation is used in practice (GKD starts from a fine-tuned student): from random initialisation,
+half of each on-policy batch is at first the student's noise.
 
 The comparison means something only once the teacher is competent: its held-out exact match is printed
 first, with a warning below COMPETENT; raise --teacher-steps until it passes.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import statistics
 import sys
@@ -239,8 +245,11 @@ def api_logprobs(
     return out
 
 
-def teacher_dataset(teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int) -> float:
-    """The teacher stage's output for the training prompts; returns how often the teacher was right."""
+def teacher_dataset(
+    teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int
+) -> tuple[float, float]:
+    """The teacher stage's output for the training prompts; returns how often the teacher was right and
+    the median probability it gave the tokens it wrote (near 1: its text says what its distribution does)."""
     model, tokenizer = load(teacher_dir)
     prompts = [p for p, _ in train_problems]
     said = answers(model, tokenizer, prompts, max_new_tokens)
@@ -250,7 +259,8 @@ def teacher_dataset(teacher_dir: Path, train_problems, folder: Path, max_new_tok
     ]
     write_records(folder / "train.jsonl", records)
     write_records(folder / "test.jsonl", [])
-    return sum(s == a for s, (_, a) in zip(said, train_problems, strict=True)) / len(train_problems)
+    right = sum(s == a for s, (_, a) in zip(said, train_problems, strict=True)) / len(train_problems)
+    return right, statistics.median(math.exp(e["logprob"]) for entries in logprobs for e in entries)
 
 
 def method_settings(method: str, teacher_dir: Path, on_policy_tokens: int) -> dict:
@@ -284,6 +294,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="students' learning rate")
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--warm-start",
+        type=int,
+        default=0,
+        help="first SFT each seed's student for this many steps; every method then continues from it",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.teacher_steps, args.seeds, args.train, args.held_out = 2, 4, 1, 64, 16
@@ -308,10 +324,11 @@ def main() -> None:
         )
         teacher_em = exact_match(teacher, held_out, answer_tokens)
         data = work / "teacher-data"
-        teacher_right = teacher_dataset(teacher, train_problems, data, answer_tokens, args.top_k)
+        teacher_right, certainty = teacher_dataset(teacher, train_problems, data, answer_tokens, args.top_k)
         print(
             f"teacher: {args.teacher_steps} steps, held-out exact match {teacher_em:.3f}, right on "
-            f"{teacher_right:.3f} of its training answers ({time.monotonic() - started:.0f} s)",
+            f"{teacher_right:.3f} of its training answers, median probability of its own answer tokens "
+            f"{certainty:.3f} ({time.monotonic() - started:.0f} s)",
             flush=True,
         )
         if teacher_em < COMPETENT and not args.smoke:
@@ -325,12 +342,16 @@ def main() -> None:
         every = max(1, args.steps // CURVE_POINTS)
         runs: dict[str, list[StudentRun]] = {m: [] for m in methods}
         for seed in range(args.seeds):
-            make_tiny_model(f"{student}&seed={seed}", work / f"student-init-{seed}")
-            make_tiny_model(f"{student}&seed={seed}&merges=100", work / f"student-merged-init-{seed}")
+            inits = {
+                "plain": work / f"student-init-{seed}",
+                "merged": work / f"student-merged-init-{seed}",
+            }
+            make_tiny_model(f"{student}&seed={seed}", inits["plain"])
+            make_tiny_model(f"{student}&seed={seed}&merges=100", inits["merged"])
+            if args.warm_start:
+                inits = warm_students(inits, methods, data, args, seed, held_out, answer_tokens)
             for method in methods:
-                init = work / (
-                    f"student-merged-init-{seed}" if method.startswith("xtok") else f"student-init-{seed}"
-                )
+                init = inits["merged" if method.startswith("xtok") else "plain"]
                 out = work / f"{method}-{seed}"
                 settings = method_settings(method, teacher, answer_tokens)
                 began = time.monotonic()
@@ -342,8 +363,9 @@ def main() -> None:
                 runs[method].append(done)
                 print(f"  seed {seed} {method:9} {done.describe()}", flush=True)
 
+    warm = f"after {args.warm_start} steps of SFT, " if args.warm_start else ""
     print(
-        f"\n{args.digits}-digit addition, {args.steps} student steps x batch 32, {args.seeds} seeds, "
+        f"\n{args.digits}-digit addition, {warm}{args.steps} student steps x batch 32, {args.seeds} seeds, "
         f"{len(held_out)} held-out problems; teacher exact match {teacher_em:.3f}"
     )
     means = report(runs)
@@ -352,6 +374,22 @@ def main() -> None:
     print(
         " ".join(f"{k}={means[k]:.3f}" if k in means else f"{k}=nan" for k in keys) + f" steps={args.steps}"
     )
+
+
+def warm_students(inits: dict[str, Path], methods, data: Path, args, seed: int, held_out, answer_tokens):
+    """Each student (plain or merged tokenizer) SFT'd for args.warm_start steps: where every method starts."""
+    wanted = {"merged" if m.startswith("xtok") else "plain" for m in methods}
+    warm = {}
+    for kind in sorted(wanted):
+        warm[kind] = train(
+            inits[kind], data, inits[kind].with_name(f"warm-{kind}-{seed}"), args.warm_start, args.lr, seed
+        )
+        score = exact_match(warm[kind], held_out, answer_tokens)
+        print(
+            f"  seed {seed} warm start ({kind} tokenizer): SFT {args.warm_start} steps, exact match {score:.3f}",
+            flush=True,
+        )
+    return warm
 
 
 @dataclass
