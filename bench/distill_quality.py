@@ -5,8 +5,9 @@ On CPU, in minutes (2 cores):
     python bench/distill_quality.py                 # the table
     python bench/distill_quality.py --smoke         # every method runs once on a few steps, numbers meaningless
     python bench/distill_quality.py --warm-start 500 --steps 500 --seeds 6 --methods sft,kd,topk,onpolicy
+    python bench/distill_quality.py --teacher-temperature 1.0    # the teacher's answers sampled, not greedy
 
-The last form starts every method from the same student, SFT'd for the first 500 steps, as on-policy
+The third form starts every method from the same student, SFT'd for the first 500 steps, as on-policy
 distillation is used in practice (GKD starts from a fine-tuned student): from random initialisation,
 half of each on-policy batch is at first the student's noise.
 
@@ -15,9 +16,9 @@ first, with a warning below COMPETENT; raise --teacher-steps until it passes.
 
 The task is addition of two numbers (`--digits` digits each), "Add: 47+85" -> "132". The bench first
 trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stage on gold answers) until it
-is competent, then writes the teacher dataset as the teacher stage would: the teacher's own greedy answers
-to the training prompts, with its top-k log-probabilities per answer token in the OpenAI logprobs format
-(extra["logprobs"]). A smaller student (random init) is then trained through the train stage with each
+is competent, then writes the teacher dataset as the teacher stage would: the teacher's own answers
+(greedy, or sampled at --teacher-temperature) to the training prompts, with its top-k log-probabilities
+per answer token in the OpenAI logprobs format (extra["logprobs"]). A smaller student (random init) is then trained through the train stage with each
 method, the same steps, batch, learning rate and seeds:
 
     sft        cross-entropy on the teacher's answers
@@ -172,8 +173,11 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 128) -> list[str]:
-    """Greedy answers, batched with left padding."""
+def answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, batch: int = 128
+) -> list[str]:
+    """Greedy answers (sampled ones at `temperature` > 0), batched with left padding."""
+    decoding = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = []
     for start in range(0, len(prompts), batch):
         rows = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch]]
@@ -187,7 +191,7 @@ def answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: in
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **(decoding if temperature > 0 else {"do_sample": False}),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -246,13 +250,15 @@ def api_logprobs(
 
 
 def teacher_dataset(
-    teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int
+    teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int, temperature: float
 ) -> tuple[float, float]:
-    """The teacher stage's output for the training prompts; returns how often the teacher was right and
-    the median probability it gave the tokens it wrote (near 1: its text says what its distribution does)."""
+    """The teacher stage's output for the training prompts, its answers greedy or sampled at `temperature`
+    as an API teacher's are; returns how often the teacher was right and the median probability it gave
+    the tokens it wrote (near 1: its text says what its distribution does)."""
     model, tokenizer = load(teacher_dir)
     prompts = [p for p, _ in train_problems]
-    said = answers(model, tokenizer, prompts, max_new_tokens)
+    torch.manual_seed(0)
+    said = answers(model, tokenizer, prompts, max_new_tokens, temperature)
     logprobs = api_logprobs(model, tokenizer, list(zip(prompts, said, strict=True)), k)
     records = [
         record(p, a, {"logprobs": entries}) for p, a, entries in zip(prompts, said, logprobs, strict=True)
@@ -293,6 +299,12 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-3, help="students' learning rate")
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--teacher-temperature",
+        type=float,
+        default=0.0,
+        help="sample the teacher's answers at this temperature (0: greedy), as an API teacher's often are",
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
         "--warm-start",
@@ -324,7 +336,9 @@ def main() -> None:
         )
         teacher_em = exact_match(teacher, held_out, answer_tokens)
         data = work / "teacher-data"
-        teacher_right, certainty = teacher_dataset(teacher, train_problems, data, answer_tokens, args.top_k)
+        teacher_right, certainty = teacher_dataset(
+            teacher, train_problems, data, answer_tokens, args.top_k, args.teacher_temperature
+        )
         print(
             f"teacher: {args.teacher_steps} steps, held-out exact match {teacher_em:.3f}, right on "
             f"{teacher_right:.3f} of its training answers, median probability of its own answer tokens "
