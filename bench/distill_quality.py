@@ -18,8 +18,8 @@ The task is addition of two numbers (`--digits` digits each), "Add: 47+85" -> "1
 trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stage on gold answers) until it
 is competent, then writes the teacher dataset as the teacher stage would: the teacher's own answers
 (greedy, or sampled at --teacher-temperature) to the training prompts, with its top-k log-probabilities
-per answer token in the OpenAI logprobs format (extra["logprobs"]). A smaller student (random init) is then trained through the train stage with each
-method, the same steps, batch, learning rate and seeds:
+per answer token in the OpenAI logprobs format (extra["logprobs"]). A smaller student (random init) is
+then trained through the train stage with each method, the same steps, batch, learning rate and seeds:
 
     sft        cross-entropy on the teacher's answers
     kd         0.5 CE + 0.5 forward KL against the local teacher's full distribution (kd.kind logits)
