@@ -73,6 +73,8 @@ LEARNED = 0.5
 # Held-out exact match is scored this many times along each student's training.
 CURVE_POINTS = 20
 METHODS = ["sft", "kd", "topk", "onpolicy", "xtok_sft", "xtok"]
+# The students' tokenizers, as tiny:// options: the teacher's, or one that merges digit pairs ("57").
+STUDENT_TOKENIZERS = {"plain": "", "merged": "&merges=100"}
 
 
 def problems(count: int, digits: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, str]]:
@@ -356,16 +358,14 @@ def main() -> None:
         every = max(1, args.steps // CURVE_POINTS)
         runs: dict[str, list[StudentRun]] = {m: [] for m in methods}
         for seed in range(args.seeds):
-            inits = {
-                "plain": work / f"student-init-{seed}",
-                "merged": work / f"student-merged-init-{seed}",
-            }
-            make_tiny_model(f"{student}&seed={seed}", inits["plain"])
-            make_tiny_model(f"{student}&seed={seed}&merges=100", inits["merged"])
+            inits = {}
+            for kind in sorted({student_tokenizer(m) for m in methods}):
+                inits[kind] = work / f"student-{kind}-init-{seed}"
+                make_tiny_model(f"{student}&seed={seed}{STUDENT_TOKENIZERS[kind]}", inits[kind])
             if args.warm_start:
-                inits = warm_students(inits, methods, data, args, seed, held_out, answer_tokens)
+                inits = warm_students(inits, data, args, seed, held_out, answer_tokens)
             for method in methods:
-                init = inits["merged" if method.startswith("xtok") else "plain"]
+                init = inits[student_tokenizer(method)]
                 out = work / f"{method}-{seed}"
                 settings = method_settings(method, teacher, answer_tokens)
                 began = time.monotonic()
@@ -390,11 +390,15 @@ def main() -> None:
     )
 
 
-def warm_students(inits: dict[str, Path], methods, data: Path, args, seed: int, held_out, answer_tokens):
+def student_tokenizer(method: str) -> str:
+    """Which of STUDENT_TOKENIZERS the method's student has."""
+    return "merged" if method.startswith("xtok") else "plain"
+
+
+def warm_students(inits: dict[str, Path], data: Path, args, seed: int, held_out, answer_tokens):
     """Each student (plain or merged tokenizer) SFT'd for args.warm_start steps: where every method starts."""
-    wanted = {"merged" if m.startswith("xtok") else "plain" for m in methods}
     warm = {}
-    for kind in sorted(wanted):
+    for kind in inits:
         warm[kind] = train(
             inits[kind], data, inits[kind].with_name(f"warm-{kind}-{seed}"), args.warm_start, args.lr, seed
         )
