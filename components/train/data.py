@@ -42,6 +42,12 @@ class Example:
         return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
+def split_prompt(example: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of an encoded record: the answer starts at its first scored token."""
+    start = next((i for i, label in enumerate(example.labels) if label != IGNORE), len(example.labels))
+    return example.input_ids[:start], [label for label in example.labels[start:] if label != IGNORE]
+
+
 def render_ids(tokenizer, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> list[int]:
     out = tokenizer.apply_chat_template(
         list(messages), tokenize=True, add_generation_prompt=add_generation_prompt

@@ -19,19 +19,13 @@ from collections.abc import Sequence
 
 import torch
 
-from components.train.data import IGNORE, Example
+from components.train.data import IGNORE, Example, split_prompt
 from components.train.modeling import padded_attention
 
 
 def draw(seed: int, step: int, micro: int, rank: int) -> random.Random:
     """The random source of one micro-batch's picks and samples."""
     return random.Random(f"on-policy/{seed}/{step}/{micro}/{rank}")
-
-
-def prompt_ids(example: Example) -> list[int]:
-    """The tokens before the first scored one: the prompt, through the assistant turn's header."""
-    first = next(t for t, label in enumerate(example.labels) if label != IGNORE)
-    return example.input_ids[:first]
 
 
 def pick(count: int, fraction: float, rng: random.Random) -> list[int]:
@@ -88,7 +82,7 @@ def sample(
 
 def sampled_example(example: Example, continuation: list[int]) -> Example:
     """The example with the student's continuation in place of the teacher's answer, all of it scored."""
-    prompt = prompt_ids(example)
+    prompt, _ = split_prompt(example)
     return Example(
         input_ids=prompt + continuation,
         labels=[IGNORE] * len(prompt) + continuation,
@@ -115,7 +109,7 @@ def with_samples(
         return list(examples)
     continuations = sample(
         model,
-        [prompt_ids(examples[i]) for i in chosen],
+        [split_prompt(examples[i])[0] for i in chosen],
         pad_id=pad_id,
         eos_id=eos_id,
         temperature=temperature,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from components.train.batching import collate
 from components.train.checkpoint import BestStore
-from components.train.data import IGNORE, Example
+from components.train.data import IGNORE, Example, split_prompt
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ def phase_heldout(heldout: dict[str, list[Example]], sources: list[str], limit: 
         return []
     each = -(-limit // len(names))
     return [example for name in names for example in heldout[name][:each]][:limit]
-
-
-def split_prompt(example: Example) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) of an encoded record: the answer starts at its first scored token."""
-    start = next((i for i, label in enumerate(example.labels) if label != IGNORE), len(example.labels))
-    return example.input_ids[:start], [label for label in example.labels[start:] if label != IGNORE]
 
 
 class PhaseEvaluator:
