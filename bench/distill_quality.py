@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.common.config import from_dict  # noqa: E402
+from components.common.generation import left_padded  # noqa: E402
 from components.common.records import Record, record_id, write_records  # noqa: E402
 from components.download.tiny import make_tiny_model  # noqa: E402
 from components.train import Config  # noqa: E402
@@ -182,16 +183,12 @@ def answers(
     decoding = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = []
     for start in range(0, len(prompts), batch):
-        rows = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
+        padded = left_padded(
+            [prompt_ids(tokenizer, p) for p in prompts[start : start + batch]], tokenizer.pad_token_id
+        )
+        width = padded["input_ids"].shape[1]
         generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            **padded,
             max_new_tokens=max_new_tokens,
             **(decoding if temperature > 0 else {"do_sample": False}),
             pad_token_id=tokenizer.pad_token_id,

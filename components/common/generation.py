@@ -35,3 +35,17 @@ def load_for_generation(weights: str | Path, tokenizer_folder: str | Path, **kwa
         weights, trust_remote_code=allows_remote_code(weights), **kwargs
     )
     return model, tokenizer
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> dict:
+    """`input_ids` and `attention_mask` tensors of token rows padded on the left to one width, so that
+    in a batch every prompt ends where generation starts."""
+    import torch
+
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention[i, width - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError, InputError
-from components.common.generation import load_for_generation, quantization_config
+from components.common.generation import left_padded, load_for_generation, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,6 @@ def fit_prompts(prompt_ids: list[list[int]], context: int | None, max_new_tokens
             max_new_tokens,
         )
     return [ids[-limit:] for ids in prompt_ids]
-
-
-def left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad_id)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids)
-        attention[i, width - len(ids) :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention}
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from components.common.generation import left_padded
 from components.train.data import IGNORE, Example, split_prompt
 from components.train.modeling import padded_attention
 
@@ -49,12 +50,8 @@ def sample(
     `model` is left in the mode it came in (training mode again if it was: dropout off while sampling).
     """
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
+    batch = left_padded(list(prompts), pad_id)
+    width = batch["input_ids"].shape[1]
     training = model.training
     model.eval()
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
@@ -63,8 +60,8 @@ def sample(
         with torch.random.fork_rng(devices=devices), padded_attention(model):
             torch.manual_seed(seed)
             out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
