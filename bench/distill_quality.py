@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from components.common.config import from_dict  # noqa: E402
 from components.common.generation import left_padded  # noqa: E402
 from components.common.records import Record, record_id, write_records  # noqa: E402
-from components.download.tiny import make_tiny_model  # noqa: E402
+from components.common.tiny_model import make_tiny_model  # noqa: E402
 from components.train import Config  # noqa: E402
 from components.train.modeling import padded_attention  # noqa: E402
 from components.train.stage import run  # noqa: E402

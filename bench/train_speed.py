@@ -22,7 +22,7 @@ import torch
 
 from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
-from components.download.tiny import make_tiny_model
+from components.common.tiny_model import make_tiny_model
 from components.train import Config
 from components.train.batching import BatchStream, collate
 from components.train.data import Encoder, encode_records

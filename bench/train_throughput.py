@@ -189,7 +189,7 @@ def make_data(folder: Path, plan: Plan, count: int, seed: int, batch: int, fixed
     The tokenizer is byte-level, so one character is one token; `fixed` > 0 makes every sample exactly
     that many tokens long with kd_answer of them scored."""
     from components.common.records import Record, record_id, write_records
-    from components.download.tiny import build_tokenizer
+    from components.common.tiny_model import build_tokenizer
     from components.train.batching import BatchStream
     from components.train.data import Encoder
 
@@ -283,7 +283,7 @@ def job_models(job: dict) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from components.download.tiny import build_tokenizer
+    from components.common.tiny_model import build_tokenizer
 
     tokenizer = build_tokenizer()
     for name, shape in job["shapes"].items():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.download.tiny import make_tiny_model
+from components.common.tiny_model import make_tiny_model
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from components.common.remote_code import check_pinned
 class Config:
     """Where the model comes from and where it goes.
 
-    source: see its help (the forms are parsed in components/download/sources.py).
+    source: see its help (the forms are parsed in components/common/model_sources.py).
     output_dir: the folder that receives the model (the KFP Model artifact's path).
     store_uri: artifact store holding the download cache (local folder or s3://); empty disables caching.
     revision: branch, tag or commit for hub sources; overrides an @revision in `source`.
@@ -49,7 +49,7 @@ class Config:
             raise ConfigError("output_dir: empty; give the folder that receives the model")
         if self.trust_remote_code:
             from components.common.errors import InputError
-            from components.download.sources import parse_source
+            from components.common.model_sources import parse_source
 
             try:
                 source = parse_source(self.source, self.revision)

@@ -56,20 +56,16 @@ def train_student(
     import functools
     import tempfile
 
-    from components.common.entry import run_stage
-    from components.download import Config as DownloadConfig
-    from components.download.stage import run as download
+    from components.common.entry import one_line_errors, run_stage
+    from components.common.model_download import fetch_model
     from components.train import Config
     from components.train.stage import run
 
     kd_fields = {"kind": kd}
     if kd_teacher_source:
         kd_fields["teacher_dir"] = tempfile.mkdtemp(prefix="kd-teacher-")
-        run_stage(
-            download,
-            DownloadConfig,
-            dict(source=kd_teacher_source, output_dir=kd_fields["teacher_dir"], store_uri=store_uri),
-        )
+        with one_line_errors():
+            fetch_model(kd_teacher_source, kd_fields["teacher_dir"], store_uri)
     fields = dict(
         student_dir=student.path,
         data_dir=data.path,

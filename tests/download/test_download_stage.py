@@ -9,10 +9,11 @@ import time
 import pytest
 
 from components.common.errors import ConfigError, InputError
+from components.common.model_download import COMPLETE_MARKER, cache_prefix
+from components.common.model_sources import parse_source
 from components.common.store import open_store
 from components.download import Config
-from components.download.sources import parse_source
-from components.download.stage import COMPLETE_MARKER, cache_prefix, run
+from components.download.stage import run
 from tests.download.conftest import FakeHub, repo_files
 
 TINY = "tiny://qwen2?warmup_steps=0&hidden=64&intermediate=128&layers=1"
@@ -175,7 +176,7 @@ def test_a_cached_copy_missing_a_file_is_fetched_again(tmp_path):
 def test_two_runs_saving_the_same_model_at_once_leave_one_whole_copy(tiny_model_dir, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from components.download.stage import save_to_cache
+    from components.common.model_download import save_to_cache
 
     store = open_store(str(tmp_path / "store"))
     prefix = cache_prefix(parse_source(TINY))
@@ -218,7 +219,7 @@ def test_no_python_file_from_a_source_reaches_the_model_folder(s3_endpoint, tiny
 def test_a_hub_download_is_one_commit_of_model_files_without_code(tmp_path):
     from fnmatch import fnmatch
 
-    from components.download.sources import hf_snapshot_arguments
+    from components.common.model_sources import hf_snapshot_arguments
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     arguments = hf_snapshot_arguments("Qwen/Qwen2.5-0.5B", commit, tmp_path, None)

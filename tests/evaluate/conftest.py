@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.config import from_dict
 from components.common.records import Record, record_id, write_records
-from components.download.tiny import encode_example
+from components.common.tiny_model import encode_example
 from components.evaluate import Config
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from components.download.tiny import make_tiny_model
+from components.common.tiny_model import make_tiny_model
 from components.evaluate import Config
 from components.evaluate.generate import answer_perplexity, generate, load_model
 

@@ -12,7 +12,7 @@ import yaml
 
 from components.common.images import STAGE_PACKAGES, STAGES
 from components.common.records import Record, record_id, write_records
-from components.download.tiny import make_tiny_model
+from components.common.tiny_model import make_tiny_model
 from pipelines.demo_teacher import start_teacher_server
 
 pytestmark = pytest.mark.images

@@ -20,9 +20,8 @@ import yaml
 from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
+from components.common.model_download import fetch_model
 from components.common.store import open_store
-from components.download import Config as DownloadConfig
-from components.download.stage import run as download
 from components.train.multinode import (
     TrainJobSpec,
     build_trainjob,
@@ -294,9 +293,7 @@ def test_the_node_pods_get_the_kd_teacher_from_the_store_not_the_train_pods_fold
     fake, api_client, s3 = store_cluster
     open_store("s3://distill/teachers/big").upload_dir(tiny_model_dir, "")
     kfp_copy = tmp_path / "kd-teacher"  # what the component downloads in the train pod
-    download(
-        DownloadConfig(source="s3://distill/teachers/big", output_dir=str(kfp_copy), store_uri="s3://distill")
-    )
+    fetch_model("s3://distill/teachers/big", str(kfp_copy), "s3://distill")
     for item in s3.list_objects_v2(Bucket="distill", Prefix="teachers/big/")["Contents"]:
         s3.delete_object(Bucket="distill", Key=item["Key"])  # the pods can only use the store's cache now
     fields = {"kd": {"kind": "logits", "teacher_dir": str(kfp_copy)}}

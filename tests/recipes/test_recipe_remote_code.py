@@ -12,9 +12,9 @@ import torch
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError
+from components.common.model_sources import hf_snapshot_arguments
 from components.common.remote_code import allows_remote_code, write_marker
 from components.download import Config as DownloadConfig
-from components.download.sources import hf_snapshot_arguments
 from components.evaluate.generate import load_model
 from pipelines.submit import main
 from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)

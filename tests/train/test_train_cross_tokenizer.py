@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.errors import InputError
 from components.common.records import read_records, write_records
-from components.download.tiny import make_tiny_model
+from components.common.tiny_model import make_tiny_model
 from components.train.cross_tokenizer import align, token_bytes
 from components.train.data import Encoder
 from components.train.losses import token_losses

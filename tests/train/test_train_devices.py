@@ -202,7 +202,7 @@ def test_gpu_kd_with_an_8bit_teacher(make_config, tiny_model_dir, tmp_path):
 def test_gpu_on_policy_kd_samples_scores_and_trains_on_cuda(
     make_config, tiny_model_dir, tmp_path, teacher_tokenizer
 ):
-    from components.download.tiny import make_tiny_model
+    from components.common.tiny_model import make_tiny_model
 
     student = qwen25_shaped(tmp_path / "student", "0.5B", tiny_model_dir)
     tokenizer_dir = tiny_model_dir

@@ -137,7 +137,7 @@ def test_on_policy_kd_trains_with_a_teacher_of_either_tokenizer(
     if teacher == "same":
         teacher_dir = tiny_teacher_dir
     else:
-        from components.download.tiny import make_tiny_model
+        from components.common.tiny_model import make_tiny_model
 
         teacher_dir = tmp_path_factory.mktemp("merged-teacher")
         make_tiny_model("tiny://qwen2?warmup_steps=0&merges=776&seed=2", teacher_dir)

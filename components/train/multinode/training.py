@@ -140,7 +140,7 @@ def run_as_job(
     (`kd_teacher_source`) reaches the pods through the store's download cache, which this pod filled:
     the folder config.kd.teacher_dir names exists in this pod only.
     """
-    from components.download.sources import parse_source
+    from components.common.model_sources import parse_source
     from components.train.stage import Result
 
     if config.kd.teacher_dir and not (kd_teacher_source and parse_source(kd_teacher_source).cacheable):
@@ -208,8 +208,7 @@ def worker_main(environ: dict[str, str] | None = None) -> int:
     """Entry point of every job pod: fetch inputs, train this node's share, node 0 uploads."""
     import yaml
 
-    from components.download import Config as DownloadConfig
-    from components.download.stage import run as download
+    from components.common.model_download import fetch_model
 
     environ = dict(os.environ if environ is None else environ)
     payload = json.loads(environ[JOB_ENV])
@@ -220,7 +219,7 @@ def worker_main(environ: dict[str, str] | None = None) -> int:
         open_store(uri).download_dir("", workdir / name)
     for name, spec in payload.get("downloads", {}).items():
         folder = workdir / name.replace(".", "_")
-        download(DownloadConfig(source=spec["source"], output_dir=str(folder), store_uri=spec["store_uri"]))
+        fetch_model(spec["source"], str(folder), spec["store_uri"])
         set_dotted(fields, name, str(folder))
     for name in payload["outputs"]:
         fields[name] = str(workdir / name)

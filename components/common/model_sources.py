@@ -4,7 +4,7 @@ hf://Qwen/Qwen2.5-0.5B-Instruct[@revision]   Hugging Face Hub (huggingface_hub.s
 modelscope://qwen/Qwen2.5-0.5B-Instruct      ModelScope (extra `modelscope`, imported only when used)
 s3://bucket/prefix                           any S3 API (boto3)
 /path/to/model or ./model                    a local folder
-tiny://qwen2?layers=2&hidden=128             a tiny model made on the spot (see tiny.py)
+tiny://qwen2?layers=2&hidden=128             a tiny model made on the spot (see tiny_model.py)
 
 No source brings code: Python files are never fetched from a hub (and removed from every fetched folder,
 see stage.py), and models are loaded without trust_remote_code, unless a run opts in with
@@ -79,7 +79,7 @@ def fetch(source: Source, destination: Path, token_env: str, code: bool = False)
         open_store(f"s3://{source.location}").download_dir("", destination)
         return {}
     if source.scheme == "tiny":
-        from components.download.tiny import make_tiny_model
+        from components.common.tiny_model import make_tiny_model
 
         return make_tiny_model(source.location, destination)
     return _copy_local(Path(source.location), destination)
