@@ -30,6 +30,7 @@ import openai
 from components.common.errors import InputError
 from components.common.secrets import optional_env, require_env
 from components.teacher.config import ProviderConfig
+from components.teacher.limits import valid_count
 
 log = logging.getLogger(__name__)
 # httpx2 (under openai) logs every request URL at INFO; the stage reports its own progress instead.
@@ -51,6 +52,7 @@ class Answer:
     choices: list[Choice]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_reported: bool = True  # False: the reply's usage was missing or invalid (the counts are 0)
 
 
 @dataclass
@@ -295,8 +297,19 @@ def parse_completion(response: dict[str, Any]) -> Answer:
                 for t in content_logprobs
             ]
         choices.append(Choice(message.get("content") or "", reasoning, choice.get("finish_reason"), logprobs))
-    usage = response.get("usage") or {}
-    return Answer(choices, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    counts = reported_usage(response.get("usage"))
+    if counts is None:
+        return Answer(choices, 0, 0, usage_reported=False)
+    return Answer(choices, *counts)
+
+
+def reported_usage(usage: Any) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) of a reply's `usage`, or None when either is missing or is no
+    token count (negative, NaN, a string): the request is then paid at its worst case (Budget.settle)."""
+    if not isinstance(usage, dict):
+        return None
+    counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    return counts if all(valid_count(c) for c in counts) else None
 
 
 def backoff(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:

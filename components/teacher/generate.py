@@ -203,10 +203,8 @@ class Generator:
             await self.spend.record(self.budget)
             outcome = await client.ask(messages)
         finally:
-            usage = (
-                (outcome.prompt_tokens, outcome.completion_tokens) if isinstance(outcome, Answer) else (0, 0)
-            )
-            cost = self.budget.settle(worst, *usage, prices)
+            prompt_tokens, completion_tokens, reported = settled_usage(outcome)
+            cost = self.budget.settle(worst, prompt_tokens, completion_tokens, prices, reported)
         return outcome, cost
 
     async def finish(self, job: Job, entry: dict[str, Any], new_answer: bool) -> None:
@@ -426,6 +424,15 @@ class Generator:
         self.raise_if_interrupted()
         await asyncio.to_thread(self.journal.compact)
         return self.tally
+
+
+def settled_usage(outcome: Answer | Retry | Failure | None) -> tuple[int, int, bool]:
+    """(prompt tokens, completion tokens, reported) a request is settled at: an answer's usage, or
+    unreported when the provider gave none; nothing for an error. A request cut off in flight
+    (`outcome` None) is unreported: it may have been billed in full."""
+    if isinstance(outcome, Answer):
+        return outcome.prompt_tokens, outcome.completion_tokens, outcome.usage_reported
+    return 0, 0, outcome is not None
 
 
 def _estimate_tokens(messages: list[dict[str, str]]) -> int:

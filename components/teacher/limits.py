@@ -117,11 +117,23 @@ class Budget:
         return True
 
     def settle(
-        self, worst_cost: float, prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]
+        self,
+        worst_cost: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prices: tuple[float, float],
+        reported: bool = True,
     ) -> float:
         """A reserved request came back (with an answer or not): its real cost replaces its worst case.
-        Returns that cost; an attempt without usage (an error, a timeout) costs nothing."""
-        cost = token_cost(prompt_tokens, completion_tokens, prices)
+        Returns that cost; an attempt without an answer (an error, a timeout) costs nothing. An answer
+        whose usage the provider did not report, or reported as no count can be (`reported` False, or
+        counts that are not whole numbers >= 0), costs its worst case: a missing, negative or NaN usage
+        must not refund the budget."""
+        if not (reported and valid_count(prompt_tokens) and valid_count(completion_tokens)):
+            prompt_tokens, completion_tokens = 0, 0
+            cost = worst_cost
+        else:
+            cost = token_cost(prompt_tokens, completion_tokens, prices)
         if cost > worst_cost * (1 + 1e-9) and not self.overshot:
             self.overshot = True
             log.warning(
@@ -147,6 +159,15 @@ class Budget:
     def _wake(self) -> None:
         self._settled.set()
         self._settled = asyncio.Event()
+
+
+# Token counts beyond this are no provider's real usage, and would overflow a float cost.
+MAX_TOKEN_COUNT = 2**53
+
+
+def valid_count(value: object) -> bool:
+    """A token count as a provider may report it: a whole number (not a bool) in [0, MAX_TOKEN_COUNT]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
 
 
 def token_cost(prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -35,6 +36,8 @@ class Faults:
     retry_after_s: the Retry-After sent with a 429 (also as retry-after-ms, as OpenAI does).
     slow_s: how long a "slow" response takes (set it beyond the client's timeout).
     stall_after: after this many requests, hold every further one until `release()` is called.
+    usage: the usage every answer reports, made from the real one (None: no usage at all), as a
+        provider that reports none, or a negative or NaN count, does.
     """
 
     schedule: dict[str, list[str]] = field(default_factory=dict)
@@ -43,6 +46,7 @@ class Faults:
     retry_after_s: float = 1.0
     slow_s: float = 30.0
     stall_after: int | None = None
+    usage: Callable[[dict], dict | None] | None = None
 
     def __post_init__(self) -> None:
         for prompt, kinds in self.schedule.items():
@@ -73,6 +77,12 @@ class FaultyTeacher(DemoTeacher):
             finally:
                 self.held -= 1  # released, or cancelled because the client went away
         await super().take_up(request, prompt)
+
+    def completion(self, body: dict, content: str, reasoning: str, finish: str) -> dict:
+        completion = super().completion(body, content, reasoning, finish)
+        if self.faults.usage is not None:
+            completion["usage"] = self.faults.usage(completion["usage"])
+        return completion
 
     def fault_for(self, prompt: str, attempt: int) -> str | None:
         scheduled = self.faults.schedule.get(prompt)
