@@ -30,6 +30,7 @@ submitted it stays counted at its worst case, as any request in flight of a kill
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -71,21 +72,58 @@ class BatchRecord:
 
 def request_line(key: str, body: dict[str, Any]) -> bytes:
     """One line of a batch input file: the chat completion request for prompt `key`."""
-    line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
+    line = {"custom_id": custom_id(key, body), "method": "POST", "url": ENDPOINT, "body": body}
     return (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def custom_id(key: str, body: dict[str, Any]) -> str:
+    """The prompt's key and a digest of the request sent for it: an output line is taken as the answer
+    to a job only when both match what this stage would send for that job's stored prompt."""
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return f"{key}-{hashlib.sha256(canonical.encode('utf-8')).hexdigest()[:16]}"
+
+
+def parse_line(text: str) -> dict[str, Any] | None:
+    """An output or error file's line as a JSON object, or None for anything else (bad JSON, an array)."""
+    try:
+        line = json.loads(text)
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
 
 
 def split_reply(line: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """(the chat.completion body, "") for an answered line of an output or error file, else (None,
     cause): the HTTP status the provider gave the request, or its error code."""
-    response = line.get("response") or {}
-    error = line.get("error") or {}
+    response = line.get("response")
+    response = response if isinstance(response, dict) else {}
+    error = line.get("error")
     status = response.get("status_code")
     if status == 200 and not error and isinstance(response.get("body"), dict):
         return response["body"], ""
     if error:
-        return None, f"batch {error.get('code') or 'error'}"
-    return None, f"batch {status}"
+        code = error.get("code") if isinstance(error, dict) else None
+        return None, f"batch {code if isinstance(code, str) and code else 'error'}"
+    return None, f"batch {status if isinstance(status, int) else 'malformed'}"
+
+
+@dataclass
+class Unanswered:
+    """Why a job of a batch got no answer, and whether it may have been billed all the same (a line
+    that came back paid but unreadable): those are settled at their worst case."""
+
+    cause: str
+    maybe_paid: bool = False
+
+
+@dataclass
+class Replies:
+    """What one batch's output and error files said: the keys answered, why the others were not, and
+    how many lines were refused (not JSON objects, or a custom_id not matching its request)."""
+
+    answered: set[str] = field(default_factory=set)
+    unanswered: dict[str, Unanswered] = field(default_factory=dict)
+    refused: int = 0
 
 
 class BatchRunner:
@@ -291,19 +329,22 @@ class BatchRunner:
             if entry["key"] in pending
         }
         own = record.invocation == self.invocation
-        seen: set[str] = set()
+        replies = Replies()
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                await self.read_replies(file_id, jobs, record, own, seen)
+                await self.read_replies(file_id, jobs, record, own, replies)
+        # Refused lines may have answered (and billed) any job that no line names.
+        default = Unanswered(f"batch {batch.status}", maybe_paid=replies.refused > 0)
         for key, job in jobs.items():
-            if key in seen:
+            if key in replies.answered:
                 continue
-            job.failure = f"batch {batch.status}"
-            seen.add(key)
-            if own:  # never answered: a batch bills only what it answered
-                generator.budget.settle(record.worst_costs.get(key, 0.0), 0, 0, self.prices)
-        unanswered = [job for job in jobs.values() if job.failure]
-        leftovers.extend(unanswered)
+            why = replies.unanswered.get(key, default)
+            job.failure = why.cause
+            if own:  # a batch bills only what it answered
+                worst = record.worst_costs.get(key, 0.0)
+                job.cost += generator.budget.settle(worst, 0, 0, self.prices, reported=not why.maybe_paid)
+        left = [job for job in jobs.values() if job.failure]
+        leftovers.extend(left)
         await asyncio.to_thread(generator.journal.flush)
         record.state = "collected"
         await asyncio.to_thread(self.save, record)
@@ -311,8 +352,8 @@ class BatchRunner:
             "batch %s %s: %d answered, %d left for on_failure=%s",
             record.batch_id,
             batch.status,
-            len(jobs) - len(unanswered),
-            len(unanswered),
+            len(jobs) - len(left),
+            len(left),
             self.settings.on_failure,
         )
 
@@ -331,38 +372,87 @@ class BatchRunner:
             interval = min(self.settings.poll_max_s, interval * 1.5)
 
     async def read_replies(
-        self, file_id: str, jobs: dict[str, Job], record: BatchRecord, own: bool, seen: set[str]
+        self,
+        file_id: str,
+        jobs: dict[str, Job],
+        record: BatchRecord,
+        own: bool,
+        replies: Replies,
     ) -> None:
-        """Each line of an output or error file through the answer path (Generator.answered), or, for an
-        item not answered, its cause in the job's `failure`. The keys read go to `seen`."""
+        """Each line of an output or error file: an answer goes through the answer path
+        (Generator.answered) and its key to `replies.answered`; a line without one notes why,
+        unless an answer for that key comes too (a successful line wins over an error line, in either
+        order). A line that is not a JSON object, or whose custom_id does not match the request sent
+        for its key, is counted and answers nothing."""
         generator = self.generator
+        expected = {
+            custom_id(key, self.teacher.request_body(job.prompt.messages)): job for key, job in jobs.items()
+        }
         async with self.client.files.with_streaming_response.content(file_id) as response:
             async for text in response.iter_lines():
                 if not text.strip():
                     continue
-                line = json.loads(text)
-                job = jobs.get(line.get("custom_id"))
-                if job is None or job.key in seen:
-                    continue  # not a prompt still pending here, or a second line for one
-                seen.add(job.key)
+                line = parse_line(text)
+                if line is None:
+                    replies.refused += 1
+                    log.warning(
+                        "batch %s: a line of file %s is not a JSON object; skipped", record.batch_id, file_id
+                    )
+                    continue
+                job = self.match(line, expected, jobs, record, replies)
+                if job is None or job.key in replies.answered:
+                    continue  # not a prompt still pending here, or a second answer for one
                 body, cause = split_reply(line)
                 answer = None
                 if body is not None:
                     try:
                         answer = parse_completion(body)
-                    except (KeyError, TypeError, AttributeError):
-                        cause = "batch malformed"
-                usage = (answer.prompt_tokens, answer.completion_tokens) if answer else (0, 0)
+                    except (KeyError, TypeError, AttributeError, ValueError):
+                        replies.unanswered[job.key] = Unanswered("batch malformed", maybe_paid=True)
+                        continue
+                if answer is None:
+                    replies.unanswered.setdefault(job.key, Unanswered(cause))
+                    continue
+                replies.answered.add(job.key)
+                job.failure = ""
                 if own:
                     job.cost += generator.budget.settle(
-                        record.worst_costs.get(job.key, 0.0), *usage, self.prices
+                        record.worst_costs.get(job.key, 0.0),
+                        answer.prompt_tokens,
+                        answer.completion_tokens,
+                        self.prices,
+                        answer.usage_reported,
                     )
-                if answer is None:
-                    job.failure = cause
-                    continue
                 job.requests += 1
                 if await generator.answered(job, answer) is not None:
                     job.failure = "answer retried by on_empty/on_length"
+
+    def match(
+        self,
+        line: dict[str, Any],
+        expected: dict[str, Job],
+        jobs: dict[str, Job],
+        record: BatchRecord,
+        replies: Replies,
+    ) -> Job | None:
+        """The job a line answers: its custom_id must be the one sent for that job's request. A line
+        naming a pending key with another request's digest (a swapped or forged custom_id) is refused,
+        and that job left to on_failure."""
+        named = line.get("custom_id")
+        if not isinstance(named, str):
+            return None
+        job = expected.get(named)
+        key = named.partition("-")[0]
+        if job is None and key in jobs:
+            replies.refused += 1
+            log.warning(
+                "batch %s: custom_id %s does not match the request sent for %s; its reply is refused",
+                record.batch_id,
+                named[:80],
+                key,
+            )
+            replies.unanswered[key] = Unanswered("batch custom_id mismatch", maybe_paid=True)
+        return job
 
     # The store
 

@@ -243,6 +243,19 @@ def require_answered(config: Config, outcome: ShardOutcome) -> None:
     )
 
 
+def require_records(metrics: dict[str, float]) -> None:
+    """Fail the stage when prompts were answered but the answer filters or the judge kept none: an
+    empty dataset must not pass as a finished run, whatever left it empty."""
+    if metrics["records"] or not metrics["prompts_answered"]:
+        return
+    causes = ("dropped", "answer_too_short", "answer_too_long", "judge_rejected")
+    counts = ", ".join(f"{cause} {metrics[cause]:.0f}" for cause in causes if metrics[cause])
+    raise StageStopped(
+        f"no record left: {metrics['prompts_answered']:.0f} prompts were answered and every answer was "
+        f"filtered out ({counts}); check min_answer_chars, max_answer_chars and the judge"
+    )
+
+
 async def _generate(
     config: Config,
     teacher,
@@ -303,4 +316,5 @@ def run(config: Config) -> Result:
     shard = ask_shard(config, 0, 1)
     final = finalize(config)
     require_answered(config, shard)
+    require_records(final.metrics)
     return Result(final.output_dir, {**shard.result.metrics, **final.metrics}, shard.result.stopped)

@@ -8,7 +8,10 @@ A batch is validated, then answered in the background a line at a time by the de
 `fail_every`: every n-th line of a batch goes to the error file with a 500; `expire_after`: the first
 batch expires after answering that many lines (the rest go to the error file as batch_expired, as OpenAI
 does); `lines_by_prompt` counts the lines answered;
-`stall_create`: the create is registered and its answer never sent (the client dies waiting).
+`stall_create`: the create is registered and its answer never sent (the client dies waiting);
+`usage`: the usage every answer reports, made from the real one (None: none at all); `output`: the
+output file's lines as the provider writes them, made from the good ones (malformed, repeated or
+swapped lines).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import collections
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,6 +36,8 @@ class BatchFaults:
     fail_every: int = 0
     expire_after: int | None = None
     stall_create: bool = False
+    usage: Callable[[dict], dict | None] | None = None
+    output: Callable[[list[str]], list[str]] | None = None
 
 
 class BatchTeacher(DemoTeacher):
@@ -139,10 +145,18 @@ class BatchTeacher(DemoTeacher):
             else:
                 self.lines_by_prompt[prompt] += 1
                 completion = self.completion(line["body"], *self.answer(line["body"], prompt))
+                if self.faults.usage is not None:
+                    completion["usage"] = self.faults.usage(completion["usage"])
                 output.append({**reply, "response": {"status_code": 200, "body": completion}, "error": None})
-        for name, rows in (("output_file_id", output), ("error_file_id", errors)):
+        texts = {
+            "output_file_id": [json.dumps(r) for r in output],
+            "error_file_id": [json.dumps(r) for r in errors],
+        }
+        if self.faults.output is not None:
+            texts["output_file_id"] = self.faults.output(texts["output_file_id"])
+        for name, rows in texts.items():
             if rows:
-                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                data = "".join(r + "\n" for r in rows).encode()
                 batch[name] = self._file(data, "batch_output", f"{batch['id']}_{name}.jsonl")["id"]
         batch["request_counts"].update(completed=len(output), failed=len(errors))
         batch["status"] = "expired" if expire is not None else "completed"
