@@ -174,7 +174,7 @@ class Generator:
     async def lookup_cache(self, job: Job) -> dict[str, Any] | None:
         if self.cache is None:
             return None
-        entry = await asyncio.to_thread(self.cache.get, job.key)
+        entry = await asyncio.to_thread(self.cache.get, job.key, job.prompt.messages)
         if entry is None or (self.policy(answer_problem(entry["answers"])) == "retry"):
             return None
         problem = answer_problem(entry["answers"])

@@ -4,7 +4,8 @@ Layout in the artifact store:
 
     runs/<run_id>/teacher/shard-00000-of-00004/part-000000-<random>.jsonl   one entry per line
     runs/<run_id>/teacher/spend/shard-00000-of-00004/<invocation>.json      what one invocation spent
-    cache/teacher/<key[:2]>/<key>.json                                     one entry per key
+    cache/teacher/<key[:2]>/<key>.json                                     one entry per key, with a
+                                                                           digest bound to its request
 
 An entry is one prompt's outcome: {"key", "status": "ok"|"dropped", "prompt": {...}, "answers": [...],
 "usage": {...}, "requests": n, "cached": bool, "judge": {...}}. `key` is the record id of the prompt
@@ -26,6 +27,7 @@ requests of a pod killed mid-run included.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -156,15 +158,43 @@ class Cache:
     def _name(key: str) -> str:
         return f"{key[:2]}/{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str, messages: list[dict[str, str]]) -> dict[str, Any] | None:
+        """The entry stored for `key`, asked with `messages`; None when there is none, or when it is not
+        the one this stage stored for that request (edited, moved from another key, unreadable): that
+        is logged, and the prompt asked again."""
+        name = self._name(key)
         try:
-            return json.loads(self.store.read_text(self._name(key)))
+            text = self.store.read_text(name)
         except FileNotFoundError:
             return None
+        try:
+            entry = json.loads(text)
+            intact = isinstance(entry, dict) and entry.get("digest") == entry_digest(entry, key, messages)
+        except (ValueError, TypeError, AttributeError):
+            intact = False
+        if not intact:
+            log.warning("cache entry %s does not match its request (edited or moved); asking again", name)
+            return None
+        del entry["digest"]
+        return entry
 
     def put(self, entry: dict[str, Any]) -> None:
         kept = {k: v for k, v in entry.items() if k not in ("cached", "requests", "judge")}
+        kept["digest"] = entry_digest(kept, entry["key"], entry["prompt"]["messages"])
         self.store.write_text(self._name(entry["key"]), json.dumps(kept, ensure_ascii=False))
+
+
+def entry_digest(entry: dict[str, Any], key: str, messages: list[dict[str, str]]) -> str:
+    """A digest of what a cache entry serves (its answers, usage, status and teacher) bound to the
+    request it answers (its key and prompt messages), so an entry is served only to that request."""
+    served = {name: entry.get(name) for name in ("answers", "usage", "status", "reason", "teacher")}
+    payload = json.dumps(
+        {**served, "key": key, "messages": messages},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 @dataclass

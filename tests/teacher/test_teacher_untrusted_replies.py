@@ -143,3 +143,18 @@ def test_every_answer_filtered_out_fails_in_one_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no record left: 5 prompts were answered") and "answer_too_long 5" in last
+
+
+def test_an_edited_cache_entry_is_a_logged_miss_and_asked_again(tmp_path, caplog):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 3)
+    with start_faulty_teacher() as server:
+        run(teacher_config(tmp_path, server.base_url, run_id="first", test_ratio=0.0))
+        entries = sorted((tmp_path / "store" / "cache" / "teacher").rglob("*.json"))
+        edited = json.loads(entries[0].read_text())
+        edited["answers"][0]["content"] = "an answer nobody asked for"
+        entries[0].write_text(json.dumps(edited))
+        result = run(teacher_config(tmp_path, server.base_url, run_id="second", test_ratio=0.0))
+        assert server.teacher.total_requests == 4  # three, then the edited one again
+    assert result.metrics["cached"] == 2 and result.metrics["answered"] == 1
+    assert_each_answer_is_its_prompts(records(tmp_path))
+    assert f"cache entry {edited['key'][:2]}/{edited['key']}.json does not match its request" in caplog.text
