@@ -4,6 +4,7 @@ renders the same in the KFP UI's HTML viewer, in a browser and as a mailed attac
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 from components.evaluate.config import SYSTEMS
@@ -136,8 +137,8 @@ def benchmark_section(rows: list[dict[str, Any]], forgetting: dict[str, Any]) ->
         change = row["change_points"]
         worse = change is not None and (change < 0) == row["higher_is_better"] and change != 0
         cells = [
-            html.escape(row["task"]),
-            html.escape(row["metric"]),
+            untrusted(row["task"]),
+            untrusted(row["metric"]),
             "—" if row["num_fewshot"] is None else str(row["num_fewshot"]),
             "—" if row["samples"] is None else str(row["samples"]),
         ]
@@ -159,13 +160,27 @@ def benchmark_section(rows: list[dict[str, Any]], forgetting: dict[str, Any]) ->
     )
 
 
+# Characters that change the direction of the text after them (embeddings, overrides, isolates, marks).
+BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def untrusted(text: str) -> str:
+    """Escaped text from a reply or a dataset, in an isolate of its own (<bdi>), its bidi control
+    characters shown as their code points: a reply cannot reorder the text around it, nor hide its
+    own order from the reader."""
+    return f"<bdi>{shown_controls(html.escape(text))}</bdi>"
+
+
+def shown_controls(text: str) -> str:
+    """`text` with each bidi control character written as its code point, e.g. [U+202E]."""
+    return BIDI_CONTROLS.sub(lambda found: f"[U+{ord(found.group()):04X}]", text)
+
+
 def cell(text: str, limit: int = 600) -> str:
-    """Escaped text of one sample cell, cut at `limit` characters (eval.json keeps every answer whole)."""
+    """One sample cell's text (untrusted), cut at `limit` characters (eval.json keeps it whole)."""
     if len(text) > limit:
-        return (
-            html.escape(text[:limit]) + f"<span class='note'>… ({len(text) - limit} more characters)</span>"
-        )
-    return html.escape(text)
+        return untrusted(text[:limit]) + f"<span class='note'>… ({len(text) - limit} more characters)</span>"
+    return untrusted(text)
 
 
 def samples_table(samples: list[dict[str, Any]]) -> str:
@@ -188,7 +203,7 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
             answer = cell(sample[system]) if sample[system] else "<span class='note'>(empty)</span>"
             cells.append(mark + answer)
         if has_judge:
-            cells.append(html.escape(sample.get("judge") or ""))
+            cells.append(cell(sample.get("judge") or ""))
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
@@ -217,7 +232,7 @@ def render_report(
 ) -> str:
     """The whole report as one HTML string."""
     fact_line = " · ".join(
-        f"{html.escape(k)}: <b title='{html.escape(v, quote=True)}'>{html.escape(shorten(v))}</b>"
+        f"{html.escape(k)}: <b title='{shown_controls(html.escape(v, quote=True))}'>{untrusted(shorten(v))}</b>"
         for k, v in facts.items()
     )
     versus = teacher_comparison(metrics)

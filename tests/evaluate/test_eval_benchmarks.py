@@ -105,7 +105,8 @@ def test_benchmarks_score_each_student_and_the_report_shows_the_table_and_the_ga
     report = (out / "report.html").read_text()
     assert "<h2>Benchmarks</h2>" in report
     assert re.search(
-        r"<td>reverse_gen</td><td>exact_match</td>.*?<td class='n'>0</td><td class='n'>100</td>", report
+        r"<td><bdi>reverse_gen</bdi></td><td><bdi>exact_match</bdi></td>.*?<td class='n'>0</td><td class='n'>100</td>",
+        report,
     )
     assert "forgetting gate passed: reverse_gen exact_match +100.0 points" in report
 

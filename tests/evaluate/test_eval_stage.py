@@ -86,7 +86,7 @@ def test_distilled_student_beats_the_untrained_one_and_everything_is_reported(
     report = (out / "report.html").read_text()
     assert "<polyline" in report and "train/loss" in report  # the loss curve, inline SVG
     # the teacher named from the records' teacher settings; its size measured from teacher_dir
-    assert "teacher: <b title='demo/reverser'>demo/reverser</b>" in report
+    assert "teacher: <b title='demo/reverser'><bdi>demo/reverser</bdi></b>" in report
     assert "smaller on disk" in report
     assert "Reverse the letters of:" in report and "eval gate passed" in report
     assert "win rate 50.0%" in report and "ties 100.0%, 8 samples judged" in report
