@@ -42,6 +42,7 @@ from components.common.cli import parse_assignments
 from components.common.config import deep_merge, exposed_fields, set_dotted
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error, setup_logging
+from components.common.plain_yaml import load_plain_yaml
 from components.common.secrets import optional_env
 from pipelines.run_check import STAGE_CONFIGS, check_stage_configs
 
@@ -218,7 +219,7 @@ def load_run_config(path: Path | None, assignments: list[str], valid: dict[str, 
     params: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_plain_yaml(path.read_text(), f"run config {path}") or {}
         except FileNotFoundError:
             raise InputError(f"run config {path} not found") from None
         if not isinstance(loaded, dict):

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-import yaml
-
 from components.common.config import load_config, set_dotted
 from components.common.errors import ConfigError, InputError, StageStopped
 from components.common.logs import print_error, setup_logging
+from components.common.plain_yaml import load_plain_yaml
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -27,7 +26,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        set_dotted(overrides, key, yaml.safe_load(raw))
+        set_dotted(overrides, key, load_plain_yaml(raw, f"--set {key}"))
     return overrides
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import yaml
 
 from components.common.errors import ConfigError
+from components.common.plain_yaml import load_plain_yaml
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ def load_config(cls: type[T], path: str | Path, overrides: Mapping[str, Any] | N
     """Read a YAML file into `cls`; `overrides` (possibly nested) replace values from the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_plain_yaml(path.read_text(), f"config file {path}") or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:

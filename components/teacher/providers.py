@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
 from components.common.config import from_dict
 from components.common.errors import ConfigError
+from components.common.plain_yaml import load_plain_yaml
 from components.common.secrets import refuse_secret_path
 from components.teacher.config import ProviderConfig
 
@@ -19,7 +18,7 @@ def load_presets(path: str = "") -> dict[str, dict]:
     source = Path(path) if path else SHIPPED
     refuse_secret_path(source, "provider_config")
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        data = load_plain_yaml(source.read_text(encoding="utf-8"), f"provider_config {source}") or {}
     except FileNotFoundError:
         raise ConfigError(f"provider_config: {source} does not exist") from None
     presets = data.get("providers") if isinstance(data, dict) else None
