@@ -1,10 +1,11 @@
 """Credentials a config carries by hand, hidden from everything the stages write or log.
 
 Keys come from the environment (secrets.py) and never enter a config, but a config can still hold one:
-a header value (`extra_headers: {Authorization: ...}`), a body field (`extra_body`), or `user:password@`
-in a URL. summary.json, eval.json, config reprs, records and log lines pass through here first.
+a header value (`extra_headers: {Authorization: ...}`), a body field (`extra_body`), `user:password@`
+in a URL, or a URL's query value under a credential-like name (`?api-key=...`, `&X-Amz-Signature=...`). summary.json, eval.json, config reprs, records and log lines pass through here first.
 
     redact_urls("at https://me:pw@host/v1")        -> "at https://***@host/v1"
+    redact_urls("https://host/v1?api-key=k&v=2")   -> "https://host/v1?api-key=***&v=2"
     redact_config({"base_url": ..., "extra_headers": {"X-Key": "k"}, "extra_body": {"think": True}})
         -> URLs redacted, extra_headers {"X-Key": "***"}, extra_body {"think": True}
     digest_values({"token": "k", "think": True})   -> {"token": "sha256:<16 hex>", "think": True}
@@ -26,11 +27,19 @@ OPAQUE_FIELDS = ("extra_headers", "extra_body")
 # scheme://userinfo@ : the userinfo ends at the first '/', '?', '#' or blank after the scheme, and at its
 # last '@' (a password may hold one).
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]+@")
+# ?name=value or &name=value where the name says credential (api-key, access_token, X-Amz-Signature,
+# sig, ...): the value runs to the next '&', '#', quote or blank.
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&][\w.~-]*(?:key|token|secret|passw(?:or)?d|pwd|sig|signature|credential|auth)[\w.~-]*=)"
+    r"[^&#\s\"']+",
+    re.IGNORECASE,
+)
 
 
 def redact_urls(text: str) -> str:
-    """`text` with the user:password@ part of every URL in it replaced by ***@."""
-    return _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    """`text` with the user:password@ part of every URL in it replaced by ***@, and the value of every
+    query parameter with a credential-like name by ***."""
+    return _SECRET_QUERY.sub(rf"\g<name>{MASK}", _USERINFO.sub(rf"\g<scheme>{MASK}@", text))
 
 
 def mask_values(value: Any) -> Any:

@@ -88,3 +88,36 @@ def test_an_eval_run_writes_and_logs_no_planted_secret(
     texts = {"stdout": done.stdout, "stderr": done.stderr, **written}
     assert [(where, name) for where, text in texts.items() for name, s in SECRETS.items() if s in text] == []
     assert '"X-Tenant": "***"' in written[str(out / "eval.json")]
+
+
+QUERY_SECRET = "planted-query-value-5c1f"
+
+
+def test_a_key_in_the_judge_urls_query_is_hidden_in_the_config_repr_and_the_stage_error(
+    tiny_model_dir, memorized_student_dir, reversal_data_dir, tmp_path
+):
+    url = f"http://127.0.0.1:9/v1?api-version=1&api-key={QUERY_SECRET}"  # nothing listens on port 9
+    provider = {"name": "judge", "base_url": url, "model": "judge-1", "api_key_required": False}
+    fields = {
+        "student_dir": str(tiny_model_dir),
+        "trained_dir": str(memorized_student_dir),
+        "data_dir": str(reversal_data_dir),
+        "output_dir": str(tmp_path / "eval"),
+        "max_new_tokens": 4,
+        "max_samples": 4,
+        "device": "cpu",
+        "judge": {"provider": {**provider, "max_retries": 0, "preflight_timeout_s": 2}},
+    }
+    shown = repr(from_dict(Config, fields))
+    assert "api-version=1&api-key=***" in shown and QUERY_SECRET not in shown
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(fields))
+    done = subprocess.run(
+        [sys.executable, "-m", "components.evaluate", "--config", str(tmp_path / "eval.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 2 and "api-key=***" in done.stderr, done.stderr
+    assert QUERY_SECRET not in done.stdout + done.stderr
