@@ -13,14 +13,21 @@ the report speak in points:
     regression (points) = -change, checked against max_regression[task] on every metric of the task that
                           lm-eval marks higher-is-better
 
-Local task files are read as plain YAML (no `!function`, no `include`): a task file then holds templates
-and data paths only, never code to import.
+Local task files (from the bucket or a run parameter) may hold data paths and templates only, never code:
+they are read as plain YAML (no `!function` or other tags, no aliases); an `include` must name a .yaml
+file in the task's own folder, read by the same rules; `class`, `hf_evaluate` and metric names that
+are paths (`/`, `.py`: evaluate.load would import them) are refused; a task path must end in .yaml (lm-eval
+would load any other file itself, honouring `!function`). lm-eval renders every template (doc_to_text,
+doc_to_target, ...) in a sandboxed, immutable Jinja environment while it runs here, so a template reaches
+the document's fields and nothing of Python's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 import yaml
 
 from components.common.errors import ConfigError, InputError
+from components.common.plain_yaml import load_plain_yaml
 from components.evaluate.config import BenchmarkConfig
 
 log = logging.getLogger(__name__)
@@ -79,28 +87,109 @@ def local_task_path(task: str) -> Path | None:
             )
         return path
     shipped = SHIPPED_TASKS / f"{task}.yaml"
-    return shipped if shipped.is_file() else None
+    if shipped.is_file():
+        return shipped
+    if Path(task).is_file():
+        raise ConfigError(
+            f"benchmarks.tasks: {task} is a file but not a .yaml task file; name local tasks by their .yaml "
+            "path (lm-eval would load any other file itself, importing the Python it names)"
+        )
+    return None
 
 
 def load_local_task(path: Path) -> dict[str, Any]:
-    """A task file as lm-eval's task config, its data folder (`dataset_kwargs.data_dir`) made absolute
-    against the file's folder, so that data files beside the task file are found from any directory."""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"benchmarks.tasks: {path} is not plain YAML ({str(error).splitlines()[0]}); local task files "
-            f"may not use !function or other tags"
-        ) from None
-    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+    """A task file as lm-eval's task config, its includes merged in, checked to hold no code, and its data
+    folder (`dataset_kwargs.data_dir`) made absolute against the file's folder, so that data files
+    beside the task file are found from any directory."""
+    config = read_task_file(path, path.parent.resolve(), seen=set())
+    if not isinstance(config.get("task"), str):
         raise ConfigError(f"benchmarks.tasks: {path} must be a mapping with a `task` name")
-    if "include" in config:
-        raise ConfigError(f"benchmarks.tasks: {path} uses include; write the task out in one file")
+    check_task_holds_no_code(config, path)
     kwargs = dict(config.get("dataset_kwargs") or {})
     data_dir = Path(kwargs.get("data_dir") or ".")
     kwargs["data_dir"] = str(data_dir if data_dir.is_absolute() else (path.parent / data_dir).resolve())
     config["dataset_kwargs"] = kwargs
     return config
+
+
+def read_task_file(path: Path, folder: Path, seen: set[Path]) -> dict[str, Any]:
+    """One task file as plain YAML with its `include`s (files of `folder` only) merged under its keys, as
+    lm-eval's loader merges them."""
+    try:
+        config = load_plain_yaml(path.read_text(), f"benchmarks.tasks: {path}")
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"benchmarks.tasks: {path} is not plain YAML ({str(error).splitlines()[0]}); local task files "
+            f"may not use !function or other tags"
+        ) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"benchmarks.tasks: {path} must be a mapping with a `task` name")
+    includes = config.pop("include", None)
+    if includes is None:
+        return config
+    merged: dict[str, Any] = {}
+    for include in includes if isinstance(includes, list) else [includes]:
+        included = (path.parent / str(include)).resolve()
+        if folder not in included.parents or included.suffix not in (".yaml", ".yml"):
+            raise ConfigError(
+                f"benchmarks.tasks: {path} includes {include}, which is not a .yaml file in the task's "
+                f"folder {folder}; copy what it needs into that folder"
+            )
+        if included in seen:
+            raise ConfigError(f"benchmarks.tasks: {path} includes {include} again (an include cycle)")
+        if not included.is_file():
+            raise ConfigError(f"benchmarks.tasks: {path} includes {include}, which does not exist")
+        merged.update(read_task_file(included, folder, seen | {included}))
+    merged.pop("task_list", None)
+    return {**merged, **config}
+
+
+def check_task_holds_no_code(config: dict[str, Any], path: Path) -> None:
+    """Refuse what makes lm-eval import or run Python: a task class, and metrics loaded through
+    Hugging Face `evaluate` (hf_evaluate, or a metric named by a path or a .py file)."""
+    if "class" in config:
+        raise ConfigError(f"benchmarks.tasks: {path} sets class; a local task is YAML only, no Python class")
+    metrics = config.get("metric_list") or []
+    if not isinstance(metrics, list):
+        raise ConfigError(f"benchmarks.tasks: {path} metric_list must be a list of {{metric: name}}")
+    for i, entry in enumerate(metrics):
+        name = entry.get("metric") if isinstance(entry, dict) else None
+        where = f"benchmarks.tasks: {path} metric_list[{i}]"
+        if not isinstance(name, str) or "/" in name or "\\" in name or ".py" in name:
+            raise ConfigError(
+                f"{where}: metric {name!r} must be the name of one of lm-eval's metrics (exact_match, acc, "
+                "...), not a path or a Python file"
+            )
+        if "hf_evaluate" in entry:
+            raise ConfigError(
+                f"{where}: hf_evaluate loads metric code from outside lm-eval; use lm-eval's own metrics"
+            )
+
+
+@contextlib.contextmanager
+def sandboxed_templates() -> Iterator[None]:
+    """lm-eval renders every task template through the module-level Jinja environment `lm_eval.utils.env`
+    (utils.apply_template); for the duration, that environment is an immutable sandbox with the same
+    settings and filters, and a template that reaches for Python internals fails with one line."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from lm_eval import utils
+
+    original = utils.env
+    sandbox = ImmutableSandboxedEnvironment(
+        loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
+    sandbox.filters.update(original.filters)
+    utils.env = sandbox
+    try:
+        yield
+    except jinja2.exceptions.SecurityError as error:
+        raise InputError(
+            f"benchmarks: a task template was refused by the sandbox ({error}); task templates may use "
+            "the document's fields and plain filters only"
+        ) from None
+    finally:
+        utils.env = original
 
 
 def run_benchmarks(model, tokenizer, plan: BenchmarkPlan, config: BenchmarkConfig, seed: int) -> dict:
@@ -114,20 +203,21 @@ def run_benchmarks(model, tokenizer, plan: BenchmarkPlan, config: BenchmarkConfi
         batch_size=config.batch_size,
         think_end_token=config.think_end_token,
     )
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=plan.specs,
-        num_fewshot=config.num_fewshot,
-        limit=config.limit,
-        apply_chat_template=config.apply_chat_template,
-        fewshot_as_multiturn=config.apply_chat_template,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        task_manager=plan.task_manager(),
-    )
+    with sandboxed_templates():
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=plan.specs,
+            num_fewshot=config.num_fewshot,
+            limit=config.limit,
+            apply_chat_template=config.apply_chat_template,
+            fewshot_as_multiturn=config.apply_chat_template,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            task_manager=plan.task_manager(),
+        )
     if results is None:
         raise InputError("benchmarks: lm-eval returned no results")
     return task_scores(results, plan.names)

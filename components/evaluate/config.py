@@ -94,6 +94,11 @@ class BenchmarkConfig:
         for i, task in enumerate(self.tasks):
             if not task.strip():
                 raise ConfigError(f"tasks[{i}]: empty; give an lm-eval task name or a task YAML path")
+            if ("/" in task or "\\" in task) and not task.endswith((".yaml", ".yml")):
+                raise ConfigError(
+                    f"tasks[{i}]: {task!r} is a path but not a .yaml task file; lm-eval would load any "
+                    "other file itself, importing the Python it names"
+                )
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"tasks: {self.tasks} names a task twice")
         if self.limit is not None and self.limit < 1:
