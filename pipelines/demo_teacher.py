@@ -34,7 +34,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -89,8 +89,11 @@ class DemoTeacher:
         latency_s: float = 0.0,
         rate_limit_fraction: float = 0.0,
         retry_after_s: float = 1.0,
+        logprobs_of: Callable[[str, int], list[dict]] | None = None,
     ):
         self.model = model
+        # (content, top_logprobs asked) -> the choice's logprobs.content
+        self.logprobs_of = logprobs_of or made_up_logprobs
         self.api_key = api_key
         self.latency_s = latency_s
         self.rate_limit_fraction = rate_limit_fraction
@@ -199,7 +202,7 @@ class DemoTeacher:
             }
             if body.get("logprobs"):
                 choice["logprobs"] = {
-                    "content": made_up_logprobs(content, int(body.get("top_logprobs") or 0))
+                    "content": self.logprobs_of(content, int(body.get("top_logprobs") or 0))
                 }
             choices.append(choice)
         return {
@@ -231,8 +234,11 @@ async def stream_events(completion: dict, include_usage: bool) -> AsyncIterator[
             delta = {"role": "assistant", "reasoning_content": message["reasoning_content"]}
             yield event({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
         content = message["content"]
-        for piece in [content[i : i + 4] for i in range(0, len(content), 4)] or [""]:
+        pieces = [content[i : i + 4] for i in range(0, len(content), 4)] or [""]
+        for number, piece in enumerate(pieces, start=1):
             chunk = {"index": index, "delta": {"content": piece}, "finish_reason": None}
+            if number == len(pieces) and choice["logprobs"]:
+                chunk["logprobs"] = choice["logprobs"]  # the positions of all pieces, on the last one
             yield event({**base, "choices": [chunk]})
         yield event(
             {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
@@ -242,18 +248,37 @@ async def stream_events(completion: dict, include_usage: bool) -> AsyncIterator[
     yield event("[DONE]")
 
 
+PIECE = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+
+
+def logprob_tokens(content: str) -> list[bytes]:
+    """`content` cut into tokens the way a byte-level BPE vocabulary may cut it: words with their
+    leading space, and non-ASCII words in two-byte pieces, so a Chinese character (three bytes) is split
+    over two tokens and a token's bytes need not be text."""
+    out = []
+    for piece in PIECE.findall(content):
+        data = piece.encode()
+        out += [data] if data.isascii() else [data[i : i + 2] for i in range(0, len(data), 2)]
+    return out
+
+
 def made_up_logprobs(content: str, top: int) -> list[dict]:
-    """Made-up but deterministic log-probabilities: the chosen token always leads its alternatives."""
+    """Made-up but deterministic log-probabilities over tokens that spell `content` exactly: the chosen
+    token leads, its alternatives share the rest of the mass (so the top ones add up to less than 1)."""
     entries = []
-    for position, token in enumerate(tokens(content)):
+    for position, token in enumerate(logprob_tokens(content)):
         chosen = -0.01 * (1 + position % 5)
-        alternatives = [{"token": token, "logprob": chosen, "bytes": list(token.encode())}]
-        for rank in range(1, top):
-            other = f"{token}{rank}"
-            alternatives.append(
-                {"token": other, "logprob": chosen - 2.0 * rank, "bytes": list(other.encode())}
-            )
-        entries.append({**alternatives[0], "top_logprobs": alternatives[:top]})
+        rest = 1.0 - math.exp(chosen)
+        alternatives = [token] + [token + str(rank).encode() for rank in range(1, top)]
+        spelled = [
+            {
+                "token": text.decode("utf-8", errors="backslashreplace"),
+                "logprob": chosen if rank == 0 else math.log(rest / 2**rank),
+                "bytes": list(text),
+            }
+            for rank, text in enumerate(alternatives)
+        ]
+        entries.append({**spelled[0], "top_logprobs": spelled[:top]})
     return entries
 
 
@@ -279,9 +304,10 @@ def start_teacher_server(
     api_key: str | None = None,
     model: str = "demo-teacher",
     latency_s: float = 0.0,
+    logprobs_of: Callable[[str, int], list[dict]] | None = None,
 ) -> TeacherServer:
     """Serve the demo teacher on `host:port` (0 picks a free port) from a background thread."""
-    server = TeacherServer(DemoTeacher(model, api_key, latency_s), host, port)
+    server = TeacherServer(DemoTeacher(model, api_key, latency_s, logprobs_of=logprobs_of), host, port)
     return server.start()
 
 

@@ -28,6 +28,7 @@ import httpx2
 import openai
 
 from components.common.errors import InputError
+from components.common.logprobs import valid_prefix
 from components.common.secrets import optional_env, require_env
 from components.teacher.config import ProviderConfig
 from components.teacher.limits import valid_count
@@ -42,7 +43,10 @@ class Choice:
     content: str
     reasoning: str | None = None
     finish_reason: str | None = None
+    # Per answer token, in the record contract's shape (components/common/logprobs.py), all valid.
     logprobs: list[dict[str, Any]] | None = None
+    # Positions of the reply's logprobs left out from the first unusable one on (counted in the summary).
+    logprobs_dropped: int = 0
 
 
 @dataclass
@@ -193,7 +197,7 @@ class ApiTeacher:
                 )
             return Failure(_status_reason(error), error.status_code)
         try:
-            return parse_completion(response)
+            return parse_completion(response, self.provider.top_logprobs)
         except (KeyError, TypeError, AttributeError) as error:
             return Retry(f"malformed response ({type(error).__name__}: {error})", cause="malformed")
 
@@ -276,27 +280,27 @@ def _http_client(connections: int, timeout_s: float):
     return openai.DefaultAioHttpClient(limits=limits, timeout=timeout_s)
 
 
-def parse_completion(response: dict[str, Any]) -> Answer:
-    """The choices and usage of a chat.completion object (as JSON)."""
+def parse_completion(response: dict[str, Any], top_logprobs: int = 0) -> Answer:
+    """The choices and usage of a chat.completion object (as JSON); `top_logprobs` is how many
+    alternatives per token were asked for."""
     choices = []
     for choice in response["choices"]:
         message = choice.get("message") or {}
         # DeepSeek and DashScope put the chain of thought in reasoning_content; vLLM in reasoning.
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        logprobs = None
+        parsed = Choice(message.get("content") or "", reasoning, choice.get("finish_reason"))
         content_logprobs = (choice.get("logprobs") or {}).get("content")
         if content_logprobs is not None:
-            logprobs = [
-                {
-                    "token": t["token"],
-                    "logprob": t["logprob"],
-                    "top": [
-                        {"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []
-                    ],
-                }
-                for t in content_logprobs
-            ]
-        choices.append(Choice(message.get("content") or "", reasoning, choice.get("finish_reason"), logprobs))
+            positions, parsed.logprobs_dropped, problem = valid_prefix(content_logprobs, top_logprobs)
+            parsed.logprobs = [position.to_dict() for position in positions]
+            if parsed.logprobs_dropped:
+                log.warning(
+                    "the teacher's logprobs: %s; kept the %d positions before it, left out %d",
+                    problem,
+                    len(positions),
+                    parsed.logprobs_dropped,
+                )
+        choices.append(parsed)
     counts = reported_usage(response.get("usage"))
     if counts is None:
         return Answer(choices, 0, 0, usage_reported=False)

@@ -406,7 +406,7 @@ class BatchRunner:
                 answer = None
                 if body is not None:
                     try:
-                        answer = parse_completion(body)
+                        answer = parse_completion(body, self.teacher.provider.top_logprobs)
                     except (KeyError, TypeError, AttributeError, ValueError):
                         replies.unanswered[job.key] = Unanswered("batch malformed", maybe_paid=True)
                         continue

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import to_dict
+from components.common.logprobs import LOGPROBS_SCHEMA
 from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
@@ -55,7 +56,7 @@ def write_dataset(config: Config) -> dict[str, float]:
             and "kept" in (answer_outcome(entry, a, config) for a in entry["answers"])
         )
         test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
-        answered = train = test = rejected = 0
+        answered = train = test = rejected = logprobs_dropped = 0
         with (
             (output / "train.jsonl").open("w", encoding="utf-8") as train_file,
             (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
@@ -84,10 +85,10 @@ def write_dataset(config: Config) -> dict[str, float]:
                     else:
                         record.split, train = "train", train + 1
                         train_file.write(record.to_json() + "\n")
+                    logprobs_dropped += answer.get("logprobs_dropped", 0)
                     if answer.get("logprobs"):
-                        logprobs_file.write(
-                            json.dumps({"id": record.id, "logprobs": answer["logprobs"]}) + "\n"
-                        )
+                        line = {"schema": LOGPROBS_SCHEMA, "id": record.id, "logprobs": answer["logprobs"]}
+                        logprobs_file.write(json.dumps(line) + "\n")
         if (output / "logprobs.jsonl").stat().st_size == 0:
             (output / "logprobs.jsonl").unlink()
     if "sharegpt" in config.export:
@@ -100,6 +101,7 @@ def write_dataset(config: Config) -> dict[str, float]:
         "prompts_answered": answered,
         "prompts_unanswered": len(keys) - answered,
         "stale_answers": stale,
+        "logprob_positions_dropped": logprobs_dropped,
         **counts,
         "total_requests": spent.requests,
         "total_prompt_tokens": spent.prompt_tokens,

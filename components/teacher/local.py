@@ -32,8 +32,10 @@ from typing import Any
 
 from components.common.errors import ConfigError
 from components.common.generation import load_for_generation, quantization_config
+from components.common.logprobs import TokenLogprob, usable
 from components.common.records import stable_hash
 from components.common.store import open_store
+from components.common.token_bytes import TokenBytes, token_bytes
 from components.teacher.api import Answer, Choice
 from components.teacher.config import ProviderConfig
 
@@ -193,11 +195,13 @@ class LocalTeacher:
                 text = self._llm.get_tokenizer().decode(text_ids, skip_special_tokens=False)
                 choice = _choice(text, ended)
                 if provider.logprobs and sample.logprobs:
-                    choice.logprobs = [
-                        _vllm_logprobs(step, token)
+                    table = token_bytes(self._llm.get_tokenizer())
+                    positions = [
+                        _vllm_position(table, step, token, provider.top_logprobs)
                         # the end token has log-probabilities too; the text stops before it
                         for step, token in zip(sample.logprobs, text_ids, strict=False)
                     ]
+                    choice.logprobs = answer_positions(positions, choice.content)
                 choices.append(choice)
             answers.append(Answer(choices, len(output.prompt_token_ids), completion_tokens))
         return answers
@@ -225,20 +229,29 @@ class LocalTeacher:
             options.update(temperature=provider.temperature, top_p=provider.top_p or 1.0)
         torch.manual_seed(provider.seed or 0)
         with torch.no_grad():
-            output = model.generate(**batch, **options)
-        new = output[:, batch["input_ids"].shape[1] :]
+            output = model.generate(
+                **batch, **options, output_logits=provider.logprobs, return_dict_in_generate=True
+            )
+        new = output.sequences[:, batch["input_ids"].shape[1] :]
+        # The model's own distribution at each step (the logits before temperature and top_p), as an
+        # OpenAI-compatible server reports it.
+        steps = torch.stack(output.logits, 1).float().log_softmax(-1) if provider.logprobs else None
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
         answers = []
         for i, prompt_tokens in enumerate(prompt_lengths):
             choices, completion_tokens = [], 0
-            for row in new[i * provider.n : (i + 1) * provider.n]:
-                ids = row.tolist()
+            for r in range(i * provider.n, (i + 1) * provider.n):
+                ids = new[r].tolist()
                 ended = tokenizer.eos_token_id in ids
                 if ended:
                     ids = ids[: ids.index(tokenizer.eos_token_id)]
                 ids = [t for t in ids if t != tokenizer.pad_token_id]
                 completion_tokens += len(ids) + int(ended)
-                choices.append(_choice(tokenizer.decode(ids, skip_special_tokens=False), ended))
+                choice = _choice(tokenizer.decode(ids, skip_special_tokens=False), ended)
+                if steps is not None:
+                    positions = _hf_positions(token_bytes(tokenizer), steps[r], ids, provider.top_logprobs)
+                    choice.logprobs = answer_positions(positions, choice.content)
+                choices.append(choice)
             answers.append(Answer(choices, int(prompt_tokens), completion_tokens))
         return answers
 
@@ -281,15 +294,46 @@ class LocalTeacher:
                     waiting.append(job)  # the policy asked for another try
 
 
-def _vllm_logprobs(step: dict, token: int) -> dict[str, Any]:
-    """One position's log-probabilities in the API teacher's shape: the chosen token, then its top-k."""
-    ranked = sorted(step.items(), key=lambda item: -item[1].logprob)
-    chosen = step[token]
-    return {
-        "token": chosen.decoded_token,
-        "logprob": chosen.logprob,
-        "top": [{"token": value.decoded_token, "logprob": value.logprob} for _, value in ranked],
-    }
+def _vllm_position(table: TokenBytes, step: dict, token: int, k: int) -> TokenLogprob:
+    """One position from vLLM's {id: Logprob} of a step: the chosen token, then its top k."""
+    ranked = sorted(step.items(), key=lambda item: -item[1].logprob)[:k]
+    return table.position(token, step[token].logprob, [(i, value.logprob) for i, value in ranked])
+
+
+def _hf_positions(table: TokenBytes, steps, ids: list[int], k: int) -> list[TokenLogprob]:
+    """The positions of answer `ids` from the (steps, vocab) log-probabilities that generated them."""
+    steps = steps[: len(ids)]
+    own = steps.gather(-1, steps.new_tensor(ids).long()[:, None])[:, 0].tolist()
+    top = steps.topk(k, dim=-1) if k else None
+    return [
+        table.position(
+            token,
+            own[t],
+            list(zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True))
+            if top is not None
+            else [],
+        )
+        for t, token in enumerate(ids)
+    ]
+
+
+def answer_positions(positions: list[TokenLogprob], answer: str) -> list[dict[str, Any]] | None:
+    """The positions that spell `answer` exactly (the text kept once end markers, whitespace and a think
+    block are stripped), as stored; None when the answer does not start and end on token boundaries or
+    a position is unusable, so that stored logprobs always spell the record's answer."""
+    target = answer.encode()
+    pieces = [bytes(position.bytes or b"") for position in positions]
+    start = b"".join(pieces).rfind(target) if target else -1
+    if start < 0:
+        return None
+    kept, offset = [], 0
+    for position, piece in zip(positions, pieces, strict=True):
+        if offset >= start and offset + len(piece) <= start + len(target):
+            kept.append(position)
+        offset += len(piece)
+    if b"".join(bytes(p.bytes or b"") for p in kept) != target or not all(usable(p) for p in kept):
+        return None
+    return [position.to_dict() for position in kept]
 
 
 def _choice(text: str, ended: bool) -> Choice:

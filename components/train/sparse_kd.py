@@ -1,13 +1,8 @@
 """Sparse top-k KD targets from the teacher's stored log-probabilities (no teacher model at train time).
 
-Expected format: the teacher stage stores the OpenAI-compatible `choices[0].logprobs.content` list of the
-answer under `extra["logprobs"]` of each record, one entry per generated token, in order:
-
-    {"token": "ol", "logprob": -0.01, "bytes": [111, 108],
-     "top_logprobs": [{"token": "ol", "logprob": -0.01, "bytes": [111, 108]}, {"token": "o", ...}, ...]}
-
-(vLLM: request `logprobs: true, top_logprobs: k`; with `return_tokens_as_token_ids` the tokens read
-"token_id:1234", which are taken as ids of the student's tokenizer.) The teacher's tokens need not be the
+Expected format: the teacher stage's logprobs.jsonl beside train.jsonl (or `extra["logprobs"]` of each
+record), one position per answer token in OpenAI's shape (components/common/logprobs.py, which also says
+how a bad position is counted and skipped). The teacher's tokens need not be the
 student's: cross_tokenizer.py lines both up by the bytes each token spells, so an API teacher with another
 vocabulary (DeepSeek, Qwen-Max into a Llama student) still gives KD targets. The entries cover the scored
 text of the example (the answer, or the think block then the answer with `reasoning: train`); the
@@ -16,13 +11,14 @@ end-of-turn token past their end has no teacher data.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from components.common.records import Record
+from components.common.errors import InputError
+from components.common.logprobs import LOGPROBS_SCHEMA, Positions, read_positions
+from components.common.records import Record, iter_jsonl
 from components.train.batching import Batch
 from components.train.cross_tokenizer import AlignmentCounts, TopK, align, byte_symbols, token_bytes
 from components.train.data import IGNORE, Example
@@ -43,11 +39,16 @@ def join_logprobs_file(records: list[Record], path: Path) -> None:
     if not path.is_file():
         return
     by_id = {record.id: record for record in records}
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            entry = json.loads(line)
-            if entry.get("id") in by_id and not by_id[entry["id"]].extra.get("logprobs"):
-                by_id[entry["id"]].extra["logprobs"] = entry["logprobs"]
+    for number, line in iter_jsonl(path):
+        schema = line.get("schema", LOGPROBS_SCHEMA)
+        if schema != LOGPROBS_SCHEMA:
+            raise InputError(
+                f"{path}:{number}: logprobs schema {schema!r}, this train stage reads schema "
+                f"{LOGPROBS_SCHEMA}; run the teacher stage of this version again"
+            )
+        record = by_id.get(line.get("id"))
+        if record is not None and not record.extra.get("logprobs"):
+            record.extra["logprobs"] = line.get("logprobs")
 
 
 def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> AlignmentCounts:
@@ -60,14 +61,12 @@ def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> Al
         if not entries:
             total.add(AlignmentCounts(records=1, missing_records=1))
             continue
-        example.teacher_topk, counts = align(scored_tokens(example), entries, student)
+        example.teacher_topk, counts = align(scored_tokens(example), read_positions(entries), student)
         if example.teacher_topk is None:
             counts.examples = [example.record_id]
         total.add(counts)
     report(total, "sparse KD")
     if total.missing_records + total.unaligned_records == len(examples) and examples:
-        from components.common.errors import InputError
-
         raise InputError(
             "kd.kind: 'topk' needs the teacher's top_logprobs in extra['logprobs'] of the records, and no "
             "record has usable ones; ask the teacher stage for logprobs, or set kd.kind: none"
@@ -77,6 +76,13 @@ def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> Al
 
 def report(counts: AlignmentCounts, what: str) -> None:
     """One log line for the records and positions that train on cross-entropy only."""
+    if counts.bad_positions:
+        log.warning(
+            "%s: %d teacher positions hold a logprob that is not finite and <= 0, bytes that are not "
+            "ints 0..255, or more alternatives than asked: skipped, their tokens train on cross-entropy only",
+            what,
+            counts.bad_positions,
+        )
     if counts.missing_records or counts.unaligned_records or counts.sorted_positions:
         log.warning(
             "%s: of %d records, %d have no teacher logprobs and %d a teacher text that differs from the "
@@ -90,6 +96,17 @@ def report(counts: AlignmentCounts, what: str) -> None:
             counts.matched_positions,
             counts.sorted_positions,
             counts.uncovered_positions,
+        )
+
+
+def warn_if_sampled_only(counts: AlignmentCounts) -> None:
+    """kd.kind topk with about one candidate per position trains on the sampled token alone."""
+    aligned = counts.matched_positions + counts.sorted_positions
+    if aligned and counts.mean_candidates < 2:
+        log.warning(
+            "kd.kind topk: %.2f teacher candidates per aligned position, the stored logprobs hold only "
+            "the sampled token; ask the teacher stage for provider.top_logprobs (e.g. 20)",
+            counts.mean_candidates,
         )
 
 
@@ -137,7 +154,7 @@ def answer_text(example: Example, tokenizer) -> str:
 
 
 def scored_targets(
-    examples: list[Example], entries: list[list[dict]], tokenizer, device: torch.device
+    examples: list[Example], entries: list[Positions], tokenizer, device: torch.device
 ) -> tuple[SparseTargets, AlignmentCounts]:
     """Sparse targets of a batch from a teacher's entries over each example's scored text."""
     student = token_bytes(tokenizer)

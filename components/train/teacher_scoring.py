@@ -14,7 +14,6 @@ reply is untrusted: a reply of the wrong length or shape is an error naming the 
 from __future__ import annotations
 
 import json
-import math
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -22,24 +21,26 @@ from collections.abc import Sequence
 import torch
 
 from components.common.errors import InputError
-from components.train.cross_tokenizer import token_bytes
+from components.common.logprobs import BadPosition, Positions, checked, logprob_field
+from components.common.token_bytes import token_bytes
 from components.train.data import render_ids
 from components.train.modeling import backbone, padded_attention
 
 
 def answer_entries(
-    answer_ids: list[int], top: list[list[tuple[int, float]]], own: list[float], tokenizer
-) -> list[dict]:
-    """OpenAI logprobs entries from the teacher's answer ids, its top-k (id, logprob) and own logprobs."""
+    answer_ids: list[int],
+    top: list[list[tuple[int, float]]],
+    own: list[float],
+    tokenizer,
+    bad: set[int] | None = None,
+) -> Positions:
+    """Logprobs positions from the teacher's answer ids, its top-k (id, logprob) and own logprobs; those
+    in `bad` or holding a value that is not finite and <= 0 are marked bad."""
     table = token_bytes(tokenizer)
-
-    def entry(index: int, logprob: float) -> dict:
-        return {"token": f"token_id:{index}", "bytes": list(table.of_id.get(index, b"")), "logprob": logprob}
-
-    return [
-        {**entry(index, lp), "top_logprobs": [entry(i, v) for i, v in candidates]}
-        for index, lp, candidates in zip(answer_ids, own, top, strict=True)
+    positions = [
+        table.position(i, lp, candidates) for i, lp, candidates in zip(answer_ids, own, top, strict=True)
     ]
+    return checked(positions, bad)
 
 
 class TeacherTokens:
@@ -70,7 +71,7 @@ class LocalScorer:
     @torch.no_grad()
     def entries(
         self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
-    ) -> list[list[dict]]:
+    ) -> list[Positions]:
         pairs = [self.tokens(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
         device = self.model.get_output_embeddings().weight.device
         width = max(len(p) + len(a) for p, a in pairs)
@@ -109,10 +110,10 @@ class HttpScorer:
 
     def entries(
         self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
-    ) -> list[list[dict]]:
+    ) -> list[Positions]:
         return [self._one(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
 
-    def _one(self, prompt: Sequence[dict], answer: str | list[int]) -> list[dict]:
+    def _one(self, prompt: Sequence[dict], answer: str | list[int]) -> Positions:
         prompt_ids, answer_ids = self.tokens(prompt, answer)
         body = {
             "model": self.model,
@@ -131,22 +132,27 @@ class HttpScorer:
             raise InputError(f"kd.teacher_url: {self.url} did not score the tokens: {error}") from error
         return self._parse(reply, prompt_ids, answer_ids)
 
-    def _parse(self, reply: dict, prompt_ids: list[int], answer_ids: list[int]) -> list[dict]:
+    def _parse(self, reply: dict, prompt_ids: list[int], answer_ids: list[int]) -> Positions:
+        """The answer's positions; one that lacks its own token or holds a logprob that is not finite
+        and <= 0 is marked bad (skipped by the alignment, counted in the summary)."""
         try:
             scored = reply["choices"][0]["prompt_logprobs"]
             if len(scored) != len(prompt_ids) + len(answer_ids):
                 raise ValueError(f"{len(scored)} positions for {len(prompt_ids) + len(answer_ids)} tokens")
-            top, own = [], []
-            for index, position in zip(answer_ids, scored[len(prompt_ids) :], strict=True):
-                table = {int(i): float(v["logprob"]) for i, v in position.items()}
-                if index not in table or not all(math.isfinite(v) and v <= 0 for v in table.values()):
-                    raise ValueError("a position lacks its own token or holds a logprob that is not <= 0")
+            top, own, bad = [], [], set()
+            for at, (index, position) in enumerate(zip(answer_ids, scored[len(prompt_ids) :], strict=True)):
+                try:
+                    table = {int(i): logprob_field(v["logprob"]) for i, v in position.items()}
+                    lp = table[index]
+                except (BadPosition, KeyError, TypeError, ValueError, AttributeError):
+                    table, lp = {}, 0.0
+                    bad.add(at)
                 ranked = sorted(table.items(), key=lambda item: -item[1])
                 top.append(ranked[: self.top_k])
-                own.append(table[index])
+                own.append(lp)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
             raise InputError(
                 f"kd.teacher_url: {self.url} replied without usable prompt_logprobs ({error}); serve the "
                 "teacher with vLLM's OpenAI-compatible server, which returns them for `prompt_logprobs`"
             ) from error
-        return answer_entries(answer_ids, top, own, self.tokens.tokenizer)
+        return answer_entries(answer_ids, top, own, self.tokens.tokenizer, bad)

@@ -67,6 +67,7 @@ from components.train.sparse_kd import (
     report,
     scored_targets,
     sparse_targets,
+    warn_if_sampled_only,
 )
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from components.train.tracking import Trackers, check_report_to
@@ -217,6 +218,8 @@ class DistillTrainer:
                 join_logprobs_file(records, Path(folder) / "logprobs.jsonl")
                 self.alignment.add(attach_topk(sources[name], records, self.tokenizer))
             self.prompts.update({record.id: record.prompt_messages for record in records})
+        if config.kd.kind == "topk":
+            warn_if_sampled_only(self.alignment)
         log.info("training records: %s", {name: len(examples) for name, examples in sources.items()})
         return sources, heldout
 

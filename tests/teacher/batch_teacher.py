@@ -41,8 +41,8 @@ class BatchFaults:
 
 
 class BatchTeacher(DemoTeacher):
-    def __init__(self, faults: BatchFaults):
-        super().__init__("demo-teacher", None)
+    def __init__(self, faults: BatchFaults, logprobs_of: Callable[[str, int], list[dict]] | None = None):
+        super().__init__("demo-teacher", None, logprobs_of=logprobs_of)
         self.faults = faults
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
@@ -182,5 +182,9 @@ class BatchTeacherServer(TeacherServer):
         self.call_soon(set_released)
 
 
-def start_batch_teacher(faults: BatchFaults | None = None, port: int = 0) -> BatchTeacherServer:
-    return BatchTeacherServer(BatchTeacher(faults or BatchFaults()), port=port).start()
+def start_batch_teacher(
+    faults: BatchFaults | None = None,
+    port: int = 0,
+    logprobs_of: Callable[[str, int], list[dict]] | None = None,
+) -> BatchTeacherServer:
+    return BatchTeacherServer(BatchTeacher(faults or BatchFaults(), logprobs_of), port=port).start()

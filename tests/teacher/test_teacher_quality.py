@@ -156,11 +156,15 @@ def test_logprobs_are_stored_beside_the_records(tmp_path):
         )
     record = read_records(tmp_path / "out" / "train.jsonl")[0]
     stored = [json.loads(line) for line in (tmp_path / "out" / "logprobs.jsonl").read_text().splitlines()]
-    assert stored[0]["id"] == record.id
+    assert stored[0]["id"] == record.id and stored[0]["schema"] == 1
     token = stored[0]["logprobs"][0]
-    assert (
-        token["token"] == "cba" and len(token["top"]) == 3 and token["top"][0]["logprob"] == token["logprob"]
-    )
+    assert token["token"] == "cba" and token["bytes"] == list(b"cba")
+    # OpenAI's shape, as the train stage reads it: each alternative with its token, logprob and bytes.
+    assert len(token["top_logprobs"]) == 3 and token["top_logprobs"][0] == {
+        "token": "cba",
+        "logprob": token["logprob"],
+        "bytes": list(b"cba"),
+    }
 
 
 def test_the_plans_record_ids_are_the_records_ids():

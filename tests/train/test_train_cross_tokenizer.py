@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.errors import InputError
+from components.common.logprobs import read_positions
 from components.common.records import read_records, write_records
 from components.common.tiny_model import make_tiny_model
 from components.train.cross_tokenizer import align, token_bytes
@@ -44,13 +45,13 @@ def test_equal_spans_take_mapped_top_k_other_spans_sorted_probabilities(tiny_mod
         # "12" is no student token: its mass goes to "1", the student token its text starts with.
         entry("1", -0.2, [("1", -0.2), ("12", -1.9)]),
     ]
-    table, counts = align(ids, entries, student)
+    table, counts = align(ids, read_positions(entries), student)
     assert table[0].sorted_only and table[0].logprobs == [-0.1, -2.5]
     assert table[1] is None
     assert not table[2].sorted_only and table[2].ids == [ids[2]]
     assert table[2].logprobs == pytest.approx([math.log(math.exp(-0.2) + math.exp(-1.9))])
     assert (counts.matched_positions, counts.sorted_positions, counts.uncovered_positions) == (1, 1, 1)
-    table, counts = align(ids, [entry("ax", -0.1, [])], student)
+    table, counts = align(ids, read_positions([entry("ax", -0.1, [])]), student)
     assert table is None and counts.unaligned_records == 1
 
 

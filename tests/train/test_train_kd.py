@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -130,3 +132,45 @@ def test_intermediate_terms_train_a_projection_and_report_each_part(
         assert part in result.loss_parts and math.isfinite(result.loss_parts[part])
     # Balanced terms are divided by their own running magnitude: each lands near its weight.
     assert result.loss_parts["hidden_loss"] == pytest.approx(1.0, rel=0.5)
+
+
+BAD_VALUES = [
+    {"logprob": 50.0},
+    {"logprob": float("inf")},
+    {"logprob": float("nan")},
+    {"bytes": [4_000_000_000]},
+    {"top_logprobs": "many"},
+]
+
+
+def test_stored_logprobs_that_are_not_probabilities_are_counted_and_skipped(
+    make_config, reversal_data, tiny_teacher_dir, tiny_model_dir, tmp_path
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    clean = logprobs_from_teacher(read_records(reversal_data / "train.jsonl")[:24], tokenizer, teacher)
+    spoilt = logprobs_from_teacher(read_records(reversal_data / "train.jsonl")[:24], tokenizer, teacher)
+    for record, bad in zip(spoilt, BAD_VALUES, strict=False):
+        record.extra["logprobs"][0].update(bad)  # the first token of five records
+    spoilt[5].extra["logprobs"][1]["top_logprobs"] *= 6  # 24 alternatives, more than any teacher gives
+    summaries = {}
+    for name, records in (("clean", clean), ("spoilt", spoilt)):
+        data = tmp_path / name
+        # As the teacher stage stores them: logprobs.jsonl beside train.jsonl (non-finite as JSON allows).
+        write_records(data / "train.jsonl", [replace(r, extra={}) for r in records])
+        lines = [json.dumps({"schema": 1, "id": r.id, "logprobs": r.extra["logprobs"]}) for r in records]
+        (data / "logprobs.jsonl").write_text("\n".join(lines) + "\n")
+        config = make_config(
+            data_dir=str(data), output_dir=str(tmp_path / f"out-{name}"), max_steps=2, kd={"kind": "topk"}
+        )
+        result = run(config)
+        assert math.isfinite(result.final_loss) and math.isfinite(result.loss_parts["kd"])
+        summaries[name] = json.loads((tmp_path / f"out-{name}" / "train_summary.json").read_text())
+    alignment = {name: summary["kd_alignment"] for name, summary in summaries.items()}
+    # The bytes of record 3's first token are unreadable, so are its place in the text and all after it:
+    # its positions are dropped; each other bad position is skipped alone.
+    dropped = len(spoilt[3].extra["logprobs"])
+    assert alignment["clean"]["bad_positions"] == 0 and alignment["spoilt"]["bad_positions"] == 5 + dropped
+    assert alignment["spoilt"]["missing_records"] == 1
+    assert alignment["spoilt"]["matched_positions"] == alignment["clean"]["matched_positions"] - 5 - dropped
+    assert summaries["spoilt"]["final_loss"] == pytest.approx(summaries["clean"]["final_loss"], rel=0.2)

@@ -19,7 +19,9 @@ from pipelines.loopback import ServerThread
 from tests.train.conftest import assert_resume_reaches_the_same_weights
 
 
-def vllm_app(model_dir, top_default: int = 5, broken: bool = False) -> web.Application:
+def vllm_app(
+    model_dir, top_default: int = 5, broken: bool = False, spoil_last: bool = False
+) -> web.Application:
     """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -49,6 +51,8 @@ def vllm_app(model_dir, top_default: int = 5, broken: bool = False) -> web.Appli
             scored.append(position)
         if broken:
             scored = scored[:-1]
+        if spoil_last:
+            scored[-1] = {key: {**value, "logprob": 50.0} for key, value in scored[-1].items()}
         next_id = int(logprobs[-1].argmax())
         return web.json_response(
             {
@@ -83,13 +87,27 @@ def test_http_scores_equal_the_local_models_scores(tiny_teacher_dir, reversal_da
     want = local.entries(prompts, answers)
     assert len(remote) == len(want) == 3
     for got_record, want_record in zip(remote, want, strict=True):
-        assert [e["token"] for e in got_record] == [e["token"] for e in want_record]
-        for got, expected in zip(got_record, want_record, strict=True):
-            assert got["logprob"] == pytest.approx(expected["logprob"], abs=1e-4)
-            assert [c["token"] for c in got["top_logprobs"]] == [c["token"] for c in expected["top_logprobs"]]
-            assert [c["logprob"] for c in got["top_logprobs"]] == pytest.approx(
-                [c["logprob"] for c in expected["top_logprobs"]], abs=1e-4
+        assert not got_record.bad and not want_record.bad
+        got_positions, want_positions = got_record.positions, want_record.positions
+        assert [e.token for e in got_positions] == [e.token for e in want_positions]
+        for got, expected in zip(got_positions, want_positions, strict=True):
+            assert got.bytes == expected.bytes and got.logprob == pytest.approx(expected.logprob, abs=1e-4)
+            assert [c.bytes for c in got.top_logprobs] == [c.bytes for c in expected.top_logprobs]
+            assert [c.logprob for c in got.top_logprobs] == pytest.approx(
+                [c.logprob for c in expected.top_logprobs], abs=1e-4
             )
+
+
+def test_a_scored_position_holding_a_positive_logprob_is_marked_bad_not_trained_on(
+    tiny_teacher_dir, reversal_data
+):
+    record = read_records(reversal_data / "train.jsonl")[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    with ServerThread(vllm_app(tiny_teacher_dir, spoil_last=True)) as server:
+        (scored,) = HttpScorer(server.url, "teacher", tokenizer, top_k=4).entries(
+            [record.prompt_messages], [record.answer]
+        )
+    assert scored.bad == {len(scored.positions) - 1}
 
 
 def test_a_reply_without_usable_prompt_logprobs_is_an_error_naming_the_server(

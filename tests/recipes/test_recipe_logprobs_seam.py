@@ -1,0 +1,233 @@
+"""The logprobs seam, both real stages: each teacher producer (the API teacher synchronously and by batch
+against a loopback OpenAI-compatible server through the openai SDK, the local Hugging Face teacher) writes
+logprobs.jsonl, and the train stage lines it up with the student's tokens: k candidates per position, and
+Chinese text whose characters are split over tokens spelled byte for byte."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from transformers import AutoTokenizer
+
+from components.common.config import from_dict
+from components.common.records import read_records
+from components.common.token_bytes import token_bytes
+from components.teacher import Config as TeacherConfig
+from components.teacher.stage import run as run_teacher
+from components.train.data import Encoder
+from components.train.sparse_kd import attach_topk, join_logprobs_file
+from components.train.stage import run as run_train
+from pipelines.demo_teacher import start_teacher_server
+from tests.teacher.batch_teacher import start_batch_teacher
+from tests.teacher.conftest import teacher_config
+
+K = 4
+PROMPTS = ["请解释知识蒸馏 (distillation) 是什么", "Reverse the letters of: kite", "用中文回答: 学生模型"]
+
+
+@pytest.fixture(autouse=True)
+def keyed(monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
+
+
+@pytest.fixture
+def student_tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def write_prompts(tmp_path) -> None:
+    lines = [json.dumps({"prompt": prompt}, ensure_ascii=False) for prompt in PROMPTS]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def tokenizer_logprobs(tokenizer):
+    """A server whose teacher has the student's tokenizer (as vLLM serving a same-family teacher): each
+    answer token as the tokenizer spells it, then k - 1 other tokens, as the OpenAI API writes them."""
+    vocab = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids]
+    table = token_bytes(tokenizer)
+
+    def logprobs_of(content: str, top: int) -> list[dict]:
+        entries = []
+        for index in tokenizer(content, add_special_tokens=False)["input_ids"]:
+            others = [i for i in vocab[index % 7 :: 7] if i != index][: max(top - 1, 0)]
+            ranked = [(index, -0.1)] + [
+                (other, math.log((1 - math.exp(-0.1)) / 2 ** (r + 1))) for r, other in enumerate(others)
+            ]
+            entries.append(table.position(index, -0.1, ranked[:top]).to_dict())
+        return entries
+
+    return logprobs_of
+
+
+def stored(out) -> list:
+    records = read_records(out / "train.jsonl")
+    join_logprobs_file(records, out / "logprobs.jsonl")
+    return records
+
+
+def assert_spelled_byte_for_byte(records) -> None:
+    """The stored positions spell each answer exactly, Chinese characters split over tokens included."""
+    for record in records:
+        positions = record.extra["logprobs"]
+        assert b"".join(bytes(p["bytes"]) for p in positions) == record.answer.encode()
+    chinese = [r for r in records if any(ord(c) > 0x4E00 for c in r.answer)]
+    assert chinese
+    split = [p for r in chinese for p in r.extra["logprobs"] if not is_text(bytes(p["bytes"]))]
+    assert split, "no stored token holds part of a character"
+
+
+def is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def aligned(records, tokenizer):
+    examples = [Encoder(tokenizer, 256).encode(record) for record in records]
+    return examples, attach_topk(examples, records, tokenizer)
+
+
+def assert_k_candidates_everywhere(records, tokenizer) -> None:
+    examples, counts = aligned(records, tokenizer)
+    assert counts.unaligned_records == counts.missing_records == counts.bad_positions == 0
+    assert counts.mean_candidates == K
+    for example, record in zip(examples, records, strict=True):
+        rows = example.teacher_topk
+        # Every answer token is matched with its k candidates; the end-of-turn token has no teacher data.
+        assert len(rows) == len(record.extra["logprobs"]) + 1 and rows[-1] is None
+        assert all(len(row.ids) == K for row in rows[:-1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_api_teacher_logprobs_give_train_k_candidates_and_exact_chinese_bytes(
+    tmp_path, tiny_model_dir, student_tokenizer, stream
+):
+    write_prompts(tmp_path)
+    with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        config = teacher_config(
+            tmp_path,
+            server.base_url,
+            provider={"logprobs": True, "top_logprobs": K, "stream": stream},
+            test_ratio=0.0,
+        )
+        assert run_teacher(config).metrics["logprob_positions_dropped"] == 0
+    records = stored(tmp_path / "out")
+    assert len(records) == len(PROMPTS)
+    assert_spelled_byte_for_byte(records)
+    assert_k_candidates_everywhere(records, student_tokenizer)
+
+
+def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(tmp_path, student_tokenizer):
+    """The demo teacher cuts Chinese into two-byte tokens, the student into one-byte ones: positions
+    starting together compare sorted probabilities over all k candidates."""
+    write_prompts(tmp_path)
+    with start_teacher_server(api_key="sk-test") as server:
+        run_teacher(
+            teacher_config(
+                tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0
+            )
+        )
+    records = stored(tmp_path / "out")
+    assert_spelled_byte_for_byte(records)
+    _, counts = aligned(records, student_tokenizer)
+    assert counts.unaligned_records == counts.bad_positions == 0
+    assert counts.sorted_positions > 0 and counts.mean_candidates == pytest.approx(K, abs=1.5)
+
+
+def test_batch_teacher_logprobs_give_train_k_candidates(tmp_path, student_tokenizer):
+    write_prompts(tmp_path)
+    with start_batch_teacher(logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        config = teacher_config(
+            tmp_path,
+            server.base_url,
+            mode="batch",
+            batch={"poll_s": 0.02, "poll_max_s": 0.1},
+            provider={"logprobs": True, "top_logprobs": K},
+            test_ratio=0.0,
+        )
+        run_teacher(config)
+    records = stored(tmp_path / "out")
+    assert_spelled_byte_for_byte(records)
+    assert_k_candidates_everywhere(records, student_tokenizer)
+
+
+def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_dir, student_tokenizer):
+    write_prompts(tmp_path)
+    config = from_dict(
+        TeacherConfig,
+        {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(tmp_path / "out"),
+            "store_uri": str(tmp_path / "store"),
+            "progress_bar": False,
+            "test_ratio": 0.0,
+            "on_length": "keep",
+            "provider": {
+                "name": "local",
+                "model": str(tiny_teacher_dir),
+                "max_tokens": 12,
+                "logprobs": True,
+                "top_logprobs": K,
+            },
+        },
+    )
+    run_teacher(config)
+    records = stored(tmp_path / "out")
+    with_logprobs = [record for record in records if record.extra.get("logprobs")]
+    assert with_logprobs
+    for record in with_logprobs:
+        assert b"".join(bytes(p["bytes"]) for p in record.extra["logprobs"]) == record.answer.encode()
+    examples, counts = aligned(with_logprobs, student_tokenizer)
+    assert counts.unaligned_records == counts.bad_positions == 0
+    # Top-k ids of one model are distinct, so each maps to its own student id.
+    assert counts.matched_positions > 0 and counts.mean_candidates == K
+
+
+def test_train_stage_reports_candidates_per_position_and_warns_when_only_the_sampled_token_is_stored(
+    tmp_path, tiny_model_dir, student_tokenizer, caplog
+):
+    write_prompts(tmp_path)
+    with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        for name, top in (("top", K), ("sampled", 0)):
+            config = teacher_config(
+                tmp_path,
+                server.base_url,
+                output_dir=str(tmp_path / name),
+                run_id=name,
+                provider={"logprobs": True, "top_logprobs": top},
+                test_ratio=0.0,
+            )
+            run_teacher(config)
+    summaries = {}
+    for name in ("top", "sampled"):
+        caplog.clear()
+        train = train_config(tmp_path, tiny_model_dir, tmp_path / name, name)
+        run_train(train)
+        summaries[name] = json.loads((tmp_path / f"student-{name}" / "train_summary.json").read_text())
+        warned = [r.message for r in caplog.records if "only the sampled token" in r.message]
+        assert bool(warned) == (name == "sampled"), warned
+    assert summaries["top"]["kd_alignment"]["mean_candidates"] == K
+    assert summaries["sampled"]["kd_alignment"]["mean_candidates"] == 1
+
+
+def train_config(tmp_path, student, data, name):
+    from components.train import Config as TrainConfig
+
+    return from_dict(
+        TrainConfig,
+        {
+            "student_dir": str(student),
+            "data_dir": str(data),
+            "output_dir": str(tmp_path / f"student-{name}"),
+            "tensorboard_dir": str(tmp_path / f"tb-{name}"),
+            "max_steps": 2,
+            "batch_size": 3,
+            "logging_steps": 1,
+            "max_length": 96,
+            "kd": {"kind": "topk", "alpha": 0.5},
+        },
+    )
