@@ -14,7 +14,6 @@ from transformers import AutoTokenizer
 from components.common.config import from_dict
 from components.common.records import read_records
 from components.common.token_bytes import token_bytes
-from components.teacher import Config as TeacherConfig
 from components.teacher.stage import run as run_teacher
 from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk, join_logprobs_file
@@ -22,6 +21,7 @@ from components.train.stage import run as run_train
 from pipelines.demo_teacher import start_teacher_server
 from tests.teacher.batch_teacher import start_batch_teacher
 from tests.teacher.conftest import teacher_config
+from tests.teacher.test_teacher_local import make_config as local_teacher_config
 
 K = 4
 PROMPTS = ["请解释知识蒸馏 (distillation) 是什么", "Reverse the letters of: kite", "用中文回答: 学生模型"]
@@ -157,23 +157,8 @@ def test_batch_teacher_logprobs_give_train_k_candidates(tmp_path, student_tokeni
 
 def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_dir, student_tokenizer):
     write_prompts(tmp_path)
-    config = from_dict(
-        TeacherConfig,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "out"),
-            "store_uri": str(tmp_path / "store"),
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            "on_length": "keep",
-            "provider": {
-                "name": "local",
-                "model": str(tiny_teacher_dir),
-                "max_tokens": 12,
-                "logprobs": True,
-                "top_logprobs": K,
-            },
-        },
+    config = local_teacher_config(
+        tmp_path, tiny_teacher_dir, run_id="out", max_tokens=12, logprobs=True, top_logprobs=K
     )
     run_teacher(config)
     records = stored(tmp_path / "out")
