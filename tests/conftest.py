@@ -20,6 +20,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` measure the GPU paths (speed, memory at real sizes); every path they take also
+    runs on the CPU in a test of its own. Without CUDA a run leaves them out unless its `-m` names them,
+    so no selection of the CPU tests ends in skips for want of a GPU."""
+    import torch
+
+    if torch.cuda.is_available() or "gpu" in (config.getoption("markexpr") or ""):
+        return
+    on_gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if on_gpu:
+        config.hook.pytest_deselected(items=on_gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_precision():
+    """Each train run in this process sets its own mixed precision: a stage runs once per pod, but a test
+    process runs it many times, and accelerate keeps the first run's precision process-wide."""
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-init tiny Qwen2 student (no warm-up): for tests of mechanics, not of learning."""

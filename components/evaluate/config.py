@@ -175,7 +175,7 @@ class Config:
     seed: int = 0
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Score the distilled student loaded in 8-bit or 4-bit (bitsandbytes, CUDA), as it will be served.
+    # Score the distilled student loaded in 8-bit or 4-bit (bitsandbytes), as it will be served.
     quantization: Literal["none", "8bit", "4bit"] = "none"
     engine: Literal["auto", "hf", "vllm"] = "auto"
     zh_tokenizer: Literal["char", "jieba"] = "char"
@@ -209,10 +209,6 @@ class Config:
             raise ConfigError(f"temperature: {self.temperature} must be positive when do_sample is true")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: {self.top_p} must be in (0, 1]")
-        if self.quantization != "none" and self.device == "cpu":
-            raise ConfigError(
-                f"quantization: {self.quantization!r} needs CUDA (bitsandbytes); set device: auto or cuda"
-            )
         if self.checker is not None and ":" not in self.checker:
             raise ConfigError(f"checker: {self.checker!r} must look like 'package.module:function'")
         if not is_gate_metric(self.gate_metric):

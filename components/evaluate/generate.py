@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from components.common.errors import ConfigError, InputError
+from components.common.devices import note_slow_on_cpu
+from components.common.errors import InputError
 from components.common.generation import left_padded, load_for_generation, quantization_config
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,12 @@ def load_model(
 
     A PEFT adapter folder (adapter_config.json, e.g. the train output when merging is skipped) is applied
     unmerged on top of the model in `base_dir`. `quantization` "8bit" or "4bit" (NF4) loads the weights
-    through bitsandbytes, as a quantized deployment would serve them (CUDA only).
+    through bitsandbytes, as a quantized deployment would serve them.
     """
 
     kwargs: dict = {"dtype": TORCH_DTYPES[dtype], "device_map": {"": device}}
     if quantization != "none":
-        if device.type != "cuda":
-            raise ConfigError(
-                f"quantization: {quantization!r} loads the student through bitsandbytes, which needs a CUDA "
-                "GPU, and this eval runs on CPU; give the eval task a GPU (eval_gpus) or set quantization: none"
-            )
+        note_slow_on_cpu(f"quantization: {quantization} (bitsandbytes)", device)
         kwargs["quantization_config"] = quantization_config(quantization)
 
     path = Path(path)

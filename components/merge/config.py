@@ -33,7 +33,7 @@ class Config:
 
     Inputs
       student_dir: the student the adapter was trained on (a Hugging Face model folder, unquantized or a
-          pre-quantized checkpoint; quantized bases are dequantized on CUDA before merging).
+          pre-quantized checkpoint; quantized bases are dequantized before merging).
       trained_dir: the train stage's output: a PEFT adapter folder (has adapter_config.json) or, after full
           fine-tuning, a whole model folder, which passes through re-sharded.
     Output

@@ -4,7 +4,7 @@
 
 Order of work (each step is one function below):
     1. read the train output: an adapter (adapter_config.json) or a fully fine-tuned model
-    2. load the base in the target dtype (QLoRA: bf16, dequantized on CUDA if the base is quantized)
+    2. load the base in the target dtype (QLoRA: bf16, dequantized first if the base is quantized)
     3. reference logits of base + adapter on the probe prompts, then `merge_and_unload`
     4. save: sharded safetensors, tokenizer, generation config, model card; no quantization_config left
     5. reload the written folder and compare its logits with the reference; over tolerance the stage fails
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from components.common.devices import resolve_device
-from components.common.errors import ConfigError, InputError
+from components.common.devices import note_slow_on_cpu, resolve_device
+from components.common.errors import InputError
 from components.common.remote_code import allows_remote_code
 from components.merge.card import dataset_facts, model_card
 from components.merge.config import DEFAULT_TOLERANCE, Config
@@ -179,27 +179,39 @@ def load_tokenizer(trained_dir: Path, student_dir: Path):
 
 
 def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "student_dir"):
-    """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first (needs CUDA)."""
+    """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     check_model_folder(path, field)
     remote_code = allows_remote_code(path)
     if getattr(AutoConfig.from_pretrained(path, trust_remote_code=remote_code), "quantization_config", None):
-        if device.type != "cuda":
-            raise ConfigError(
-                f"student_dir: {path} is a quantized checkpoint (config.json has quantization_config); "
-                "dequantizing it needs a CUDA device (device: auto or cuda on a GPU machine), or point "
-                "student_dir at the unquantized model"
-            )
+        note_slow_on_cpu(f"dequantizing the quantized checkpoint {path}", device)
         model = AutoModelForCausalLM.from_pretrained(
-            path, device_map={"": device.index or 0}, trust_remote_code=remote_code
+            path, device_map={"": device}, trust_remote_code=remote_code
         )
         model = model.dequantize(dtype=dtype).to(dtype)
+        drop_quantized_loading(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map={"": device}, trust_remote_code=remote_code
         )
     return model.eval()
+
+
+def drop_quantized_loading(model) -> None:
+    """transformers keeps the conversions it loaded a checkpoint with, to undo them when saving; those
+    that unpacked 4-/8-bit tensors have no undo, and after dequantize() the weights are plain anyway."""
+
+    def reversible(conversion) -> bool:
+        try:
+            conversion.reverse_transform()
+        except NotImplementedError:
+            return False
+        return True
+
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if reversible(c)]
 
 
 def merge_adapter(student_dir, trained_dir, tokenizer, dtype, device, prompts):

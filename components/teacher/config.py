@@ -56,7 +56,7 @@ class ProviderConfig:
     preflight_timeout_s: how long the check before the first paid request (GET /models, or a one-token
         request) waits for an answer: a server that never answers is reported at once, not after timeout_s.
     adapter: (local) a PEFT adapter folder applied on top of `model`.
-    quantization: (local) "8bit" or "4bit" through bitsandbytes; needs CUDA.
+    quantization: (local) "8bit" or "4bit" through bitsandbytes (on a CPU too, slowly).
     batch_size: (local) prompts per generate() call.
     """
 

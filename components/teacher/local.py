@@ -5,7 +5,7 @@
       model: /models/qwen2.5-7b-instruct      # or s3://bucket/models/teacher (downloaded first)
       adapter: /models/teacher-lora          # optional PEFT adapter on top (or give an adapter folder as
                                              # model: its adapter_config.json names the base)
-      quantization: 4bit                     # optional, "8bit" or "4bit" through bitsandbytes, CUDA only
+      quantization: 4bit                     # optional, "8bit" or "4bit" through bitsandbytes (slow on CPU)
       batch_size: 8
       max_tokens: 512
 
@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError
 from components.common.generation import load_for_generation, quantization_config
 from components.common.logprobs import TokenLogprob, usable
@@ -59,13 +60,7 @@ def vllm_usable(provider: ProviderConfig) -> bool:
 
 class LocalTeacher:
     def __init__(self, provider: ProviderConfig):
-        import torch
 
-        if provider.quantization != "none" and not torch.cuda.is_available():
-            raise ConfigError(
-                f"provider.quantization: {provider.quantization!r} needs a CUDA GPU (bitsandbytes); "
-                "set quantization: none to run the local teacher on CPU"
-            )
         if provider.n > 1 and not provider.temperature:
             raise ConfigError(
                 f"provider.n: {provider.n} answers per prompt from the local teacher need sampling; "
@@ -101,8 +96,11 @@ class LocalTeacher:
         cuda = torch.cuda.is_available()
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
         if provider.quantization != "none":
+            note_slow_on_cpu(
+                f"provider.quantization: {provider.quantization}", torch.device("cuda" if cuda else "cpu")
+            )
             kwargs["quantization_config"] = quantization_config(provider.quantization)
-            kwargs["device_map"] = "auto"
+            kwargs["device_map"] = "auto" if cuda else {"": "cpu"}
         folder, adapter = self._base_and_adapter()
         # An adapter folder from the train stage carries the tokenizer it was trained with: prefer it.
         tokenizer_folder = (

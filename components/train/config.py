@@ -108,7 +108,7 @@ class KDSettings:
     # A PEFT adapter applied on top of teacher_dir, unmerged (a folder or s3://bucket/prefix): a base +
     # LoRA teacher needs no merge step first.
     teacher_adapter: str = ""
-    # Load the teacher in 8-bit with bitsandbytes (CUDA only): halves its memory again versus bf16.
+    # Load the teacher in 8-bit with bitsandbytes: halves its memory again versus bf16 (slow on a CPU).
     teacher_8bit: bool = False
     # Scored tokens per chunk of the loss: the full-vocabulary logits exist for one chunk at a time.
     chunk_size: int = 1024
@@ -378,7 +378,8 @@ class Config:
     sample_max_new_tokens: int = 64
 
     # --- numerics -------------------------------------------------------------------------------------
-    # auto: bf16 on a CUDA device that supports it, else fp32. bf16/fp16 need CUDA.
+    # auto: bf16 on a CUDA device that supports it, else fp32. bf16 runs on a CPU too (slowly); fp16 needs
+    # CUDA.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Recompute activations in the backward pass: less memory for about a third more compute.
     gradient_checkpointing: bool = False

@@ -3,7 +3,8 @@
 Numerics per method:
 - full: weights in fp32 (AdamW on bf16 weights loses small updates), the forward pass autocast to bf16/fp16;
 - lora: the frozen base in the compute dtype (bf16 halves its memory), the adapters in fp32;
-- qlora: the base quantized to 4-bit NF4 with double quantization and bf16 compute (bitsandbytes, CUDA).
+- qlora: the base quantized to 4-bit NF4 with double quantization and bf16 compute (bitsandbytes; on a CPU
+  too, slowly).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError, InputError
 from components.common.remote_code import allows_remote_code
 from components.train import varlen
@@ -22,14 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'bf16', 'fp16' or 'fp32' for this device; bf16/fp16 on a CPU fail here, before any loading."""
+    """'bf16', 'fp16' or 'fp32' for this device; fp16 on a CPU fails here, before any loading."""
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
         return "fp16" if device.type == "cuda" else "fp32"
-    if precision in ("bf16", "fp16") and device.type != "cuda":
+    if precision == "fp16" and device.type != "cuda":
+        # accelerate autocasts fp16 (with its loss scaler) only on accelerators; on a CPU it would
+        # silently train the fp16 weights unscaled.
         raise ConfigError(
-            f"precision: {precision!r} needs a CUDA GPU and none is visible; use 'fp32' or 'auto' on CPU"
+            "precision: 'fp16' mixed precision needs a CUDA GPU and none is visible; use 'bf16' (autocast "
+            "on the CPU) or 'fp32'"
         )
     return precision
 
@@ -89,11 +94,7 @@ def compile_blocks(model) -> None:
 
 
 def qlora_kwargs(device: torch.device, precision: str) -> dict:
-    if device.type != "cuda":
-        raise ConfigError(
-            "method: 'qlora' quantizes the student to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-            "none is visible. Use method 'lora' on CPU"
-        )
+    note_slow_on_cpu("method: qlora (4-bit bitsandbytes)", device)
     try:
         from transformers import BitsAndBytesConfig
     except ImportError:
@@ -104,8 +105,14 @@ def qlora_kwargs(device: torch.device, precision: str) -> dict:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=DTYPES[precision] if precision != "fp32" else torch.float32,
     )
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"quantization_config": quantization, "device_map": {"": index}}
+    return {"quantization_config": quantization, "device_map": device_map(device)}
+
+
+def device_map(device: torch.device) -> dict:
+    """Where bitsandbytes puts every layer of a quantized model: all on this device."""
+    if device.type == "cuda":
+        return {"": device.index if device.index is not None else torch.cuda.current_device()}
+    return {"": device.type}
 
 
 def add_lora(model, config, autocast: bool = False):
@@ -155,21 +162,18 @@ def backbone(model):
 
 
 def load_teacher(config, device: torch.device, precision: str):
-    """A frozen teacher for logit/intermediate KD: bf16 or 8-bit on GPU, fp32 on CPU, no grads."""
+    """A frozen teacher for logit/intermediate KD in the run's precision, or 8-bit; no grads."""
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(config.kd.teacher_dir, "kd.teacher_dir")
     kwargs: dict = {"dtype": DTYPES[precision]}
     if config.kd.teacher_8bit:
-        if device.type != "cuda":
-            raise ConfigError(
-                "kd.teacher_8bit: 8-bit loading (bitsandbytes) needs a CUDA GPU and none is visible; "
-                "set it to false on CPU"
-            )
         from transformers import BitsAndBytesConfig
 
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": index})
+        note_slow_on_cpu("kd.teacher_8bit (8-bit bitsandbytes)", device)
+        kwargs.update(
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device_map(device)
+        )
     kwargs.update(attention_kwargs(config))
     teacher = AutoModelForCausalLM.from_pretrained(
         folder, trust_remote_code=allows_remote_code(folder), **kwargs

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from components.common.config import to_dict
+from components.common.devices import note_slow_on_cpu
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.common.remote_code import allows_remote_code
@@ -112,6 +113,8 @@ class DistillTrainer:
         self.accelerator = accelerator_for(config)
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
+        if self.precision == "bf16":
+            note_slow_on_cpu("precision: bf16", self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
         )

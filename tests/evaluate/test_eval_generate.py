@@ -119,32 +119,29 @@ def test_asking_for_cuda_without_a_gpu_fails_naming_the_field():
         resolve_device("cuda")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 on CUDA needs a GPU")
-def test_bf16_on_cuda_matches_fp32_on_cpu(memorized_student_dir, test_split):
+@pytest.mark.parametrize(
+    ("dtype", "quantization", "layer"),
+    [("bf16", "none", None), ("auto", "8bit", "Linear8bitLt"), ("auto", "4bit", "Linear4bit")],
+    ids=["bf16", "8bit", "4bit"],
+)
+def test_bf16_8bit_and_4bit_students_answer_on_cpu_like_fp32(
+    memorized_student_dir, test_split, dtype, quantization, layer, caplog
+):
+    """The eval's quantized and bf16 loading runs on the CPU through the code that runs on CUDA."""
     prompts, answers = test_split
-    cuda_model, tokenizer = load_model(memorized_student_dir, "bf16", torch.device("cuda"), "trained_dir")
-    assert next(cuda_model.parameters()).dtype == torch.bfloat16
-    on_gpu = generate(cuda_model, tokenizer, prompts, settings(batch_size=4))
-    assert sum(a == b for a, b in zip(on_gpu.answers, answers, strict=True)) >= len(answers) - 1
-    cpu_model, _ = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
-    gpu_ppl = answer_perplexity(cuda_model, tokenizer, prompts, answers, batch_size=4)
-    cpu_ppl = answer_perplexity(cpu_model, tokenizer, prompts, answers, batch_size=4)
-    assert gpu_ppl == pytest.approx(cpu_ppl, rel=0.05)  # bf16 keeps 8 mantissa bits: ~0.4% per operation
-
-
-def test_generation_stops_at_any_end_token_of_the_generation_config(memorized_student_dir, test_split):
-    from components.evaluate.generate import stop_ids
-
-    prompts, answers = test_split
-    model, tokenizer = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [eos, pad]
-    assert stop_ids(model, tokenizer) == [eos, pad]
-
-    # Declare the second letter of the first answer an end token too: that answer stops right after it.
-    letter = answers[0][1]
-    assert letter not in answers[0][0]
-    model.generation_config.eos_token_id = [pad, tokenizer.convert_tokens_to_ids(letter)]
-    cut = generate(model, tokenizer, prompts[:1], settings(batch_size=1))
-    assert cut.answers == [answers[0][:2]]
+    model, tokenizer = load_model(memorized_student_dir, dtype, CPU, "trained_dir", quantization=quantization)
+    if layer:
+        assert any(type(m).__name__ == layer for m in model.modules())
+        assert f"quantization: {quantization} (bitsandbytes) runs on the CPU" in caplog.text
+    else:
+        assert next(model.parameters()).dtype == torch.bfloat16
+    scored = generate(model, tokenizer, prompts, settings(batch_size=4))
+    right = sum(a == b for a, b in zip(scored.answers, answers, strict=True))
+    reference, _ = load_model(memorized_student_dir, "fp32", CPU, "trained_dir")
+    ppl = answer_perplexity(model, tokenizer, prompts, answers, batch_size=4)
+    fp32_ppl = answer_perplexity(reference, tokenizer, prompts, answers, batch_size=4)
+    print(
+        f"{dtype}/{quantization}: {right}/{len(answers)} right, perplexity {ppl:.4f} against {fp32_ppl:.4f}"
+    )
+    assert right >= len(answers) - 1
+    assert ppl == pytest.approx(fp32_ppl, rel=0.05)

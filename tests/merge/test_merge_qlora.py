@@ -1,28 +1,22 @@
 """QLoRA adapters are merged onto the base in bf16, never onto 4-bit weights, and leave no quantization
-behind. The 4-bit parts need CUDA (bitsandbytes); on CPU they are skipped and the CPU refuses clearly."""
+behind; a 4-bit base checkpoint is dequantized first. The 4-bit parts run through bitsandbytes on the CPU
+as on CUDA."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.common.errors import ConfigError
+from components.common.config import from_dict
+from components.common.records import write_records
 from components.merge import Config
 from components.merge.stage import run
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit bitsandbytes needs CUDA")
-BNB_4BIT = {
-    "quant_method": "bitsandbytes",
-    "load_in_4bit": True,
-    "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_compute_dtype": "bfloat16",
-    "bnb_4bit_use_double_quant": True,
-}
+from components.train import Config as TrainConfig
+from components.train.stage import run as train
+from tests.train.conftest import reversal_records
 
 
 def assert_plain_bf16_model(out: Path) -> None:
@@ -43,59 +37,60 @@ def test_qlora_adapter_is_merged_onto_a_bf16_base(tiny_model_dir, make_adapter, 
     assert_plain_bf16_model(tmp_path / "merged")
 
 
-def test_a_quantized_base_checkpoint_on_cpu_is_refused_naming_the_field(
-    tiny_model_dir, make_adapter, tmp_path
-):
-    quantized = tmp_path / "base-4bit"
-    shutil.copytree(tiny_model_dir, quantized)
-    config = json.loads((quantized / "config.json").read_text())
-    (quantized / "config.json").write_text(json.dumps({**config, "quantization_config": BNB_4BIT}))
-    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", method="qlora")
-    if torch.cuda.is_available():
-        pytest.skip("on CUDA the quantized base is dequantized instead (see the gpu test)")
-    with pytest.raises(ConfigError, match="student_dir: .* is a quantized checkpoint .* needs a CUDA device"):
-        run(Config(str(quantized), str(adapter), str(tmp_path / "merged")))
+def qlora_training_run(student_dir: Path, tmp_path: Path) -> Path:
+    """The train stage's output of a real QLoRA run: adapters trained on the 4-bit NF4 student."""
+    data = tmp_path / "data"
+    write_records(data / "train.jsonl", reversal_records(32))
+    config = from_dict(
+        TrainConfig,
+        {
+            "student_dir": str(student_dir),
+            "data_dir": str(data),
+            "output_dir": str(tmp_path / "adapter"),
+            "tensorboard_dir": str(tmp_path / "tb"),
+            "method": "qlora",
+            "precision": "bf16",
+            "lora": {"target_modules": ["all-linear"]},
+            "max_steps": 3,
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "max_length": 64,
+        },
+    )
+    train(config)
+    return Path(config.output_dir)
 
 
-@pytest.mark.gpu
-@gpu
-def test_adapter_trained_on_4bit_weights_merges_onto_bf16_and_a_4bit_base_is_dequantized(
+def test_a_real_qlora_run_merges_onto_bf16_and_a_4bit_base_is_dequantized_on_this_machine(
     tiny_model_dir, tmp_path
 ):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
+    adapter = qlora_training_run(tiny_model_dir, tmp_path)
+    assert json.loads((adapter / "train_summary.json").read_text())["method"] == "qlora"
+
+    # 1. the usual case: the base folder holds the unquantized weights
+    result = run(Config(str(tiny_model_dir), str(adapter), str(tmp_path / "merged")))
+    assert result.method == "qlora" and result.dtype == "bf16" and result.verified
+    assert result.max_logit_diff <= result.tolerance
+    assert_plain_bf16_model(tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    assert any(not torch.equal(base[k], merged[k]) for k in base), "the trained adapters were folded in"
+    print(f"qlora merge: max logit diff {result.max_logit_diff:.4g} (tolerance {result.tolerance})")
+
+    # 2. the base itself is a 4-bit checkpoint, as bitsandbytes saves one: dequantized to bf16 first
     quantization = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
     )
-    base_4bit = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir, quantization_config=quantization, device_map={"": 0}
-    )
-    # A pre-quantized base checkpoint, saved before get_peft_model injects LoRA layers into base_4bit.
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
     quantized_dir = tmp_path / "base-4bit"
-    base_4bit.save_pretrained(quantized_dir)
+    AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=quantization, device_map={"": device}
+    ).save_pretrained(quantized_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(quantized_dir)
-    torch.manual_seed(0)
-    model = get_peft_model(
-        prepare_model_for_kbit_training(base_4bit),
-        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False),
-    )
-    adapter = tmp_path / "adapter"
-    model.save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
-    (adapter / "train_summary.json").write_text(
-        json.dumps({"method": "qlora", "steps": 1, "final_loss": 1.0})
-    )
-
-    # 1. the usual case: the base folder holds the unquantized weights
-    result = run(Config(str(tiny_model_dir), str(adapter), str(tmp_path / "merged"), device="cuda"))
-    assert result.dtype == "bf16" and result.verified
-    assert_plain_bf16_model(tmp_path / "merged")
-    print(f"qlora merge on CUDA: max logit diff {result.max_logit_diff:.4g} (tolerance {result.tolerance})")
-
-    # 2. the base itself is a 4-bit checkpoint: dequantized to bf16 on CUDA before merging
     assert "quantization_config" in json.loads((quantized_dir / "config.json").read_text())
-    result = run(Config(str(quantized_dir), str(adapter), str(tmp_path / "merged-dq"), device="cuda"))
-    assert result.verified
+    result = run(Config(str(quantized_dir), str(adapter), str(tmp_path / "merged-dq")))
+    assert result.verified and result.max_logit_diff <= result.tolerance
     assert_plain_bf16_model(tmp_path / "merged-dq")
-    print(f"qlora merge onto dequantized base: max logit diff {result.max_logit_diff:.4g}")
+    print(f"qlora merge onto the dequantized base: max logit diff {result.max_logit_diff:.4g}")
