@@ -120,6 +120,8 @@ class KDSettings:
     # model: teacher_dir then needs only the teacher's tokenizer files. teacher_model names it there.
     teacher_url: str = ""
     teacher_model: str = ""
+    # Seconds one scoring call to teacher_url may take in all (connect, send, the whole reply).
+    teacher_timeout_s: float = 120.0
 
     @property
     def needs_scoring_teacher(self) -> bool:
@@ -147,6 +149,8 @@ class KDSettings:
                 f"kd.teacher_url: only kinds 'logits' and 'on_policy' ask a teacher to score; kind "
                 f"{self.kind!r} does not, so remove kd.teacher_url"
             )
+        if not self.teacher_timeout_s > 0:
+            raise ConfigError(f"kd.teacher_timeout_s: must be positive, got {self.teacher_timeout_s}")
         if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"kd.teacher_url: must start with http:// or https://, got {self.teacher_url!r}"

@@ -13,13 +13,14 @@ reply is untrusted: a reply of the wrong length or shape is an error naming the 
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 
 import torch
 
+from components.common.deadline_http import DeadlineExceeded, post
 from components.common.errors import InputError
 from components.common.logprobs import BadPosition, Positions, checked, logprob_field
 from components.common.token_bytes import token_bytes
@@ -104,9 +105,10 @@ class LocalScorer:
 class HttpScorer:
     """A teacher served by vLLM's OpenAI-compatible server, scoring given tokens (prompt_logprobs)."""
 
-    def __init__(self, url: str, model: str, tokenizer, top_k: int, timeout: float = 120.0):
+    def __init__(self, url: str, model: str, tokenizer, top_k: int, timeout_s: float = 120.0):
         self.url = url.rstrip("/") + "/v1/completions"
-        self.model, self.tokens, self.top_k, self.timeout = model, TeacherTokens(tokenizer), top_k, timeout
+        self.model, self.tokens, self.top_k = model, TeacherTokens(tokenizer), top_k
+        self.timeout_s = timeout_s  # for the whole call: a server dripping its reply cannot hold it
 
     def entries(
         self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
@@ -122,13 +124,15 @@ class HttpScorer:
             "temperature": 0.0,
             "prompt_logprobs": self.top_k,
         }
-        request = urllib.request.Request(
-            self.url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as error:
+            reply = json.loads(post(self.url, json.dumps(body).encode(), headers, self.timeout_s))
+        except DeadlineExceeded:
+            raise InputError(
+                f"kd.teacher_url: {self.url} did not score the tokens within kd.teacher_timeout_s="
+                f"{self.timeout_s:g}; check that the server runs and is not overloaded, or raise it"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
             raise InputError(f"kd.teacher_url: {self.url} did not score the tokens: {error}") from error
         return self._parse(reply, prompt_ids, answer_ids)
 

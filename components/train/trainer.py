@@ -144,8 +144,9 @@ class DistillTrainer:
         self.student = load_student(config, self.device, self.precision)
         if wants_teacher:
             if config.kd.teacher_url:
+                kd = config.kd
                 self.scorer = HttpScorer(
-                    config.kd.teacher_url, config.kd.teacher_model, teacher_tokenizer, config.kd.top_k
+                    kd.teacher_url, kd.teacher_model, teacher_tokenizer, kd.top_k, kd.teacher_timeout_s
                 )
             else:
                 self.teacher = load_teacher(config, self.device, self.precision)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import pytest
 import torch
@@ -169,3 +171,29 @@ def test_a_served_teacher_without_http_or_with_intermediate_terms_is_refused_at_
     }
     with pytest.raises(ConfigError, match=message):
         from_dict(Config, fields)
+
+
+def dripping_app() -> web.Application:
+    """A server that answers at once and then sends its reply a byte every 0.1 s, for ever: each read
+    comes within any socket timeout."""
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        while True:
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+def test_a_server_dripping_its_reply_cannot_hold_the_stage_past_the_deadline(make_config, tiny_teacher_dir):
+    with ServerThread(dripping_app()) as server:
+        kd = {**served_on_policy_kd(tiny_teacher_dir, server.url), "teacher_timeout_s": 1.5}
+        started = time.monotonic()
+        with pytest.raises(InputError, match=r"did not score the tokens within kd.teacher_timeout_s=1.5;"):
+            run(make_config(max_steps=2, kd=kd))
+        assert time.monotonic() - started < 60
