@@ -4,7 +4,11 @@ One JSON object per line:
 
     {"id": "3f2a…", "messages": [{"role": "system", …}, {"role": "user", …}, {"role": "assistant", …}],
      "reasoning": "…", "reference": "…", "teacher": {"provider": "deepseek", "model": "…", "params": {…}},
-     "usage": {"prompt_tokens": 12, "completion_tokens": 40}, "judge": {…}, "split": "train"}
+     "usage": {"prompt_tokens": 12, "completion_tokens": 40}, "judge": {…}, "split": "train", "schema": 1}
+
+`schema` is the layout's version (RECORD_SCHEMA): a stage refuses records of a newer layout than it
+reads. The teacher's per-token log-probabilities go beside them in logprobs.jsonl
+(components/common/logprobs.py).
 
 `id` is a stable hash of the prompt messages and the teacher settings, so the same prompt asked of the
 same teacher always has the same id: resuming and caching key on it.
@@ -22,6 +26,7 @@ from typing import Any
 from components.common.errors import InputError
 
 ROLES = ("system", "user", "assistant")
+RECORD_SCHEMA = 1
 
 
 def stable_hash(payload: Any, length: int = 32) -> str:
@@ -45,6 +50,7 @@ class Record:
     judge: dict[str, Any] | None = None
     split: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = RECORD_SCHEMA
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -70,6 +76,12 @@ class Record:
     def from_dict(cls, data: dict[str, Any], where: str = "record") -> Record:
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise InputError(f"{where}: field 'id' must be a non-empty string")
+        schema = data.get("schema", RECORD_SCHEMA)
+        if type(schema) is not int or not 1 <= schema <= RECORD_SCHEMA:
+            raise InputError(
+                f"{where}: field 'schema' is {schema!r}, this stage reads record schema {RECORD_SCHEMA} or "
+                "older; run it with the version that wrote the records"
+            )
         messages = data.get("messages")
         validate_messages(messages, where)
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}

@@ -256,7 +256,7 @@ class BatchRunner:
             worst_costs={job.key: worst for job, _, worst in chunk},
         )
         prompts = "".join(
-            json.dumps({"key": job.key, "prompt": prompt_fields(job)}, ensure_ascii=False) + "\n"
+            json.dumps({"key": job.key, "prompt": vars(prompt_fields(job))}, ensure_ascii=False) + "\n"
             for job, _, _ in chunk
         )
         await asyncio.to_thread(self.store.write_text, f"{record.name}.jobs.jsonl", prompts)

@@ -14,16 +14,16 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from components.common.config import to_dict
 from components.common.logprobs import LOGPROBS_SCHEMA
 from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
+from components.teacher.api import Choice
 from components.teacher.config import Config
 from components.teacher.export import write_sharegpt
-from components.teacher.journal import Journal, Spend, line_outcome, spent_by_shard
+from components.teacher.journal import Entry, Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
@@ -50,10 +50,9 @@ def write_dataset(config: Config) -> dict[str, float]:
         # All answers to one prompt go to the same split, so the test set never shares a prompt with train:
         # a first pass finds the prompts that keep an answer, the second writes the records.
         kept_keys = (
-            entry["key"]
+            entry.key
             for entry in ordered.entries()
-            if entry["status"] == "ok"
-            and "kept" in (answer_outcome(entry, a, config) for a in entry["answers"])
+            if entry.status == "ok" and "kept" in (answer_outcome(entry, a, config) for a in entry.answers)
         )
         test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
         answered = train = test = rejected = logprobs_dropped = 0
@@ -65,10 +64,10 @@ def write_dataset(config: Config) -> dict[str, float]:
         ):
             for entry in ordered.entries():
                 answered += 1
-                if entry["status"] != "ok":
+                if entry.status != "ok":
                     counts["dropped"] += 1
                     continue
-                for index, answer in enumerate(entry["answers"]):
+                for index, answer in enumerate(entry.answers):
                     outcome = answer_outcome(entry, answer, config)
                     if outcome != "kept":
                         counts[outcome] += 1
@@ -79,15 +78,15 @@ def write_dataset(config: Config) -> dict[str, float]:
                         rejected_file.write(record.to_json() + "\n")
                         rejected += 1
                         continue
-                    if entry["key"] in test_keys:
+                    if entry.key in test_keys:
                         record.split, test = "test", test + 1
                         test_file.write(record.to_json() + "\n")
                     else:
                         record.split, train = "train", train + 1
                         train_file.write(record.to_json() + "\n")
-                    logprobs_dropped += answer.get("logprobs_dropped", 0)
-                    if answer.get("logprobs"):
-                        line = {"schema": LOGPROBS_SCHEMA, "id": record.id, "logprobs": answer["logprobs"]}
+                    logprobs_dropped += answer.logprobs_dropped
+                    if answer.logprobs:
+                        line = {"schema": LOGPROBS_SCHEMA, "id": record.id, "logprobs": answer.logprobs}
                         logprobs_file.write(json.dumps(line) + "\n")
         if (output / "logprobs.jsonl").stat().st_size == 0:
             (output / "logprobs.jsonl").unlink()
@@ -123,16 +122,15 @@ def write_dataset(config: Config) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def answer_outcome(entry: dict[str, Any], answer: dict[str, Any], config: Config) -> str:
+def answer_outcome(entry: Entry, answer: Choice, config: Config) -> str:
     """ "kept", or why an answer of an answered prompt is not: answer_too_short, answer_too_long or
     judge_rejected (it goes to rejected.jsonl)."""
-    length = len(answer["content"])
+    length = len(answer.content)
     if length < config.min_answer_chars:
         return "answer_too_short"
     if config.max_answer_chars is not None and length > config.max_answer_chars:
         return "answer_too_long"
-    judge = entry.get("judge")
-    if judge is not None and judge.get("verdict") != "accept":
+    if entry.judge is not None and entry.judge.get("verdict") != "accept":
         return "judge_rejected"
     return "kept"
 
@@ -171,7 +169,7 @@ class PlanOrder:
                 handle.close()
         return len(stale)
 
-    def entries(self) -> Iterator[dict[str, Any]]:
+    def entries(self) -> Iterator[Entry]:
         for number in range(self.buckets):
             folded: dict[int, str] = {}
             with self._bucket(number).open(encoding="utf-8") as handle:
@@ -179,31 +177,31 @@ class PlanOrder:
                     position, _, text = line.partition("\t")
                     folded[int(position)] = text
             for position in sorted(folded):
-                yield json.loads(folded[position])
+                yield Entry.from_dict(json.loads(folded[position]))
 
 
-def build_record(entry: dict[str, Any], index: int, answer: dict[str, Any], think_in_answer: bool) -> Record:
-    prompt = entry["prompt"]
-    content = answer["content"]
-    if think_in_answer and answer.get("reasoning"):
-        content = f"<think>\n{answer['reasoning'].strip()}\n</think>\n\n{content}"
-    usage = entry["usage"]
-    n = len(entry["answers"])
+def build_record(entry: Entry, index: int, answer: Choice, think_in_answer: bool) -> Record:
+    prompt = entry.prompt
+    content = answer.content
+    if think_in_answer and answer.reasoning:
+        content = f"<think>\n{answer.reasoning.strip()}\n</think>\n\n{content}"
+    usage = entry.usage
+    n = len(entry.answers)
     return Record(
-        id=entry["key"] if index == 0 else stable_hash({"key": entry["key"], "choice": index}),
-        messages=[*prompt["messages"], {"role": "assistant", "content": content}],
-        reasoning=answer.get("reasoning"),
-        reference=prompt.get("reference"),
-        teacher=entry["teacher"],
+        id=entry.key if index == 0 else stable_hash({"key": entry.key, "choice": index}),
+        messages=[*prompt.messages, {"role": "assistant", "content": content}],
+        reasoning=answer.reasoning,
+        reference=prompt.reference,
+        teacher=entry.teacher,
         # A request's completion tokens are shared by its n answers.
         usage={"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"] // n},
-        judge=entry.get("judge"),
+        judge=entry.judge,
         extra={
             # What the reader recorded of the prompt's origin: a raw-text chunk's id and prompt kind.
-            **prompt.get("extra", {}),
-            "key": entry["key"],
-            "source": prompt.get("source", ""),
-            "finish_reason": answer.get("finish_reason"),
-            "cached": bool(entry.get("cached")),
+            **prompt.extra,
+            "key": entry.key,
+            "source": prompt.source,
+            "finish_reason": answer.finish_reason,
+            "cached": entry.cached,
         },
     )

@@ -21,12 +21,11 @@ import logging
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from components.common.errors import InputError, StageStopped
 from components.teacher.api import Answer, Choice, Failure, Retry, backoff
 from components.teacher.config import Config
-from components.teacher.journal import Cache, Journal, SpendLedger
+from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter, worst_cost
 from components.teacher.readers import Prompt
@@ -83,43 +82,31 @@ class Tally:
 PROBLEMS = {"length": "cut by max_tokens", "empty": "empty answer"}
 
 
-def prompt_fields(job: Job) -> dict[str, Any]:
-    """What finalize needs of the prompt, stored with the answer so it never rereads the dataset."""
+def prompt_fields(job: Job) -> PromptFields:
     prompt = job.prompt
-    return {
-        "messages": prompt.messages,
-        "reference": prompt.reference,
-        "source": prompt.source,
-        "extra": prompt.extra,
-    }
+    return PromptFields(prompt.messages, prompt.reference, prompt.source, prompt.extra)
 
 
-def make_entry(
-    job: Job, answer_choices: list[Choice], status: str, reason: str, teacher: dict
-) -> dict[str, Any]:
-    return {
-        "key": job.key,
-        "status": status,
-        "reason": reason,
-        "prompt": prompt_fields(job),
-        "answers": [vars(c) for c in answer_choices],
-        "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
-        # What this answer cost when it was paid for (with the judge's verdict, when there is one).
-        "cost": job.cost,
-        "requests": job.requests,
-        "cached": False,
-        "teacher": teacher,
-    }
+def make_entry(job: Job, answer_choices: list[Choice], status: str, reason: str, teacher: dict) -> Entry:
+    return Entry(
+        key=job.key,
+        status=status,
+        reason=reason,
+        prompt=prompt_fields(job),
+        answers=answer_choices,
+        usage={"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
+        cost=job.cost,
+        requests=job.requests,
+        teacher=teacher,
+    )
 
 
-def answer_problem(choices: list[Choice | dict]) -> str:
+def answer_problem(choices: list[Choice]) -> str:
     """'empty' or 'length' when an answer is unusable as it stands, else ''."""
     for choice in choices:
-        content = choice["content"] if isinstance(choice, dict) else choice.content
-        finish = choice["finish_reason"] if isinstance(choice, dict) else choice.finish_reason
-        if finish == "length":
+        if choice.finish_reason == "length":
             return "length"
-        if not content.strip():
+        if not choice.content.strip():
             return "empty"
     return ""
 
@@ -171,20 +158,20 @@ class Generator:
     def policy(self, problem: str) -> str:
         return {"empty": self.config.on_empty, "length": self.config.on_length}.get(problem, "keep")
 
-    async def lookup_cache(self, job: Job) -> dict[str, Any] | None:
+    async def lookup_cache(self, job: Job) -> Entry | None:
         if self.cache is None:
             return None
         entry = await asyncio.to_thread(self.cache.get, job.key, job.prompt.messages)
-        if entry is None or (self.policy(answer_problem(entry["answers"])) == "retry"):
+        if entry is None or (self.policy(answer_problem(entry.answers)) == "retry"):
             return None
-        problem = answer_problem(entry["answers"])
-        entry.update(
-            status="dropped" if self.policy(problem) == "drop" else "ok",
-            reason=problem,
-            prompt=prompt_fields(job),
-            cached=True,
-            requests=0,
-            cost=0.0,
+        problem = answer_problem(entry.answers)
+        entry.status = "dropped" if self.policy(problem) == "drop" else "ok"
+        entry.reason, entry.prompt, entry.cached, entry.requests, entry.cost = (
+            problem,
+            prompt_fields(job),
+            True,
+            0,
+            0.0,
         )
         return entry
 
@@ -207,37 +194,38 @@ class Generator:
             cost = self.budget.settle(worst, prompt_tokens, completion_tokens, prices, reported)
         return outcome, cost
 
-    async def finish(self, job: Job, entry: dict[str, Any], new_answer: bool) -> None:
+    async def finish(self, job: Job, entry: Entry, new_answer: bool) -> None:
         # The paid answer goes to the cache first, so a pod killed while the judge thinks loses nothing.
         if new_answer and self.cache is not None:
             await asyncio.to_thread(self.cache.put, entry)
-        if self.judge is not None and entry["status"] == "ok" and job.prompt.reference:
+        if self.judge is not None and entry.status == "ok" and job.prompt.reference:
             question = job.prompt.messages[-1]["content"]
             judge = self.judge
-            entry["judge"] = await judge.verdict(
+            verdict = await judge.verdict(
                 question,
                 job.prompt.reference,
-                entry["answers"][0]["content"],
+                entry.answers[0].content,
                 lambda messages: self.paid_ask(judge.teacher, messages, judge.prices),
             )
-            entry["cost"] = entry.get("cost", 0.0) + entry["judge"].pop("cost", 0.0)
-            if entry["judge"]["verdict"] == "error":
+            entry.cost += verdict.pop("cost", 0.0)
+            entry.judge = verdict
+            if verdict["verdict"] == "error":
                 # Not journaled: the next run judges it again, taking the answer from the cache.
                 self.tally.lost("failed", "judge error")
-                log.warning("judge failed on %s: %s", job.prompt.source, entry["judge"]["reply"])
+                log.warning("judge failed on %s: %s", job.prompt.source, verdict["reply"])
                 return
         if self.journal.add(entry):
             await asyncio.to_thread(self.journal.write_part, self.journal.take_buffer())
-        if entry["cached"]:
+        if entry.cached:
             self.tally.cached += 1
-        elif entry["status"] == "ok":
+        elif entry.status == "ok":
             self.tally.answered += 1
-        if entry["status"] == "ok":
+        if entry.status == "ok":
             self.tally.usable += 1
-        elif entry["cached"]:
-            self.tally.lost_causes[f"dropped: {PROBLEMS[entry['reason']]}"] += 1
+        elif entry.cached:
+            self.tally.lost_causes[f"dropped: {PROBLEMS[entry.reason]}"] += 1
         else:
-            self.tally.lost("dropped", PROBLEMS[entry["reason"]])
+            self.tally.lost("dropped", PROBLEMS[entry.reason])
         self.progress(entry)
 
     async def attempt(self, job: Job) -> float | None:

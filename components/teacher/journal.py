@@ -36,16 +36,80 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from components.common.store import ArtifactStore
+from components.teacher.api import Choice
 from components.teacher.limits import Budget
 
 log = logging.getLogger(__name__)
 
 _OUTCOME = re.compile(r'\{"key": "([0-9a-f]+)", "status": "(ok|dropped)", "reason": "([a-z]*)"')
 COMPACT_ENTRIES = 20_000  # entries per merged part: a few tens of MB of text at most
+
+
+@dataclass
+class PromptFields:
+    """What finalize needs of the prompt, stored with the answer so it never rereads the dataset."""
+
+    messages: list[dict[str, str]]
+    reference: str | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    """One prompt's outcome, as journaled and cached: one JSON object beginning with key, status and
+    reason (`line_outcome` reads them from a line's start)."""
+
+    key: str
+    status: str  # "ok" or "dropped"
+    reason: str  # why it was dropped ("length", "empty"), "" when ok
+    prompt: PromptFields
+    answers: list[Choice]
+    usage: dict[str, int] = field(default_factory=dict)
+    cost: float = (
+        0.0  # what this answer cost when it was paid for (with the judge's verdict, when there is one)
+    )
+    requests: int = 0
+    cached: bool = False
+    teacher: dict[str, Any] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "key": self.key,
+            "status": self.status,
+            "reason": self.reason,
+            "prompt": vars(self.prompt),
+            "answers": [vars(choice) for choice in self.answers],
+            "usage": self.usage,
+            "cost": self.cost,
+            "requests": self.requests,
+            "cached": self.cached,
+            "teacher": self.teacher,
+        }
+        return data if self.judge is None else {**data, "judge": self.judge}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        """An entry as stored (entries of earlier versions lack some fields and answer fields)."""
+        known = {f.name for f in fields(Choice)}
+        return cls(
+            key=data["key"],
+            status=data["status"],
+            reason=data.get("reason", ""),
+            prompt=PromptFields(**data.get("prompt") or {"messages": []}),
+            answers=[Choice(**{k: v for k, v in answer.items() if k in known}) for answer in data["answers"]],
+            usage=data.get("usage") or {},
+            cost=data.get("cost", 0.0),
+            requests=data.get("requests", 0),
+            cached=bool(data.get("cached")),
+            teacher=data.get("teacher") or {},
+            judge=data.get("judge"),
+        )
 
 
 def shard_name(index: int, count: int) -> str:
@@ -62,7 +126,7 @@ class Journal:
         self.shard = shard
         self.checkpoint_records = checkpoint_records
         self.checkpoint_seconds = checkpoint_seconds
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[Entry] = []
         self._last_flush = time.monotonic()
         self._parts = len(self.store.list(shard))
 
@@ -89,7 +153,7 @@ class Journal:
             outcomes[key] = "" if status == "ok" else sys.intern(reason)
         return outcomes
 
-    def add(self, entry: dict[str, Any]) -> bool:
+    def add(self, entry: Entry) -> bool:
         """Buffer `entry`; True when a checkpoint is due: the caller then writes `take_buffer()` as a part."""
         self._buffer.append(entry)
         return (
@@ -97,16 +161,16 @@ class Journal:
             or time.monotonic() - self._last_flush >= self.checkpoint_seconds
         )
 
-    def take_buffer(self) -> list[dict[str, Any]]:
+    def take_buffer(self) -> list[Entry]:
         """The entries not yet written, removed from the buffer (written by `write_part`)."""
         batch, self._buffer = self._buffer, []
         self._last_flush = time.monotonic()
         return batch
 
-    def write_part(self, batch: list[dict[str, Any]]) -> None:
+    def write_part(self, batch: list[Entry]) -> None:
         if not batch:
             return
-        self._write_lines([json.dumps(e, ensure_ascii=False) for e in batch])
+        self._write_lines([json.dumps(e.to_dict(), ensure_ascii=False) for e in batch])
 
     def flush(self) -> None:
         self.write_part(self.take_buffer())
@@ -158,7 +222,7 @@ class Cache:
     def _name(key: str) -> str:
         return f"{key[:2]}/{key}.json"
 
-    def get(self, key: str, messages: list[dict[str, str]]) -> dict[str, Any] | None:
+    def get(self, key: str, messages: list[dict[str, str]]) -> Entry | None:
         """The entry stored for `key`, asked with `messages`; None when there is none, or when it is not
         the one this stage stored for that request (edited, moved from another key, unreadable): that
         is logged, and the prompt asked again."""
@@ -175,13 +239,16 @@ class Cache:
         if not intact:
             log.warning("cache entry %s does not match its request (edited or moved); asking again", name)
             return None
-        del entry["digest"]
-        return entry
+        try:
+            return Entry.from_dict(entry)
+        except (KeyError, TypeError):
+            log.warning("cache entry %s is not an entry of this stage; asking again", name)
+            return None
 
-    def put(self, entry: dict[str, Any]) -> None:
-        kept = {k: v for k, v in entry.items() if k not in ("cached", "requests", "judge")}
-        kept["digest"] = entry_digest(kept, entry["key"], entry["prompt"]["messages"])
-        self.store.write_text(self._name(entry["key"]), json.dumps(kept, ensure_ascii=False))
+    def put(self, entry: Entry) -> None:
+        kept = {k: v for k, v in entry.to_dict().items() if k not in ("cached", "requests", "judge")}
+        kept["digest"] = entry_digest(kept, entry.key, entry.prompt.messages)
+        self.store.write_text(self._name(entry.key), json.dumps(kept, ensure_ascii=False))
 
 
 def entry_digest(entry: dict[str, Any], key: str, messages: list[dict[str, str]]) -> str:

@@ -15,9 +15,9 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Any
 
 from components.teacher.generate import Tally
+from components.teacher.journal import Entry
 from components.teacher.limits import Budget
 
 log = logging.getLogger("components.teacher")
@@ -38,7 +38,7 @@ class Progress:
 
             self.bar = tqdm(total=total, desc="teacher", unit="prompt", mininterval=1.0)
 
-    def update(self, entry: dict[str, Any]) -> None:
+    def update(self, entry: Entry) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -99,6 +100,7 @@ def test_the_resume_scan_reads_each_entrys_outcome_whatever_its_layout(tmp_path)
     prompt = Prompt([{"role": "user", "content": 'a "quoted" prompt'}])
     answered = make_entry(Job("a1", prompt), [Choice("yes")], "ok", "", {"model": "m"})
     cut = make_entry(Job("b2", prompt), [Choice("ye", finish_reason="length")], "dropped", "length", {})
+    journal.write_part([answered, cut])
     reordered = {"status": "dropped", "key": "c3", "reason": "empty", "answers": []}
-    journal.write_part([answered, cut, reordered])
+    journal.store.write_text("shard-00000-of-00001/part-999999-reordered.jsonl", json.dumps(reordered) + "\n")
     assert journal.read_outcomes() == {"a1": "", "b2": "length", "c3": "empty"}

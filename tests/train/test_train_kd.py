@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.common.errors import InputError
 from components.common.records import read_records, write_records
 from components.train.cross_tokenizer import TopK
 from components.train.data import Encoder
@@ -174,3 +175,21 @@ def test_stored_logprobs_that_are_not_probabilities_are_counted_and_skipped(
     assert alignment["spoilt"]["missing_records"] == 1
     assert alignment["spoilt"]["matched_positions"] == alignment["clean"]["matched_positions"] - 5 - dropped
     assert summaries["spoilt"]["final_loss"] == pytest.approx(summaries["clean"]["final_loss"], rel=0.2)
+
+
+def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(make_config, reversal_data, tmp_path):
+    records = read_records(reversal_data / "train.jsonl")[:4]
+    newer = tmp_path / "newer-records"
+    write_records(newer / "train.jsonl", [replace(records[0], schema=2), *records[1:]])
+    with pytest.raises(
+        InputError, match=r"train.jsonl:1: field 'schema' is 2, this stage reads record schema 1"
+    ):
+        run(make_config(data_dir=str(newer)))
+    newer_logprobs = tmp_path / "newer-logprobs"
+    write_records(newer_logprobs / "train.jsonl", records)
+    line = {"schema": 2, "id": records[0].id, "logprobs": []}
+    (newer_logprobs / "logprobs.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(
+        InputError, match=r"logprobs.jsonl:1: logprobs schema 2, this train stage reads schema 1"
+    ):
+        run(make_config(data_dir=str(newer_logprobs), kd={"kind": "topk"}))
