@@ -23,6 +23,12 @@ from components.teacher.templates import render_file_template, render_prompt_tem
 DatasetFormat = Literal["auto", "prompts", "alpaca", "sharegpt", "messages", "text"]
 AnswerPolicy = Literal["retry", "keep", "drop"]
 HF_DATASETS = "hf://datasets/"
+# Seconds between SIGTERM and SIGKILL for the stage's pod: Kubernetes' default
+# terminationGracePeriodSeconds. kfp-kubernetes 2.17 has no setting for it (its task settings are
+# timeouts, node selectors, tolerations, volumes, secrets, labels ...), so every pipeline pod gets it.
+POD_GRACE_S = 30
+# What saving takes after the wait for answers in flight: a journal part and the spend ledger.
+STOP_SAVE_S = 5
 
 
 @dataclass(repr=False)
@@ -354,6 +360,9 @@ class Config:
         store (local folder or s3://) for shards and the cache; empty: the folder `.store` beside
         output_dir. run_id: names the run-scoped prefix runs/<run_id>/teacher, so a restarted task
         resumes. checkpoint_records / checkpoint_seconds: answers are saved at least this often.
+      stop_wait_s: on SIGTERM, how long the answers in flight may still land before the stage stops
+        without them (they count at their worst-case cost; a restart asks them again); at most
+        POD_GRACE_S - STOP_SAVE_S, so the pod saves everything before Kubernetes kills it.
       log_every_s: a progress line in the log this often. progress_bar: a tqdm bar (None: only when
         stderr is a terminal).
     Quality
@@ -418,6 +427,7 @@ class Config:
     run_id: str = "local"
     checkpoint_records: int = 32
     checkpoint_seconds: float = 10.0
+    stop_wait_s: float = 20.0
     log_every_s: float = 30.0
     progress_bar: bool | None = None
 
@@ -455,6 +465,11 @@ class Config:
             raise ConfigError(f"min_answered_ratio: {self.min_answered_ratio} must be in [0, 1]")
         if self.checkpoint_records < 1:
             raise ConfigError(f"checkpoint_records: {self.checkpoint_records} must be at least 1")
+        if not 0 <= self.stop_wait_s <= POD_GRACE_S - STOP_SAVE_S:
+            raise ConfigError(
+                f"stop_wait_s: {self.stop_wait_s} must be in [0, {POD_GRACE_S - STOP_SAVE_S}]: the pod has "
+                f"{POD_GRACE_S} s after SIGTERM, and saving takes up to {STOP_SAVE_S} s after the wait"
+            )
         check_run_id(self.run_id)
         if self.mode == "batch" and self.provider.is_local:
             raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")

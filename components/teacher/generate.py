@@ -347,8 +347,18 @@ class Generator:
 
         async def drain() -> None:
             await asyncio.to_thread(self.journal.flush)
-            while busy:  # answers still in flight land and are saved one by one
+            # Answers still in flight land and are saved one by one, within the pod's grace period:
+            # those still out after stop_wait_s are cut off (counted at their worst case, asked again
+            # on restart), so the pod saves everything before its SIGKILL.
+            give_up = loop.time() + self.config.stop_wait_s
+            while busy and loop.time() < give_up:
                 await asyncio.sleep(0.05)
+            if busy:
+                log.warning(
+                    "%d requests still in flight after stop_wait_s=%g: stopping without them",
+                    busy,
+                    self.config.stop_wait_s,
+                )
             all_done.set()
 
         def halt(reason: str) -> None:

@@ -16,7 +16,11 @@ import pytest
 from components.common.config import from_dict
 from components.common.errors import InputError, StageStopped
 from components.common.records import read_records
+from components.common.store import open_store
 from components.teacher import Config
+from components.teacher.config import POD_GRACE_S, STOP_SAVE_S
+from components.teacher.journal import Spend, spent_by_shard
+from components.teacher.limits import worst_cost
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import (
@@ -166,6 +170,32 @@ def test_ctrl_c_and_sigterm_save_every_answer_and_end_in_one_line(tmp_path, sent
         assert stored_answers(str(tmp_path / "store"), "exit") == 33
         result = run(from_dict(Config, config))
         assert result.metrics["resumed"] == 33 and result.metrics["requests"] == 27
+
+
+def test_sigterm_stops_within_the_pods_grace_period_while_answers_hang(tmp_path):
+    write_demo_dataset(tmp_path / "prompts.jsonl", 20, seed=11)
+    prices = {"price_input_per_m": 1000.0, "price_output_per_m": 1000.0, "max_tokens": 64}
+    with start_faulty_teacher(faults=Faults(stall_after=5)) as server:
+        config = settings(tmp_path, server.base_url, concurrency=4, stop_wait_s=1.0, provider=prices)
+        process = start_teacher_cli(tmp_path, config)
+        # 5 answered, then 4 in flight that the server holds: answers slower than any grace period.
+        wait_until(lambda: server.held >= 4, "the stage never got 4 requests in flight", process)
+        signalled = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=POD_GRACE_S) == 1
+        assert time.monotonic() - signalled < 1.0 + STOP_SAVE_S
+        stderr = process.stderr.read()
+        assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; every answer")
+        assert stored_answers(str(tmp_path / "store"), "exit") == 5
+        server.release()
+    # The 4 cut off may have been billed: the ledger counts them at their worst case.
+    spent = sum(
+        spent_by_shard(open_store(str(tmp_path / "store")).child("runs/exit/teacher/spend")).values(), Spend()
+    )
+    cheapest = min(
+        worst_cost([{"role": "user", "content": p}], 64, 1, (1000.0, 1000.0)) for p in demo_prompts(20, 11)
+    )
+    assert spent.requests == 9 and spent.cost > 4 * cheapest
 
 
 def test_the_progress_line_shows_retries_and_failures_by_cause_while_running(tmp_path, caplog):
