@@ -77,7 +77,7 @@ def check_run(
     """Check the run's parameters with every stage's Config before any stage starts."""
     parameters = dict(locals())
     from components.common.entry import one_line_errors
-    from pipelines.run_check import check_stage_configs
+    from pipelines.run_check import check_run_inputs
 
     with one_line_errors():
-        check_stage_configs(parameters)
+        check_run_inputs(parameters)

@@ -7,6 +7,7 @@ is requested.
 """
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from components.common.config import (
@@ -17,7 +18,7 @@ from components.common.config import (
     set_dotted,
     under,
 )
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, InputError
 from components.download.config import Config as DownloadConfig
 from components.evaluate.config import Config as EvalConfig
 from components.merge.config import Config as MergeConfig
@@ -36,12 +37,31 @@ STAGE_CONFIGS = {
 }
 
 
-def check_stage_configs(values: dict[str, Any]) -> None:
+def check_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
     """Build each stage's Config from the run's parameters (`values`: every pipeline parameter) as its
     task will, with placeholder folders for the artifacts, so that the Configs' own checks run now; a
     ConfigError names the stage's field. Then check that the tasks which need a GPU for what their Config
-    asks are given one."""
-    check_gpus(build_stage_configs(values), values)
+    asks are given one. Returns the Configs by stage."""
+    configs = build_stage_configs(values)
+    check_gpus(configs, values)
+    return configs
+
+
+def check_run_inputs(values: dict[str, Any]) -> None:
+    """What the check task checks where the stages will run: the Configs (check_stage_configs), then that
+    a dataset given as a local path is there, before the student is downloaded or built."""
+    configs = check_stage_configs(values)
+    check_local_dataset(configs["teacher"].dataset)
+
+
+def check_local_dataset(dataset: str) -> None:
+    """A local dataset path (no s3:// or hf://) must exist in the task's image; `submit --check` runs
+    where the path may not be, so only the check task (and run_local) call this."""
+    if "://" not in dataset and not Path(dataset).exists():
+        raise InputError(
+            f"teacher_dataset: {dataset} does not exist; give an existing prompts file or folder, "
+            "an s3:// URI or hf://datasets/org/name"
+        )
 
 
 def check_gpus(configs: dict[str, Any], values: dict[str, Any]) -> None:

@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.cli import parse_assignments
+from components.common.errors import ConfigError, InputError
+from components.common.logs import print_error
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from pipelines.run_console import ANSI, console
+from pipelines.submit import load_run_config, pipeline_parameters
+
+# The committed compiled pipeline: its parameters' names, types and defaults (held fresh by a test).
+COMPILED = Path(__file__).with_name("distill_pipeline.yaml")
 
 DEMO_API_KEY = "demo-local-key"
+# kfp.local's error when a task fails: "Pipeline '...' finished with status FAILURE. Inner task failed: 'x'."
+TASK_FAILED = re.compile(r"Inner task failed: '([\w-]+)'|Task '([\w-]+)' finished with status FAILURE")
 
 
 @dataclass
@@ -90,10 +100,7 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
             )
             base_url = server.base_url
             os.environ["TEACHER_API_KEY"] = DEMO_API_KEY
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root")
-        )
-        task = build_pipeline(retries=False)(
+        arguments = dict(
             store_uri=settings.store_uri or str(workdir / "store"),
             student_source=settings.student_source,
             teacher_dataset=dataset,
@@ -102,6 +109,10 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
             teacher_base_url=base_url,
             **settings.parameters,
         )
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root")
+        )
+        task = build_pipeline(retries=False)(**arguments)
     outputs = task.outputs
     results = Path(outputs["results"].path)
     return LocalResult(
@@ -130,7 +141,9 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 the run succeeded, 1 a task failed, 2 a bad setting (refused here or by the check
+    task); an error is one line on stderr."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0]
     )
@@ -143,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="PARAM=VALUE", help="pipeline parameter"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show every task's inputs and log lines, not only progress"
+    )
     args = parser.parse_args(argv)
 
     settings = LocalRun(
@@ -153,14 +169,31 @@ def main(argv: list[str] | None = None) -> None:
         teacher_base_url=args.teacher_base_url,
         teacher_model=args.teacher_model,
     )
-    settings.parameters.update(parse_assignments(args.set))
-    result = run_pipeline(settings)
+    try:
+        settings.parameters.update(load_run_config(None, args.set, pipeline_parameters(COMPILED)))
+    except (ConfigError, InputError) as error:
+        print_error(str(error))
+        return 2
+    log_path = settings.workdir / "run.log"
+    print(f"log: {log_path}{'' if args.verbose else '   (every task line; --verbose shows them here)'}")
+    with console(log_path, args.verbose) as shown:
+        try:
+            result = run_pipeline(settings)
+        except RuntimeError as error:
+            failed = TASK_FAILED.search(ANSI.sub("", str(error)))
+            if failed is None:
+                raise
+            task = failed[1] or failed[2]
+            cause = shown.last_error.removeprefix("error: ") or "see the log"
+            print_error(f"{cause} (task {task} failed; its log: {log_path})")
+            return 2 if task == "check-run" else 1
     print("\n" + format_table(result.metrics))
-    print(f"\nreport:      {result.report}")
-    print(f"eval JSON:   {result.eval_json}")
+    print(f"\neval JSON:   {result.eval_json}")
     print(f"model:       {result.model}")
     print(f"tensorboard: {result.tensorboard}   (tensorboard --logdir {result.tensorboard})")
+    print(f"report:      {result.eval_json.with_name('report.html')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from components.common.cli import parse_assignments
-from components.common.config import deep_merge, exposed_fields, set_dotted
+from components.common.config import deep_merge, did_you_mean, exposed_fields, set_dotted
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error, setup_logging
 from components.common.plain_yaml import load_plain_yaml
@@ -61,6 +61,16 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 }
 FINISHED_OK = {"SUCCEEDED", "SKIPPED"}
 TIMEOUT = "TIMEOUT"
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# The package `python -m components.<package>` runs, per stage prefix.
+STAGE_PACKAGES = {
+    "download": "download",
+    "teacher": "teacher",
+    "train": "train",
+    "merge": "merge",
+    "eval": "evaluate",
+    "register": "register",
+}
 
 
 @dataclass
@@ -187,7 +197,11 @@ def _stage_group(
         elif path.split(".")[0] in fields and f"{stage}_overrides" in valid:
             set_dotted(overrides, path, value)
         else:
-            found[f"{stage}_{path.replace('.', '_')}"] = (value, spelling)  # refused as unknown
+            known = fields | {name[len(stage) + 1 :] for name in valid if name.startswith(f"{stage}_")}
+            raise ConfigError(
+                f"{spelling}: unknown field of the {stage} stage{did_you_mean(path, known)}; "
+                f"`python -m components.{STAGE_PACKAGES[stage]} --help` lists them"
+            )
 
     for key, value in group.items():
         visit(key, value)
@@ -200,8 +214,9 @@ def check_params(params: dict[str, Any], valid: dict[str, str], source: str) -> 
     """Refuse unknown names and values of the wrong type, naming the parameter and what is allowed."""
     unknown = sorted(set(params) - set(valid))
     if unknown:
+        hints = "".join(did_you_mean(name, valid) for name in unknown)
         raise ConfigError(
-            f"{source}: unknown pipeline parameter(s) {', '.join(unknown)}; valid parameters are: "
+            f"{source}: unknown pipeline parameter(s) {', '.join(unknown)}{hints}; valid parameters are: "
             f"{', '.join(sorted(valid))}"
         )
     for name, value in params.items():
@@ -302,6 +317,18 @@ def submit(client, submission: Submission) -> Outcome:
     return outcome
 
 
+def require_connection(host: str | None) -> None:
+    """Refuse to go on when kfp.Client would have no server to reach: no host, no in-cluster service
+    account and no kubeconfig (it would otherwise retry localhost:80 and end in a long traceback)."""
+    in_cluster = Path(SERVICE_ACCOUNT_TOKEN).is_file() and optional_env("KUBERNETES_SERVICE_HOST")
+    kubeconfig = Path(optional_env("KUBECONFIG") or Path.home() / ".kube" / "config")
+    if not (host or in_cluster or kubeconfig.is_file()):
+        raise ConfigError(
+            "no KFP server to submit to: set KFP_HOST to the KFP API URL (or pass --host) and KFP_TOKEN to "
+            "a bearer token (e.g. `kubectl create token`); `--check` validates the run without a server"
+        )
+
+
 def make_client(host: str | None, namespace: str | None):
     """kfp.Client for `host` with KFP_TOKEN as bearer token; in-cluster credentials when both are unset."""
     import kfp
@@ -342,6 +369,8 @@ def main(argv: list[str] | None = None, client=None) -> int:
     args = parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     try:
+        if client is None and not (args.check or args.dry_run):
+            require_connection(args.host)
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
         if not args.skip_check:

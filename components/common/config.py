@@ -17,6 +17,7 @@ components' defaults to the field's.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -73,7 +74,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{_join(where, unknown[0])}: unknown field; valid fields are {', '.join(sorted(fields))}"
+            f"{_join(where, unknown[0])}: unknown field{did_you_mean(unknown[0], fields)}; "
+            f"valid fields are {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
     values = {}
@@ -92,6 +94,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         return cls(**values)
     except ConfigError as error:
         raise ConfigError(under(where, str(error))) from None
+
+
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    """` (did you mean 'num_epochs'?)` for the closest of `choices` to a mistyped `name`, or ""."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def under(where: str, message: str) -> str:

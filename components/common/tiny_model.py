@@ -15,14 +15,19 @@ the student going from 0% to near 100% exact match.
 
 from __future__ import annotations
 
+import datetime
+import logging
 import math
 import random
 import string
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 from components.common.errors import InputError
+
+log = logging.getLogger(__name__)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -164,7 +169,9 @@ def warm_up(model, tokenizer, spec: TinySpec) -> float:
     )
     model.train()
     loss_value = float("nan")
-    for _ in range(spec.warmup_steps):
+    started = time.monotonic()
+    every = max(1, spec.warmup_steps // 10)
+    for step in range(spec.warmup_steps):
         batch = [encode_example(tokenizer, p, a) for p, a in warmup_examples(rng, spec.warmup_batch)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
@@ -181,8 +188,16 @@ def warm_up(model, tokenizer, spec: TinySpec) -> float:
         schedule.step()
         optimizer.zero_grad()
         loss_value = loss.item()
+        if (step + 1) % every == 0:
+            log_warmup_progress(step + 1, spec.warmup_steps, loss_value, time.monotonic() - started)
     model.eval()
     return loss_value
+
+
+def log_warmup_progress(done: int, total: int, loss: float, seconds: float) -> None:
+    """One line a log pane shows: the warm-up takes minutes on a loaded CPU."""
+    remaining = datetime.timedelta(seconds=round(seconds / done * (total - done)))
+    log.info("tiny student warm-up step %d/%d loss %.4f eta %s", done, total, loss, remaining)
 
 
 def make_tiny_model(source: str, output_dir: Path) -> dict[str, object]:

@@ -110,11 +110,15 @@ def test_without_wait_the_run_is_only_created(kfp_server, package):
 
 
 def test_unknown_parameters_are_refused_with_the_valid_names(kfp_server, package, tmp_path, capsys):
-    config = write_config(tmp_path, {"train": {"gpu": 2}, "learning_rate": 1e-4})
+    config = write_config(tmp_path, {"train_gpu": 2, "learning_rate": 1e-4})
     assert run_submit("--package", str(package), "--config", str(config), "--version", "v") == 2
     error = capsys.readouterr().err
     assert "unknown pipeline parameter(s) learning_rate, train_gpu" in error
+    assert "(did you mean 'train_learning_rate'?) (did you mean 'train_gpus'?)" in error
     assert "valid parameters are:" in error and "train_gpus" in error and "train_learning_rate" in error
+    grouped = write_config(tmp_path, {"train": {"gpu": 2}})
+    assert run_submit("--package", str(package), "--config", str(grouped), "--version", "v") == 2
+    assert "train.gpu: unknown field of the train stage (did you mean 'gpus'?)" in capsys.readouterr().err
     assert kfp_server.runs == {}
 
 
