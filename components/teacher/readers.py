@@ -110,15 +110,17 @@ def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Pro
     with tempfile.TemporaryDirectory(prefix="teacher-dataset-") as scratch:
         files = _local_files(config.dataset, Path(scratch))
         stats.files = len(files)
-        for path, name in files:
-            for prompt in _read_file(path, name, config, stats):
+        for path, name, relative in files:
+            for prompt in _read_file(path, name, relative, config, stats):
                 _apply_config(prompt, config)
                 yield prompt
     stats.log_summary()
 
 
-def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
-    """(local file, name for messages) pairs; s3:// objects are downloaded into `scratch` first."""
+def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str, str]]:
+    """(local file, name for messages, path relative to the dataset's root) triples; s3:// objects are
+    downloaded into `scratch` first. The relative path keys seeded choices, so the same data gives the
+    same prompts wherever it lies."""
     if dataset.startswith("s3://"):
         bucket, _, key = dataset[len("s3://") :].rstrip("/").partition("/")
         store = open_store(f"s3://{bucket}")
@@ -127,7 +129,11 @@ def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
             raise InputError(f"dataset {dataset}: no object at or under this key; check the bucket and path")
         for item in keys:
             store.download_file(item, path_under(scratch, item))
-        return [(path_under(scratch, item), f"s3://{bucket}/{item}") for item in keys]
+        root = key.rsplit("/", 1)[0] if keys == [key] else key
+        return [
+            (path_under(scratch, item), f"s3://{bucket}/{item}", item[len(root) :].lstrip("/"))
+            for item in keys
+        ]
     path = Path(dataset).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -135,16 +141,16 @@ def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str]]:
             raise InputError(f"dataset {dataset}: the folder holds no files")
         for file in files:  # a symlink in the folder may point at /proc/self/environ
             refuse_secret_path(file, "dataset")
-        return [(p, str(p)) for p in files]
+        return [(p, str(p), p.relative_to(path).as_posix()) for p in files]
     if not path.is_file():
         raise InputError(f"dataset {dataset} does not exist; give a JSONL/JSON/text file, a folder or s3://")
-    return [(path, str(path))]
+    return [(path, str(path), path.name)]
 
 
-def _read_file(path: Path, name: str, config: Config, stats: ReadStats) -> Iterator[Prompt]:
+def _read_file(path: Path, name: str, relative: str, config: Config, stats: ReadStats) -> Iterator[Prompt]:
     fmt = config.dataset_format
     if fmt == "text" or (fmt == "auto" and path.suffix.lower() in TEXT_SUFFIXES):
-        yield from _read_text(path, name, config)
+        yield from _read_text(path, name, relative, config)
         return
     yield from _read_objects(_objects(path, name, config.bad_lines, stats), fmt, config, stats)
 
@@ -361,13 +367,13 @@ READERS = {
 }
 
 
-def _read_text(path: Path, name: str, config: Config) -> Iterator[Prompt]:
+def _read_text(path: Path, name: str, relative: str, config: Config) -> Iterator[Prompt]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     for number, chunk in enumerate(chunk_text(text, config.text.chunk_chars, config.text.overlap_chars)):
-        kind = prompt_kind(config.text.kinds, config.seed, f"{name}:{number}") or config.text.template
+        kind = prompt_kind(config.text.kinds, config.seed, f"{relative}:{number}") or config.text.template
         user = render_file_template(kind, chunk=chunk.text)
         extra = {"chunk": number, "prompt_kind": kind} if config.text.kinds else {"chunk": number}
         where = f"{name}:{chunk.line}"
@@ -377,7 +383,8 @@ def _read_text(path: Path, name: str, config: Config) -> Iterator[Prompt]:
 def prompt_kind(kinds: dict[str, float], seed: int, chunk: str) -> str | None:
     """The template of one chunk when several are mixed: a point in [0, 1) from a hash of (seed, chunk)
     falls into one template's share of the cumulative shares, so the mix holds on average and a rerun
-    gives each chunk the same template."""
+    gives each chunk the same template. `chunk` names the chunk by content, never by where the data lies:
+    its file's path relative to the dataset root and its index there."""
     if not kinds:
         return None
     digest = hashlib.sha256(f"{seed}:{chunk}".encode()).digest()

@@ -57,6 +57,32 @@ def test_raw_text_records_keep_chunk_id_and_prompt_kind_of_both_kinds(tmp_path, 
     assert {text for text, _ in asked} == {chunk.text for chunk in chunks if len(chunk.text) >= 40}
 
 
+def test_prompt_kinds_follow_the_data_not_the_folder_it_lies_in(tmp_path, server):
+    """The same raw text under other roots (another machine, another temp folder) gets the same kinds."""
+    kinds = []
+    for number, root in enumerate(("a", "b/deeper/still", "c")):
+        folder = tmp_path / root / "raw"
+        (folder / "notes").mkdir(parents=True)
+        (folder / "notes" / "book.md").write_text(TEXT, encoding="utf-8")
+        config = teacher_config(
+            tmp_path,
+            server.base_url,
+            dataset=str(folder),
+            dataset_format="text",
+            output_dir=str(tmp_path / f"out-{number}"),
+            run_id=f"run-{number}",
+            text={"chunk_chars": 120, "kinds": {"qa": 0.5, "continue": 0.5}},
+            min_prompt_chars=40,
+            dedup=False,
+            test_ratio=0.0,
+        )
+        run(config)
+        records = read_records(tmp_path / f"out-{number}" / "train.jsonl")
+        kinds.append(sorted((record.extra["chunk"], record.extra["prompt_kind"]) for record in records))
+    assert kinds[0] == kinds[1] == kinds[2]
+    assert {kind for _, kind in kinds[0]} == {"qa", "continue"}
+
+
 def test_kept_records_are_exported_as_sharegpt_for_llama_factory(tmp_path, server):
     write_demo_dataset(tmp_path / "prompts.jsonl", 12, seed=5)
     config = teacher_config(
