@@ -80,7 +80,10 @@ def test_long_answers_are_cut_in_the_table_only():
         "reference": None,
     }
     table = samples_table([sample])
-    assert "x" * 600 + "</bdi><span class='note'>… (100 more characters)</span>" in table and "x" * 601 not in table
+    assert (
+        "x" * 600 + "</bdi><span class='note'>… (100 more characters)</span>" in table
+        and "x" * 601 not in table
+    )
 
 
 def test_speed_and_size_are_compared_with_a_local_teacher():
