@@ -4,6 +4,7 @@
     KFP_HOST=https://kfp.example.com KFP_TOKEN=... python -m pipelines.submit --config run.yaml --wait
     python -m pipelines.submit --config run.yaml --set train_gpus=4 --experiment nightly --dry-run
     python -m pipelines.submit --config run.yaml --check    # validate only: no server is contacted
+    python -m pipelines.submit --config run.yaml --check --print   # and print every value the run uses
 
 What it does, in order:
 1. compiles `pipelines.distill_pipeline` to build/distill_pipeline.yaml (image names come from the
@@ -39,10 +40,11 @@ from typing import Any
 import yaml
 
 from components.common.cli import parse_assignments
-from components.common.config import deep_merge, did_you_mean, exposed_fields, set_dotted
+from components.common.config import deep_merge, did_you_mean, exposed_fields, set_dotted, to_dict
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error, setup_logging
 from components.common.plain_yaml import load_plain_yaml
+from components.common.redact import redact_config
 from components.common.secrets import optional_env
 from pipelines.run_check import STAGE_CONFIGS, check_stage_configs
 
@@ -252,6 +254,14 @@ def load_run_config(path: Path | None, assignments: list[str], valid: dict[str, 
     return params
 
 
+def resolved_run(values: dict[str, Any], configs: dict[str, Any]) -> dict[str, Any]:
+    """What a run will use, secrets redacted: every pipeline parameter (`values`, defaults included) and
+    each stage's Config as its task builds it (artifact folders are the check's placeholders)."""
+    return redact_config(
+        {"parameters": values, "stages": {stage: to_dict(config) for stage, config in configs.items()}}
+    )
+
+
 def git_version_name(repo: Path) -> str:
     """The short commit sha, marked `-dirty-<UTC time>` when the tree has uncommitted changes (the
     uploaded YAML then differs from the commit, so it must not take the commit's version name)."""
@@ -355,6 +365,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="compile and check, print what would run")
     parser.add_argument("--check", action="store_true", help="check the run config only; contacts no server")
     parser.add_argument(
+        "--print",
+        action="store_true",
+        help="with --check: print the resolved run as JSON (parameters and each stage's Config), secrets redacted",
+    )
+    parser.add_argument(
         "--skip-check",
         action="store_true",
         help="submit without checking the stage Configs here (for template files that exist only in the image)",
@@ -373,8 +388,14 @@ def main(argv: list[str] | None = None, client=None) -> int:
             require_connection(args.host)
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
+        if args.print and (args.skip_check or not args.check):
+            raise ConfigError("--print goes with --check (and without --skip-check)")
         if not args.skip_check:
-            check_stage_configs({**pipeline_defaults(package), **params})
+            values = {**pipeline_defaults(package), **params}
+            configs = check_stage_configs(values)
+        if args.print:
+            print(json.dumps(resolved_run(values, configs), indent=2, ensure_ascii=False, default=str))
+            return 0
         if args.check:
             print(f"run config OK: {len(params)} parameter(s) set, every stage's Config checked")
             return 0

@@ -26,6 +26,8 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
+        if not raw.strip():
+            raise ConfigError(f"--set {key}: empty value; give one (`--set {key}=null` for none)")
         set_dotted(overrides, key, load_plain_yaml(raw, f"--set {key}"))
     return overrides
 
