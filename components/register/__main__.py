@@ -1,5 +1,4 @@
 from components.common.cli import run_stage_cli
 from components.register import Config
-from components.register.stage import run
 
-run_stage_cli("register", Config, run)
+run_stage_cli("register", Config, "components.register.stage:run")

@@ -1,5 +1,4 @@
 from components.common.cli import run_stage_cli
 from components.teacher import Config
-from components.teacher.stage import run
 
-run_stage_cli("teacher", Config, run)
+run_stage_cli("teacher", Config, "components.teacher.stage:run")
