@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2 if task == "check-run" else 1
     print("\n" + format_table(result.metrics))
     print(f"\neval JSON:   {result.eval_json}")
-    print(f"model:       {result.model}")
+    print(f"model:       {result.model}   (try it: python -m components.evaluate.chat {result.model})")
     print(f"tensorboard: {result.tensorboard}   (tensorboard --logdir {result.tensorboard})")
     print(f"report:      {result.eval_json.with_name('report.html')}")
     return 0
