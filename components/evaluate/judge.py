@@ -101,8 +101,8 @@ async def judge_one(client, slots: asyncio.Semaphore, i: int, questions, student
 
 async def ask(client, prompt: str) -> str:
     """The judge's reply, or "error: <reason>" once retries are spent or the failure is permanent."""
+    from components.common.backoff import backoff
     from components.teacher.api import Answer, Failure
-    from components.teacher.judge import backoff
 
     provider = client.provider
     messages = [{"role": "user", "content": prompt}]

@@ -14,19 +14,16 @@ Every Retry and Failure names its `cause`, a short stable word for counting fail
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
-import random
 import socket
 import ssl
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import openai
 
+from components.common.backoff import retry_after
 from components.common.errors import InputError
 from components.common.logprobs import valid_prefix
 from components.common.secrets import optional_env, require_env
@@ -314,41 +311,6 @@ def reported_usage(usage: Any) -> tuple[int, int] | None:
         return None
     counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
     return counts if all(valid_count(c) for c in counts) else None
-
-
-def backoff(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:
-    """Seconds before retry number `attempt` (1-based): the server's Retry-After when given, else
-    exponential backoff with full jitter, uniform(0, min(cap, base * 2**(attempt-1)))."""
-    if retry_after_s is not None:
-        # A little jitter on top, so clients told the same Retry-After do not return in one burst.
-        return retry_after_s + random.uniform(0, 0.1 * max(retry_after_s, 0.1))
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds to wait from retry-after-ms (OpenAI) or Retry-After (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    try:
-        if millis is not None:
-            seconds = float(millis) / 1000
-            return seconds if math.isnan(seconds) else max(0.0, seconds)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isnan(seconds) else max(0.0, seconds)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _status_reason(error: openai.APIStatusError) -> str:

@@ -22,8 +22,9 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from components.common.backoff import backoff
 from components.common.errors import InputError, StageStopped
-from components.teacher.api import Answer, Choice, Failure, Retry, backoff
+from components.teacher.api import Answer, Choice, Failure, Retry
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge

@@ -120,8 +120,13 @@ class KDSettings:
     # model: teacher_dir then needs only the teacher's tokenizer files. teacher_model names it there.
     teacher_url: str = ""
     teacher_model: str = ""
-    # Seconds one scoring call to teacher_url may take in all (connect, send, the whole reply).
+    # Seconds one scoring request to teacher_url may take in all (connect, send, the whole reply).
     teacher_timeout_s: float = 120.0
+    # Samples per scoring request (vLLM takes a list of prompts), requests in flight at once, and retries
+    # of a request that failed for a passing cause (busy, server error, connection lost, deadline).
+    teacher_batch_size: int = 8
+    teacher_concurrency: int = 8
+    teacher_retries: int = 4
 
     @property
     def needs_scoring_teacher(self) -> bool:
@@ -151,6 +156,11 @@ class KDSettings:
             )
         if not self.teacher_timeout_s > 0:
             raise ConfigError(f"kd.teacher_timeout_s: must be positive, got {self.teacher_timeout_s}")
+        for name in ("teacher_batch_size", "teacher_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"kd.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.teacher_retries < 0:
+            raise ConfigError(f"kd.teacher_retries: must be 0 or more, got {self.teacher_retries}")
         if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"kd.teacher_url: must start with http:// or https://, got {self.teacher_url!r}"

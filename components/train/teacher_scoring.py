@@ -6,8 +6,9 @@ tokens as OpenAI logprobs entries (`token`, `bytes`, `logprob`, `top_logprobs`):
 teacher stores in the records, so cross_tokenizer.align maps either onto any student's tokens.
 
 The HTTP scorer speaks vLLM's OpenAI-compatible /v1/completions with `prompt_logprobs`: the prompt is the
-token ids of prompt + answer, `max_tokens: 1`, and `choices[0].prompt_logprobs[t]` maps token ids (as
-strings) to `{"logprob": ...}` for the top k at position t plus the prompt's own token there. The server's
+token ids of prompt + answer (a list of such lists for several samples in one request), `max_tokens: 1`,
+and the choice with `index` i holds `prompt_logprobs[t]` for prompt i: token ids (as strings) mapped to
+`{"logprob": ...}` for the top k at position t plus the prompt's own token there. The server's
 reply is untrusted: a reply of the wrong length or shape is an error naming the server, never guessed at.
 """
 
@@ -15,17 +16,23 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import time
 import urllib.error
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from components.common.backoff import backoff, retry_after
 from components.common.deadline_http import DeadlineExceeded, post
 from components.common.errors import InputError
 from components.common.logprobs import BadPosition, Positions, checked, logprob_field
 from components.common.token_bytes import token_bytes
 from components.train.data import render_ids
 from components.train.modeling import backbone, padded_attention
+
+log = logging.getLogger(__name__)
 
 
 def answer_entries(
@@ -103,44 +110,114 @@ class LocalScorer:
 
 
 class HttpScorer:
-    """A teacher served by vLLM's OpenAI-compatible server, scoring given tokens (prompt_logprobs)."""
+    """A teacher served by vLLM's OpenAI-compatible server, scoring given tokens (prompt_logprobs).
 
-    def __init__(self, url: str, model: str, tokenizer, top_k: int, timeout_s: float = 120.0):
+    Up to `batch_size` samples go in one request (a list of prompts; a server that refuses lists gets one
+    prompt per request from then on), up to `concurrency` requests are in flight, and a request that
+    fails for a passing cause is retried up to `retries` times (see `retry_wait`). Each request must
+    finish within `timeout_s` in all: a server dripping its reply cannot hold it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        tokenizer,
+        top_k: int,
+        timeout_s: float = 120.0,
+        batch_size: int = 8,
+        concurrency: int = 8,
+        retries: int = 4,
+    ):
         self.url = url.rstrip("/") + "/v1/completions"
         self.model, self.tokens, self.top_k = model, TeacherTokens(tokenizer), top_k
-        self.timeout_s = timeout_s  # for the whole call: a server dripping its reply cannot hold it
+        self.timeout_s, self.batch_size, self.concurrency, self.retries = (
+            timeout_s,
+            batch_size,
+            concurrency,
+            retries,
+        )
 
     def entries(
         self, prompts: Sequence[Sequence[dict]], answers: Sequence[str | list[int]]
     ) -> list[Positions]:
-        return [self._one(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
+        samples = list(zip(prompts, answers, strict=True))
+        groups = [samples[at : at + self.batch_size] for at in range(0, len(samples), self.batch_size)]
+        if len(groups) <= 1 or self.concurrency == 1:
+            return [scored for group in groups for scored in self._score_samples(group)]
+        # Each worker renders its own samples too, so the first request leaves before the last is rendered.
+        with ThreadPoolExecutor(min(self.concurrency, len(groups)), thread_name_prefix="scorer") as pool:
+            return [scored for done in pool.map(self._score_samples, groups) for scored in done]
 
-    def _one(self, prompt: Sequence[dict], answer: str | list[int]) -> Positions:
-        prompt_ids, answer_ids = self.tokens(prompt, answer)
+    def _score_samples(self, samples: list[tuple[Sequence[dict], str | list[int]]]) -> list[Positions]:
+        return self._score([self.tokens(prompt, answer) for prompt, answer in samples])
+
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[Positions]:
+        """One request for `pairs` (one prompt each), or one per pair where the server refuses lists."""
+        if len(pairs) > 1 and self.batch_size == 1:
+            return [scored for pair in pairs for scored in self._score([pair])]
+        try:
+            reply = self._post(pairs)
+        except PromptListRefused:
+            log.warning("kd.teacher_url: %s refuses a list of prompts; one prompt per request", self.url)
+            self.batch_size = 1
+            return [scored for pair in pairs for scored in self._score([pair])]
+        return [
+            self._parse(choice, prompt_ids, answer_ids)
+            for choice, (prompt_ids, answer_ids) in zip(self._choices(reply, len(pairs)), pairs, strict=True)
+        ]
+
+    def _post(self, pairs: list[tuple[list[int], list[int]]]) -> dict:
+        """The server's reply to one request for `pairs`, retried as `retry_wait` says."""
+        ids = [prompt_ids + answer_ids for prompt_ids, answer_ids in pairs]
         body = {
             "model": self.model,
-            "prompt": prompt_ids + answer_ids,
+            "prompt": ids if len(ids) > 1 else ids[0],
             "max_tokens": 1,
             "temperature": 0.0,
             "prompt_logprobs": self.top_k,
         }
-        headers = {"Content-Type": "application/json"}
-        try:
-            reply = json.loads(post(self.url, json.dumps(body).encode(), headers, self.timeout_s))
-        except DeadlineExceeded:
-            raise InputError(
-                f"kd.teacher_url: {self.url} did not score the tokens within kd.teacher_timeout_s="
-                f"{self.timeout_s:g}; check that the server runs and is not overloaded, or raise it"
-            ) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
-            raise InputError(f"kd.teacher_url: {self.url} did not score the tokens: {error}") from error
-        return self._parse(reply, prompt_ids, answer_ids)
+        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        for attempt in range(1, self.retries + 2):
+            try:
+                return json.loads(post(self.url, data, headers, self.timeout_s))
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+                if len(ids) > 1 and getattr(error, "code", None) in LIST_REFUSALS:
+                    raise PromptListRefused from error
+                wait = retry_wait(error, attempt)
+                if wait is None or attempt > self.retries:
+                    raise self._failure(error, attempt) from error
+                log.warning("kd.teacher_url: %s (%s); try %d in %.1f s", self.url, error, attempt + 1, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable: the last try returns or raises")
 
-    def _parse(self, reply: dict, prompt_ids: list[int], answer_ids: list[int]) -> Positions:
+    def _failure(self, error: BaseException, tries: int) -> InputError:
+        if isinstance(error, DeadlineExceeded):
+            return InputError(
+                f"kd.teacher_url: {self.url} did not score the tokens within kd.teacher_timeout_s="
+                f"{self.timeout_s:g}; {tries} tries; check that the server runs and is not overloaded, or "
+                "raise it"
+            )
+        return InputError(f"kd.teacher_url: {self.url} did not score the tokens ({tries} tries): {error}")
+
+    def _choices(self, reply: dict, count: int) -> list[dict]:
+        """The reply's `count` choices in prompt order, each index 0..count-1 exactly once."""
+        try:
+            by_index = {int(choice.get("index", 0)): choice for choice in reply["choices"]}
+            if len(reply["choices"]) != count or sorted(by_index) != list(range(count)):
+                raise ValueError(f"choices {sorted(by_index)} for {count} prompts")
+            return [by_index[at] for at in range(count)]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            raise InputError(
+                f"kd.teacher_url: {self.url} replied without one choice per prompt ({error}); serve the "
+                "teacher with vLLM's OpenAI-compatible server"
+            ) from error
+
+    def _parse(self, choice: dict, prompt_ids: list[int], answer_ids: list[int]) -> Positions:
         """The answer's positions; one that lacks its own token or holds a logprob that is not finite
         and <= 0 is marked bad (skipped by the alignment, counted in the summary)."""
         try:
-            scored = reply["choices"][0]["prompt_logprobs"]
+            scored = choice["prompt_logprobs"]
             if len(scored) != len(prompt_ids) + len(answer_ids):
                 raise ValueError(f"{len(scored)} positions for {len(prompt_ids) + len(answer_ids)} tokens")
             top, own, bad = [], [], set()
@@ -160,3 +237,33 @@ class HttpScorer:
                 "teacher with vLLM's OpenAI-compatible server, which returns them for `prompt_logprobs`"
             ) from error
         return answer_entries(answer_ids, top, own, self.tokens.tokenizer, bad)
+
+
+MAX_RETRY_AFTER_S = 60.0
+
+# Statuses a server answers a list of prompts with when it takes one prompt per request only.
+LIST_REFUSALS = (400, 413, 422)
+
+
+class PromptListRefused(Exception):
+    """The server refused a request holding several prompts."""
+
+
+def retry_wait(error: BaseException, attempt: int) -> float | None:
+    """Seconds to wait before retrying after `error` on try `attempt`, or None when retrying cannot help.
+
+    Busy (429, 503): the server's Retry-After, else backoff from 1 s. A server error (500, 502, 504), a
+    connection refused, reset or closed (a server restarting), or a reply past the deadline: backoff from
+    0.5 s. Any other status (the request itself is wrong) and a reply that is not JSON: never.
+    """
+    if isinstance(error, urllib.error.HTTPError):
+        if error.code in (429, 503):
+            after = retry_after(error.headers)
+            # A Retry-After of an hour (or NaN) would stall training: wait at most MAX_RETRY_AFTER_S.
+            if after is not None and not after <= MAX_RETRY_AFTER_S:
+                after = MAX_RETRY_AFTER_S
+            return backoff(attempt, 1.0, 30.0, after)
+        return backoff(attempt, 0.5, 10.0) if error.code in (500, 502, 504) else None
+    if isinstance(error, ValueError):
+        return None
+    return backoff(attempt, 0.5, 10.0)

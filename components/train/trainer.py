@@ -146,7 +146,14 @@ class DistillTrainer:
             if config.kd.teacher_url:
                 kd = config.kd
                 self.scorer = HttpScorer(
-                    kd.teacher_url, kd.teacher_model, teacher_tokenizer, kd.top_k, kd.teacher_timeout_s
+                    kd.teacher_url,
+                    kd.teacher_model,
+                    teacher_tokenizer,
+                    kd.top_k,
+                    kd.teacher_timeout_s,
+                    kd.teacher_batch_size,
+                    kd.teacher_concurrency,
+                    kd.teacher_retries,
                 )
             else:
                 self.teacher = load_teacher(config, self.device, self.precision)

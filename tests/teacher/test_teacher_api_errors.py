@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from components.common.backoff import backoff
 from components.common.errors import InputError
-from components.teacher.api import ApiTeacher, Retry, backoff
+from components.teacher.api import ApiTeacher, Retry
 from components.teacher.config import ProviderConfig
 from tests.conftest import free_port
 

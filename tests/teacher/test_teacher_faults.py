@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from components.common.backoff import backoff, retry_after
 from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher import Config
-from components.teacher.api import backoff, retry_after
 from components.teacher.stage import run
 from pipelines.demo_teacher import demo_words, write_demo_dataset
 from tests.teacher.conftest import demo_prompts, teacher_config

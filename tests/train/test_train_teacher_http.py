@@ -22,19 +22,20 @@ from tests.train.conftest import assert_resume_reaches_the_same_weights
 
 
 def vllm_app(
-    model_dir, top_default: int = 5, broken: bool = False, spoil_last: bool = False
+    model_dir,
+    top_default: int = 5,
+    broken: bool = False,
+    spoil_last: bool = False,
+    refuse_lists: bool = False,
+    seen: list | None = None,
 ) -> web.Application:
-    """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model."""
+    """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model: one
+    prompt of token ids, or a list of them (one choice each). `seen` gets each request's prompt count."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
 
-    async def completions(request: web.Request) -> web.Response:
-        body = await request.json()
-        ids = body["prompt"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            return web.json_response({"error": "this test server takes token ids"}, status=400)
-        k = int(body.get("prompt_logprobs") or top_default)
+    def choice(index: int, ids: list[int], k: int) -> dict:
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         scored: list[dict | None] = [None]
@@ -56,21 +57,36 @@ def vllm_app(
         if spoil_last:
             scored[-1] = {key: {**value, "logprob": 50.0} for key, value in scored[-1].items()}
         next_id = int(logprobs[-1].argmax())
+        return {
+            "index": index,
+            "text": tokenizer.decode([next_id]),
+            "finish_reason": "length",
+            "prompt_logprobs": scored,
+            "logprobs": None,
+        }
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        prompts = body["prompt"]
+        if prompts and all(isinstance(i, int) for i in prompts):
+            prompts = [prompts]
+        elif refuse_lists:
+            return web.json_response({"error": "this test server takes one prompt"}, status=400)
+        if not prompts or not all(
+            isinstance(p, list) and all(isinstance(i, int) for i in p) for p in prompts
+        ):
+            return web.json_response({"error": "this test server takes token ids"}, status=400)
+        if seen is not None:
+            seen.append(len(prompts))
+        k = int(body.get("prompt_logprobs") or top_default)
+        tokens = sum(len(ids) for ids in prompts)
         return web.json_response(
             {
                 "id": "cmpl-test",
                 "object": "text_completion",
                 "model": body.get("model", ""),
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": tokenizer.decode([next_id]),
-                        "finish_reason": "length",
-                        "prompt_logprobs": scored,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+                "choices": [choice(index, ids, k) for index, ids in enumerate(prompts)],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": len(prompts), "total_tokens": tokens},
             }
         )
 
@@ -86,8 +102,12 @@ def test_http_scores_equal_the_local_models_scores(tiny_teacher_dir, reversal_da
     local = LocalScorer(AutoModelForCausalLM.from_pretrained(tiny_teacher_dir), tokenizer, top_k=4)
     with ServerThread(vllm_app(tiny_teacher_dir)) as server:
         remote = HttpScorer(server.url, "teacher", tokenizer, top_k=4).entries(prompts, answers)
-    want = local.entries(prompts, answers)
-    assert len(remote) == len(want) == 3
+    assert_same_scores(remote, local.entries(prompts, answers))
+
+
+def assert_same_scores(remote: list, want: list) -> None:
+    """The served teacher's positions equal the local model's, token by token and candidate by candidate."""
+    assert len(remote) == len(want)
     for got_record, want_record in zip(remote, want, strict=True):
         assert not got_record.bad and not want_record.bad
         got_positions, want_positions = got_record.positions, want_record.positions
