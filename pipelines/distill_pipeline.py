@@ -195,10 +195,14 @@ def prepare(
     return task
 
 
-def place_train(task, gpus, cpu, memory, node_selector, tolerations) -> dsl.PipelineTask:
-    """The train pod's GPUs, CPU, memory and nodes, from pipeline parameters; shared memory for the
-    data loader and NCCL; never cached, as a rerun must train again."""
+def place_train(
+    task, gpus, cpu, memory, node_selector, tolerations, labels: dict[str, str]
+) -> dsl.PipelineTask:
+    """The train pod's GPUs, CPU, memory and nodes, from pipeline parameters; its `labels` (Kueue's);
+    shared memory for the data loader and NCCL; never cached, as a rerun must train again."""
     task.set_caching_options(False)
+    for key, value in labels.items():
+        kubernetes.add_pod_label(task, key, value)
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
     task.set_cpu_request(cpu).set_cpu_limit(cpu)
     task.set_memory_request(memory).set_memory_limit(memory)
@@ -220,9 +224,17 @@ def place_on_gpus(task, gpus, node_selector, tolerations) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
+def build_pipeline(
+    retries: bool = True, pull_secrets: list[str] | None = None, train_labels: dict[str, str] | None = None
+):
     """The pipeline; `retries=False` leaves out the task retry policies (for local runs); every task's
-    pod pulls its image with `pull_secrets` (default: image_pull_secrets())."""
+    pod pulls its image with `pull_secrets` (default: image_pull_secrets()); the one-pod train task
+    carries `train_labels` (pipelines.submit gives it the run's Kueue queue and priority).
+
+    kfp-kubernetes takes a pod label's value as a string only, never a run parameter, so the train
+    pod's Kueue labels are fixed when the pipeline is compiled; a multi-node run's training job takes
+    them from train_queue_name and train_priority_class at run time."""
+    train_labels = train_labels or {}
     pull_secrets = image_pull_secrets() if pull_secrets is None else pull_secrets
 
     @dsl.pipeline(
@@ -369,7 +381,9 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
             tolerations=train_tolerations,
             job_env=JOB_ENV,
         )
-        place_train(train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations)
+        place_train(
+            train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations, train_labels
+        )
         prepare(train, "train", "train student", retries, pull_secrets)
 
         merge = merge_adapter(
@@ -427,8 +441,11 @@ def build_pipeline(retries: bool = True, pull_secrets: list[str] | None = None):
 distill_pipeline = build_pipeline()
 
 
-def compile_pipeline(path: str = "pipelines/distill_pipeline.yaml") -> str:
-    compiler.Compiler().compile(distill_pipeline, package_path=path)
+def compile_pipeline(
+    path: str = "pipelines/distill_pipeline.yaml", train_labels: dict[str, str] | None = None
+) -> str:
+    pipeline = build_pipeline(train_labels=train_labels) if train_labels else distill_pipeline
+    compiler.Compiler().compile(pipeline, package_path=path)
     return path
 
 

@@ -46,6 +46,7 @@ from components.common.logs import print_error, setup_logging
 from components.common.plain_yaml import load_plain_yaml
 from components.common.redact import redact_config
 from components.common.secrets import optional_env
+from components.train.multinode.kube import scheduling_labels
 from pipelines.run_check import STAGE_CONFIGS, check_stage_configs
 
 PIPELINE_NAME = "llm-distillation"
@@ -106,14 +107,31 @@ class Outcome:
         return 0 if self.state is None or self.state.upper() in FINISHED_OK else 1
 
 
-def compile_package(path: Path) -> Path:
+def compile_package(path: Path, train_labels: dict[str, str] | None = None) -> Path:
     """Compile the pipeline with the image names REGISTRY and TAG give when the components are first
-    imported (the component decorators fix their images then), i.e. once per process."""
+    imported (the component decorators fix their images then), i.e. once per process; the one-pod train
+    task carries `train_labels`."""
     from pipelines.distill_pipeline import compile_pipeline
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(path))
+    compile_pipeline(str(path), train_labels)
     return path
+
+
+def train_pod_labels(values: dict[str, Any]) -> dict[str, str]:
+    """Kueue's labels for the run's train pod when it trains alone (train_nodes 1): its queue and priority.
+    A multi-node run's training job gets them at run time instead."""
+    if values.get("train_nodes", 1) != 1:
+        return {}
+    return scheduling_labels({}, values.get("train_queue_name", ""), values.get("train_priority_class", ""))
+
+
+def compiled_train_labels(package: Path) -> dict[str, str]:
+    """The pod labels the train task of a compiled pipeline carries."""
+    documents = list(yaml.safe_load_all(package.read_text()))
+    executors = documents[-1].get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
+    train = executors.get("executors", {}).get("exec-train-student", {})
+    return train.get("podMetadata", {}).get("labels", {})
 
 
 def _root_parameters(package: Path) -> dict[str, dict[str, Any]]:
@@ -388,6 +406,14 @@ def main(argv: list[str] | None = None, client=None) -> int:
             require_connection(args.host)
         package = args.package or compile_package(repo / DEFAULT_PACKAGE)
         params = load_run_config(args.config, args.set, pipeline_parameters(package))
+        labels = train_pod_labels({**pipeline_defaults(package), **params})
+        if labels and not args.package:
+            package = compile_package(repo / DEFAULT_PACKAGE, labels)
+        elif labels and compiled_train_labels(package) != labels:
+            raise ConfigError(
+                "train_queue_name: the pipeline in --package does not label its train pod with this run's "
+                f"Kueue queue and priority {labels} (pod labels are fixed when compiling); drop --package"
+            )
         if args.print and (args.skip_check or not args.check):
             raise ConfigError("--print goes with --check (and without --skip-check)")
         if not args.skip_check:
@@ -403,7 +429,8 @@ def main(argv: list[str] | None = None, client=None) -> int:
             package=package,
             params=params,
             pipeline_name=args.pipeline_name,
-            version_name=args.version or git_version_name(repo),
+            # A version per queue and priority: its train pod's labels are part of the compiled pipeline.
+            version_name="-".join([args.version or git_version_name(repo), *labels.values()]),
             experiment=args.experiment,
             run_name=args.run_name,
             namespace=args.namespace,

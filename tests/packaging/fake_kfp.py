@@ -61,8 +61,10 @@ class FakeKfp:
         return web.json_response({"pipelines": found, "total_size": len(found)})
 
     async def _uploaded_spec(self, request) -> dict[str, Any]:
+        """The pipeline spec, with the platform spec (when uploaded) kept under `platform_spec`."""
         form = await request.post()
-        return next(yaml.safe_load_all(form["uploadfile"].file.read()))
+        documents = list(yaml.safe_load_all(form["uploadfile"].file.read()))
+        return {**documents[0], **({"platform_spec": documents[1]} if len(documents) > 1 else {})}
 
     async def upload_pipeline(self, request):
         spec = await self._uploaded_spec(request)

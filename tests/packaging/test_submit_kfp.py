@@ -63,7 +63,8 @@ def test_first_submission_uploads_the_pipeline_and_a_version_named_after_the_com
     assert pipeline["display_name"] == "llm-distillation"
     ours = [v for v in kfp_server.versions.values() if v["display_name"] == "abc1234"]
     assert len(ours) == 1
-    assert ours[0]["spec"] == next(yaml.safe_load_all(package.read_text()))
+    pipeline_spec, platform_spec = yaml.safe_load_all(package.read_text())
+    assert ours[0]["spec"] == {**pipeline_spec, "platform_spec": platform_spec}
     (experiment,) = kfp_server.experiments.values()
     assert experiment["display_name"] == "distillation"
     (run,) = kfp_server.runs.values()
@@ -254,3 +255,43 @@ def test_skip_check_submits_a_run_whose_template_file_exists_only_in_the_image(k
     assert "text.template: '/app/templates/mine.j2' is neither a shipped template" in capsys.readouterr().err
     assert run_submit("--package", str(package), "--skip-check", *image_only) == 0
     assert len(kfp_server.runs) == 1
+
+
+TRAIN_EXECUTOR = "exec-train-student"
+
+
+def train_pod_labels(version: dict) -> dict:
+    executors = version["spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return executors[TRAIN_EXECUTOR].get("podMetadata", {}).get("labels", {})
+
+
+@pytest.mark.parametrize(
+    ("train", "labels", "version"),
+    [
+        (
+            {"train_queue_name": "team-a", "train_priority_class": "batch-high"},
+            {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/priority-class": "batch-high"},
+            "abc1234-team-a-batch-high",
+        ),
+        (
+            {"train_queue_name": "team-a", "train_nodes": 2},
+            {},
+            "abc1234",
+        ),  # the training job carries them instead
+        ({}, {}, "abc1234"),
+    ],
+)
+def test_a_one_pod_train_task_gets_the_runs_kueue_queue_and_priority(
+    kfp_server, tmp_path, train, labels, version
+):
+    config = write_config(tmp_path, train)
+    assert run_submit("--config", str(config), "--version", "abc1234") == 0
+    (uploaded,) = [v for v in kfp_server.versions.values() if v["display_name"] == version]
+    assert train_pod_labels(uploaded) == labels
+
+
+def test_a_package_without_the_runs_kueue_labels_is_refused(kfp_server, package, tmp_path, capsys):
+    config = write_config(tmp_path, {"train_queue_name": "team-a"})
+    assert run_submit("--package", str(package), "--config", str(config), "--version", "v") == 2
+    assert "train_queue_name: the pipeline in --package" in capsys.readouterr().err
+    assert not kfp_server.runs
