@@ -16,15 +16,18 @@ first, with a warning below COMPETENT; raise --teacher-steps until it passes.
 
 The task is addition of two numbers (`--digits` digits each), "Add: 47+85" -> "132". The bench first
 trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stage on gold answers) until it
-is competent, then writes the teacher dataset as the teacher stage would: the teacher's own answers
-(greedy, or sampled at --teacher-temperature) to the training prompts, with its top-k log-probabilities
-per answer token in the OpenAI logprobs format (extra["logprobs"]). A smaller student (random init) is
-then trained through the train stage with each method, the same steps, batch, learning rate and seeds:
+is competent. Then every method's records come out of the product's own stages: the trained teacher is
+served on a loopback OpenAI-compatible endpoint (pipelines/model_teacher.py) that returns top-k logprobs
+with their bytes, the teacher stage asks it every training prompt (answers sampled at
+--teacher-temperature, 1.0 by default, as API teachers answer) and writes train.jsonl and logprobs.jsonl,
+and a smaller student (random init) is trained on that folder through the train stage with each method,
+the same steps, batch, learning rate and seeds:
 
     sft        cross-entropy on the teacher's answers
     kd         0.5 CE + 0.5 forward KL against the local teacher's full distribution (kd.kind logits)
     topk       0.5 CE + 0.5 sparse KL against the stored top-k (kd.kind topk)
-    onpolicy   as kd, with half of each batch's answers sampled by the student (kd.kind on_policy)
+    onpolicy   as kd, with half of each batch's answers sampled by the student (kd.kind on_policy), from its
+               warm start: the first --onpolicy-warm-start share of the steps is SFT
     xtok       topk into a student whose tokenizer merges digit pairs ("57" is one token): the stored
                top-k aligned by byte spans (cross_tokenizer.py); `xtok_sft` is that student's SFT, its peer
 
@@ -36,12 +39,15 @@ random numbers, so the training is the unscored one's), the step at which each s
 seconds per run. A run either finds the carry rule and then gets most problems right, or stays near the
 exact match of answering without it: the final figure mostly says whether a seed got there within the
 steps, the averaged one also how early.
-Last line: `sft= kd= topk= onpolicy= xtok= steps=` (final exact match, means).
+Last line: `sft= kd= topk= onpolicy= xtok= xtok_sft= seeds= topk_candidates= via=stages` (final exact
+match, means; topk_candidates: the teacher candidates per aligned position the train stage saw in the topk
+runs, from train_summary.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -59,12 +65,16 @@ sys.path.insert(0, str(ROOT))
 
 from components.common.config import from_dict  # noqa: E402
 from components.common.generation import left_padded  # noqa: E402
-from components.common.records import Record, record_id, write_records  # noqa: E402
+from components.common.records import Record, read_records, record_id, write_records  # noqa: E402
 from components.common.tiny_model import make_tiny_model  # noqa: E402
+from components.teacher import Config as TeacherConfig  # noqa: E402
+from components.teacher.stage import run as run_teacher  # noqa: E402
 from components.train import Config  # noqa: E402
 from components.train.modeling import padded_attention  # noqa: E402
+from components.train.sparse_kd import join_logprobs_file  # noqa: E402
 from components.train.stage import run  # noqa: E402
 from components.train.trainer import DistillTrainer  # noqa: E402
+from pipelines.model_teacher import start_model_teacher  # noqa: E402
 
 TEACHER = {"provider": "bench", "model": "adder"}
 # Held-out exact match from which the teacher's answers are mostly right, so that distilling them can help.
@@ -208,64 +218,49 @@ def exact_match(model_dir: Path, held_out: list[tuple[str, str]], max_new_tokens
     return score(*load(model_dir), held_out, max_new_tokens)
 
 
-@torch.no_grad()
-def api_logprobs(
-    model, tokenizer, pairs: list[tuple[str, str]], k: int, batch: int = 128
-) -> list[list[dict]]:
-    """Each answer's tokens with the teacher's top-k, as an OpenAI-compatible API returns them."""
-
-    def entry(index: int, value: float) -> dict:
-        text = tokenizer.decode([index])
-        return {"token": text, "logprob": value, "bytes": list(text.encode())}
-
-    out = []
-    for start in range(0, len(pairs), batch):
-        rows = [
-            (prompt_ids(tokenizer, p), tokenizer(a, add_special_tokens=False)["input_ids"])
-            for p, a in pairs[start : start + batch]
-        ]
-        width = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (p, a) in enumerate(rows):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, : len(p) + len(a)] = 1
-        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        for i, (prefix, tokens) in enumerate(rows):
-            entries = []
-            for t, token in enumerate(tokens):
-                row = logprobs[i, len(prefix) - 1 + t]
-                top = row.topk(k)
-                entries.append(
-                    {
-                        **entry(token, float(row[token])),
-                        "top_logprobs": [
-                            entry(int(j), float(v)) for v, j in zip(top.values, top.indices, strict=True)
-                        ],
-                    }
-                )
-            out.append(entries)
-    return out
-
-
 def teacher_dataset(
-    teacher_dir: Path, train_problems, folder: Path, max_new_tokens: int, k: int, temperature: float
-) -> tuple[float, float]:
-    """The teacher stage's output for the training prompts, its answers greedy or sampled at `temperature`
-    as an API teacher's are; returns how often the teacher was right and the median probability it gave
-    the tokens it wrote (near 1: its text says what its distribution does)."""
-    model, tokenizer = load(teacher_dir)
-    prompts = [p for p, _ in train_problems]
-    torch.manual_seed(0)
-    said = answers(model, tokenizer, prompts, max_new_tokens, temperature)
-    logprobs = api_logprobs(model, tokenizer, list(zip(prompts, said, strict=True)), k)
-    records = [
-        record(p, a, {"logprobs": entries}) for p, a, entries in zip(prompts, said, logprobs, strict=True)
-    ]
-    write_records(folder / "train.jsonl", records)
-    write_records(folder / "test.jsonl", [])
-    right = sum(s == a for s, (_, a) in zip(said, train_problems, strict=True)) / len(train_problems)
-    return right, statistics.median(math.exp(e["logprob"]) for entries in logprobs for e in entries)
+    teacher_dir: Path, train_problems, work: Path, max_new_tokens: int, k: int, temperature: float
+) -> tuple[Path, float, float]:
+    """The teacher dataset as a user gets it: the trained teacher served on a loopback OpenAI-compatible
+    endpoint (pipelines/model_teacher.py) and asked for every training prompt by the teacher stage, with
+    top-k logprobs and their bytes, answers sampled at `temperature` as an API teacher's are. Returns the
+    stage's output folder, how often the teacher was right and the median probability it gave the tokens
+    it wrote (near 1: its text says what its distribution does)."""
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p, _ in train_problems))
+    folder = work / "teacher-data"
+    with start_model_teacher(teacher_dir, model="adder") as server:
+        config = from_dict(
+            TeacherConfig,
+            {
+                "dataset": str(prompts),
+                "output_dir": str(folder),
+                "store_uri": str(work / "teacher-store"),
+                "progress_bar": False,
+                "dedup": False,
+                "test_ratio": 0.0,
+                "on_length": "keep",
+                "on_empty": "keep",
+                "use_cache": False,
+                "concurrency": 64,
+                "provider": {
+                    "name": "vllm",
+                    "base_url": server.base_url,
+                    "model": "adder",
+                    "temperature": temperature,
+                    "max_tokens": max_new_tokens,
+                    "logprobs": True,
+                    "top_logprobs": k,
+                },
+            },
+        )
+        run_teacher(config)
+    records = read_records(folder / "train.jsonl")
+    join_logprobs_file(records, folder / "logprobs.jsonl")
+    gold = dict(train_problems)
+    right = sum(r.answer == gold[r.prompt_messages[-1]["content"]] for r in records) / len(train_problems)
+    own = [math.exp(p["logprob"]) for r in records for p in r.extra.get("logprobs") or []]
+    return folder, right, statistics.median(own) if own else float("nan")
 
 
 def method_settings(method: str, teacher_dir: Path, on_policy_tokens: int) -> dict:
@@ -292,7 +287,7 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1000, help="student optimizer steps, every method")
     parser.add_argument("--teacher-steps", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--train", type=int, default=1000, help="training prompts")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=5)
@@ -301,8 +296,8 @@ def main() -> None:
     parser.add_argument(
         "--teacher-temperature",
         type=float,
-        default=0.0,
-        help="sample the teacher's answers at this temperature (0: greedy), as an API teacher's often are",
+        default=1.0,
+        help="sample the teacher's answers at this temperature (0: greedy), as API teachers answer",
     )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
@@ -311,9 +306,16 @@ def main() -> None:
         default=0,
         help="first SFT each seed's student for this many steps; every method then continues from it",
     )
+    parser.add_argument(
+        "--onpolicy-warm-start",
+        type=float,
+        default=0.5,
+        help="with no --warm-start, the share of --steps on-policy KD spends on SFT first (its warm start, "
+        "as GKD starts from a fine-tuned student), the rest on-policy: the same steps in all",
+    )
     args = parser.parse_args()
     if args.smoke:
-        args.steps, args.teacher_steps, args.seeds, args.train, args.held_out = 2, 4, 1, 64, 16
+        args.steps, args.teacher_steps, args.seeds, args.train, args.held_out = 4, 4, 1, 64, 16
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     methods = args.methods.split(",")
@@ -334,9 +336,8 @@ def main() -> None:
             work / "teacher-init", gold, work / "teacher", args.teacher_steps, args.teacher_lr, seed=0
         )
         teacher_em = exact_match(teacher, held_out, answer_tokens)
-        data = work / "teacher-data"
-        teacher_right, certainty = teacher_dataset(
-            teacher, train_problems, data, answer_tokens, args.top_k, args.teacher_temperature
+        data, teacher_right, certainty = teacher_dataset(
+            teacher, train_problems, work, answer_tokens, args.top_k, args.teacher_temperature
         )
         print(
             f"teacher: {args.teacher_steps} steps, held-out exact match {teacher_em:.3f}, right on "
@@ -352,7 +353,6 @@ def main() -> None:
             )
 
         student = "tiny://qwen2?warmup_steps=0&layers=2&hidden=64&heads=4&kv_heads=2&intermediate=128"
-        every = max(1, args.steps // CURVE_POINTS)
         runs: dict[str, list[StudentRun]] = {m: [] for m in methods}
         for seed in range(args.seeds):
             inits = {}
@@ -362,14 +362,24 @@ def main() -> None:
             if args.warm_start:
                 inits = warm_students(inits, data, args, seed, held_out, answer_tokens)
             for method in methods:
-                init = inits[student_tokenizer(method)]
+                init, steps = inits[student_tokenizer(method)], args.steps
                 out = work / f"{method}-{seed}"
                 settings = method_settings(method, teacher, answer_tokens)
                 began = time.monotonic()
-                config = train_config(init, data, out, args.steps, args.lr, seed, **settings)
-                curve = train_scored(config, held_out, every, answer_tokens)
+                if method == "onpolicy" and not args.warm_start:
+                    warm_steps = round(args.steps * args.onpolicy_warm_start)
+                    init = train(init, data, work / f"onpolicy-warm-{seed}", warm_steps, args.lr, seed)
+                    steps = args.steps - warm_steps
+                config = train_config(init, data, out, steps, args.lr, seed, **settings)
+                curve = train_scored(config, held_out, max(1, steps // CURVE_POINTS), answer_tokens)
+                alignment = json.loads((out / "train_summary.json").read_text()).get("kd_alignment") or {}
                 done = StudentRun(
-                    exact_match(out, held_out, answer_tokens), curve, every, time.monotonic() - began
+                    exact_match(out, held_out, answer_tokens),
+                    curve,
+                    max(1, steps // CURVE_POINTS),
+                    time.monotonic() - began,
+                    args.steps - steps,
+                    alignment.get("mean_candidates"),
                 )
                 runs[method].append(done)
                 print(f"  seed {seed} {method:9} {done.describe()}", flush=True)
@@ -381,9 +391,13 @@ def main() -> None:
     )
     means = report(runs)
     print(f"total {time.monotonic() - started:.0f} s")
-    keys = ["sft", "kd", "topk", "onpolicy", "xtok"]
+    keys = ["sft", "kd", "topk", "onpolicy", "xtok", "xtok_sft"]
+    candidates = [r.candidates for r in runs.get("topk", []) if r.candidates is not None]
     print(
-        " ".join(f"{k}={means[k]:.3f}" if k in means else f"{k}=nan" for k in keys) + f" steps={args.steps}"
+        " ".join(f"{k}={means[k]:.3f}" if k in means else f"{k}=nan" for k in keys)
+        + f" seeds={args.seeds} topk_candidates="
+        + (f"{statistics.mean(candidates):.2f}" if candidates else "nan")
+        + " via=stages"
     )
 
 
@@ -413,10 +427,14 @@ class StudentRun:
     curve: list[float]  # exact match after every `every` steps
     every: int
     seconds: float
+    warm_steps: int = 0  # SFT steps before the curve starts (on-policy's warm start)
+    candidates: float | None = None  # teacher candidates per aligned position, as the train stage saw them
 
     def learned_at(self) -> int | None:
-        """The first scored step at which the student had learned the task."""
-        return next(((i + 1) * self.every for i, v in enumerate(self.curve) if v >= LEARNED), None)
+        """The first scored step at which the student had learned the task (warm-start steps included)."""
+        return next(
+            ((i + 1) * self.every + self.warm_steps for i, v in enumerate(self.curve) if v >= LEARNED), None
+        )
 
     def along(self) -> float:
         """Exact match averaged over the scored steps: higher when the task is learned earlier."""

@@ -1,5 +1,6 @@
-"""bench/distill_quality.py in its smoke mode: the teacher is trained and writes its dataset, every method
-trains a student through the train stage and is scored, and the last line holds the five figures.
+"""bench/distill_quality.py in its smoke mode: the teacher is trained, served on loopback and asked by the
+teacher stage, every method trains a student through the train stage on that output and is scored, and
+the last line holds the figures.
 
 The figures of a smoke run mean nothing (a few steps); the full run's table is in the README.
 """
@@ -31,12 +32,15 @@ def output() -> list[str]:
     return done.stdout.strip().splitlines()
 
 
-def test_the_last_line_holds_each_methods_exact_match_and_the_steps(output):
+def test_the_last_line_holds_each_methods_exact_match_and_the_candidates_train_saw(output):
     figures = dict(pair.split("=") for pair in output[-1].split())
-    assert list(figures) == ["sft", "kd", "topk", "onpolicy", "xtok", "steps"]
-    assert figures["steps"] == "2"
-    for key in ("sft", "kd", "topk", "onpolicy", "xtok"):
+    keys = ["sft", "kd", "topk", "onpolicy", "xtok", "xtok_sft", "seeds", "topk_candidates", "via"]
+    assert list(figures) == keys
+    assert figures["seeds"] == "1" and figures["via"] == "stages"
+    for key in keys[:6]:
         assert 0.0 <= float(figures[key]) <= 1.0 and not math.isnan(float(figures[key]))
+    # The teacher stage stored its top-5, so the train stage sees more than the sampled token.
+    assert 2.0 <= float(figures["topk_candidates"]) <= 5.0
 
 
 def test_every_method_trained_and_was_scored(output):
