@@ -19,6 +19,7 @@ from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk, join_logprobs_file
 from components.train.stage import run as run_train
 from pipelines.demo_teacher import start_teacher_server
+from pipelines.model_teacher import start_model_teacher
 from tests.teacher.batch_teacher import start_batch_teacher
 from tests.teacher.conftest import teacher_config
 from tests.teacher.test_teacher_local import make_config as local_teacher_config
@@ -216,3 +217,27 @@ def train_config(tmp_path, student, data, name):
             "kd": {"kind": "topk", "alpha": 0.5},
         },
     )
+
+
+def test_a_served_model_answers_the_teacher_stage_with_top_k_train_aligns(
+    tmp_path, tiny_teacher_dir, student_tokenizer
+):
+    """The quality bench's path: a model folder served as an OpenAI-compatible endpoint (as vLLM serves
+    one), asked by the teacher stage through the openai SDK."""
+    write_prompts(tmp_path)
+    with start_model_teacher(tiny_teacher_dir, model="served") as server:
+        config = teacher_config(
+            tmp_path,
+            server.base_url,
+            provider={"model": "served", "logprobs": True, "top_logprobs": K, "max_tokens": 12},
+            on_length="keep",
+            test_ratio=0.0,
+        )
+        run_teacher(config)
+    records = [record for record in stored(tmp_path / "out") if record.extra.get("logprobs")]
+    assert records
+    for record in records:
+        assert b"".join(bytes(p["bytes"]) for p in record.extra["logprobs"]) == record.answer.encode()
+    _, counts = aligned(records, student_tokenizer)
+    assert counts.unaligned_records == counts.bad_positions == 0
+    assert counts.matched_positions > 0 and counts.mean_candidates == K
