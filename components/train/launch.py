@@ -1,6 +1,7 @@
 """Devices and processes: the accelerate `Accelerator` for this run, and the multi-GPU re-launch.
 
-One GPU or a CPU: `run()` trains in the calling process. Several GPUs visible in one pod and `launcher`
+One GPU or a CPU: `run()` trains in the calling process; on a CPU, ZeRO runs over gloo under torchrun
+(deepspeed_cpu.py builds DeepSpeed's comm op first). Several GPUs visible in one pod and `launcher`
 auto/torchrun/accelerate: `run()` writes the config to a file and starts
 
     torchrun --standalone --nproc_per_node <gpus> -m components.train --config <file>
@@ -24,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from components.common.config import to_dict
-from components.common.errors import ConfigError
+from components.common.devices import note_slow_on_cpu
+from components.train import deepspeed_cpu
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +48,30 @@ def accelerator_for(config):
     """The Accelerator: mixed precision, accumulation, and DeepSpeed when configured."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from components.train.modeling import resolve_precision
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(config.precision, torch.device(device_type))
     plugin = None
+    # A curriculum phase may weight an intermediate term 0: its projection then gets no gradient.
+    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=config.intermediate.enabled)]
     if config.deepspeed != "none":
-        if device_type != "cuda":
-            raise ConfigError(
-                f"deepspeed: {config.deepspeed!r} needs CUDA GPUs and none is visible; use 'none' on CPU"
-            )
+        if device_type == "cpu":
+            deepspeed_cpu.prepare(config.deepspeed)
+            note_slow_on_cpu(f"deepspeed: {config.deepspeed}", torch.device("cpu"))
+            # accelerate picks a process-group backend only for accelerators; without one every rank
+            # would count itself the only process.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, precision))
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(precision, precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
-        cpu=device_type == "cpu",
-        # A curriculum phase may weight an intermediate term 0: its projection then gets no gradient.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.intermediate.enabled)],
+        # accelerate's cpu flag turns DeepSpeed off; without a GPU it runs on the CPU regardless.
+        cpu=device_type == "cpu" and plugin is None,
+        kwargs_handlers=handlers,
     )
 
 
