@@ -162,12 +162,17 @@ def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_d
         tmp_path, tiny_teacher_dir, run_id="out", max_tokens=12, logprobs=True, top_logprobs=K
     )
     run_teacher(config)
-    records = stored(tmp_path / "out")
-    with_logprobs = [record for record in records if record.extra.get("logprobs")]
-    assert with_logprobs
-    for record in with_logprobs:
+    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer)
+
+
+def assert_a_models_top_k_reach_train(out, tokenizer) -> None:
+    """The answers a model generated with logprobs (a random tiny model writes some that are not UTF-8
+    text, stored without) are spelled by their positions, each aligned with the model's k candidates."""
+    records = [record for record in stored(out) if record.extra.get("logprobs")]
+    assert records
+    for record in records:
         assert b"".join(bytes(p["bytes"]) for p in record.extra["logprobs"]) == record.answer.encode()
-    examples, counts = aligned(with_logprobs, student_tokenizer)
+    _, counts = aligned(records, tokenizer)
     assert counts.unaligned_records == counts.bad_positions == 0
     # Top-k ids of one model are distinct, so each maps to its own student id.
     assert counts.matched_positions > 0 and counts.mean_candidates == K
@@ -234,10 +239,4 @@ def test_a_served_model_answers_the_teacher_stage_with_top_k_train_aligns(
             test_ratio=0.0,
         )
         run_teacher(config)
-    records = [record for record in stored(tmp_path / "out") if record.extra.get("logprobs")]
-    assert records
-    for record in records:
-        assert b"".join(bytes(p["bytes"]) for p in record.extra["logprobs"]) == record.answer.encode()
-    _, counts = aligned(records, student_tokenizer)
-    assert counts.unaligned_records == counts.bad_positions == 0
-    assert counts.matched_positions > 0 and counts.mean_candidates == K
+    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer)
