@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -9,8 +10,19 @@ from urllib.parse import urlparse
 from components.common.config import exposed
 from components.common.errors import ConfigError
 
+# Hosts the pod reaches without leaving the cluster: Services by their full name, and loopback.
+CLUSTER_SUFFIX = ".svc.cluster.local"
 # Kubernetes object names (DNS-1123 labels), which an InferenceService's name must be.
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def in_cluster(host: str) -> bool:
+    """Loopback, or a Service's full cluster-local name (<service>.<namespace>.svc.cluster.local)."""
+    host = host.lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(CLUSTER_SUFFIX)
 
 
 @dataclass
@@ -69,12 +81,14 @@ class Config:
     Output
       output_dir: receives inferenceservice.yaml (always) and registration.json (when registered).
     Model Registry (registry_url set)
-      registry_url: http(s)://host[:port] of the Kubeflow Model Registry REST API; empty: not registered.
+      registry_url: https://host[:port] of the Kubeflow Model Registry REST API (plain http only to
+          loopback or <service>.<namespace>.svc.cluster.local); empty: not registered.
       model_name: the registered model's name; each run adds a version to it.
       model_format, model_format_version: the artifact's format, as KServe's serving runtimes name it.
       storage_key: the name of the S3 data connection (Secret) the registry's deploy flow uses.
       author: recorded as the version's author.
-      The token is MODEL_REGISTRY_TOKEN's value when set, else the pod's service-account token.
+      The token is MODEL_REGISTRY_TOKEN's value when set, else the pod's service-account token, which goes
+      only to a registry in the cluster and never through a proxy (registry.py).
     KServe
       serving: the InferenceService written to output_dir (ServingConfig).
       deploy: also create it (or replace it) through the Kubernetes API, in-cluster or from kubeconfig.
@@ -119,3 +133,9 @@ class Config:
                 )
             if parsed.username or parsed.password:
                 raise ConfigError("registry_url: holds credentials; give the token in MODEL_REGISTRY_TOKEN")
+            if parsed.scheme == "http" and not in_cluster(parsed.hostname):
+                raise ConfigError(
+                    f"registry_url: {self.registry_url} is plain http to {parsed.hostname}, outside the "
+                    "cluster, so the registry token would cross the network in clear; use https, or a "
+                    "cluster-local http address (<service>.<namespace>.svc.cluster.local)"
+                )

@@ -9,8 +9,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import getproxies, proxy_bypass_environment
 
 from components.common.errors import InputError
+from components.register.config import in_cluster
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,27 @@ def version_properties(metrics: dict[str, Any], gates: dict[str, str], run_id: s
     return properties
 
 
+def check_service_account_token_stays_in_cluster(registry_url: str) -> None:
+    """Without MODEL_REGISTRY_TOKEN the client sends the pod's service-account token, which acts for the
+    pipeline in the cluster: refuse a registry outside the cluster, and a proxy (HTTP(S)_PROXY, which the
+    client honours) that would carry the request, before anything is sent."""
+    parsed = urlparse(registry_url)
+    host = parsed.hostname or ""
+    if not in_cluster(host):
+        raise InputError(
+            f"registry_url: {host} is outside the cluster and {TOKEN_ENV} is not set, so the pod's "
+            f"service-account token would go there; set {TOKEN_ENV} (Secret distill-registry) for an "
+            "outside registry, or give its <service>.<namespace>.svc.cluster.local address"
+        )
+    proxies = getproxies()
+    proxy = proxies.get(parsed.scheme)
+    if proxy and not proxy_bypass_environment(host, proxies):
+        raise InputError(
+            f"registry_url: requests to {host} would go through the proxy {parsed.scheme.upper()}_PROXY, "
+            f"carrying the pod's service-account token; add {host} to NO_PROXY, or set {TOKEN_ENV}"
+        )
+
+
 def register(
     registry_url: str,
     *,
@@ -59,6 +82,8 @@ def register(
     parsed = urlparse(registry_url)
     secure = parsed.scheme == "https"
     token = os.environ.get(TOKEN_ENV) or None
+    if token is None:
+        check_service_account_token_stays_in_cluster(registry_url)
     try:
         registry = ModelRegistry(
             f"{parsed.scheme}://{parsed.hostname}",

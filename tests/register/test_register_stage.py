@@ -21,6 +21,7 @@ from components.register.config import ServingConfig
 from components.register.inference_service import build_inference_service, service_name
 from components.register.stage import HandOffRefused, run
 from pipelines.loopback import ServerThread
+from tests.capture_server import capture_server
 from tests.packaging.conftest import role_rules
 from tests.packaging.fake_kubernetes import FakeKubernetes
 from tests.register.fake_model_registry import API, FakeModelRegistry
@@ -272,3 +273,52 @@ def test_model_names_become_kubernetes_names():
     assert service_name("Qwen/Qwen2.5-0.5B") == "qwen-qwen2-5-0-5b"
     assert service_name("7b-student") == "m-7b-student"
     assert len(service_name("x" * 100)) == 63
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://any-host:8080", True),
+        ("http://model-registry.kubeflow.svc:8080", True),
+        ("http://model-registry.kubeflow.svc.cluster.local:8080", False),
+        ("http://127.0.0.1:8080", False),
+        ("https://model-registry.example.com", False),
+    ],
+)
+def test_the_registry_url_is_https_or_plain_http_inside_the_cluster(url, refused, tmp_path):
+    if refused:
+        with pytest.raises(ConfigError, match=re.escape(f"registry_url: {url} is plain http to")):
+            register_config(tmp_path, tmp_path, registry_url=url)
+    else:
+        assert register_config(tmp_path, tmp_path, registry_url=url).registry_url == url
+
+
+SA_TOKEN = "sa-token-7f3e9d"
+
+
+@pytest.fixture
+def service_account_token(tmp_path, monkeypatch):
+    """The pod's service-account token (read by the model-registry client), MODEL_REGISTRY_TOKEN unset."""
+    (tmp_path / "sa-token").write_text(SA_TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "sa-token"))
+    monkeypatch.delenv("MODEL_REGISTRY_TOKEN", raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_service_account_token_never_goes_outside_the_cluster_nor_through_a_proxy(
+    passed_eval_dir, service_account_token, tmp_path, monkeypatch
+):
+    with capture_server() as capture:
+        monkeypatch.setenv("HTTP_PROXY", capture.url)
+        inside = "http://model-registry.kubeflow.svc.cluster.local:8080"
+        error = None
+        try:
+            run(register_config(passed_eval_dir, tmp_path / "b", registry_url=inside))
+        except Exception as raised:
+            error = raised
+        assert not capture.received(SA_TOKEN)
+        assert isinstance(error, InputError) and "would go through the proxy HTTP_PROXY" in str(error)
+    outside = register_config(passed_eval_dir, tmp_path / "a", registry_url="https://mr.example.com")
+    with pytest.raises(InputError, match="mr.example.com is outside the cluster and MODEL_REGISTRY_TOKEN"):
+        run(outside)
