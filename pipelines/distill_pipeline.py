@@ -27,6 +27,7 @@ from components.evaluate.component import evaluate_student
 from components.merge.component import merge_adapter
 from components.register.component import register_model
 from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
+from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from components.teacher.component import teacher_data, teacher_shard_indices
 from components.train.component import train_student
 from components.train.multinode.kube import TRAIN_TOKEN_DIR
@@ -93,6 +94,9 @@ JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
 REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
+# ConfigMap with the hosts an administrator approved for the API keys (components/teacher/approved_hosts.py),
+# for the tasks that hold a key.
+APPROVED_HOSTS_CONFIGMAP = ("distill-approved-hosts", {"api-hosts": APPROVED_HOSTS_ENV})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned
 # checkpoint, a hostile template) cannot spend the teacher's key or write to the store it does not use.
 # KFP artifacts (inputs and outputs) are moved by the KFP launcher with its own credentials (the
@@ -164,11 +168,16 @@ RETRIES = {"teacher": (3, "60s", 2.0), "train": (2, "120s", 2.0)}
 
 def use_secrets(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     """Fill the task's environment from the Secrets of STAGE_SECRETS[stage], by reference; a task that
-    reaches the store also gets its endpoint ConfigMap."""
+    reaches the store also gets its endpoint ConfigMap, and a task holding an API key the hosts approved for
+    it."""
     for name, keys, optional in STAGE_SECRETS[stage]:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=optional)
+    config_maps = []
     if S3_SECRET in STAGE_SECRETS[stage]:
-        name, keys = S3_CONFIGMAP
+        config_maps.append(S3_CONFIGMAP)
+    if TEACHER_SECRET in STAGE_SECRETS[stage] or JUDGE_SECRET in STAGE_SECRETS[stage]:
+        config_maps.append(APPROVED_HOSTS_CONFIGMAP)
+    for name, keys in config_maps:
         kubernetes.use_config_map_as_env(
             task, config_map_name=name, config_map_key_to_env=keys, optional=True
         )

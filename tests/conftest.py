@@ -133,3 +133,11 @@ def store_uri(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def vendor_dir() -> Path:
     return vendored_schemas()
+
+
+def approve_hosts(monkeypatch, *urls: str) -> None:
+    """Approve the origins of `urls` (the tests' loopback servers) for API keys, as an administrator
+    does through the ConfigMap distill-approved-hosts (components/teacher/approved_hosts.py)."""
+    from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
+
+    monkeypatch.setenv(APPROVED_HOSTS_ENV, ",".join(urls))

@@ -150,8 +150,10 @@ def test_each_task_and_the_multi_node_pods_get_only_the_secrets_they_read(compil
     for task, expected in SECRET_ENV.items():
         references = executors.get(task, {}).get("secretAsEnv", [])
         assert {env["envVar"] for secret in references for env in secret["keyToEnv"]} == expected, task
-        reaches_store = bool(STORE_KEYS & expected)
-        assert bool(executors.get(task, {}).get("configMapAsEnv")) == reaches_store, task
+        config_maps = {c["configMapName"] for c in executors.get(task, {}).get("configMapAsEnv", [])}
+        holds_api_key = bool({"TEACHER_API_KEY", "JUDGE_API_KEY"} & expected)
+        assert ("distill-s3-endpoint" in config_maps) == bool(STORE_KEYS & expected), task
+        assert ("distill-approved-hosts" in config_maps) == holds_api_key, task
     train_inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
     job_env = train_inputs["job_env"]["runtimeValue"]["constant"]
     assert {variable for keys in job_env["secrets"].values() for variable in keys.values()} == STORE_KEYS

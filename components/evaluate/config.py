@@ -32,7 +32,7 @@ class JudgeConfig:
     concurrency: int = 4
 
     def __post_init__(self) -> None:
-        from components.teacher.config import JudgeProviderConfig, ProviderConfig
+        from components.teacher.config import JudgeProviderConfig, ProviderConfig, refuse_run_insecure_http
 
         if isinstance(self.provider, Mapping):
             self.provider = from_dict(JudgeProviderConfig, self.provider, where="judge.provider")
@@ -44,6 +44,7 @@ class JudgeConfig:
             raise ConfigError(f"judge.concurrency: {self.concurrency} must be at least 1")
         if self.provider.is_local:
             raise ConfigError("judge.provider: the judge must be an API (name: local is not supported here)")
+        refuse_run_insecure_http(self.provider, "judge.provider")
 
 
 @dataclass

@@ -26,7 +26,9 @@ import openai
 from components.common.backoff import retry_after
 from components.common.errors import InputError
 from components.common.logprobs import valid_prefix
+from components.common.redact import redact_urls
 from components.common.secrets import optional_env, require_env
+from components.teacher.approved_hosts import APPROVED_HOSTS_ENV, key_may_go_to
 from components.teacher.config import ProviderConfig
 from components.teacher.limits import valid_count
 
@@ -96,11 +98,20 @@ class ApiTeacher:
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
             provider = self.provider
+            approved = key_may_go_to(provider.base_url)
             if provider.api_key_required:
+                if not approved:
+                    raise InputError(
+                        f"provider.base_url: {redact_urls(provider.base_url or '')} is not a host approved "
+                        f"for the key in ${provider.api_key_env}: keys go only to the providers of the "
+                        f"image's teacher_config.yaml and the origins an administrator lists in "
+                        f"{APPROVED_HOSTS_ENV} (ConfigMap distill-approved-hosts)"
+                    )
                 key = require_env(provider.api_key_env, f"API key of the teacher at {provider.base_url}")
             else:
-                # Servers that take no key still need a non-empty string in the Authorization header.
-                key = optional_env(provider.api_key_env) or "EMPTY"
+                # Servers that take no key still need a non-empty string in the Authorization header;
+                # one at an unapproved host never gets the key, even when the variable is set.
+                key = (optional_env(provider.api_key_env) if approved else None) or "EMPTY"
             self._client = openai.AsyncOpenAI(
                 api_key=key,
                 base_url=provider.base_url,

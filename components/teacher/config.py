@@ -39,7 +39,9 @@ class ProviderConfig:
         base_url, model and prices left unset here. Any other name needs `base_url`.
     base_url: the API root ending in /v1 (DeepSeek: https://api.deepseek.com/v1). https, or plain http
         to loopback or a cluster-local host (localhost, 127.x, ::1, a one-label Service name, *.svc,
-        *.cluster.local); allow_insecure_http: true permits plain http anywhere else. Never user:password@.
+        *.cluster.local); allow_insecure_http: true permits plain http anywhere else, set only on a provider
+        of the image's teacher_config.yaml (a run's own value is refused). Never user:password@. The key
+        goes only to an approved host (approved_hosts.py).
     model: the model id at that API, or for `local` a model folder (local path or s3://).
     api_key_env: the environment variable holding the key; the key itself never appears in configs.
         Only TEACHER_API_KEY, JUDGE_API_KEY (the pipeline's Secrets) or a name ending in _API_KEY.
@@ -206,8 +208,19 @@ def _check_base_url(url: str, allow_insecure_http: bool) -> None:
     if parts.scheme == "http" and not allow_insecure_http and not _is_cluster_local(parts.hostname):
         raise ConfigError(
             f"base_url: {redact_urls(url)} is plain http to {parts.hostname}, outside loopback and the "
-            "cluster, so the API key and prompts would cross the network unencrypted; use https, or set "
-            "allow_insecure_http: true if that network is trusted"
+            "cluster, so the API key and prompts would cross the network unencrypted; use https "
+            "(only an administrator sets allow_insecure_http: true, on a provider of the image's "
+            "teacher_config.yaml)"
+        )
+
+
+def refuse_run_insecure_http(provider: ProviderConfig, field: str) -> None:
+    """allow_insecure_http sends a key and prompts in clear over the network: an administrator's choice,
+    made on a provider in the image's teacher_config.yaml, never a run's (parameters and overrides)."""
+    if provider.allow_insecure_http:
+        raise ConfigError(
+            f"{field}.allow_insecure_http: may not come from a run's parameters or overrides; use https, "
+            "or ask an administrator to add the provider to the image's teacher_config.yaml"
         )
 
 
@@ -471,6 +484,9 @@ class Config:
                 f"{POD_GRACE_S} s after SIGTERM, and saving takes up to {STOP_SAVE_S} s after the wait"
             )
         check_run_id(self.run_id)
+        refuse_run_insecure_http(self.provider, "provider")
+        if self.judge.provider is not None:
+            refuse_run_insecure_http(self.judge.provider, "judge.provider")
         if self.mode == "batch" and self.provider.is_local:
             raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")
         self._check_source()

@@ -36,15 +36,20 @@ def resolve_provider(provider: ProviderConfig, presets_path: str = "") -> Provid
             f"provider.name: {provider.name!r} is not in {presets_path or SHIPPED.name} "
             f"({', '.join(sorted(presets))}); set provider.base_url to use any other OpenAI-compatible API"
         )
-    # Validate the preset through the same typed loader, so a typo in the YAML names its field; the run's
-    # allow_insecure_http covers the preset's base_url too.
-    preset_fields = {
-        "name": provider.name,
-        "allow_insecure_http": provider.allow_insecure_http,
-        **(preset or {}),
-    }
-    from_dict(ProviderConfig, preset_fields, where=f"providers.{provider.name}")
+    # allow_insecure_http is an administrator's: honoured on a provider of the image's file only, and
+    # only for that provider's own base_url.
+    if preset and preset.get("allow_insecure_http") and Path(presets_path or SHIPPED) != SHIPPED:
+        raise ConfigError(
+            f"provider_config: {presets_path} sets allow_insecure_http on {provider.name}; only the image's "
+            f"{SHIPPED.name} may"
+        )
+    # Validate the preset through the same typed loader, so a typo in the YAML names its field.
+    from_dict(ProviderConfig, {"name": provider.name, **(preset or {})}, where=f"providers.{provider.name}")
     values = dataclasses.asdict(provider)
+    values["allow_insecure_http"] = bool(
+        (preset or {}).get("allow_insecure_http")
+        and provider.base_url in (None, "", (preset or {}).get("base_url"))
+    )
     for key, value in (preset or {}).items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**value, **values[key]}  # headers and body extras merge; the run's win

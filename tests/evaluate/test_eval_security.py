@@ -11,9 +11,13 @@ import pytest
 import yaml
 
 from components.common.config import from_dict
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, InputError
 from components.evaluate.config import Config, JudgeConfig
 from components.evaluate.judge import judge_win_rate
+from components.evaluate.stage import run
+from tests.capture_server import capture_server
+from tests.conftest import approve_hosts
+from tests.evaluate.conftest import eval_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"header": "planted-header-value-4e6d", "body": "planted-body-value-8a0c"}
@@ -26,6 +30,7 @@ def judge_provider(server, **extra) -> dict:
 def test_the_judge_sends_judge_api_key_not_the_teachers(judge_server, monkeypatch):
     monkeypatch.setenv("TEACHER_API_KEY", "sk-teacher")
     monkeypatch.setenv("JUDGE_API_KEY", "sk-judge")
+    approve_hosts(monkeypatch, f"http://127.0.0.1:{judge_server.port}")
     config = from_dict(JudgeConfig, {"provider": judge_provider(judge_server, backoff_s=0.01)})
     assert config.provider.api_key_env == "JUDGE_API_KEY"
     judge_win_rate(config, ["Reverse the letters of: abc"], ["cba"], ["cba"])
@@ -121,3 +126,25 @@ def test_a_key_in_the_judge_urls_query_is_hidden_in_the_config_repr_and_the_stag
     )
     assert done.returncode == 2 and "api-key=***" in done.stderr, done.stderr
     assert QUERY_SECRET not in done.stdout + done.stderr
+
+
+TEACHER_KEY, JUDGE_KEY = "sk-teacher-91c2", "sk-judge-4d7a"
+
+
+def test_the_judge_key_never_reaches_a_host_the_run_named(
+    tiny_model_dir, reversal_data_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TEACHER_API_KEY", TEACHER_KEY)
+    monkeypatch.setenv("JUDGE_API_KEY", JUDGE_KEY)
+    monkeypatch.delenv("DISTILL_APPROVED_API_HOSTS", raising=False)
+    with capture_server() as capture:
+        judge = {
+            "provider": {"name": "judge", "base_url": f"{capture.url}/v1", "model": "j", "max_retries": 0}
+        }
+        config = eval_config(
+            tiny_model_dir, tiny_model_dir, reversal_data_dir, tmp_path / "out", max_samples=2, judge=judge
+        )
+        with pytest.raises(InputError) as error:
+            run(config)
+    assert not capture.received(JUDGE_KEY) and not capture.received(TEACHER_KEY)
+    assert "not a host approved for the key in $JUDGE_API_KEY" in str(error.value)

@@ -13,6 +13,7 @@ import yaml
 from components.common.images import STAGE_PACKAGES, STAGES
 from components.common.records import Record, record_id, write_records
 from components.common.tiny_model import make_tiny_model
+from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server
 
 pytestmark = pytest.mark.images
@@ -85,7 +86,7 @@ def test_teacher_image_reaches_a_teacher_over_http(cpu_images, run_in):
             "-c",
             ASK_TEACHER,
             server.base_url,
-            environment={"TEACHER_API_KEY": "secret-key"},
+            environment={"TEACHER_API_KEY": "secret-key", APPROVED_HOSTS_ENV: server.base_url},
         )
     assert done.stdout.strip().splitlines()[-1] == "etik"
     assert server.requests_by_prompt["Reverse the letters of: kite"] == 1

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from components.common.config import deep_merge
 from components.common.records import read_records, write_records
+from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
@@ -57,6 +58,7 @@ def run_recipe(
     root = workdir / "pipeline_root"
     with start_teacher_server(api_key=API_KEY) as server:
         os.environ["TEACHER_API_KEY"] = API_KEY
+        os.environ[APPROVED_HOSTS_ENV] = server.base_url  # the ConfigMap distill-approved-hosts
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         params.update(store_uri=str(workdir / "store"), teacher_base_url=server.base_url)
         if judge_base_url:

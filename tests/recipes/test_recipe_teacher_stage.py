@@ -14,13 +14,15 @@ from components.teacher.chunking import chunk_text
 from components.teacher.stage import run
 from components.train.sparse_kd import join_logprobs_file
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.conftest import approve_hosts
 from tests.recipes.test_recipe_sources import TEXT
 from tests.teacher.conftest import teacher_config
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
     with start_teacher_server(api_key="sk-test") as running:
+        approve_hosts(monkeypatch, running.base_url)
         yield running
 
 

@@ -23,6 +23,7 @@ from components.teacher.readers import read_prompts
 from components.teacher.stage import run
 from components.teacher.templates import render_file_template
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.conftest import approve_hosts
 from tests.teacher.conftest import run_teacher_cli
 
 
@@ -148,8 +149,14 @@ def test_a_presets_file_cannot_bring_plain_http_in(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"providers\.lab\.base_url: .* is plain http"):
         resolve_provider(ProviderConfig(name="lab"), str(presets))
-    allowed = resolve_provider(ProviderConfig(name="lab", allow_insecure_http=True), str(presets))
-    assert allowed.base_url == "http://lab.example.com/v1"
+    with pytest.raises(ConfigError, match=r"providers\.lab\.base_url: .* is plain http"):
+        resolve_provider(ProviderConfig(name="lab", allow_insecure_http=True), str(presets))
+    lab = {"base_url": "http://lab.example.com/v1", "model": "m", "allow_insecure_http": True}
+    presets.write_text(yaml.safe_dump({"providers": {"lab": lab}}))
+    with pytest.raises(
+        ConfigError, match="provider_config: .* sets allow_insecure_http on lab; only the image's"
+    ):
+        resolve_provider(ProviderConfig(name="lab"), str(presets))
 
 
 # Local inputs never come from the pod's secret-bearing folders.
@@ -210,6 +217,7 @@ def test_the_judge_reads_its_own_key_and_never_the_teachers(tmp_path, monkeypatc
         start_teacher_server(api_key="sk-teacher") as teacher,
         start_teacher_server(api_key="sk-judge") as judge,
     ):
+        approve_hosts(monkeypatch, teacher.base_url, judge.base_url)
         config = load(
             tmp_path,
             store_uri=str(tmp_path / "store"),
@@ -231,6 +239,7 @@ def test_a_judge_on_the_teachers_provider_still_needs_judge_api_key(tmp_path, mo
     monkeypatch.delenv("JUDGE_API_KEY", raising=False)
     write_referenced_dataset(tmp_path / "prompts.jsonl")
     with start_teacher_server(api_key="sk-shared") as server:
+        approve_hosts(monkeypatch, server.base_url)
         config = load(
             tmp_path,
             store_uri=str(tmp_path / "store"),

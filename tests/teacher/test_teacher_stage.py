@@ -11,12 +11,14 @@ from components.common.errors import InputError
 from components.common.records import read_records
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.conftest import approve_hosts
 from tests.teacher.conftest import teacher_config
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
     with start_teacher_server(api_key="sk-test") as running:
+        approve_hosts(monkeypatch, running.base_url)
         yield running
 
 
