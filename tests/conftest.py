@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.common.tiny_model import make_tiny_model
+from pipelines.loopback import ServerThread
 
 
 def free_port() -> int:
@@ -141,3 +143,35 @@ def approve_hosts(monkeypatch, *urls: str) -> None:
     from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 
     monkeypatch.setenv(APPROVED_HOSTS_ENV, ",".join(urls))
+
+
+@pytest.fixture(scope="module")
+def kserve_schema(vendor_dir) -> dict:
+    """The vendored KServe v0.20 InferenceService schema (v1beta1)."""
+    crd = yaml.safe_load(
+        (vendor_dir / "kserve-v0.20.0" / "serving.kserve.io_inferenceservices.yaml").read_text()
+    )
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """The fake Kubernetes API on loopback, reached through a kubeconfig, as from outside a cluster."""
+    from tests.packaging.fake_kubernetes import FakeKubernetes
+
+    fake = FakeKubernetes(workdir=tmp_path / "pods")
+    with ServerThread(fake.app()) as server:
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+            "users": [{"name": "pipeline", "user": {"token": fake.token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "pipeline"}}],
+            "current-context": "fake",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake
+        fake.shutdown()

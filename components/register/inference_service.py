@@ -68,18 +68,23 @@ def pod_namespace() -> str:
     return NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default"
 
 
-def apply_inference_service(service: dict[str, Any]) -> str:
-    """Create the InferenceService, or replace the one of that name; returns 'created' or 'replaced'.
-    Credentials: the pod's service account in a cluster, else the kubeconfig (KUBECONFIG)."""
+def custom_objects_api():
+    """A CustomObjectsApi with the pod's service account in a cluster, else the kubeconfig (KUBECONFIG)."""
     from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
         # KUBECONFIG as it is now: the client reads its default location once, when it is imported.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    api = client.CustomObjectsApi(client.ApiClient())
+    return client.CustomObjectsApi(client.ApiClient())
+
+
+def apply_inference_service(service: dict[str, Any]) -> str:
+    """Create the InferenceService, or replace the one of that name; returns 'created' or 'replaced'."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = custom_objects_api()
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, service)

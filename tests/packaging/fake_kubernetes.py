@@ -90,6 +90,9 @@ class FakeKubernetes:
     other_pods: dict[str, dict] = field(default_factory=dict)
     created: list[dict] = field(default_factory=list)
     inference_services: dict[tuple[str, str], dict] = field(default_factory=dict)
+    # Reads of an InferenceService before KServe reports it Ready (None: never, its predictor failing).
+    isvc_ready_after: int | None = 1
+    isvc_reads: dict[tuple[str, str], int] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     # Pods of a TrainJob that failed before a JobSet restart replaced them.
     failed_pods: list[Pod] = field(default_factory=list)
@@ -374,7 +377,32 @@ class FakeKubernetes:
         key = (request.match_info["namespace"], request.match_info["name"])
         if key not in self.inference_services:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
-        return web.json_response(self.inference_services[key])
+        self.isvc_reads[key] = reads = self.isvc_reads.get(key, 0) + 1
+        return web.json_response({**self.inference_services[key], "status": self._isvc_status(key, reads)})
+
+    def _isvc_status(self, key: tuple[str, str], reads: int) -> dict:
+        """What KServe reports: not Ready at first, then Ready with the predictor's in-cluster address."""
+        namespace, name = key
+        if self.isvc_ready_after is None or reads <= self.isvc_ready_after:
+            message = "predictor pod: Back-off pulling image" if self.isvc_ready_after is None else ""
+            return {
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "RevisionMissing", "message": message}
+                ]
+            }
+        address = f"http://{name}-predictor.{namespace}.svc.cluster.local"
+        return {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "address": {"url": address},
+            "url": address,
+        }
+
+    async def delete_isvc(self, request):
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if self.inference_services.pop(key, None) is None:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        self.deleted.append(key[1])
+        return web.json_response({"kind": "Status", "status": "Success"})
 
     async def replace_isvc(self, request):
         key, service = (request.match_info["namespace"], request.match_info["name"]), await request.json()
@@ -445,6 +473,7 @@ class FakeKubernetes:
         app.router.add_post(ISVC_PATH, self.create_isvc)
         app.router.add_get(ISVC_PATH + "/{name}", self.get_isvc)
         app.router.add_put(ISVC_PATH + "/{name}", self.replace_isvc)
+        app.router.add_delete(ISVC_PATH + "/{name}", self.delete_isvc)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", self.pod_log)

@@ -23,7 +23,6 @@ from components.register.stage import HandOffRefused, run
 from pipelines.loopback import ServerThread
 from tests.capture_server import capture_server
 from tests.packaging.conftest import role_rules
-from tests.packaging.fake_kubernetes import FakeKubernetes
 from tests.register.fake_model_registry import API, FakeModelRegistry
 
 MODEL_URI = "s3://distill/pipeline-root/run-7/merge-adapter/merged"
@@ -143,15 +142,6 @@ def test_without_registry_url_or_deploy_only_the_inference_service_is_written(pa
     assert service["spec"]["predictor"]["model"]["storageUri"] == MODEL_URI
 
 
-@pytest.fixture(scope="module")
-def kserve_schema(vendor_dir) -> dict:
-    crd = yaml.safe_load(
-        (vendor_dir / "kserve-v0.20.0" / "serving.kserve.io_inferenceservices.yaml").read_text()
-    )
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
-    return version["schema"]["openAPIV3Schema"]
-
-
 def test_the_inference_service_is_valid_against_the_kserve_crd_and_served_by_its_hf_runtime(
     kserve_schema, vendor_dir
 ):
@@ -199,26 +189,6 @@ def test_cpu_serving_asks_for_no_gpu_and_leaves_the_backend_to_the_runtime(kserv
     jsonschema.validate(service, kserve_schema)
     model = service["spec"]["predictor"]["model"]
     assert "nvidia.com/gpu" not in model["resources"]["limits"] and "--backend=vllm" not in model["args"]
-
-
-@pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    """The fake Kubernetes API on loopback, reached through a kubeconfig, as from outside a cluster."""
-    fake = FakeKubernetes(workdir=tmp_path / "pods")
-    with ServerThread(fake.app()) as server:
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-            "users": [{"name": "pipeline", "user": {"token": fake.token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "pipeline"}}],
-            "current-context": "fake",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        yield fake
-        fake.shutdown()
 
 
 def test_deploy_creates_the_inference_service_then_replaces_it_on_the_next_run(
