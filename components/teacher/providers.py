@@ -1,4 +1,8 @@
-"""Named providers: teacher_config.yaml fills the fields a run's `provider` section leaves unset."""
+"""Named providers: teacher_config.yaml fills the fields a run's `provider` section leaves unset.
+
+A provider file is `providers: {name: {base_url, model, ...}}`, or the shape of the published recipes'
+teacher_config.yaml, `model: {deepseek: {api_key, base_url, model}}`, whose api_key must be left empty:
+keys come from the environment only (provider.api_key_env)."""
 
 from __future__ import annotations
 
@@ -21,10 +25,29 @@ def load_presets(path: str = "") -> dict[str, dict]:
         data = load_plain_yaml(source.read_text(encoding="utf-8"), f"provider_config {source}") or {}
     except FileNotFoundError:
         raise ConfigError(f"provider_config: {source} does not exist") from None
+    if isinstance(data, dict) and "providers" not in data and isinstance(data.get("model"), dict):
+        return {name: _keyless(name, preset, source) for name, preset in data["model"].items()}
     presets = data.get("providers") if isinstance(data, dict) else None
     if not isinstance(presets, dict):
-        raise ConfigError(f"provider_config: {source} must hold a mapping 'providers: {{name: {{...}}}}'")
+        raise ConfigError(
+            f"provider_config: {source} must hold a mapping 'providers: {{name: {{...}}}}' "
+            "(or 'model: {name: {base_url, model}}')"
+        )
     return presets
+
+
+def _keyless(name: str, preset: object, source: Path) -> object:
+    """A preset of the `model: {name: {...}}` shape without its api_key entry, which must be empty."""
+    if not isinstance(preset, dict):
+        return preset
+    fields = dict(preset)
+    if fields.pop("api_key", None):
+        raise ConfigError(
+            f"provider_config {source}: model.{name}.api_key holds a key; keys never go in a file: leave it "
+            "empty and put the key in the variable provider.api_key_env names (TEACHER_API_KEY, Secret "
+            "distill-teacher)"
+        )
+    return fields
 
 
 def resolve_provider(provider: ProviderConfig, presets_path: str = "") -> ProviderConfig:
