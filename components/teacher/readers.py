@@ -38,7 +38,7 @@ from components.common.store import open_store, path_under
 from components.teacher.chunking import chunk_text
 from components.teacher.config import HF_DATASETS, Config, FieldMap
 from components.teacher.hub_datasets import hub_rows
-from components.teacher.templates import render_file_template, render_prompt_template
+from components.teacher.templates import render_file_template, render_prompt_template, template_variables
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _read_objects(
 ) -> Iterator[Prompt]:
     for where, obj in objects:
         try:
-            if config.fields.enabled:
+            if config.fields.enabled and not holds_conversation(obj, config.fields):
                 line_format, prompt = fmt, read_fields_row(obj, where, config.fields)
             else:
                 line_format = detect_format(obj, where) if fmt == "auto" else fmt
@@ -172,6 +172,14 @@ def _read_objects(
             continue
         fmt = line_format  # the first good line sets the format of the rest of the file
         yield prompt
+
+
+def holds_conversation(obj: dict[str, Any], fields: FieldMap) -> bool:
+    """A row that is already a conversation (sharegpt `conversations` or `messages`) and holds none of the
+    fields the mapping names is read as that conversation: a dataset that stored the built prompts (the
+    published comment data) needs no `fields` or row template taken out of the run's config."""
+    named = {path.split(".")[0] for path in (fields.question, fields.answer, fields.system) if path}
+    return ("conversations" in obj or "messages" in obj) and not named & set(obj)
 
 
 def detect_format(obj: dict[str, Any], where: str) -> str:
@@ -411,8 +419,10 @@ def _apply_config(prompt: Prompt, config: Config) -> None:
                 )
             except ConfigError as error:  # a field the template reads is missing from this row
                 raise InputError(f"{prompt.source}: {error}") from None
-        else:
+        elif not (config.fields.enabled and template_variables(config.prompt_template) - {"prompt"}):
             last["content"] = render_prompt_template(config.prompt_template, last["content"])
+        # Otherwise a conversation row (holds_conversation) under a template built from row fields: its
+        # user turn is that built prompt already.
 
 
 def _row_text(row: dict[str, Any]) -> dict[str, Any]:
