@@ -378,9 +378,10 @@ class Config:
     # --- curriculum -----------------------------------------------------------------------------------
     # Phases run in order, each continuing from the previous one's weights; empty = one phase.
     curriculum: list[PhaseSettings] = field(default_factory=list)
-    # First and last phase (0-based, inclusive) to run; -1 as end_phase means the last one.
-    start_phase: int = 0
-    end_phase: int = -1
+    # First and last phase to run, inclusive, counted from 1 as `--start_stage 2` counts them; end_phase
+    # 0 means through the last phase.
+    start_phase: int = 1
+    end_phase: int = 0
     # Held-out evaluation every eval_steps optimizer steps of a phase and at its end (0: none): the loss
     # on the test.jsonl records of the phase's sources goes to TensorBoard (eval/loss), the best weights
     # of each phase by that loss are kept in output_dir/best/<phase>/, and sample_count teacher-vs-student
@@ -498,12 +499,16 @@ class Config:
                         "(the term and its projection are set up from the top-level value); set it there and "
                         f"give {term}_weight: 0 to the phases that skip it"
                     )
-        last = len(self.curriculum) - 1
-        if self.curriculum and not 0 <= self.start_phase <= (self.end_phase if self.end_phase >= 0 else last):
-            raise ConfigError(f"start_phase: {self.start_phase} is not a phase index up to end_phase")
-        if self.end_phase > last:
-            raise ConfigError(f"end_phase: {self.end_phase} but the curriculum has phases 0..{last}")
-        if not self.curriculum and (self.start_phase or self.end_phase not in (-1, 0)):
+        count = len(self.curriculum)
+        if self.curriculum and not 0 <= self.end_phase <= count:
+            raise ConfigError(
+                f"end_phase: {self.end_phase} but the curriculum has phases 1..{count} (0: through the last)"
+            )
+        if self.curriculum and not 1 <= self.start_phase <= (self.end_phase or count):
+            raise ConfigError(
+                f"start_phase: {self.start_phase} is not a phase from 1 to end_phase; phases count from 1"
+            )
+        if not self.curriculum and (self.start_phase != 1 or self.end_phase not in (0, 1)):
             raise ConfigError("start_phase / end_phase: only meaningful with a curriculum")
         if self.eval_steps < 0 or self.eval_samples < 1 or self.sample_count < 0:
             raise ConfigError("eval_steps / eval_samples / sample_count: must be >= 0 (eval_samples >= 1)")

@@ -6,8 +6,8 @@
     datasets: {domain: /data/domain-teacher}      # "main" is always data_dir; or s3://bucket/prefix
 
 Phases run in order and each starts from the weights the previous one ended with (a fresh optimizer and
-learning-rate schedule per phase). `start_phase`/`end_phase` run a slice: starting at phase 1 on a fresh
-run trains phase 1 from the student as loaded. Without a curriculum the run is one phase built from the
+learning-rate schedule per phase). `start_phase`/`end_phase` run a slice, counted from 1: starting at phase 2 on a
+fresh run trains phase 2 from the student as loaded. Without a curriculum the run is one phase built from the
 top-level fields.
 
 A phase's epoch holds `samples` records (default: as many as all its sources together), drawn from each
@@ -163,8 +163,7 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
             )
         ]
     plans = []
-    end = config.end_phase if config.end_phase >= 0 else len(config.curriculum) - 1
-    for index in range(config.start_phase, end + 1):
+    for index in range(config.start_phase - 1, config.end_phase or len(config.curriculum)):
         phase = config.curriculum[index]
         ramp = {name: phase.share_range(name) for name in phase.mix}
         ramped = any(first != last for first, last in ramp.values())

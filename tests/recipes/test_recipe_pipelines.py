@@ -79,6 +79,7 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
         {
             "teacher_dataset": str(raw),
             "teacher_provider": "vllm",
+            "teacher_max_tokens": 64,  # the demo teacher echoes a Chinese prompt's opening characters
             "teacher_test_ratio": 0.25,
             "teacher_overrides": {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40},
             "train_max_steps": 3,
@@ -91,7 +92,7 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
 
     data = next(root.rglob("teacher-data-2/data"))
     records = read_records(data / "train.jsonl") + read_records(data / "test.jsonl")
-    assert {record.extra["prompt_kind"] for record in records} == {"qa", "continue"}
+    assert {record.extra["prompt_kind"] for record in records} == {"qa_zh", "continue_zh"}
     assert all(isinstance(record.extra["chunk"], int) for record in records)
     assert (data / "logprobs.jsonl").is_file()
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
@@ -135,6 +136,7 @@ def test_recipe_3_runs_three_phases_at_temperatures_4_2_1_with_best_weights_per_
             "train_overrides": {
                 "datasets": {"general": teacher_data("general", 1), "domain": teacher_data("domain", 2)},
                 "precision": "auto",
+                "kd": {"teacher_8bit": False},
                 "max_length": 64,
                 "logging_steps": 1,
                 "eval_steps": 2,
@@ -164,6 +166,9 @@ def test_recipe_1_builds_each_prompt_from_several_fields_under_the_persona(tmp_p
         {
             "student_source": "tiny://qwen2?warmup_steps=0",
             "teacher_dataset": str(tmp_path / "comments.parquet"),
+            # The demo teacher echoes the seed's long Chinese prompt: room for it, and no 50-character cap.
+            "teacher_max_tokens": 64,
+            "teacher_overrides": {"max_answer_chars": 400},
             "teacher_test_ratio": 0.5,
             "train_max_steps": 2,
             "train_overrides": {"deepspeed": "none", "precision": "auto"},
@@ -178,12 +183,11 @@ def test_recipe_1_builds_each_prompt_from_several_fields_under_the_persona(tmp_p
     for record in records:
         system, user, _ = record.messages
         assert system == {"role": "system", "content": "你是一个喜欢网上冲浪的B站网友。"}
-        assert user["content"].startswith("视频标题：") and user["content"].endswith(
-            "请回复这条评论（限50字）"
-        )
+        assert user["content"].startswith("下面我将给出B站某视频及其评论区的相关信息")
+        assert "（限50字）：视频标题: " in user["content"] and "\n父级评论内容: " in user["content"]
         assert record.reference in ("哈哈哈", "真的吗")
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
-    assert summary["method"] == "lora" and summary["steps"] == 2
+    assert summary["method"] == "qlora" and summary["steps"] == 2
     report = next(root.rglob("evaluate-student/report")).read_text()
     assert "视频标题" in report  # the side-by-side samples of teacher and students
 

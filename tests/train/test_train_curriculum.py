@@ -57,8 +57,8 @@ def test_two_phases_run_in_order_with_their_own_learning_rates(make_config, doma
     assert lr[3] == pytest.approx(1e-3) and lr[4] == pytest.approx(5e-4)
 
 
-def test_start_phase_runs_only_the_later_phases(make_config, domain_data):
-    config = curriculum_config(make_config, domain_data, start_phase=1)
+def test_start_phase_counts_phases_from_1_and_runs_only_the_later_ones(make_config, domain_data):
+    config = curriculum_config(make_config, domain_data, start_phase=2)
     result = run(config)
     assert result.steps == 2
     assert [value for _, value in scalars(config.tensorboard_dir, "train/phase")] == [1, 1]
