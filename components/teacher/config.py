@@ -433,8 +433,9 @@ class Config:
     use_cache: bool = True
     min_answered_ratio: float = 0.95
     # Extra copies of the kept train records for other trainers: sharegpt (+ dataset_info.json, the
-    # layout LLaMA-Factory reads).
-    export: list[Literal["sharegpt"]] = field(default_factory=list)
+    # layout LLaMA-Factory reads); alpaca (instruction/input/output, with chunk_id and category for raw
+    # text, as the published raw-text recipe writes them).
+    export: list[Literal["sharegpt", "alpaca"]] = field(default_factory=list)
 
     store_uri: str = ""
     run_id: str = "local"

@@ -5,7 +5,10 @@ sharegpt: output_dir/sharegpt/train.json and test.json (lists of {"conversations
 
     llamafactory-cli train ... --dataset_dir <data artifact>/sharegpt --dataset distill_train
 
-trains on them. The teacher's reasoning, when a record has it and the answer does not already hold it,
+trains on them. alpaca: output_dir/alpaca/train.jsonl and test.jsonl, one {"instruction", "input": "",
+"output"} row per record (plus "system" when it has one), and for raw text the chunk's "chunk_id" and the
+prompt kind's "category" (问答 for question-answer prompts, 文章生成 for continuations, else the kind's
+name), the rows the published raw-text recipe trains on. The teacher's reasoning, when a record has it and the answer does not already hold it,
 goes before the answer as <think>...</think>, as R1-style reasoning datasets write it.
 """
 
@@ -17,6 +20,8 @@ from pathlib import Path
 from components.common.records import Record, iter_jsonl
 
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt"}
+# The published raw-text recipe's category of each shipped prompt kind.
+ALPACA_CATEGORIES = {"qa": "问答", "qa_zh": "问答", "continue": "文章生成", "continue_zh": "文章生成"}
 
 
 def sharegpt_row(record: Record) -> dict:
@@ -53,3 +58,29 @@ def write_sharegpt(output: Path, splits: tuple[str, ...]) -> None:
             "columns": {"messages": "conversations", "system": "system"},
         }
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def alpaca_row(record: Record) -> dict:
+    system = "\n".join(m["content"] for m in record.messages if m["role"] == "system")
+    user = [m["content"] for m in record.messages if m["role"] == "user"]
+    row = {"instruction": user[-1], "input": "", "output": record.answer}
+    if system:
+        row["system"] = system
+    if "chunk" in record.extra:
+        row["chunk_id"] = record.extra["chunk"]
+    kind = record.extra.get("prompt_kind")
+    if kind is not None:
+        row["category"] = ALPACA_CATEGORIES.get(kind, kind)
+    return row
+
+
+def write_alpaca(output: Path, splits: tuple[str, ...]) -> None:
+    """output/alpaca/<split>.jsonl from output/<split>.jsonl, a record at a time."""
+    folder = output / "alpaca"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        source = output / f"{split}.jsonl"
+        with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as rows:
+            for number, obj in iter_jsonl(source):
+                row = alpaca_row(Record.from_dict(obj, f"{source}:{number}"))
+                rows.write(json.dumps(row, ensure_ascii=False) + "\n")
