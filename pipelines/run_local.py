@@ -2,12 +2,15 @@
 
     make demo                                   # = python -m pipelines.run_local
     python -m pipelines.run_local --workdir .demo --store-uri s3://distill/demo   # store on S3
+    python -m pipelines.run_local --config pipelines/recipes/three_phase_kd.yaml  # a recipe, on stand-ins
 
 What runs: the KFP local SubprocessRunner executes every component in a subprocess of this Python, as
 the cluster would run them in their images. The demo student is a tiny Qwen2 made on the spot; the
 teacher is an OpenAI-compatible server started here on loopback (pipelines/demo_teacher.py), reached
 through the `openai` SDK exactly like DeepSeek or DashScope; the task is reversing 3–6 letter words.
 Point `--teacher-base-url`, `--teacher-model` and TEACHER_API_KEY at a real API to use a real teacher.
+With `--config`, a run file (a recipe) runs with the stand-ins the recipe tests use (tiny models, the demo
+teacher, no GPU, generated data, a few steps: pipelines/recipe_stand_ins.py), each substitution printed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from pipelines.recipe_stand_ins import laptop_run, point_judge_at
 from pipelines.run_console import ANSI, console
 from pipelines.submit import load_run_config, pipeline_parameters
 
@@ -100,15 +104,17 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
             )
             base_url = server.base_url
             os.environ["TEACHER_API_KEY"] = DEMO_API_KEY
-        arguments = dict(
-            store_uri=settings.store_uri or str(workdir / "store"),
-            student_source=settings.student_source,
-            teacher_dataset=dataset,
-            teacher_provider="openai",
-            teacher_model=settings.teacher_model,
-            teacher_base_url=base_url,
+        arguments = {
+            "store_uri": settings.store_uri or str(workdir / "store"),
+            "student_source": settings.student_source,
+            "teacher_dataset": dataset,
+            "teacher_provider": "openai",
+            "teacher_model": settings.teacher_model,
             **settings.parameters,
-        )
+        }
+        if arguments["teacher_provider"] != "local":
+            arguments["teacher_base_url"] = base_url
+        point_judge_at(arguments, base_url)
         local.init(
             runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root")
         )
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
+    parser.add_argument(
+        "--config", type=Path, help="run file (e.g. a recipe) to run on laptop stand-ins instead of the demo"
+    )
     parser.add_argument("--store-uri", default="", help="artifact store: a folder or s3://bucket/prefix")
     parser.add_argument("--student-source", default=LocalRun.student_source)
     parser.add_argument("--dataset", default="", help="prompts JSONL; default: a generated demo dataset")
@@ -170,10 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         teacher_model=args.teacher_model,
     )
     try:
-        settings.parameters.update(load_run_config(None, args.set, pipeline_parameters(COMPILED)))
+        params = load_run_config(args.config, args.set, pipeline_parameters(COMPILED))
     except (ConfigError, InputError) as error:
         print_error(str(error))
         return 2
+    if args.config is None:
+        settings.parameters.update(params)
+    else:
+        stand_ins = laptop_run(params, settings.workdir.resolve() / "stand-ins")
+        settings.parameters = stand_ins.params
+        settings.student_source = stand_ins.params["student_source"]
+        settings.dataset = stand_ins.params["teacher_dataset"]
+        print(f"{args.config}: substituted for this laptop (pipelines/recipe_stand_ins.py):")
+        print("".join(f"  {line}\n" for line in stand_ins.substituted), end="")
     log_path = settings.workdir / "run.log"
     print(f"log: {log_path}{'' if args.verbose else '   (every task line; --verbose shows them here)'}")
     with console(log_path, args.verbose) as shown:

@@ -20,6 +20,7 @@ from components.common.config import deep_merge
 from components.common.records import read_records, write_records
 from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from pipelines.recipe_stand_ins import STAND_INS, point_judge_at
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
 from tests.recipes.test_recipe_local_teacher import teacher_adapter  # noqa: F401  (the adapter fixture)
@@ -29,19 +30,6 @@ from tests.train.conftest import reversal_record, reversal_records
 pytestmark = pytest.mark.slow
 RECIPE = {path.stem: path for path in RECIPES}
 API_KEY = "recipe-test-key"
-# What every recipe run here changes: the loopback teacher, a tiny student, no GPUs, tiny evaluation.
-STAND_INS = {
-    "student_source": "tiny://qwen2?warmup_steps=0",
-    "teacher_provider": "openai",
-    "teacher_model": "demo-teacher",
-    "teacher_concurrency": 8,
-    "teacher_max_tokens": 24,
-    "train_gpus": 0,
-    "train_batch_size": 4,
-    "eval_max_new_tokens": 8,
-    "eval_max_samples": 4,
-    "eval_batch_size": 4,
-}
 
 
 def run_recipe(
@@ -62,8 +50,7 @@ def run_recipe(
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         params.update(store_uri=str(workdir / "store"), teacher_base_url=server.base_url)
         if judge_base_url:
-            judge = {"judge": {"provider": {"base_url": server.base_url}}}
-            params["teacher_overrides"] = deep_merge(params["teacher_overrides"], judge)
+            point_judge_at(params, server.base_url)
         build_pipeline(retries=False)(**params)
     return root
 

@@ -1,0 +1,197 @@
+"""What a recipe changes to run on a laptop, shared by `python -m pipelines.run_local --config <recipe>` and
+the recipe tests (tests/recipes), so both substitute the same things:
+
+- the models: a tiny student, and a tiny local teacher for a local or KD teacher (adapters dropped);
+- the teacher APIs: the loopback demo teacher (`openai` protocol), for the judge too;
+- the GPUs: none; DeepSpeed, bf16/fp16 and bitsandbytes (a 4-bit eval, 8-bit teachers) off;
+- the data: a small generated dataset in the recipe's own format (raw text, messages with gold answers,
+  sharegpt, prompts), and small teacher-data folders for the curriculum's extra datasets;
+- the length: a few steps per phase, a small evaluation;
+- sparse top-k KD: off (the demo teacher's log-probabilities are per word, matching no student token).
+
+`laptop_run(params, folder)` returns the changed parameters and one line per substitution.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.config import deep_merge
+from components.common.records import Record, record_id, write_records
+from pipelines.demo_teacher import demo_words, write_demo_dataset
+
+# What every recipe run on a laptop changes: the loopback teacher, a tiny student, no GPUs, tiny evaluation.
+STAND_INS = {
+    "student_source": "tiny://qwen2?warmup_steps=0",
+    "teacher_provider": "openai",
+    "teacher_model": "demo-teacher",
+    "teacher_concurrency": 8,
+    "teacher_max_tokens": 24,
+    "train_gpus": 0,
+    "train_batch_size": 4,
+    "eval_max_new_tokens": 8,
+    "eval_max_samples": 4,
+    "eval_batch_size": 4,
+}
+TINY_TEACHER = "tiny://qwen2?warmup_steps=0&hidden=192&layers=3&heads=6&kv_heads=2&seed=1"
+DEMO_TEXT = (
+    "# 第一章\n工业革命首先发生在英国。蒸汽机的改良让工厂不再依赖水力，城市迅速扩张，铁路把煤和布运往全国。"
+    "工人离开农村进入城市，新的阶层随之出现。\n## Notes\nThe steam engine freed factories from rivers. "
+    "Railways carried coal and cloth across the country, and towns grew around the new mills.\n"
+) * 4
+
+
+@dataclass
+class LaptopRun:
+    params: dict[str, Any]
+    substituted: list[str] = field(default_factory=list)
+
+
+def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> LaptopRun:
+    """`params` (a recipe's parameters) with the stand-ins above, data written under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run = LaptopRun(dict(params))
+    teacher = run.params.get("teacher_overrides") or {}
+    local_teacher = run.params.get("teacher_provider") == "local"
+    for name, value in STAND_INS.items():
+        if not (local_teacher and name in ("teacher_provider", "teacher_model")):
+            _set(run, name, value)
+    if local_teacher:
+        _set(run, "teacher_model", TINY_TEACHER)
+        _override(run, "teacher", {"provider": {"adapter": None, "quantization": "none"}}, "local teacher")
+    if run.params.get("train_kd_teacher_source"):
+        _set(run, "train_kd_teacher_source", TINY_TEACHER)
+        _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
+    _set(run, "teacher_dataset", str(_demo_dataset(run.params, teacher, folder)))
+    _set(run, "teacher_max_tokens", 64 if teacher.get("prompt_template") or _is_text(run.params) else 24)
+    if teacher.get("max_answer_chars"):
+        _override(run, "teacher", {"max_answer_chars": None}, "the demo teacher's echoed prompts")
+    if (teacher.get("judge") or {}).get("enabled"):
+        judge = {"name": "openai", "model": "demo-teacher", "api_key_env": "TEACHER_API_KEY"}
+        _override(run, "teacher", {"judge": {"provider": judge}}, "judge")
+    if run.params.get("train_kd") == "topk":
+        _set(run, "train_kd", "none")  # the demo teacher's log-probabilities are per word, no token's
+    for name in ("teacher_gpus", "eval_gpus"):
+        if run.params.get(name):
+            _set(run, name, 0)
+    _devices_off(run)
+    _shorten(run, folder, max_steps)
+    return run
+
+
+def point_judge_at(params: dict[str, Any], base_url: str) -> None:
+    """The judge, when the run has one, asks the loopback teacher at `base_url` too."""
+    teacher = params.get("teacher_overrides") or {}
+    if (teacher.get("judge") or {}).get("enabled"):
+        params["teacher_overrides"] = deep_merge(teacher, {"judge": {"provider": {"base_url": base_url}}})
+
+
+def _set(run: LaptopRun, name: str, value: Any) -> None:
+    before = run.params.get(name)
+    if before != value:
+        run.params[name] = value
+        run.substituted.append(f"{name}: {before!r} -> {value!r}")
+
+
+def _override(run: LaptopRun, stage: str, change: dict[str, Any], why: str) -> None:
+    key = f"{stage}_overrides"
+    run.params[key] = deep_merge(run.params.get(key) or {}, change)
+    run.substituted.append(f"{key}: {json.dumps(change, ensure_ascii=False)} ({why})")
+
+
+def _is_text(params: dict[str, Any]) -> bool:
+    teacher = params.get("teacher_overrides") or {}
+    return "text" in (params.get("teacher_dataset_format"), teacher.get("dataset_format"))
+
+
+def _demo_dataset(params: dict[str, Any], teacher: dict[str, Any], folder: Path) -> Path:
+    """The demo task's prompts in the format the recipe reads."""
+    fmt = params.get("teacher_dataset_format") or teacher.get("dataset_format")
+    if _is_text(params):
+        (folder / "raw").mkdir(exist_ok=True)
+        (folder / "raw" / "data.txt").write_text(DEMO_TEXT, encoding="utf-8")
+        return folder / "raw"
+    words = demo_words(24, seed=0)
+    if fmt == "messages":
+        rows = [_messages(word) for word in words]
+    elif teacher.get("fields"):
+        # Rows that are conversations already are read as they stand under a fields mapping.
+        rows = [
+            {
+                "conversations": [
+                    {
+                        "from": m["role"].replace("user", "human").replace("assistant", "gpt"),
+                        "value": m["content"],
+                    }
+                    for m in _messages(word)["messages"]
+                ]
+            }
+            for word in words
+        ]
+    else:
+        return write_demo_dataset(folder / "prompts.jsonl", len(words))
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _messages(word: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": f"Reverse the letters of: {word}"},
+            {"role": "assistant", "content": word[::-1]},
+        ]
+    }
+
+
+def _teacher_data(folder: Path, seed: int) -> Path:
+    """A teacher-data folder (train.jsonl, test.jsonl) of the demo task's answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher = {"provider": "demo", "model": "demo-teacher"}
+    for split, words in (("train", demo_words(16, seed)), ("test", demo_words(2, seed + 100))):
+        records = []
+        for word in words:
+            prompt = [{"role": "user", "content": f"Reverse the letters of: {word}"}]
+            messages = [*prompt, {"role": "assistant", "content": word[::-1]}]
+            records.append(
+                Record(id=record_id(prompt, teacher), messages=messages, teacher=teacher, split=split)
+            )
+        write_records(folder / f"{split}.jsonl", records)
+    return folder
+
+
+def _devices_off(run: LaptopRun) -> None:
+    train = run.params.get("train_overrides") or {}
+    off: dict[str, Any] = {}
+    if train.get("deepspeed", "none") != "none":
+        off["deepspeed"] = "none"
+    if train.get("precision") in ("bf16", "fp16"):
+        off["precision"] = "auto"
+    if (train.get("kd") or {}).get("teacher_8bit"):
+        off["kd"] = {"teacher_8bit": False}
+    if off:
+        _override(run, "train", off, "no GPU")
+    if (run.params.get("eval_overrides") or {}).get("quantization", "none") != "none":
+        _override(run, "eval", {"quantization": "none"}, "no GPU")
+
+
+def _shorten(run: LaptopRun, folder: Path, max_steps: int) -> None:
+    train = run.params.get("train_overrides") or {}
+    _set(run, "train_max_steps", max_steps)
+    change: dict[str, Any] = {}
+    if train.get("datasets"):
+        change["datasets"] = {
+            name: str(_teacher_data(folder / f"dataset-{name}", seed))
+            for seed, name in enumerate(sorted(train["datasets"]), start=1)
+        }
+    if train.get("curriculum"):
+        change["curriculum"] = [{**phase, "max_steps": 2} for phase in train["curriculum"]]
+        change["eval_steps"] = min(train.get("eval_steps") or 0, 2)
+        change["eval_samples"], change["sample_count"], change["max_length"] = 2, 1, 64
+    if train.get("gradient_accumulation_steps", 1) > 2:
+        change["gradient_accumulation_steps"] = 2
+    if change:
+        _override(run, "train", change, "small")

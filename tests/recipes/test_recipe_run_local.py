@@ -1,0 +1,44 @@
+"""`python -m pipelines.run_local --config <recipe>` runs a recipe on this machine with the stand-ins the
+recipe tests use (pipelines/recipe_stand_ins.py) and says what it substituted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.recipe_stand_ins import laptop_run
+from pipelines.run_local import COMPILED, main
+from pipelines.submit import load_run_config, pipeline_parameters
+from tests.recipes.test_recipe_files import RECIPES
+
+RECIPE = {path.stem: path for path in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE))
+def test_every_recipe_on_stand_ins_passes_the_run_check(recipe, tmp_path):
+    """What runs on the laptop is still the recipe: every stage's Config accepts the substituted run, and
+    each substitution is named."""
+    from pipelines.run_check import check_stage_configs
+    from pipelines.submit import pipeline_defaults
+
+    params = load_run_config(RECIPE[recipe], [], pipeline_parameters(COMPILED))
+    run = laptop_run(params, tmp_path)
+    check_stage_configs({**pipeline_defaults(COMPILED), **run.params})
+    assert run.params["student_source"].startswith("tiny://") and run.params["train_gpus"] == 0
+    assert any(line.startswith("student_source: ") for line in run.substituted)
+    assert (tmp_path / "raw").is_dir() or (tmp_path / "prompts.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_run_local_runs_the_raw_text_recipe_and_says_what_it_substituted(tmp_path, capsys):
+    status = main(["--config", str(RECIPE["raw_text_lora_kd"]), "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "substituted for this laptop" in out and "student_source: 'hf://Qwen/Qwen2.5-7B-Instruct'" in out
+    eval_json = json.loads(next(tmp_path.rglob("eval.json")).read_text())
+    assert "distilled_rouge_l" in eval_json["metrics"]
+    records = [
+        json.loads(line) for line in next(tmp_path.rglob("alpaca/train.jsonl")).read_text().splitlines()
+    ]
+    assert {row["category"] for row in records} <= {"问答", "文章生成"} and records
