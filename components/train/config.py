@@ -61,6 +61,9 @@ class OnPolicySettings:
     temperature: float = 1.0
     # Longest sample; a sample ends earlier at the end-of-turn token.
     max_new_tokens: int = 128
+    # What samples: "auto" a vLLM engine beside the student where it can (a CUDA GPU, the vllm package,
+    # method full), else HF generate; "vllm" or "hf" insist (see components/train/vllm_sampling.py).
+    engine: Literal["auto", "hf", "vllm"] = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
@@ -122,10 +125,12 @@ class KDSettings:
     teacher_model: str = ""
     # Seconds one scoring request to teacher_url may take in all (connect, send, the whole reply).
     teacher_timeout_s: float = 120.0
-    # Samples per scoring request (vLLM takes a list of prompts), requests in flight at once, and retries
-    # of a request that failed for a passing cause (busy, server error, connection lost, deadline).
+    # Samples per scoring request to teacher_url (vLLM takes a list of prompts; one where refused).
     teacher_batch_size: int = 8
+    # Scoring requests to teacher_url in flight at once.
     teacher_concurrency: int = 8
+    # Retries of a scoring request that failed for a passing cause (busy, server error, connection lost,
+    # deadline); a request the server refuses is not retried.
     teacher_retries: int = 4
 
     @property

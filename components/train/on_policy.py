@@ -15,7 +15,7 @@ from a checkpoint after a kill draws exactly the samples the uninterrupted run w
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -99,12 +99,14 @@ def with_samples(
     eos_id: int,
     temperature: float,
     max_new_tokens: int,
+    sampler: Callable[..., list[list[int]]] = sample,
 ) -> list[Example]:
-    """`examples` with a `fraction` of them (drawn from `rng`) replaced by the student's own samples."""
+    """`examples` with a `fraction` of them (drawn from `rng`) replaced by the student's own samples,
+    drawn by `sampler` (HF generate, or vllm_sampling.VllmSampler)."""
     chosen = pick(len(examples), fraction, rng)
     if not chosen:
         return list(examples)
-    continuations = sample(
+    continuations = sampler(
         model,
         [split_prompt(examples[i])[0] for i in chosen],
         pad_id=pad_id,

@@ -12,6 +12,7 @@ Feature -> flag:
     sparse top-k KD from stored teacher logprobs       kd.kind=topk     sparse_kd.py
     teacher with another tokenizer (byte-span aligned) (automatic)      cross_tokenizer.py
     on-policy KD on the student's own samples          kd.kind=on_policy on_policy.py
+    on-policy samples from vLLM on a GPU (method full) kd.on_policy.engine vllm_sampling.py
     teacher scoring over HTTP (vLLM prompt_logprobs)   kd.teacher_url   teacher_scoring.py
     hidden-state / attention / contrastive terms       intermediate.*   intermediate.py
     multi-phase curriculum, ramped mixes               curriculum       curriculum.py
@@ -57,7 +58,7 @@ from components.train.launch import accelerator_for
 from components.train.losses import Divergence
 from components.train.modeling import base_model, check_vocab, load_student, load_teacher, resolve_precision
 from components.train.objective import DistillObjective, teacher_outputs
-from components.train.on_policy import ce_targets, draw, with_samples
+from components.train.on_policy import ce_targets, draw, sample, with_samples
 from components.train.phase_eval import PhaseEvaluator
 from components.train.progress import Progress
 from components.train.sparse_kd import (
@@ -72,6 +73,7 @@ from components.train.sparse_kd import (
 )
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from components.train.tracking import Trackers, check_report_to
+from components.train.vllm_sampling import VllmSampler, sampling_engine, vllm_installed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,14 @@ class DistillTrainer:
                     "do not correspond and intermediate-layer terms cannot compare them; set the "
                     "intermediate weights to 0 (logit KD works across tokenizers)"
                 )
+        # Decided before any model is loaded: an engine that cannot run costs no GPU time.
+        sampling = config.kd.kind == "on_policy" and sampling_engine(
+            config.kd.on_policy.engine, self.device, config.method, vllm_installed()
+        )
         self.student = load_student(config, self.device, self.precision)
+        self.sampler = sample
+        if sampling == "vllm":
+            self.sampler = VllmSampler(config.student_dir, next(self.student.parameters()).dtype)
         if wants_teacher:
             if config.kd.teacher_url:
                 kd = config.kd
@@ -342,6 +351,7 @@ class DistillTrainer:
             eos_id=self.tokenizer.eos_token_id,
             temperature=settings.temperature,
             max_new_tokens=settings.max_new_tokens,
+            sampler=self.sampler,
         )
         return collate(examples, self.tokenizer.pad_token_id, config.batching, config.max_length)
 
