@@ -164,9 +164,40 @@ def exposed_fields(cls: type) -> list[ExposedField]:
     return found
 
 
+def pipeline_only(why: str) -> dict[str, Any]:
+    """Field metadata: in a pipeline run the field is the pipeline's (an artifact's location, an
+    administrator's choice), never a run's `<stage>_overrides`; `why` says whose it is."""
+    return {"pipeline_only": why}
+
+
+def pipeline_only_fields(cls: type) -> list[tuple[str, str]]:
+    """(dotted path, why) of the fields of `cls` (nested dataclasses included) marked `pipeline_only`."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "pipeline_only" in f.metadata:
+            found.append((f.name, f.metadata["pipeline_only"]))
+        elif dataclasses.is_dataclass(hints[f.name]):
+            found += [(f"{f.name}.{path}", why) for path, why in pipeline_only_fields(hints[f.name])]
+    return found
+
+
+def _dotted_in(data: Mapping[str, Any], path: str) -> bool:
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
 def refuse_exposed_overrides(cls: type, stage_prefix: str, overrides: Mapping[str, Any]) -> None:
     """A field the pipeline exposes is set by its parameter only: the same field in the stage's
-    overrides would silently win over the parameter, so it is refused, naming both spellings."""
+    overrides would silently win over the parameter, so it is refused, naming both spellings. A field
+    marked `pipeline_only` is refused in the overrides too: a run does not choose it."""
+    for path, why in pipeline_only_fields(cls):
+        if _dotted_in(overrides, path):
+            raise ConfigError(f"{stage_prefix}_overrides.{path}: not a run's to set; it is {why}")
     for exposed_field in exposed_fields(cls):
         value: Any = overrides
         for part in exposed_field.path.split("."):

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from components.common.config import exposed
+from components.common.config import exposed, pipeline_only
 from components.common.errors import ConfigError
 
 # Hosts the pod reaches without leaving the cluster: Services by their full name, and loopback.
@@ -52,7 +52,13 @@ class ServingConfig:
     memory: str = "32Gi"
     max_model_len: int | None = None
     runtime: str | None = None
-    service_account: str | None = None
+    service_account: str | None = field(
+        default=None,
+        metadata=pipeline_only(
+            "the predictor's service account, whose Secret holds the store's credentials: an "
+            "administrator's choice (the namespace's default account when unset)"
+        ),
+    )
     args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -94,8 +100,8 @@ class Config:
       deploy: also create it (or replace it) through the Kubernetes API, in-cluster or from kubeconfig.
     """
 
-    model_uri: str
-    eval_dir: str
+    model_uri: str = field(metadata=pipeline_only("the merge stage's model artifact"))
+    eval_dir: str = field(metadata=pipeline_only("the eval stage's results artifact"))
     output_dir: str
     run_id: str = ""
     run_name: str = ""

@@ -19,6 +19,9 @@ from components.register.config import ServingConfig
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+# The labels that mark an InferenceService as this project's, for one model: only such a one is replaced.
+PART_OF = ("app.kubernetes.io/part-of", "kfp-distill")
+MODEL_LABEL = "kfp-distill/model-name"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -96,6 +99,7 @@ def apply_inference_service(service: dict[str, Any]) -> str:
                 f"deploy: creating InferenceService {namespace}/{name} failed: {error.status} {error.reason}"
             ) from None
     current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    check_ours(current, service)
     replacement = {
         **service,
         "metadata": {**service["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
@@ -108,3 +112,17 @@ def apply_inference_service(service: dict[str, Any]) -> str:
         ) from None
     log.info("register: InferenceService %s/%s replaced", namespace, name)
     return "replaced"
+
+
+def check_ours(current: dict[str, Any], service: dict[str, Any]) -> None:
+    """Refuse to replace an InferenceService this project did not create for the same model (another
+    team's of the same name, or another model's)."""
+    found = (current.get("metadata") or {}).get("labels") or {}
+    wanted = service["metadata"]["labels"]
+    if found.get(PART_OF[0]) != PART_OF[1] or found.get(MODEL_LABEL) != wanted[MODEL_LABEL]:
+        namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
+        raise InputError(
+            f"deploy: InferenceService {namespace}/{name} exists and is not kfp-distill's for model "
+            f"{wanted[MODEL_LABEL]} (labels {PART_OF[0]}, {MODEL_LABEL}: {found.get(PART_OF[0])}, "
+            f"{found.get(MODEL_LABEL)}); it is left as it is: set serving.name to another name"
+        )

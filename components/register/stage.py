@@ -8,7 +8,8 @@ Order of work:
     2. write the KServe InferenceService for the model's store URI to output_dir/inferenceservice.yaml
     3. with registry_url: register the model in Kubeflow Model Registry, the eval metrics, the gates'
        verdicts and the pipeline run id as the version's properties (registration.json)
-    4. with deploy: create (or replace) the InferenceService through the Kubernetes API
+    4. with deploy: create the InferenceService through the Kubernetes API, or replace one this project
+       created for the same model (labels app.kubernetes.io/part-of: kfp-distill, kfp-distill/model-name)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import yaml
 from components.common.errors import InputError
 from components.register.config import Config
 from components.register.inference_service import (
+    MODEL_LABEL,
+    PART_OF,
     apply_inference_service,
     build_inference_service,
     pod_namespace,
@@ -56,7 +59,8 @@ def run(config: Config) -> Result:
         storage_uri=config.model_uri,
         namespace=config.serving.namespace or pod_namespace(),
         labels={
-            "app.kubernetes.io/part-of": "kfp-distill",
+            PART_OF[0]: PART_OF[1],
+            MODEL_LABEL: label_value(config.model_name),
             "kfp-distill/model-version": label_value(version),
         },
     )

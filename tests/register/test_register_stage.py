@@ -292,3 +292,55 @@ def test_the_service_account_token_never_goes_outside_the_cluster_nor_through_a_
     outside = register_config(passed_eval_dir, tmp_path / "a", registry_url="https://mr.example.com")
     with pytest.raises(InputError, match="mr.example.com is outside the cluster and MODEL_REGISTRY_TOKEN"):
         run(outside)
+
+
+def another_teams_service(kserve_schema, labels: dict[str, str]) -> dict:
+    """An InferenceService named like ours, created by someone else, valid against the KServe CRD."""
+    service = build_inference_service(
+        ServingConfig(gpus=0),
+        model_name="distilled-student",
+        storage_uri="s3://theirs/model",
+        namespace="team",
+        labels=labels,
+    )
+    service["metadata"]["resourceVersion"] = "7"
+    jsonschema.validate(service, kserve_schema)
+    return service
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"team": "search"},  # another team's
+        {
+            "app.kubernetes.io/part-of": "kfp-distill",
+            "kfp-distill/model-name": "other-model",
+        },  # another model's
+    ],
+)
+def test_deploy_leaves_an_inference_service_it_did_not_create_for_this_model_alone(
+    passed_eval_dir, cluster, tmp_path, kserve_schema, labels
+):
+    theirs = another_teams_service(kserve_schema, labels)
+    cluster.inference_services["team", "distilled-student"] = copy.deepcopy(theirs)
+    with pytest.raises(
+        InputError, match="deploy: InferenceService team/distilled-student exists and is not kfp-distill's"
+    ):
+        run(register_config(passed_eval_dir, tmp_path / "out", deploy=True))
+    assert cluster.inference_services["team", "distilled-student"] == theirs
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "register_overrides.model_uri=s3://elsewhere/model",
+        "register_overrides.eval_dir=/tmp/forged-eval",
+        "register_overrides.serving.service_account=cluster-admin-sa",
+    ],
+)
+def test_a_run_cannot_choose_the_model_uri_eval_dir_or_service_account(override, capsys):
+    from pipelines import submit
+
+    assert submit.main(["--check", "--set", override]) == 2
+    field = override.split("=")[0]
+    assert capsys.readouterr().err.startswith(f"error: {field}: not a run's to set")
