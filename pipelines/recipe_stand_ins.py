@@ -66,6 +66,10 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         _set(run, "train_kd_teacher_source", TINY_TEACHER)
         _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
     _set(run, "teacher_dataset", str(_demo_dataset(run.params, teacher, folder)))
+    if _is_text(run.params):
+        # The tiny tokenizer spends a token per UTF-8 byte: short chunks fit its max_length.
+        small = {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40}
+        _override(run, "teacher", small, "the tiny tokenizer's byte tokens")
     _set(run, "teacher_max_tokens", 64 if teacher.get("prompt_template") or _is_text(run.params) else 24)
     if teacher.get("max_answer_chars"):
         _override(run, "teacher", {"max_answer_chars": None}, "the demo teacher's echoed prompts")

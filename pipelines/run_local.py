@@ -27,6 +27,7 @@ from typing import Any
 
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error
+from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.recipe_stand_ins import laptop_run, point_judge_at
 from pipelines.run_console import ANSI, console
@@ -104,6 +105,7 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
             )
             base_url = server.base_url
             os.environ["TEACHER_API_KEY"] = DEMO_API_KEY
+            os.environ[APPROVED_HOSTS_ENV] = base_url  # the laptop's own demo teacher gets the demo key
         arguments = {
             "store_uri": settings.store_uri or str(workdir / "store"),
             "student_source": settings.student_source,
