@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from components.common.chat_template import ChatTemplate
 from components.common.config import exposed
 from components.common.errors import ConfigError
 from components.common.runs import check_run_id
@@ -215,6 +216,8 @@ class PhaseSettings:
     samples: int = 0
     max_steps: int = -1
     num_epochs: float = 1.0
+    # Micro-batch size of this phase (None: the top-level batch_size), e.g. 16 / 8 / 4 as phases narrow.
+    batch_size: int | None = None
     learning_rate: float | None = None
     kd_alpha: float | None = None
     temperature: float | None = None
@@ -242,6 +245,10 @@ class PhaseSettings:
             raise ConfigError(f"curriculum phase {self.name!r}: mix shares must be >= 0 and not all 0")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             raise ConfigError(f"curriculum phase {self.name!r}: set max_steps > 0 or num_epochs > 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(
+                f"curriculum phase {self.name!r}: batch_size must be at least 1, got {self.batch_size}"
+            )
 
     def share_range(self, source: str) -> tuple[float, float]:
         """(share at the phase's first step, share at its last) of one source of the mix."""
@@ -363,6 +370,9 @@ class Config:
     truncation: Literal["drop", "left", "right"] = "drop"
     # The teacher's chain of thought: drop it, show it unscored before the answer, or train on it too.
     reasoning: Literal["drop", "context", "train"] = "drop"
+    # A student tokenizer without a chat template (Qwen v1, base models): refused ("model") or given
+    # ChatML ("chatml"); see components/common/chat_template.py.
+    chat_template: ChatTemplate = "model"
     # Score only the final assistant turn (the teacher's) or every assistant turn of the conversation.
     assistant_turns: Literal["last", "all"] = "last"
     # How a micro-batch's records become tensors (batching.py):

@@ -47,6 +47,7 @@ class PhasePlan:
     examples: list[Example]
     max_steps: int
     num_epochs: float
+    batch_size: int
     learning_rate: float
     divergence: Divergence
     kd_alpha: float
@@ -155,6 +156,7 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
                 examples=sources["main"],
                 max_steps=config.max_steps,
                 num_epochs=config.num_epochs,
+                batch_size=config.batch_size,
                 learning_rate=config.learning_rate,
                 divergence=divergence,
                 kd_alpha=config.kd.alpha,
@@ -180,6 +182,7 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
                 samples=samples,
                 max_steps=phase.max_steps,
                 num_epochs=phase.num_epochs,
+                batch_size=phase.batch_size or config.batch_size,
                 learning_rate=phase.learning_rate or config.learning_rate,
                 divergence=Divergence(
                     kind=divergence.kind,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from components.common.chat_template import ensure_chat_template
 from components.common.config import to_dict
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import InputError
@@ -120,6 +121,7 @@ class DistillTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(
             config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
         )
+        ensure_chat_template(self.tokenizer, config.student_dir, config.chat_template, "chat_template")
         self.sources, heldout = self._load_sources()
         self.teacher = None
         # A teacher that scores text in its own tokens (another tokenizer, or a server): sparse targets.
@@ -408,7 +410,7 @@ class DistillTrainer:
             if state is not None and phase.index < state["phase"]:
                 continue
             seed = config.seed + phase.index
-            stream = phase.stream(config.batch_size, seed, config.batching == "grouped", world * accum)
+            stream = phase.stream(phase.batch_size, seed, config.batching == "grouped", world * accum)
             total = phase.total_steps(stream.batches_per_epoch, world * accum)
             self._start_phase(phase, total)
             self.phase_index, phase_step = phase.index, 0

@@ -68,6 +68,9 @@ SEED_VALUES = {
         ("stages.train.curriculum.2.learning_rate", 1e-5),
         ("stages.train.curriculum.1.mix.main", {"from": 0.3, "to": 0.7}),
         ("stages.train.curriculum.2.mix", {"main": 1.0}),
+        ("stages.train.curriculum.0.batch_size", 8),
+        ("stages.train.curriculum.1.batch_size", 6),
+        ("stages.train.curriculum.2.batch_size", 4),
         ("stages.train.intermediate.balance", True),
     ],
     "raw_text_lora_kd": [

@@ -102,3 +102,20 @@ def test_a_run_stopped_at_a_phase_boundary_resumes_into_the_next_phase(make_conf
     resumed = load_file(f"{again.output_dir}/adapter_model.safetensors")
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], atol=1e-5, rtol=1e-4)
+
+
+def test_each_phase_takes_its_own_batch_size_and_epochs(make_config, domain_data):
+    """Seed 002's per-phase tuning: a phase's batch_size and num_epochs set its length, 16 records a
+    phase: 2 epochs of batches of 8 (4 steps), then 1 epoch of batches of 4 (4 steps)."""
+    config = make_config(
+        datasets={"domain": str(domain_data)},
+        logging_steps=1,
+        max_steps=-1,
+        curriculum=[
+            {"name": "general", "mix": {"main": 1.0}, "samples": 16, "num_epochs": 2, "batch_size": 8},
+            {"name": "domain", "mix": {"domain": 1.0}, "samples": 16, "num_epochs": 1, "batch_size": 4},
+        ],
+    )
+    result = run(config)
+    assert result.steps == 8
+    assert [value for _, value in scalars(config.tensorboard_dir, "train/phase")] == [0] * 4 + [1] * 4
