@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from components.common.chat_template import ChatTemplate
 from components.common.config import exposed
 from components.common.errors import ConfigError
 from components.common.redact import digest_values, redact_config, redact_urls
@@ -66,6 +67,8 @@ class ProviderConfig:
     adapter: (local) a PEFT adapter folder applied on top of `model`.
     quantization: (local) "8bit" or "4bit" through bitsandbytes (on a CPU too, slowly).
     batch_size: (local) prompts per generate() call.
+    chat_template: (local) a tokenizer without a chat template (Qwen v1, base models) is refused ("model")
+        or given ChatML ("chatml").
     """
 
     name: str = field(
@@ -124,6 +127,7 @@ class ProviderConfig:
     adapter: str | None = None
     quantization: Literal["none", "8bit", "4bit"] = "none"
     batch_size: int = 8
+    chat_template: ChatTemplate = "model"
     batch_price_factor: float = 1.0
 
     def __post_init__(self) -> None:

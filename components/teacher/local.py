@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.common.chat_template import ensure_chat_template
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError
 from components.common.generation import load_for_generation, quantization_config
@@ -107,6 +108,7 @@ class LocalTeacher:
             adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
         )
         model, tokenizer = load_for_generation(folder, tokenizer_folder, **kwargs)
+        ensure_chat_template(tokenizer, tokenizer_folder, provider.chat_template, "provider.chat_template")
         if adapter:
             from peft import PeftModel
 
