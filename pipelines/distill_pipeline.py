@@ -89,6 +89,12 @@ S3_SECRET = (
     False,
 )
 HF_SECRET = ("distill-hf", {"token": "HF_TOKEN"}, True)
+# The keys of the experiment trackers train.report_to names (Swanlab, Weights & Biases); most runs use none.
+TRACKERS_SECRET = (
+    "distill-trackers",
+    {"swanlab-api-key": "SWANLAB_API_KEY", "wandb-api-key": "WANDB_API_KEY"},
+    True,
+)
 JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
 # Absent: the register step authenticates to Model Registry with its pod's service-account token.
 REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
@@ -105,7 +111,8 @@ STAGE_SECRETS = {
     "check": (),  # reads nothing: the parameters only
     "download": (S3_SECRET, HF_SECRET),  # the download cache in the store; gated hub models
     "teacher": (S3_SECRET, TEACHER_SECRET, JUDGE_SECRET),  # answer shards and cache; the API; the judge
-    "train": (S3_SECRET, HF_SECRET),  # checkpoints and live logs; the hub download of a kd teacher
+    # checkpoints and live logs; the hub download of a kd teacher; the trackers of report_to
+    "train": (S3_SECRET, HF_SECRET, TRACKERS_SECRET),
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
     "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
     "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)

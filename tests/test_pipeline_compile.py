@@ -40,7 +40,7 @@ SECRET_ENV = {
     "exec-teacher-shard-indices": set(),
     "exec-teacher-data": STORE_KEYS | {"TEACHER_API_KEY", "JUDGE_API_KEY"},
     "exec-teacher-data-2": STORE_KEYS | {"TEACHER_API_KEY", "JUDGE_API_KEY"},
-    TRAIN: STORE_KEYS | {"HF_TOKEN"},
+    TRAIN: STORE_KEYS | {"HF_TOKEN", "SWANLAB_API_KEY", "WANDB_API_KEY"},  # the optional trackers' keys
     "exec-merge-adapter": set(),
     "exec-evaluate-student": {"JUDGE_API_KEY"},  # the optional LLM judge
     "exec-register-model": {"MODEL_REGISTRY_TOKEN"},  # the optional Model Registry token
