@@ -166,6 +166,11 @@ class ProviderConfig:
     def is_local(self) -> bool:
         return self.name == "local"
 
+    @property
+    def answers_from_dataset(self) -> bool:
+        """`name: dataset`: each prompt's gold answer is its answer, no teacher is asked (gold.py)."""
+        return self.name == "dataset"
+
     def settings(self) -> dict[str, Any]:
         """What identifies this teacher's answers: part of every record id and cache key."""
         return {"provider": self.name, "model": self.model, "params": self.generation_params()}
@@ -492,7 +497,7 @@ class Config:
         refuse_run_insecure_http(self.provider, "provider")
         if self.judge.provider is not None:
             refuse_run_insecure_http(self.judge.provider, "judge.provider")
-        if self.mode == "batch" and self.provider.is_local:
+        if self.mode == "batch" and (self.provider.is_local or self.provider.answers_from_dataset):
             raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")
         self._check_source()
         if not self.dataset.startswith(("s3://", HF_DATASETS)):

@@ -52,6 +52,10 @@ class Result:
 
 def make_teacher(config: Config):
     provider = resolve_provider(config.provider, config.provider_config)
+    if provider.answers_from_dataset:
+        from components.teacher.gold import GoldAnswers
+
+        return GoldAnswers(provider)
     if provider.is_local:
         from components.teacher.local import LocalTeacher
 
@@ -286,7 +290,7 @@ async def _generate(
         config, teacher, journal, cache, budget, spend, limiter, judge, tally, progress.update
     )
     try:
-        if provider.is_local:
+        if provider.is_local or provider.answers_from_dataset:
             return await teacher.generate_all(generator, list(pending))
         if config.mode == "batch":
             # The batches first; what they leave goes through the pool below (batch.on_failure: sync).
