@@ -10,6 +10,7 @@ import pytest
 from components.common.records import read_records
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server
+from tests.conftest import approve_hosts
 from tests.recipes.test_recipe_sources import TEXT
 from tests.teacher.conftest import teacher_config
 
@@ -18,6 +19,7 @@ from tests.teacher.conftest import teacher_config
 def server(monkeypatch):
     monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
     with start_teacher_server(api_key="sk-test") as running:
+        approve_hosts(monkeypatch, running.base_url)
         yield running
 
 

@@ -10,6 +10,7 @@ from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from tests.conftest import approve_hosts
 from tests.teacher.conftest import teacher_config
 
 SEED_FILE = """model:
@@ -27,6 +28,7 @@ SEED_FILE = """model:
 def server(monkeypatch):
     monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
     with start_teacher_server(api_key="sk-test") as running:
+        approve_hosts(monkeypatch, running.base_url)
         yield running
 
 
