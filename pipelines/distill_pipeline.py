@@ -3,81 +3,45 @@
     make compile                                  # writes pipelines/distill_pipeline.yaml
     REGISTRY=registry.example.com/ml TAG=v1 python -m pipelines.distill_pipeline out.yaml
 
-Parameters are prefixed by the stage they configure (`teacher_`, `train_`, `eval_`); every stage also
-takes an `<stage>_overrides` mapping for any other field of its Config. A parameter that sets a Config
-field is declared on that field (`exposed(...)` in components/<stage>/config.py), with its help text, which
-becomes the parameter's description here; its default here must equal the field's
-(tests/test_pipeline_parameters.py). Secrets never pass through
-parameters: the tasks read them from environment variables filled from Kubernetes Secrets (which
-task gets which: STAGE_SECRETS below, documented in the README).
+Its parameters, their defaults and descriptions come from the stages' specs (components/<stage>/
+component.py, components/common/stage_spec.py): a Config field declared `exposed(...)` is a parameter
+prefixed by its stage (`teacher_`, `train_`, `eval_`), and every stage also takes an `<stage>_overrides`
+mapping for any other field of its Config. Secrets never pass through parameters: the tasks read them
+from environment variables filled from Kubernetes Secrets (which task gets which: STAGE_SECRETS below,
+documented in the README).
 """
 
 import inspect
 import os
 import sys
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
-from components.common.config import exposed_fields
+from components.common.images import image_for
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
-from components.download.component import download_model
-from components.evaluate.component import evaluate_student
-from components.merge.component import merge_adapter
-from components.register.component import register_model
+from components.common.stage_spec import StageSpec, component
 from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
-from components.teacher.component import teacher_data, teacher_shard_indices
-from components.train.component import train_student
 from components.train.multinode.kube import TRAIN_TOKEN_DIR
 from pipelines.check_task import check_run
-from pipelines.run_check import STAGE_CONFIGS
+from pipelines.run_check import DOWNLOAD, EVAL, MERGE, REGISTER, TEACHER, TRAIN, pipeline_parameters
 
-# The parameters that set no Config field: where the run keeps its files, how the tasks are placed and
-# sized, and each stage's overrides. The others are described by their Config field's help.
-PIPELINE_HELP = {
-    "store_uri": "artifact store for caches, teacher shards, checkpoints and TensorBoard logs (s3://bucket/prefix).",
-    "teacher_shards": "pods asking the teacher in parallel (dsl.ParallelFor); the provider's rate limits are split between them.",
-    "teacher_overrides": 'other teacher Config fields, nested as in its YAML, e.g. {"max_cost": 20}.',
-    "teacher_gpus": "GPUs of each teacher pod (nvidia.com/gpu): 1 or more for a local teacher (teacher_provider=local), 0 for an API.",
-    "teacher_node_selector": "node labels the teacher pods must match (with teacher_gpus), as for train_node_selector.",
-    "teacher_tolerations": "tolerations of the teacher pods (with teacher_gpus), as for train_tolerations.",
-    "train_kd_teacher_source": "local teacher for train_kd=logits, sharing the student's tokenizer (hf://, s3://, path).",
-    "train_gpus": "GPUs of the train pod (nvidia.com/gpu); 0 when train_nodes > 1, as the job's pods hold the GPUs.",
-    "train_nodes": "above 1, the train pod runs a training job (train_engine) of train_nodes x train_job_gpus_per_node GPUs.",
-    "train_job_gpus_per_node": "GPUs of each training job node when train_nodes > 1.",
-    "train_job_cpu": "CPU request of each training job node.",
-    "train_job_memory": "memory request and limit of each training job node.",
-    "train_cpu": "CPU request and limit of the train task.",
-    "train_memory": "memory request and limit of the train task.",
-    "train_node_selector": 'node labels the train pod and the training job nodes must match, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.',
-    "train_tolerations": 'tolerations of the train pod and the training job nodes, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].',
-    "train_overrides": 'other train Config fields, nested as in its YAML, e.g. {"deepspeed": "zero2"}.',
-    "eval_overrides": "other eval Config fields, nested as in its YAML.",
-    "eval_gpus": "GPUs of the eval pod: 1 to score a 4/8-bit quantized student (eval quantization) or a large one.",
-    "eval_node_selector": "node labels the eval pod must match (with eval_gpus).",
-    "eval_tolerations": "tolerations of the eval pod (with eval_gpus).",
-    "register_overrides": 'other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
-}
+# Made here rather than beside their specs: a task's body imports its stage's spec, and in the task's
+# process (KFP's runtime) kfp.dsl has no `component` to make one with.
+download_model = component(DOWNLOAD)
+teacher_data = component(TEACHER)
+train_student = component(TRAIN)
+merge_adapter = component(MERGE)
+evaluate_student = component(EVAL)
+register_model = component(REGISTER)
 
 
-def parameter_help() -> dict[str, str]:
-    """Every pipeline parameter's description: PIPELINE_HELP, and the help of the Config fields."""
-    described = dict(PIPELINE_HELP)
-    for config in STAGE_CONFIGS.values():
-        for exposed in exposed_fields(config):
-            described.setdefault(exposed.parameter, exposed.help)
-    return described
-
-
-def describe_parameters(function):
-    """Write `function`'s docstring from parameter_help(): KFP reads its Args into the parameters'
-    descriptions, which its UI shows beside each parameter."""
-    described = parameter_help()
-    lines = [f"    {name}: {described[name]}" for name in inspect.signature(function).parameters]
-    function.__doc__ = "Distill a teacher into a student.\n\nArgs:\n" + "\n".join(lines) + "\n"
-    return function
+@dsl.component(base_image=image_for("teacher"), install_kfp_package=False)
+def teacher_shard_indices(teacher_shards: int) -> list:
+    """The shard indices 0 … teacher_shards-1, for dsl.ParallelFor."""
+    return list(range(teacher_shards))
 
 
 # Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
@@ -195,35 +159,15 @@ def pull_with(task: dsl.PipelineTask, secrets: list[str]) -> dsl.PipelineTask:
     return kubernetes.set_image_pull_secrets(task, secrets) if secrets else task
 
 
-def prepare(
-    task: dsl.PipelineTask, stage: str, name: str, retries: bool, pull_secrets: list[str]
-) -> dsl.PipelineTask:
-    """Name the task and give it its stage's resources, Secrets, image pull secrets and (with `retries`)
-    retry policy."""
-    task.set_display_name(name)
-    pull_with(task, pull_secrets)
-    if stage in RESOURCES:
-        size(task, stage)
-    use_secrets(task, stage)
-    if retries and stage in RETRIES:
-        count, backoff, factor = RETRIES[stage]
-        task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
-    return task
-
-
-def place_train(
-    task, gpus, cpu, memory, node_selector, tolerations, labels: dict[str, str]
-) -> dsl.PipelineTask:
+def place_train(task: dsl.PipelineTask, p: dict[str, Any], labels: dict[str, str]) -> dsl.PipelineTask:
     """The train pod's GPUs, CPU, memory and nodes, from pipeline parameters; its `labels` (Kueue's);
     shared memory for the data loader and NCCL; never cached, as a rerun must train again."""
     task.set_caching_options(False)
     for key, value in labels.items():
         kubernetes.add_pod_label(task, key, value)
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
-    task.set_cpu_request(cpu).set_cpu_limit(cpu)
-    task.set_memory_request(memory).set_memory_limit(memory)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
+    place_on_gpus(task, p["train_gpus"], p["train_node_selector"], p["train_tolerations"])
+    task.set_cpu_request(p["train_cpu"]).set_cpu_limit(p["train_cpu"])
+    task.set_memory_request(p["train_memory"]).set_memory_limit(p["train_memory"])
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     # Optional: a one-pod run needs no job, and a cluster without the Role has none to mount.
     kubernetes.use_secret_as_volume(
@@ -240,218 +184,139 @@ def place_on_gpus(task, gpus, node_selector, tolerations) -> dsl.PipelineTask:
     return task
 
 
+def place_stage(task: dsl.PipelineTask, spec: StageSpec, p: dict[str, Any]) -> dsl.PipelineTask:
+    """A GPU stage's pod: its `<prefix>_gpus`, `<prefix>_node_selector` and `<prefix>_tolerations`."""
+    prefix = spec.prefix
+    return place_on_gpus(task, p[f"{prefix}_gpus"], p[f"{prefix}_node_selector"], p[f"{prefix}_tolerations"])
+
+
+def arguments(spec: StageSpec, p: dict[str, Any]) -> dict[str, Any]:
+    """The stage's task inputs that pipeline parameters feed, each wired to the parameter of its name."""
+    return {parameter.name: p[parameter.name] for parameter in spec.task_parameters()}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What the tasks get besides their inputs: (with `retries`) their retry policies, the secrets their
+    pods pull their images with, and the one-pod train task's labels."""
+
+    retries: bool
+    pull_secrets: list[str]
+    train_labels: dict[str, str]
+
+    def prepare(self, task: dsl.PipelineTask, stage: str, name: str) -> dsl.PipelineTask:
+        """Name the task and give it its stage's resources, Secrets, image pull secrets and retry policy."""
+        task.set_display_name(name)
+        pull_with(task, self.pull_secrets)
+        if stage in RESOURCES:
+            size(task, stage)
+        use_secrets(task, stage)
+        if self.retries and stage in RETRIES:
+            count, backoff, factor = RETRIES[stage]
+            task.set_retry(num_retries=count, backoff_duration=backoff, backoff_factor=factor)
+        return task
+
+
+def teacher_fan_out(p: dict[str, Any], check: dsl.PipelineTask, settings: TaskSettings) -> dsl.PipelineTask:
+    """The teacher's sub-graph: the shard list, a ParallelFor of shard tasks, then the task that merges
+    what the shards stored (asking only for what they left), filters and splits; returns that task."""
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    shards = teacher_shard_indices(teacher_shards=p["teacher_shards"]).after(check)
+    shards.set_display_name("plan teacher shards")
+    pull_with(size(shards, "teacher"), settings.pull_secrets)
+    with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
+        shard = teacher_data(shard_index=shard_index, run_id=run_id, **arguments(TEACHER, p))
+        place_stage(settings.prepare(shard, "teacher", "teacher shard"), TEACHER, p)
+    teacher = teacher_data(run_id=run_id, **arguments(TEACHER, p)).after(shard)
+    return place_stage(settings.prepare(teacher, "teacher", "teacher data"), TEACHER, p)
+
+
+def model_tasks(
+    p: dict[str, Any], student: dsl.PipelineTask, teacher: dsl.PipelineTask, settings: TaskSettings
+) -> Outputs:
+    """The model's sub-graph: train the student on the teacher's data, merge, evaluate, and (only when
+    eval passed its gates) hand it over."""
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    model, data = student.outputs["model"], teacher.outputs["data"]
+    train = train_student(student=model, data=data, run_id=run_id, job_env=JOB_ENV, **arguments(TRAIN, p))
+    settings.prepare(place_train(train, p, settings.train_labels), "train", "train student")
+
+    merge = merge_adapter(base=model, trained=train.outputs["trained"], data=data, **arguments(MERGE, p))
+    settings.prepare(merge, "merge", "merge adapter")
+
+    evaluate = evaluate_student(
+        untrained=model,
+        distilled=merge.outputs["merged"],
+        data=data,
+        tensorboard=train.outputs["tensorboard"],
+        **arguments(EVAL, p),
+    )
+    place_stage(settings.prepare(evaluate, "eval", "evaluate student"), EVAL, p)
+
+    # Runs only when eval passed its gates (the task fails otherwise); registers and deploys only when asked.
+    handoff = register_model(
+        model_uri=evaluate.outputs["Output"],
+        results=evaluate.outputs["results"],
+        run_id=run_id,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        **arguments(REGISTER, p),
+    )
+    settings.prepare(handoff, "register", "hand over model")
+    return Outputs(
+        model=merge.outputs["merged"],
+        tensorboard=train.outputs["tensorboard"],
+        metrics=evaluate.outputs["metrics"],
+        report=evaluate.outputs["report"],
+        results=evaluate.outputs["results"],
+    )
+
+
+def add_tasks(p: dict[str, Any], settings: TaskSettings) -> Outputs:
+    """The pipeline's tasks, on the parameter channels `p`: the run check first, then the stages."""
+    check = settings.prepare(check_run(**p), "check", "check run")
+    student = download_model(**arguments(DOWNLOAD, p)).after(check)
+    settings.prepare(student, "download", "download student")
+    teacher = teacher_fan_out(p, check, settings)
+    return model_tasks(p, student, teacher, settings)
+
+
 def build_pipeline(
     retries: bool = True, pull_secrets: list[str] | None = None, train_labels: dict[str, str] | None = None
 ):
     """The pipeline; `retries=False` leaves out the task retry policies (for local runs); every task's
     pod pulls its image with `pull_secrets` (default: image_pull_secrets()); the one-pod train task
-    carries `train_labels` (pipelines.submit gives it the run's Kueue queue and priority).
+    carries `train_labels` (pipelines.submit gives it the run's Kueue queue and priority). Its signature
+    and docstring (which KFP reads into the parameters' defaults and descriptions) are made from the
+    stages' specs.
 
     kfp-kubernetes takes a pod label's value as a string only, never a run parameter, so the train
     pod's Kueue labels are fixed when the pipeline is compiled; a multi-node run's training job takes
     them from train_queue_name and train_priority_class at run time."""
-    train_labels = train_labels or {}
     pull_secrets = image_pull_secrets() if pull_secrets is None else pull_secrets
+    settings = TaskSettings(retries, pull_secrets, train_labels or {})
+    parameters = pipeline_parameters()
+    names = [parameter.name for parameter in parameters]
 
-    @dsl.pipeline(
+    def distill_pipeline(*values) -> Outputs:
+        return add_tasks(
+            dict(zip(names, values, strict=True)), settings
+        )  # KFP passes the channels by position
+
+    distill_pipeline.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type
+            )
+            for p in parameters
+        ],
+        return_annotation=Outputs,
+    )
+    described = "\n".join(f"    {p.name}: {p.help}" for p in parameters)
+    distill_pipeline.__doc__ = f"Distill a teacher into a student.\n\nArgs:\n{described}\n"
+    return dsl.pipeline(
         name="llm-distillation",
         description="Distill a teacher LLM (API or local) into a small student LLM: data, train, merge, eval.",
-    )
-    @describe_parameters
-    def distill_pipeline(
-        store_uri: str = "s3://distill",
-        student_source: str = "hf://Qwen/Qwen2.5-0.5B-Instruct",
-        student_trust_remote_code: bool = False,
-        teacher_dataset: str = "s3://distill/datasets/prompts.jsonl",
-        teacher_dataset_format: str = "auto",
-        teacher_provider: str = "openai",
-        teacher_model: str = "",
-        teacher_base_url: str = "",
-        teacher_api_key_env: str = TEACHER_KEY_ENV,
-        teacher_concurrency: int = 16,
-        teacher_mode: str = "sync",
-        teacher_max_tokens: int = 1024,
-        teacher_temperature: float = 0.0,
-        teacher_test_ratio: float = 0.1,
-        teacher_system_prompt: str = "",
-        teacher_shards: int = 1,
-        teacher_gpus: int = 0,
-        teacher_node_selector: dict = {},
-        teacher_tolerations: list = [],
-        teacher_overrides: dict = {},
-        train_method: str = "lora",
-        train_lora_r: int = 16,
-        train_lora_alpha: int = 32,
-        train_learning_rate: float = 2e-4,
-        train_max_steps: int = -1,
-        train_batch_size: int = 8,
-        train_kd: str = "none",
-        train_kd_teacher_source: str = "",
-        train_gpus: int = 1,
-        train_nodes: int = 1,
-        train_job_gpus_per_node: int = 8,
-        train_job_cpu: str = "32",
-        train_job_memory: str = "256Gi",
-        train_engine: str = "auto",
-        train_runtime: str = "distill-torch",
-        train_queue_name: str = "",
-        train_priority_class: str = "",
-        train_cpu: str = "8",
-        train_memory: str = "64Gi",
-        train_node_selector: dict = {},
-        train_tolerations: list = [],
-        train_overrides: dict = {},
-        merge_max_shard_size: str = "2GB",
-        merge_dtype: str = "auto",
-        eval_max_new_tokens: int = 256,
-        eval_batch_size: int = 16,
-        eval_max_samples: int = 200,
-        eval_gate_metric: str = "distilled_rouge_l",
-        eval_min_score: float = 0.0,
-        eval_gpus: int = 0,
-        eval_node_selector: dict = {},
-        eval_tolerations: list = [],
-        eval_benchmark_tasks: list = [],
-        eval_benchmark_limit: int = 100,
-        eval_max_regression: dict = {},
-        eval_overrides: dict = {},
-        register_registry_url: str = "",
-        register_model_name: str = "distilled-student",
-        register_deploy: bool = False,
-        register_namespace: str = "",
-        register_gpus: int = 1,
-        register_overrides: dict = {},
-        seed: int = 0,
-    ) -> Outputs:
-        # Every parameter above, as the run was started with (`retries` is the builder's, not the run's).
-        parameters = {
-            name: value for name, value in locals().items() if isinstance(value, PipelineParameterChannel)
-        }
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-
-        check = check_run(**parameters)
-        prepare(check, "check", "check run", retries, pull_secrets)
-
-        student = download_model(
-            source=student_source, store_uri=store_uri, trust_remote_code=student_trust_remote_code
-        ).after(check)
-        prepare(student, "download", "download student", retries, pull_secrets)
-
-        teacher_inputs = dict(
-            dataset=teacher_dataset,
-            dataset_format=teacher_dataset_format,
-            store_uri=store_uri,
-            run_id=run_id,
-            provider=teacher_provider,
-            model=teacher_model,
-            base_url=teacher_base_url,
-            api_key_env=teacher_api_key_env,
-            concurrency=teacher_concurrency,
-            mode=teacher_mode,
-            max_tokens=teacher_max_tokens,
-            temperature=teacher_temperature,
-            test_ratio=teacher_test_ratio,
-            system_prompt=teacher_system_prompt,
-            seed=seed,
-            overrides=teacher_overrides,
-        )
-        shards = teacher_shard_indices(num_shards=teacher_shards).after(check)
-        shards.set_display_name("plan teacher shards")
-        pull_with(size(shards, "teacher"), pull_secrets)
-        with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
-            shard = teacher_data(
-                shard_index=shard_index, num_shards=teacher_shards, gpus=teacher_gpus, **teacher_inputs
-            )
-            prepare(shard, "teacher", "teacher shard", retries, pull_secrets)
-            place_on_gpus(shard, teacher_gpus, teacher_node_selector, teacher_tolerations)
-
-        # Merges what the shards stored (asking only for what they left), filters and splits.
-        teacher = teacher_data(gpus=teacher_gpus, **teacher_inputs).after(shard)
-        prepare(teacher, "teacher", "teacher data", retries, pull_secrets)
-        place_on_gpus(teacher, teacher_gpus, teacher_node_selector, teacher_tolerations)
-
-        train = train_student(
-            student=student.outputs["model"],
-            data=teacher.outputs["data"],
-            store_uri=store_uri,
-            run_id=run_id,
-            method=train_method,
-            lora_r=train_lora_r,
-            lora_alpha=train_lora_alpha,
-            learning_rate=train_learning_rate,
-            max_steps=train_max_steps,
-            batch_size=train_batch_size,
-            seed=seed,
-            kd=train_kd,
-            kd_teacher_source=train_kd_teacher_source,
-            overrides=train_overrides,
-            nodes=train_nodes,
-            gpus_per_node=train_job_gpus_per_node,
-            engine=train_engine,
-            runtime=train_runtime,
-            queue_name=train_queue_name,
-            priority_class=train_priority_class,
-            job_cpu=train_job_cpu,
-            job_memory=train_job_memory,
-            node_selector=train_node_selector,
-            tolerations=train_tolerations,
-            job_env=JOB_ENV,
-        )
-        place_train(
-            train, train_gpus, train_cpu, train_memory, train_node_selector, train_tolerations, train_labels
-        )
-        prepare(train, "train", "train student", retries, pull_secrets)
-
-        merge = merge_adapter(
-            base=student.outputs["model"],
-            trained=train.outputs["trained"],
-            data=teacher.outputs["data"],
-            max_shard_size=merge_max_shard_size,
-            dtype=merge_dtype,
-        )
-        prepare(merge, "merge", "merge adapter", retries, pull_secrets)
-
-        evaluate = evaluate_student(
-            untrained=student.outputs["model"],
-            distilled=merge.outputs["merged"],
-            data=teacher.outputs["data"],
-            tensorboard=train.outputs["tensorboard"],
-            max_new_tokens=eval_max_new_tokens,
-            batch_size=eval_batch_size,
-            max_samples=eval_max_samples,
-            gate_metric=eval_gate_metric,
-            min_score=eval_min_score,
-            benchmark_tasks=eval_benchmark_tasks,
-            benchmark_limit=eval_benchmark_limit,
-            max_regression=eval_max_regression,
-            overrides=eval_overrides,
-        )
-        prepare(evaluate, "eval", "evaluate student", retries, pull_secrets)
-        place_on_gpus(evaluate, eval_gpus, eval_node_selector, eval_tolerations)
-
-        # Runs only when eval passed its gates; registers and deploys only when asked to.
-        handoff = register_model(
-            model_uri=evaluate.outputs["Output"],
-            results=evaluate.outputs["results"],
-            run_id=run_id,
-            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            registry_url=register_registry_url,
-            model_name=register_model_name,
-            deploy=register_deploy,
-            namespace=register_namespace,
-            gpus=register_gpus,
-            overrides=register_overrides,
-        )
-        prepare(handoff, "register", "hand over model", retries, pull_secrets)
-        return Outputs(
-            model=merge.outputs["merged"],
-            tensorboard=train.outputs["tensorboard"],
-            metrics=evaluate.outputs["metrics"],
-            report=evaluate.outputs["report"],
-            results=evaluate.outputs["results"],
-        )
-
-    return distill_pipeline
+    )(distill_pipeline)
 
 
 distill_pipeline = build_pipeline()

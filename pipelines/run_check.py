@@ -10,31 +10,31 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from components.common.config import (
-    deep_merge,
-    exposed_fields,
-    from_dict,
-    refuse_exposed_overrides,
-    set_dotted,
-    under,
-)
+from components.common.config import deep_merge, from_dict, refuse_exposed_overrides, under
 from components.common.errors import ConfigError, InputError
-from components.download.config import Config as DownloadConfig
-from components.evaluate.config import Config as EvalConfig
-from components.merge.config import Config as MergeConfig
-from components.register.config import Config as RegisterConfig
-from components.teacher.config import Config as TeacherConfig
-from components.train.config import Config as TrainConfig
+from components.common.stage_spec import Parameter, StageSpec, config_fields
+from components.download.component import SPEC as DOWNLOAD
+from components.evaluate.component import SPEC as EVAL
+from components.merge.component import SPEC as MERGE
+from components.register.component import SPEC as REGISTER
+from components.teacher.component import SPEC as TEACHER
+from components.train.component import SPEC as TRAIN
 
+STAGE_SPECS: tuple[StageSpec, ...] = (DOWNLOAD, TEACHER, TRAIN, MERGE, EVAL, REGISTER)
 # Each stage's Config under the prefix its parameters and `<prefix>_overrides` take.
-STAGE_CONFIGS = {
-    "download": DownloadConfig,
-    "teacher": TeacherConfig,
-    "train": TrainConfig,
-    "merge": MergeConfig,
-    "eval": EvalConfig,
-    "register": RegisterConfig,
-}
+STAGE_CONFIGS = {spec.prefix: spec.config for spec in STAGE_SPECS}
+
+
+def pipeline_parameters() -> list[Parameter]:
+    """Every pipeline parameter, from the stages' specs; one several stages take (seed, store_uri) is
+    declared alike by each."""
+    found: dict[str, Parameter] = {}
+    for spec in STAGE_SPECS:
+        for parameter in spec.pipeline_parameters():
+            seen = found.setdefault(parameter.name, parameter)
+            if (seen.type, seen.default, seen.help) != (parameter.type, parameter.default, parameter.help):
+                raise ValueError(f"{parameter.name}: {spec.stage} declares it unlike another stage does")
+    return list(found.values())
 
 
 def check_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
@@ -84,21 +84,21 @@ def check_gpus(configs: dict[str, Any], values: dict[str, Any]) -> None:
 def build_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
     """Each stage's Config as its task will build it from `values` (every pipeline parameter)."""
     built = {}
-    for stage, config in STAGE_CONFIGS.items():
-        overrides = values.get(f"{stage}_overrides") or {}
-        refuse_exposed_overrides(config, stage, overrides)
-        data: dict[str, Any] = {}
-        for f in dataclasses.fields(config):
+    for spec in STAGE_SPECS:
+        overrides = values.get(spec.overrides) or {}
+        refuse_exposed_overrides(spec.config, spec.prefix, overrides)
+        # The folders KFP makes for the task's artifacts, and the one it fetches a model source into.
+        paths = {name: f"/check/{spec.prefix}/{name}" for name in path_inputs(spec)}
+        data = config_fields(spec, values, paths)
+        for f in dataclasses.fields(spec.config):
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                data[f.name] = f"/check/{stage}/{f.name}"  # an artifact folder KFP makes for the task
-        if any(f.name == "store_uri" for f in dataclasses.fields(config)):
-            data["store_uri"] = values["store_uri"]
-        for exposed_field in exposed_fields(config):
-            set_dotted(data, exposed_field.path, exposed_field.field_value(values[exposed_field.parameter]))
-        if stage == "train" and values.get("train_kd_teacher_source"):
-            set_dotted(data, "kd.teacher_dir", "/check/train/kd-teacher")  # downloaded by the task
+                data.setdefault(f.name, f"/check/{spec.prefix}/{f.name}")  # wired by the pipeline
         try:
-            built[stage] = from_dict(config, deep_merge(data, overrides))
+            built[spec.prefix] = from_dict(spec.config, deep_merge(data, overrides))
         except ConfigError as error:
-            raise ConfigError(under(stage, str(error))) from None
+            raise ConfigError(under(spec.prefix, str(error))) from None
     return built
+
+
+def path_inputs(spec: StageSpec) -> list[str]:
+    return [a.name for a in spec.consumes + spec.produces] + [p.name for p in spec.inputs() if p.fetch]

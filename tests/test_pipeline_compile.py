@@ -91,7 +91,7 @@ def test_teacher_shards_fan_out_then_merge(compiled):
     assert "for-loop-1" in tasks["teacher-data-2"]["dependentTasks"]
     shard = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]["teacher-data"]
     assert (
-        shard["inputs"]["parameters"]["num_shards"]["componentInputParameter"]
+        shard["inputs"]["parameters"]["teacher_shards"]["componentInputParameter"]
         == "pipelinechannel--teacher_shards"
     )
     train = tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]
@@ -120,8 +120,8 @@ def test_train_requests_gpus_from_a_pipeline_parameter(compiled):
 def test_multi_node_training_is_a_parameter_of_the_train_task(compiled):
     pipeline, _ = compiled
     inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
-    assert inputs["nodes"]["componentInputParameter"] == "train_nodes"
-    assert inputs["gpus_per_node"]["componentInputParameter"] == "train_job_gpus_per_node"
+    assert inputs["train_nodes"]["componentInputParameter"] == "train_nodes"
+    assert inputs["train_job_gpus_per_node"]["componentInputParameter"] == "train_job_gpus_per_node"
     job_env = inputs["job_env"]["runtimeValue"]["constant"]
     assert set(job_env["secrets"]) == {"distill-s3"}
 

@@ -1,28 +1,34 @@
-"""Each pipeline parameter that sets a stage Config field is declared once, on the field: the compiled
-pipeline (what KFP's UI shows) and every component that takes it agree with the field's default and help."""
+"""Each pipeline parameter is declared once, in a stage's spec or on the Config field it sets: the compiled
+pipeline (what KFP's UI shows) and every task that takes it agree with that declaration's default and help,
+and exposing a Config field is all it takes to add a parameter."""
 
 from __future__ import annotations
 
-import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.common.config import exposed_fields
-from pipelines.distill_pipeline import PIPELINE_HELP
-from pipelines.run_check import STAGE_CONFIGS
+from pipelines.run_check import STAGE_SPECS, pipeline_parameters
 
-COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "distill_pipeline.yaml"
-EXPOSED = [(stage, field) for stage, config in STAGE_CONFIGS.items() for field in exposed_fields(config)]
+REPO = Path(__file__).resolve().parents[1]
+COMPILED = REPO / "pipelines" / "distill_pipeline.yaml"
+DECLARED = [(spec.stage, parameter) for spec in STAGE_SPECS for parameter in spec.pipeline_parameters()]
+PLACEMENT = {parameter.name for spec in STAGE_SPECS for parameter in spec.placement}
+
+
+def load(path: Path) -> dict:
+    return next(yaml.safe_load_all(path.read_text()))
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    return next(yaml.safe_load_all(COMPILED.read_text()))
+    return load(COMPILED)
 
 
-def component_defaults(spec: dict, parameter: str) -> dict[str, object]:
+def task_defaults(spec: dict, parameter: str) -> dict[str, object]:
     """`task.input` -> the component's default, for every task input wired to the pipeline parameter."""
     found = {}
 
@@ -32,41 +38,35 @@ def component_defaults(spec: dict, parameter: str) -> dict[str, object]:
             if "dag" in component:
                 visit(component["dag"])
             for name, wiring in task.get("inputs", {}).get("parameters", {}).items():
+                definitions = component.get("inputDefinitions", {}).get("parameters", {})
+                if name not in definitions:  # a value KFP passes for a resource request, not an input
+                    continue
                 if wiring.get("componentInputParameter") in (parameter, f"pipelinechannel--{parameter}"):
-                    definition = component["inputDefinitions"]["parameters"][name]
-                    found[f"{task_name}.{name}"] = definition.get("defaultValue", "<required>")
+                    found[f"{task_name}.{name}"] = definitions[name].get("defaultValue", "<required>")
 
     visit(spec["root"]["dag"])
     return found
 
 
-@pytest.mark.parametrize(("stage", "field"), EXPOSED, ids=[f"{s}.{f.path}" for s, f in EXPOSED])
-def test_parameter_default_and_description_are_the_config_fields(spec, stage, field):
-    parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert field.parameter in parameters, (
-        f"{stage}.{field.path} is exposed as {field.parameter}, not a parameter"
-    )
-    parameter = parameters[field.parameter]
-    wired = component_defaults(spec, field.parameter)
-    assert wired, f"{field.parameter} reaches no task"
-    if field.default is dataclasses.MISSING:  # a required field: the pipeline's default is the run's choice
-        return
-    expected = field.parameter_value(field.default)
-    assert parameter.get("defaultValue") == expected, f"{field.parameter} != {stage}.{field.path} default"
-    assert parameter["description"] == field.help
+@pytest.mark.parametrize(("stage", "parameter"), DECLARED, ids=[f"{s}.{p.name}" for s, p in DECLARED])
+def test_parameter_default_and_description_are_declared_once(spec, stage, parameter):
+    compiled = spec["root"]["inputDefinitions"]["parameters"][parameter.name]
+    assert compiled.get("defaultValue") == parameter.default, f"{parameter.name} != {stage}'s declaration"
+    assert compiled["description"] == parameter.help
+    wired = task_defaults(spec, parameter.name)
+    assert wired, f"{parameter.name} reaches no task"
     for task_input, default in wired.items():
-        assert default in (expected, "<required>"), f"{task_input} default {default!r} != {expected!r}"
+        assert default in (parameter.default, "<required>"), f"{task_input} default {default!r}"
+        name = task_input.partition(".")[2].removeprefix("pipelinechannel--")  # KFP's name in a loop
+        assert name == parameter.name, f"{task_input} spells {parameter.name} otherwise"
 
 
-def test_every_parameter_is_a_config_field_or_described_by_the_pipeline(spec):
-    parameters = set(spec["root"]["inputDefinitions"]["parameters"])
-    from_configs = {field.parameter for _, field in EXPOSED}
-    assert parameters == from_configs | set(PIPELINE_HELP)
-    assert not from_configs & set(PIPELINE_HELP)
+def test_every_parameter_is_declared_by_a_stage(spec):
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {p.name for p in pipeline_parameters()}
 
 
 def test_a_parameter_given_again_in_its_stage_overrides_is_refused_naming_both(capsys):
-    """The override used to win silently over the parameter; now the task stops before the stage runs."""
+    """An override of an exposed field would win silently over the parameter: the task stops first."""
     from components.common.entry import run_stage
     from components.train.config import Config
 
@@ -86,3 +86,38 @@ def test_a_parameter_given_again_in_its_stage_overrides_is_refused_naming_both(c
     )
     run_stage(ran.append, Config, fields, {"lora": {"dropout": 0.1}}, parameters="train")
     assert (ran[0].lora.r, ran[0].lora.dropout) == (8, 0.1)
+
+
+# Marks train's warmup_ratio exposed, as `field(default=0.03, metadata=exposed(...))` in its Config would,
+# before anything reads the Config, then compiles the pipeline and builds the train Config as the run check
+# and the task do.
+EXPOSE_WARMUP = """
+import dataclasses, json, pathlib, sys, types
+from components.common.config import exposed
+from components.train.config import Config
+warmup = {f.name: f for f in dataclasses.fields(Config)}["warmup_ratio"]
+warmup.metadata = types.MappingProxyType(exposed("train_warmup_ratio", "share of the steps spent warming up."))
+from pipelines.distill_pipeline import compile_pipeline
+from pipelines.run_check import build_stage_configs
+from pipelines.submit import pipeline_defaults
+compile_pipeline(sys.argv[1])
+values = {**pipeline_defaults(pathlib.Path(sys.argv[1])), "train_warmup_ratio": 0.1}
+print(json.dumps(build_stage_configs(values)["train"].warmup_ratio))
+"""
+
+
+def test_exposing_a_config_field_is_all_it_takes_to_add_a_parameter(tmp_path):
+    compiled = tmp_path / "pipeline.yaml"
+    done = subprocess.run(
+        [sys.executable, "-c", EXPOSE_WARMUP, str(compiled)], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0.1"
+    spec = load(compiled)
+    parameter = spec["root"]["inputDefinitions"]["parameters"]["train_warmup_ratio"]
+    assert parameter["defaultValue"] == 0.03
+    assert parameter["description"] == "share of the steps spent warming up."
+    assert task_defaults(spec, "train_warmup_ratio") == {
+        "check-run.train_warmup_ratio": "<required>",
+        "train-student.train_warmup_ratio": 0.03,
+    }

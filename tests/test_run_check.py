@@ -1,6 +1,7 @@
 """The run check over a run's parameters: what the pipeline's first task and `submit --check` both do."""
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +9,8 @@ from components.common.errors import ConfigError
 from pipelines.check_task import check_run
 from pipelines.run_check import check_stage_configs
 from pipelines.submit import pipeline_defaults
-from tests.test_pipeline_parameters import COMPILED
+
+COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "distill_pipeline.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ into nested dataclasses and rejecting unknown fields and wrong types with the fi
 Cross-field rules live in each dataclass's `__post_init__` and raise `ConfigError`.
 
 A field the pipeline exposes as a parameter declares its help text and the parameter's name once, on
-the field: `field(default=16, metadata=exposed("train_lora_r", "LoRA rank."))`. The pipeline's parameter
-descriptions are made from that help, and tests/test_pipeline_parameters.py holds the pipeline's and the
-components' defaults to the field's.
+the field: `field(default=16, metadata=exposed("train_lora_r", "LoRA rank."))`. That is all it takes: the
+stage's component, the pipeline's parameter (its default and description) and the run check are made
+from it (components/common/stage_spec.py).
 """
 
 from __future__ import annotations
@@ -122,10 +122,11 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def exposed(parameter: str, help: str, none_as: Any = None) -> dict[str, Any]:
+def exposed(parameter: str, help: str, none_as: Any = None, pipeline_default: Any = None) -> dict[str, Any]:
     """Field metadata: the field is the pipeline parameter `parameter`, described by `help`. KFP
-    parameters cannot be None: `none_as` is the parameter value that stands for None ("" or 0)."""
-    return {"parameter": parameter, "help": help, "none_as": none_as}
+    parameters cannot be None: `none_as` is the parameter value that stands for None ("" or 0). A
+    required field has no default to give the parameter: `pipeline_default` is the parameter's."""
+    return {"parameter": parameter, "help": help, "none_as": none_as, "pipeline_default": pipeline_default}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +138,7 @@ class ExposedField:
     default: Any
     help: str
     none_as: Any = None
+    pipeline_default: Any = None
 
     def field_value(self, parameter_value: Any) -> Any:
         """The field's value for the parameter's."""
@@ -156,7 +158,14 @@ def exposed_fields(cls: type) -> list[ExposedField]:
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             metadata = f.metadata
             found.append(
-                ExposedField(metadata["parameter"], f.name, default, metadata["help"], metadata["none_as"])
+                ExposedField(
+                    metadata["parameter"],
+                    f.name,
+                    default,
+                    metadata["help"],
+                    metadata["none_as"],
+                    metadata["pipeline_default"],
+                )
             )
         elif dataclasses.is_dataclass(hints[f.name]):
             for inner in exposed_fields(hints[f.name]):

@@ -1,40 +1,28 @@
-"""KFP component of the download stage; the logic lives in components.download."""
+"""The download stage's interface to the pipeline: its StageSpec, from which pipelines/ makes its KFP
+component, and what its task does around the stage's `run`; the logic lives in components.download."""
 
-from kfp import dsl
+from components.common.stage_spec import STORE_URI, Artifact, StageSpec, Task
+from components.download.config import Config
 
-from components.common.images import image_for
 
-
-@dsl.component(base_image=image_for("download"), install_kfp_package=False)
-def download_model(
-    source: str,
-    store_uri: str,
-    model: dsl.Output[dsl.Model],
-    revision: str = "",
-    hf_token_env: str = "HF_TOKEN",
-    trust_remote_code: bool = False,
-):
-    """Fetch a model into the `model` artifact, reusing the store's cached copy of the same source.
-
-    Args:
-        source: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix, a path, or tiny://qwen2.
-        store_uri: artifact store (s3://bucket/prefix or a folder) that holds the download cache.
-        revision: branch, tag or commit for hub sources.
-        hf_token_env: environment variable with a Hugging Face token for gated models.
-        trust_remote_code: fetch the repository's Python code too (pinned revision only).
-    """
-    from components.common.entry import run_stage
-    from components.download import Config
+def run_task(task: Task) -> None:
     from components.download.stage import run
 
-    fields = dict(
-        source=source,
-        output_dir=model.path,
-        store_uri=store_uri,
-        hf_token_env=hf_token_env,
-        trust_remote_code=trust_remote_code,
-    )
-    result = run_stage(run, Config, {**fields, "revision": revision or None})
-    model.metadata.update({"source": source, "cached": result.cached, "format": "hf_model"})
+    result = task.run(run)
+    model = task["model"]
+    model.metadata.update({"source": result.source, "cached": result.cached, "format": "hf_model"})
     if "revision" in result.metadata:  # the commit a hub download was pinned to
         model.metadata["revision"] = result.metadata["revision"]
+
+
+SPEC = StageSpec(
+    stage="download",
+    prefix="download",
+    component="download_model",
+    image="download",
+    summary="Fetch a model into the `model` artifact, reusing the store's cached copy of the same source.",
+    config=Config,
+    run=run_task,
+    produces=(Artifact("model", "Model", "output_dir"),),
+    parameters=(STORE_URI,),
+)

@@ -27,6 +27,7 @@ class Config:
         metadata=exposed(
             "student_source",
             "the student: hf://org/name[@rev], modelscope://org/name, s3://bucket/prefix, a folder or tiny://qwen2[?options].",
+            pipeline_default="hf://Qwen/Qwen2.5-0.5B-Instruct",
         )
     )
     output_dir: str

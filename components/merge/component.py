@@ -1,37 +1,32 @@
-"""KFP component of the merge stage; the logic lives in components.merge."""
+"""The merge stage's interface to the pipeline: its StageSpec, from which pipelines/ makes its KFP
+component, and what its task does around the stage's `run`; the logic lives in components.merge."""
 
-from kfp import dsl
+from components.common.stage_spec import Artifact, StageSpec, Task
+from components.merge.config import Config
 
-from components.common.images import image_for
 
-
-@dsl.component(base_image=image_for("merge"), install_kfp_package=False)
-def merge_adapter(
-    base: dsl.Input[dsl.Model],
-    trained: dsl.Input[dsl.Model],
-    data: dsl.Input[dsl.Dataset],
-    merged: dsl.Output[dsl.Model],
-    max_shard_size: str = "2GB",
-    dtype: str = "auto",
-    overrides: dict = {},
-):
-    """Merge the LoRA adapter into the base weights (or re-shard a full model) and verify the result.
-
-    The parameters are the fields of components.merge.Config of the same name; `data` (the teacher
-    dataset) names the teacher in the model card; `overrides` sets any other field, nested as in its
-    YAML form.
-    """
-    from components.common.entry import run_stage
-    from components.merge import Config
+def run_task(task: Task) -> None:
     from components.merge.stage import run
 
-    fields = dict(
-        student_dir=base.path,
-        trained_dir=trained.path,
-        output_dir=merged.path,
-        data_dir=data.path,
-        max_shard_size=max_shard_size,
-        dtype=dtype,
-    )
-    result = run_stage(run, Config, fields, overrides, parameters="merge")
-    merged.metadata.update({"format": "hf_model", "max_logit_diff": result.max_logit_diff})
+    result = task.run(run)
+    task["merged"].metadata.update({"format": "hf_model", "max_logit_diff": result.max_logit_diff})
+
+
+SPEC = StageSpec(
+    stage="merge",
+    prefix="merge",
+    component="merge_adapter",
+    image="merge",
+    summary=(
+        "Merge the LoRA adapter into the base weights (or re-shard a full model) and verify the result;\n"
+        "    `data` (the teacher dataset) names the teacher in the model card."
+    ),
+    config=Config,
+    run=run_task,
+    consumes=(
+        Artifact("base", "Model", "student_dir"),
+        Artifact("trained", "Model", "trained_dir"),
+        Artifact("data", "Dataset", "data_dir"),
+    ),
+    produces=(Artifact("merged", "Model", "output_dir"),),
+)

@@ -1,45 +1,36 @@
-"""KFP component of the register stage; the logic lives in components.register. It runs in the eval image."""
+"""The register stage's interface to the pipeline: its StageSpec, from which pipelines/ makes its KFP
+component, and what its task does around the stage's `run`; the logic lives in components.register.
+It runs in the eval image."""
 
-from kfp import dsl
+from components.common.stage_spec import RUN_ID, Artifact, Parameter, StageSpec, Task
+from components.register.config import Config
 
-from components.common.images import image_for
 
-
-@dsl.component(base_image=image_for("register"), install_kfp_package=False)
-def register_model(
-    model_uri: str,
-    results: dsl.Input[dsl.Artifact],
-    run_id: str,
-    run_name: str,
-    inference_service: dsl.Output[dsl.Artifact],
-    registry_url: str = "",
-    model_name: str = "distilled-student",
-    deploy: bool = False,
-    namespace: str = "",
-    gpus: int = 1,
-    overrides: dict = {},
-):
-    """Hand the gated model over: its KServe InferenceService (always written), Model Registry (with
-    registry_url) and the cluster (with deploy).
-
-    The parameters are the fields of components.register.Config of the same name ("" for None), namespace
-    and gpus those of its `serving` section; `overrides` sets any other field, nested as in its YAML form.
-    """
-    from components.common.entry import run_stage
-    from components.register import Config
+def run_task(task: Task) -> None:
     from components.register.stage import run
 
-    fields = dict(
-        model_uri=model_uri,
-        eval_dir=results.path,
-        output_dir=inference_service.path,
-        run_id=run_id,
-        run_name=run_name,
-        registry_url=registry_url or None,
-        model_name=model_name,
-        deploy=deploy,
-        serving=dict(namespace=namespace or None, gpus=gpus),
-    )
-    result = run_stage(run, Config, fields, overrides, parameters="register")
-    inference_service.metadata["registered"] = result.registration is not None
-    inference_service.metadata["deployed"] = result.deployed or ""
+    result = task.run(run)
+    task["inference_service"].metadata["registered"] = result.registration is not None
+    task["inference_service"].metadata["deployed"] = result.deployed or ""
+
+
+SPEC = StageSpec(
+    stage="register",
+    prefix="register",
+    component="register_model",
+    image="register",
+    summary=(
+        "Hand the gated model over: its KServe InferenceService (always written), Model Registry (with\n"
+        "    register_registry_url) and the cluster (with register_deploy)."
+    ),
+    config=Config,
+    run=run_task,
+    consumes=(Artifact("results", "Artifact", "eval_dir"),),
+    produces=(Artifact("inference_service", "Artifact", "output_dir"),),
+    wired=(
+        Parameter("model_uri", str, help="the store URI of the model eval passed.", field="model_uri"),
+        RUN_ID,
+        Parameter("run_name", str, help="the run's name, the registered version's.", field="run_name"),
+    ),
+    overrides_help='other register Config fields, nested as in its YAML, e.g. {"serving": {"max_model_len": 8192}}.',
+)

@@ -398,7 +398,11 @@ class Config:
     """
 
     dataset: str = field(
-        metadata=exposed("teacher_dataset", "prompts file or folder (local path in the image, or s3://).")
+        metadata=exposed(
+            "teacher_dataset",
+            "prompts file or folder (local path in the image, or s3://).",
+            pipeline_default="s3://distill/datasets/prompts.jsonl",
+        )
     )
     output_dir: str
     dataset_format: DatasetFormat = field(

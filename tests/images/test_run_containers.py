@@ -59,7 +59,7 @@ def test_executor_input_maps_artifacts_to_s3_uris_and_outputs_under_s3(launcher)
         for name in ("base", "data", "trained")
     }
     executor_input, outputs, output_file = launcher.executor_input(
-        "merge-adapter", component, {"dtype": "auto"}, inputs
+        "merge-adapter", component, {"merge_dtype": "auto"}, inputs
     )
     root = f"s3://demo/pipeline_root/{launcher.run_id}/merge-adapter"
     assert output_file == f"{root}/executor_output.json"
@@ -75,15 +75,15 @@ def test_executor_input_maps_artifacts_to_s3_uris_and_outputs_under_s3(launcher)
         == "s3://demo/pipeline_root/r/base"
     )
     # Parameters not given take the component's defaults, as the driver resolves them.
-    assert executor_input["inputs"]["parameterValues"]["dtype"] == "auto"
-    assert "max_shard_size" in executor_input["inputs"]["parameterValues"]
+    assert executor_input["inputs"]["parameterValues"]["merge_dtype"] == "auto"
+    assert "merge_max_shard_size" in executor_input["inputs"]["parameterValues"]
 
 
 def test_integer_parameters_reach_the_executor_as_integers(launcher):
     component = SPEC["components"]["comp-teacher-shard-indices"]
-    executor_input, _, _ = launcher.executor_input("plan", component, {"num_shards": 3.0}, {})
-    assert executor_input["inputs"]["parameterValues"] == {"num_shards": 3}
-    assert isinstance(executor_input["inputs"]["parameterValues"]["num_shards"], int)
+    executor_input, _, _ = launcher.executor_input("plan", component, {"teacher_shards": 3.0}, {})
+    assert executor_input["inputs"]["parameterValues"] == {"teacher_shards": 3}
+    assert isinstance(executor_input["inputs"]["parameterValues"]["teacher_shards"], int)
     assert executor_input["outputs"]["parameters"]["Output"]["outputFile"].startswith("/s3/demo/")
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_kfp import FakeKfp  # tests/packaging is on sys.path (rootdir import mode)
 
 from pipelines import submit
 from pipelines.loopback import ServerThread
+from tests.packaging.fake_kfp import FakeKfp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_a_wrong_token_is_reported_with_what_to_check(kfp_server, package, monke
 
 
 def test_dry_run_compiles_with_registry_and_tag_without_contacting_the_cluster():
-    # A fresh process, as `make submit` runs it: image names are fixed when the components are imported.
+    # A fresh process, as `make submit` runs it: image names are fixed when the pipeline module makes the components.
     environment = {
         **os.environ,
         "KFP_HOST": "http://127.0.0.1:9",
