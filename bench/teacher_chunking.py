@@ -5,7 +5,7 @@ chunk through the prompt template) at growing sizes, on one core.
 
 The peer is the same reader on the smallest size: a linear reader spends the same time per MB at every
 size, so the ratio of the largest size's seconds per MB to the smallest's stays near 1 (a quadratic one
-doubles it with each doubling: 4 MB 6 s, 8 MB 21 s, 16 MB 91 s before chunking became linear).
+doubles it with each doubling).
 --full also reads 100 MB, the target being under 60 s. The text mixes English and Chinese sentences and
 blank lines. Last line: the ratio and the seconds per MB.
 """

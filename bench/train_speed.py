@@ -2,7 +2,7 @@
 
     python bench/train_speed.py [--steps 40] [--batch 32] [--rounds 5]
 
-The peer is the loop the design notes timed (pad the batch, `model(..., labels=...)`, AdamW, no extras)
+The peer is a plain loop written here (pad the batch, `model(..., labels=...)`, AdamW, no extras)
 on the same tiny student, records and LoRA shape. The two alternate in rounds so that load from other
 processes on a shared machine hits both alike; the headline is the median of the per-round ratios.
 Last line: key=value headline figures.

@@ -1,11 +1,9 @@
 """Training throughput against TRL's SFTTrainer (same shapes, tokens, LoRA, steps), and the cost of a KD step.
 
-On the GPU machine (one H100, no internet). Here, once, fetch the wheels it lacks into .whl/ (carried):
-
-    bash ../shared/gpu/fetch-wheels.sh liger-kernel==0.8.5
-
-then run there, from the repository root, with carry [".whl"] (estimated 6-8 minutes; runs are cut or
-skipped at --budget, 540 s, so it ends inside the 10-minute limit):
+On a GPU machine (one H100, no internet), with the wheels it lacks (liger-kernel==0.8.5 and its
+dependencies) downloaded beforehand into .whl/ (`pip download -d .whl liger-kernel==0.8.5`), run from the
+repository root (estimated 6-8 minutes; runs are cut or skipped at --budget, 540 s, so it ends inside a
+10-minute limit):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PYTHONPATH:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1; python3 bench/train_throughput.py 2>&1 | tee $OUT/train_throughput.log
 
@@ -15,11 +13,11 @@ Here, on CPU (tiny shapes, fp32, every mode that runs without CUDA; about a minu
 
 What runs, each in a fresh process on the GPU (peak memory and Liger's patching stay inside one run):
 - models: random-init Qwen2.5-0.5B and -1.5B shapes (151,936-row tied head) made on the GPU, saved bf16,
-  with the byte-level ChatML tokenizer of components/download/tiny.py (no Qwen tokenizer offline).
+  with the byte-level ChatML tokenizer of components/common/tiny_model.py (no Qwen tokenizer offline).
 - SFT, per shape: LoRA r=16 alpha 32, dropout 0, all linear layers, bf16 base + fp32 adapters under bf16
   autocast, micro-batch 16, no gradient checkpointing (TRL's default is on: turned off for both), AdamW
   (fused), constant lr, clip 1.0. TRL modes: padding, padding + Liger, padding-free, packing (bfd, 1024),
-  all with SDPA as in issue 7; and padding-free + Liger with our variable-length flash kernel registered as
+  all with SDPA; and padding-free + Liger with our variable-length flash kernel registered as
   the attention function (TRL documents padding-free for flash-attention 2/3, which cannot be installed
   here; that mode stands in for it). Ours: batching padding_free, attention auto.
 - KD: 0.5B student trained in full (fp32 weights, bf16 autocast) with a 1.5B teacher (bf16), 8 x 512
@@ -36,8 +34,8 @@ pre-tokenized dataset, in the order our trainer draws its batches, read sequenti
 records and tokenizes them itself, and the table's token column shows both saw the same tokens.
 Timing: steps warmup+1 .. warmup+steps, from the end of one optimizer step to the end of another with the
 GPU synchronised at both ends only; tokens/s counts real (non-padding) tokens. MFU = 6 * N * tokens/s /
-989 TFLOP/s (H100 SXM dense bf16), N = the base model's parameters with the tied head counted once: the
-issue's accounting, which overstates the work of LoRA (frozen weights get no weight gradient) and of a
+989 TFLOP/s (H100 SXM dense bf16), N = the base model's parameters with the tied head counted once: an
+accounting which overstates the work of LoRA (frozen weights get no weight gradient) and of a
 loss on answer tokens only (the head runs on ~20% of positions), so it compares runs, not kernels.
 "Within noise" for the loss curve: the 5-step moving averages of the two curves differ by at most 2% of
 the loss at every step. Both runs see identical batches, so the batch-to-batch scatter that separates two

@@ -115,7 +115,6 @@ def vendored_schemas() -> Path:
         os.environ.get("KFP_DISTILL_VENDOR", ""),
         Path(__file__).resolve().parents[2] / "shared" / "vendor",
     ]
-    candidates.append(Path("/work/shared/vendor"))
     for candidate in candidates:
         if candidate and (Path(candidate) / "README.md").is_file():
             return Path(candidate)

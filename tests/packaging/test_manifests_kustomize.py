@@ -16,11 +16,11 @@ from urllib.parse import urlparse
 import kubernetes_validate
 import pytest
 import yaml
-from kustomize_render import build  # tests/packaging is on sys.path (rootdir import mode)
-from pod_security import restricted_violations
 
 from pipelines import distill_pipeline
 from pipelines.images import image_for
+from tests.packaging.kustomize_render import build
+from tests.packaging.pod_security import restricted_violations
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"

@@ -17,7 +17,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
-from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
 from components.common.records import Record, write_records
@@ -40,6 +39,7 @@ from tests.packaging.conftest import (
     terminate_while_running,
     train,
 )
+from tests.packaging.pod_security import restricted_violations
 
 SECRETS = {"distill-teacher": {"api-key": "TEACHER_API_KEY"}}
 

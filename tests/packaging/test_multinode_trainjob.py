@@ -17,7 +17,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pod_security import restricted_violations
 
 from components.common.errors import ConfigError
 from components.common.model_download import fetch_model
@@ -42,6 +41,7 @@ from tests.packaging.conftest import (
     terminate_while_running,
     train,
 )
+from tests.packaging.pod_security import restricted_violations
 
 TRAINER = "kubeflow-trainer-v2.3.0"
 
@@ -289,7 +289,8 @@ def test_a_failed_trainjob_fails_the_task_and_the_kfp_retry_resumes(store_cluste
 def test_the_node_pods_get_the_kd_teacher_from_the_store_not_the_train_pods_folder(
     store_cluster, tmp_path, tiny_model_dir
 ):
-    """The bug: kd kind logits with train_nodes > 1 handed the pods the train pod's teacher folder."""
+    """With kd kind logits and train_nodes > 1, the pods fetch the teacher from the store's cache: the
+    folder the train pod fetched it into exists in that pod only."""
     fake, api_client, s3 = store_cluster
     open_store("s3://distill/teachers/big").upload_dir(tiny_model_dir, "")
     kfp_copy = tmp_path / "kd-teacher"  # what the component downloads in the train pod

@@ -14,7 +14,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 import tomllib
-from dockerfiles import (  # tests/packaging on sys.path
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from pipelines.images import STAGES
+from tests.packaging.dockerfiles import (
     DOCKER,
     REPO,
     arg_defaults,
@@ -22,10 +26,6 @@ from dockerfiles import (  # tests/packaging on sys.path
     instructions,
     parse,
 )
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
-from pipelines.images import STAGES
 
 sys.path.insert(0, str(DOCKER))
 from requirements import requirements  # noqa: E402  (docker/requirements.py is a script, not a package)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from dockerfiles import DOCKER, REPO, installed_extras  # tests/packaging on sys.path
 from packaging.requirements import Requirement
 
 from components.common.images import SHARED_IMAGES, STAGE_PACKAGES
 from pipelines.images import STAGES
+from tests.packaging.dockerfiles import DOCKER, REPO, installed_extras
 
 sys.path.insert(0, str(DOCKER))
 from requirements import requirements  # noqa: E402  (docker/requirements.py is a script, not a package)

@@ -1,18 +1,10 @@
 """Every shipped recipe is a run file the submitter accepts: its header says how to run it, and every
 stage's Config accepts what it sets (`python -m pipelines.submit --check --config <recipe>`)."""
 
-from pathlib import Path
-
 import pytest
 
-from pipelines.submit import compile_package, main
-
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return compile_package(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+from pipelines.submit import main
+from tests.recipes.conftest import RECIPES
 
 
 def test_the_five_recipes_are_shipped():

@@ -14,7 +14,7 @@ from components.evaluate.generate import load_model
 from components.teacher.config import Config as TeacherConfig
 from components.teacher.local import LocalTeacher
 from pipelines.submit import main
-from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
+from tests.recipes.conftest import RECIPES
 
 RECIPE = {path.stem: path for path in RECIPES}
 

@@ -5,7 +5,6 @@ the teacher stage, then the same base + adapter, unmerged, is the online KD teac
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,20 +19,6 @@ from components.train import Config as TrainConfig
 from components.train.modeling import load_teacher
 from components.train.stage import run as run_train
 from pipelines.demo_teacher import write_demo_dataset
-
-
-@pytest.fixture(scope="module")
-def teacher_adapter(tiny_teacher_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter on the tiny teacher whose B matrices are not zero, so it changes the teacher."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("teacher-adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
-    torch.manual_seed(0)
-    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
-    adapted.save_pretrained(folder)
-    return folder
 
 
 def test_base_plus_adapter_teacher_labels_offline_then_teaches_online(

@@ -22,9 +22,7 @@ from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.recipe_stand_ins import STAND_INS, point_judge_at
 from pipelines.submit import load_run_config, pipeline_parameters
-from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
-from tests.recipes.test_recipe_local_teacher import teacher_adapter  # noqa: F401  (the adapter fixture)
-from tests.recipes.test_recipe_sources import COMMENTS, TEXT, lay_out_hub_cache, messages, parquet_bytes
+from tests.recipes.conftest import COMMENTS, RECIPES, TEXT, lay_out_hub_cache, messages, parquet_bytes
 from tests.train.conftest import reversal_record, reversal_records
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from components.common.remote_code import allows_remote_code, write_marker
 from components.download import Config as DownloadConfig
 from components.evaluate.generate import load_model
 from pipelines.submit import main
-from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
+from tests.recipes.conftest import RECIPES
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REMOTE_CODE = """from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -4,7 +4,6 @@ fields, and raw text turned into a mix of question-answer and continuation promp
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -19,11 +18,14 @@ from components.teacher import Config
 from components.teacher.chunking import chunk_text
 from components.teacher.quality import FilterCounts, select_prompts
 from components.teacher.readers import read_prompts
+from tests.recipes.conftest import (
+    COMMENTS,
+    TEXT,
+    lay_out_hub_cache,
+    messages,
+    parquet_bytes,
+)
 
-COMMENTS = [
-    {"video_title": "猫猫做饭", "video_desc": "第一次下厨", "parent_comment": "好可爱", "reply": "哈哈哈"},
-    {"video_title": "Rust 入门", "video_desc": "所有权讲解", "parent_comment": "听懂了", "reply": "真的吗"},
-]
 TEMPLATE = "视频标题：{{ video_title }}\n视频简介：{{ video_desc }}\n评论：{{ parent_comment }}\n请回复这条评论（限50字）"
 
 
@@ -78,31 +80,6 @@ def test_a_template_over_fields_is_sandboxed_and_checked_at_load(tmp_path):
         config(tmp_path, str(tmp_path / "x.jsonl"), fields={"answer": "a"})
 
 
-def lay_out_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> str:
-    """The Hugging Face cache as snapshot_download leaves it after downloading `files` of dataset `repo`
-    at one commit: refs/main, snapshots/<commit>/..., and the commit's tree listing."""
-    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
-
-    commit = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
-    storage = cache / f"datasets--{repo.replace('/', '--')}"
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text(commit)
-    entries = {}
-    for name, data in files.items():
-        path = storage / "snapshots" / commit / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        entries[name] = TreeCacheEntry(size=len(data), blob_id=hashlib.sha1(data).hexdigest())
-    write_tree_cache(str(storage), commit, entries)
-    return commit
-
-
-def parquet_bytes(rows: list[dict]) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
-    return sink.getvalue().to_pybytes()
-
-
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
     import huggingface_hub.constants
@@ -111,10 +88,6 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
-
-
-def messages(question: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 def test_hugging_face_dataset_split_and_config_offline(tmp_path, offline_hub):
@@ -155,15 +128,6 @@ def test_a_hugging_face_dataset_missing_offline_is_explained(tmp_path, offline_h
         list(read_prompts(config(tmp_path, "hf://datasets/org/absent")))
     with pytest.raises(ConfigError, match="hf://datasets/org/name"):
         config(tmp_path, "hf://org/model-not-dataset")
-
-
-LONG_ZH = (
-    "蒸汽机的出现改变了工厂的布局，工人们不再需要住在河边，城市因此迅速扩张，铁路把原料和产品运往各地，" * 2
-)
-LONG_EN = (
-    "The steam engine freed factories from rivers, cities grew around the new mills and railways carried "
-)
-TEXT = (f"# 第三章\n{LONG_ZH}市场也随之扩大。\n## Notes\n{LONG_EN}coal and cloth across the country.\n") * 4
 
 
 def test_raw_text_mixes_question_and_continuation_prompts_keeping_chunk_and_kind(tmp_path):

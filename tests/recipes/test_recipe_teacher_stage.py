@@ -15,7 +15,7 @@ from components.teacher.stage import run
 from components.train.sparse_kd import join_logprobs_file
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.conftest import approve_hosts
-from tests.recipes.test_recipe_sources import TEXT
+from tests.recipes.conftest import TEXT
 from tests.teacher.conftest import teacher_config
 
 

@@ -50,7 +50,7 @@ def test_a_shard_and_finalize_hold_far_less_than_the_dataset(tmp_path):
     records = read_records(tmp_path / "out" / "train.jsonl")
     assert [r.messages[0]["content"].split("\n")[0] for r in records] == asked
     assert result.metrics["prompts_unanswered"] == PROMPTS - len(asked)
-    # Holding the prompts (as the plan once did) takes more than the file; keys and digests a sliver of it.
+    # Holding the prompts takes more than the file; keys and digests a sliver of it.
     assert peak < size / 10, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB dataset"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -136,3 +138,23 @@ def assert_resume_reaches_the_same_weights(make_config, tmp_path: Path, **settin
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+class RunsCode:
+    """A pickle that, when loaded without weights_only, runs code: here it only writes a file."""
+
+    def __init__(self, evidence: Path):
+        self.evidence = str(evidence)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.evidence!r}, 'w').write('ran')",))
+
+
+def plant_code_in_optimizer_state(config, evidence: Path, rewrite_marker: bool) -> None:
+    folder = Path(config.store_uri, "runs", config.run_id, "train", "checkpoints", "step-00000004")
+    torch.save({"state": RunsCode(evidence), "param_groups": []}, folder / "optimizer.pt")
+    if rewrite_marker:  # the attacker can write the whole bucket, marker included
+        marker = json.loads((folder / "COMPLETE").read_text())
+        data = (folder / "optimizer.pt").read_bytes()
+        marker["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (folder / "COMPLETE").write_text(json.dumps(marker))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from components.common.errors import InputError
 from components.common.store import open_store
 from components.train.checkpoint import CheckpointStore
 from components.train.stage import run
-from tests.train.conftest import train_until_killed
+from tests.train.conftest import plant_code_in_optimizer_state, train_until_killed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,26 +127,6 @@ def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
         **first_run, lora={"r": 8, "alpha": 16}, output_dir=str(tmp_path / "elsewhere"), logging_steps=1
     )
     assert run(again).resumed_from == 4
-
-
-class RunsCode:
-    """A pickle that, when loaded without weights_only, runs code: here it only writes a file."""
-
-    def __init__(self, evidence: Path):
-        self.evidence = str(evidence)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.evidence!r}, 'w').write('ran')",))
-
-
-def plant_code_in_optimizer_state(config, evidence: Path, rewrite_marker: bool) -> None:
-    folder = Path(config.store_uri, "runs", config.run_id, "train", "checkpoints", "step-00000004")
-    torch.save({"state": RunsCode(evidence), "param_groups": []}, folder / "optimizer.pt")
-    if rewrite_marker:  # the attacker can write the whole bucket, marker included
-        marker = json.loads((folder / "COMPLETE").read_text())
-        data = (folder / "optimizer.pt").read_bytes()
-        marker["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        (folder / "COMPLETE").write_text(json.dumps(marker))
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_train_resume import plant_code_in_optimizer_state  # tests/train is on sys.path (rootdir mode)
 
 from components.common.config import to_dict
+from tests.train.conftest import plant_code_in_optimizer_state
 
 REPO = Path(__file__).resolve().parents[2]
 
