@@ -140,10 +140,6 @@ class ExposedField:
     none_as: Any = None
     pipeline_default: Any = None
 
-    def field_value(self, parameter_value: Any) -> Any:
-        """The field's value for the parameter's."""
-        return None if self.none_as is not None and parameter_value == self.none_as else parameter_value
-
     def parameter_value(self, field_value: Any) -> Any:
         """The parameter's value for the field's."""
         return self.none_as if field_value is None else field_value
