@@ -21,8 +21,7 @@ from components.train.stage import run as run_train
 from pipelines.demo_teacher import start_teacher_server
 from pipelines.model_teacher import start_model_teacher
 from tests.teacher.batch_teacher import start_batch_teacher
-from tests.teacher.conftest import teacher_config
-from tests.teacher.test_teacher_local import make_config as local_teacher_config
+from tests.teacher.conftest import local_teacher_config, teacher_config
 
 K = 4
 PROMPTS = ["请解释知识蒸馏 (distillation) 是什么", "Reverse the letters of: kite", "用中文回答: 学生模型"]

@@ -77,3 +77,41 @@ def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Pop
         assert process is None or process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def local_teacher_config(tmp_path, model_dir, run_id="local", **provider) -> Config:
+    """A teacher stage Config whose provider is the local model `model_dir`."""
+    return from_dict(
+        Config,
+        {
+            "dataset": str(tmp_path / "prompts.jsonl"),
+            "output_dir": str(tmp_path / run_id),
+            "store_uri": str(tmp_path / "store"),
+            "run_id": run_id,
+            "progress_bar": False,
+            "test_ratio": 0.0,
+            "on_length": "keep",
+            "use_cache": False,
+            "provider": {
+                "name": "local",
+                "model": str(model_dir),
+                "max_tokens": 6,
+                "batch_size": 4,
+                **provider,
+            },
+        },
+    )
+
+
+FAST_POLLS = {"poll_s": 0.02, "poll_max_s": 0.1}
+
+
+def batch_settings(tmp_path, server, **batch) -> dict:
+    return teacher_settings(
+        tmp_path,
+        server.base_url,
+        mode="batch",
+        run_id="batch",
+        provider={"price_input_per_m": 1.0, "price_output_per_m": 2.0, "batch_price_factor": 0.5},
+        batch={**FAST_POLLS, **batch},
+    )

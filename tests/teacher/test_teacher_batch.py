@@ -16,25 +16,12 @@ from components.teacher.stage import finalize, run, run_shard
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
 from tests.teacher.conftest import (
+    batch_settings,
     demo_prompts,
     start_teacher_cli,
     teacher_config,
-    teacher_settings,
     wait_until,
 )
-
-FAST_POLLS = {"poll_s": 0.02, "poll_max_s": 0.1}
-
-
-def batch_settings(tmp_path, server, **batch) -> dict:
-    return teacher_settings(
-        tmp_path,
-        server.base_url,
-        mode="batch",
-        run_id="batch",
-        provider={"price_input_per_m": 1.0, "price_output_per_m": 2.0, "batch_price_factor": 0.5},
-        batch={**FAST_POLLS, **batch},
-    )
 
 
 def records(tmp_path) -> list:

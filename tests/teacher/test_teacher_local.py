@@ -15,35 +15,13 @@ from components.teacher import Config
 from components.teacher.local import LocalTeacher
 from components.teacher.stage import run
 from pipelines.demo_teacher import write_demo_dataset
-
-
-def make_config(tmp_path, model_dir, run_id="local", **provider) -> Config:
-    return from_dict(
-        Config,
-        {
-            "dataset": str(tmp_path / "prompts.jsonl"),
-            "output_dir": str(tmp_path / run_id),
-            "store_uri": str(tmp_path / "store"),
-            "run_id": run_id,
-            "progress_bar": False,
-            "test_ratio": 0.0,
-            "on_length": "keep",
-            "use_cache": False,
-            "provider": {
-                "name": "local",
-                "model": str(model_dir),
-                "max_tokens": 6,
-                "batch_size": 4,
-                **provider,
-            },
-        },
-    )
+from tests.teacher.conftest import local_teacher_config
 
 
 def test_local_teacher_answers_every_prompt_in_batches_reproducibly(tmp_path, tiny_teacher_dir):
     write_demo_dataset(tmp_path / "prompts.jsonl", 6)
-    first = run(make_config(tmp_path, tiny_teacher_dir, run_id="a"))
-    second = run(make_config(tmp_path, tiny_teacher_dir, run_id="b"))
+    first = run(local_teacher_config(tmp_path, tiny_teacher_dir, run_id="a"))
+    second = run(local_teacher_config(tmp_path, tiny_teacher_dir, run_id="b"))
     records_a = read_records(tmp_path / "a" / "train.jsonl")
     records_b = read_records(tmp_path / "b" / "train.jsonl")
     assert first.metrics["records"] == 6 and first.metrics["requests"] == 6
@@ -86,9 +64,9 @@ def test_a_peft_adapter_changes_the_teacher(tmp_path, tiny_teacher_dir):
     )
     adapted.save_pretrained(tmp_path / "adapter")
     write_demo_dataset(tmp_path / "prompts.jsonl", 4)
-    run(make_config(tmp_path, tiny_teacher_dir, run_id="plain", max_tokens=12))
+    run(local_teacher_config(tmp_path, tiny_teacher_dir, run_id="plain", max_tokens=12))
     run(
-        make_config(
+        local_teacher_config(
             tmp_path, tiny_teacher_dir, run_id="adapted", max_tokens=12, adapter=str(tmp_path / "adapter")
         )
     )
@@ -98,19 +76,19 @@ def test_a_peft_adapter_changes_the_teacher(tmp_path, tiny_teacher_dir):
     assert by_prompt.keys() == plain.keys() and by_prompt != plain
     assert all(r.teacher["params"]["adapter"] == str(tmp_path / "adapter") for r in with_adapter)
     # An adapter folder given as the model finds its base through adapter_config.json.
-    run(make_config(tmp_path, tmp_path / "adapter", run_id="adapter-as-model", max_tokens=12))
+    run(local_teacher_config(tmp_path, tmp_path / "adapter", run_id="adapter-as-model", max_tokens=12))
     as_model = read_records(tmp_path / "adapter-as-model" / "train.jsonl")
     assert {r.messages[0]["content"]: r.answer for r in as_model} == by_prompt
 
 
 def test_several_sampled_answers_per_prompt(tmp_path, tiny_teacher_dir):
     write_demo_dataset(tmp_path / "prompts.jsonl", 2)
-    run(make_config(tmp_path, tiny_teacher_dir, n=3, temperature=1.0, seed=7))
+    run(local_teacher_config(tmp_path, tiny_teacher_dir, n=3, temperature=1.0, seed=7))
     records = read_records(tmp_path / "local" / "train.jsonl")
     assert len(records) == 6 and len({r.id for r in records}) == 6
     assert len({r.answer for r in records}) > 2  # sampled, not three copies of one greedy answer
     with pytest.raises(ConfigError, match=r"provider\.n: 3 answers per prompt .* set provider\.temperature"):
-        run(make_config(tmp_path, tiny_teacher_dir, n=3))
+        run(local_teacher_config(tmp_path, tiny_teacher_dir, n=3))
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
@@ -118,7 +96,7 @@ def test_a_4bit_or_8bit_local_teacher_answers_on_cpu_as_on_cuda(
     tmp_path, tiny_teacher_dir, quantization, caplog
 ):
     write_demo_dataset(tmp_path / "prompts.jsonl", 4)
-    result = run(make_config(tmp_path, tiny_teacher_dir, quantization=quantization))
+    result = run(local_teacher_config(tmp_path, tiny_teacher_dir, quantization=quantization))
     assert result.metrics["records"] == 4
     assert len(read_records(tmp_path / "local" / "train.jsonl")) == 4
     if not torch.cuda.is_available():
@@ -130,9 +108,9 @@ def test_the_local_teacher_can_come_from_s3(tmp_path, tiny_teacher_dir, s3_endpo
 
     open_store("s3://distill").upload_dir(tiny_teacher_dir, "models/tiny-teacher")
     write_demo_dataset(tmp_path / "prompts.jsonl", 2)
-    result = run(make_config(tmp_path, "s3://distill/models/tiny-teacher", run_id="from-s3"))
+    result = run(local_teacher_config(tmp_path, "s3://distill/models/tiny-teacher", run_id="from-s3"))
     assert result.metrics["records"] == 2
-    local = run(make_config(tmp_path, tiny_teacher_dir, run_id="from-disk"))
+    local = run(local_teacher_config(tmp_path, tiny_teacher_dir, run_id="from-disk"))
     assert local.metrics["records"] == 2
     answers = {r.messages[0]["content"]: r.answer for r in read_records(tmp_path / "from-s3" / "train.jsonl")}
     assert answers == {
@@ -141,7 +119,7 @@ def test_the_local_teacher_can_come_from_s3(tmp_path, tiny_teacher_dir, s3_endpo
 
 
 def test_without_vllm_and_a_gpu_the_hf_engine_generates(tiny_teacher_dir):
-    teacher = LocalTeacher(make_config(Path("."), tiny_teacher_dir).provider)
+    teacher = LocalTeacher(local_teacher_config(Path("."), tiny_teacher_dir).provider)
     expected = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
     assert teacher.engine == expected
 
@@ -152,7 +130,7 @@ def test_without_vllm_and_a_gpu_the_hf_engine_generates(tiny_teacher_dir):
 )
 def test_vllm_and_hf_give_the_same_greedy_answers_and_records(tmp_path, tiny_teacher_dir):
     write_demo_dataset(tmp_path / "prompts.jsonl", 16)
-    teacher = LocalTeacher(make_config(tmp_path, tiny_teacher_dir).provider)
+    teacher = LocalTeacher(local_teacher_config(tmp_path, tiny_teacher_dir).provider)
     conversations = [
         [{"role": "user", "content": f"Reverse the letters of: {w}"}] for w in "abc de fgh".split()
     ]
@@ -162,5 +140,5 @@ def test_vllm_and_hf_give_the_same_greedy_answers_and_records(tmp_path, tiny_tea
     assert [(a.prompt_tokens, a.completion_tokens) for a in by_vllm] == [
         (a.prompt_tokens, a.completion_tokens) for a in by_hf
     ]
-    result = run(make_config(tmp_path, tiny_teacher_dir, run_id="vllm"))
+    result = run(local_teacher_config(tmp_path, tiny_teacher_dir, run_id="vllm"))
     assert result.metrics["records"] == 16

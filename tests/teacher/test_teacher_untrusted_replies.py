@@ -13,9 +13,14 @@ from components.teacher.limits import worst_cost
 from components.teacher.stage import run
 from pipelines.demo_teacher import write_demo_dataset
 from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
-from tests.teacher.conftest import demo_prompts, run_teacher_cli, teacher_config, teacher_settings
+from tests.teacher.conftest import (
+    batch_settings,
+    demo_prompts,
+    run_teacher_cli,
+    teacher_config,
+    teacher_settings,
+)
 from tests.teacher.faulty_teacher import Faults, start_faulty_teacher
-from tests.teacher.test_teacher_batch import batch_settings
 
 PRICES = {"price_input_per_m": 1000.0, "price_output_per_m": 1000.0}
 MISREPORTED = {
