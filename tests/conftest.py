@@ -15,6 +15,9 @@ import yaml
 from components.common.tiny_model import make_tiny_model
 from pipelines.loopback import ServerThread
 
+REPO = Path(__file__).resolve().parents[1]
+COMPILED = REPO / "pipelines" / "distill_pipeline.yaml"  # the committed, compiled pipeline
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -174,3 +177,18 @@ def cluster(tmp_path, monkeypatch):
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield fake
         fake.shutdown()
+
+
+def run_command(*args: str, env: dict[str, str] | None = None, limit_s: float = 30) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python -m <args>` run from the repository root, timed."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=max(120, 2 * limit_s),
+    )
+    assert time.monotonic() - started < limit_s, "the command took too long"
+    return result.returncode, result.stdout, result.stderr

@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from pipelines.run_check import STAGE_SPECS, pipeline_parameters
+from tests.conftest import COMPILED, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-COMPILED = REPO / "pipelines" / "distill_pipeline.yaml"
 DECLARED = [(spec.stage, parameter) for spec in STAGE_SPECS for parameter in spec.pipeline_parameters()]
 PLACEMENT = {parameter.name for spec in STAGE_SPECS for parameter in spec.placement}
 

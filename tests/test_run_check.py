@@ -1,7 +1,6 @@
 """The run check over a run's parameters: what the pipeline's first task and `submit --check` both do."""
 
 import inspect
-from pathlib import Path
 
 import pytest
 
@@ -9,8 +8,7 @@ from components.common.errors import ConfigError
 from pipelines.check_task import check_run
 from pipelines.run_check import check_stage_configs
 from pipelines.submit import pipeline_defaults
-
-COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "distill_pipeline.yaml"
+from tests.conftest import COMPILED
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.common.config import load_config, to_dict
-from tests.test_user_errors import run_command
+from tests.conftest import run_command
 
 STAGES = ["download", "teacher", "train", "merge", "evaluate", "register"]
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipelines.submit import main
-from tests.test_pipeline_parameters import COMPILED
+from tests.conftest import COMPILED
 
 CHECK = ["--check", "--package", str(COMPILED)]
 

@@ -8,30 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from pipelines.check_task import check_run
 from pipelines.submit import pipeline_defaults
-from tests.test_pipeline_parameters import COMPILED
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_command(*args: str, env: dict[str, str] | None = None, limit_s: float = 30) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `python -m <args>` run from the repository root, timed."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=max(120, 2 * limit_s),
-    )
-    assert time.monotonic() - started < limit_s, "the command took too long"
-    return result.returncode, result.stdout, result.stderr
+from tests.conftest import COMPILED, REPO, run_command
 
 
 def one_error_line(stderr: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from pipelines.recipe_stand_ins import laptop_run
 from pipelines.run_local import COMPILED, main
 from pipelines.submit import load_run_config, pipeline_parameters
-from tests.recipes.test_recipe_files import RECIPES
+from tests.recipes.conftest import RECIPES
 
 RECIPE = {path.stem: path for path in RECIPES}
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from pipelines.submit import main
-from tests.recipes.test_recipe_files import RECIPES, package  # noqa: F401  (the compiled-pipeline fixture)
+from tests.recipes.conftest import RECIPES
 
 RECIPE = {path.stem: path for path in RECIPES}
 SEED_OF = {

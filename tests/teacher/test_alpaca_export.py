@@ -11,7 +11,7 @@ from components.common.records import read_records
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server
 from tests.conftest import approve_hosts
-from tests.recipes.test_recipe_sources import TEXT
+from tests.recipes.conftest import TEXT
 from tests.teacher.conftest import teacher_config
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from aiohttp import web
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common.config import from_dict, to_dict
 from components.common.records import Record, record_id, write_records
@@ -158,3 +160,92 @@ def plant_code_in_optimizer_state(config, evidence: Path, rewrite_marker: bool) 
         data = (folder / "optimizer.pt").read_bytes()
         marker["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         (folder / "COMPLETE").write_text(json.dumps(marker))
+
+
+def vllm_app(
+    model_dir,
+    top_default: int = 5,
+    broken: bool = False,
+    spoil_last: bool = False,
+    refuse_lists: bool = False,
+    seen: list | None = None,
+) -> web.Application:
+    """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model: one
+    prompt of token ids, or a list of them (one choice each). `seen` gets each request's prompt count."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+
+    def choice(index: int, ids: list[int], k: int) -> dict:
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        scored: list[dict | None] = [None]
+        for t in range(1, len(ids)):
+            row = logprobs[t - 1]
+            top = row.topk(k)
+            position = {
+                str(int(i)): {"logprob": float(v), "rank": r + 1, "decoded_token": tokenizer.decode([int(i)])}
+                for r, (v, i) in enumerate(zip(top.values, top.indices, strict=True))
+            }
+            own = int(ids[t])
+            rank = int((row > row[own]).sum()) + 1
+            position.setdefault(
+                str(own), {"logprob": float(row[own]), "rank": rank, "decoded_token": tokenizer.decode([own])}
+            )
+            scored.append(position)
+        if broken:
+            scored = scored[:-1]
+        if spoil_last:
+            scored[-1] = {key: {**value, "logprob": 50.0} for key, value in scored[-1].items()}
+        next_id = int(logprobs[-1].argmax())
+        return {
+            "index": index,
+            "text": tokenizer.decode([next_id]),
+            "finish_reason": "length",
+            "prompt_logprobs": scored,
+            "logprobs": None,
+        }
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        prompts = body["prompt"]
+        if prompts and all(isinstance(i, int) for i in prompts):
+            prompts = [prompts]
+        elif refuse_lists:
+            return web.json_response({"error": "this test server takes one prompt"}, status=400)
+        if not prompts or not all(
+            isinstance(p, list) and all(isinstance(i, int) for i in p) for p in prompts
+        ):
+            return web.json_response({"error": "this test server takes token ids"}, status=400)
+        if seen is not None:
+            seen.append(len(prompts))
+        k = int(body.get("prompt_logprobs") or top_default)
+        tokens = sum(len(ids) for ids in prompts)
+        return web.json_response(
+            {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "model": body.get("model", ""),
+                "choices": [choice(index, ids, k) for index, ids in enumerate(prompts)],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": len(prompts), "total_tokens": tokens},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+def assert_same_scores(remote: list, want: list) -> None:
+    """The served teacher's positions equal the local model's, token by token and candidate by candidate."""
+    assert len(remote) == len(want)
+    for got_record, want_record in zip(remote, want, strict=True):
+        assert not got_record.bad and not want_record.bad
+        got_positions, want_positions = got_record.positions, want_record.positions
+        assert [e.token for e in got_positions] == [e.token for e in want_positions]
+        for got, expected in zip(got_positions, want_positions, strict=True):
+            assert got.bytes == expected.bytes and got.logprob == pytest.approx(expected.logprob, abs=1e-4)
+            assert [c.bytes for c in got.top_logprobs] == [c.bytes for c in expected.top_logprobs]
+            assert [c.logprob for c in got.top_logprobs] == pytest.approx(
+                [c.logprob for c in expected.top_logprobs], abs=1e-4
+            )

@@ -15,7 +15,7 @@ from components.train.config import KDSettings
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from pipelines.demo_scoring_server import scoring_app
 from pipelines.loopback import ServerThread
-from tests.train.test_train_teacher_http import assert_same_scores, vllm_app
+from tests.train.conftest import assert_same_scores, vllm_app
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 import time
 
 import pytest
-import torch
 from aiohttp import web
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,81 +17,7 @@ from components.train import Config
 from components.train.stage import run
 from components.train.teacher_scoring import HttpScorer, LocalScorer
 from pipelines.loopback import ServerThread
-from tests.train.conftest import assert_resume_reaches_the_same_weights
-
-
-def vllm_app(
-    model_dir,
-    top_default: int = 5,
-    broken: bool = False,
-    spoil_last: bool = False,
-    refuse_lists: bool = False,
-    seen: list | None = None,
-) -> web.Application:
-    """What `vllm serve` answers to /v1/completions with `prompt_logprobs`, from a tiny HF model: one
-    prompt of token ids, or a list of them (one choice each). `seen` gets each request's prompt count."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
-
-    def choice(index: int, ids: list[int], k: int) -> dict:
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-        scored: list[dict | None] = [None]
-        for t in range(1, len(ids)):
-            row = logprobs[t - 1]
-            top = row.topk(k)
-            position = {
-                str(int(i)): {"logprob": float(v), "rank": r + 1, "decoded_token": tokenizer.decode([int(i)])}
-                for r, (v, i) in enumerate(zip(top.values, top.indices, strict=True))
-            }
-            own = int(ids[t])
-            rank = int((row > row[own]).sum()) + 1
-            position.setdefault(
-                str(own), {"logprob": float(row[own]), "rank": rank, "decoded_token": tokenizer.decode([own])}
-            )
-            scored.append(position)
-        if broken:
-            scored = scored[:-1]
-        if spoil_last:
-            scored[-1] = {key: {**value, "logprob": 50.0} for key, value in scored[-1].items()}
-        next_id = int(logprobs[-1].argmax())
-        return {
-            "index": index,
-            "text": tokenizer.decode([next_id]),
-            "finish_reason": "length",
-            "prompt_logprobs": scored,
-            "logprobs": None,
-        }
-
-    async def completions(request: web.Request) -> web.Response:
-        body = await request.json()
-        prompts = body["prompt"]
-        if prompts and all(isinstance(i, int) for i in prompts):
-            prompts = [prompts]
-        elif refuse_lists:
-            return web.json_response({"error": "this test server takes one prompt"}, status=400)
-        if not prompts or not all(
-            isinstance(p, list) and all(isinstance(i, int) for i in p) for p in prompts
-        ):
-            return web.json_response({"error": "this test server takes token ids"}, status=400)
-        if seen is not None:
-            seen.append(len(prompts))
-        k = int(body.get("prompt_logprobs") or top_default)
-        tokens = sum(len(ids) for ids in prompts)
-        return web.json_response(
-            {
-                "id": "cmpl-test",
-                "object": "text_completion",
-                "model": body.get("model", ""),
-                "choices": [choice(index, ids, k) for index, ids in enumerate(prompts)],
-                "usage": {"prompt_tokens": tokens, "completion_tokens": len(prompts), "total_tokens": tokens},
-            }
-        )
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    return app
+from tests.train.conftest import assert_resume_reaches_the_same_weights, assert_same_scores, vllm_app
 
 
 def test_http_scores_equal_the_local_models_scores(tiny_teacher_dir, reversal_data):
@@ -103,21 +28,6 @@ def test_http_scores_equal_the_local_models_scores(tiny_teacher_dir, reversal_da
     with ServerThread(vllm_app(tiny_teacher_dir)) as server:
         remote = HttpScorer(server.url, "teacher", tokenizer, top_k=4).entries(prompts, answers)
     assert_same_scores(remote, local.entries(prompts, answers))
-
-
-def assert_same_scores(remote: list, want: list) -> None:
-    """The served teacher's positions equal the local model's, token by token and candidate by candidate."""
-    assert len(remote) == len(want)
-    for got_record, want_record in zip(remote, want, strict=True):
-        assert not got_record.bad and not want_record.bad
-        got_positions, want_positions = got_record.positions, want_record.positions
-        assert [e.token for e in got_positions] == [e.token for e in want_positions]
-        for got, expected in zip(got_positions, want_positions, strict=True):
-            assert got.bytes == expected.bytes and got.logprob == pytest.approx(expected.logprob, abs=1e-4)
-            assert [c.bytes for c in got.top_logprobs] == [c.bytes for c in expected.top_logprobs]
-            assert [c.logprob for c in got.top_logprobs] == pytest.approx(
-                [c.logprob for c in expected.top_logprobs], abs=1e-4
-            )
 
 
 def test_a_scored_position_holding_a_positive_logprob_is_marked_bad_not_trained_on(
