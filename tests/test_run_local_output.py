@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_user_errors import run_command
+from tests.conftest import run_command
 
 pytestmark = pytest.mark.slow
 
