@@ -20,19 +20,22 @@ def quantization_config(quantization: str):
     )
 
 
-def load_for_generation(weights: str | Path, tokenizer_folder: str | Path, **kwargs):
-    """(model, tokenizer) with remote code only where the folder's marker allows it. The tokenizer pads
-    on the left: in a batch every prompt must end where generation starts."""
+def load_for_generation(
+    weights: str | Path, tokenizer_folder: str | Path, remote_code: bool = False, **kwargs
+):
+    """(model, tokenizer) with remote code only where the run opted in (`remote_code`) and the folder's
+    marker allows it. The tokenizer pads on the left: in a batch every prompt must end where generation
+    starts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder)
+        tokenizer_folder, trust_remote_code=allows_remote_code(tokenizer_folder, remote_code)
     )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        weights, trust_remote_code=allows_remote_code(weights), **kwargs
+        weights, trust_remote_code=allows_remote_code(weights, remote_code), **kwargs
     )
     return model, tokenizer
 

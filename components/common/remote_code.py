@@ -7,7 +7,9 @@ With the opt-in the download stage fetches the repository's Python files from th
 store's download cache (others may write to the bucket), and writes remote_code.json into the model
 folder: the source, the commit and the sha256 of each Python file. A loader passes trust_remote_code=True
 only for a folder whose marker lists exactly the Python files the folder holds, with those digests
-(`allows_remote_code`); every other folder loads without remote code, as always. Limit: the marker
+(`allows_remote_code`), and only when the run opted in as well: train, merge and eval take the same
+`student_trust_remote_code` parameter as the download (`opt_in_field`), so a marker someone wrote
+into a folder by itself never runs code. Every other folder loads without remote code, as always. Limit: the marker
 travels in the model artifact, so whoever can rewrite the pipeline's artifacts can rewrite both.
 """
 
@@ -16,13 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import field
 from pathlib import Path
 
+from components.common.config import exposed
 from components.common.errors import ConfigError
 
 MARKER = "remote_code.json"
 COMMIT = re.compile(r"[0-9a-f]{40}")
 MOVING_REVISIONS = {"main", "master"}
+
+
+def opt_in_field():
+    """The run's opt-in, one pipeline parameter for every stage that loads the student."""
+    return field(
+        default=False,
+        metadata=exposed(
+            "student_trust_remote_code",
+            "run the student repository's own Python code (older Qwen); needs a commit in student_source@rev.",
+        ),
+    )
 
 
 def check_pinned(scheme: str, revision: str | None) -> None:
@@ -56,8 +71,11 @@ def write_marker(folder: Path, source: str, revision: str) -> None:
     (folder / MARKER).write_text(json.dumps(marker, indent=2))
 
 
-def allows_remote_code(folder: str | Path) -> bool:
-    """True only for a folder the download stage fetched with trust_remote_code, its code unchanged."""
+def allows_remote_code(folder: str | Path, opted_in: bool) -> bool:
+    """True only when the run opted in and the folder is one the download stage fetched with
+    trust_remote_code, its code unchanged."""
+    if not opted_in:
+        return False
     folder = Path(folder)
     try:
         files = json.loads((folder / MARKER).read_text())["files"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from components.common.config import exposed
 from components.common.errors import ConfigError
-from components.common.remote_code import check_pinned
+from components.common.remote_code import check_pinned, opt_in_field
 
 
 @dataclass
@@ -35,13 +35,7 @@ class Config:
     revision: str | None = None
     hf_token_env: str = "HF_TOKEN"
     use_cache: bool = True
-    trust_remote_code: bool = field(
-        default=False,
-        metadata=exposed(
-            "student_trust_remote_code",
-            "run the student repository's own Python code (older Qwen); needs a commit in student_source@rev.",
-        ),
-    )
+    trust_remote_code: bool = opt_in_field()
 
     def __post_init__(self) -> None:
         if not self.source.strip():

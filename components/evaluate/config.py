@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from components.common.config import exposed, from_dict
 from components.common.errors import ConfigError
+from components.common.remote_code import opt_in_field
 
 SYSTEMS = ("untrained", "distilled", "teacher")
 # Metrics where higher is better, so a `min_score` gate makes sense on them (see stage.check_gate).
@@ -176,6 +177,8 @@ class Config:
     seed: int = 0
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The run's opt-in to the students' own code (components/common/remote_code.py).
+    trust_remote_code: bool = opt_in_field()
     # Score the distilled student loaded in 8-bit or 4-bit (bitsandbytes), as it will be served.
     quantization: Literal["none", "8bit", "4bit"] = "none"
     engine: Literal["auto", "hf", "vllm"] = "auto"

@@ -49,8 +49,10 @@ def load_model(
     field: str,
     base_dir: str | Path = "",
     quantization: str = "none",
+    remote_code: bool = False,
 ):
-    """(model, tokenizer) from a Hugging Face folder, tokenizer set up for left-padded batches.
+    """(model, tokenizer) from a Hugging Face folder, tokenizer set up for left-padded batches; the
+    folder's own code runs only with `remote_code` (the run's opt-in) and its download marker.
 
     A PEFT adapter folder (adapter_config.json, e.g. the train output when merging is skipped) is applied
     unmerged on top of the model in `base_dir`. `quantization` "8bit" or "4bit" (NF4) loads the weights
@@ -69,7 +71,7 @@ def load_model(
         what = f"the adapter's base {weights}" if is_adapter else str(path)
         raise InputError(f"{field}: {what} is not a Hugging Face model folder (no config.json)")
     tokenizer_folder = path if (path / "tokenizer_config.json").is_file() else weights
-    model, tokenizer = load_for_generation(weights, tokenizer_folder, **kwargs)
+    model, tokenizer = load_for_generation(weights, tokenizer_folder, remote_code, **kwargs)
     if is_adapter:
         from peft import PeftModel
 

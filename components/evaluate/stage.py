@@ -184,7 +184,13 @@ def score_student(
     vllm = quantization == "none" and use_vllm(config.engine, device, path)
     generation = vllm_generate(path, test.prompts, config) if vllm else None
     model, tokenizer = load_model(
-        path, config.dtype, device, field, base_dir=config.student_dir, quantization=quantization
+        path,
+        config.dtype,
+        device,
+        field,
+        base_dir=config.student_dir,
+        quantization=quantization,
+        remote_code=config.trust_remote_code,
     )
     generation = generation or generate(model, tokenizer, test.prompts, config)
     count = len(test.records)

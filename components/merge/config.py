@@ -8,6 +8,7 @@ from typing import Literal
 
 from components.common.config import exposed
 from components.common.errors import ConfigError
+from components.common.remote_code import opt_in_field
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -68,6 +69,8 @@ class Config:
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The run's opt-in to the student's own code (components/common/remote_code.py).
+    trust_remote_code: bool = opt_in_field()
     tolerance: float | None = None
     probe_prompts: list[str] = field(default_factory=lambda: list(PROBE_PROMPTS))
     data_dir: str = ""

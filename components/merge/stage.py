@@ -73,15 +73,16 @@ def run(config: Config) -> Result:
     dtype = resolve_dtype(config.dtype, method, student_dir if is_adapter else trained_dir)
     device = resolve_device(config.device)
     tolerance = config.tolerance if config.tolerance is not None else DEFAULT_TOLERANCE[DTYPE_NAMES[dtype]]
-    tokenizer = load_tokenizer(trained_dir, student_dir)
+    remote_code = config.trust_remote_code
+    tokenizer = load_tokenizer(trained_dir, student_dir, remote_code)
     log.info("merge: %s output in %s on %s, dtype %s", method, trained_dir, device, DTYPE_NAMES[dtype])
 
     if is_adapter:
         model, reference = merge_adapter(
-            student_dir, trained_dir, tokenizer, dtype, device, config.probe_prompts
+            student_dir, trained_dir, tokenizer, dtype, device, config.probe_prompts, remote_code
         )
     else:
-        model, reference = load_model(trained_dir, dtype, device, "trained_dir"), None
+        model, reference = load_model(trained_dir, dtype, device, "trained_dir", remote_code), None
     parameters = sum(p.numel() for p in model.parameters())
     save_model(model, tokenizer, output_dir, config.max_shard_size)
     del model
@@ -89,7 +90,9 @@ def run(config: Config) -> Result:
 
     max_diff = 0.0
     if reference is not None:
-        max_diff = verify_merge(output_dir, reference, tokenizer, dtype, device, config.probe_prompts)
+        max_diff = verify_merge(
+            output_dir, reference, tokenizer, dtype, device, config.probe_prompts, remote_code
+        )
         log.info(
             "merge check: max |merged - (base + adapter)| logit = %.3g (tolerance %.3g)", max_diff, tolerance
         )
@@ -116,9 +119,11 @@ def run(config: Config) -> Result:
     return result
 
 
-def verify_merge(output_dir: Path, reference: torch.Tensor, tokenizer, dtype, device, prompts) -> float:
+def verify_merge(
+    output_dir: Path, reference: torch.Tensor, tokenizer, dtype, device, prompts, remote_code: bool = False
+) -> float:
     """Max |logit| difference between the merged model as written (reloaded from disk) and the reference."""
-    reloaded = load_model(output_dir, dtype, device)
+    reloaded = load_model(output_dir, dtype, device, remote_code=remote_code)
     got = probe_logits(reloaded, probe_batch(tokenizer, prompts, device))
     del reloaded
     gc.collect()
@@ -170,20 +175,27 @@ def check_model_folder(path: Path, field: str) -> None:
         raise InputError(f"{field}: {path} holds {what} config.json (a Hugging Face model folder)")
 
 
-def load_tokenizer(trained_dir: Path, student_dir: Path):
+def load_tokenizer(trained_dir: Path, student_dir: Path, remote_code: bool = False):
     """The train output's tokenizer when it saved one (it may carry a new chat template), else the base's."""
     from transformers import AutoTokenizer
 
     source = trained_dir if (trained_dir / "tokenizer_config.json").is_file() else student_dir
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=allows_remote_code(source))
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=allows_remote_code(source, remote_code))
 
 
-def load_model(path: Path, dtype: torch.dtype, device: torch.device, field: str = "student_dir"):
-    """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first."""
+def load_model(
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    field: str = "student_dir",
+    remote_code: bool = False,
+):
+    """A causal LM in `dtype` on `device`; a quantized checkpoint is dequantized first. The folder's own
+    code runs only with `remote_code` (the run's opt-in) and its download marker."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     check_model_folder(path, field)
-    remote_code = allows_remote_code(path)
+    remote_code = allows_remote_code(path, remote_code)
     if getattr(AutoConfig.from_pretrained(path, trust_remote_code=remote_code), "quantization_config", None):
         note_slow_on_cpu(f"dequantizing the quantized checkpoint {path}", device)
         model = AutoModelForCausalLM.from_pretrained(
@@ -214,11 +226,11 @@ def drop_quantized_loading(model) -> None:
         model._weight_conversions = [c for c in conversions if reversible(c)]
 
 
-def merge_adapter(student_dir, trained_dir, tokenizer, dtype, device, prompts):
+def merge_adapter(student_dir, trained_dir, tokenizer, dtype, device, prompts, remote_code: bool = False):
     """(merged model, reference logits of base + adapter before merging)."""
     from peft import PeftModel
 
-    base = load_model(student_dir, dtype, device)
+    base = load_model(student_dir, dtype, device, remote_code=remote_code)
     try:
         model = PeftModel.from_pretrained(base, str(trained_dir)).eval()
     except (ValueError, RuntimeError, KeyError) as error:

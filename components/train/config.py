@@ -14,6 +14,7 @@ from typing import Literal
 from components.common.chat_template import ChatTemplate
 from components.common.config import exposed
 from components.common.errors import ConfigError
+from components.common.remote_code import opt_in_field
 from components.common.runs import check_run_id
 
 
@@ -360,6 +361,8 @@ class Config:
     seed: int = field(
         default=0, metadata=exposed("seed", "seed of the teacher data's split and of training.")
     )
+    # The run's opt-in to the student's (and a KD teacher's) own code (components/common/remote_code.py).
+    trust_remote_code: bool = opt_in_field()
 
     # --- data -----------------------------------------------------------------------------------------
     # Token budget of one record after the chat template; see `truncation` for longer ones.

@@ -71,7 +71,7 @@ def load_student(config, device: torch.device, precision: str):
     if config.method == "qlora":
         kwargs.update(qlora_kwargs(device, precision))
     model = AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+        folder, trust_remote_code=allows_remote_code(folder, config.trust_remote_code), **kwargs
     )
     if config.method != "qlora":
         model.to(device)
@@ -176,7 +176,7 @@ def load_teacher(config, device: torch.device, precision: str):
         )
     kwargs.update(attention_kwargs(config))
     teacher = AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=allows_remote_code(folder), **kwargs
+        folder, trust_remote_code=allows_remote_code(folder, config.trust_remote_code), **kwargs
     )
     if config.kd.teacher_adapter:
         from peft import PeftModel

@@ -119,7 +119,8 @@ class DistillTrainer:
         if self.precision == "bf16":
             note_slow_on_cpu("precision: bf16", self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
-            config.student_dir, trust_remote_code=allows_remote_code(config.student_dir)
+            config.student_dir,
+            trust_remote_code=allows_remote_code(config.student_dir, config.trust_remote_code),
         )
         ensure_chat_template(self.tokenizer, config.student_dir, config.chat_template, "chat_template")
         self.sources, heldout = self._load_sources()
@@ -135,7 +136,8 @@ class DistillTrainer:
         if wants_teacher:
             # Compared before any model is loaded: a refusal costs no GPU time.
             teacher_tokenizer = AutoTokenizer.from_pretrained(
-                config.kd.teacher_dir, trust_remote_code=allows_remote_code(config.kd.teacher_dir)
+                config.kd.teacher_dir,
+                trust_remote_code=allows_remote_code(config.kd.teacher_dir, config.trust_remote_code),
             )
             self.same_tokens = teacher_tokenizer.get_vocab() == self.tokenizer.get_vocab()
             same_tokens = self.same_tokens

@@ -1,5 +1,6 @@
 """trust_remote_code is opt-in and pinned: refused without a commit, the hub download then brings the
-repository's code with a marker of its digests, and the loaders run that code only while it matches."""
+repository's code with a marker of its digests, and the loaders run that code only while it matches and
+the run opted in (a marker someone wrote beside code in a folder does not suffice)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from components.common.model_sources import hf_snapshot_arguments
 from components.common.remote_code import allows_remote_code, write_marker
 from components.download import Config as DownloadConfig
 from components.evaluate.generate import load_model
+from components.merge import Config as MergeConfig
+from components.merge.stage import run as run_merge
 from pipelines.submit import main
 from tests.recipes.conftest import RECIPES
 
@@ -100,17 +103,37 @@ def remote_code_model(tiny_model_dir, tmp_path) -> Path:
 
 def test_loaders_run_the_models_code_only_while_the_marker_vouches_for_it(remote_code_model):
     cpu = torch.device("cpu")
-    assert not allows_remote_code(remote_code_model)
+    assert not allows_remote_code(remote_code_model, opted_in=True)
     with pytest.raises(ValueError, match="tinyremote|trust_remote_code"):
-        load_model(remote_code_model, "auto", cpu, "trained_dir")
+        load_model(remote_code_model, "auto", cpu, "trained_dir", remote_code=True)
 
     write_marker(remote_code_model, "hf://org/tiny-remote", COMMIT)
-    model, _ = load_model(remote_code_model, "auto", cpu, "trained_dir")
+    model, _ = load_model(remote_code_model, "auto", cpu, "trained_dir", remote_code=True)
     assert type(model).__name__ == "TinyRemoteForCausalLM"
 
     with (remote_code_model / "modeling_tiny.py").open("a") as code:
         code.write("import os  # changed after the download\n")
-    assert not allows_remote_code(remote_code_model)
+    assert not allows_remote_code(remote_code_model, opted_in=True)
     (remote_code_model / "modeling_tiny.py").write_text(REMOTE_CODE)
     (remote_code_model / "extra_code.py").write_text("x = 1\n")
-    assert not allows_remote_code(remote_code_model)
+    assert not allows_remote_code(remote_code_model, opted_in=True)
+
+
+def test_a_marker_beside_the_code_runs_nothing_unless_the_run_opted_in(remote_code_model, tmp_path):
+    ran = tmp_path / "remote-code-ran"
+    (remote_code_model / "modeling_tiny.py").write_text(f"open({str(ran)!r}, 'w').close()\n" + REMOTE_CODE)
+    write_marker(remote_code_model, "hf://org/tiny-remote", COMMIT)  # as anyone who writes the folder can
+    merge = {"student_dir": str(remote_code_model), "trained_dir": str(remote_code_model), "device": "cpu"}
+
+    refused = None
+    try:
+        run_merge(from_dict(MergeConfig, {**merge, "output_dir": str(tmp_path / "a")}))
+    except ValueError as error:
+        refused = error
+    assert not ran.exists()
+    assert refused is not None and "trust_remote_code" in str(refused)
+
+    result = run_merge(
+        from_dict(MergeConfig, {**merge, "output_dir": str(tmp_path / "b"), "trust_remote_code": True})
+    )
+    assert ran.exists() and result.parameters > 0
