@@ -60,20 +60,13 @@ def reversal_data_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -> Path:
-    """The tiny student fully fine-tuned on the test answers until it reproduces them: a stand-in for a
-    distilled student that is cheap to make (a few steps on the tiny model) and certainly better than the untrained one."""
-    from components.common.records import read_records
-
-    path = tmp_path_factory.mktemp("distilled")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+def memorize(base_dir: Path, path: Path, pairs: list[tuple[str, str]], steps: int) -> Path:
+    """A copy of the model in `base_dir`, fully fine-tuned in `path` on the (prompt, answer) `pairs` until
+    it reproduces them: a student with a skill, cheap to make (a few steps on the tiny model)."""
+    shutil.copytree(base_dir, path, dirs_exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
-    examples = [
-        encode_example(tokenizer, r.messages[0]["content"], r.answer)
-        for r in read_records(reversal_data_dir / "test.jsonl")
-    ]
+    examples = [encode_example(tokenizer, prompt, answer) for prompt, answer in pairs]
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), tokenizer.pad_token_id)
     labels = torch.full((len(examples), width), -100)
@@ -87,13 +80,23 @@ def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(60):
+    for _ in range(steps):
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def memorized_student_dir(tiny_model_dir, reversal_data_dir, tmp_path_factory) -> Path:
+    """The tiny student fully fine-tuned on the test answers until it reproduces them: a stand-in for a
+    distilled student that is cheap to make (a few steps on the tiny model) and certainly better than the untrained one."""
+    from components.common.records import read_records
+
+    pairs = [(r.messages[0]["content"], r.answer) for r in read_records(reversal_data_dir / "test.jsonl")]
+    return memorize(tiny_model_dir, tmp_path_factory.mktemp("distilled"), pairs, steps=60)
 
 
 class ReversalJudge:
