@@ -66,6 +66,8 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         _set(run, "train_kd_teacher_source", TINY_TEACHER)
         _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
     _set(run, "teacher_dataset", str(_demo_dataset(run.params, teacher, folder)))
+    if teacher.get("mix"):
+        _override(run, "teacher", {"mix": None}, "one generated dataset")
     if _is_text(run.params):
         # The tiny tokenizer spends a token per UTF-8 byte: short chunks fit its max_length.
         small = {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40}

@@ -414,6 +414,10 @@ class Config:
     fields: FieldMap = field(default_factory=FieldMap)
     bad_lines: Literal["fail", "skip"] = "fail"
     max_samples: int | None = None
+    # Several datasets mixed into one, location -> the share of its own rows taken (a seeded sample of
+    # int(rows x share)), as seed 004 mixes {grpo_data.json: 0.7, sft_data.json: 0.3}; `dataset` is one
+    # of the locations. Each is read like `dataset` (format, fields, templates). None: `dataset` alone.
+    mix: dict[str, float] | None = None
     system_prompt: str | None = field(
         default=None,
         metadata=exposed(
@@ -480,6 +484,13 @@ class Config:
             raise ConfigError(f"concurrency: {self.concurrency} must be at least 1")
         if not 0 <= self.test_ratio < 1:
             raise ConfigError(f"test_ratio: {self.test_ratio} must be in [0, 1)")
+        if self.mix and self.dataset not in self.mix:
+            raise ConfigError(
+                f"mix: the dataset {self.dataset} must be one of its locations, e.g. mix: {{{self.dataset}: 0.7, "
+                "<another dataset>: 0.3}"
+            )
+        if any(not 0 < share <= 1 for share in (self.mix or {}).values()):
+            raise ConfigError(f"mix: each share of a dataset's rows must be in (0, 1], got {self.mix}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples: {self.max_samples} must be at least 1, or unset for all")
         if self.near_dup_threshold is not None and not 0 < self.near_dup_threshold <= 1:

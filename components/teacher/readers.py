@@ -22,9 +22,11 @@ line is left out, and the first SHOWN_SKIPPED of them are logged as "file:line: 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import random
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,8 +100,13 @@ class ReadStats:
 
 
 def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Prompt]:
-    """Every prompt of `config.dataset`, one at a time, with the system prompt and prompt template applied."""
+    """Every prompt of `config.dataset`, one at a time, with the system prompt and prompt template applied;
+    with `config.mix`, each location's seeded share of its prompts instead."""
     stats = stats if stats is not None else ReadStats()
+    if config.mix:
+        for location, share in config.mix.items():
+            yield from mixed_share(dataclasses.replace(config, dataset=location, mix=None), share, stats)
+        return
     if config.dataset.startswith(HF_DATASETS):
         rows = hub_rows(config.dataset, config.dataset_split, config.dataset_config)
         for prompt in _read_objects(rows, config.dataset_format, config, stats):
@@ -115,6 +122,15 @@ def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Pro
                 _apply_config(prompt, config)
                 yield prompt
     stats.log_summary()
+
+
+def mixed_share(config: Config, share: float, stats: ReadStats) -> Iterator[Prompt]:
+    """int(rows x share) of `config.dataset`'s prompts, drawn with a seed of (seed, location), in order."""
+    prompts = list(read_prompts(config, stats))
+    rng = random.Random(f"{config.seed}:{config.dataset}")
+    chosen = sorted(rng.sample(range(len(prompts)), int(len(prompts) * share)))
+    log.info("mix: %d of the %d prompts of %s (share %s)", len(chosen), len(prompts), config.dataset, share)
+    return (prompts[index] for index in chosen)
 
 
 def _local_files(dataset: str, scratch: Path) -> list[tuple[Path, str, str]]:

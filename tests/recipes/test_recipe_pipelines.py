@@ -237,6 +237,7 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
             "teacher_overrides": {
                 "provider": {"adapter": str(teacher_adapter), "quantization": "none"},
                 "on_length": "keep",
+                "mix": None,  # one generated dataset instead of the recipe's two
             },
             "train_kd_teacher_source": str(tiny_teacher_dir),
             "train_max_steps": 2,

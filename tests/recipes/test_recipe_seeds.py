@@ -83,6 +83,10 @@ SEED_VALUES = {
         ("stages.train.max_length", 512),
     ],
     "local_teacher_offline_online_kd": [
+        (
+            "stages.teacher.mix",
+            {"s3://distill/datasets/grpo_data.json": 0.7, "s3://distill/datasets/sft_data.json": 0.3},
+        ),
         ("stages.teacher.provider.quantization", "8bit"),
         ("stages.teacher.provider.max_tokens", 512),
         ("stages.teacher.provider.temperature", 0.7),
