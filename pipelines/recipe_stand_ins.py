@@ -66,8 +66,8 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         _set(run, "train_kd_teacher_source", TINY_TEACHER)
         _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
     _set(run, "teacher_dataset", str(_demo_dataset(run.params, teacher, folder)))
-    if teacher.get("mix"):
-        _override(run, "teacher", {"mix": None}, "one generated dataset")
+    if drop_mix(run.params):
+        run.substituted.append("teacher_overrides: mix dropped (one generated dataset)")
     if _is_text(run.params):
         # The tiny tokenizer spends a token per UTF-8 byte: short chunks fit its max_length.
         small = {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40}
@@ -93,6 +93,16 @@ def point_judge_at(params: dict[str, Any], base_url: str) -> None:
     teacher = params.get("teacher_overrides") or {}
     if (teacher.get("judge") or {}).get("enabled"):
         params["teacher_overrides"] = deep_merge(teacher, {"judge": {"provider": {"base_url": base_url}}})
+
+
+def drop_mix(params: dict[str, Any]) -> bool:
+    """Take the recipe's dataset mix out (its datasets are in the store): the stand-in dataset is read
+    alone. True when there was one."""
+    teacher = params.get("teacher_overrides") or {}
+    if not teacher.get("mix"):
+        return False
+    params["teacher_overrides"] = {key: value for key, value in teacher.items() if key != "mix"}
+    return True
 
 
 def _set(run: LaptopRun, name: str, value: Any) -> None:

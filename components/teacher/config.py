@@ -416,8 +416,8 @@ class Config:
     max_samples: int | None = None
     # Several datasets mixed into one, location -> the share of its own rows taken (a seeded sample of
     # int(rows x share)), as seed 004 mixes {grpo_data.json: 0.7, sft_data.json: 0.3}; `dataset` is one
-    # of the locations. Each is read like `dataset` (format, fields, templates). None: `dataset` alone.
-    mix: dict[str, float] | None = None
+    # of the locations. Each is read like `dataset` (format, fields, templates). Empty: `dataset` alone.
+    mix: dict[str, float] = field(default_factory=dict)
     system_prompt: str | None = field(
         default=None,
         metadata=exposed(
@@ -489,7 +489,7 @@ class Config:
                 f"mix: the dataset {self.dataset} must be one of its locations, e.g. mix: {{{self.dataset}: 0.7, "
                 "<another dataset>: 0.3}"
             )
-        if any(not 0 < share <= 1 for share in (self.mix or {}).values()):
+        if any(not 0 < share <= 1 for share in self.mix.values()):
             raise ConfigError(f"mix: each share of a dataset's rows must be in (0, 1], got {self.mix}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples: {self.max_samples} must be at least 1, or unset for all")

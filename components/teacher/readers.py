@@ -105,7 +105,7 @@ def read_prompts(config: Config, stats: ReadStats | None = None) -> Iterator[Pro
     stats = stats if stats is not None else ReadStats()
     if config.mix:
         for location, share in config.mix.items():
-            yield from mixed_share(dataclasses.replace(config, dataset=location, mix=None), share, stats)
+            yield from mixed_share(dataclasses.replace(config, dataset=location, mix={}), share, stats)
         return
     if config.dataset.startswith(HF_DATASETS):
         rows = hub_rows(config.dataset, config.dataset_split, config.dataset_config)

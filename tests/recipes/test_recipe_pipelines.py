@@ -20,7 +20,7 @@ from components.common.config import deep_merge
 from components.common.records import read_records, write_records
 from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from pipelines.recipe_stand_ins import STAND_INS, point_judge_at
+from pipelines.recipe_stand_ins import STAND_INS, drop_mix, point_judge_at
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.conftest import COMMENTS, RECIPES, TEXT, lay_out_hub_cache, messages, parquet_bytes
 from tests.train.conftest import reversal_record, reversal_records
@@ -39,6 +39,8 @@ def run_recipe(
     from pipelines.distill_pipeline import build_pipeline
 
     params = load_run_config(RECIPE[name], [], pipeline_parameters(compiled))
+    if "teacher_dataset" in changes:
+        drop_mix(params)
     for key, value in {**STAND_INS, **changes}.items():
         params[key] = deep_merge(params.get(key, {}), value) if key.endswith("_overrides") else value
     root = workdir / "pipeline_root"
@@ -237,7 +239,6 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
             "teacher_overrides": {
                 "provider": {"adapter": str(teacher_adapter), "quantization": "none"},
                 "on_length": "keep",
-                "mix": None,  # one generated dataset instead of the recipe's two
             },
             "train_kd_teacher_source": str(tiny_teacher_dir),
             "train_max_steps": 2,
