@@ -21,6 +21,7 @@ class Config:
     use_cache: reuse a previous download of the same source and revision from the store.
     trust_remote_code: fetch the repository's Python files too, for models whose architecture lives in
         them (older Qwen, ...); needs a pinned revision (components/common/remote_code.py).
+    keep_every: depth pruning (prune.py): keep layers 0, N, 2N, ... of the model; 1 keeps them all.
     """
 
     source: str = field(
@@ -36,10 +37,19 @@ class Config:
     hf_token_env: str = "HF_TOKEN"
     use_cache: bool = True
     trust_remote_code: bool = opt_in_field()
+    keep_every: int = field(
+        default=1,
+        metadata=exposed(
+            "student_keep_every",
+            "depth pruning: keep every Nth decoder layer of the student (2: every other), then distil; 1 keeps all.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ConfigError("source: empty; give hf://org/name, s3://bucket/prefix, a path or tiny://qwen2")
+        if self.keep_every < 1:
+            raise ConfigError(f"keep_every: {self.keep_every} must be at least 1 (1 keeps every layer)")
         if not self.output_dir:
             raise ConfigError("output_dir: empty; give the folder that receives the model")
         if self.trust_remote_code:
