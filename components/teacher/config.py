@@ -451,8 +451,9 @@ class Config:
     min_answered_ratio: float = 0.95
     # Extra copies of the kept train records for other trainers: sharegpt (+ dataset_info.json, the
     # layout LLaMA-Factory reads); alpaca (instruction/input/output, with chunk_id and category for raw
-    # text, as the published raw-text recipe writes them).
-    export: list[Literal["sharegpt", "alpaca"]] = field(default_factory=list)
+    # text, as the published raw-text recipe writes them); dpo (preference pairs from the judge's rejected
+    # answers, the gold answer as the chosen one, for a later preference stage as seed 001 plans).
+    export: list[Literal["sharegpt", "alpaca", "dpo"]] = field(default_factory=list)
 
     store_uri: str = ""
     run_id: str = "local"

@@ -8,8 +8,12 @@ sharegpt: output_dir/sharegpt/train.json and test.json (lists of {"conversations
 trains on them. alpaca: output_dir/alpaca/train.jsonl and test.jsonl, one {"instruction", "input": "",
 "output"} row per record (plus "system" when it has one), and for raw text the chunk's "chunk_id" and the
 prompt kind's "category" (问答 for question-answer prompts, 文章生成 for continuations, else the kind's
-name), the rows the published raw-text recipe trains on. The teacher's reasoning, when a record has it and the answer does not already hold it,
-goes before the answer as <think>...</think>, as R1-style reasoning datasets write it.
+name), the rows the published raw-text recipe trains on. dpo: output_dir/dpo/train.jsonl, one preference
+pair per answer the judge rejected, in TRL's conversational form {"prompt": [messages], "chosen":
+[{"role": "assistant", "content": <the gold answer>}], "rejected": [... <the teacher's answer>]}, which
+TRL's DPOTrainer takes for a preference stage after SFT. The teacher's reasoning, when a record has it
+and the answer does not already hold it, goes before the answer as <think>...</think>, as R1-style
+reasoning datasets write it (sharegpt).
 """
 
 from __future__ import annotations
@@ -84,3 +88,24 @@ def write_alpaca(output: Path, splits: tuple[str, ...]) -> None:
             for number, obj in iter_jsonl(source):
                 row = alpaca_row(Record.from_dict(obj, f"{source}:{number}"))
                 rows.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def dpo_pair(record: Record) -> dict:
+    return {
+        "prompt": record.prompt_messages,
+        "chosen": [{"role": "assistant", "content": record.reference}],
+        "rejected": [{"role": "assistant", "content": record.answer}],
+    }
+
+
+def write_dpo_pairs(output: Path) -> None:
+    """output/dpo/train.jsonl from output/rejected.jsonl: the records whose answer the judge rejected
+    against their gold answer (every rejected record has one)."""
+    folder = output / "dpo"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = output / "rejected.jsonl"
+    with (folder / "train.jsonl").open("w", encoding="utf-8") as pairs:
+        for number, obj in iter_jsonl(source):
+            record = Record.from_dict(obj, f"{source}:{number}")
+            if record.reference and record.answer:
+                pairs.write(json.dumps(dpo_pair(record), ensure_ascii=False) + "\n")

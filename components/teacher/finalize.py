@@ -22,7 +22,7 @@ from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.api import Choice
 from components.teacher.config import Config
-from components.teacher.export import write_alpaca, write_sharegpt
+from components.teacher.export import write_alpaca, write_dpo_pairs, write_sharegpt
 from components.teacher.journal import Entry, Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
 from components.teacher.providers import resolve_provider
@@ -94,6 +94,8 @@ def write_dataset(config: Config) -> dict[str, float]:
         write_sharegpt(output, ("train", "test"))
     if "alpaca" in config.export:
         write_alpaca(output, ("train", "test"))
+    if "dpo" in config.export:
+        write_dpo_pairs(output)
     metrics = {
         "records": train + test,
         "train": train,

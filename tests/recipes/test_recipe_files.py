@@ -52,6 +52,6 @@ def test_the_commands_in_a_recipes_header_change_only_what_they_name(package):
     params = load_run_config(recipe, assignments, pipeline_parameters(package))
     overrides = params["teacher_overrides"]
     assert overrides["fields"] == {"question": "question", "answer": "solutions"}
-    assert overrides["judge"]["enabled"] and overrides["export"] == ["sharegpt"]
+    assert overrides["judge"]["enabled"] and overrides["export"] == ["sharegpt", "dpo"]
     argv = ["--check", "--config", str(recipe), "--package", str(package)]
     assert main([*argv, *(item for a in assignments for item in ("--set", a))]) == 0
