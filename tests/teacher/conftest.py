@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from components.common.config import from_dict
 from components.common.store import open_store
 from components.teacher import Config
-from pipelines.demo_teacher import demo_words
+from pipelines.demo_teacher import demo_words, start_teacher_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,3 +116,15 @@ def batch_settings(tmp_path, server, **batch) -> dict:
         provider={"price_input_per_m": 1.0, "price_output_per_m": 2.0, "batch_price_factor": 0.5},
         batch={**FAST_POLLS, **batch},
     )
+
+
+@pytest.fixture
+def keyed_server(monkeypatch):
+    """The demo teacher on loopback requiring the key sk-test, which TEACHER_API_KEY holds, its host
+    approved for the key as the ConfigMap distill-approved-hosts would."""
+    from tests.conftest import approve_hosts
+
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
+    with start_teacher_server(api_key="sk-test") as running:
+        approve_hosts(monkeypatch, running.base_url)
+        yield running

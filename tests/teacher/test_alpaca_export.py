@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from components.common.records import read_records
 from components.teacher.stage import run
-from pipelines.demo_teacher import start_teacher_server
-from tests.conftest import approve_hosts
 from tests.recipes.conftest import TEXT
 from tests.teacher.conftest import teacher_config
 
 
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
-    with start_teacher_server(api_key="sk-test") as running:
-        approve_hosts(monkeypatch, running.base_url)
-        yield running
-
-
-def test_raw_text_records_export_as_the_seeds_alpaca_rows(tmp_path, server):
+def test_raw_text_records_export_as_the_seeds_alpaca_rows(tmp_path, keyed_server):
     folder = tmp_path / "raw"
     folder.mkdir()
     (folder / "data.txt").write_text(TEXT, encoding="utf-8")
     config = teacher_config(
         tmp_path,
-        server.base_url,
+        keyed_server.base_url,
         dataset=str(folder),
         dataset_format="text",
         text={"chunk_chars": 120, "kinds": {"qa_zh": 0.5, "continue_zh": 0.5}},

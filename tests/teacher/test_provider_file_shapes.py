@@ -9,8 +9,7 @@ import pytest
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher.stage import run
-from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from tests.conftest import approve_hosts
+from pipelines.demo_teacher import write_demo_dataset
 from tests.teacher.conftest import teacher_config
 
 SEED_FILE = """model:
@@ -24,17 +23,9 @@ SEED_FILE = """model:
 """
 
 
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
-    with start_teacher_server(api_key="sk-test") as running:
-        approve_hosts(monkeypatch, running.base_url)
-        yield running
-
-
-def test_the_seeds_teacher_config_yaml_names_the_teacher(tmp_path, server):
+def test_the_seeds_teacher_config_yaml_names_the_teacher(tmp_path, keyed_server):
     write_demo_dataset(tmp_path / "prompts.jsonl", 4)
-    (tmp_path / "teacher_config.yaml").write_text(SEED_FILE.format(base_url=server.base_url))
+    (tmp_path / "teacher_config.yaml").write_text(SEED_FILE.format(base_url=keyed_server.base_url))
     config = teacher_config(
         tmp_path,
         "",
@@ -49,9 +40,9 @@ def test_the_seeds_teacher_config_yaml_names_the_teacher(tmp_path, server):
     assert len(records) == 4 and {record.teacher["model"] for record in records} == {"demo-teacher"}
 
 
-def test_a_key_written_in_the_seeds_shape_is_refused_by_name(tmp_path, server):
+def test_a_key_written_in_the_seeds_shape_is_refused_by_name(tmp_path, keyed_server):
     write_demo_dataset(tmp_path / "prompts.jsonl", 4)
-    text = SEED_FILE.format(base_url=server.base_url).replace("api_key:\n", "api_key: sk-leaked\n", 1)
+    text = SEED_FILE.format(base_url=keyed_server.base_url).replace("api_key:\n", "api_key: sk-leaked\n", 1)
     (tmp_path / "teacher_config.yaml").write_text(text)
     config = teacher_config(
         tmp_path,
