@@ -219,13 +219,13 @@ def write_journal(config_path: Path, count: int) -> None:
     """The journal a finished run of `count` prompts leaves (one shard, compacted), written directly: the
     entries the stage writes for the demo teacher's answers, without asking for them."""
     from components.common.config import from_dict
+    from components.common.openai_api import Choice
+    from components.common.providers import resolve_provider
     from components.common.store import open_store
     from components.teacher import Config
-    from components.teacher.api import Choice
     from components.teacher.generate import Job, make_entry
     from components.teacher.journal import Journal, shard_name
     from components.teacher.plan import RecordIds
-    from components.teacher.providers import resolve_provider
     from components.teacher.readers import Prompt
     from pipelines.demo_teacher import demo_answer
 

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
+from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.images import image_for
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.common.stage_spec import StageSpec, component
 from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
-from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from components.train.multinode.kube import TRAIN_TOKEN_DIR
 from pipelines.check_task import check_run
 from pipelines.run_check import DOWNLOAD, EVAL, MERGE, REGISTER, TEACHER, TRAIN, pipeline_parameters
@@ -64,7 +64,7 @@ JUDGE_SECRET = ("distill-judge", {"api-key": JUDGE_KEY_ENV}, True)
 REGISTRY_SECRET = ("distill-registry", {"token": REGISTRY_TOKEN_ENV}, True)
 # ConfigMap with the S3 endpoint (MinIO, SeaweedFS); absent or empty values fall back to AWS.
 S3_CONFIGMAP = ("distill-s3-endpoint", {"endpoint-url": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION"})
-# ConfigMap with the hosts an administrator approved for the API keys (components/teacher/approved_hosts.py),
+# ConfigMap with the hosts an administrator approved for the API keys (components/common/approved_hosts.py),
 # for the tasks that hold a key.
 APPROVED_HOSTS_CONFIGMAP = ("distill-approved-hosts", {"api-hosts": APPROVED_HOSTS_ENV})
 # Each task gets the Secrets its stage reads and no other, so a task that is compromised (a poisoned

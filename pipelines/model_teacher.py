@@ -22,8 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from components.teacher.api import Answer
-from components.teacher.config import ProviderConfig
+from components.common.openai_api import Answer
+from components.common.provider_config import ProviderConfig
 from components.teacher.local import LocalTeacher
 from pipelines.demo_teacher import TeacherServer, error_response
 

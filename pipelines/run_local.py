@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.errors import ConfigError, InputError
 from components.common.logs import print_error
-from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.recipe_stand_ins import laptop_run, point_judge_at
 from pipelines.run_console import ANSI, console

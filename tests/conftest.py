@@ -141,8 +141,8 @@ def vendor_dir() -> Path:
 
 def approve_hosts(monkeypatch, *urls: str) -> None:
     """Approve the origins of `urls` (the tests' loopback servers) for API keys, as an administrator
-    does through the ConfigMap distill-approved-hosts (components/teacher/approved_hosts.py)."""
-    from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
+    does through the ConfigMap distill-approved-hosts (components/common/approved_hosts.py)."""
+    from components.common.approved_hosts import APPROVED_HOSTS_ENV
 
     monkeypatch.setenv(APPROVED_HOSTS_ENV, ",".join(urls))
 

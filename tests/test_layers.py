@@ -78,3 +78,20 @@ def test_tests_import_helpers_by_package_path_and_never_another_test():
         if found:
             offenders[str(path.relative_to(tests.parent))] = found
     assert offenders == {}
+
+
+def test_no_package_under_components_imports_another_but_common():
+    """What two stages share lives in components/common/: the provider config, named providers and API
+    client the judges use, the InferenceService both the hand-off and the served teacher create, model
+    sources and the download cache, the tiny model maker."""
+    offenders = {}
+    for path in sorted(COMPONENTS.rglob("*.py")):
+        owner = path.relative_to(COMPONENTS).parts[0]
+        found = sorted(
+            module
+            for module in imported_modules(path)
+            if module.startswith("components.") and module.split(".")[1] not in (owner, "common", "__init__")
+        )
+        if found:
+            offenders[str(path.relative_to(COMPONENTS.parent))] = found
+    assert offenders == {}

@@ -33,7 +33,11 @@ class JudgeConfig:
     concurrency: int = 4
 
     def __post_init__(self) -> None:
-        from components.teacher.config import JudgeProviderConfig, ProviderConfig, refuse_run_insecure_http
+        from components.common.provider_config import (
+            JudgeProviderConfig,
+            ProviderConfig,
+            refuse_run_insecure_http,
+        )
 
         if isinstance(self.provider, Mapping):
             self.provider = from_dict(JudgeProviderConfig, self.provider, where="judge.provider")

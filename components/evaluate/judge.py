@@ -6,7 +6,7 @@ answer B on odd ones, so a judge that favours a position gains neither side.
 
     win rate = (student wins + ties / 2) / judged samples      (0.5: as good as the teacher)
 
-Requests go through the teacher stage's client (components/teacher/api.py): any OpenAI-compatible
+Requests go through the teacher stage's client (components/common/openai_api.py): any OpenAI-compatible
 provider, key from the environment, 429/5xx retried with the provider's backoff settings.
 """
 
@@ -53,8 +53,8 @@ def judge_win_rate(
 
 
 async def _judge_all(config, questions, student, teacher) -> tuple[dict[str, float], list[str]]:
-    from components.teacher.api import ApiTeacher
-    from components.teacher.providers import resolve_provider
+    from components.common.openai_api import ApiTeacher
+    from components.common.providers import resolve_provider
 
     client = ApiTeacher(resolve_provider(config.provider), concurrency=config.concurrency)
     count = min(len(questions), config.max_samples)
@@ -102,7 +102,7 @@ async def judge_one(client, slots: asyncio.Semaphore, i: int, questions, student
 async def ask(client, prompt: str) -> str:
     """The judge's reply, or "error: <reason>" once retries are spent or the failure is permanent."""
     from components.common.backoff import backoff
-    from components.teacher.api import Answer, Failure
+    from components.common.openai_api import Answer, Failure
 
     provider = client.provider
     messages = [{"role": "user", "content": prompt}]

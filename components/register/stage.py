@@ -23,14 +23,14 @@ from typing import Any
 import yaml
 
 from components.common.errors import InputError
-from components.register.config import Config
-from components.register.inference_service import (
+from components.common.inference_service import (
     MODEL_LABEL,
     PART_OF,
     apply_inference_service,
     build_inference_service,
     pod_namespace,
 )
+from components.register.config import Config
 from components.register.registry import register, version_properties
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,14 @@ Entry points (no KFP import; component.py maps KFP inputs to these):
 prompt_tokens, completion_tokens, cost, total_cost, ...).
 
 Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
-files), providers.py + teacher_config.yaml (named providers), api.py (OpenAI-compatible client), local.py
+files), local.py
 (Hugging Face teacher, vLLM when installed), generate.py (worker pool, retries, answer policies),
 batch.py (mode: batch, the provider's Batch API), limits.py (rpm/tpm, budget),
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
 progress.py (bar, log lines), stage.py (run, run_shard, finalize, Result), finalize.py (merge and write
-the dataset), component.py (the KFP component).
+the dataset), component.py (its StageSpec). The provider config, named providers
+(teacher_config.yaml), approved key hosts and the OpenAI-compatible client, which the judges share, are in
+components/common/ (provider_config.py, providers.py, approved_hosts.py, openai_api.py).
 
 Importing the package loads its Config only (no torch, no clients): `run` and `Result` live in stage.py,
 so the pipeline's run check reads every stage's Config in one small image.

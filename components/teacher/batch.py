@@ -42,8 +42,8 @@ from typing import Any
 import openai
 
 from components.common.errors import InputError
+from components.common.openai_api import ApiTeacher, parse_completion
 from components.common.store import ArtifactStore
-from components.teacher.api import ApiTeacher, parse_completion
 from components.teacher.config import BatchConfig
 from components.teacher.generate import Generator, Job, prompt_fields
 from components.teacher.limits import worst_cost

@@ -17,15 +17,15 @@ from pathlib import Path
 
 from components.common.config import to_dict
 from components.common.logprobs import LOGPROBS_SCHEMA
+from components.common.openai_api import Choice
+from components.common.providers import resolve_provider
 from components.common.records import Record, stable_hash
 from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
-from components.teacher.api import Choice
 from components.teacher.config import Config
 from components.teacher.export import write_alpaca, write_dpo_pairs, write_sharegpt
 from components.teacher.journal import Entry, Journal, Spend, line_outcome, spent_by_shard
 from components.teacher.plan import plan
-from components.teacher.providers import resolve_provider
 from components.teacher.quality import split_keys
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from components.common.backoff import backoff
 from components.common.errors import InputError, StageStopped
-from components.teacher.api import Answer, Choice, Failure, Retry
+from components.common.openai_api import Answer, Choice, Failure, Retry
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge

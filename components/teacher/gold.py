@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from components.teacher.api import Answer, Choice
-from components.teacher.config import ProviderConfig
+from components.common.openai_api import Answer, Choice
+from components.common.provider_config import ProviderConfig
 
 NO_GOLD = "no gold answer in the dataset"
 

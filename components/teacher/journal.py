@@ -39,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from components.common.openai_api import Choice
 from components.common.store import ArtifactStore
-from components.teacher.api import Choice
 from components.teacher.limits import Budget
 
 log = logging.getLogger(__name__)

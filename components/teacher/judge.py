@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.common.backoff import backoff
-from components.teacher.api import Answer, ApiTeacher, Failure, Retry
+from components.common.openai_api import Answer, ApiTeacher, Failure, Retry
 from components.teacher.templates import render_file_template
 
 _VERDICT = re.compile(r"\b(ACCEPT|REJECT)\b", re.I)

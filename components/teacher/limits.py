@@ -15,6 +15,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from components.common.openai_api import valid_count
+
 log = logging.getLogger(__name__)
 
 
@@ -159,15 +161,6 @@ class Budget:
     def _wake(self) -> None:
         self._settled.set()
         self._settled = asyncio.Event()
-
-
-# Token counts beyond this are no provider's real usage, and would overflow a float cost.
-MAX_TOKEN_COUNT = 2**53
-
-
-def valid_count(value: object) -> bool:
-    """A token count as a provider may report it: a whole number (not a bool) in [0, MAX_TOKEN_COUNT]."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
 
 
 def token_cost(prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]) -> float:

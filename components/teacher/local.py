@@ -35,11 +35,11 @@ from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError
 from components.common.generation import load_for_generation, quantization_config
 from components.common.logprobs import TokenLogprob, usable
+from components.common.openai_api import Answer, Choice
+from components.common.provider_config import ProviderConfig
 from components.common.records import stable_hash
 from components.common.store import open_store
 from components.common.token_bytes import TokenBytes, token_bytes
-from components.teacher.api import Answer, Choice
-from components.teacher.config import ProviderConfig
 
 log = logging.getLogger(__name__)
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)

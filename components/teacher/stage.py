@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 from components.common.errors import ConfigError, StageStopped
 from components.common.lease import Lease
+from components.common.openai_api import ApiTeacher
+from components.common.providers import resolve_provider
 from components.common.store import open_store
-from components.teacher.api import ApiTeacher
 from components.teacher.batch import BatchRunner
 from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import write_dataset
@@ -38,7 +39,6 @@ from components.teacher.judge import Judge
 from components.teacher.limits import Budget, RateLimiter, shard_allowance
 from components.teacher.plan import Plan, jobs, plan
 from components.teacher.progress import Progress
-from components.teacher.providers import resolve_provider
 
 log = logging.getLogger(__name__)
 

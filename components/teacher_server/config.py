@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from components.common.errors import ConfigError, InputError
+from components.common.inference_service import ServingConfig
 from components.common.model_sources import parse_source
-from components.register.config import ServingConfig
 
 # The model sources KServe's storage initializer fetches by itself.
 SERVED_SCHEMES = ("hf", "s3")

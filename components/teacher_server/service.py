@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.common.errors import InputError
-from components.common.model_sources import parse_source
-from components.register.inference_service import (
+from components.common.inference_service import (
     GROUP,
     PLURAL,
     VERSION,
     build_inference_service,
     pod_namespace,
 )
+from components.common.model_sources import parse_source
 from components.teacher_server.config import Config
 
 log = logging.getLogger(__name__)

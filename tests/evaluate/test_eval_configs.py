@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from components.common.config import load_config
+from components.common.providers import resolve_provider
 from components.evaluate import Config
-from components.teacher.providers import resolve_provider
 
 SHIPPED = sorted((Path(__file__).parents[2] / "components" / "evaluate").glob("*.yaml"))
 

@@ -10,10 +10,10 @@ import os
 import pytest
 import yaml
 
+from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.images import STAGE_PACKAGES, STAGES
 from components.common.records import Record, record_id, write_records
 from components.common.tiny_model import make_tiny_model
-from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server
 
 pytestmark = pytest.mark.images
@@ -62,11 +62,11 @@ def test_teacher_image_holds_no_torch(cpu_images, run_in):
     assert done.stdout.strip() == "None"
 
 
-# The stage's own client (components/teacher/api.py), inside the image, against the demo teacher on loopback.
+# The stage's own client (components/common/openai_api.py), inside the image, against the demo teacher on loopback.
 ASK_TEACHER = """
 import asyncio, sys
-from components.teacher.api import ApiTeacher
-from components.teacher.config import ProviderConfig
+from components.common.openai_api import ApiTeacher
+from components.common.provider_config import ProviderConfig
 
 async def ask():
     provider = ProviderConfig(name="demo", base_url=sys.argv[1], model="demo-teacher", api_key_env="TEACHER_API_KEY")

@@ -12,7 +12,7 @@ the processes; a job succeeds when every pod has, and fails as soon as one pod f
 TrainJob first restarts all its pods (a JobSet restart) as often as its runtime's
 failurePolicy.maxRestarts allows. A TrainJob must name a ClusterTrainingRuntime in `runtimes`, and its
 pod container starts from the runtime's, with the TrainJob's trainer fields on top, as Trainer does.
-It also serves what components/register/inference_service.py calls: KServe InferenceServices (create,
+It also serves what components/common/inference_service.py calls: KServe InferenceServices (create,
 get, replace), stored as given with a resourceVersion that a replace must match.
 Every namespaced request is recorded as the RBAC rule it needs (`api_calls`), for comparing with the Role.
 """

@@ -16,9 +16,9 @@ import pytest
 from kfp import local
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.config import deep_merge
 from components.common.records import read_records, write_records
-from components.teacher.approved_hosts import APPROVED_HOSTS_ENV
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from pipelines.recipe_stand_ins import STAND_INS, drop_mix, point_judge_at
 from pipelines.submit import load_run_config, pipeline_parameters

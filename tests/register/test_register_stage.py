@@ -14,11 +14,10 @@ import yaml
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
+from components.common.inference_service import ServingConfig, build_inference_service, service_name
 from components.evaluate import Config as EvalConfig
 from components.evaluate.stage import run as run_eval
 from components.register import Config
-from components.register.config import ServingConfig
-from components.register.inference_service import build_inference_service, service_name
 from components.register.stage import HandOffRefused, run
 from pipelines.loopback import ServerThread
 from tests.capture_server import capture_server

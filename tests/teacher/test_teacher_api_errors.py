@@ -15,8 +15,8 @@ import pytest
 
 from components.common.backoff import backoff
 from components.common.errors import InputError
-from components.teacher.api import ApiTeacher, Retry
-from components.teacher.config import ProviderConfig
+from components.common.openai_api import ApiTeacher, Retry
+from components.common.provider_config import ProviderConfig
 from tests.conftest import free_port
 
 PING = [{"role": "user", "content": "hi"}]

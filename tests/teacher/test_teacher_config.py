@@ -9,8 +9,8 @@ import yaml
 
 from components.common.config import from_dict, load_config
 from components.common.errors import ConfigError
+from components.common.providers import load_presets, resolve_provider
 from components.teacher import Config, ProviderConfig
-from components.teacher.providers import load_presets, resolve_provider
 
 PACKAGE = Path(__file__).resolve().parents[2] / "components" / "teacher"
 

@@ -1,4 +1,4 @@
-"""API keys go only to hosts an administrator approved (components/teacher/approved_hosts.py), whatever
+"""API keys go only to hosts an administrator approved (components/common/approved_hosts.py), whatever
 base_url a run names: a real capture server on loopback, named by a run as the teacher or the judge, never
 receives the key; `submit --check` refuses allow_insecure_http from a run, naming the field."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from components.common.approved_hosts import key_may_go_to
 from components.common.errors import InputError
-from components.teacher.approved_hosts import key_may_go_to
 from components.teacher.stage import run
 from pipelines import submit
 from pipelines.demo_teacher import write_demo_dataset

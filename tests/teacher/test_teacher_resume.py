@@ -91,7 +91,7 @@ def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
 
 
 def test_the_resume_scan_reads_each_entrys_outcome_whatever_its_layout(tmp_path):
-    from components.teacher.api import Choice
+    from components.common.openai_api import Choice
     from components.teacher.generate import Job, make_entry
     from components.teacher.journal import Journal
     from components.teacher.readers import Prompt

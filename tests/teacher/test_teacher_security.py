@@ -16,9 +16,9 @@ import yaml
 
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
+from components.common.providers import resolve_provider
 from components.common.records import read_records
 from components.teacher import Config, ProviderConfig
-from components.teacher.providers import resolve_provider
 from components.teacher.readers import read_prompts
 from components.teacher.stage import run
 from components.teacher.templates import render_file_template

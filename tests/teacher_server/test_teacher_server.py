@@ -7,8 +7,7 @@ import jsonschema
 import pytest
 
 from components.common.errors import ConfigError, InputError
-from components.register.config import ServingConfig
-from components.register.inference_service import custom_objects_api
+from components.common.inference_service import ServingConfig, custom_objects_api
 from components.teacher_server.config import Config
 from components.teacher_server.service import remove, start, teacher_service
 

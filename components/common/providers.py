@@ -12,8 +12,8 @@ from pathlib import Path
 from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.plain_yaml import load_plain_yaml
+from components.common.provider_config import ProviderConfig
 from components.common.secrets import refuse_secret_path
-from components.teacher.config import ProviderConfig
 
 SHIPPED = Path(__file__).with_name("teacher_config.yaml")
 

@@ -23,18 +23,26 @@ from typing import Any
 import httpx2
 import openai
 
+from components.common.approved_hosts import APPROVED_HOSTS_ENV, key_may_go_to
 from components.common.backoff import retry_after
 from components.common.errors import InputError
 from components.common.logprobs import valid_prefix
+from components.common.provider_config import ProviderConfig
 from components.common.redact import redact_urls
 from components.common.secrets import optional_env, require_env
-from components.teacher.approved_hosts import APPROVED_HOSTS_ENV, key_may_go_to
-from components.teacher.config import ProviderConfig
-from components.teacher.limits import valid_count
 
 log = logging.getLogger(__name__)
 # httpx2 (under openai) logs every request URL at INFO; the stage reports its own progress instead.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+# Token counts beyond this are no provider's real usage, and would overflow a float cost.
+MAX_TOKEN_COUNT = 2**53
+
+
+def valid_count(value: object) -> bool:
+    """A token count as a provider may report it: a whole number (not a bool) in [0, MAX_TOKEN_COUNT]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
 
 
 @dataclass

@@ -40,7 +40,7 @@ def origin(url: str) -> Origin | None:
 
 def approved_origins() -> set[Origin]:
     """The shipped providers' origins and those listed in APPROVED_HOSTS_ENV."""
-    from components.teacher.providers import load_presets
+    from components.common.providers import load_presets
 
     urls = [preset.get("base_url") or "" for preset in load_presets().values() if isinstance(preset, dict)]
     urls += os.environ.get(APPROVED_HOSTS_ENV, "").split(",")

@@ -10,13 +10,68 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import InputError
-from components.register.config import ServingConfig
+from components.common.config import exposed, pipeline_only
+from components.common.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+
+# Kubernetes object names (DNS-1123 labels), which an InferenceService's name must be.
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass
+class ServingConfig:
+    """The KServe InferenceService of the model: the Hugging Face serving runtime with its vLLM backend.
+
+    name: the InferenceService's name (null: the model name, made a DNS label).
+    namespace: where it is created (null: the pod's own namespace).
+    gpus: nvidia.com/gpu of the predictor (0: CPU serving, for which the runtime falls back to its
+        Hugging Face backend).
+    cpu, memory: requests and limits of the predictor.
+    max_model_len: vLLM's context length (null: the model's); lower it to fit the KV cache on small GPUs.
+    runtime: a ServingRuntime name (null: KServe picks the one that supports the huggingface format).
+    service_account: the predictor's service account, whose Secret holds the store's S3 credentials.
+    args: extra arguments of the Hugging Face server, e.g. ["--dtype=bfloat16"].
+    """
+
+    name: str | None = None
+    namespace: str | None = field(
+        default=None,
+        metadata=exposed(
+            "register_namespace", "namespace of the InferenceService (empty: the pipeline's).", none_as=""
+        ),
+    )
+    gpus: int = field(default=1, metadata=exposed("register_gpus", "GPUs of the InferenceService predictor."))
+    cpu: str = "4"
+    memory: str = "32Gi"
+    max_model_len: int | None = None
+    runtime: str | None = None
+    service_account: str | None = field(
+        default=None,
+        metadata=pipeline_only(
+            "the predictor's service account, whose Secret holds the store's credentials: an "
+            "administrator's choice (the namespace's default account when unset)"
+        ),
+    )
+    args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("name", "namespace"):
+            value = getattr(self, name)
+            if value is not None and (len(value) > 63 or not DNS_LABEL.match(value)):
+                raise ConfigError(
+                    f"{name}: {value!r} is not a Kubernetes name; use lowercase letters, digits and '-', "
+                    f"starting with a letter, at most 63 characters"
+                )
+        if self.gpus < 0:
+            raise ConfigError(f"gpus: {self.gpus} must be 0 or more")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"max_model_len: {self.max_model_len} must be at least 1 (or null)")
+
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # The labels that mark an InferenceService as this project's, for one model: only such a one is replaced.
