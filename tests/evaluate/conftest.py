@@ -177,3 +177,9 @@ def eval_config(student: Path, trained: Path, data: Path, out: Path, **fields: A
     paths = {"student_dir": student, "trained_dir": trained, "data_dir": data, "output_dir": out}
     settings = {"max_new_tokens": 12, "batch_size": 4, **fields}
     return from_dict(Config, {**{name: str(path) for name, path in paths.items()}, **settings})
+
+
+def benchmark_config(student: Path, trained: Path, data: Path, out: Path, tasks, **benchmarks) -> Config:
+    """The eval run with lm-eval on `tasks` (and `benchmarks`' other fields), batches of 8."""
+    benchmarks = {"tasks": tasks, "batch_size": 8, **benchmarks}
+    return eval_config(student, trained, data, out, batch_size=8, benchmarks=benchmarks)

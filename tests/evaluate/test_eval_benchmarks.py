@@ -23,7 +23,7 @@ from components.evaluate.benchmarks import (
 )
 from components.evaluate.config import BenchmarkConfig
 from components.evaluate.stage import EvalGateError, run
-from tests.evaluate.conftest import eval_config
+from tests.evaluate.conftest import benchmark_config
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +68,6 @@ def local_tasks(reversal_data_dir, tmp_path_factory) -> Path:
     (folder / "reverse_gen.yaml").write_text(yaml.safe_dump(generation))
     (folder / "reverse_choice.yaml").write_text(yaml.safe_dump(choice))
     return folder
-
-
-def benchmark_config(student: Path, trained: Path, data: Path, out: Path, tasks, **benchmarks) -> Config:
-    """The eval run with lm-eval on `tasks` (and `benchmarks`' other fields), batches of 8."""
-    benchmarks = {"tasks": tasks, "batch_size": 8, **benchmarks}
-    return eval_config(student, trained, data, out, batch_size=8, benchmarks=benchmarks)
 
 
 def test_benchmarks_score_each_student_and_the_report_shows_the_table_and_the_gate(

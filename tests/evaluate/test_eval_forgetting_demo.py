@@ -11,8 +11,7 @@ import pytest
 
 from components.evaluate.benchmarks import SHIPPED_TASKS
 from components.evaluate.stage import EvalGateError, run
-from tests.evaluate.conftest import memorize
-from tests.evaluate.test_eval_benchmarks import benchmark_config
+from tests.evaluate.conftest import benchmark_config, memorize
 
 GATE = {"demo_copy": 5}
 
