@@ -77,7 +77,9 @@ def accelerator_for(config):
 
 def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
     """The launcher command for this run, or None to train in this process."""
-    if config.launcher == "none" or gpus <= 1 or "LOCAL_RANK" in os.environ:
+    # DeepSpeed needs a process group even on one GPU or a CPU: a launcher of one rank gives it one.
+    ranks = max(gpus, 1) if config.deepspeed != "none" else gpus
+    if config.launcher == "none" or ranks <= 1 and config.deepspeed == "none" or "LOCAL_RANK" in os.environ:
         return None
     if config.launcher == "accelerate":
         return [
@@ -85,7 +87,7 @@ def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
             "-m",
             "accelerate.commands.launch",
             "--num_processes",
-            str(gpus),
+            str(ranks),
             "-m",
             "components.train",
             "--config",
@@ -97,7 +99,7 @@ def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
-        str(gpus),
+        str(ranks),
         "-m",
         "components.train",
         "--config",
@@ -106,7 +108,8 @@ def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
 
 
 def maybe_relaunch(config) -> bool:
-    """Run the stage on every visible GPU in child processes; False when this process should train."""
+    """Run the stage on every visible GPU (or, for DeepSpeed, one CPU rank) in child processes; False when
+    this process should train."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -115,8 +118,10 @@ def maybe_relaunch(config) -> bool:
         command = relaunch_command(config, config_file, gpus)
         if command is None:
             return False
+        if not gpus and config.deepspeed != "none":
+            deepspeed_cpu.prepare(config.deepspeed)  # its refusals in this process, in one line
         config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        log.info("training on %d GPUs: %s", gpus, " ".join(command))
+        log.info("training on %s: %s", f"{gpus} GPUs" if gpus else "the CPU", " ".join(command))
         completed = subprocess.run(command, check=False)
         if completed.returncode != 0:
             raise RuntimeError(f"distributed training failed with exit code {completed.returncode}")

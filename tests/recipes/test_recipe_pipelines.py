@@ -1,9 +1,10 @@
 """The five recipes run whole, as their run files say, through kfp.local with tiny stand-ins: a tiny
 student and a tiny local teacher (with a LoRA adapter) made on the spot, the loopback demo teacher in place
 of the APIs, local folders and an offline Hugging Face cache in place of the bucket and the Hub, a few
-steps instead of epochs, and no GPU: DeepSpeed, bf16 and bitsandbytes (the 4-bit eval, 8-bit teachers) are
-switched off here and their wiring is checked in test_recipe_gpus.py. Each test asserts the recipe's
-distinctive behaviour on the artifacts the run leaves."""
+steps instead of epochs. Each keeps its recipe's method, quantization (bitsandbytes on the CPU), precision,
+DeepSpeed stage (on one CPU rank), KD kind and curriculum; only what needs a GPU is swapped (GPU counts,
+flash-attn, vLLM servers, fp16 autocast), and each test prints what. Each test asserts the recipe's distinctive behaviour
+on the artifacts the run leaves."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from kfp import local
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -30,6 +32,23 @@ RECIPE = {path.stem: path for path in RECIPES}
 API_KEY = "recipe-test-key"
 
 
+def gpu_swaps(recipe: dict[str, Any], changes: dict[str, Any]) -> dict[str, str]:
+    """What of the recipe's GPU settings this run replaces: GPU counts, flash-attn, a vLLM server (fp16 in
+    run_recipe)."""
+    swaps = {
+        key: f"{recipe.get(key)} -> {value}"
+        for key, value in changes.items()
+        if key.endswith("_gpus") and recipe.get(key) != value
+    }
+    for stage in ("train", "eval"):
+        attention = recipe.get(f"{stage}_overrides", {}).get("attention")
+        if attention == "flash_attention_2":
+            swaps[f"{stage}.attention"] = "flash_attention_2 -> sdpa"
+    if recipe.get("teacher_provider") == "vllm":
+        swaps["teacher"] = "vLLM server -> the loopback demo teacher"
+    return swaps
+
+
 def run_recipe(
     name: str, compiled: Path, workdir: Path, changes: dict[str, Any], judge_base_url: bool = False
 ) -> Path:
@@ -41,8 +60,14 @@ def run_recipe(
     params = load_run_config(RECIPE[name], [], pipeline_parameters(compiled))
     if "teacher_dataset" in changes:
         drop_mix(params)
+    swaps = gpu_swaps(params, {**STAND_INS, **changes})
     for key, value in {**STAND_INS, **changes}.items():
         params[key] = deep_merge(params.get(key, {}), value) if key.endswith("_overrides") else value
+    train = params.get("train_overrides") or {}
+    if train.get("precision") == "fp16" and not torch.cuda.is_available():
+        params["train_overrides"] = {**train, "precision": "bf16"}
+        swaps["train.precision"] = "fp16 -> bf16 (accelerate autocasts fp16 only on a GPU)"
+    print(f"{name}: swapped for want of a GPU: {swaps}")
     root = workdir / "pipeline_root"
     with start_teacher_server(api_key=API_KEY) as server:
         os.environ["TEACHER_API_KEY"] = API_KEY
@@ -122,8 +147,6 @@ def test_recipe_3_runs_three_phases_at_temperatures_4_2_1_with_best_weights_per_
             "train_kd_teacher_source": str(tiny_teacher_dir),
             "train_overrides": {
                 "datasets": {"general": teacher_data("general", 1), "domain": teacher_data("domain", 2)},
-                "precision": "auto",
-                "kd": {"teacher_8bit": False},
                 "max_length": 64,
                 "logging_steps": 1,
                 "eval_steps": 2,
@@ -158,9 +181,6 @@ def test_recipe_1_builds_each_prompt_from_several_fields_under_the_persona(tmp_p
             "teacher_overrides": {"max_answer_chars": 400},
             "teacher_test_ratio": 0.5,
             "train_max_steps": 2,
-            "train_overrides": {"deepspeed": "none", "precision": "auto"},
-            "eval_gpus": 0,
-            "eval_overrides": {"quantization": "none"},
         },
     )
 
@@ -175,6 +195,9 @@ def test_recipe_1_builds_each_prompt_from_several_fields_under_the_persona(tmp_p
         assert record.reference in ("哈哈哈", "真的吗")
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
     assert summary["method"] == "qlora" and summary["steps"] == 2
+    assert summary["deepspeed"] == "zero2" and summary["precision"] == "bf16"
+    scored = json.loads(next(root.rglob("evaluate-student/results/eval.json")).read_text())
+    assert scored["config"]["quantization"] == "4bit"  # the student scored as it will be served
     report = next(root.rglob("evaluate-student/report")).read_text()
     assert "视频标题" in report  # the side-by-side samples of teacher and students
 
@@ -203,7 +226,7 @@ def test_recipe_2_judges_reasoning_answers_against_gold_and_exports_sharegpt(
             "teacher_test_ratio": 0.25,
             "teacher_overrides": {"judge": {"provider": {"name": "openai", "model": "demo-teacher"}}},
             "train_max_steps": 2,
-            "train_overrides": {"deepspeed": "none", "precision": "auto", "gradient_accumulation_steps": 2},
+            "train_overrides": {"gradient_accumulation_steps": 2},
         },
         judge_base_url=True,
     )
@@ -217,6 +240,7 @@ def test_recipe_2_judges_reasoning_answers_against_gold_and_exports_sharegpt(
     assert exported and all(row["conversations"][1]["value"].startswith("<think>") for row in exported)
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
     assert summary["method"] == "full" and summary["steps"] == 2
+    assert summary["deepspeed"] == "zero3" and summary["precision"] == "bf16"
 
 
 def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
@@ -235,17 +259,15 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
             "teacher_provider": "local",
             "teacher_model": str(tiny_teacher_dir),
             "teacher_max_tokens": 8,
-            "teacher_gpus": 0,
             "teacher_overrides": {
-                "provider": {"adapter": str(teacher_adapter), "quantization": "none"},
+                "provider": {"adapter": str(teacher_adapter)},
                 "on_length": "keep",
             },
             "train_kd_teacher_source": str(tiny_teacher_dir),
             "train_max_steps": 2,
             "train_overrides": {
-                "precision": "auto",
                 "logging_steps": 1,
-                "kd": {"teacher_8bit": False, "teacher_adapter": str(teacher_adapter)},
+                "kd": {"teacher_adapter": str(teacher_adapter)},
             },
         },
     )
@@ -256,5 +278,7 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
     events = EventAccumulator(str(next(root.rglob("train-student/tensorboard"))))
     events.Reload()
     assert [e.value for e in events.Scalars("train/kd_temperature")] == [2.0, 2.0]
+    summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
+    assert summary["precision"] == "bf16"
     metrics = json.loads(next(root.rglob("evaluate-student/results/eval.json")).read_text())["metrics"]
     assert {"distilled_bleu", "distilled_rouge_l", "distilled_perplexity"} <= set(metrics)

@@ -151,6 +151,9 @@ def test_more_than_one_gpu_relaunches_on_all_of_them(make_config, tmp_path, monk
     accelerate = relaunch_command(make_config(launcher="accelerate"), file, gpus=2)
     assert accelerate[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
     assert relaunch_command(make_config(launcher="none"), file, gpus=8) is None
+    # DeepSpeed needs a process group on one device or a CPU too: one rank under torchrun.
+    zero = relaunch_command(make_config(deepspeed="zero2"), file, gpus=0)
+    assert zero[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert relaunch_command(make_config(), file, gpus=4) is None, "a rank never relaunches itself"
 
