@@ -451,14 +451,16 @@ class DistillTrainer:
                     )
                     window = {}
                 if self.evaluator and (phase_step % config.eval_steps == 0 or phase_step == total):
-                    self.evaluator.evaluate(
-                        acc.unwrap_model(self.model).student,
-                        phase,
-                        phase_step,
-                        self.global_step,
-                        trackers,
-                        self._save_weights,
-                    )
+                    # The unwrapped student, in the training's autocast: a bf16 base feeds fp32 adapters.
+                    with acc.autocast():
+                        self.evaluator.evaluate(
+                            acc.unwrap_model(self.model).student,
+                            phase,
+                            phase_step,
+                            self.global_step,
+                            trackers,
+                            self._save_weights,
+                        )
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
                     save_checkpoint(self, self.checkpoints)
             progress.close()

@@ -96,7 +96,9 @@ def test_qlora_trains_adapters_on_a_4bit_student_on_cpu(make_config, caplog, mon
 def test_bf16_autocast_trains_on_cpu(make_config, tiny_model_dir, method, caplog):
     from transformers import AutoModelForCausalLM
 
-    config = make_config(method=method, precision="bf16", max_steps=3)
+    # With held-out evaluation and samples: they run the unwrapped student, in the same autocast.
+    held_out = {"eval_steps": 3, "eval_samples": 2, "sample_count": 1, "sample_max_new_tokens": 4}
+    config = make_config(method=method, precision="bf16", max_steps=3, **held_out)
     result = run(config)
     assert result.steps == 3 and math.isfinite(result.final_loss)
     if method == "lora":
