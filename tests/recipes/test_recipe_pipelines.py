@@ -44,7 +44,8 @@ def gpu_swaps(recipe: dict[str, Any], changes: dict[str, Any]) -> dict[str, str]
         attention = recipe.get(f"{stage}_overrides", {}).get("attention")
         if attention == "flash_attention_2":
             swaps[f"{stage}.attention"] = "flash_attention_2 -> sdpa"
-    if recipe.get("teacher_provider") == "vllm":
+    provider = (recipe.get("teacher_overrides") or {}).get("provider") or {}
+    if "vllm" in (recipe.get("teacher_provider"), provider.get("name")):
         swaps["teacher"] = "vLLM server -> the loopback demo teacher"
     return swaps
 
