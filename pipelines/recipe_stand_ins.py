@@ -72,7 +72,9 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         # The tiny tokenizer spends a token per UTF-8 byte: short chunks fit its max_length.
         small = {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40}
         _override(run, "teacher", small, "the tiny tokenizer's byte tokens")
-    _set(run, "teacher_max_tokens", 64 if teacher.get("prompt_template") or _is_text(run.params) else 24)
+    # The demo teacher's reasoning and its echo of a long prompt count against max_tokens; the tiny local
+    # teacher generates slowly, so it writes a few tokens only.
+    _set(run, "teacher_max_tokens", 8 if local_teacher else 96)
     if teacher.get("max_answer_chars"):
         _override(run, "teacher", {"max_answer_chars": None}, "the demo teacher's echoed prompts")
     if (teacher.get("judge") or {}).get("enabled"):
