@@ -60,8 +60,13 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         if not (local_teacher and name in ("teacher_provider", "teacher_model")):
             _set(run, name, value)
     if local_teacher:
-        _set(run, "teacher_model", TINY_TEACHER)
-        _override(run, "teacher", {"provider": {"adapter": None, "quantization": "none"}}, "local teacher")
+        _set(run, "teacher_model", str(_tiny_teacher_folder(folder)))
+        _override(
+            run,
+            "teacher",
+            {"provider": {"adapter": "", "quantization": "none"}, "on_length": "keep"},
+            "local teacher",
+        )
     if run.params.get("train_kd_teacher_source"):
         _set(run, "train_kd_teacher_source", TINY_TEACHER)
         _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
@@ -76,7 +81,8 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
     # teacher generates slowly, so it writes a few tokens only.
     _set(run, "teacher_max_tokens", 8 if local_teacher else 96)
     if teacher.get("max_answer_chars"):
-        _override(run, "teacher", {"max_answer_chars": None}, "the demo teacher's echoed prompts")
+        # KFP parameters carry no null: the cap is lifted with a large one.
+        _override(run, "teacher", {"max_answer_chars": 100_000}, "the demo teacher's echoed prompts")
     if (teacher.get("judge") or {}).get("enabled"):
         judge = {"name": "openai", "model": "demo-teacher", "api_key_env": "TEACHER_API_KEY"}
         _override(run, "teacher", {"judge": {"provider": judge}}, "judge")
@@ -118,6 +124,16 @@ def _override(run: LaptopRun, stage: str, change: dict[str, Any], why: str) -> N
     key = f"{stage}_overrides"
     run.params[key] = deep_merge(run.params.get(key) or {}, change)
     run.substituted.append(f"{key}: {json.dumps(change, ensure_ascii=False)} ({why})")
+
+
+def _tiny_teacher_folder(folder: Path) -> Path:
+    """The tiny teacher made once in a folder: a local teacher's model is a folder, not a source."""
+    from components.common.tiny_model import make_tiny_model
+
+    path = folder / "tiny-teacher"
+    if not (path / "config.json").is_file():
+        make_tiny_model(TINY_TEACHER, path)
+    return path
 
 
 def _is_text(params: dict[str, Any]) -> bool:
