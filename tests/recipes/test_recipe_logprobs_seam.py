@@ -20,6 +20,7 @@ from components.train.sparse_kd import attach_topk, join_logprobs_file
 from components.train.stage import run as run_train
 from pipelines.demo_teacher import start_teacher_server
 from pipelines.model_teacher import start_model_teacher
+from tests.conftest import approve_hosts
 from tests.teacher.batch_teacher import start_batch_teacher
 from tests.teacher.conftest import local_teacher_config, teacher_config
 
@@ -30,6 +31,12 @@ PROMPTS = ["请解释知识蒸馏 (distillation) 是什么", "Reverse the letter
 @pytest.fixture(autouse=True)
 def keyed(monkeypatch):
     monkeypatch.setenv("TEACHER_API_KEY", "sk-test")
+
+
+@pytest.fixture
+def approve(monkeypatch):
+    """Approves a loopback teacher's host for the key, as an administrator lists a served teacher."""
+    return lambda server: approve_hosts(monkeypatch, server.base_url)
 
 
 @pytest.fixture
@@ -104,10 +111,11 @@ def assert_k_candidates_everywhere(records, tokenizer) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_api_teacher_logprobs_give_train_k_candidates_and_exact_chinese_bytes(
-    tmp_path, tiny_model_dir, student_tokenizer, stream
+    tmp_path, tiny_model_dir, student_tokenizer, stream, approve
 ):
     write_prompts(tmp_path)
     with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        approve(server)
         config = teacher_config(
             tmp_path,
             server.base_url,
@@ -121,11 +129,14 @@ def test_api_teacher_logprobs_give_train_k_candidates_and_exact_chinese_bytes(
     assert_k_candidates_everywhere(records, student_tokenizer)
 
 
-def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(tmp_path, student_tokenizer):
+def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(
+    tmp_path, student_tokenizer, approve
+):
     """The demo teacher cuts Chinese into two-byte tokens, the student into one-byte ones: positions
     starting together compare sorted probabilities over all k candidates."""
     write_prompts(tmp_path)
     with start_teacher_server(api_key="sk-test") as server:
+        approve(server)
         run_teacher(
             teacher_config(
                 tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0
@@ -138,9 +149,10 @@ def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(tm
     assert counts.sorted_positions > 0 and counts.mean_candidates == pytest.approx(K, abs=1.5)
 
 
-def test_batch_teacher_logprobs_give_train_k_candidates(tmp_path, student_tokenizer):
+def test_batch_teacher_logprobs_give_train_k_candidates(tmp_path, student_tokenizer, approve):
     write_prompts(tmp_path)
     with start_batch_teacher(logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        approve(server)
         config = teacher_config(
             tmp_path,
             server.base_url,
@@ -178,10 +190,11 @@ def assert_a_models_top_k_reach_train(out, tokenizer) -> None:
 
 
 def test_train_stage_reports_candidates_per_position_and_warns_when_only_the_sampled_token_is_stored(
-    tmp_path, tiny_model_dir, student_tokenizer, caplog
+    tmp_path, tiny_model_dir, student_tokenizer, caplog, approve
 ):
     write_prompts(tmp_path)
     with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        approve(server)
         for name, top in (("top", K), ("sampled", 0)):
             config = teacher_config(
                 tmp_path,
