@@ -24,9 +24,19 @@ from components.common.images import image_for
 from components.common.secrets import JUDGE_KEY_ENV, TEACHER_KEY_ENV
 from components.common.stage_spec import StageSpec, component
 from components.register.registry import TOKEN_ENV as REGISTRY_TOKEN_ENV
+from components.teacher_server.component import REMOVE as REMOVE_TEACHER_SERVER
 from components.train.multinode.kube import TRAIN_TOKEN_DIR
 from pipelines.check_task import check_run
-from pipelines.run_check import DOWNLOAD, EVAL, MERGE, REGISTER, TEACHER, TRAIN, pipeline_parameters
+from pipelines.run_check import (
+    DOWNLOAD,
+    EVAL,
+    MERGE,
+    REGISTER,
+    TEACHER,
+    TEACHER_SERVER,
+    TRAIN,
+    pipeline_parameters,
+)
 
 # Made here rather than beside their specs: a task's body imports its stage's spec, and in the task's
 # process (KFP's runtime) kfp.dsl has no `component` to make one with.
@@ -36,12 +46,20 @@ train_student = component(TRAIN)
 merge_adapter = component(MERGE)
 evaluate_student = component(EVAL)
 register_model = component(REGISTER)
+start_teacher_server = component(TEACHER_SERVER)
+remove_teacher_server = component(REMOVE_TEACHER_SERVER)
 
 
 @dsl.component(base_image=image_for("teacher"), install_kfp_package=False)
 def teacher_shard_indices(teacher_shards: int) -> list:
     """The shard indices 0 … teacher_shards-1, for dsl.ParallelFor."""
     return list(range(teacher_shards))
+
+
+@dsl.component(base_image=image_for("register"), install_kfp_package=False)
+def no_teacher_server() -> str:
+    """The address of the run's served teacher when it has none (dsl.OneOf's other branch)."""
+    return ""
 
 
 # Kubernetes Secret name -> ({key in the Secret: environment variable in the pod}, optional).
@@ -80,6 +98,7 @@ STAGE_SECRETS = {
     "merge": (),  # folds the adapter from its input artifacts into its output artifact
     "eval": (JUDGE_SECRET,),  # the optional LLM judge, which reads JUDGE_API_KEY, never the teacher's key
     "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)
+    "teacher_server": (),  # KServe through the pod's service account (RBAC)
 }
 # What the pods of a multi-node training job get: they read and write the store only (inputs, the KD
 # teacher's cached copy, checkpoints, outputs), and never the teacher's key.
@@ -118,9 +137,19 @@ RESOURCES = {
     "merge": ("2", "8", "16Gi", "64Gi"),
     "eval": ("4", "8", "16Gi", "64Gi"),
     "register": ("0.5", "1", "1Gi", "2Gi"),
+    "teacher_server": ("100m", "1", "256Mi", "1Gi"),
 }
 # Hours a task may run before Kubernetes stops it (kfp-kubernetes set_timeout).
-TIMEOUT_HOURS = {"check": 1, "download": 2, "teacher": 48, "train": 72, "merge": 4, "eval": 12, "register": 1}
+TIMEOUT_HOURS = {
+    "check": 1,
+    "download": 2,
+    "teacher": 48,
+    "train": 72,
+    "merge": 4,
+    "eval": 12,
+    "register": 1,
+    "teacher_server": 1,
+}
 
 
 def size(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -217,7 +246,9 @@ class TaskSettings:
         return task
 
 
-def teacher_fan_out(p: dict[str, Any], check: dsl.PipelineTask, settings: TaskSettings) -> dsl.PipelineTask:
+def teacher_fan_out(
+    p: dict[str, Any], check: dsl.PipelineTask, served: Any, settings: TaskSettings
+) -> dsl.PipelineTask:
     """The teacher's sub-graph: the shard list, a ParallelFor of shard tasks, then the task that merges
     what the shards stored (asking only for what they left), filters and splits; returns that task."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -225,20 +256,33 @@ def teacher_fan_out(p: dict[str, Any], check: dsl.PipelineTask, settings: TaskSe
     shards.set_display_name("plan teacher shards")
     pull_with(size(shards, "teacher"), settings.pull_secrets)
     with dsl.ParallelFor(shards.output, name="teacher-shards") as shard_index:
-        shard = teacher_data(shard_index=shard_index, run_id=run_id, **arguments(TEACHER, p))
+        shard = teacher_data(
+            shard_index=shard_index, run_id=run_id, teacher_server_address=served, **arguments(TEACHER, p)
+        )
         place_stage(settings.prepare(shard, "teacher", "teacher shard"), TEACHER, p)
-    teacher = teacher_data(run_id=run_id, **arguments(TEACHER, p)).after(shard)
+    teacher = teacher_data(run_id=run_id, teacher_server_address=served, **arguments(TEACHER, p)).after(shard)
     return place_stage(settings.prepare(teacher, "teacher", "teacher data"), TEACHER, p)
 
 
 def model_tasks(
-    p: dict[str, Any], student: dsl.PipelineTask, teacher: dsl.PipelineTask, settings: TaskSettings
-) -> Outputs:
+    p: dict[str, Any],
+    student: dsl.PipelineTask,
+    teacher: dsl.PipelineTask,
+    served: Any,
+    settings: TaskSettings,
+) -> tuple[Outputs, dsl.PipelineTask]:
     """The model's sub-graph: train the student on the teacher's data, merge, evaluate, and (only when
     eval passed its gates) hand it over."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     model, data = student.outputs["model"], teacher.outputs["data"]
-    train = train_student(student=model, data=data, run_id=run_id, job_env=JOB_ENV, **arguments(TRAIN, p))
+    train = train_student(
+        student=model,
+        data=data,
+        run_id=run_id,
+        job_env=JOB_ENV,
+        teacher_server_address=served,
+        **arguments(TRAIN, p),
+    )
     settings.prepare(place_train(train, p, settings.train_labels), "train", "train student")
 
     merge = merge_adapter(base=model, trained=train.outputs["trained"], data=data, **arguments(MERGE, p))
@@ -262,13 +306,14 @@ def model_tasks(
         **arguments(REGISTER, p),
     )
     settings.prepare(handoff, "register", "hand over model")
-    return Outputs(
+    outputs = Outputs(
         model=merge.outputs["merged"],
         tensorboard=train.outputs["tensorboard"],
         metrics=evaluate.outputs["metrics"],
         report=evaluate.outputs["report"],
         results=evaluate.outputs["results"],
     )
+    return outputs, train
 
 
 def add_tasks(p: dict[str, Any], settings: TaskSettings) -> Outputs:
@@ -276,8 +321,38 @@ def add_tasks(p: dict[str, Any], settings: TaskSettings) -> Outputs:
     check = settings.prepare(check_run(**p), "check", "check run")
     student = download_model(**arguments(DOWNLOAD, p)).after(check)
     settings.prepare(student, "download", "download student")
-    teacher = teacher_fan_out(p, check, settings)
-    return model_tasks(p, student, teacher, settings)
+    served = teacher_server(p, check, settings)
+    teacher = teacher_fan_out(p, check, served, settings)
+    outputs, train = model_tasks(p, student, teacher, served, settings)
+    remove_teacher_server_after(p, [teacher, train], settings)
+    return outputs
+
+
+def teacher_server(p: dict[str, Any], check: dsl.PipelineTask, settings: TaskSettings) -> dsl.OneOf:
+    """The served teacher's address: with teacher_server_source, a task starts it and waits until Ready;
+    otherwise empty."""
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    with dsl.If(p[TEACHER_SERVER.switch] != "", name="teacher-server"):
+        start = start_teacher_server(run_id=run_id, **arguments(TEACHER_SERVER, p)).after(check)
+        settings.prepare(start, "teacher_server", "start teacher server").set_caching_options(False)
+    with dsl.Else(name="no-teacher-server"):
+        none = no_teacher_server().after(check)
+        pull_with(size(none, "check"), settings.pull_secrets).set_display_name("no teacher server")
+    return dsl.OneOf(start.output, none.output)
+
+
+def remove_teacher_server_after(
+    p: dict[str, Any], users: list[dsl.PipelineTask], settings: TaskSettings
+) -> dsl.PipelineTask:
+    """Delete the served teacher once the tasks that ask it have ended, failed or not. Not a
+    dsl.ExitHandler: KFP refuses pipeline outputs made inside one, and the run's outputs are made by the
+    tasks it would wrap; ignore_upstream_failure makes the task an exit task of `users` instead. With no
+    teacher_server_source it deletes nothing."""
+    remove = remove_teacher_server(
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **arguments(REMOVE_TEACHER_SERVER, p)
+    )
+    remove.after(*users).ignore_upstream_failure().set_caching_options(False)
+    return settings.prepare(remove, "teacher_server", "remove teacher server")
 
 
 def build_pipeline(

@@ -18,9 +18,10 @@ from components.evaluate.component import SPEC as EVAL
 from components.merge.component import SPEC as MERGE
 from components.register.component import SPEC as REGISTER
 from components.teacher.component import SPEC as TEACHER
+from components.teacher_server.component import SPEC as TEACHER_SERVER
 from components.train.component import SPEC as TRAIN
 
-STAGE_SPECS: tuple[StageSpec, ...] = (DOWNLOAD, TEACHER, TRAIN, MERGE, EVAL, REGISTER)
+STAGE_SPECS: tuple[StageSpec, ...] = (DOWNLOAD, TEACHER_SERVER, TEACHER, TRAIN, MERGE, EVAL, REGISTER)
 # Each stage's Config under the prefix its parameters and `<prefix>_overrides` take.
 STAGE_CONFIGS = {spec.prefix: spec.config for spec in STAGE_SPECS}
 
@@ -85,6 +86,8 @@ def build_stage_configs(values: dict[str, Any]) -> dict[str, Any]:
     """Each stage's Config as its task will build it from `values` (every pipeline parameter)."""
     built = {}
     for spec in STAGE_SPECS:
+        if not spec.runs(values):
+            continue
         overrides = values.get(spec.overrides) or {}
         refuse_exposed_overrides(spec.config, spec.prefix, overrides)
         # The folders KFP makes for the task's artifacts, and the one it fetches a model source into.

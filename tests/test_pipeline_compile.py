@@ -1,5 +1,6 @@
 """The compiled pipeline is valid KFP IR, asks the cluster for what each stage needs, and holds no secret."""
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "pipelines" / "distill_pipeline.yaml"
 # The five stages and the hand-off (in the eval image), plus the teacher's fan-out: a shard list, a
 # ParallelFor of shard tasks (teacher-data inside the loop) and the final teacher-data-2 that merges,
-# filters and splits.
+# filters and splits; the served teacher's branches (start it, or none) and the task deleting it.
 STAGE_TASKS = {
     "download-model",
     "teacher-data-2",
@@ -25,7 +26,8 @@ STAGE_TASKS = {
     "evaluate-student",
     "register-model",
 }
-FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-1"}
+FAN_OUT_TASKS = {"teacher-shard-indices", "for-loop-4"}
+TEACHER_SERVER_TASKS = {"condition-branches-1", "remove-teacher-server"}
 CHECK_TASK = "check-run"  # every stage's Config over the run's parameters, before anything else
 TRAIN = "exec-train-student"
 STORE_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -44,6 +46,10 @@ SECRET_ENV = {
     "exec-merge-adapter": set(),
     "exec-evaluate-student": {"JUDGE_API_KEY"},  # the optional LLM judge
     "exec-register-model": {"MODEL_REGISTRY_TOKEN"},  # the optional Model Registry token
+    # KServe through the pod's service account only
+    "exec-start-teacher-server": set(),
+    "exec-no-teacher-server": set(),
+    "exec-remove-teacher-server": set(),
 }
 
 
@@ -68,7 +74,7 @@ def test_documents_parse_into_pipeline_and_platform_spec(compiled):
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert spec.pipeline_info.name == "llm-distillation"
-    assert set(spec.root.dag.tasks) == STAGE_TASKS | FAN_OUT_TASKS | {CHECK_TASK}
+    assert set(spec.root.dag.tasks) == STAGE_TASKS | FAN_OUT_TASKS | TEACHER_SERVER_TASKS | {CHECK_TASK}
 
 
 def test_the_run_check_comes_first_with_every_parameter(compiled):
@@ -86,16 +92,43 @@ def test_the_run_check_comes_first_with_every_parameter(compiled):
 def test_teacher_shards_fan_out_then_merge(compiled):
     pipeline, _ = compiled
     tasks = pipeline["root"]["dag"]["tasks"]
-    loop = tasks["for-loop-1"]
+    loop = tasks["for-loop-4"]
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("teacher-shard-indices-Output")
-    assert "for-loop-1" in tasks["teacher-data-2"]["dependentTasks"]
-    shard = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]["teacher-data"]
+    assert "for-loop-4" in tasks["teacher-data-2"]["dependentTasks"]
+    shard = pipeline["components"]["comp-for-loop-4"]["dag"]["tasks"]["teacher-data"]
     assert (
         shard["inputs"]["parameters"]["teacher_shards"]["componentInputParameter"]
         == "pipelinechannel--teacher_shards"
     )
     train = tasks["train-student"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]
     assert train["producerTask"] == "teacher-data-2"
+
+
+def test_teacher_server_starts_before_the_teacher_when_a_source_is_given_and_is_removed_at_the_end(compiled):
+    pipeline, _ = compiled
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert parameters["teacher_server_source"]["defaultValue"] == ""
+    assert "empty: none" in parameters["teacher_server_source"]["description"]
+    assert parameters["teacher_server_gpus"]["defaultValue"] == 1
+    tasks = pipeline["root"]["dag"]["tasks"]
+    branches = pipeline["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    start = pipeline["components"][branches["condition-2"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert "teacher_server_source" in branches["condition-2"]["triggerPolicy"]["condition"]
+    assert tasks["condition-branches-1"]["dependentTasks"] == [CHECK_TASK]
+    assert start["start-teacher-server"]["cachingOptions"] == {}  # never cached: it makes a server
+    shard = pipeline["components"]["comp-for-loop-4"]["dag"]["tasks"]["teacher-data"]["inputs"]["parameters"]
+    for served in (
+        tasks["teacher-data-2"]["inputs"]["parameters"]["teacher_server_address"],
+        tasks["train-student"]["inputs"]["parameters"]["teacher_server_address"],
+        shard["teacher_server_address"],
+    ):
+        assert "condition-branches-1" in json.dumps(served)
+    # The exit task: runs once the teacher and train tasks have ended, failed or not.
+    remove = tasks["remove-teacher-server"]
+    assert remove["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert set(remove["dependentTasks"]) == {"teacher-data-2", "train-student"}
+    wired = remove["inputs"]["parameters"]
+    assert wired["teacher_server_source"]["componentInputParameter"] == "teacher_server_source"
 
 
 def test_each_stage_runs_in_its_own_image_named_from_registry_and_tag(compiled):

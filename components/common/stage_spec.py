@@ -115,6 +115,9 @@ class StageSpec:
     placement: tuple[Parameter, ...] = ()  # pipeline parameters that place the pod, not task inputs
     overrides_help: str = ""  # with it, `<prefix>_overrides` sets any other Config field
     returns: type | None = None
+    exposes: bool = True  # False: the Config's exposed fields are another stage's parameters, not its own
+    switch: str = ""  # a task parameter whose empty value leaves the stage out of the run ("": always in)
+    attribute: str = "SPEC"  # its name in components/<stage>/component.py, which the task's body imports
 
     @property
     def overrides(self) -> str:
@@ -123,7 +126,9 @@ class StageSpec:
     def task_parameters(self) -> list[Parameter]:
         """The task inputs fed by pipeline parameters: the exposed Config fields, the spec's own, and the
         overrides."""
-        found = [from_exposed(self.config, exposed) for exposed in exposed_fields(self.config)]
+        found = []
+        if self.exposes:
+            found = [from_exposed(self.config, exposed) for exposed in exposed_fields(self.config)]
         found += self.parameters
         if self.overrides_help:
             found.append(Parameter(self.overrides, dict, {}, self.overrides_help))
@@ -135,6 +140,10 @@ class StageSpec:
     def inputs(self) -> list[Parameter]:
         """The task's parameter inputs."""
         return list(self.wired) + self.task_parameters()
+
+    def runs(self, values: Mapping[str, Any]) -> bool:
+        """Whether the run's parameters `values` ask for this stage."""
+        return not self.switch or bool(values.get(self.switch))
 
     def run_task(self, values: dict[str, Any]) -> Any:
         """What the component's body calls with its inputs."""
@@ -241,8 +250,8 @@ def component(spec: StageSpec):
 
     body = (
         "    inputs = dict(locals())\n"
-        f"    from components.{spec.stage}.component import SPEC\n\n"
-        "    return SPEC.run_task(inputs)\n"
+        f"    from components.{spec.stage}.component import {spec.attribute}\n\n"
+        f"    return {spec.attribute}.run_task(inputs)\n"
     )
     source = function_source(
         spec.component, spec.summary, spec.inputs(), body, spec.consumes, spec.produces, spec.returns
@@ -261,4 +270,10 @@ STORE_URI = Parameter(
 )
 RUN_ID = Parameter(
     "run_id", str, help="run-scoped prefix in the store; a retried task resumes from it.", field="run_id"
+)
+SERVED_TEACHER = Parameter(
+    "teacher_server_address",
+    str,
+    "",
+    "the run's served teacher (start_teacher_server's output), which the stage asks; empty: none.",
 )

@@ -1,7 +1,15 @@
 """The teacher-data stage's interface to the pipeline: its StageSpec, from which pipelines/ makes its KFP
 component, and what its task does around the stage's `run`; the logic lives in components.teacher."""
 
-from components.common.stage_spec import RUN_ID, STORE_URI, Artifact, Parameter, StageSpec, Task
+from components.common.stage_spec import (
+    RUN_ID,
+    SERVED_TEACHER,
+    STORE_URI,
+    Artifact,
+    Parameter,
+    StageSpec,
+    Task,
+)
 from components.teacher.config import Config
 
 
@@ -11,6 +19,10 @@ def run_task(task: Task) -> None:
     from components.teacher.stage import run, run_shard
 
     stage = run
+    if task["teacher_server_address"]:
+        from components.teacher_server.component import teacher_inputs
+
+        task.values.update(teacher_inputs(task["teacher_server_address"], task["run_id"]))
     if task["shard_index"] >= 0:
         stage = functools.partial(
             run_shard, shard_index=task["shard_index"], num_shards=task["teacher_shards"]
@@ -41,6 +53,7 @@ SPEC = StageSpec(
             "ask only for this shard's prompts; -1 asks for whatever no shard stored yet, then merges, "
             "filters and splits everything.",
         ),
+        SERVED_TEACHER,
     ),
     parameters=(
         STORE_URI,

@@ -38,13 +38,21 @@ class ServedTeacher:
 
     @property
     def base_url(self) -> str:
-        """For the teacher stage's provider vllm (OpenAI-compatible)."""
-        return f"{self.address}/openai/v1"
+        return base_url(self.address)
 
     @property
     def scoring_url(self) -> str:
-        """For kd.teacher_url: the scorer posts to <url>/v1/completions."""
-        return f"{self.address}/openai"
+        return scoring_url(self.address)
+
+
+def base_url(address: str) -> str:
+    """The served teacher's root for the teacher stage's provider vllm (OpenAI-compatible)."""
+    return f"{address}/openai/v1"
+
+
+def scoring_url(address: str) -> str:
+    """The served teacher's root for kd.teacher_url: the scorer posts to <url>/v1/completions."""
+    return f"{address}/openai"
 
 
 def server_name(run_id: str) -> str:

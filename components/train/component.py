@@ -1,7 +1,15 @@
 """The train stage's interface to the pipeline: its StageSpec, from which pipelines/ makes its KFP
 component, and what its task does around the stage's `run`; the logic lives in components.train."""
 
-from components.common.stage_spec import RUN_ID, STORE_URI, Artifact, Parameter, StageSpec, Task
+from components.common.stage_spec import (
+    RUN_ID,
+    SERVED_TEACHER,
+    STORE_URI,
+    Artifact,
+    Parameter,
+    StageSpec,
+    Task,
+)
 from components.train.config import Config
 
 
@@ -13,6 +21,13 @@ def run_task(task: Task) -> None:
     from components.train.stage import run
 
     stage = run
+    if task["teacher_server_address"]:
+        from components.teacher_server.component import train_overrides
+
+        overrides = task.values.get(task.spec.overrides) or {}
+        task.values[task.spec.overrides] = train_overrides(
+            task["teacher_server_address"], task["train_kd"], overrides
+        )
     if task["train_nodes"] > 1 or task["train_engine"] != "auto":
         from components.train.multinode.training import run_as_job
 
@@ -55,6 +70,7 @@ SPEC = StageSpec(
     wired=(
         RUN_ID,
         Parameter("job_env", dict, {}, "Secrets and ConfigMaps the training job's pods get as environment."),
+        SERVED_TEACHER,
     ),
     parameters=(
         STORE_URI,

@@ -76,6 +76,10 @@ class OnPolicySettings:
             raise ConfigError(f"on_policy.max_new_tokens: must be positive, got {self.max_new_tokens}")
 
 
+# The KD kinds that ask a teacher (a local model or kd.teacher_url) to score every batch.
+SCORING_KINDS = ("logits", "on_policy")
+
+
 @dataclass
 class KDSettings:
     """Logit-level distillation, mixed with cross-entropy on the teacher's answers.
@@ -137,7 +141,7 @@ class KDSettings:
 
     @property
     def needs_scoring_teacher(self) -> bool:
-        return self.kind in ("logits", "on_policy")
+        return self.kind in SCORING_KINDS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:

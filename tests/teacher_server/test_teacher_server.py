@@ -10,6 +10,7 @@ from components.common.errors import ConfigError, InputError
 from components.common.inference_service import ServingConfig, custom_objects_api
 from components.teacher_server.config import Config
 from components.teacher_server.service import remove, start, teacher_service
+from tests.packaging.conftest import role_rules
 
 
 def config(**fields) -> Config:
@@ -48,6 +49,8 @@ def test_teacher_server_start_waits_until_ready_and_points_the_teacher_at_it(clu
     # A retried task finds the server of its earlier attempt and uses it.
     assert start(config(), custom_objects_api()) == served and len(cluster.inference_services) == 1
     assert remove(config(), custom_objects_api()) and not cluster.inference_services
+    # Exactly what the Role in manifests/ grants the pipeline's service accounts for the served teacher.
+    assert cluster.api_calls == role_rules("distill-teacher-server")
 
 
 def test_teacher_server_not_ready_in_time_fails_naming_why_and_the_exit_handler_still_deletes_it(cluster):
@@ -76,3 +79,23 @@ def test_teacher_server_not_ready_in_time_fails_naming_why_and_the_exit_handler_
 def test_teacher_server_refuses_what_kserve_cannot_serve_at_load(fields, message):
     with pytest.raises(ConfigError, match=message):
         config(**fields)
+
+
+def test_teacher_server_address_points_the_teacher_stage_and_kd_scoring_at_it():
+    from components.teacher_server.component import teacher_inputs, train_overrides
+    from pipelines.run_check import check_stage_configs
+    from pipelines.submit import pipeline_defaults
+    from tests.conftest import COMPILED
+
+    address = "http://teacher-run-7f3a-predictor.team.svc.cluster.local"
+    defaults = pipeline_defaults(COMPILED)
+    values = {**defaults, **teacher_inputs(address, "run-7F3a"), "train_kd": "logits"}
+    values["train_kd_teacher_source"] = "hf://Qwen/Qwen3-32B"  # its tokenizer
+    values["train_overrides"] = train_overrides(address, "logits", {"kd": {"alpha": 0.7}})
+    configs = check_stage_configs(values)
+    provider = configs["teacher"].provider
+    assert (provider.name, provider.base_url) == ("vllm", f"{address}/openai/v1")
+    assert provider.model == "teacher-run-7f3a"  # the model name KServe serves it under
+    assert (configs["train"].kd.teacher_url, configs["train"].kd.alpha) == (f"{address}/openai", 0.7)
+    # A KD kind that asks no teacher to score keeps no teacher_url, which its Config would refuse.
+    assert train_overrides(address, "topk", {}) == {}

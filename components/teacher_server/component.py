@@ -1,0 +1,85 @@
+"""The teacher server's interface to the pipeline: two StageSpecs sharing its Config, one starting the
+server before the teacher stage, one deleting it when the run ends; the logic lives in
+components.teacher_server.service. Both run in the register image (the Kubernetes client), as the
+account the distill-model-deployer Role lets create and delete InferenceServices."""
+
+import dataclasses
+
+from components.common.stage_spec import RUN_ID, Parameter, StageSpec, Task
+from components.teacher_server.config import Config
+
+SOURCE = Parameter(
+    "teacher_server_source",
+    str,
+    "",
+    "teacher model KServe serves for this run (hf://org/name[@revision] or s3://bucket/prefix), asked "
+    "by the teacher stage (provider vllm) and KD scoring (kd.teacher_url); empty: none.",
+    field="source",
+)
+GPUS = Parameter(
+    "teacher_server_gpus", int, 1, "GPUs of the served teacher (teacher_server_source).", field="serving.gpus"
+)
+
+
+def teacher_inputs(address: str, run_id: str) -> dict[str, str]:
+    """The teacher stage's inputs that point it at the served teacher at `address`."""
+    from components.teacher_server.service import base_url, server_name
+
+    return {
+        "teacher_provider": "vllm",
+        "teacher_base_url": base_url(address),
+        "teacher_model": server_name(run_id),
+    }
+
+
+def train_overrides(address: str, kind: str, overrides: dict) -> dict:
+    """train_overrides with kd.teacher_url at the served teacher, for the KD kinds that ask a teacher to
+    score (a kd.teacher_url the run gives itself wins); kd.teacher_dir (train_kd_teacher_source) still
+    gives the teacher's tokenizer."""
+    from components.common.config import deep_merge
+    from components.teacher_server.service import scoring_url
+    from components.train.config import SCORING_KINDS
+
+    if kind not in SCORING_KINDS:
+        return overrides
+    return deep_merge({"kd": {"teacher_url": scoring_url(address)}}, overrides)
+
+
+def start_task(task: Task) -> str:
+    """The served teacher's in-cluster address, once it is Ready."""
+    from components.common.inference_service import custom_objects_api
+    from components.teacher_server.service import start
+
+    return task.run(lambda config: start(config, custom_objects_api())).address
+
+
+def remove_task(task: Task) -> None:
+    from components.common.inference_service import custom_objects_api
+    from components.teacher_server.service import remove
+
+    if task.spec.runs(task.values):
+        task.run(lambda config: remove(config, custom_objects_api()))
+
+
+SPEC = StageSpec(
+    stage="teacher_server",
+    prefix="teacher_server",
+    component="start_teacher_server",
+    image="register",
+    summary="Serve teacher_server_source as a KServe InferenceService for this run; return its address once Ready.",
+    config=Config,
+    run=start_task,
+    wired=(RUN_ID,),
+    parameters=(SOURCE, GPUS),
+    returns=str,
+    exposes=False,  # its serving settings are the register stage's parameters
+    switch=SOURCE.name,
+)
+REMOVE = dataclasses.replace(
+    SPEC,
+    component="remove_teacher_server",
+    summary="Delete this run's served teacher (none: nothing to do); runs when the run ends, failed or not.",
+    run=remove_task,
+    returns=None,
+    attribute="REMOVE",
+)
