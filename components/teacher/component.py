@@ -20,7 +20,7 @@ def run_task(task: Task) -> None:
 
     stage = run
     if task["teacher_server_address"]:
-        from components.teacher_server.component import teacher_inputs
+        from components.common.served_teacher import teacher_inputs
 
         task.values.update(teacher_inputs(task["teacher_server_address"], task["run_id"]))
     if task["shard_index"] >= 0:

@@ -21,30 +21,6 @@ GPUS = Parameter(
 )
 
 
-def teacher_inputs(address: str, run_id: str) -> dict[str, str]:
-    """The teacher stage's inputs that point it at the served teacher at `address`."""
-    from components.teacher_server.service import base_url, server_name
-
-    return {
-        "teacher_provider": "vllm",
-        "teacher_base_url": base_url(address),
-        "teacher_model": server_name(run_id),
-    }
-
-
-def train_overrides(address: str, kind: str, overrides: dict) -> dict:
-    """train_overrides with kd.teacher_url at the served teacher, for the KD kinds that ask a teacher to
-    score (a kd.teacher_url the run gives itself wins); kd.teacher_dir (train_kd_teacher_source) still
-    gives the teacher's tokenizer."""
-    from components.common.config import deep_merge
-    from components.teacher_server.service import scoring_url
-    from components.train.config import SCORING_KINDS
-
-    if kind not in SCORING_KINDS:
-        return overrides
-    return deep_merge({"kd": {"teacher_url": scoring_url(address)}}, overrides)
-
-
 def start_task(task: Task) -> str:
     """The served teacher's in-cluster address, once it is Ready."""
     from components.common.inference_service import custom_objects_api

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from components.common.inference_service import (
     pod_namespace,
 )
 from components.common.model_sources import parse_source
+from components.common.served_teacher import base_url, scoring_url, server_name
 from components.teacher_server.config import Config
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,6 @@ class ServedTeacher:
     @property
     def scoring_url(self) -> str:
         return scoring_url(self.address)
-
-
-def base_url(address: str) -> str:
-    """The served teacher's root for the teacher stage's provider vllm (OpenAI-compatible)."""
-    return f"{address}/openai/v1"
-
-
-def scoring_url(address: str) -> str:
-    """The served teacher's root for kd.teacher_url: the scorer posts to <url>/v1/completions."""
-    return f"{address}/openai"
-
-
-def server_name(run_id: str) -> str:
-    """'teacher-' and the run id as a DNS label, within the 63 characters of a Service name."""
-    tail = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
-    return f"teacher-{tail}"[:45].rstrip("-")  # KServe adds '-predictor-...' to make its Services
 
 
 def storage_uri(source: str) -> str:

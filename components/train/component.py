@@ -10,7 +10,7 @@ from components.common.stage_spec import (
     StageSpec,
     Task,
 )
-from components.train.config import Config
+from components.train.config import SCORING_KINDS, Config
 
 
 def run_task(task: Task) -> None:
@@ -22,11 +22,11 @@ def run_task(task: Task) -> None:
 
     stage = run
     if task["teacher_server_address"]:
-        from components.teacher_server.component import train_overrides
+        from components.common.served_teacher import train_overrides
 
         overrides = task.values.get(task.spec.overrides) or {}
         task.values[task.spec.overrides] = train_overrides(
-            task["teacher_server_address"], task["train_kd"], overrides
+            task["teacher_server_address"], task["train_kd"] in SCORING_KINDS, overrides
         )
     if task["train_nodes"] > 1 or task["train_engine"] != "auto":
         from components.train.multinode.training import run_as_job

@@ -82,7 +82,7 @@ def test_teacher_server_refuses_what_kserve_cannot_serve_at_load(fields, message
 
 
 def test_teacher_server_address_points_the_teacher_stage_and_kd_scoring_at_it():
-    from components.teacher_server.component import teacher_inputs, train_overrides
+    from components.common.served_teacher import teacher_inputs, train_overrides
     from pipelines.run_check import check_stage_configs
     from pipelines.submit import pipeline_defaults
     from tests.conftest import COMPILED
@@ -91,11 +91,11 @@ def test_teacher_server_address_points_the_teacher_stage_and_kd_scoring_at_it():
     defaults = pipeline_defaults(COMPILED)
     values = {**defaults, **teacher_inputs(address, "run-7F3a"), "train_kd": "logits"}
     values["train_kd_teacher_source"] = "hf://Qwen/Qwen3-32B"  # its tokenizer
-    values["train_overrides"] = train_overrides(address, "logits", {"kd": {"alpha": 0.7}})
+    values["train_overrides"] = train_overrides(address, True, {"kd": {"alpha": 0.7}})
     configs = check_stage_configs(values)
     provider = configs["teacher"].provider
     assert (provider.name, provider.base_url) == ("vllm", f"{address}/openai/v1")
     assert provider.model == "teacher-run-7f3a"  # the model name KServe serves it under
     assert (configs["train"].kd.teacher_url, configs["train"].kd.alpha) == (f"{address}/openai", 0.7)
     # A KD kind that asks no teacher to score keeps no teacher_url, which its Config would refuse.
-    assert train_overrides(address, "topk", {}) == {}
+    assert train_overrides(address, False, {}) == {}
