@@ -12,6 +12,7 @@ from typing import Any
 
 from components.common.config import deep_merge, from_dict, refuse_exposed_overrides, under
 from components.common.errors import ConfigError, InputError
+from components.common.logs import print_warning
 from components.common.stage_spec import Parameter, StageSpec, config_fields
 from components.download.component import SPEC as DOWNLOAD
 from components.evaluate.component import SPEC as EVAL
@@ -66,19 +67,20 @@ def check_local_dataset(dataset: str) -> None:
 
 
 def check_gpus(configs: dict[str, Any], values: dict[str, Any]) -> None:
-    """bitsandbytes (a quantized local teacher, a quantized eval) runs only on CUDA: refuse a run whose
-    pod for it would have no GPU, here rather than after the earlier tasks have run."""
+    """bitsandbytes (a quantized local teacher, a quantized eval) runs on the CPU too, but a teacher or a
+    student of real size is then far too slow to finish: say so in one line before the run starts, when
+    the pod for it would have no GPU."""
     provider = configs["teacher"].provider
     if provider.is_local and provider.quantization != "none" and values.get("teacher_gpus", 0) < 1:
-        raise ConfigError(
-            f"teacher_gpus: the local teacher loads in {provider.quantization} (bitsandbytes), which needs a "
-            "GPU; set teacher_gpus: 1 (and teacher_tolerations for GPU nodes)"
+        print_warning(
+            f"teacher_gpus: 0, and the local teacher loads in {provider.quantization} (bitsandbytes): it "
+            "runs on the CPU, slowly; set teacher_gpus: 1 (and teacher_tolerations for GPU nodes)"
         )
     quantization = configs["eval"].quantization
     if quantization != "none" and values.get("eval_gpus", 0) < 1:
-        raise ConfigError(
-            f"eval_gpus: eval scores the student in {quantization} (bitsandbytes), which needs a GPU; set "
-            "eval_gpus: 1, or eval quantization: none"
+        print_warning(
+            f"eval_gpus: 0, and eval scores the student in {quantization} (bitsandbytes): it runs on the "
+            "CPU, slowly; set eval_gpus: 1, or eval quantization: none"
         )
 
 

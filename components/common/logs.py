@@ -37,5 +37,14 @@ def print_error(message: str) -> None:
     """`error: <message>` on stderr, URL credentials redacted, in one write: the ranks of a multi-GPU
     run share stderr, and print() writes the text and its newline apart, so two ranks' lines could
     run together."""
-    sys.stderr.write(f"error: {redact_urls(message)}\n")
+    print_line("error", message)
+
+
+def print_warning(message: str) -> None:
+    """`warning: <message>` on stderr, as print_error writes its line."""
+    print_line("warning", message)
+
+
+def print_line(kind: str, message: str) -> None:
+    sys.stderr.write(f"{kind}: {redact_urls(message)}\n")
     sys.stderr.flush()
