@@ -94,21 +94,31 @@ def train_until_killed(config: Config, config_file: Path, step: int) -> None:
     """Run `python -m components.train` on `config` and SIGKILL it once checkpoint `step` is complete
     in its store (a local folder or S3), as a node loss would."""
     config_file.write_text(yaml.safe_dump(to_dict(config)))
-    checkpoints = open_store(config.store_uri).child(f"runs/{config.run_id}/train/checkpoints")
+    command = [sys.executable, "-m", "components.train", "--config", str(config_file)]
+    process = start_until_checkpoint(command, config.store_uri, config.run_id, step, hang_guard_s=300)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+
+def start_until_checkpoint(
+    command: list[str], store_uri: str, run_id: str, step: int, hang_guard_s: float
+) -> subprocess.Popen:
+    """Start the training `command` and return its process once checkpoint `step` is complete in the
+    store; `hang_guard_s` guards a loaded machine against a hang, it is not a speed check."""
+    checkpoints = open_store(store_uri).child(f"runs/{run_id}/train/checkpoints")
     process = subprocess.Popen(
-        [sys.executable, "-m", "components.train", "--config", str(config_file)],
+        command,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300  # a hang guard for a loaded machine, not a speed check
+    deadline = time.monotonic() + hang_guard_s
     while not checkpoints.exists(f"step-{step:08d}/COMPLETE"):
         assert process.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    return process
 
 
 def assert_resume_reaches_the_same_weights(make_config, tmp_path: Path, **settings) -> None:

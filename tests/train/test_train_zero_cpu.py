@@ -21,13 +21,13 @@ from safetensors.torch import load_file
 
 from components.common.config import from_dict, to_dict
 from components.common.errors import ConfigError
-from components.common.store import open_store
 from components.evaluate import Config as EvalConfig
 from components.evaluate.stage import run as evaluate
 from components.merge import Config as MergeConfig
 from components.merge.stage import run as merge
 from components.train import deepspeed_cpu
 from components.train.stage import run
+from tests.train.conftest import start_until_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,19 +68,7 @@ def test_zero2_lora_trains_on_two_cpu_ranks_over_gloo(make_config, tmp_path, zer
 
 def train_until_killed(command: list[str], store_uri: str, run_id: str, step: int) -> None:
     """Start two ranks and SIGKILL torchrun and both ranks once checkpoint `step` is complete."""
-    checkpoints = open_store(store_uri).child(f"runs/{run_id}/train/checkpoints")
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600  # a hang guard for a loaded machine, not a speed check
-    while not checkpoints.exists(f"step-{step:08d}/COMPLETE"):
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    process = start_until_checkpoint(command, store_uri, run_id, step, hang_guard_s=600)
     # torchrun starts each rank in a session of its own: a node loss takes them all.
     agent = psutil.Process(process.pid)
     for doomed in [*agent.children(recursive=True), agent]:
