@@ -23,6 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"header": "planted-header-value-4e6d", "body": "planted-body-value-8a0c"}
 
 
+def eval_cli(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+    """`python -m components.evaluate --config eval.yaml` on `config`, as a user runs the stage."""
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "components.evaluate", "--config", str(tmp_path / "eval.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
 def judge_provider(server, **extra) -> dict:
     return {"name": "judge", "base_url": f"http://127.0.0.1:{server.port}/v1", "model": "judge-1", **extra}
 
@@ -76,16 +89,8 @@ def test_an_eval_run_writes_and_logs_no_planted_secret(
         "device": "cpu",
         "judge": {"provider": provider},
     }
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     before = judge_server.requests
-    done = subprocess.run(
-        [sys.executable, "-m", "components.evaluate", "--config", str(tmp_path / "eval.yaml")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=600,
-    )
+    done = eval_cli(tmp_path, config)
     assert done.returncode == 0, done.stderr
     assert judge_server.requests > before  # the judge was asked, with the planted header and body
     written = {str(p): p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()}
@@ -115,15 +120,7 @@ def test_a_key_in_the_judge_urls_query_is_hidden_in_the_config_repr_and_the_stag
     }
     shown = repr(from_dict(Config, fields))
     assert "api-version=1&api-key=***" in shown and QUERY_SECRET not in shown
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(fields))
-    done = subprocess.run(
-        [sys.executable, "-m", "components.evaluate", "--config", str(tmp_path / "eval.yaml")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=600,
-    )
+    done = eval_cli(tmp_path, fields)
     assert done.returncode == 2 and "api-key=***" in done.stderr, done.stderr
     assert QUERY_SECRET not in done.stdout + done.stderr
 
