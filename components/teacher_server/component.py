@@ -1,6 +1,6 @@
 """The teacher server's interface to the pipeline: two StageSpecs sharing its Config, one starting the
 server before the teacher stage, one deleting it when the run ends; the logic lives in
-components.teacher_server.service. Both run in the register image (the Kubernetes client), as the
+components.teacher_server.stage. Both run in the register image (the Kubernetes client), as the
 account the distill-model-deployer Role lets create and delete InferenceServices."""
 
 import dataclasses
@@ -23,15 +23,14 @@ GPUS = Parameter(
 
 def start_task(task: Task) -> str:
     """The served teacher's in-cluster address, once it is Ready."""
-    from components.common.inference_service import custom_objects_api
-    from components.teacher_server.service import start
+    from components.teacher_server.stage import run
 
-    return task.run(lambda config: start(config, custom_objects_api())).address
+    return task.run(run).address
 
 
 def remove_task(task: Task) -> None:
     from components.common.inference_service import custom_objects_api
-    from components.teacher_server.service import remove
+    from components.teacher_server.stage import remove
 
     if task.spec.runs(task.values):
         task.run(lambda config: remove(config, custom_objects_api()))

@@ -14,8 +14,8 @@ COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 STAGES = sorted(p.name for p in COMPONENTS.iterdir() if (p / "component.py").is_file())
 
 
-def test_the_stages_are_the_pipelines_six():
-    assert STAGES == ["download", "evaluate", "merge", "register", "teacher", "train"]
+def test_the_stages_are_the_pipelines_six_and_the_served_teacher():
+    assert STAGES == ["download", "evaluate", "merge", "register", "teacher", "teacher_server", "train"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

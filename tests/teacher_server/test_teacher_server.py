@@ -9,7 +9,7 @@ import pytest
 from components.common.errors import ConfigError, InputError
 from components.common.inference_service import ServingConfig, custom_objects_api
 from components.teacher_server.config import Config
-from components.teacher_server.service import remove, start, teacher_service
+from components.teacher_server.stage import remove, start, teacher_service
 from tests.packaging.conftest import role_rules
 
 

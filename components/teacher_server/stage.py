@@ -1,5 +1,7 @@
 """Create, wait for and delete the run's teacher InferenceService through the Kubernetes API.
 
+    python -m components.teacher_server --config teacher_server.yaml   # run: start it, print its URLs
+
 `api` is a kubernetes.client.CustomObjectsApi (custom_objects_api() makes one from the pod's service
 account or the kubeconfig). KServe reports readiness in status.conditions (type Ready) and the in-cluster
 address in status.address.url; the Hugging Face server answers OpenAI's API under /openai.
@@ -31,7 +33,9 @@ RUN_LABEL = "kfp-distill/run-id"
 
 
 @dataclass(frozen=True)
-class ServedTeacher:
+class Result:
+    """The served teacher: its InferenceService and in-cluster address."""
+
     name: str
     namespace: str
     address: str  # http://<name>-predictor.<namespace>.svc.cluster.local
@@ -66,7 +70,14 @@ def teacher_service(config: Config) -> dict[str, Any]:
     )
 
 
-def start(config: Config, api) -> ServedTeacher:
+def run(config: Config) -> Result:
+    """Start the run's teacher server with the pod's service account (or the kubeconfig)."""
+    from components.common.inference_service import custom_objects_api
+
+    return start(config, custom_objects_api())
+
+
+def start(config: Config, api) -> Result:
     """Create the run's teacher server (one left by an earlier attempt of the run is reused) and wait
     until KServe reports it Ready; an InputError names the last reason when it is not in time."""
     from kubernetes.client.exceptions import ApiException
@@ -91,7 +102,7 @@ def start(config: Config, api) -> ServedTeacher:
         ready, reason, address = readiness(current)
         if ready:
             log.info("teacher server: %s ready at %s", name, address)
-            return ServedTeacher(name, namespace, address)
+            return Result(name, namespace, address)
         if time.monotonic() + config.poll_s > deadline:
             raise InputError(
                 f"teacher_server_source: InferenceService {namespace}/{name} not Ready within "
