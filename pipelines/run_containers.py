@@ -10,8 +10,10 @@ input and output artifacts as `s3://<bucket>/...` URIs, which the KFP executor m
 and an `outputFile`), sets the environment the platform spec's Secrets name, runs the argv in the stage
 image as its non-root user with the host's `<workdir>/s3` mounted at `/s3`, and reads the task's
 `executor_output.json` to pass parameters and artifact metadata on. ParallelFor loops run their
-iterations one after the other. No stage code runs outside an image: this process only reads YAML and
-JSON and starts containers. What it does not emulate: caching, retries, resource requests.
+iterations one after the other; a dsl.If branch runs when its condition (one input compared with a
+literal) holds, and a OneOf takes the branch that ran. No stage code runs outside an image: this process
+only reads YAML and JSON and starts containers. What it does not emulate: caching, retries, resource
+requests, and exit tasks after a failure (the first failed task ends the run).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ BUCKET = "demo"
 TASK_USER = "10001:10001"  # the stage images' user (docker/*.Dockerfile), as a pod's securityContext
 SELF_REFERENCE = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 STAGE_IMAGE = re.compile(r"kfp-distill-(?P<stage>[a-z]+)(?::[^/]*)?$")
+# What the KFP compiler writes for dsl.If(input == literal) and its dsl.Else: `!(...)` around it.
+CONDITION = re.compile(
+    r"^(?P<negated>!\()?inputs\.parameter_values\['(?P<name>[^']+)'\] (?P<op>==|!=) "
+    r"(?P<literal>'[^']*'|true|false|-?[0-9.]+)(?(negated)\))$"
+)
 
 
 def s3_path(root: Path, uri: str) -> Path:
@@ -97,6 +104,43 @@ class Artifact:
 class TaskOutputs:
     parameters: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    skipped: bool = False  # a dsl.If branch whose condition did not hold
+
+
+def condition_holds(condition: str, inputs: dict[str, Any]) -> bool:
+    """A compiled dsl.If condition over the task's inputs; only one input compared with a literal (and
+    its negation, the dsl.Else) is emulated."""
+    match = CONDITION.match(condition)
+    if match is None:
+        raise SystemExit(f"condition {condition!r}: only one input compared with a literal is emulated")
+    literal = match["literal"]
+    value = literal[1:-1] if literal.startswith("'") else json.loads(literal)
+    holds = (inputs[match["name"]] == value) == (match["op"] == "==")
+    return holds != bool(match["negated"])
+
+
+def dag_outputs(dag: dict, done: dict[str, TaskOutputs]) -> TaskOutputs:
+    """What a DAG gives its parent: each output from its producing task, a OneOf's from the branch
+    that ran."""
+    outputs = TaskOutputs()
+    for key, spec in dag.get("outputs", {}).get("parameters", {}).items():
+        selectors = (
+            spec["valueFromOneof"]["parameterSelectors"]
+            if "valueFromOneof" in spec
+            else [spec["valueFromParameter"]]
+        )
+        for selector in selectors:
+            producer = done[selector["producerSubtask"]]
+            if not producer.skipped:
+                outputs.parameters[key] = producer.parameters[selector["outputParameterKey"]]
+                break
+    for key, spec in dag.get("outputs", {}).get("artifacts", {}).items():
+        for selector in spec["artifactSelectors"]:
+            producer = done[selector["producerSubtask"]]
+            if not producer.skipped:
+                outputs.artifacts[key] = producer.artifacts[selector["outputArtifactKey"]]
+                break
+    return outputs
 
 
 def task_order(tasks: dict[str, dict]) -> list[str]:
@@ -168,11 +212,7 @@ class ContainerLauncher:
             for name, definition in definitions.items()
         }
         outputs = self._run_dag(self.spec["root"]["dag"], parameters, scope="")
-        selected = {}
-        for name, selector in self.spec["root"]["dag"].get("outputs", {}).get("artifacts", {}).items():
-            (choice,) = selector["artifactSelectors"]
-            selected[name] = outputs[choice["producerSubtask"]].artifacts[choice["outputArtifactKey"]]
-        return selected
+        return dag_outputs(self.spec["root"]["dag"], outputs).artifacts
 
     def _run_dag(self, dag: dict, parameters: dict[str, Any], scope: str) -> dict[str, TaskOutputs]:
         done: dict[str, TaskOutputs] = {}
@@ -180,14 +220,18 @@ class ContainerLauncher:
             task = dag["tasks"][name]
             component = self.spec["components"][task["componentRef"]["name"]]
             inputs = self._task_parameters(task, parameters, done)
-            if "parameterIterator" in task:
+            condition = task.get("triggerPolicy", {}).get("condition")
+            if condition and not condition_holds(condition, inputs):
+                done[name] = TaskOutputs(skipped=True)
+            elif "parameterIterator" in task:
                 iterator = task["parameterIterator"]
                 for index, item in enumerate(inputs[iterator["items"]["inputParameter"]]):
                     loop_parameters = {**inputs, iterator["itemInput"]: item}
                     self._run_dag(component["dag"], loop_parameters, scope=f"{scope}{name}-{index}/")
                 done[name] = TaskOutputs()
-            elif "dag" in component or "triggerPolicy" in task:
-                raise SystemExit(f"task {name}: only ParallelFor sub-DAGs are emulated, not conditions")
+            elif "dag" in component:
+                branch = self._run_dag(component["dag"], inputs, scope=f"{scope}{name}/")
+                done[name] = dag_outputs(component["dag"], branch)
             else:
                 artifacts = self._task_artifacts(task, done)
                 done[name] = self._run_container(f"{scope}{name}", task, component, inputs, artifacts)

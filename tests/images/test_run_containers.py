@@ -10,6 +10,9 @@ from pipelines.run_containers import (
     PIPELINE_YAML,
     Artifact,
     ContainerLauncher,
+    TaskOutputs,
+    condition_holds,
+    dag_outputs,
     fill_placeholders,
     local_images,
     task_order,
@@ -36,6 +39,37 @@ def test_tasks_run_after_the_tasks_they_depend_on():
     assert order.index("download-model") < order.index("train-student") < order.index("merge-adapter")
     assert order.index("merge-adapter") < order.index("evaluate-student") < order.index("register-model")
     assert order[-1] == "register-model"
+
+
+@pytest.mark.parametrize(
+    "source, branch", [("", "no-teacher-server"), ("hf://org/teacher", "teacher-server")]
+)
+def test_the_served_teachers_if_and_else_branches_follow_the_source_and_its_oneof_the_branch_that_ran(
+    source, branch
+):
+    branches = SPEC["components"]["comp-condition-branches-1"]["dag"]
+    inputs = {"pipelinechannel--teacher_server_source": source}
+    ran = {
+        name: condition_holds(task["triggerPolicy"]["condition"], inputs)
+        for name, task in branches["tasks"].items()
+    }
+    assert [branches["tasks"][name]["taskInfo"]["name"] for name, holds in ran.items() if holds] == [branch]
+    (oneof,) = branches["outputs"]["parameters"]
+    selectors = branches["outputs"]["parameters"][oneof]["valueFromOneof"]["parameterSelectors"]
+    done = {
+        selector["producerSubtask"]: TaskOutputs(
+            parameters={selector["outputParameterKey"]: selector["producerSubtask"]},
+            skipped=not ran[selector["producerSubtask"]],
+        )
+        for selector in selectors
+    }
+    (chosen,) = [name for name, holds in ran.items() if holds]
+    assert dag_outputs(branches, done).parameters == {oneof: chosen}
+
+
+def test_a_condition_the_launcher_cannot_read_ends_the_run_naming_it():
+    with pytest.raises(SystemExit, match="only one input compared with a literal"):
+        condition_holds("int(inputs.parameter_values['n']) > 2", {"n": 3})
 
 
 def test_a_cycle_is_refused():
