@@ -14,14 +14,12 @@ Every Retry and Failure names its `cause`, a short stable word for counting fail
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING, Any
 
 from components.common.approved_hosts import APPROVED_HOSTS_ENV, key_may_go_to
 from components.common.backoff import retry_after
@@ -31,6 +29,11 @@ from components.common.provider_config import ProviderConfig
 from components.common.redact import redact_urls
 from components.common.secrets import optional_env, require_env
 
+if TYPE_CHECKING:
+    import openai
+
+# The SDK (the teacher extra) is imported where a request is made: every image imports components.common,
+# and only the teacher and eval images install openai.
 log = logging.getLogger(__name__)
 # httpx2 (under openai) logs every request URL at INFO; the stage reports its own progress instead.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -104,6 +107,8 @@ class ApiTeacher:
 
     @property
     def client(self) -> openai.AsyncOpenAI:
+        import openai
+
         if self._client is None:
             provider = self.provider
             approved = key_may_go_to(provider.base_url)
@@ -146,6 +151,8 @@ class ApiTeacher:
 
         Each check waits at most preflight_timeout_s: a server that accepts connections and never answers
         is reported within seconds, naming the request it did not answer."""
+        import openai
+
         provider = self.provider
         where = f"teacher at {provider.base_url}"
         timeout_s = provider.preflight_timeout_s
@@ -184,6 +191,9 @@ class ApiTeacher:
     async def ask(
         self, messages: list[dict[str, str]], max_tokens: int | None = None, timeout_s: float | None = None
     ) -> Answer | Retry | Failure:
+        import httpx2
+        import openai
+
         body = self.request_body(messages, max_tokens)
         timeout_s = timeout_s or self.provider.timeout_s
         try:
@@ -230,6 +240,8 @@ class ApiTeacher:
 
     async def _streamed(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Stream the answer and join its chunks into the shape of a non-streamed chat.completion."""
+        import openai
+
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         stream = await self.client.post(
             "/chat/completions",
@@ -285,6 +297,9 @@ def _http_client(connections: int, timeout_s: float):
     """The SDK's aiohttp transport (openai[aiohttp]): with 256 requests in flight on a loaded 2-core
     machine, httpx's connection pool reached 0.32 of the throughput bound and aiohttp 0.65
     (bench/teacher_throughput.py). Without aiohttp, httpx still works, only slower at high concurrency."""
+    import httpx2
+    import openai
+
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     try:
         import aiohttp  # noqa: F401  (only to know whether openai's aiohttp transport can run)
@@ -341,29 +356,34 @@ def _status_reason(error: openai.APIStatusError) -> str:
 
 # The first of these found along an error's chain names the cause. openai's aiohttp transport reports every
 # connection failure as a timeout (ConnectTimeout), so the SDK's error class alone cannot be trusted.
-_CONNECTION_CAUSES: list[tuple[tuple[type[BaseException], ...], str, str]] = [
-    ((socket.gaierror,), "dns", "DNS lookup of the host failed"),
-    ((ssl.SSLError,), "tls", "TLS handshake failed"),
-    ((ConnectionRefusedError,), "refused", "connection refused"),
-    ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError), "reset", "connection reset"),
-    ((httpx2.RemoteProtocolError,), "closed", "connection closed without an answer"),
-    ((TimeoutError, httpx2.TimeoutException), "timeout", ""),
-]
-try:
-    import aiohttp
+@functools.cache
+def _connection_causes() -> list[tuple[tuple[type[BaseException], ...], str, str]]:
+    import httpx2
 
-    _CONNECTION_CAUSES.insert(
-        -1, ((aiohttp.ServerDisconnectedError,), "closed", "connection closed without an answer")
-    )
-except ImportError:
-    pass
+    causes: list[tuple[tuple[type[BaseException], ...], str, str]] = [
+        ((socket.gaierror,), "dns", "DNS lookup of the host failed"),
+        ((ssl.SSLError,), "tls", "TLS handshake failed"),
+        ((ConnectionRefusedError,), "refused", "connection refused"),
+        ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError), "reset", "connection reset"),
+        ((httpx2.RemoteProtocolError,), "closed", "connection closed without an answer"),
+        ((TimeoutError, httpx2.TimeoutException), "timeout", ""),
+    ]
+    try:
+        import aiohttp
+
+        causes.insert(
+            -1, ((aiohttp.ServerDisconnectedError,), "closed", "connection closed without an answer")
+        )
+    except ImportError:
+        pass
+    return causes
 
 
 def connection_failure(error: BaseException, timeout_s: float, field: str = "timeout_s") -> tuple[str, str]:
     """(cause, reason) of a failed connection: its root cause, e.g. ("refused", "connection refused
     (ConnectionRefusedError: [Errno 111] ...)"), or ("timeout", "no answer within timeout_s=120")."""
     chain = _chain(error)
-    for kinds, cause, what in _CONNECTION_CAUSES:
+    for kinds, cause, what in _connection_causes():
         found = next((link for link in chain if isinstance(link, kinds)), None)
         if found is None:
             continue
