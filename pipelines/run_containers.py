@@ -24,7 +24,6 @@ import os
 import re
 import time
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +183,7 @@ class ContainerLauncher:
         images: dict[str, str],
         secrets: dict[str, dict[str, str]],
         environment: dict[str, str] | None = None,
+        config_maps: dict[str, dict[str, str]] | None = None,
     ) -> None:
         pipeline_spec, platform_spec = list(yaml.safe_load_all(spec_path.read_text()))
         self.spec = pipeline_spec
@@ -192,6 +192,7 @@ class ContainerLauncher:
         self.engine = engine
         self.images = images
         self.secrets = secrets
+        self.config_maps = config_maps or {}
         self.environment = environment or {}
         self.run_id = uuid.uuid4().hex[:12]
         self.pipeline_root = f"s3://{BUCKET}/pipeline_root/{self.run_id}"
@@ -308,17 +309,23 @@ class ContainerLauncher:
         return executor_input, outputs, output_file
 
     def task_environment(self, executor_label: str) -> dict[str, str]:
-        """The environment the platform spec's Secrets give the task (the cluster mounts them as env)."""
+        """The environment the platform spec's Secrets and ConfigMaps give the task (the cluster maps them
+        to env); an optional one that was not given is left out, as on the cluster."""
         environment = dict(self.environment)
-        for secret in self.platform.get(executor_label, {}).get("secretAsEnv", []):
-            values = self.secrets.get(secret["secretName"])
-            if values is None:
-                if secret.get("optional"):
-                    continue
-                raise SystemExit(f"Secret {secret['secretName']!r} is required by {executor_label}; pass it")
-            for mapping in secret["keyToEnv"]:
-                if mapping["secretKey"] in values:
-                    environment[mapping["envVar"]] = values[mapping["secretKey"]]
+        executor = self.platform.get(executor_label, {})
+        for kind, given in (("secret", self.secrets), ("configMap", self.config_maps)):
+            for source in executor.get(f"{kind}AsEnv", []):
+                name = source[f"{kind}Name"]
+                values = given.get(name)
+                if values is None:
+                    if source.get("optional"):
+                        continue
+                    raise SystemExit(
+                        f"{kind[0].upper()}{kind[1:]} {name!r} is required by {executor_label}; pass it"
+                    )
+                for mapping in source["keyToEnv"]:
+                    if mapping[f"{kind}Key"] in values:
+                        environment[mapping["envVar"]] = values[mapping[f"{kind}Key"]]
         return environment
 
     def _run_container(
@@ -389,25 +396,26 @@ def run_demo(
 ) -> tuple[dict[str, Artifact], dict]:
     """The demo of `make demo`, every task in its image; returns the pipeline outputs and task timings."""
     workdir = workdir.resolve()
-    launcher = ContainerLauncher(
-        PIPELINE_YAML,
-        workdir,
-        engine,
-        local_images(PIPELINE_YAML),
-        secrets={
-            "distill-teacher": {"api-key": DEMO_API_KEY},
-            # The demo's store is a folder under /s3, so the S3 keys are never used; the spec requires them.
-            "distill-s3": {"access-key-id": "unused", "secret-access-key": "unused"},
-        },
-        environment=environment,
-    )
-    dataset_uri = f"s3://{BUCKET}/datasets/prompts.jsonl"
-    dataset = s3_path(launcher.s3_root, dataset_uri)
-    _make_shared_folder(dataset.parent, launcher.s3_root)
     defaults = LocalRun()
-    write_demo_dataset(dataset, defaults.dataset_size, seed=0)
-    with ExitStack() as stack:
-        server = stack.enter_context(start_teacher_server(api_key=DEMO_API_KEY, model=defaults.teacher_model))
+    with start_teacher_server(api_key=DEMO_API_KEY, model=defaults.teacher_model) as server:
+        launcher = ContainerLauncher(
+            PIPELINE_YAML,
+            workdir,
+            engine,
+            local_images(PIPELINE_YAML),
+            secrets={
+                "distill-teacher": {"api-key": DEMO_API_KEY},
+                # The demo's store is a folder under /s3, so the S3 keys are never used; the spec requires them.
+                "distill-s3": {"access-key-id": "unused", "secret-access-key": "unused"},
+            },
+            environment=environment,
+            # The demo teacher on this machine is the host an administrator approved for the key.
+            config_maps={"distill-approved-hosts": {"api-hosts": server.base_url}},
+        )
+        dataset_uri = f"s3://{BUCKET}/datasets/prompts.jsonl"
+        dataset = s3_path(launcher.s3_root, dataset_uri)
+        _make_shared_folder(dataset.parent, launcher.s3_root)
+        write_demo_dataset(dataset, defaults.dataset_size, seed=0)
         arguments = {
             "store_uri": container_path(f"s3://{BUCKET}/store"),
             "student_source": defaults.student_source,

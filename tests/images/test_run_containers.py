@@ -154,3 +154,21 @@ def test_an_environment_given_to_every_task_is_kept_beside_its_secrets(tmp_path)
     )
     environment = launcher.task_environment("exec-download-model")
     assert environment["OMP_NUM_THREADS"] == "1" and environment["AWS_ACCESS_KEY_ID"] == "id"
+
+
+def test_config_maps_reach_a_task_as_the_environment_its_platform_spec_names(tmp_path):
+    launcher = ContainerLauncher(
+        PIPELINE_YAML,
+        tmp_path,
+        engine="buildah",
+        images=local_images(PIPELINE_YAML),
+        secrets={
+            "distill-teacher": {"api-key": "k"},
+            "distill-s3": {"access-key-id": "id", "secret-access-key": "sk"},
+        },
+        config_maps={"distill-approved-hosts": {"api-hosts": "http://127.0.0.1:8000"}},
+    )
+    teacher = launcher.task_environment("exec-teacher-data")
+    assert teacher["DISTILL_APPROVED_API_HOSTS"] == "http://127.0.0.1:8000"
+    assert "AWS_ENDPOINT_URL" not in teacher  # an optional ConfigMap that was not given is left out
+    assert "DISTILL_APPROVED_API_HOSTS" not in launcher.task_environment("exec-merge-adapter")
