@@ -1,7 +1,7 @@
 """A deterministic OpenAI-compatible teacher on loopback: the demo's teacher.
 
     python -m pipelines.demo_teacher --port 8000 [--api-key K] [--latency 0.5] [--rate-limit-fraction 0.1]
-                                     [--write-dataset data/demo_prompts.jsonl --count 200]
+                                     [--write-dataset data/demo_prompts.jsonl --count 1000]
 
 It speaks the chat completions API the way DeepSeek or DashScope do (`reasoning_content` beside
 `content`, `usage`, `n`, `max_tokens`, `logprobs`/`top_logprobs`, streaming), so the teacher stage talks
