@@ -43,7 +43,7 @@ image-tools:
 	@$(BIN)/python -m pipelines.container_engine detect >/dev/null 2>&1 && command -v mmdebstrap >/dev/null \
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap >/dev/null; } \
-		|| echo "no container engine and no apt: the image tests will be skipped"
+		|| echo "no container engine and no apt: images cannot be built here (the image tests skip); install docker, podman or buildah"
 
 # The HTML report is checked in headless Debian chromium; where it cannot be installed that test skips.
 browser:

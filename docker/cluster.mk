@@ -55,7 +55,7 @@ local-base: ## make the stand-in base CPU_BASE_IMAGE from Debian packages, unles
 		|| STORAGE_DRIVER=$${STORAGE_DRIVER:-vfs} BUILDAH_ISOLATION=$${BUILDAH_ISOLATION:-chroot} \
 		docker/local-base.sh $(CPU_BASE_IMAGE)
 
-images-cpu: $(if $(filter localhost/%,$(CPU_BASE_IMAGE)),local-base) | $(VENV)/.installed ## the CPU variant of every image, on CPU_BASE_IMAGE, reused when unchanged
+images-cpu: image-tools $(if $(filter localhost/%,$(CPU_BASE_IMAGE)),local-base) | $(VENV)/.installed ## the CPU variant of every image, on CPU_BASE_IMAGE, reused when unchanged
 	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) $(BIN)/python -m pipelines.container_engine build \
 		--variant cpu --base-image $(CPU_BASE_IMAGE) $(if $(CPU_WHEELS),--wheels $(CPU_WHEELS)) $(BUILD_FLAGS)
 
