@@ -225,6 +225,7 @@ def write_journal(config_path: Path, count: int) -> None:
     from components.teacher import Config
     from components.teacher.generate import Job, make_entry
     from components.teacher.journal import Journal, shard_name
+    from components.teacher.money import Spend
     from components.teacher.plan import RecordIds
     from components.teacher.readers import Prompt
     from pipelines.demo_teacher import demo_answer
@@ -236,8 +237,9 @@ def write_journal(config_path: Path, count: int) -> None:
     batch = []
     for i in range(count):
         messages = [{"role": "user", "content": f"Reverse the letters of: {word(i)}"}]
-        job = Job(record_id(messages), Prompt(messages, source=f"prompts.jsonl:{i + 1}"), requests=1)
-        job.prompt_tokens, job.completion_tokens = 12, 30
+        job = Job(
+            record_id(messages), Prompt(messages, source=f"prompts.jsonl:{i + 1}"), spent=Spend(1, 12, 30)
+        )
         content, reasoning = demo_answer(messages[0]["content"])
         batch.append(make_entry(job, [Choice(content, reasoning, "stop")], "ok", "", settings))
         if len(batch) == 20_000:

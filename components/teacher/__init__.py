@@ -20,7 +20,8 @@ prompt_tokens, completion_tokens, cost, total_cost, ...).
 Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
 files), local.py
 (Hugging Face teacher, vLLM when installed), generate.py (worker pool, retries, answer policies),
-batch.py (mode: batch, the provider's Batch API), limits.py (rpm/tpm, budget),
+batch.py (mode: batch, the provider's Batch API), money.py (the budget: reserve, settle, refund, totals),
+limits.py (rpm/tpm, each shard's part of the budget),
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),
 progress.py (bar, log lines), stage.py (run, run_shard, finalize, Result), finalize.py (merge and write
 the dataset), component.py (its StageSpec). The provider config, named providers

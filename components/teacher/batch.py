@@ -46,7 +46,7 @@ from components.common.openai_api import ApiTeacher, parse_completion
 from components.common.store import ArtifactStore
 from components.teacher.config import BatchConfig
 from components.teacher.generate import Generator, Job, prompt_fields
-from components.teacher.limits import worst_cost
+from components.teacher.money import worst_cost
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,8 @@ class BatchRunner:
             job.failure = why.cause
             if own:  # a batch bills only what it answered
                 worst = record.worst_costs.get(key, 0.0)
-                job.cost += generator.budget.settle(worst, 0, 0, self.prices, reported=not why.maybe_paid)
+                budget = generator.budget
+                job.spent.cost += budget.forfeit(worst) if why.maybe_paid else budget.refund(worst)
         left = [job for job in jobs.values() if job.failure]
         leftovers.extend(left)
         await asyncio.to_thread(generator.journal.flush)
@@ -416,14 +417,14 @@ class BatchRunner:
                 replies.answered.add(job.key)
                 job.failure = ""
                 if own:
-                    job.cost += generator.budget.settle(
+                    job.spent.cost += generator.budget.settle(
                         record.worst_costs.get(job.key, 0.0),
                         answer.prompt_tokens,
                         answer.completion_tokens,
                         self.prices,
                         answer.usage_reported,
                     )
-                job.requests += 1
+                job.spent.requests += 1
                 if await generator.answered(job, answer) is not None:
                     job.failure = "answer retried by on_empty/on_length"
 

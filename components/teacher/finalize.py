@@ -24,7 +24,8 @@ from components.common.redact import redact_config, redact_urls
 from components.common.store import open_store
 from components.teacher.config import Config
 from components.teacher.export import write_alpaca, write_dpo_pairs, write_sharegpt
-from components.teacher.journal import Entry, Journal, Spend, line_outcome, spent_by_shard
+from components.teacher.journal import Entry, Journal, line_outcome, spent_by_shard
+from components.teacher.money import Spend
 from components.teacher.plan import plan
 from components.teacher.quality import split_keys
 

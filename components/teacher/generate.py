@@ -4,7 +4,7 @@
 that must be retried (429, 5xx, timeout, dropped connection, or an empty/truncated answer under the
 "retry" policy) is put back on the queue after its backoff or Retry-After, ahead of fresh prompts, and
 its worker moves on to another prompt meanwhile, so waiting never idles a slot. Every request is reserved
-against the budget and journaled in the spend ledger before it leaves (limits.py, journal.py); each paid
+against the budget and journaled in the spend ledger before it leaves (money.py, journal.py); each paid
 answer goes to the cache the moment it arrives and to the journal at the next checkpoint. Budget limits
 stop new requests; requests in flight finish and are kept. SIGTERM (a pod being stopped), Ctrl-C and a
 fatal teacher error (key revoked, model gone) do the same, save every answer at once, and end the run
@@ -28,7 +28,8 @@ from components.common.openai_api import Answer, Choice, Failure, Retry
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge
-from components.teacher.limits import Budget, RateLimiter, worst_cost
+from components.teacher.limits import RateLimiter
+from components.teacher.money import Budget, Spend, worst_cost
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,7 @@ class Job:
     prompt: Prompt
     transient_failures: int = 0
     policy_retries: int = 0
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
+    spent: Spend = field(default_factory=Spend)  # this prompt's requests, their tokens and cost
     failure: str = ""  # why a batch left it unanswered (batch.py)
 
 
@@ -95,9 +93,9 @@ def make_entry(job: Job, answer_choices: list[Choice], status: str, reason: str,
         reason=reason,
         prompt=prompt_fields(job),
         answers=answer_choices,
-        usage={"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
-        cost=job.cost,
-        requests=job.requests,
+        usage={"prompt_tokens": job.spent.prompt_tokens, "completion_tokens": job.spent.completion_tokens},
+        cost=job.spent.cost,
+        requests=job.spent.requests,
         teacher=teacher,
     )
 
@@ -191,8 +189,7 @@ class Generator:
             await self.spend.record(self.budget)
             outcome = await client.ask(messages)
         finally:
-            prompt_tokens, completion_tokens, reported = settled_usage(outcome)
-            cost = self.budget.settle(worst, prompt_tokens, completion_tokens, prices, reported)
+            cost = settle(self.budget, worst, outcome, prices)
         return outcome, cost
 
     async def finish(self, job: Job, entry: Entry, new_answer: bool) -> None:
@@ -231,7 +228,7 @@ class Generator:
 
     async def attempt(self, job: Job) -> float | None:
         """One step for `job`: None when it is finished, else seconds to wait before the next step."""
-        if job.requests == 0 and job.transient_failures == 0:
+        if job.spent.requests == 0 and job.transient_failures == 0:
             cached = await self.lookup_cache(job)
             if cached is not None:
                 await self.finish(job, cached, new_answer=False)
@@ -248,8 +245,8 @@ class Generator:
             self.tally.lost("unfinished", self.budget.stopped)
             return None
         outcome, cost = paid
-        job.requests += 1
-        job.cost += cost
+        job.spent.requests += 1
+        job.spent.cost += cost
         if isinstance(outcome, Answer):
             return await self.answered(job, outcome)
         if isinstance(outcome, Failure):
@@ -263,7 +260,7 @@ class Generator:
         if job.transient_failures > provider.max_retries:
             self.tally.lost("failed", outcome.cause)
             log.warning(
-                "giving up on %s after %d requests: %s", job.prompt.source, job.requests, outcome.reason
+                "giving up on %s after %d requests: %s", job.prompt.source, job.spent.requests, outcome.reason
             )
             return None
         self.tally.retried(outcome.cause)
@@ -271,8 +268,7 @@ class Generator:
 
     async def answered(self, job: Job, answer: Answer) -> float | None:
         """Apply the answer policies to a paid answer (its cost already counted by the caller)."""
-        job.prompt_tokens += answer.prompt_tokens
-        job.completion_tokens += answer.completion_tokens
+        job.spent.add_usage(answer.prompt_tokens, answer.completion_tokens)
         self.limiter.charge(answer.completion_tokens)
         problem = answer_problem(answer.choices)
         action = self.policy(problem)
@@ -425,13 +421,16 @@ class Generator:
         return self.tally
 
 
-def settled_usage(outcome: Answer | Retry | Failure | None) -> tuple[int, int, bool]:
-    """(prompt tokens, completion tokens, reported) a request is settled at: an answer's usage, or
-    unreported when the provider gave none; nothing for an error. A request cut off in flight
-    (`outcome` None) is unreported: it may have been billed in full."""
+def settle(
+    budget: Budget, worst: float, outcome: Answer | Retry | Failure | None, prices: tuple[float, float]
+) -> float:
+    """Settle a reserved request by how it ended: an answer at its usage, an error refunded, a request
+    cut off in flight (`outcome` None) at its worst case, since it may have been billed in full."""
     if isinstance(outcome, Answer):
-        return outcome.prompt_tokens, outcome.completion_tokens, outcome.usage_reported
-    return 0, 0, outcome is not None
+        return budget.settle(
+            worst, outcome.prompt_tokens, outcome.completion_tokens, prices, outcome.usage_reported
+        )
+    return budget.refund(worst) if outcome is not None else budget.forfeit(worst)
 
 
 def _estimate_tokens(messages: list[dict[str, str]]) -> int:

@@ -32,7 +32,7 @@ class GoldAnswers:
                 if not job.prompt.reference:
                     generator.tally.lost("dropped", NO_GOLD)
                     continue
-                job.requests += 1
+                job.spent.requests += 1
                 await generator.answered(job, Answer([Choice(job.prompt.reference, finish_reason="stop")]))
         await asyncio.to_thread(generator.journal.flush)
         generator.raise_if_interrupted()

@@ -36,12 +36,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from components.common.openai_api import Choice
 from components.common.store import ArtifactStore
-from components.teacher.limits import Budget
+from components.teacher.money import Budget, Spend
 
 log = logging.getLogger(__name__)
 
@@ -264,19 +264,6 @@ def entry_digest(entry: dict[str, Any], key: str, messages: list[dict[str, str]]
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-@dataclass
-class Spend:
-    """Requests sent, tokens and cost: of one invocation, or summed."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-
-    def __add__(self, other: Spend) -> Spend:
-        return Spend(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-
 def spent_by_shard(store: ArtifactStore) -> dict[tuple[int, int], Spend]:
     """What every invocation of the run spent (the ledger objects under `store`), summed by shard
     (index, count)."""
@@ -335,16 +322,13 @@ class SpendLedger:
         self._store_state(self._state(budget))
 
     def _state(self, budget: Budget) -> dict[str, Any] | None:
-        if budget.requests == 0:
+        if budget.spent.requests == 0:
             return None  # nothing sent: a fully cached or stopped invocation leaves no object
         return {
             "shard_index": self.shard[0],
             "num_shards": self.shard[1],
-            "requests": budget.requests,
-            "prompt_tokens": budget.prompt_tokens,
-            "completion_tokens": budget.completion_tokens,
-            "cost": budget.cost,
-            "in_flight_cost": budget.held_cost,
+            **asdict(budget.spent),
+            "in_flight_cost": budget.held,
             "in_flight": budget.in_flight,
         }
 

@@ -279,7 +279,7 @@ class LocalTeacher:
             allowed = []
             for job in batch:
                 if generator.budget.reserve_now(0.0):
-                    job.requests += 1
+                    job.spent.requests += 1
                     allowed.append(job)
                 else:
                     generator.tally.lost("unfinished", generator.budget.stopped)

@@ -18,7 +18,7 @@ import time
 
 from components.teacher.generate import Tally
 from components.teacher.journal import Entry
-from components.teacher.limits import Budget
+from components.teacher.money import Budget
 
 log = logging.getLogger("components.teacher")
 
@@ -43,8 +43,8 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
-                cost=f"{self.budget.cost:.4f}",
-                requests=self.budget.requests,
+                cost=f"{self.budget.spent.cost:.4f}",
+                requests=self.budget.spent.requests,
                 retries=self.tally.retries,
                 refresh=False,
             )
@@ -62,10 +62,10 @@ class Progress:
             100 * self.done / max(self.total, 1),
             rate,
             eta,
-            self.budget.requests,
-            self.budget.prompt_tokens,
-            self.budget.completion_tokens,
-            self.budget.cost,
+            self.budget.spent.requests,
+            self.budget.spent.prompt_tokens,
+            self.budget.spent.completion_tokens,
+            self.budget.spent.cost,
             _by_cause(tally.retry_causes),
             _by_cause(tally.lost_causes, "failed: "),
             _by_cause(tally.lost_causes, "dropped: "),

@@ -34,9 +34,10 @@ from components.teacher.batch import BatchRunner
 from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import write_dataset
 from components.teacher.generate import PROBLEMS, Generator, Job, Tally
-from components.teacher.journal import Cache, Journal, Spend, SpendLedger, shard_name, spent_by_shard
+from components.teacher.journal import Cache, Journal, SpendLedger, shard_name, spent_by_shard
 from components.teacher.judge import Judge
-from components.teacher.limits import Budget, RateLimiter, shard_allowance
+from components.teacher.limits import RateLimiter, shard_allowance
+from components.teacher.money import Budget, Spend
 from components.teacher.plan import Plan, jobs, plan
 from components.teacher.progress import Progress
 
@@ -170,7 +171,7 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
     metrics = {
         "shard_prompts": len(mine),
         "resumed": len(done),
-        "requests": budget.requests,
+        "requests": budget.spent.requests,
         "answered": tally.answered,
         "cached": tally.cached,
         "dropped": tally.dropped,
@@ -182,9 +183,9 @@ def _ask_shard(config: Config, shard_index: int, num_shards: int) -> ShardOutcom
         "duplicates": work.filtered.duplicates,
         "near_duplicates": work.filtered.near_duplicates,
         "filtered_prompts": work.filtered.too_short + work.filtered.too_long,
-        "prompt_tokens": budget.prompt_tokens,
-        "completion_tokens": budget.completion_tokens,
-        "cost": budget.cost,
+        "prompt_tokens": budget.spent.prompt_tokens,
+        "completion_tokens": budget.spent.completion_tokens,
+        "cost": budget.spent.cost,
         "stopped_by_budget": float(bool(budget.stopped)),
     }
     if budget.stopped:

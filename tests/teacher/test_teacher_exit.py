@@ -19,8 +19,8 @@ from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher import Config
 from components.teacher.config import POD_GRACE_S, STOP_SAVE_S
-from components.teacher.journal import Spend, spent_by_shard
-from components.teacher.limits import worst_cost
+from components.teacher.journal import spent_by_shard
+from components.teacher.money import Spend, worst_cost
 from components.teacher.stage import run
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import (

@@ -14,7 +14,8 @@ from components.common.config import from_dict
 from components.common.errors import ConfigError
 from components.common.records import read_records
 from components.teacher import Config
-from components.teacher.limits import shard_allowance, token_cost, worst_cost
+from components.teacher.limits import shard_allowance
+from components.teacher.money import token_cost, worst_cost
 from components.teacher.stage import finalize, run, run_shard
 from pipelines.demo_teacher import demo_words, start_teacher_server, write_demo_dataset
 from tests.teacher.conftest import run_teacher_cli, start_teacher_cli, teacher_config, wait_until

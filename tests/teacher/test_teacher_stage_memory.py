@@ -12,7 +12,7 @@ from components.common.records import read_records
 from components.common.store import open_store
 from components.teacher.generate import Job, Tally
 from components.teacher.journal import Journal, SpendLedger
-from components.teacher.limits import Budget
+from components.teacher.money import Budget
 from components.teacher.readers import Prompt
 from components.teacher.stage import _generate, finalize, make_teacher, run_shard
 from pipelines.demo_teacher import start_teacher_server

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from components.common.records import read_records
-from components.teacher.limits import worst_cost
+from components.teacher.money import worst_cost
 from components.teacher.stage import run
 from pipelines.demo_teacher import write_demo_dataset
 from tests.teacher.batch_teacher import BatchFaults, start_batch_teacher
