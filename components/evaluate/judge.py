@@ -101,18 +101,13 @@ async def judge_one(client, slots: asyncio.Semaphore, i: int, questions, student
 
 async def ask(client, prompt: str) -> str:
     """The judge's reply, or "error: <reason>" once retries are spent or the failure is permanent."""
-    from components.common.backoff import backoff
     from components.common.openai_api import Answer, Failure
+    from components.common.retrying import ask_with_retries
 
-    provider = client.provider
     messages = [{"role": "user", "content": prompt}]
-    reason = "no attempt made"
-    for attempt in range(provider.max_retries + 1):
-        outcome = await client.ask(messages)
-        if isinstance(outcome, Answer):
-            return outcome.choices[0].content if outcome.choices else ""
-        if isinstance(outcome, Failure):
-            return f"error: {outcome.reason}"
-        reason = outcome.reason
-        await asyncio.sleep(backoff(attempt + 1, provider.backoff_s, provider.backoff_max_s, outcome.after_s))
-    return f"error: retries exhausted ({reason})"
+    outcome = await ask_with_retries(lambda: client.ask(messages), client.provider)
+    if isinstance(outcome, Answer):
+        return outcome.choices[0].content if outcome.choices else ""
+    if isinstance(outcome, Failure):
+        return f"error: {outcome.reason}"
+    return f"error: retries exhausted ({outcome.reason})"

@@ -22,9 +22,9 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from components.common.backoff import backoff
 from components.common.errors import InputError, StageStopped
 from components.common.openai_api import Answer, Choice, Failure, Retry
+from components.common.retrying import retry_wait
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge
@@ -257,14 +257,15 @@ class Generator:
             return None
         assert isinstance(outcome, Retry)
         job.transient_failures += 1
-        if job.transient_failures > provider.max_retries:
+        wait = retry_wait(provider, job.transient_failures, outcome)
+        if wait is None:
             self.tally.lost("failed", outcome.cause)
             log.warning(
                 "giving up on %s after %d requests: %s", job.prompt.source, job.spent.requests, outcome.reason
             )
             return None
         self.tally.retried(outcome.cause)
-        return backoff(job.transient_failures, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
+        return wait
 
     async def answered(self, job: Job, answer: Answer) -> float | None:
         """Apply the answer policies to a paid answer (its cost already counted by the caller)."""

@@ -7,13 +7,12 @@ Its requests count against the run's budget at the judge's own prices, reserved 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.backoff import backoff
 from components.common.openai_api import Answer, ApiTeacher, Failure, Retry
+from components.common.retrying import ask_with_retries
 from components.teacher.templates import render_file_template
 
 _VERDICT = re.compile(r"\b(ACCEPT|REJECT)\b", re.I)
@@ -36,21 +35,24 @@ class Judge:
         messages = [{"role": "user", "content": prompt}]
         provider = self.teacher.provider
         cost = 0.0
-        for attempt in range(provider.max_retries + 1):
+
+        async def send() -> Answer | Retry | Failure | None:
+            nonlocal cost
             paid = await ask(messages)
             if paid is None:
-                return {"verdict": "error", "model": provider.model, "reply": "budget reached", "cost": cost}
+                return None
             outcome, request_cost = paid
             cost += request_cost
-            if isinstance(outcome, Answer):
-                reply = outcome.choices[0].content if outcome.choices else ""
-                match = _VERDICT.search(reply)
-                verdict = match.group(1).lower() if match else "reject"
-                return {"verdict": verdict, "model": provider.model, "reply": reply[:500], "cost": cost}
-            if isinstance(outcome, Failure):
-                return {"verdict": "error", "model": provider.model, "reply": outcome.reason, "cost": cost}
-            assert isinstance(outcome, Retry)
-            await asyncio.sleep(
-                backoff(attempt + 1, provider.backoff_s, provider.backoff_max_s, outcome.after_s)
-            )
+            return outcome
+
+        outcome = await ask_with_retries(send, provider)
+        if outcome is None:
+            return {"verdict": "error", "model": provider.model, "reply": "budget reached", "cost": cost}
+        if isinstance(outcome, Answer):
+            reply = outcome.choices[0].content if outcome.choices else ""
+            match = _VERDICT.search(reply)
+            verdict = match.group(1).lower() if match else "reject"
+            return {"verdict": verdict, "model": provider.model, "reply": reply[:500], "cost": cost}
+        if isinstance(outcome, Failure):
+            return {"verdict": "error", "model": provider.model, "reply": outcome.reason, "cost": cost}
         return {"verdict": "error", "model": provider.model, "reply": "retries exhausted", "cost": cost}
