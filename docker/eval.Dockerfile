@@ -15,7 +15,8 @@
 #   A CPU variant, for machines without a GPU (CI), builds from this same file:
 #   --build-arg BASE_IMAGE=<a Debian/Ubuntu base with python3> --build-arg PYTHON=python3
 #   --build-arg TORCH=torch==2.13.0+cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
-#   (`make build VARIANT=cpu` passes these).
+#   --build-arg VLLM=0   (`make build VARIANT=cpu` passes these).
+#   VLLM         1: the vllm extra, so generation runs on vLLM on a GPU (eval.engine auto); 0: HF generate.
 ARG BASE_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 ARG PYTHON=python3.12
 ARG TORCH=torch==2.13.0
@@ -53,9 +54,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
 # The teacher extra too: the LLM judge scores answers through the teacher's OpenAI-compatible client.
+ARG VLLM=1
 COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python /build/requirements.py eval teacher pipeline > /build/requirements.txt \
+    python /build/requirements.py eval teacher pipeline vllm=${VLLM} > /build/requirements.txt \
  && pip install -c /build/constraints.txt -r /build/requirements.txt
 
 COPY components /app/components

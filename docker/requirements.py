@@ -6,7 +6,8 @@ pyproject.toml or docker/constraints.txt change, never when the code does:
     python docker/requirements.py train deepspeed qlora pipeline > /tmp/requirements.txt
     pip install -r /tmp/requirements.txt -c docker/constraints.txt
 
-Self-references such as `kfp-distill[train,merge]` are expanded in place.
+A word `EXTRA=1` names EXTRA, `EXTRA=0` leaves it out: the form a Dockerfile's 0/1 build argument takes
+(`vllm=${VLLM}`). Self-references such as `kfp-distill[train,merge]` are expanded in place.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def requirements(pyproject: dict, extras: list[str]) -> list[str]:
     return result
 
 
+def selected_extras(words: list[str]) -> list[str]:
+    """The extras the words name: `EXTRA`, or `EXTRA=1`; `EXTRA=0` names none."""
+    chosen = []
+    for word in words:
+        extra, switch, value = word.partition("=")
+        if switch and value not in ("0", "1"):
+            raise SystemExit(f"{word!r}: a switched extra is EXTRA=1 or EXTRA=0 (a build argument's 0 or 1)")
+        if not switch or value == "1":
+            chosen.append(extra)
+    return chosen
+
+
 def pyproject_path(script_dir: Path) -> Path:
     """pyproject.toml beside the script (an image build copies both to /build), else the repository's."""
     for folder in (script_dir, script_dir.parent):
@@ -65,7 +78,7 @@ def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python docker/requirements.py EXTRA [EXTRA ...]")
     pyproject = tomllib.loads(pyproject_path(Path(__file__).resolve().parent).read_text())
-    print("\n".join(requirements(pyproject, argv)))
+    print("\n".join(requirements(pyproject, selected_extras(argv))))
 
 
 if __name__ == "__main__":

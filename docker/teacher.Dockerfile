@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1.7
 # Teacher-data stage: asks an OpenAI-compatible teacher API (DeepSeek, DashScope, vLLM, ...) over HTTP,
-# so the default image is small and CPU-only. For a local Hugging Face teacher on a GPU node, add the
-# teacher-local extra; PyPI's torch wheel then brings its own CUDA libraries:
+# so the default image is small and CPU-only. For a local Hugging Face teacher on a GPU node (provider
+# local), build its GPU variant; PyPI's torch wheel then brings its own CUDA libraries:
 #   make build-teacher
+#   make build-teacher BUILD_ARGS="--build-arg LOCAL_TEACHER=1"
 #   docker build -f docker/teacher.Dockerfile --build-arg VERSION=$TAG -t $(python -m pipelines.images teacher) .
-#   docker build -f docker/teacher.Dockerfile --build-arg EXTRAS="teacher teacher-local pipeline" ...
 # Build arguments (README "Building the images"):
 #   BASE_IMAGE   the base, pinned by tag; pin a digest with --build-arg BASE_IMAGE=<name:tag>@sha256:<digest>,
 #                or name a mirror, or the stand-in of docker/local-base.sh where no registry is reachable.
 #   PYTHON       the interpreter the venv is made from; installed with apt when the base lacks it.
+#   LOCAL_TEACHER  1: the teacher-local extra (torch, transformers, bitsandbytes for 8-bit and 4-bit
+#                teachers) and the vllm extra; 0: the API teacher only, no torch.
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 ARG PYTHON=python3
 FROM ${BASE_IMAGE}
@@ -38,10 +40,11 @@ RUN if ! command -v "${PYTHON}" >/dev/null; then apt-get update \
 COPY docker/constraints.txt /build/
 
 # Dependencies before source: this layer is rebuilt only when pyproject.toml or the constraints change.
-ARG EXTRAS="teacher pipeline"
+ARG LOCAL_TEACHER=0
 COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python /build/requirements.py ${EXTRAS} > /build/requirements.txt \
+    python /build/requirements.py teacher pipeline teacher-local=${LOCAL_TEACHER} vllm=${LOCAL_TEACHER} \
+        > /build/requirements.txt \
  && pip install -c /build/constraints.txt --find-links /wheels -r /build/requirements.txt
 
 COPY components /app/components

@@ -17,10 +17,15 @@
 #                (FLASH_ATTENTION_FORCE_BUILD, never a prebuilt wheel fetched from elsewhere). torch's SDPA
 #                already runs FlashAttention-2 kernels; the package adds varlen attention for packed
 #                batches and costs about an hour of compile time.
+#   VLLM         1: the vllm extra, for on-policy samples from a vLLM engine beside the student; 0 (the CPU
+#                variant): none.
+#   TRACKERS     1: the trackers extra (wandb, swanlab), for train.report_to; keys from the Secret
+#                distill-trackers. 0: TensorBoard only.
 #   A CPU variant, for machines without a GPU (CI), builds from this same file:
 #   --build-arg BASE_IMAGE=<a Debian/Ubuntu base with python3> --build-arg PYTHON=python3
 #   --build-arg TORCH=torch==2.13.0+cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
-#   --build-arg BUILD_BASE_IMAGE=<the same base> --build-arg DS_PREBUILD=0   (`make build VARIANT=cpu`).
+#   --build-arg BUILD_BASE_IMAGE=<the same base> --build-arg DS_PREBUILD=0 --build-arg VLLM=0
+#   (`make build VARIANT=cpu`).
 # torch 2.13.0 from PyPI is built against CUDA 13 and carries its CUDA libraries; the CUDA 13.0 bases
 # match it.
 ARG BASE_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
@@ -110,10 +115,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # wheels are copied, not bind-mounted from the stage: buildah cannot mount a stage it took from its
 # cache; they add the size of the DeepSpeed (and flash-attn) wheel to the image.
 ARG DS_PREBUILD
+ARG VLLM=1
+ARG TRACKERS=0
 COPY --from=wheels /dist /dist
 COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python /build/requirements.py train deepspeed qlora pipeline > /build/requirements.txt \
+    python /build/requirements.py train deepspeed qlora pipeline vllm=${VLLM} trackers=${TRACKERS} \
+        > /build/requirements.txt \
  && pip install -c /build/constraints.txt --find-links /dist --only-binary deepspeed \
         -r /build/requirements.txt \
  && if ls /dist/flash_attn-*.whl >/dev/null 2>&1; then pip install --no-deps /dist/flash_attn-*.whl; fi \

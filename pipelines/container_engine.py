@@ -36,12 +36,14 @@ from pipelines.images import STAGES, image_for
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("docker", "podman", "buildah")
 INPUTS_LABEL = "io.kfp-distill.inputs"
-# The builds of the CPU variant: torch's CPU build, no DeepSpeed ops, the base given for every stage.
+# The builds of the CPU variant: torch's CPU build, no DeepSpeed ops, no vLLM (its wheels are CUDA
+# builds), the base given for every stage.
 CPU_BUILD_ARGS = {
     "PYTHON": "python3",
     "TORCH": "torch==2.13.0+cpu",
     "TORCH_INDEX": "https://download.pytorch.org/whl/cpu",
     "DS_PREBUILD": "0",
+    "VLLM": "0",
 }
 BUILDAH_DEFAULTS = {"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
 
@@ -131,7 +133,7 @@ def inputs_hash(stage: str, build_args: dict[str, str], repo: Path = REPO) -> st
 class BuildSettings:
     """How the images are built: the variant, the bases and the wheels it takes them from."""
 
-    variant: str = "cuda"  # or "cpu": torch's CPU build, no DeepSpeed ops, BASE_IMAGE for every stage
+    variant: str = "cuda"  # or "cpu": torch's CPU build, no DeepSpeed ops, no vLLM, BASE_IMAGE for every stage
     base_image: str = ""  # default: each Dockerfile's pinned base
     wheels: str = ""  # a folder of wheels mounted at /wheels (podman, buildah)
     platform: str = ""

@@ -4,12 +4,15 @@ extras the image installs (the arguments of its `docker/requirements.py` call)."
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
+sys.path.insert(0, str(DOCKER))
+from requirements import selected_extras  # noqa: E402  (docker/requirements.py is a script, not a package)
 
 
 def parse(stage: str) -> DockerfileParser:
@@ -29,13 +32,15 @@ def arg_defaults(stage: str) -> dict[str, str]:
     return defaults
 
 
-def installed_extras(stage: str) -> list[str]:
-    """The extras the stage's image installs, ARG defaults substituted, in the order given."""
-    defaults = arg_defaults(stage)
+def installed_extras(stage: str, build_args: dict[str, str] | None = None) -> list[str]:
+    """The extras the stage's image installs, built with `build_args` (the ARG defaults otherwise), in the
+    order given; `EXTRA=0` words are left out as docker/requirements.py leaves them out."""
+    values = {**arg_defaults(stage), **(build_args or {})}
     extras: list[str] = []
     for run in instructions(stage, "RUN"):
         for match in re.finditer(r"requirements\.py ([^>]+)>", run):
-            for word in re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], ""), match[1]).split():
-                if word not in extras:
-                    extras.append(word)
+            words = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m[1], ""), match[1]).replace("\\", " ")
+            for extra in selected_extras(words.split()):
+                if extra not in extras:
+                    extras.append(extra)
     return extras

@@ -17,6 +17,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from pipelines.container_engine import CPU_BUILD_ARGS
 from pipelines.images import STAGES
 from tests.packaging.dockerfiles import (
     DOCKER,
@@ -32,12 +33,13 @@ from requirements import requirements  # noqa: E402  (docker/requirements.py is 
 
 # The pyproject extra each stage image must install; `pipeline` brings kfp, whose executor runs the
 # lightweight component bodies inside the image (install_kfp_package=False).
+# The GPU images (the Dockerfiles' defaults) also install vLLM where a stage generates with it.
 STAGE_EXTRAS = {
     "download": {"download", "modelscope", "pipeline"},  # modelscope:// sources work on the cluster
     "teacher": {"teacher", "pipeline"},
-    "train": {"train", "deepspeed", "qlora", "pipeline"},
+    "train": {"train", "deepspeed", "qlora", "vllm", "pipeline"},
     "merge": {"merge", "pipeline"},
-    "eval": {"eval", "teacher", "pipeline"},  # the LLM judge uses the teacher's client
+    "eval": {"eval", "teacher", "vllm", "pipeline"},  # the LLM judge uses the teacher's client
 }
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
@@ -82,6 +84,31 @@ def test_each_image_installs_the_extras_of_its_stage(stage):
     assert set(extras) == STAGE_EXTRAS[stage]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     requirements(pyproject, extras)  # every named extra exists in pyproject.toml
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_cpu_variant_installs_no_vllm(stage):
+    # vLLM's wheels are CUDA builds; `make build VARIANT=cpu` passes VLLM=0 to every image.
+    cpu_extras = installed_extras(stage, CPU_BUILD_ARGS)
+    assert set(cpu_extras) == STAGE_EXTRAS[stage] - {"vllm"}
+
+
+def test_the_gpu_variants_of_the_teacher_train_and_eval_images_install_vllm():
+    assert "vllm" in installed_extras("train") and "vllm" in installed_extras("eval")
+    local_teacher = installed_extras("teacher", {"LOCAL_TEACHER": "1"})
+    assert {"teacher-local", "vllm"} <= set(local_teacher)
+    assert "vllm" not in installed_extras("teacher")  # the API teacher's image holds no torch
+
+
+def test_trackers_are_a_build_argument_of_the_train_image():
+    assert "trackers" not in installed_extras("train")
+    assert "trackers" in installed_extras("train", {"TRACKERS": "1"})
+    assert "trackers" in installed_extras("train", {**CPU_BUILD_ARGS, "TRACKERS": "1"})
+
+
+def test_a_switch_other_than_0_or_1_stops_the_build():
+    with pytest.raises(SystemExit, match="'vllm=yes': a switched extra is EXTRA=1 or EXTRA=0"):
+        installed_extras("train", {"VLLM": "yes"})
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -1,5 +1,5 @@
 """The installed extras match what each stage imports: for every stage, a fresh venv gets exactly the
-extras its Dockerfile installs (torch 2.13.0 first where the extras need it, as the images do, then
+extras its CPU image installs (torch 2.13.0 first where the extras need it, as the images do, then
 `pip install -e '.[extras]'` with docker/constraints.txt), and every module of the stage package must
 import there. A module importing something its image lacks fails here instead of on the cluster.
 
@@ -24,6 +24,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 from components.common.images import SHARED_IMAGES, STAGE_PACKAGES
+from pipelines.container_engine import CPU_BUILD_ARGS
 from pipelines.images import STAGES
 from tests.packaging.dockerfiles import DOCKER, REPO, installed_extras
 
@@ -101,7 +102,8 @@ def shared_steps(stage: str) -> list[str]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_module_of_the_stage_imports_with_only_its_image_extras(stage):
-    python = stage_venv(installed_extras(stage))
+    # The CPU variant's extras: the GPU images add vLLM, whose wheels need CUDA.
+    python = stage_venv(installed_extras(stage, CPU_BUILD_ARGS))
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
         [
@@ -123,7 +125,7 @@ def test_every_module_of_the_stage_imports_with_only_its_image_extras(stage):
 
 
 def test_the_extras_venvs_are_isolated_from_each_other():
-    python = stage_venv(installed_extras("teacher"))
+    python = stage_venv(installed_extras("teacher", CPU_BUILD_ARGS))
     probe = (
         "import importlib.util as u; print([m for m in ('torch', 'transformers', 'peft') if u.find_spec(m)])"
     )
