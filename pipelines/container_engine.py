@@ -133,7 +133,9 @@ def inputs_hash(stage: str, build_args: dict[str, str], repo: Path = REPO) -> st
 class BuildSettings:
     """How the images are built: the variant, the bases and the wheels it takes them from."""
 
-    variant: str = "cuda"  # or "cpu": torch's CPU build, no DeepSpeed ops, no vLLM, BASE_IMAGE for every stage
+    variant: str = (
+        "cuda"  # or "cpu": torch's CPU build, no DeepSpeed ops, no vLLM, BASE_IMAGE for every stage
+    )
     base_image: str = ""  # default: each Dockerfile's pinned base
     wheels: str = ""  # a folder of wheels mounted at /wheels (podman, buildah)
     platform: str = ""

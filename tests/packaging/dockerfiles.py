@@ -7,12 +7,13 @@ import re
 import sys
 from pathlib import Path
 
+import tomllib
 from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 sys.path.insert(0, str(DOCKER))
-from requirements import selected_extras  # noqa: E402  (docker/requirements.py is a script, not a package)
+from requirements import requirements, selected_extras  # noqa: E402  (docker/requirements.py is a script, not a package)
 
 
 def parse(stage: str) -> DockerfileParser:
@@ -44,3 +45,9 @@ def installed_extras(stage: str, build_args: dict[str, str] | None = None) -> li
                 if extra not in extras:
                     extras.append(extra)
     return extras
+
+
+def image_requirements(stage: str, build_args: dict[str, str] | None = None) -> list[str]:
+    """The requirement lines of the extras the stage's image installs, built with `build_args`."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return requirements(pyproject, installed_extras(stage, build_args))
