@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.common.config import from_dict  # noqa: E402
-from components.common.generation import left_padded  # noqa: E402
+from components.common.model_loading import left_padded  # noqa: E402
 from components.common.records import Record, read_records, record_id, write_records  # noqa: E402
 from components.common.tiny_model import make_tiny_model  # noqa: E402
 from components.teacher import Config as TeacherConfig  # noqa: E402

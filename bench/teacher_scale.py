@@ -223,11 +223,11 @@ def write_journal(config_path: Path, count: int) -> None:
     from components.common.providers import resolve_provider
     from components.common.store import open_store
     from components.teacher import Config
-    from components.teacher.generate import Job, make_entry
     from components.teacher.journal import Journal, shard_name
     from components.teacher.money import Spend
     from components.teacher.plan import RecordIds
     from components.teacher.readers import Prompt
+    from components.teacher.worker_pool import Job, make_entry
     from pipelines.demo_teacher import demo_answer
 
     config = from_dict(Config, yaml.safe_load(config_path.read_text()))

@@ -1,6 +1,6 @@
 """The OpenAI-compatible teacher: one `openai.AsyncOpenAI` client, one request per call, errors classified.
 
-The SDK's own retries are off (max_retries=0): the worker pool (generate.py) decides when to retry, so that a
+The SDK's own retries are off (max_retries=0): the worker pool (teacher/worker_pool.py) decides when to retry, so that a
 prompt waiting out a Retry-After gives its slot to another prompt, and so that every request is counted.
 
     teacher = ApiTeacher(provider)           # provider resolved through providers.resolve_provider

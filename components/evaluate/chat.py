@@ -46,7 +46,7 @@ def prompts(stream: TextIO, interactive: bool) -> Iterator[str]:
 
 
 def chat(model, tokenizer, settings: ChatSettings, system: str, stream: TextIO, interactive: bool) -> None:
-    from components.evaluate.generate import generate
+    from components.evaluate.sampling import generate
 
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for prompt in prompts(stream, interactive):
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from components.evaluate.generate import load_model
+    from components.evaluate.sampling import load_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -138,7 +138,7 @@ class Config:
       temperature, top_p, top_k, seed, dtype ("auto" keeps the stored dtype), device ("auto" = CUDA
       when present).
       engine: "auto" generates with vLLM when it is installed and the device is CUDA (full model
-          folders), else HF generate; "vllm" or "hf" insist (see vllm_generate.py).
+          folders), else HF generate; "vllm" or "hf" insist (see vllm_sampling.py).
     Scoring
       zh_tokenizer: "char" (one token per CJK character) or "jieba" words, for ROUGE.
       checker: "package.module:function" called as function(prompt, answer, reference) -> bool | None;

@@ -41,7 +41,9 @@ from components.evaluate.benchmarks import (
 )
 from components.evaluate.config import Config
 from components.evaluate.curves import divergence_note, loss_svg, read_loss_curves
-from components.evaluate.generate import (
+from components.evaluate.metrics import accuracy, exact_match, text_metrics
+from components.evaluate.report import render_report
+from components.evaluate.sampling import (
     Generation,
     answer_perplexity,
     generate,
@@ -49,9 +51,7 @@ from components.evaluate.generate import (
     size_on_disk,
     split_reasoning,
 )
-from components.evaluate.metrics import accuracy, exact_match, text_metrics
-from components.evaluate.report import render_report
-from components.evaluate.vllm_generate import use_vllm, vllm_generate
+from components.evaluate.vllm_sampling import use_vllm, vllm_generate
 
 log = logging.getLogger(__name__)
 

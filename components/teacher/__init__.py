@@ -19,7 +19,7 @@ prompt_tokens, completion_tokens, cost, total_cost, ...).
 
 Module map: config.py (fields), readers.py and chunking.py (sources), templates/ (replaceable prompt
 files), local.py
-(Hugging Face teacher, vLLM when installed), generate.py (worker pool, retries, answer policies),
+(Hugging Face teacher, vLLM when installed), worker_pool.py (asking many prompts at once, retries, answer policies),
 batch.py (mode: batch, the provider's Batch API), money.py (the budget: reserve, settle, refund, totals),
 limits.py (rpm/tpm, each shard's part of the budget),
 journal.py (shards, resume, cache), judge.py, quality.py (dedup, filters, split), plan.py (what to ask),

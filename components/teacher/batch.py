@@ -45,9 +45,9 @@ from components.common.errors import InputError
 from components.common.openai_api import ApiTeacher, parse_completion
 from components.common.store import ArtifactStore
 from components.teacher.config import BatchConfig
-from components.teacher.generate import Generator, Job, prompt_fields
 from components.teacher.money import worst_cost
 from components.teacher.readers import Prompt
+from components.teacher.worker_pool import Generator, Job, prompt_fields
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any
 from components.common.chat_template import ensure_chat_template
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError
-from components.common.generation import load_for_generation, quantization_config
 from components.common.logprobs import TokenLogprob, usable
+from components.common.model_loading import load_for_generation, quantization_config
 from components.common.openai_api import Answer, Choice
 from components.common.provider_config import ProviderConfig
 from components.common.records import stable_hash

@@ -18,9 +18,9 @@ from typing import Any
 
 from components.common.errors import InputError
 from components.teacher.config import Config
-from components.teacher.generate import Job
 from components.teacher.quality import FilterCounts, select_prompts
 from components.teacher.readers import ReadStats, read_prompts
+from components.teacher.worker_pool import Job
 
 
 class RecordIds:

@@ -16,9 +16,9 @@ import logging
 import sys
 import time
 
-from components.teacher.generate import Tally
 from components.teacher.journal import Entry
 from components.teacher.money import Budget
+from components.teacher.worker_pool import Tally
 
 log = logging.getLogger("components.teacher")
 

@@ -33,13 +33,13 @@ from components.common.store import open_store
 from components.teacher.batch import BatchRunner
 from components.teacher.config import Config, ProviderConfig
 from components.teacher.finalize import write_dataset
-from components.teacher.generate import PROBLEMS, Generator, Job, Tally
 from components.teacher.journal import Cache, Journal, SpendLedger, shard_name, spent_by_shard
 from components.teacher.judge import Judge
 from components.teacher.limits import RateLimiter, shard_allowance
 from components.teacher.money import Budget, Spend
 from components.teacher.plan import Plan, jobs, plan
 from components.teacher.progress import Progress
+from components.teacher.worker_pool import PROBLEMS, Generator, Job, Tally
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from components.common.generation import left_padded
+from components.common.model_loading import left_padded
 from components.train.data import IGNORE, Example, split_prompt
 from components.train.modeling import padded_attention
 

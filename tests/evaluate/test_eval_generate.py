@@ -10,7 +10,7 @@ import torch
 
 from components.common.records import read_records
 from components.evaluate import Config
-from components.evaluate.generate import answer_perplexity, generate, load_model, prompt_text
+from components.evaluate.sampling import answer_perplexity, generate, load_model, prompt_text
 
 CPU = torch.device("cpu")
 
@@ -79,7 +79,7 @@ def test_an_adapter_folder_is_evaluated_on_top_of_the_untrained_base(tiny_model_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from components.evaluate.generate import size_on_disk
+    from components.evaluate.sampling import size_on_disk
     from components.merge import Config as MergeConfig
     from components.merge.stage import run as merge
 

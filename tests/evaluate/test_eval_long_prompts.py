@@ -11,7 +11,7 @@ import torch
 
 from components.common.tiny_model import make_tiny_model
 from components.evaluate import Config
-from components.evaluate.generate import answer_perplexity, generate, load_model
+from components.evaluate.sampling import answer_perplexity, generate, load_model
 
 CPU = torch.device("cpu")
 CONTEXT = 64
@@ -47,7 +47,7 @@ def test_generation_cuts_an_over_long_prompt_to_the_context_keeping_its_end(shor
     model, tokenizer = short_context_model
     seen = positions_seen(model)
     settings = Config(student_dir="b", trained_dir="m", data_dir="d", output_dir="o", max_new_tokens=8)
-    with caplog.at_level(logging.WARNING, logger="components.evaluate.generate"):
+    with caplog.at_level(logging.WARNING, logger="components.evaluate.sampling"):
         generation = generate(model, tokenizer, PROMPTS, settings)
     model._forward_pre_hooks.clear()
 

@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from components.common.config import from_dict
 from components.common.errors import ConfigError, InputError
 from components.evaluate import Config
-from components.evaluate.generate import split_reasoning
+from components.evaluate.sampling import split_reasoning
 from components.evaluate.stage import EvalGateError, run
 from tests.evaluate.conftest import eval_config
 

@@ -15,8 +15,8 @@ import torch
 
 from components.common.errors import ConfigError
 from components.common.records import read_records
-from components.evaluate.generate import generate, load_model
-from components.evaluate.vllm_generate import use_vllm, vllm_generate
+from components.evaluate.sampling import generate, load_model
+from components.evaluate.vllm_sampling import use_vllm, vllm_generate
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

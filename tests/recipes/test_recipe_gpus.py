@@ -10,7 +10,7 @@ import yaml
 
 from components.common.config import from_dict
 from components.common.devices import resolve_device
-from components.evaluate.generate import load_model
+from components.evaluate.sampling import load_model
 from components.teacher.config import Config as TeacherConfig
 from components.teacher.local import LocalTeacher
 from pipelines.submit import main

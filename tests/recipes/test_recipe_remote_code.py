@@ -16,7 +16,7 @@ from components.common.errors import ConfigError
 from components.common.model_sources import hf_snapshot_arguments
 from components.common.remote_code import allows_remote_code, write_marker
 from components.download import Config as DownloadConfig
-from components.evaluate.generate import load_model
+from components.evaluate.sampling import load_model
 from components.merge import Config as MergeConfig
 from components.merge.stage import run as run_merge
 from pipelines.submit import main

@@ -92,9 +92,9 @@ def test_a_finished_shard_keeps_one_part_that_a_rerun_resumes_from(tmp_path):
 
 def test_the_resume_scan_reads_each_entrys_outcome_whatever_its_layout(tmp_path):
     from components.common.openai_api import Choice
-    from components.teacher.generate import Job, make_entry
     from components.teacher.journal import Journal
     from components.teacher.readers import Prompt
+    from components.teacher.worker_pool import Job, make_entry
 
     journal = Journal(open_store(str(tmp_path)), "shard-00000-of-00001")
     prompt = Prompt([{"role": "user", "content": 'a "quoted" prompt'}])

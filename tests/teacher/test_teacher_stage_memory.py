@@ -10,11 +10,11 @@ import tracemalloc
 
 from components.common.records import read_records
 from components.common.store import open_store
-from components.teacher.generate import Job, Tally
 from components.teacher.journal import Journal, SpendLedger
 from components.teacher.money import Budget
 from components.teacher.readers import Prompt
 from components.teacher.stage import _generate, finalize, make_teacher, run_shard
+from components.teacher.worker_pool import Job, Tally
 from pipelines.demo_teacher import start_teacher_server
 from tests.teacher.conftest import teacher_config
 

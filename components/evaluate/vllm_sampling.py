@@ -1,6 +1,6 @@
 """Generation with vLLM on a GPU: its scheduler batches continuously over a paged KV cache, where HF
-`generate` (generate.py, the CPU path) pads fixed batches to their longest row. Prompts, their cut to the
-context, stop tokens and the decoding of answers are generate.py's, so that the two paths differ only in
+`generate` (sampling.py, the CPU path) pads fixed batches to their longest row. Prompts, their cut to the
+context, stop tokens and the decoding of answers are sampling.py's, so that the two paths differ only in
 kernel numerics: on greedy decoding they agree up to near-ties between the top two tokens
 (tests/evaluate/test_eval_vllm.py states the tolerance).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from components.common.errors import ConfigError
-from components.evaluate.generate import (
+from components.evaluate.sampling import (
     Generation,
     context_length,
     decode_output,

@@ -22,7 +22,7 @@ import torch
 
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import InputError
-from components.common.generation import left_padded, load_for_generation, quantization_config
+from components.common.model_loading import left_padded, load_for_generation, quantization_config
 
 log = logging.getLogger(__name__)
 
