@@ -7,7 +7,9 @@ It speaks the chat completions API the way DeepSeek or DashScope do (`reasoning_
 `content`, `usage`, `n`, `max_tokens`, `logprobs`/`top_logprobs`, streaming), so the teacher stage talks
 to it with the real `openai` SDK. The demo task: a user message ending in "Reverse the letters of: <word>"
 is answered with the reversed word, and a short chain of thought as `reasoning_content`. A judge prompt
-holding "Reference answer:" and "Candidate answer:" is answered ACCEPT when both agree, else REJECT.
+holding "Reference answer:" and "Candidate answer:" is answered ACCEPT when both agree, else REJECT. A
+prompt given a hint by the teacher stage's hint template ("...the correct final answer: <answer>") is
+answered with that answer, as a teacher following the hint would.
 Any other prompt gets an answer derived from the prompt, the same every time. `rate_limit_fraction`
 makes it a busy provider: that share of requests is answered 429 with a Retry-After.
 
@@ -43,6 +45,7 @@ from pipelines.loopback import ServerThread
 
 REVERSE = re.compile(r"Reverse the letters of:\s*([a-z]+)\s*$")
 JUDGE = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*?)\s*(?:Reply with|$)", re.S)
+HINT = re.compile(r"the correct final answer:\s*(.+?)\s*$", re.M)
 TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -61,6 +64,9 @@ def demo_answer(prompt: str) -> tuple[str, str]:
     if match:
         agree = match.group(1).strip().lower() == match.group(2).strip().lower()
         return ("ACCEPT" if agree else "REJECT"), "I compared the candidate with the reference."
+    match = HINT.search(prompt)
+    if match:
+        return match.group(1), "Working it through again, I reach the answer step by step."
     digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
     words = prompt.split()
     return f"Answer {digest}: {' '.join(words[:12])}", f"The prompt has {len(words)} words."

@@ -122,11 +122,26 @@ class JudgeConfig:
         the teacher's provider: to judge with the teacher's key, name TEACHER_API_KEY there.
     template: "judge" (the shipped template) or the path of a Jinja file receiving prompt, reference,
         answer; the judge's reply must contain ACCEPT or REJECT.
+    hint_rejected: ask the teacher once more for each rejected answer, with the gold answer as a hint
+        (guided chain of thought, seed 001), and judge the new answer; an accepted one is kept under the
+        original prompt, so the student learns the reasoning without the hint. Counted in the summary as
+        judge_hinted / judge_hint_accepted. hint_template: "hint" (the shipped template) or the path of a
+        Jinja file receiving prompt and reference. hinted_answers: where an answer accepted after the
+        hint goes: "train" (with the other kept records) or "dpo" (only hinted.jsonl and, with export:
+        [dpo], a preference pair choosing it over the unhinted answer: seed 001 keeps these guided
+        chains of thought for its later RL stage).
     """
 
     enabled: bool = False
     provider: JudgeProviderConfig | None = None
     template: str = "judge"
+    hint_rejected: bool = False
+    hint_template: str = "hint"
+    hinted_answers: Literal["train", "dpo"] = "train"
+
+    def __post_init__(self) -> None:
+        if self.hint_rejected and not self.enabled:
+            raise ConfigError("judge.hint_rejected: re-asks what the judge rejects; set judge.enabled: true")
 
 
 @dataclass
@@ -300,6 +315,13 @@ class Config:
             refuse_run_insecure_http(self.judge.provider, "judge.provider")
         if self.mode == "batch" and (self.provider.is_local or self.provider.answers_from_dataset):
             raise ConfigError("mode: batch needs an API provider; the local teacher generates in-process")
+        if self.judge.hinted_answers == "dpo" and "dpo" not in self.export:
+            raise ConfigError("judge.hinted_answers: dpo writes preference pairs; add dpo to export")
+        if self.judge.hint_rejected and (self.provider.is_local or self.provider.answers_from_dataset):
+            raise ConfigError(
+                "judge.hint_rejected: re-asking with a hint needs an API teacher (provider.base_url); "
+                f"provider {self.provider.name!r} cannot be asked again"
+            )
         self._check_source()
         if not self.dataset.startswith(("s3://", HF_DATASETS)):
             refuse_secret_path(self.dataset, "dataset")
@@ -348,3 +370,6 @@ class Config:
         if self.judge.enabled:
             sample = {"prompt": "A sample question?", "reference": "A reference.", "answer": "An answer."}
             render_file_template(self.judge.template, field="judge.template", **sample)
+        if self.judge.hint_rejected:
+            sample = {"prompt": "A sample question?", "reference": "A reference."}
+            render_file_template(self.judge.hint_template, field="judge.hint_template", **sample)

@@ -91,21 +91,30 @@ def write_alpaca(output: Path, splits: tuple[str, ...]) -> None:
 
 
 def dpo_pair(record: Record) -> dict:
+    """The gold answer chosen over a rejected answer; an answer accepted after the hint (hinted.jsonl)
+    chosen over the teacher's first, unhinted one."""
+    hint = record.judge or {}
+    if hint.get("hint") == "accepted":
+        chosen, rejected = record.answer, hint["unhinted_answer"]
+    else:
+        chosen, rejected = record.reference, record.answer
     return {
         "prompt": record.prompt_messages,
-        "chosen": [{"role": "assistant", "content": record.reference}],
-        "rejected": [{"role": "assistant", "content": record.answer}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
     }
 
 
 def write_dpo_pairs(output: Path) -> None:
-    """output/dpo/train.jsonl from output/rejected.jsonl: the records whose answer the judge rejected
-    against their gold answer (every rejected record has one)."""
+    """output/dpo/train.jsonl from output/rejected.jsonl (the records whose answer the judge rejected
+    against their gold answer: every rejected record has one) and output/hinted.jsonl."""
     folder = output / "dpo"
     folder.mkdir(parents=True, exist_ok=True)
-    source = output / "rejected.jsonl"
     with (folder / "train.jsonl").open("w", encoding="utf-8") as pairs:
-        for number, obj in iter_jsonl(source):
-            record = Record.from_dict(obj, f"{source}:{number}")
-            if record.reference and record.answer:
-                pairs.write(json.dumps(dpo_pair(record), ensure_ascii=False) + "\n")
+        for source in (output / "rejected.jsonl", output / "hinted.jsonl"):
+            if not source.exists():
+                continue
+            for number, obj in iter_jsonl(source):
+                record = Record.from_dict(obj, f"{source}:{number}")
+                if record.reference and record.answer:
+                    pairs.write(json.dumps(dpo_pair(record), ensure_ascii=False) + "\n")

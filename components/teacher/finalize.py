@@ -44,7 +44,7 @@ def write_dataset(config: Config) -> dict[str, float]:
     keys = plan(config, provider.settings()).keys
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0}
+    counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0, "hinted": 0}
     with tempfile.TemporaryDirectory(prefix="teacher-finalize-") as scratch:
         ordered = PlanOrder(keys, Path(scratch))
         stale = ordered.sort(journal.lines())
@@ -56,11 +56,12 @@ def write_dataset(config: Config) -> dict[str, float]:
             if entry.status == "ok" and "kept" in (answer_outcome(entry, a, config) for a in entry.answers)
         )
         test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
-        answered = train = test = rejected = logprobs_dropped = 0
+        answered = train = test = rejected = logprobs_dropped = hinted = hint_accepted = 0
         with (
             (output / "train.jsonl").open("w", encoding="utf-8") as train_file,
             (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
             (output / "rejected.jsonl").open("w", encoding="utf-8") as rejected_file,
+            (output / "hinted.jsonl").open("w", encoding="utf-8") as hinted_file,
             (output / "logprobs.jsonl").open("w", encoding="utf-8") as logprobs_file,
         ):
             for entry in ordered.entries():
@@ -68,16 +69,21 @@ def write_dataset(config: Config) -> dict[str, float]:
                 if entry.status != "ok":
                     counts["dropped"] += 1
                     continue
+                hint = (entry.judge or {}).get("hint")
+                hinted += hint is not None
+                hint_accepted += hint == "accepted"
                 for index, answer in enumerate(entry.answers):
                     outcome = answer_outcome(entry, answer, config)
                     if outcome != "kept":
                         counts[outcome] += 1
-                    if outcome not in ("kept", "judge_rejected"):
+                    if outcome not in ("kept", "judge_rejected", "hinted"):
                         continue
                     record = build_record(entry, index, answer, config.think_in_answer)
-                    if outcome == "judge_rejected":
-                        rejected_file.write(record.to_json() + "\n")
-                        rejected += 1
+                    if outcome != "kept":
+                        (rejected_file if outcome == "judge_rejected" else hinted_file).write(
+                            record.to_json() + "\n"
+                        )
+                        rejected += outcome == "judge_rejected"
                         continue
                     if entry.key in test_keys:
                         record.split, test = "test", test + 1
@@ -89,8 +95,9 @@ def write_dataset(config: Config) -> dict[str, float]:
                     if answer.logprobs:
                         line = {"schema": LOGPROBS_SCHEMA, "id": record.id, "logprobs": answer.logprobs}
                         logprobs_file.write(json.dumps(line) + "\n")
-        if (output / "logprobs.jsonl").stat().st_size == 0:
-            (output / "logprobs.jsonl").unlink()
+        for name in ("logprobs.jsonl", "hinted.jsonl"):
+            if (output / name).stat().st_size == 0:
+                (output / name).unlink()
     if "sharegpt" in config.export:
         write_sharegpt(output, ("train", "test"))
     if "alpaca" in config.export:
@@ -102,6 +109,9 @@ def write_dataset(config: Config) -> dict[str, float]:
         "train": train,
         "test": test,
         "rejected": rejected,
+        # judge.hint_rejected: prompts asked again with the gold answer as a hint, and those then accepted
+        "judge_hinted": hinted,
+        "judge_hint_accepted": hint_accepted,
         "prompts_answered": answered,
         "prompts_unanswered": len(keys) - answered,
         "stale_answers": stale,
@@ -129,7 +139,8 @@ def write_dataset(config: Config) -> dict[str, float]:
 
 def answer_outcome(entry: Entry, answer: Choice, config: Config) -> str:
     """ "kept", or why an answer of an answered prompt is not: answer_too_short, answer_too_long or
-    judge_rejected (it goes to rejected.jsonl)."""
+    judge_rejected (it goes to rejected.jsonl), or hinted (accepted after the hint, kept apart in
+    hinted.jsonl by judge.hinted_answers: dpo)."""
     length = len(answer.content)
     if length < config.min_answer_chars:
         return "answer_too_short"
@@ -137,6 +148,8 @@ def answer_outcome(entry: Entry, answer: Choice, config: Config) -> str:
         return "answer_too_long"
     if entry.judge is not None and entry.judge.get("verdict") != "accept":
         return "judge_rejected"
+    if (entry.judge or {}).get("hint") == "accepted" and config.judge.hinted_answers == "dpo":
+        return "hinted"
     return "kept"
 
 

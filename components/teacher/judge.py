@@ -3,6 +3,8 @@
 The judge is asked through the same client class as the teacher (any OpenAI-compatible provider), with a
 template that ends in "Reply with ACCEPT ... or REJECT"; the first of those words in the reply decides.
 Its requests count against the run's budget at the judge's own prices, reserved before they leave.
+With `hint_rejected` a rejected answer's prompt is asked once more with the gold answer as a hint
+(guided chain of thought, seed 001), and the new answer is judged again.
 """
 
 from __future__ import annotations
@@ -56,3 +58,10 @@ class Judge:
         if isinstance(outcome, Failure):
             return {"verdict": "error", "model": provider.model, "reply": outcome.reason, "cost": cost}
         return {"verdict": "error", "model": provider.model, "reply": "retries exhausted", "cost": cost}
+
+
+def hinted_messages(messages: list[dict[str, str]], reference: str, template: str) -> list[dict[str, str]]:
+    """The prompt asked again with the gold answer as a hint (judge.hint_rejected): the last user turn
+    rendered through `template`, which receives prompt and reference."""
+    hinted = render_file_template(template, prompt=messages[-1]["content"], reference=reference)
+    return [*messages[:-1], {"role": "user", "content": hinted}]

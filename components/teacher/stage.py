@@ -253,7 +253,7 @@ def require_records(metrics: dict[str, float]) -> None:
     empty dataset must not pass as a finished run, whatever left it empty."""
     if metrics["records"] or not metrics["prompts_answered"]:
         return
-    causes = ("dropped", "answer_too_short", "answer_too_long", "judge_rejected")
+    causes = ("dropped", "answer_too_short", "answer_too_long", "judge_rejected", "hinted")
     counts = ", ".join(f"{cause} {metrics[cause]:.0f}" for cause in causes if metrics[cause])
     raise StageStopped(
         f"no record left: {metrics['prompts_answered']:.0f} prompts were answered and every answer was "

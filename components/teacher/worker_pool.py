@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 from components.common.errors import InputError, StageStopped
 from components.common.openai_api import Answer, Choice, Failure, Retry
-from components.common.retrying import retry_wait
+from components.common.retrying import ask_with_retries, retry_wait
 from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
-from components.teacher.judge import Judge
+from components.teacher.judge import Judge, hinted_messages
 from components.teacher.limits import RateLimiter
 from components.teacher.money import Budget, Spend, worst_cost
 from components.teacher.readers import Prompt
@@ -108,6 +108,15 @@ def answer_problem(choices: list[Choice]) -> str:
         if not choice.content.strip():
             return "empty"
     return ""
+
+
+def why_unusable(outcome: Answer | Retry | Failure | None) -> str:
+    """Why a request's last outcome gives no usable answer."""
+    if isinstance(outcome, Answer):
+        return PROBLEMS[answer_problem(outcome.choices)]
+    if isinstance(outcome, Failure):
+        return outcome.reason
+    return "retries exhausted" if outcome is not None else "budget reached"
 
 
 class Generator:
@@ -197,20 +206,15 @@ class Generator:
         if new_answer and self.cache is not None:
             await asyncio.to_thread(self.cache.put, entry)
         if self.judge is not None and entry.status == "ok" and job.prompt.reference:
-            question = job.prompt.messages[-1]["content"]
-            judge = self.judge
-            verdict = await judge.verdict(
-                question,
-                job.prompt.reference,
-                entry.answers[0].content,
-                lambda messages: self.paid_ask(judge.teacher, messages, judge.prices),
-            )
+            verdict = await self.judged(job, entry.answers[0].content)
             entry.cost += verdict.pop("cost", 0.0)
             entry.judge = verdict
-            if verdict["verdict"] == "error":
+            if verdict["verdict"] == "reject" and self.config.judge.hint_rejected:
+                entry = await self.hinted(job, entry)
+            if entry.judge["verdict"] == "error":
                 # Not journaled: the next run judges it again, taking the answer from the cache.
                 self.tally.lost("failed", "judge error")
-                log.warning("judge failed on %s: %s", job.prompt.source, verdict["reply"])
+                log.warning("judge failed on %s: %s", job.prompt.source, entry.judge["reply"])
                 return
         if self.journal.add(entry):
             await asyncio.to_thread(self.journal.write_part, self.journal.take_buffer())
@@ -225,6 +229,53 @@ class Generator:
         else:
             self.tally.lost("dropped", PROBLEMS[entry.reason])
         self.progress(entry)
+
+    async def judged(self, job: Job, answer: str) -> dict:
+        judge = self.judge
+        assert judge is not None
+        return await judge.verdict(
+            job.prompt.messages[-1]["content"],
+            job.prompt.reference,
+            answer,
+            lambda messages: self.paid_ask(judge.teacher, messages, judge.prices),
+        )
+
+    async def hinted(self, job: Job, rejected: Entry) -> Entry:
+        """The rejected answer's prompt asked once more with the gold answer as a hint, and judged again:
+        an accepted answer replaces the rejected one (under the original prompt, so the student learns
+        the reasoning without the hint); otherwise the rejected entry stays, noting how the hint went.
+        entry.judge["hint"] says which ("accepted", "rejected", or why there was no new answer)."""
+        provider = self.teacher.provider
+        prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
+        messages = hinted_messages(job.prompt.messages, job.prompt.reference, self.config.judge.hint_template)
+
+        async def send() -> Answer | Retry | Failure | None:
+            paid = await self.paid_ask(self.teacher, messages, prices)
+            if paid is None:
+                return None
+            job.spent.requests += 1
+            rejected.requests += 1
+            rejected.cost += paid[1]
+            return paid[0]
+
+        outcome = await ask_with_retries(send, provider)
+        verdict = rejected.judge or {}
+        if not isinstance(outcome, Answer) or answer_problem(outcome.choices):
+            rejected.judge = {**verdict, "hint": f"no answer: {why_unusable(outcome)}"}
+            return rejected
+        again = await self.judged(job, outcome.choices[0].content)
+        rejected.cost += again.pop("cost", 0.0)
+        if again["verdict"] != "accept":
+            rejected.judge = {
+                **verdict,
+                "hint": "rejected" if again["verdict"] == "reject" else "judge error",
+            }
+            return rejected
+        job.spent.add_usage(outcome.prompt_tokens, outcome.completion_tokens)
+        entry = make_entry(job, outcome.choices, "ok", "", self.teacher.settings)
+        entry.cost, entry.requests = rejected.cost, rejected.requests
+        entry.judge = {**again, "hint": "accepted", "unhinted_answer": rejected.answers[0].content}
+        return entry
 
     async def attempt(self, job: Job) -> float | None:
         """One step for `job`: None when it is finished, else seconds to wait before the next step."""
