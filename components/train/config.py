@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from components.common.chat_template import ChatTemplate
@@ -16,6 +17,7 @@ from components.common.config import exposed
 from components.common.errors import ConfigError
 from components.common.remote_code import opt_in_field
 from components.common.runs import check_run_id
+from components.train.init_checkpoint import check_init_checkpoint
 
 
 @dataclass
@@ -404,6 +406,10 @@ class Config:
     # 0 means through the last phase.
     start_phase: int = 1
     end_phase: int = 0
+    # Start from a chosen checkpoint of an earlier run instead of the student's own weights, as seed 002's
+    # `--checkpoint_path` does (init_checkpoint.py): its output_dir, or one phase's best weights in it
+    # (output_dir/best/<phase>), local or s3://. Empty: the student as downloaded.
+    init_checkpoint: str = ""
     # Held-out evaluation every eval_steps optimizer steps of a phase and at its end (0: none): the loss
     # on the test.jsonl records of the phase's sources goes to TensorBoard (eval/loss), the best weights
     # of each phase by that loss are kept in output_dir/best/<phase>/, and sample_count teacher-vs-student
@@ -532,6 +538,8 @@ class Config:
             )
         if not self.curriculum and (self.start_phase != 1 or self.end_phase not in (0, 1)):
             raise ConfigError("start_phase / end_phase: only meaningful with a curriculum")
+        if self.init_checkpoint and not self.init_checkpoint.startswith("s3://"):
+            check_init_checkpoint(Path(self.init_checkpoint), self.method)
         if self.eval_steps < 0 or self.eval_samples < 1 or self.sample_count < 0:
             raise ConfigError("eval_steps / eval_samples / sample_count: must be >= 0 (eval_samples >= 1)")
         if self.max_grad_norm < 0:

@@ -19,6 +19,7 @@ from components.common.devices import note_slow_on_cpu
 from components.common.errors import ConfigError, InputError
 from components.common.remote_code import allows_remote_code
 from components.train import varlen
+from components.train.init_checkpoint import init_checkpoint_folder, load_adapter_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ def load_student(config, device: torch.device, precision: str):
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(config.student_dir, "student_dir")
+    start = init_checkpoint_folder(config.init_checkpoint, config.method) if config.init_checkpoint else None
+    if start is not None and config.method == "full":
+        folder = start
     kwargs: dict = {"dtype": torch.float32 if config.method == "full" else DTYPES[precision]}
     kwargs.update(attention_kwargs(config))
     if config.method == "qlora":
@@ -80,6 +84,8 @@ def load_student(config, device: torch.device, precision: str):
         model.config.use_cache = False
     if config.method != "full":
         model = add_lora(model, config, autocast=precision != "fp32")
+        if start is not None:
+            load_adapter_weights(model, start)
     model.train()
     if config.compile:
         compile_blocks(model)

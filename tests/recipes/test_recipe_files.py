@@ -55,3 +55,21 @@ def test_the_commands_in_a_recipes_header_change_only_what_they_name(package):
     assert overrides["judge"]["enabled"] and overrides["export"] == ["sharegpt", "dpo"]
     argv = ["--check", "--config", str(recipe), "--package", str(package)]
     assert main([*argv, *(item for a in assignments for item in ("--set", a))]) == 0
+
+
+def test_three_phase_starts_a_phase_from_a_chosen_checkpoint_by_its_header_line(package, tmp_path, capsys):
+    """The header's `--set train.init_checkpoint=...` (seed 002's --checkpoint_path) reaches the train
+    stage; a local folder that holds no checkpoint is refused at the check, in one line naming the field."""
+    import json
+
+    recipe = next(str(path) for path in RECIPES if path.stem == "three_phase_kd")
+    argv = ["--check", "--config", recipe, "--package", str(package), "--set", "train.start_phase=2"]
+    chosen = "s3://distill/runs/earlier/model/best/general"
+    assert main([*argv, "--print", "--set", f"train.init_checkpoint={chosen}"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert (stages["train"]["init_checkpoint"], stages["train"]["start_phase"]) == (chosen, 2)
+    assert main([*argv, "--set", f"train.init_checkpoint={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        "init_checkpoint" in error and "adapter_model.safetensors" in error and len(error.splitlines()) == 1
+    )
