@@ -16,19 +16,19 @@ ROWS = [
 ]
 
 
-def test_a_rejected_answer_is_asked_again_with_the_gold_answer_as_a_hint_and_kept_when_accepted(tmp_path):
+def run_judged(tmp_path, **overrides) -> dict[str, int]:
+    """The stage's command over ROWS with the judge on; how often the demo teacher got each prompt."""
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     with start_teacher_server() as server:
-        settings = teacher_settings(
-            tmp_path,
-            server.base_url,
-            dataset=str(tmp_path / "data.jsonl"),
-            test_ratio=0.0,
-            judge={"enabled": True, "hint_rejected": True},
-        )
+        dataset = str(tmp_path / "data.jsonl")
+        settings = teacher_settings(tmp_path, server.base_url, dataset=dataset, test_ratio=0.0, **overrides)
         done = run_teacher_cli(tmp_path, settings)
-        asked = dict(server.requests_by_prompt)
     assert done.returncode == 0, done.stderr
+    return dict(server.requests_by_prompt)
+
+
+def test_a_rejected_answer_is_asked_again_with_the_gold_answer_as_a_hint_and_kept_when_accepted(tmp_path):
+    asked = run_judged(tmp_path, judge={"enabled": True, "hint_rejected": True})
 
     hinted = [prompt for prompt in asked if "correct final answer: dog" in prompt]
     assert len(hinted) == 1 and asked[hinted[0]] == 1
@@ -43,18 +43,9 @@ def test_a_rejected_answer_is_asked_again_with_the_gold_answer_as_a_hint_and_kep
 
 def test_hinted_answers_dpo_keeps_them_out_of_training_as_pairs_over_the_unhinted_answer(tmp_path):
     """As seed 001: the guided chain of thought goes to the later preference stage, not to SFT."""
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    with start_teacher_server() as server:
-        settings = teacher_settings(
-            tmp_path,
-            server.base_url,
-            dataset=str(tmp_path / "data.jsonl"),
-            test_ratio=0.0,
-            judge={"enabled": True, "hint_rejected": True, "hinted_answers": "dpo"},
-            export=["dpo"],
-        )
-        done = run_teacher_cli(tmp_path, settings)
-    assert done.returncode == 0, done.stderr
+    run_judged(
+        tmp_path, judge={"enabled": True, "hint_rejected": True, "hinted_answers": "dpo"}, export=["dpo"]
+    )
 
     out = tmp_path / "out"
     trained = [json.loads(line)["messages"][-2]["content"] for line in (out / "train.jsonl").open()]
