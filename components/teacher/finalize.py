@@ -1,4 +1,5 @@
-"""The last step: every shard's answers become train.jsonl, test.jsonl, rejected.jsonl and summary.json.
+"""The last step: every shard's answers become train.jsonl, test.jsonl, rejected.jsonl, summary.json and,
+when asked for, logprobs.parquet (components/common/logprobs_file.py).
 
 Answers are read from runs/<run_id>/teacher/ in the store (all shards) for the prompts of the current
 plan, in the dataset's order, so the output is the same however the shards ran. Answer length filters
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.config import to_dict
-from components.common.logprobs import LOGPROBS_SCHEMA
+from components.common.logprobs_file import JSONL_NAME, PARQUET_NAME, LogprobsWriter
 from components.common.openai_api import Choice
 from components.common.providers import resolve_provider
 from components.common.records import Record, stable_hash
@@ -45,6 +46,9 @@ def write_dataset(config: Config) -> dict[str, float]:
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     counts = {"dropped": 0, "answer_too_short": 0, "answer_too_long": 0, "judge_rejected": 0, "hinted": 0}
+    # An earlier run's logprobs into this folder would otherwise stand for records they do not belong to.
+    for name in (PARQUET_NAME, JSONL_NAME):
+        (output / name).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="teacher-finalize-") as scratch:
         ordered = PlanOrder(keys, Path(scratch))
         stale = ordered.sort(journal.lines())
@@ -62,7 +66,7 @@ def write_dataset(config: Config) -> dict[str, float]:
             (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
             (output / "rejected.jsonl").open("w", encoding="utf-8") as rejected_file,
             (output / "hinted.jsonl").open("w", encoding="utf-8") as hinted_file,
-            (output / "logprobs.jsonl").open("w", encoding="utf-8") as logprobs_file,
+            LogprobsWriter(output / PARQUET_NAME) as logprobs_file,
         ):
             for entry in ordered.entries():
                 answered += 1
@@ -93,11 +97,9 @@ def write_dataset(config: Config) -> dict[str, float]:
                         train_file.write(record.to_json() + "\n")
                     logprobs_dropped += answer.logprobs_dropped
                     if answer.logprobs:
-                        line = {"schema": LOGPROBS_SCHEMA, "id": record.id, "logprobs": answer.logprobs}
-                        logprobs_file.write(json.dumps(line) + "\n")
-        for name in ("logprobs.jsonl", "hinted.jsonl"):
-            if (output / name).stat().st_size == 0:
-                (output / name).unlink()
+                        logprobs_dropped += logprobs_file.add(record.id, answer.logprobs)
+        if (output / "hinted.jsonl").stat().st_size == 0:
+            (output / "hinted.jsonl").unlink()
     if "sharegpt" in config.export:
         write_sharegpt(output, ("train", "test"))
     if "alpaca" in config.export:

@@ -19,8 +19,8 @@ phase's micro-batches: at micro-batch i of n every record of the batch comes fro
 share_s(t) / sum of shares(t), t = i / (n - 1), so the first batches hold about 30% main records and the
 last about 70%. Each record's source and its index in that source come from a hash of (seed, phase,
 position), so a resumed run draws the same batches (with replacement; the epoch has `samples` records).
-A phase's datasets may live in the store: an s3:// location is fetched (train.jsonl, and test.jsonl when
-present) into a scratch folder when training starts.
+A phase's datasets may live in the store: an s3:// location is fetched (train.jsonl, and test.jsonl and the
+teacher's logprobs when present) into a scratch folder when training starts.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from pathlib import Path
 
 import torch
 
+from components.common.logprobs_file import JSONL_NAME, PARQUET_NAME
 from components.common.store import open_store
 from components.train.batching import BatchStream
 from components.train.data import Example
 from components.train.losses import Divergence
 
-TEACHER_DATA_FILES = ("train.jsonl", "test.jsonl")
+TEACHER_DATA_FILES = ("train.jsonl", "test.jsonl", PARQUET_NAME, JSONL_NAME)
 
 
 @dataclass
@@ -115,7 +116,8 @@ def _uniform(seed: int, index: int, slot: int) -> tuple[float, float]:
 
 
 def source_folder(location: str, scratch: Path) -> Path:
-    """A local teacher-data folder for `location`: itself, or its train/test files fetched from the store."""
+    """A local teacher-data folder for `location`: itself, or its train/test records and the teacher's
+    logprobs fetched from the store."""
     if not location.startswith("s3://"):
         return Path(location)
     store = open_store(location)

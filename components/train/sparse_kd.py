@@ -1,7 +1,7 @@
 """Sparse top-k KD targets from the teacher's stored log-probabilities (no teacher model at train time).
 
-Expected format: the teacher stage's logprobs.jsonl beside train.jsonl (or `extra["logprobs"]` of each
-record), one position per answer token in OpenAI's shape (components/common/logprobs.py, which also says
+Expected format: the teacher stage's logprobs.parquet (or an earlier version's logprobs.jsonl) beside
+train.jsonl, or `extra["logprobs"]` of each record, one position per answer token in OpenAI's shape (components/common/logprobs.py, which also says
 how a bad position is counted and skipped). The teacher's tokens need not be the
 student's: cross_tokenizer.py lines both up by the bytes each token spells, so an API teacher with another
 vocabulary (DeepSeek, Qwen-Max into a Llama student) still gives KD targets. The entries cover the scored
@@ -12,17 +12,20 @@ end-of-turn token past their end has no teacher data.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Iterable
+from itertools import chain
+from typing import Any
 
 import torch
 
 from components.common.errors import InputError
-from components.common.logprobs import LOGPROBS_SCHEMA, Positions, read_positions
-from components.common.records import Record, iter_jsonl
+from components.common.logprobs import Positions, read_positions
+from components.common.records import Record
 from components.train.batching import Batch
 from components.train.cross_tokenizer import AlignmentCounts, TopK, align, byte_symbols, token_bytes
 from components.train.data import IGNORE, Example
 from components.train.objective import SparseTargets
+from components.train.topk_store import TopKStore
 
 __all__ = ["attach_topk", "byte_symbols", "scored_tokens", "sparse_targets"]
 
@@ -33,43 +36,41 @@ def scored_tokens(example: Example) -> list[int]:
     return [label for label in example.labels[1:] if label != IGNORE]
 
 
-def join_logprobs_file(records: list[Record], path: Path) -> None:
-    """Put the teacher stage's logprobs.jsonl ({"id", "logprobs"} per line, beside train.jsonl) into
-    each record's extra["logprobs"], where attach_topk reads them."""
-    if not path.is_file():
-        return
-    by_id = {record.id: record for record in records}
-    for number, line in iter_jsonl(path):
-        schema = line.get("schema", LOGPROBS_SCHEMA)
-        if schema != LOGPROBS_SCHEMA:
-            raise InputError(
-                f"{path}:{number}: logprobs schema {schema!r}, this train stage reads schema "
-                f"{LOGPROBS_SCHEMA}; run the teacher stage of this version again"
-            )
-        record = by_id.get(line.get("id"))
-        if record is not None and not record.extra.get("logprobs"):
-            record.extra["logprobs"] = line.get("logprobs")
-
-
-def attach_topk(examples: list[Example], records: list[Record], tokenizer) -> AlignmentCounts:
-    """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`; returns the counts."""
-    by_id = {record.id: record for record in records}
+def attach_topk(
+    examples: list[Example],
+    records: list[Record],
+    tokenizer,
+    stored: Iterable[tuple[str, Any]] = (),
+    store: TopKStore | None = None,
+) -> AlignmentCounts:
+    """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`, else from `stored`, the
+    (record id, positions) pairs of the teacher's logprobs file, streamed (logprobs_file.read_logprobs):
+    each record's positions are aligned and packed into `store` as they come, so no more than one
+    record's positions are ever held as Python objects. Returns the counts."""
+    store = store or TopKStore()
     student = token_bytes(tokenizer)
-    total = AlignmentCounts()
+    waiting: dict[str, list[Example]] = {}
     for example in examples:
-        entries = by_id[example.record_id].extra.get("logprobs")
-        if not entries:
-            total.add(AlignmentCounts(records=1, missing_records=1))
-            continue
-        example.teacher_topk, counts = align(scored_tokens(example), read_positions(entries), student)
-        if example.teacher_topk is None:
-            counts.examples = [example.record_id]
-        total.add(counts)
+        waiting.setdefault(example.record_id, []).append(example)
+    inline = ((record.id, record.extra["logprobs"]) for record in records if record.extra.get("logprobs"))
+    total = AlignmentCounts()
+    for record_id, raw in chain(inline, stored):
+        read = None
+        for example in waiting.pop(record_id, []):
+            read = read or read_positions(raw)
+            table, counts = align(scored_tokens(example), read, student)
+            example.teacher_topk = None if table is None else store.put(table)
+            if table is None:
+                counts.examples = [example.record_id]
+            total.add(counts)
+    for _ in chain.from_iterable(waiting.values()):
+        total.add(AlignmentCounts(records=1, missing_records=1))
     report(total, "sparse KD")
     if total.missing_records + total.unaligned_records == len(examples) and examples:
         raise InputError(
-            "kd.kind: 'topk' needs the teacher's top_logprobs in extra['logprobs'] of the records, and no "
-            "record has usable ones; ask the teacher stage for logprobs, or set kd.kind: none"
+            "kd.kind: 'topk' needs the teacher's top_logprobs (logprobs.parquet beside train.jsonl, or "
+            "extra['logprobs'] of the records), and no record has usable ones; ask the teacher stage for "
+            "logprobs, or set kd.kind: none"
         )
     return total
 
@@ -115,7 +116,7 @@ def sparse_targets(batch: Batch, device: torch.device) -> SparseTargets:
     rows: list[TopK | None] = []
     for example in batch.examples:
         count = len(scored_tokens(example))
-        table = example.teacher_topk or []
+        table = list(example.teacher_topk or [])
         rows += [table[j] if j < len(table) else None for j in range(count)]
     return targets_tensor(rows, device)
 

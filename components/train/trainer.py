@@ -40,6 +40,7 @@ from components.common.chat_template import ensure_chat_template
 from components.common.config import to_dict
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import InputError
+from components.common.logprobs_file import read_logprobs
 from components.common.records import read_records
 from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
@@ -66,13 +67,13 @@ from components.train.sparse_kd import (
     answer_ids,
     answer_text,
     attach_topk,
-    join_logprobs_file,
     report,
     scored_targets,
     sparse_targets,
     warn_if_sampled_only,
 )
 from components.train.teacher_scoring import HttpScorer, LocalScorer
+from components.train.topk_store import TopKStore
 from components.train.tracking import Trackers, check_report_to
 from components.train.vllm_sampling import VllmSampler, sampling_engine, vllm_installed
 
@@ -225,6 +226,7 @@ class DistillTrainer:
         # What each record's teacher is asked about when a teacher scores text: its prompt messages.
         self.prompts: dict[str, list[dict]] = {}
         self.alignment = AlignmentCounts()
+        topk_store = TopKStore()
         for name, folder in folders.items():
             test = Path(folder) / "test.jsonl"
             if config.eval_steps and test.is_file() and test.stat().st_size:
@@ -239,8 +241,8 @@ class DistillTrainer:
             records = read_records(path)
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
-                join_logprobs_file(records, Path(folder) / "logprobs.jsonl")
-                self.alignment.add(attach_topk(sources[name], records, self.tokenizer))
+                stored = read_logprobs(Path(folder))
+                self.alignment.add(attach_topk(sources[name], records, self.tokenizer, stored, topk_store))
             self.prompts.update({record.id: record.prompt_messages for record in records})
         if config.kd.kind == "topk":
             warn_if_sampled_only(self.alignment)

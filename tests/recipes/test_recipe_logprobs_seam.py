@@ -1,6 +1,6 @@
 """The logprobs seam, both real stages: each teacher producer (the API teacher synchronously and by batch
 against a loopback OpenAI-compatible server through the openai SDK, the local Hugging Face teacher) writes
-logprobs.jsonl, and the train stage lines it up with the student's tokens: k candidates per position, and
+logprobs.parquet, and the train stage streams it and lines it up with the student's tokens: k candidates per position, and
 Chinese text whose characters are split over tokens spelled byte for byte."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from components.common.config import from_dict
+from components.common.logprobs_file import read_logprobs
 from components.common.records import read_records
 from components.common.token_bytes import token_bytes
 from components.teacher.stage import run as run_teacher
 from components.train.data import Encoder
-from components.train.sparse_kd import attach_topk, join_logprobs_file
+from components.train.sparse_kd import attach_topk
 from components.train.stage import run as run_train
 from pipelines.demo_teacher import start_teacher_server
 from pipelines.model_teacher import start_model_teacher
@@ -69,19 +70,18 @@ def tokenizer_logprobs(tokenizer):
 
 
 def stored(out) -> list:
-    records = read_records(out / "train.jsonl")
-    join_logprobs_file(records, out / "logprobs.jsonl")
-    return records
+    """The teacher's records, each with the positions the logprobs file holds for it (None: none)."""
+    positions = dict(read_logprobs(out))
+    return [(record, positions.get(record.id)) for record in read_records(out / "train.jsonl")]
 
 
-def assert_spelled_byte_for_byte(records) -> None:
+def assert_spelled_byte_for_byte(out) -> None:
     """The stored positions spell each answer exactly, Chinese characters split over tokens included."""
-    for record in records:
-        positions = record.extra["logprobs"]
+    for record, positions in stored(out):
         assert b"".join(bytes(p["bytes"]) for p in positions) == record.answer.encode()
-    chinese = [r for r in records if any(ord(c) > 0x4E00 for c in r.answer)]
+    chinese = [(r, positions) for r, positions in stored(out) if any(ord(c) > 0x4E00 for c in r.answer)]
     assert chinese
-    split = [p for r in chinese for p in r.extra["logprobs"] if not is_text(bytes(p["bytes"]))]
+    split = [p for _, positions in chinese for p in positions if not is_text(bytes(p["bytes"]))]
     assert split, "no stored token holds part of a character"
 
 
@@ -93,19 +93,22 @@ def is_text(data: bytes) -> bool:
     return True
 
 
-def aligned(records, tokenizer):
+def aligned(out, tokenizer, records=None):
+    """The train stage's reading: `records` (all of train.jsonl by default) encoded, then the teacher's
+    logprobs file streamed onto them."""
+    records = read_records(out / "train.jsonl") if records is None else records
     examples = [Encoder(tokenizer, 256).encode(record) for record in records]
-    return examples, attach_topk(examples, records, tokenizer)
+    return examples, attach_topk(examples, records, tokenizer, read_logprobs(out))
 
 
-def assert_k_candidates_everywhere(records, tokenizer) -> None:
-    examples, counts = aligned(records, tokenizer)
+def assert_k_candidates_everywhere(out, tokenizer) -> None:
+    examples, counts = aligned(out, tokenizer)
     assert counts.unaligned_records == counts.missing_records == counts.bad_positions == 0
     assert counts.mean_candidates == K
-    for example, record in zip(examples, records, strict=True):
+    for example, (_, positions) in zip(examples, stored(out), strict=True):
         rows = example.teacher_topk
         # Every answer token is matched with its k candidates; the end-of-turn token has no teacher data.
-        assert len(rows) == len(record.extra["logprobs"]) + 1 and rows[-1] is None
+        assert len(rows) == len(positions) + 1 and rows[-1] is None
         assert all(len(row.ids) == K for row in rows[:-1])
 
 
@@ -123,10 +126,9 @@ def test_api_teacher_logprobs_give_train_k_candidates_and_exact_chinese_bytes(
             test_ratio=0.0,
         )
         assert run_teacher(config).metrics["logprob_positions_dropped"] == 0
-    records = stored(tmp_path / "out")
-    assert len(records) == len(PROMPTS)
-    assert_spelled_byte_for_byte(records)
-    assert_k_candidates_everywhere(records, student_tokenizer)
+    assert len(stored(tmp_path / "out")) == len(PROMPTS)
+    assert_spelled_byte_for_byte(tmp_path / "out")
+    assert_k_candidates_everywhere(tmp_path / "out", student_tokenizer)
 
 
 def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(
@@ -142,9 +144,8 @@ def test_api_teacher_with_its_own_tokens_splitting_characters_aligns_by_bytes(
                 tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0
             )
         )
-    records = stored(tmp_path / "out")
-    assert_spelled_byte_for_byte(records)
-    _, counts = aligned(records, student_tokenizer)
+    assert_spelled_byte_for_byte(tmp_path / "out")
+    _, counts = aligned(tmp_path / "out", student_tokenizer)
     assert counts.unaligned_records == counts.bad_positions == 0
     assert counts.sorted_positions > 0 and counts.mean_candidates == pytest.approx(K, abs=1.5)
 
@@ -162,9 +163,8 @@ def test_batch_teacher_logprobs_give_train_k_candidates(tmp_path, student_tokeni
             test_ratio=0.0,
         )
         run_teacher(config)
-    records = stored(tmp_path / "out")
-    assert_spelled_byte_for_byte(records)
-    assert_k_candidates_everywhere(records, student_tokenizer)
+    assert_spelled_byte_for_byte(tmp_path / "out")
+    assert_k_candidates_everywhere(tmp_path / "out", student_tokenizer)
 
 
 def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_dir, student_tokenizer):
@@ -179,11 +179,11 @@ def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_d
 def assert_a_models_top_k_reach_train(out, tokenizer) -> None:
     """The answers a model generated with logprobs (a random tiny model writes some that are not UTF-8
     text, stored without) are spelled by their positions, each aligned with the model's k candidates."""
-    records = [record for record in stored(out) if record.extra.get("logprobs")]
-    assert records
-    for record in records:
-        assert b"".join(bytes(p["bytes"]) for p in record.extra["logprobs"]) == record.answer.encode()
-    _, counts = aligned(records, tokenizer)
+    with_logprobs = [(record, positions) for record, positions in stored(out) if positions]
+    assert with_logprobs
+    for record, positions in with_logprobs:
+        assert b"".join(bytes(p["bytes"]) for p in positions) == record.answer.encode()
+    _, counts = aligned(out, tokenizer, [record for record, _ in with_logprobs])
     assert counts.unaligned_records == counts.bad_positions == 0
     # Top-k ids of one model are distinct, so each maps to its own student id.
     assert counts.matched_positions > 0 and counts.mean_candidates == K

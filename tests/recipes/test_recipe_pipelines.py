@@ -98,7 +98,7 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
             "train_max_steps": 3,
             # The demo teacher's made-up log-probabilities are per word, and match no token of the tiny
             # student; sparse top-k KD from stored logprobs is trained in tests/train/test_train_kd.py,
-            # and their way from the teacher's logprobs.jsonl into the records in test_recipe_teacher_stage.
+            # and their way from the teacher's logprobs.parquet into the records in test_recipe_teacher_stage.
             "train_kd": "none",
         },
     )
@@ -107,7 +107,7 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
     records = read_records(data / "train.jsonl") + read_records(data / "test.jsonl")
     assert {record.extra["prompt_kind"] for record in records} == {"qa_zh", "continue_zh"}
     assert all(isinstance(record.extra["chunk"], int) for record in records)
-    assert (data / "logprobs.jsonl").is_file()
+    assert (data / "logprobs.parquet").is_file()
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
     assert summary["method"] == "lora" and summary["steps"] == 3
     assert (next(root.rglob("merge-adapter/merged")) / "config.json").is_file()

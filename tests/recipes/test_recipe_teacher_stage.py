@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
+from components.common.logprobs_file import read_logprobs
 from components.common.records import read_records
 from components.teacher.chunking import chunk_text
 from components.teacher.stage import run
-from components.train.sparse_kd import join_logprobs_file
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
 from tests.conftest import approve_hosts
 from tests.recipes.conftest import TEXT
@@ -123,7 +123,7 @@ def test_the_teachers_logprobs_file_reaches_the_records_top_k_kd_reads(tmp_path,
     out = tmp_path / "out"
     records = read_records(out / "train.jsonl")
     assert not any(record.extra.get("logprobs") for record in records)
-    join_logprobs_file(records, out / "logprobs.jsonl")
+    positions = dict(read_logprobs(out))
     for record in records:
-        entries = record.extra["logprobs"]
+        entries = positions[record.id]
         assert "".join(entry["token"] for entry in entries) == record.answer

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.common import logprobs_file
 from components.common.errors import InputError
 from components.common.records import read_records, write_records
-from components.train.cross_tokenizer import TopK
 from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk, byte_symbols, scored_tokens
 from components.train.stage import run
@@ -105,7 +105,8 @@ def test_records_whose_text_differs_from_the_students_fall_back_to_cross_entropy
     records[0].extra["logprobs"] = [{**good, "top_logprobs": [good]}]
     records[1].extra["logprobs"] = [{"token": "zzz", "logprob": -0.1, "top_logprobs": []}]
     counts = attach_topk(examples, records, tokenizer)
-    assert examples[0].teacher_topk[0] == TopK([scored_tokens(examples[0])[0]], [-0.1])
+    first = examples[0].teacher_topk[0]
+    assert first.ids == [scored_tokens(examples[0])[0]] and first.logprobs == pytest.approx([-0.1])
     assert examples[1].teacher_topk is None
     assert (counts.records, counts.unaligned_records) == (2, 1)
 
@@ -177,7 +178,9 @@ def test_stored_logprobs_that_are_not_probabilities_are_counted_and_skipped(
     assert summaries["spoilt"]["final_loss"] == pytest.approx(summaries["clean"]["final_loss"], rel=0.2)
 
 
-def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(make_config, reversal_data, tmp_path):
+def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(
+    make_config, reversal_data, tmp_path, monkeypatch
+):
     records = read_records(reversal_data / "train.jsonl")[:4]
     newer = tmp_path / "newer-records"
     write_records(newer / "train.jsonl", [replace(records[0], schema=2), *records[1:]])
@@ -189,7 +192,11 @@ def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(make_con
     write_records(newer_logprobs / "train.jsonl", records)
     line = {"schema": 2, "id": records[0].id, "logprobs": []}
     (newer_logprobs / "logprobs.jsonl").write_text(json.dumps(line) + "\n")
-    with pytest.raises(
-        InputError, match=r"logprobs.jsonl:1: logprobs schema 2, this train stage reads schema 1"
-    ):
+    with pytest.raises(InputError, match=r"logprobs.jsonl:1: logprobs schema 2, this stage reads schema 1"):
+        run(make_config(data_dir=str(newer_logprobs), kd={"kind": "topk"}))
+    monkeypatch.setattr(logprobs_file, "LOGPROBS_SCHEMA", 2)
+    with logprobs_file.LogprobsWriter(newer_logprobs / "logprobs.parquet") as writer:
+        writer.add(records[0].id, [{"token": "a", "logprob": -0.1, "bytes": [97]}])
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"logprobs.parquet: logprobs schema 2, this stage reads schema 1"):
         run(make_config(data_dir=str(newer_logprobs), kd={"kind": "topk"}))

@@ -1,0 +1,249 @@
+"""The teacher's per-token logprobs on disk: logprobs.parquet beside train.jsonl, streamed a row group at
+a time, so neither stage holds every record's positions at once.
+
+One row per record: its `id`, and per answer position the token's index in the file's token table and
+its logprob, then the alternatives' indices and logprobs:
+
+    id: string   token: list<int32>   logprob: list<float16>
+    top_token: list<list<int32>>   top_logprob: list<list<float16>>
+
+The token table (every distinct token and its exact bytes, components/common/logprobs.py) sits once in the
+file's footer, so a position costs 6 bytes per candidate before zstd whichever teacher wrote it: token
+strings and bytes from an API teacher, or a local teacher's vocabulary. Logprobs are stored as float16
+rounded down, so a probability never grows and k alternatives never add up past 1 by rounding.
+
+The reader gives back each record's positions in the contract's dict shape, for `read_positions` to
+validate as it validates a teacher's reply. logprobs.jsonl (one {"schema", "id", "logprobs"} a line, what
+earlier versions wrote) is still read, a line at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.common.errors import InputError
+from components.common.logprobs import (
+    LOGPROBS_SCHEMA,
+    MAX_ALTERNATIVES,
+    Alternative,
+    TokenLogprob,
+    valid_prefix,
+)
+from components.common.records import iter_jsonl
+
+PARQUET_NAME = "logprobs.parquet"
+JSONL_NAME = "logprobs.jsonl"
+SCHEMA_KEY = b"kfp_distill.logprobs_schema"
+TOKENS_KEY = b"kfp_distill.tokens"
+# About 256 x 256 positions x 21 candidates x 6 bytes = 8 MB decoded per row group.
+ROW_GROUP_RECORDS = 256
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("token", pa.list_(pa.int32())),
+        ("logprob", pa.list_(pa.float16())),
+        ("top_token", pa.list_(pa.list_(pa.int32()))),
+        ("top_logprob", pa.list_(pa.list_(pa.float16()))),
+    ]
+)
+
+
+def rounded_down(values: list[float]) -> np.ndarray:
+    """float16 values each no larger than the given one (e^-65504 is 0 as far as any loss can tell)."""
+    exact = np.maximum(np.asarray(values, dtype=np.float64), float(np.finfo(np.float16).min))
+    half = exact.astype(np.float16)
+    above = half.astype(np.float64) > exact
+    half[above] = np.nextafter(half[above], np.float16(-np.inf))
+    return half
+
+
+class LogprobsWriter:
+    """Writes logprobs.parquet: `add` one record's positions (the contract's dicts), `close` writes the
+    token table; a writer given nothing leaves no file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tokens: dict[tuple[str, bytes | None], int] = {}
+        self.rows: list[tuple[str, list[TokenLogprob]]] = []
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> LogprobsWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def index(self, entry: Alternative | TokenLogprob) -> int:
+        key = (entry.token, None if entry.bytes is None else bytes(entry.bytes))
+        return self.tokens.setdefault(key, len(self.tokens))
+
+    def add(self, record_id: str, positions: list[dict[str, Any]]) -> int:
+        """Stores the positions up to the first unusable one (a journal is read back from a bucket);
+        returns how many were left out."""
+        kept, dropped, _ = valid_prefix(positions, MAX_ALTERNATIVES)
+        if kept:
+            self.rows.append((record_id, kept))
+        if len(self.rows) >= ROW_GROUP_RECORDS:
+            self.flush()
+        return dropped
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, ROW_SCHEMA, compression="zstd")
+        self.writer.write_table(self.row_group(), row_group_size=len(self.rows))
+        self.rows = []
+
+    def row_group(self) -> pa.Table:
+        ids, tokens, logprobs, top_tokens, top_logprobs = [], [], [], [], []
+        position_ends, alternative_ends = [0], [0]
+        for record_id, positions in self.rows:
+            ids.append(record_id)
+            for position in positions:
+                tokens.append(self.index(position))
+                logprobs.append(position.logprob)
+                for alternative in position.top_logprobs:
+                    top_tokens.append(self.index(alternative))
+                    top_logprobs.append(alternative.logprob)
+                alternative_ends.append(len(top_tokens))
+            position_ends.append(len(tokens))
+        per_record = pa.array(position_ends, pa.int32())
+        per_position = pa.array(alternative_ends, pa.int32())
+        return pa.Table.from_arrays(
+            [
+                pa.array(ids, pa.string()),
+                pa.ListArray.from_arrays(per_record, pa.array(tokens, pa.int32())),
+                pa.ListArray.from_arrays(per_record, pa.array(rounded_down(logprobs))),
+                pa.ListArray.from_arrays(
+                    per_record,
+                    pa.ListArray.from_arrays(per_position, pa.array(top_tokens, pa.int32())),
+                ),
+                pa.ListArray.from_arrays(
+                    per_record,
+                    pa.ListArray.from_arrays(per_position, pa.array(rounded_down(top_logprobs))),
+                ),
+            ],
+            schema=ROW_SCHEMA,
+        )
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is None:
+            return
+        table = {
+            "token": [token for token, _ in self.tokens],
+            "bytes": [None if data is None else data.hex() for _, data in self.tokens],
+        }
+        self.writer.add_key_value_metadata(
+            {SCHEMA_KEY: str(LOGPROBS_SCHEMA).encode(), TOKENS_KEY: json.dumps(table).encode()}
+        )
+        self.writer.close()
+        self.writer = None
+
+
+def read_logprobs(folder: Path) -> Iterator[tuple[str, Any]]:
+    """(record id, its raw positions) for each record of the teacher logprobs in `folder`: the parquet
+    file, else the JSONL of earlier versions, else nothing. Positions still need `read_positions`."""
+    parquet, jsonl = Path(folder) / PARQUET_NAME, Path(folder) / JSONL_NAME
+    if parquet.is_file():
+        yield from read_parquet(parquet)
+    elif jsonl.is_file():
+        yield from read_jsonl(jsonl)
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    for number, line in iter_jsonl(path):
+        check_schema(line.get("schema", LOGPROBS_SCHEMA), f"{path}:{number}")
+        yield line.get("id"), line.get("logprobs")
+
+
+def check_schema(schema: Any, where: str) -> None:
+    if schema != LOGPROBS_SCHEMA:
+        raise InputError(
+            f"{where}: logprobs schema {schema!r}, this stage reads schema {LOGPROBS_SCHEMA}; run the "
+            "teacher stage of this version again"
+        )
+
+
+def token_table(path: Path, metadata: dict[bytes, bytes]) -> list[tuple[str, list[int] | None]]:
+    """The footer's (token, bytes) table; a file without a readable one is refused."""
+    schema = metadata.get(SCHEMA_KEY, b"").decode(errors="replace")
+    check_schema(int(schema) if schema.isdigit() else schema, str(path))
+    try:
+        table = json.loads(metadata[TOKENS_KEY])
+        return [
+            (token, None if data is None else list(bytes.fromhex(data)))
+            for token, data in zip(table["token"], table["bytes"], strict=True)
+        ]
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(
+            f"{path}: the token table in the file's footer is unreadable ({error}); write the file with "
+            "the teacher stage again"
+        ) from None
+
+
+def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        file = pq.ParquetFile(path)
+        if not file.schema_arrow.equals(ROW_SCHEMA.remove_metadata()):
+            raise InputError(f"{path}: columns {file.schema_arrow.names} are not the logprobs layout")
+        table = token_table(path, file.metadata.metadata or {})
+        for batch in file.iter_batches(batch_size=ROW_GROUP_RECORDS):
+            yield from records_of(batch, table)
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(f"{path}: not a readable logprobs parquet file ({error})") from None
+
+
+def flat(column: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(offsets from 0, values) of a list column."""
+    offsets = column.offsets.to_numpy()
+    return offsets - offsets[0], column.flatten()
+
+
+def records_of(batch: pa.RecordBatch, table: list) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The batch's rows in the contract's dict shape; an index outside the table makes a position no
+    token, which `read_positions` refuses."""
+    record_ends, tokens = flat(batch.column("token"))
+    _, logprobs = flat(batch.column("logprob"))
+    top_record_ends, top = flat(batch.column("top_token"))
+    alternative_ends, top_tokens = flat(top)
+    logprob_record_ends, top_logprob_lists = flat(batch.column("top_logprob"))
+    logprob_alternative_ends, top_logprobs = flat(top_logprob_lists)
+    if not (
+        np.array_equal(record_ends, top_record_ends)
+        and np.array_equal(record_ends, logprob_record_ends)
+        and np.array_equal(alternative_ends, logprob_alternative_ends)
+        and len(logprobs) == len(tokens)
+    ):
+        raise InputError("a logprobs row holds more positions or alternatives in one column than another")
+    tokens, top_tokens = tokens.to_numpy(zero_copy_only=False).tolist(), top_tokens.to_numpy().tolist()
+    logprobs = logprobs.to_numpy(zero_copy_only=False).astype(np.float64).tolist()
+    top_logprobs = top_logprobs.to_numpy(zero_copy_only=False).astype(np.float64).tolist()
+    unknown = (None, None)
+
+    def entry(index: int, logprob: float) -> dict[str, Any]:
+        token, data = table[index] if 0 <= index < len(table) else unknown
+        return {"token": token, "logprob": logprob, "bytes": data}
+
+    alternative_ends = alternative_ends.tolist()
+    for row, record_id in enumerate(batch.column("id").to_pylist()):
+        positions = []
+        for p in range(record_ends[row], record_ends[row + 1]):
+            alternatives = range(alternative_ends[p], alternative_ends[p + 1])
+            positions.append(
+                {
+                    **entry(tokens[p], logprobs[p]),
+                    "top_logprobs": [entry(top_tokens[a], top_logprobs[a]) for a in alternatives],
+                }
+            )
+        yield record_id, positions
