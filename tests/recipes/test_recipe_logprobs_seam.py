@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
@@ -252,3 +255,38 @@ def test_a_served_model_answers_the_teacher_stage_with_top_k_train_aligns(
         )
         run_teacher(config)
     assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer)
+
+
+def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_jsonl_still_trains(
+    tmp_path, tiny_model_dir, student_tokenizer, approve
+):
+    """Both stages' entry points on the stored logprobs: the teacher stage writes one zstd parquet file of
+    token indices and float16 logprobs (no JSONL), the train stage trains on its k candidates; the same
+    positions as the logprobs.jsonl an earlier version wrote give the train stage the same alignment."""
+    write_prompts(tmp_path)
+    with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        approve(server)
+        config = teacher_config(
+            tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0.0
+        )
+        run_teacher(config)
+    out = tmp_path / "out"
+    assert not (out / "logprobs.jsonl").exists()
+    columns = pq.ParquetFile(out / "logprobs.parquet").metadata.row_group(0)
+    assert {columns.column(i).compression for i in range(columns.num_columns)} == {"ZSTD"}
+    assert pq.read_schema(out / "logprobs.parquet").field("top_token").type == pa.list_(pa.list_(pa.int32()))
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    shutil.copy(out / "train.jsonl", earlier / "train.jsonl")
+    lines = [json.dumps({"schema": 1, "id": i, "logprobs": p}) for i, p in read_logprobs(out)]
+    (earlier / "logprobs.jsonl").write_text("\n".join(lines) + "\n")
+    alignments = {}
+    for name, data in (("parquet", out), ("jsonl", earlier)):
+        run_train(train_config(tmp_path, tiny_model_dir, data, name))
+        summary = json.loads((tmp_path / f"student-{name}" / "train_summary.json").read_text())
+        alignments[name] = summary["kd_alignment"]
+    assert alignments["parquet"]["mean_candidates"] == K
+    assert alignments["parquet"]["matched_positions"] > 0
+    assert alignments["parquet"]["missing_records"] == alignments["parquet"]["bad_positions"] == 0
+    assert alignments["jsonl"] == alignments["parquet"]
