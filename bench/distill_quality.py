@@ -19,7 +19,7 @@ trains the teacher itself (a tiny Qwen2, full fine-tuning through the train stag
 is competent. Then every method's records come out of the product's own stages: the trained teacher is
 served on a loopback OpenAI-compatible endpoint (pipelines/model_teacher.py) that returns top-k logprobs
 with their bytes, the teacher stage asks it every training prompt (answers sampled at
---teacher-temperature, 1.0 by default, as API teachers answer) and writes train.jsonl and logprobs.jsonl,
+--teacher-temperature, 1.0 by default, as API teachers answer) and writes train.jsonl and logprobs.parquet,
 and a smaller student (random init) is trained on that folder through the train stage with each method,
 the same steps, batch, learning rate and seeds:
 
@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.common.config import from_dict  # noqa: E402
+from components.common.logprobs_file import read_logprobs  # noqa: E402
 from components.common.model_loading import left_padded  # noqa: E402
 from components.common.records import Record, read_records, record_id, write_records  # noqa: E402
 from components.common.tiny_model import make_tiny_model  # noqa: E402
@@ -71,7 +72,6 @@ from components.teacher import Config as TeacherConfig  # noqa: E402
 from components.teacher.stage import run as run_teacher  # noqa: E402
 from components.train import Config  # noqa: E402
 from components.train.modeling import padded_attention  # noqa: E402
-from components.train.sparse_kd import join_logprobs_file  # noqa: E402
 from components.train.stage import run  # noqa: E402
 from components.train.trainer import DistillTrainer  # noqa: E402
 from pipelines.model_teacher import start_model_teacher  # noqa: E402
@@ -256,10 +256,10 @@ def teacher_dataset(
         )
         run_teacher(config)
     records = read_records(folder / "train.jsonl")
-    join_logprobs_file(records, folder / "logprobs.jsonl")
     gold = dict(train_problems)
     right = sum(r.answer == gold[r.prompt_messages[-1]["content"]] for r in records) / len(train_problems)
-    own = [math.exp(p["logprob"]) for r in records for p in r.extra.get("logprobs") or []]
+    ids = {r.id for r in records}
+    own = [math.exp(p["logprob"]) for i, stored in read_logprobs(folder) if i in ids for p in stored]
     return folder, right, statistics.median(own) if own else float("nan")
 
 

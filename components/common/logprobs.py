@@ -8,8 +8,8 @@ OpenAI's chat.completions `logprobs.content`, one position per answer token, in 
 `bytes` are the token's exact UTF-8 bytes: a token that holds part of a multi-byte character (a Chinese
 character split over two tokens) has no text of its own, and only its bytes let the train stage spell the
 answer again. A token written "token_id:N" (vLLM's return_tokens_as_token_ids) is id N of the tokenizer
-the reader knows. The teacher stage writes them to logprobs.jsonl beside train.jsonl, one
-{"schema": LOGPROBS_SCHEMA, "id": record id, "logprobs": [...]} a line.
+the reader knows. The teacher stage writes them to logprobs.parquet beside train.jsonl
+(components/common/logprobs_file.py, schema LOGPROBS_SCHEMA).
 
 Both ends validate (`read_positions`): the values come from a teacher's reply or a bucket, so a logprob
 that is not finite and <= 0, `bytes` that are not a short list of ints 0..255, or more alternatives than

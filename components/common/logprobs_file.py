@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from components.common.errors import InputError
 from components.common.logprobs import (
@@ -38,6 +35,11 @@ from components.common.logprobs import (
 )
 from components.common.records import iter_jsonl
 
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
 PARQUET_NAME = "logprobs.parquet"
 JSONL_NAME = "logprobs.jsonl"
 SCHEMA_KEY = b"kfp_distill.logprobs_schema"
@@ -45,19 +47,28 @@ TOKENS_KEY = b"kfp_distill.tokens"
 # About 256 x 256 positions x 21 candidates x 6 bytes = 8 MB decoded per row group.
 ROW_GROUP_RECORDS = 256
 
-ROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("token", pa.list_(pa.int32())),
-        ("logprob", pa.list_(pa.float16())),
-        ("top_token", pa.list_(pa.list_(pa.int32()))),
-        ("top_logprob", pa.list_(pa.list_(pa.float16()))),
-    ]
-)
+
+@cache
+def row_schema() -> pa.Schema:
+    # numpy and pyarrow are imported where used: every image imports components.common, and only the
+    # teacher and train images install them.
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("token", pa.list_(pa.int32())),
+            ("logprob", pa.list_(pa.float16())),
+            ("top_token", pa.list_(pa.list_(pa.int32()))),
+            ("top_logprob", pa.list_(pa.list_(pa.float16()))),
+        ]
+    )
 
 
 def rounded_down(values: list[float]) -> np.ndarray:
     """float16 values each no larger than the given one (e^-65504 is 0 as far as any loss can tell)."""
+    import numpy as np
+
     exact = np.maximum(np.asarray(values, dtype=np.float64), float(np.finfo(np.float16).min))
     half = exact.astype(np.float16)
     above = half.astype(np.float64) > exact
@@ -96,15 +107,19 @@ class LogprobsWriter:
         return dropped
 
     def flush(self) -> None:
+        import pyarrow.parquet as pq
+
         if not self.rows:
             return
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.path, ROW_SCHEMA, compression="zstd")
+            self.writer = pq.ParquetWriter(self.path, row_schema(), compression="zstd")
         self.writer.write_table(self.row_group(), row_group_size=len(self.rows))
         self.rows = []
 
     def row_group(self) -> pa.Table:
+        import pyarrow as pa
+
         ids, tokens, logprobs, top_tokens, top_logprobs = [], [], [], [], []
         position_ends, alternative_ends = [0], [0]
         for record_id, positions in self.rows:
@@ -133,7 +148,7 @@ class LogprobsWriter:
                     pa.ListArray.from_arrays(per_position, pa.array(rounded_down(top_logprobs))),
                 ),
             ],
-            schema=ROW_SCHEMA,
+            schema=row_schema(),
         )
 
     def close(self) -> None:
@@ -193,9 +208,12 @@ def token_table(path: Path, metadata: dict[bytes, bytes]) -> list[tuple[str, lis
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         file = pq.ParquetFile(path)
-        if not file.schema_arrow.equals(ROW_SCHEMA.remove_metadata()):
+        if not file.schema_arrow.equals(row_schema()):
             raise InputError(f"{path}: columns {file.schema_arrow.names} are not the logprobs layout")
         table = token_table(path, file.metadata.metadata or {})
         for batch in file.iter_batches(batch_size=ROW_GROUP_RECORDS):
@@ -213,6 +231,8 @@ def flat(column: pa.Array) -> tuple[np.ndarray, pa.Array]:
 def records_of(batch: pa.RecordBatch, table: list) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """The batch's rows in the contract's dict shape; an index outside the table makes a position no
     token, which `read_positions` refuses."""
+    import numpy as np
+
     record_ends, tokens = flat(batch.column("token"))
     _, logprobs = flat(batch.column("logprob"))
     top_record_ends, top = flat(batch.column("top_token"))

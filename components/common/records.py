@@ -7,8 +7,8 @@ One JSON object per line:
      "usage": {"prompt_tokens": 12, "completion_tokens": 40}, "judge": {…}, "split": "train", "schema": 1}
 
 `schema` is the layout's version (RECORD_SCHEMA): a stage refuses records of a newer layout than it
-reads. The teacher's per-token log-probabilities go beside them in logprobs.jsonl
-(components/common/logprobs.py).
+reads. The teacher's per-token log-probabilities go beside them in logprobs.parquet
+(components/common/logprobs.py, components/common/logprobs_file.py).
 
 `id` is a stable hash of the prompt messages and the teacher settings, so the same prompt asked of the
 same teacher always has the same id: resuming and caching key on it.

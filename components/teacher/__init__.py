@@ -12,7 +12,7 @@ Entry points (no KFP import; component.py maps KFP inputs to these):
     finalize(config) -> Result
         after the ParallelFor: merges every shard's answers from the store, applies answer filters and the
         judge's verdicts, splits train/test, and writes output_dir (train.jsonl, test.jsonl,
-        rejected.jsonl, summary.json, and logprobs.jsonl when asked for).
+        rejected.jsonl, summary.json, and logprobs.parquet when asked for).
 
 `Result.metrics` is a flat dict name -> float for KFP Metrics (records, train, test, requests, cached,
 prompt_tokens, completion_tokens, cost, total_cost, ...).

@@ -177,8 +177,8 @@ class Config:
         has and fails with the count of each cause, so that a retry of the task resumes (a budget stop
         is not a failure).
     Storage
-      output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json (and logprobs.jsonl
-        when provider.logprobs is on). store_uri: artifact
+      output_dir: receives train.jsonl, test.jsonl, rejected.jsonl, summary.json (and
+        logprobs.parquet when provider.logprobs is on). store_uri: artifact
         store (local folder or s3://) for shards and the cache; empty: the folder `.store` beside
         output_dir. run_id: names the run-scoped prefix runs/<run_id>/teacher, so a restarted task
         resumes. checkpoint_records / checkpoint_seconds: answers are saved at least this often.

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import pytest
 
 from components.common.errors import StageStopped
+from components.common.logprobs_file import read_logprobs
 from components.common.records import read_records, record_id
 from components.teacher import Config
 from components.teacher.plan import RecordIds
@@ -155,9 +156,9 @@ def test_logprobs_are_stored_beside_the_records(tmp_path):
             )
         )
     record = read_records(tmp_path / "out" / "train.jsonl")[0]
-    stored = [json.loads(line) for line in (tmp_path / "out" / "logprobs.jsonl").read_text().splitlines()]
-    assert stored[0]["id"] == record.id and stored[0]["schema"] == 1
-    token = stored[0]["logprobs"][0]
+    (record_id, positions), *others = read_logprobs(tmp_path / "out")
+    assert record_id == record.id and not others
+    token = positions[0]
     assert token["token"] == "cba" and token["bytes"] == list(b"cba")
     # OpenAI's shape, as the train stage reads it: each alternative with its token, logprob and bytes.
     assert len(token["top_logprobs"]) == 3 and token["top_logprobs"][0] == {
@@ -165,6 +166,7 @@ def test_logprobs_are_stored_beside_the_records(tmp_path):
         "logprob": token["logprob"],
         "bytes": list(b"cba"),
     }
+    assert (tmp_path / "out" / "logprobs.parquet").is_file()
 
 
 def test_the_plans_record_ids_are_the_records_ids():
