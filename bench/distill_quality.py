@@ -47,10 +47,12 @@ runs, from train_summary.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -263,6 +265,44 @@ def teacher_dataset(
     return folder, right, statistics.median(own) if own else float("nan")
 
 
+TEACHER_MODEL = "tiny://qwen2?warmup_steps=0&layers=2&hidden=128&heads=4&kv_heads=2&intermediate=256"
+
+
+def trained_teacher(folder: Path, args, train_problems, held_out, answer_tokens):
+    """The teacher trained on gold answers and the teacher stage's records of it, with its figures, from
+    `folder`/teacher-<digest of their settings> when an earlier run left them there. Every seed's
+    students learn from these same records: the seeds vary the students, not the teacher."""
+    settings = {
+        "model": TEACHER_MODEL,
+        "digits": args.digits,
+        "steps": args.teacher_steps,
+        "lr": args.teacher_lr,
+        "train": args.train,
+        "held_out": args.held_out,
+        "top_k": args.top_k,
+        "temperature": args.teacher_temperature,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    here = folder / f"teacher-{key}"
+    figures = here / "figures.json"
+    if figures.is_file():
+        kept = json.loads(figures.read_text())
+        return here / "model", here / "teacher-data", *kept, True
+    if here.exists():
+        shutil.rmtree(here)  # an earlier run stopped before its figures: start over
+    gold = here / "gold"
+    write_records(gold / "train.jsonl", [record(p, a) for p, a in train_problems])
+    write_records(gold / "test.jsonl", [])
+    make_tiny_model(TEACHER_MODEL, here / "init")
+    teacher = train(here / "init", gold, here / "model", args.teacher_steps, args.teacher_lr, seed=0)
+    teacher_em = exact_match(teacher, held_out, answer_tokens)
+    data, right, certainty = teacher_dataset(
+        teacher, train_problems, here, answer_tokens, args.top_k, args.teacher_temperature
+    )
+    figures.write_text(json.dumps([teacher_em, right, certainty]))
+    return teacher, data, teacher_em, right, certainty, False
+
+
 def method_settings(method: str, teacher_dir: Path, on_policy_tokens: int) -> dict:
     teacher = {"teacher_dir": str(teacher_dir), "alpha": 0.5}
     return {
@@ -313,11 +353,24 @@ def main() -> None:
         help="with no --warm-start, the share of --steps on-policy KD spends on SFT first (its warm start, "
         "as GKD starts from a fine-tuned student), the rest on-policy: the same steps in all",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads: more than the cores free makes each step many times slower (OpenMP threads "
+        "spin waiting for each other), and these models are too small to gain from a second",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the trained teacher and its records here, keyed by their settings, for the next run "
+        "(default: a temporary folder, nothing kept)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.teacher_steps, args.seeds, args.train, args.held_out = 4, 4, 1, 64, 16
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     answer_tokens = args.digits + 3  # the sum's digits and the end-of-turn token, with room to spare
 
@@ -326,23 +379,14 @@ def main() -> None:
         work = Path(scratch)
         train_problems = problems(args.train, args.digits, seed=0)
         held_out = problems(args.held_out, args.digits, seed=1, exclude={p for p, _ in train_problems})
-        gold = work / "gold"
-        write_records(gold / "train.jsonl", [record(p, a) for p, a in train_problems])
-        write_records(gold / "test.jsonl", [])
-
-        base = "tiny://qwen2?warmup_steps=0&layers=2&hidden=128&heads=4&kv_heads=2&intermediate=256"
-        make_tiny_model(base, work / "teacher-init")
-        teacher = train(
-            work / "teacher-init", gold, work / "teacher", args.teacher_steps, args.teacher_lr, seed=0
-        )
-        teacher_em = exact_match(teacher, held_out, answer_tokens)
-        data, teacher_right, certainty = teacher_dataset(
-            teacher, train_problems, work, answer_tokens, args.top_k, args.teacher_temperature
+        teacher, data, teacher_em, teacher_right, certainty, cached = trained_teacher(
+            args.workdir or work, args, train_problems, held_out, answer_tokens
         )
         print(
             f"teacher: {args.teacher_steps} steps, held-out exact match {teacher_em:.3f}, right on "
             f"{teacher_right:.3f} of its training answers, median probability of its own answer tokens "
-            f"{certainty:.3f} ({time.monotonic() - started:.0f} s)",
+            f"{certainty:.3f} ({'kept from ' + str(teacher.parent) + ', ' if cached else ''}"
+            f"{time.monotonic() - started:.0f} s)",
             flush=True,
         )
         if teacher_em < COMPETENT and not args.smoke:
@@ -390,6 +434,7 @@ def main() -> None:
         f"{len(held_out)} held-out problems; teacher exact match {teacher_em:.3f}"
     )
     means = report(runs)
+    per_seed(runs)
     print(f"total {time.monotonic() - started:.0f} s")
     keys = ["sft", "kd", "topk", "onpolicy", "xtok", "xtok_sft"]
     candidates = [r.candidates for r in runs.get("topk", []) if r.candidates is not None]
@@ -471,6 +516,14 @@ def report(runs: dict[str, list[StudentRun]]) -> dict[str, float]:
             f"{statistics.mean(r.seconds for r in done):6.0f}"
         )
     return means
+
+
+def per_seed(runs: dict[str, list[StudentRun]]) -> None:
+    """Each seed's final exact match per method, one row a seed."""
+    print("\nfinal exact match per seed:")
+    print(f"{'seed':>4} " + " ".join(f"{m:>9}" for m in runs))
+    for seed in range(max(len(done) for done in runs.values())):
+        print(f"{seed:>4} " + " ".join(f"{done[seed].exact_match:9.3f}" for done in runs.values()))
 
 
 if __name__ == "__main__":
