@@ -268,10 +268,21 @@ def teacher_dataset(
 TEACHER_MODEL = "tiny://qwen2?warmup_steps=0&layers=2&hidden=128&heads=4&kv_heads=2&intermediate=256"
 
 
+def code_digest() -> str:
+    """A digest of the code that trains, serves and records the teacher: a change to it (a new record
+    layout, say) must not reuse what the earlier code made."""
+    digest = hashlib.sha256()
+    for folder in ("components/common", "components/teacher", "components/train", "pipelines"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def trained_teacher(folder: Path, args, train_problems, held_out, answer_tokens):
     """The teacher trained on gold answers and the teacher stage's records of it, with its figures, from
     `folder`/teacher-<digest of their settings> when an earlier run left them there. Every seed's
-    students learn from these same records: the seeds vary the students, not the teacher."""
+    students learn from these same records: the seeds vary the students, not the teacher. The key holds the
+    settings and the code's digest."""
     settings = {
         "model": TEACHER_MODEL,
         "digits": args.digits,
@@ -281,6 +292,7 @@ def trained_teacher(folder: Path, args, train_problems, held_out, answer_tokens)
         "held_out": args.held_out,
         "top_k": args.top_k,
         "temperature": args.teacher_temperature,
+        "code": code_digest(),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     here = folder / f"teacher-{key}"
