@@ -43,6 +43,7 @@ import random
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -359,15 +360,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def shared_folder(trainer, purpose: str, step: int) -> Path:
+@dataclass
+class TrainingState:
+    """What a checkpoint saves of a run in progress, handed over by the trainer: checkpointing reads
+    nothing else of it."""
+
+    accelerator: Any
+    model: Any  # the prepared objective (a DDP wrapper or DeepSpeed engine around it)
+    optimizer: Any
+    scheduler: Any
+    step: int
+    phase: int
+    phase_step: int
+    final_loss: float
+    loss_parts: dict[str, float]
+    best: dict[str, dict] = field(default_factory=dict)  # each phase's best so far (phase_eval.py)
+
+
+def shared_folder(checkpoints: CheckpointStore, purpose: str, step: int) -> Path:
     """A local folder every rank of this pod names alike (DeepSpeed ranks each write their shard there)."""
-    # Keyed by the store and run: two runs on one machine never share it, the ranks of one run always do.
-    run = stable_hash([trainer.config.store_uri, trainer.config.run_id], 12)
+    # Keyed by the run's checkpoint location: two runs on one machine never share it, its ranks always do.
+    run = stable_hash([checkpoints.store.uri], 12)
     return Path(tempfile.gettempdir()) / f"train-{purpose}-{run}-{step_name(step)}"
 
 
-def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
-    """Write the trainer's state at its current step into the store.
+def save_checkpoint(
+    state: TrainingState, checkpoints: CheckpointStore, sharded: bool, bests: BestStore | None = None
+) -> None:
+    """Write `state` into the store as checkpoint `state.step`; `sharded`: the optimizer and weights are
+    ZeRO partitions, saved by accelerate on every rank. `bests` drops the best folders no kept
+    checkpoint names any more.
 
     Every node's first rank uploads what its ranks wrote (ZeRO shards live on each node's disk); the
     global first rank adds the trainer state and, after a barrier, the COMPLETE marker.
@@ -375,32 +397,32 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
     from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
-    acc = trainer.accelerator
-    step = trainer.global_step
-    local = shared_folder(trainer, "save", step)
+    acc = state.accelerator
+    step = state.step
+    local = shared_folder(checkpoints, "save", step)
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
     if acc.is_main_process:
         checkpoints.begin(step)
     acc.wait_for_everyone()
-    if trainer.config.deepspeed != "none":
+    if sharded:
         acc.save_state(str(local / "accelerate"))
     elif acc.is_main_process:
-        save_file(trainable_state(acc.unwrap_model(trainer.model)), str(local / "trainable.safetensors"))
-        torch.save(trainer.optimizer.state_dict(), local / "optimizer.pt")
+        save_file(trainable_state(acc.unwrap_model(state.model)), str(local / "trainable.safetensors"))
+        torch.save(state.optimizer.state_dict(), local / "optimizer.pt")
     if acc.is_main_process:
         torch.save(rng_state(), local / "rng.pt")
-        state = {
+        saved = {
             "step": step,
-            "phase": trainer.phase_index,
-            "phase_step": trainer.phase_step,
-            "scheduler": trainer.scheduler.state_dict(),
-            "final_loss": trainer.final_loss,
-            "loss_parts": trainer.loss_parts,
-            "best": trainer.evaluator.best if trainer.evaluator else {},
+            "phase": state.phase,
+            "phase_step": state.phase_step,
+            "scheduler": state.scheduler.state_dict(),
+            "final_loss": state.final_loss,
+            "loss_parts": state.loss_parts,
+            "best": state.best,
         }
-        (local / "trainer.json").write_text(json.dumps(state))
+        (local / "trainer.json").write_text(json.dumps(saved))
     acc.wait_for_everyone()
     uploaded = checkpoints.upload(step, local) if acc.is_local_main_process else {}
     # Every node uploaded its own ranks' files: the marker lists (and digests) all of them.
@@ -409,8 +431,8 @@ def save_checkpoint(trainer, checkpoints: CheckpointStore) -> None:
     if acc.is_main_process:
         checkpoints.complete(step, files)
         log.info("checkpoint %s saved to %s", step_name(step), checkpoints.store.uri)
-        if trainer.evaluator and trainer.evaluator.stored:
-            trainer.evaluator.stored.prune(checkpoints)
+        if bests is not None:
+            bests.prune(checkpoints)
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
     acc.wait_for_everyone()
@@ -428,19 +450,20 @@ def load_plain(path: Path, step: int):
         ) from None
 
 
-def load_checkpoint(trainer, step: int) -> dict:
-    """Restore weights, optimizer and RNG from checkpoint `step`; returns its trainer.json."""
+def load_checkpoint(accelerator, model, optimizer, checkpoints: CheckpointStore, step: int) -> dict:
+    """Restore the weights of `model` (the prepared objective), `optimizer` and the RNG from checkpoint
+    `step`; returns its trainer.json (what TrainingState held besides them)."""
     from accelerate.utils import gather_object
     from safetensors.torch import load_file
 
-    acc = trainer.accelerator
-    local = shared_folder(trainer, "resume", step)
-    trainer.checkpoints.check_resumable(step)
+    acc = accelerator
+    local = shared_folder(checkpoints, "resume", step)
+    checkpoints.check_resumable(step)
     refused = ""
     if acc.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)
         try:
-            trainer.checkpoints.download(step, local)  # every file checked against its recorded sha256
+            checkpoints.download(step, local)  # every file checked against its recorded sha256
         except InputError as error:
             refused = str(error)
     # A collective in place of a barrier: every rank stops with the refusal instead of waiting for it.
@@ -454,7 +477,7 @@ def load_checkpoint(trainer, step: int) -> dict:
         if (local / "accelerate").is_dir():
             acc.load_state(str(local / "accelerate"))
         else:
-            objective = acc.unwrap_model(trainer.model)
+            objective = acc.unwrap_model(model)
             weights = load_file(str(local / "trainable.safetensors"))
             expected = {name: tuple(t.shape) for name, t in trainable_state(objective).items()}
             stored = {name: tuple(t.shape) for name, t in weights.items()}
@@ -466,7 +489,7 @@ def load_checkpoint(trainer, step: int) -> dict:
                     "run_id, or delete runs/<run_id>/train/checkpoints"
                 )
             objective.load_state_dict(weights, strict=False)
-            trainer.optimizer.load_state_dict(load_plain(local / "optimizer.pt", step))
+            optimizer.load_state_dict(load_plain(local / "optimizer.pt", step))
         set_rng_state(load_plain(local / "rng.pt", step))
         acc.wait_for_everyone()
     finally:

@@ -48,6 +48,7 @@ from components.train.batching import Batch, collate
 from components.train.checkpoint import (
     BestStore,
     CheckpointStore,
+    TrainingState,
     load_checkpoint,
     run_fingerprint,
     save_checkpoint,
@@ -389,7 +390,11 @@ class DistillTrainer:
         self.optimizer = self._build_optimizer()
         self.model, self.optimizer = acc.prepare(self.objective, self.optimizer)
         resume = self.checkpoints.latest() if self.checkpoints else None
-        state = load_checkpoint(self, resume) if resume is not None else None
+        state = (
+            load_checkpoint(acc, self.model, self.optimizer, self.checkpoints, resume)
+            if resume is not None
+            else None
+        )
         if state is not None and self.evaluator:
             self.evaluator.resume(state.get("best", {}), [phase.name for phase in self.phases])
         trackers = None
@@ -464,7 +469,12 @@ class DistillTrainer:
                             self._save_weights,
                         )
                 if self.checkpoints and config.save_steps and self.global_step % config.save_steps == 0:
-                    save_checkpoint(self, self.checkpoints)
+                    save_checkpoint(
+                        self.training_state(),
+                        self.checkpoints,
+                        sharded=config.deepspeed != "none",
+                        bests=self.evaluator.stored if self.evaluator else None,
+                    )
             progress.close()
         seconds = time.monotonic() - started
         if trackers is not None:
@@ -488,6 +498,21 @@ class DistillTrainer:
             "precision": self.precision,
             "deepspeed": config.deepspeed,
         }
+
+    def training_state(self) -> TrainingState:
+        """What a checkpoint saves of this run as it stands."""
+        return TrainingState(
+            accelerator=self.accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.global_step,
+            phase=self.phase_index,
+            phase_step=self.phase_step,
+            final_loss=self.final_loss,
+            loss_parts=self.loss_parts,
+            best=self.evaluator.best if self.evaluator else {},
+        )
 
     def _log(self, trackers, progress, window, phase, phase_step) -> tuple[float, dict[str, float]]:
         window = to_floats(window)
