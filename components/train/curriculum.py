@@ -143,32 +143,51 @@ def mix_examples(
     return chosen
 
 
-def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergence) -> list[PhasePlan]:
-    """The phases this run executes (after start_phase/end_phase), with every inherited value resolved."""
-    weights = {
-        "hidden": config.intermediate.hidden_weight,
-        "attention": config.intermediate.attention_weight,
-        "contrastive": config.intermediate.contrastive_weight,
-    }
-    if not config.curriculum:
+@dataclass(frozen=True)
+class PhaseDefaults:
+    """The run's values a curriculum phase inherits unless it sets its own (the whole run when there is
+    no curriculum), and the seed its mix is drawn with."""
+
+    max_steps: int = -1
+    num_epochs: float = 1.0
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    kd_alpha: float = 0.5
+    weights: dict[str, float] = field(default_factory=dict)  # intermediate terms: hidden, attention, ...
+    on_policy_fraction: float = 0.5
+    seed: int = 0
+
+
+def plan_phases(
+    defaults: PhaseDefaults,
+    curriculum: list,
+    start_phase: int,
+    end_phase: int,
+    sources: dict[str, list[Example]],
+    divergence: Divergence,
+) -> list[PhasePlan]:
+    """The phases of `curriculum` this run executes (start_phase to end_phase, counted from 1; 0: to the
+    last), with every inherited value resolved."""
+    weights = defaults.weights
+    if not curriculum:
         return [
             PhasePlan(
                 index=0,
                 name="main",
                 examples=sources["main"],
-                max_steps=config.max_steps,
-                num_epochs=config.num_epochs,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
+                max_steps=defaults.max_steps,
+                num_epochs=defaults.num_epochs,
+                batch_size=defaults.batch_size,
+                learning_rate=defaults.learning_rate,
                 divergence=divergence,
-                kd_alpha=config.kd.alpha,
-                weights=weights,
-                on_policy_fraction=config.kd.on_policy.fraction,
+                kd_alpha=defaults.kd_alpha,
+                weights=dict(weights),
+                on_policy_fraction=defaults.on_policy_fraction,
             )
         ]
     plans = []
-    for index in range(config.start_phase - 1, config.end_phase or len(config.curriculum)):
-        phase = config.curriculum[index]
+    for index in range(start_phase - 1, end_phase or len(curriculum)):
+        phase = curriculum[index]
         ramp = {name: phase.share_range(name) for name in phase.mix}
         ramped = any(first != last for first, last in ramp.values())
         mix = {name: first for name, (first, _) in ramp.items()} or {"main": 1.0}
@@ -177,29 +196,29 @@ def plan_phases(config, sources: dict[str, list[Example]], divergence: Divergenc
             PhasePlan(
                 index=index,
                 name=phase.name,
-                examples=[] if ramped else mix_examples(sources, mix, samples, config.seed * 7919 + index),
+                examples=[] if ramped else mix_examples(sources, mix, samples, defaults.seed * 7919 + index),
                 source_names=sorted(mix),
                 ramp=ramp if ramped else {},
                 sources={name: sources[name] for name in mix} if ramped else {},
                 samples=samples,
                 max_steps=phase.max_steps,
                 num_epochs=phase.num_epochs,
-                batch_size=phase.batch_size or config.batch_size,
-                learning_rate=phase.learning_rate or config.learning_rate,
+                batch_size=phase.batch_size or defaults.batch_size,
+                learning_rate=phase.learning_rate or defaults.learning_rate,
                 divergence=Divergence(
                     kind=divergence.kind,
                     beta=divergence.beta,
                     temperature=phase.temperature or divergence.temperature,
                     vocab_limit=divergence.vocab_limit,
                 ),
-                kd_alpha=config.kd.alpha if phase.kd_alpha is None else phase.kd_alpha,
+                kd_alpha=defaults.kd_alpha if phase.kd_alpha is None else phase.kd_alpha,
                 weights={
                     name: weights[name]
                     if getattr(phase, f"{name}_weight") is None
                     else getattr(phase, f"{name}_weight")
                     for name in weights
                 },
-                on_policy_fraction=config.kd.on_policy.fraction
+                on_policy_fraction=defaults.on_policy_fraction
                 if phase.on_policy_fraction is None
                 else phase.on_policy_fraction,
             )

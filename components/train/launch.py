@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,18 +34,30 @@ log = logging.getLogger(__name__)
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 
 
-def deepspeed_config(config, precision: str) -> dict:
-    """The shipped ZeRO JSON for `config.deepspeed`, with every "auto" value resolved."""
-    ds = json.loads((DEEPSPEED_DIR / f"{config.deepspeed}.json").read_text())
-    ds["train_micro_batch_size_per_gpu"] = config.batch_size
-    ds["gradient_accumulation_steps"] = config.gradient_accumulation_steps
-    ds["gradient_clipping"] = config.max_grad_norm
+@dataclass(frozen=True)
+class Distribution:
+    """How the run spreads over its devices: what the Accelerator and the ZeRO config need of it."""
+
+    precision: str = "auto"  # the Config's precision, resolved here for the device found
+    deepspeed: str = "none"
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    find_unused_parameters: bool = False  # a phase may give a module no gradient (intermediate KD)
+
+
+def deepspeed_config(distribution: Distribution, precision: str) -> dict:
+    """The shipped ZeRO JSON for `distribution.deepspeed`, with every "auto" value resolved."""
+    ds = json.loads((DEEPSPEED_DIR / f"{distribution.deepspeed}.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = distribution.batch_size
+    ds["gradient_accumulation_steps"] = distribution.gradient_accumulation_steps
+    ds["gradient_clipping"] = distribution.max_grad_norm
     ds["bf16"]["enabled"] = precision == "bf16"
     ds["fp16"]["enabled"] = precision == "fp16"
     return ds
 
 
-def accelerator_for(config):
+def accelerator_for(distribution: Distribution):
     """The Accelerator: mixed precision, accumulation, and DeepSpeed when configured."""
     import torch
     from accelerate import Accelerator
@@ -53,21 +66,23 @@ def accelerator_for(config):
     from components.train.modeling import resolve_precision
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(config.precision, torch.device(device_type))
+    precision = resolve_precision(distribution.precision, torch.device(device_type))
     plugin = None
     # A curriculum phase may weight an intermediate term 0: its projection then gets no gradient.
-    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=config.intermediate.enabled)]
-    if config.deepspeed != "none":
+    handlers: list = [
+        DistributedDataParallelKwargs(find_unused_parameters=distribution.find_unused_parameters)
+    ]
+    if distribution.deepspeed != "none":
         if device_type == "cpu":
-            deepspeed_cpu.prepare(config.deepspeed)
-            note_slow_on_cpu(f"deepspeed: {config.deepspeed}", torch.device("cpu"))
+            deepspeed_cpu.prepare(distribution.deepspeed)
+            note_slow_on_cpu(f"deepspeed: {distribution.deepspeed}", torch.device("cpu"))
             # accelerate picks a process-group backend only for accelerators; without one every rank
             # would count itself the only process.
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, precision))
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(distribution, precision))
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(precision, precision),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_accumulation_steps=distribution.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
         # accelerate's cpu flag turns DeepSpeed off; without a GPU it runs on the CPU regardless.
         cpu=device_type == "cpu" and plugin is None,
@@ -75,13 +90,13 @@ def accelerator_for(config):
     )
 
 
-def relaunch_command(config, config_file: Path, gpus: int) -> list[str] | None:
-    """The launcher command for this run, or None to train in this process."""
+def relaunch_command(launcher: str, deepspeed: str, config_file: Path, gpus: int) -> list[str] | None:
+    """The `launcher` command for this run on `gpus` devices, or None to train in this process."""
     # DeepSpeed needs a process group even on one GPU or a CPU: a launcher of one rank gives it one.
-    ranks = max(gpus, 1) if config.deepspeed != "none" else gpus
-    if config.launcher == "none" or ranks <= 1 and config.deepspeed == "none" or "LOCAL_RANK" in os.environ:
+    ranks = max(gpus, 1) if deepspeed != "none" else gpus
+    if launcher == "none" or ranks <= 1 and deepspeed == "none" or "LOCAL_RANK" in os.environ:
         return None
-    if config.launcher == "accelerate":
+    if launcher == "accelerate":
         return [
             sys.executable,
             "-m",
@@ -115,7 +130,7 @@ def maybe_relaunch(config) -> bool:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with tempfile.TemporaryDirectory(prefix="train-launch-") as folder:
         config_file = Path(folder) / "train.yaml"
-        command = relaunch_command(config, config_file, gpus)
+        command = relaunch_command(config.launcher, config.deepspeed, config_file, gpus)
         if command is None:
             return False
         if not gpus and config.deepspeed != "none":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,44 +51,64 @@ def check_model_dir(path: str, field: str) -> Path:
     return folder
 
 
-def attention_kwargs(config) -> dict:
+@dataclass(frozen=True)
+class ModelLoading:
+    """How the trainer loads its student and teacher: their attention kernel (`attention_kwargs`), and
+    the switches both follow."""
+
+    attention: dict[str, str] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    compile: bool = False
+
+
+def attention_kwargs(attention: str, batching: str, attention_maps: bool) -> dict[str, str]:
     """The attention kernel for student and teacher: they always see the same batches."""
-    if config.intermediate.attention_weight > 0:
+    if attention_maps:
         # Attention maps are only returned by the eager kernel, never by sdpa or flash attention.
         return {"attn_implementation": "eager"}
-    if config.attention != "auto":
-        return {"attn_implementation": config.attention}
-    if config.batching == "padding_free":
+    if attention != "auto":
+        return {"attn_implementation": attention}
+    if batching == "padding_free":
         return {"attn_implementation": varlen.register()}
     return {}
 
 
-def load_student(config, device: torch.device, precision: str):
-    """The student ready to train: frozen base + LoRA adapters, or every weight trainable."""
+def load_student(
+    student_dir: str,
+    method: str,
+    lora,
+    loading: ModelLoading,
+    device: torch.device,
+    precision: str,
+    init_checkpoint: str = "",
+):
+    """The student ready to train: frozen base + LoRA adapters (`lora`), or every weight trainable;
+    started from `init_checkpoint` (an earlier run's adapter or full model) when given."""
     from transformers import AutoModelForCausalLM
 
-    folder = check_model_dir(config.student_dir, "student_dir")
-    start = init_checkpoint_folder(config.init_checkpoint, config.method) if config.init_checkpoint else None
-    if start is not None and config.method == "full":
+    folder = check_model_dir(student_dir, "student_dir")
+    start = init_checkpoint_folder(init_checkpoint, method) if init_checkpoint else None
+    if start is not None and method == "full":
         folder = start
-    kwargs: dict = {"dtype": torch.float32 if config.method == "full" else DTYPES[precision]}
-    kwargs.update(attention_kwargs(config))
-    if config.method == "qlora":
+    kwargs: dict = {"dtype": torch.float32 if method == "full" else DTYPES[precision]}
+    kwargs.update(loading.attention)
+    if method == "qlora":
         kwargs.update(qlora_kwargs(device, precision))
     model = AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=allows_remote_code(folder, config.trust_remote_code), **kwargs
+        folder, trust_remote_code=allows_remote_code(folder, loading.trust_remote_code), **kwargs
     )
-    if config.method != "qlora":
+    if method != "qlora":
         model.to(device)
-    if config.gradient_checkpointing:
+    if loading.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if config.method != "full":
-        model = add_lora(model, config, autocast=precision != "fp32")
+    if method != "full":
+        model = add_lora(model, lora, method, loading.gradient_checkpointing, autocast=precision != "fp32")
         if start is not None:
             load_adapter_weights(model, start)
     model.train()
-    if config.compile:
+    if loading.compile:
         compile_blocks(model)
     return model
 
@@ -121,14 +142,14 @@ def device_map(device: torch.device) -> dict:
     return {"": device.type}
 
 
-def add_lora(model, config, autocast: bool = False):
+def add_lora(
+    model, settings, method: str = "lora", gradient_checkpointing: bool = False, autocast: bool = False
+):
+    """LoRA adapters of `settings` (the Config's `lora`) on `model`; `method` qlora prepares a 4-bit base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.method == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
-        )
-    settings = config.lora
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     targets = settings.target_modules
     lora = LoraConfig(
         r=settings.r,
@@ -150,7 +171,7 @@ def add_lora(model, config, autocast: bool = False):
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
-    if config.gradient_checkpointing:
+    if gradient_checkpointing:
         # With a frozen embedding nothing upstream needs grad; checkpointed blocks then drop the adapters'.
         model.enable_input_require_grads()
     return model
@@ -167,33 +188,34 @@ def backbone(model):
     return getattr(causal_lm, causal_lm.base_model_prefix)
 
 
-def load_teacher(config, device: torch.device, precision: str):
-    """A frozen teacher for logit/intermediate KD in the run's precision, or 8-bit; no grads."""
+def load_teacher(kd, loading: ModelLoading, device: torch.device, precision: str):
+    """A frozen teacher for logit/intermediate KD (`kd`: the Config's kd settings) in the run's precision,
+    or 8-bit; no grads."""
     from transformers import AutoModelForCausalLM
 
-    folder = check_model_dir(config.kd.teacher_dir, "kd.teacher_dir")
+    folder = check_model_dir(kd.teacher_dir, "kd.teacher_dir")
     kwargs: dict = {"dtype": DTYPES[precision]}
-    if config.kd.teacher_8bit:
+    if kd.teacher_8bit:
         from transformers import BitsAndBytesConfig
 
         note_slow_on_cpu("kd.teacher_8bit (8-bit bitsandbytes)", device)
         kwargs.update(
             quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device_map(device)
         )
-    kwargs.update(attention_kwargs(config))
+    kwargs.update(loading.attention)
     teacher = AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=allows_remote_code(folder, config.trust_remote_code), **kwargs
+        folder, trust_remote_code=allows_remote_code(folder, loading.trust_remote_code), **kwargs
     )
-    if config.kd.teacher_adapter:
+    if kd.teacher_adapter:
         from peft import PeftModel
 
         # Applied unmerged: a base + LoRA teacher needs no merge step, and in 8-bit cannot be merged.
-        teacher = PeftModel.from_pretrained(teacher, teacher_adapter_folder(config.kd.teacher_adapter))
-    if not config.kd.teacher_8bit:
+        teacher = PeftModel.from_pretrained(teacher, teacher_adapter_folder(kd.teacher_adapter))
+    if not kd.teacher_8bit:
         teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)
-    if config.compile:
+    if loading.compile:
         compile_blocks(teacher)
     return teacher
 

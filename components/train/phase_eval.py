@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,12 +44,26 @@ def phase_heldout(heldout: dict[str, list[Example]], sources: list[str], limit: 
     return [example for name in names for example in heldout[name][:each]][:limit]
 
 
+@dataclass(frozen=True)
+class HeldoutSettings:
+    """What the evaluator needs of the train Config: how many held-out records and samples, how they are
+    batched, where the best weights go, and whether checkpoints (which name the bests) are written."""
+
+    output_dir: str
+    eval_samples: int = 64
+    sample_count: int = 4
+    sample_max_new_tokens: int = 64
+    batching: str = "padding_free"
+    max_length: int = 1024
+    checkpoints: bool = False
+
+
 class PhaseEvaluator:
     """Scores the student on held-out records and keeps each phase's best weights."""
 
     def __init__(
         self,
-        config,
+        settings: HeldoutSettings,
         tokenizer,
         heldout: dict[str, list[Example]],
         device: torch.device,
@@ -56,7 +71,7 @@ class PhaseEvaluator:
         stored: BestStore | None = None,
     ):
         """`main_process` writes output_dir (every rank scores); `stored` keeps the bests in the run's store."""
-        self.config = config
+        self.settings = settings
         self.tokenizer = tokenizer
         self.heldout = heldout
         self.device = device
@@ -66,7 +81,9 @@ class PhaseEvaluator:
 
     def _forward_logits(self, student, examples: list[Example]):
         """(logits, batch) of one forward pass over `examples`, collated as in training."""
-        batch = collate(examples, self.tokenizer.pad_token_id, self.config.batching, self.config.max_length)
+        batch = collate(
+            examples, self.tokenizer.pad_token_id, self.settings.batching, self.settings.max_length
+        )
         return student(**batch.model_inputs(self.device)).logits, batch
 
     @torch.no_grad()
@@ -87,7 +104,7 @@ class PhaseEvaluator:
         """The student's greedy answer to `prompt`, up to sample_max_new_tokens or its end of turn."""
         ids = list(prompt)
         stop = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-        for _ in range(self.config.sample_max_new_tokens):
+        for _ in range(self.settings.sample_max_new_tokens):
             example = Example(input_ids=ids, labels=[IGNORE] * len(ids), record_id="sample")
             logits, _ = self._forward_logits(student, [example])
             token = int(logits.reshape(-1, logits.shape[-1])[len(ids) - 1].argmax())
@@ -99,7 +116,7 @@ class PhaseEvaluator:
     def samples_markdown(self, student, examples: list[Example]) -> str:
         """A Markdown table (TensorBoard's TEXT tab renders it) of prompt, teacher and student answers."""
         rows = ["| prompt | teacher | student |", "|---|---|---|"]
-        for example in examples[: self.config.sample_count]:
+        for example in examples[: self.settings.sample_count]:
             prompt, answer = split_prompt(example)
             cells = (
                 self.tokenizer.decode(prompt, skip_special_tokens=True)[-300:],
@@ -112,13 +129,13 @@ class PhaseEvaluator:
     def evaluate(self, student, phase, phase_step: int, global_step: int, trackers, save) -> float | None:
         """Score the student now: log eval/loss (and samples); `save(folder)` writes the weights when this
         is the phase's best so far. Returns the loss, or None when the phase has no held-out records."""
-        examples = phase_heldout(self.heldout, phase.source_names, self.config.eval_samples)
+        examples = phase_heldout(self.heldout, phase.source_names, self.settings.eval_samples)
         if not examples:
             return None
         was_training = student.training
         student.eval()
         loss = self.loss(student, examples)
-        samples = self.samples_markdown(student, examples) if self.config.sample_count else ""
+        samples = self.samples_markdown(student, examples) if self.settings.sample_count else ""
         student.train(was_training)
         if trackers is not None:
             trackers.log({"eval/loss": loss, f"eval/loss_{phase.name}": loss}, global_step)
@@ -133,12 +150,12 @@ class PhaseEvaluator:
             if self.main_process:
                 (folder / "best.json").write_text(json.dumps(self.best[phase.name], indent=2))
                 # Only a checkpoint can name it for a retry to restore: without checkpoints, no upload.
-                if self.stored and self.config.save_steps:
+                if self.stored and self.settings.checkpoints:
                     self.stored.save(phase.name, global_step, folder)
         return loss
 
     def _folder(self, phase: str) -> Path:
-        return Path(self.config.output_dir) / "best" / phase
+        return Path(self.settings.output_dir) / "best" / phase
 
     def resume(self, records: dict, phases: list[str]) -> None:
         """Take up a checkpoint's best-so-far `records` (phase -> loss, step, phase_step), the main process

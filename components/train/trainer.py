@@ -64,6 +64,7 @@ from components.train.objective import DistillObjective, teacher_outputs
 from components.train.on_policy import ce_targets, draw, sample, with_samples
 from components.train.phase_eval import PhaseEvaluator
 from components.train.progress import Progress
+from components.train.settings import distribution, heldout_settings, model_loading, phase_defaults
 from components.train.sparse_kd import (
     answer_ids,
     answer_text,
@@ -86,12 +87,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fused_loss_allowed(config, student) -> bool:
+def fused_loss_allowed(deepspeed: str, student) -> bool:
     """The fused loss keeps the head's weight gradient from the forward pass until the backward pass;
     ZeRO-3 re-partitions that weight in between, so a trainable head under ZeRO-3 needs the recompute."""
     head = base_model(student).get_output_embeddings()
     head_trains = any(p.requires_grad for p in head.parameters())
-    return not (config.deepspeed.startswith("zero3") and head_trains)
+    return not (deepspeed.startswith("zero3") and head_trains)
 
 
 def to_floats(values: dict) -> dict[str, float]:
@@ -115,7 +116,7 @@ class DistillTrainer:
         config = self.config
         check_report_to(config.report_to)
         seed_everything(config.seed)
-        self.accelerator = accelerator_for(config)
+        self.accelerator = accelerator_for(distribution(config))
         self.device = self.accelerator.device
         self.precision = resolve_precision(config.precision, self.device)
         if self.precision == "bf16":
@@ -153,7 +154,16 @@ class DistillTrainer:
         sampling = config.kd.kind == "on_policy" and sampling_engine(
             config.kd.on_policy.engine, self.device, config.method, vllm_installed()
         )
-        self.student = load_student(config, self.device, self.precision)
+        loading = model_loading(config)
+        self.student = load_student(
+            config.student_dir,
+            config.method,
+            config.lora,
+            loading,
+            self.device,
+            self.precision,
+            init_checkpoint=config.init_checkpoint,
+        )
         self.sampler = sample
         if sampling == "vllm":
             self.sampler = VllmSampler(config.student_dir, next(self.student.parameters()).dtype)
@@ -171,7 +181,7 @@ class DistillTrainer:
                     kd.teacher_retries,
                 )
             else:
-                self.teacher = load_teacher(config, self.device, self.precision)
+                self.teacher = load_teacher(config.kd, loading, self.device, self.precision)
                 if same_tokens:
                     limit = check_vocab(self.tokenizer, self.student, teacher_tokenizer, self.teacher)
                     divergence = Divergence(divergence.kind, divergence.beta, divergence.temperature, limit)
@@ -186,11 +196,18 @@ class DistillTrainer:
             config.kd.chunk_size,
             intermediate,
             logit_kd=config.kd.needs_scoring_teacher and self.scorer is None,
-            fused_loss=fused_loss_allowed(config, self.student),
+            fused_loss=fused_loss_allowed(config.deepspeed, self.student),
         )
         self.objective.to(self.device)
         self.phase_index = self.phase_step = self.global_step = 0
-        self.phases = plan_phases(config, self.sources, divergence)
+        self.phases = plan_phases(
+            phase_defaults(config),
+            config.curriculum,
+            config.start_phase,
+            config.end_phase,
+            self.sources,
+            divergence,
+        )
         store = (
             open_store(config.store_uri).child(f"runs/{config.run_id}/train") if config.store_uri else None
         )
@@ -200,7 +217,7 @@ class DistillTrainer:
         )
         self.evaluator = (
             PhaseEvaluator(
-                config,
+                heldout_settings(config),
                 self.tokenizer,
                 heldout,
                 self.device,

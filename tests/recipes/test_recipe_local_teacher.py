@@ -17,6 +17,7 @@ from components.teacher import Config as TeacherConfig
 from components.teacher.stage import run as run_teacher
 from components.train import Config as TrainConfig
 from components.train.modeling import load_teacher
+from components.train.settings import model_loading
 from components.train.stage import run as run_train
 from pipelines.demo_teacher import write_demo_dataset
 
@@ -92,10 +93,11 @@ def test_the_kd_teacher_is_the_base_with_its_adapter_applied(
 
     ids = torch.tensor([[1, 2, 3, 4]])
     cpu = torch.device("cpu")
-    plain = load_teacher(teacher(), cpu, "fp32")(input_ids=ids).logits
-    adapted_model = load_teacher(teacher(teacher_adapter=str(teacher_adapter)), cpu, "fp32")
+    plain = load_teacher(teacher().kd, model_loading(teacher()), cpu, "fp32")(input_ids=ids).logits
+    with_adapter = teacher(teacher_adapter=str(teacher_adapter))
+    adapted_model = load_teacher(with_adapter.kd, model_loading(with_adapter), cpu, "fp32")
     adapted = adapted_model(input_ids=ids).logits
     assert not torch.allclose(plain, adapted)
     assert not any(p.requires_grad for p in adapted_model.parameters())
     with pytest.raises(InputError, match="kd.teacher_adapter: .* holds no adapter_config.json"):
-        load_teacher(teacher(teacher_adapter=str(tmp_path)), cpu, "fp32")
+        load_teacher(teacher(teacher_adapter=str(tmp_path)).kd, model_loading(with_adapter), cpu, "fp32")

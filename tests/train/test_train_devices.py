@@ -13,6 +13,7 @@ import torch
 
 from components.common.errors import ConfigError
 from components.train.launch import deepspeed_config, relaunch_command
+from components.train.settings import distribution
 from components.train.stage import run
 from components.train.trainer import DistillTrainer
 from tests.conftest import free_port
@@ -131,7 +132,7 @@ def test_deepspeed_configs_are_shipped_and_resolved_from_the_run(make_config):
     for name in ("zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"):
         config = make_config(deepspeed="none", batch_size=4, gradient_accumulation_steps=8, max_grad_norm=0.5)
         config.deepspeed = name
-        ds = deepspeed_config(config, "bf16")
+        ds = deepspeed_config(distribution(config), "bf16")
         assert "auto" not in json.dumps(ds)
         assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 8
         assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
@@ -143,21 +144,21 @@ def test_deepspeed_configs_are_shipped_and_resolved_from_the_run(make_config):
         assert parsed.train_batch_size == 4 * 8 and parsed.bfloat16_config.enabled
 
 
-def test_more_than_one_gpu_relaunches_on_all_of_them(make_config, tmp_path, monkeypatch):
+def test_more_than_one_gpu_relaunches_on_all_of_them(tmp_path, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     file = tmp_path / "c.yaml"
-    assert relaunch_command(make_config(), file, gpus=1) is None
-    torchrun = relaunch_command(make_config(), file, gpus=4)
+    assert relaunch_command("auto", "none", file, gpus=1) is None
+    torchrun = relaunch_command("auto", "none", file, gpus=4)
     assert torchrun[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     assert torchrun[-4:] == ["-m", "components.train", "--config", str(file)]
-    accelerate = relaunch_command(make_config(launcher="accelerate"), file, gpus=2)
+    accelerate = relaunch_command("accelerate", "none", file, gpus=2)
     assert accelerate[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
-    assert relaunch_command(make_config(launcher="none"), file, gpus=8) is None
+    assert relaunch_command("none", "none", file, gpus=8) is None
     # DeepSpeed needs a process group on one device or a CPU too: one rank under torchrun.
-    zero = relaunch_command(make_config(deepspeed="zero2"), file, gpus=0)
+    zero = relaunch_command("auto", "zero2", file, gpus=0)
     assert zero[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert relaunch_command(make_config(), file, gpus=4) is None, "a rank never relaunches itself"
+    assert relaunch_command("auto", "none", file, gpus=4) is None, "a rank never relaunches itself"
 
 
 # --- GPU (run on a GPU machine: pytest -m gpu tests/train) ---------------------------------------------

@@ -41,7 +41,7 @@ def test_adapters_under_autocast_keep_no_fp32_copy_of_their_inputs(tiny_model_di
     for autocast in (False, True):
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-        results.append(saved_bytes_loss_and_grads(add_lora(base, config, autocast=autocast), input_ids))
+        results.append(saved_bytes_loss_and_grads(add_lora(base, config.lora, autocast=autocast), input_ids))
     (peft_default, loss_default, grads_default), (ours, loss, grads) = results
     assert ours < 0.9 * peft_default
     # The forward pass is the same computation; the backward pass sums the branches' input gradients in

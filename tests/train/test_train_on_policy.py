@@ -168,6 +168,7 @@ def test_kill_9_then_resume_draws_the_same_samples_and_reaches_the_same_weights(
 
 def test_each_curriculum_phase_can_set_its_own_on_policy_fraction(tiny_model_dir, reversal_data, tmp_path):
     from components.train.curriculum import plan_phases
+    from components.train.settings import phase_defaults
 
     fields = {
         "student_dir": str(tiny_model_dir),
@@ -181,7 +182,14 @@ def test_each_curriculum_phase_can_set_its_own_on_policy_fraction(tiny_model_dir
         {"name": "own", "max_steps": 1},
     ]
     config = from_dict(Config, {**fields, "curriculum": phases})
-    plans = plan_phases(config, {"main": []}, Divergence())
+    plans = plan_phases(
+        phase_defaults(config),
+        config.curriculum,
+        config.start_phase,
+        config.end_phase,
+        {"main": []},
+        Divergence(),
+    )
     assert [plan.on_policy_fraction for plan in plans] == [0.0, 0.5]
     with pytest.raises(ConfigError, match=r"curriculum phase 'x': on_policy_fraction must be in \[0, 1\]"):
         from_dict(
