@@ -77,7 +77,9 @@ def test_qlora_trains_adapters_on_a_4bit_student_on_cpu(make_config, caplog, mon
 
     loaded = []
     load_student = trainer.load_student
-    monkeypatch.setattr(trainer, "load_student", lambda *a: loaded.append(load_student(*a)) or loaded[-1])
+    monkeypatch.setattr(
+        trainer, "load_student", lambda *a, **k: loaded.append(load_student(*a, **k)) or loaded[-1]
+    )
     config = make_config(method="qlora", precision="bf16", max_steps=3, gradient_checkpointing=True)
     result = run(config)
     assert_adapter_trained(result)
