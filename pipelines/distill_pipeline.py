@@ -100,10 +100,12 @@ STAGE_SECRETS = {
     "register": (REGISTRY_SECRET,),  # Model Registry; KServe through the pod's service account (RBAC)
     "teacher_server": (),  # KServe through the pod's service account (RBAC)
 }
-# What the pods of a multi-node training job get: they read and write the store only (inputs, the KD
-# teacher's cached copy, checkpoints, outputs), and never the teacher's key.
+# What the pods of a multi-node training job get: the store (inputs, the KD teacher's cached copy,
+# checkpoints, outputs) and the trackers of report_to (node 0 reports), never the teacher's key.
+JOB_SECRETS = (S3_SECRET, TRACKERS_SECRET)
 JOB_ENV = {
-    "secrets": {S3_SECRET[0]: S3_SECRET[1]},
+    "secrets": {name: keys for name, keys, _ in JOB_SECRETS},
+    "optional_secrets": [name for name, _, optional in JOB_SECRETS if optional],
     "config_maps": {S3_CONFIGMAP[0]: S3_CONFIGMAP[1]},
 }
 

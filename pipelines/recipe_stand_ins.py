@@ -3,13 +3,17 @@ the recipe tests (tests/recipes), so both substitute the same things:
 
 - the models: a tiny student, and a tiny local teacher for a local or KD teacher (adapters dropped);
 - the teacher APIs: the loopback demo teacher (`openai` protocol), for the judge too;
-- the GPUs: none; DeepSpeed, bf16/fp16 and bitsandbytes (a 4-bit eval, 8-bit teachers) off;
+- what needs a GPU (`gpu_swaps`): GPU counts to 0, flash-attn to sdpa, fp16 to bf16 (accelerate
+  autocasts fp16 only on a GPU), a vLLM server to the demo teacher; the recipe's method, DeepSpeed stage
+  (on one CPU rank), bf16 and bitsandbytes (8-bit teachers, a 4-bit eval: the CUDA code on the CPU) stay;
 - the data: a small generated dataset in the recipe's own format (raw text, messages with gold answers,
-  sharegpt, prompts), and small teacher-data folders for the curriculum's extra datasets;
+  sharegpt, prompts), small teacher-data folders for the curriculum's extra datasets, and a small
+  validation file for eval_validation;
 - the length: a few steps per phase, a small evaluation;
 - sparse top-k KD: off (the demo teacher's log-probabilities are per word, matching no student token).
 
-`laptop_run(params, folder)` returns the changed parameters and one line per substitution.
+`laptop_run(params, folder)` returns the changed parameters and one line per substitution; the recipe
+tests (tests/recipes/test_recipe_pipelines.py) make the same GPU swaps through `gpu_swaps`.
 """
 
 from __future__ import annotations
@@ -54,22 +58,26 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
     """`params` (a recipe's parameters) with the stand-ins above, data written under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     run = LaptopRun(dict(params))
+    run.substituted.extend(gpu_swaps(run.params))
     teacher = run.params.get("teacher_overrides") or {}
     local_teacher = run.params.get("teacher_provider") == "local"
+    served = run.params.get("teacher_provider") == "vllm"  # its OpenAI API is the demo teacher's
     for name, value in STAND_INS.items():
-        if not (local_teacher and name in ("teacher_provider", "teacher_model")):
+        if not (local_teacher and name in ("teacher_provider", "teacher_model")) and not (
+            served and name == "teacher_provider"
+        ):
             _set(run, name, value)
     if local_teacher:
         _set(run, "teacher_model", str(_tiny_teacher_folder(folder)))
-        _override(
-            run,
-            "teacher",
-            {"provider": {"adapter": "", "quantization": "none"}, "on_length": "keep"},
-            "local teacher",
-        )
+        change = {"on_length": "keep"}
+        if (teacher.get("provider") or {}).get("adapter"):
+            change["provider"] = {"adapter": str(tiny_teacher_adapter(folder))}
+        _override(run, "teacher", change, "local teacher")
     if run.params.get("train_kd_teacher_source"):
         _set(run, "train_kd_teacher_source", TINY_TEACHER)
-        _override(run, "train", {"kd": {"teacher_adapter": "", "teacher_8bit": False}}, "KD teacher")
+        if ((run.params.get("train_overrides") or {}).get("kd") or {}).get("teacher_adapter"):
+            change = {"kd": {"teacher_adapter": str(tiny_teacher_adapter(folder))}}
+            _override(run, "train", change, "KD teacher's adapter")
     _set(run, "teacher_dataset", str(_demo_dataset(run.params, teacher, folder)))
     if drop_mix(run.params):
         run.substituted.append("teacher_overrides: mix dropped (one generated dataset)")
@@ -88,10 +96,8 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         _override(run, "teacher", {"judge": {"provider": judge}}, "judge")
     if run.params.get("train_kd") == "topk":
         _set(run, "train_kd", "none")  # the demo teacher's log-probabilities are per word, no token's
-    for name in ("teacher_gpus", "eval_gpus"):
-        if run.params.get(name):
-            _set(run, name, 0)
-    _devices_off(run)
+    if run.params.get("eval_validation"):
+        _set(run, "eval_validation", str(validation_file(folder / "val.json")))
     _shorten(run, folder, max_steps)
     return run
 
@@ -133,6 +139,21 @@ def _tiny_teacher_folder(folder: Path) -> Path:
     path = folder / "tiny-teacher"
     if not (path / "config.json").is_file():
         make_tiny_model(TINY_TEACHER, path)
+    return path
+
+
+def tiny_teacher_adapter(folder: Path) -> Path:
+    """A LoRA adapter on the tiny teacher, made once in `folder`, whose B matrices are not zero, so it
+    changes the teacher: the stand-in for a recipe's base + adapter teacher."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = folder / "tiny-teacher-adapter"
+    if not (path / "adapter_config.json").is_file():
+        base = AutoModelForCausalLM.from_pretrained(_tiny_teacher_folder(folder))
+        torch.manual_seed(0)
+        get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False)).save_pretrained(path)
     return path
 
 
@@ -197,19 +218,40 @@ def _teacher_data(folder: Path, seed: int) -> Path:
     return folder
 
 
-def _devices_off(run: LaptopRun) -> None:
-    train = run.params.get("train_overrides") or {}
-    off: dict[str, Any] = {}
-    if train.get("deepspeed", "none") != "none":
-        off["deepspeed"] = "none"
-    if train.get("precision") in ("bf16", "fp16"):
-        off["precision"] = "auto"
-    if (train.get("kd") or {}).get("teacher_8bit"):
-        off["kd"] = {"teacher_8bit": False}
-    if off:
-        _override(run, "train", off, "no GPU")
-    if (run.params.get("eval_overrides") or {}).get("quantization", "none") != "none":
-        _override(run, "eval", {"quantization": "none"}, "no GPU")
+def validation_file(path: Path, count: int = 3) -> Path:
+    """A validation file of the demo task in the seed's shape (a JSON list of alpaca rows with gold
+    answers), of words the teacher data does not hold."""
+    rows = [
+        {"instruction": f"Reverse the letters of: {w}", "output": w[::-1]} for w in demo_words(count, 300)
+    ]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+def gpu_swaps(params: dict[str, Any]) -> list[str]:
+    """Swap in `params` (a run's parameters) what needs a GPU and nothing else: GPU counts to 0,
+    flash-attn to sdpa, fp16 to bf16 where there is no CUDA; a vLLM teacher is served by the demo teacher.
+    One line per swap."""
+    import torch
+
+    swaps = []
+    for name in sorted(params):
+        if name.endswith("_gpus") and params[name]:
+            swaps.append(f"{name}: {params[name]} -> 0 (no GPU)")
+            params[name] = 0
+    for stage in ("train", "eval"):
+        overrides = params.get(f"{stage}_overrides") or {}
+        if overrides.get("attention") == "flash_attention_2":
+            params[f"{stage}_overrides"] = {**overrides, "attention": "sdpa"}
+            swaps.append(f"{stage}.attention: flash_attention_2 -> sdpa (flash-attn needs a GPU)")
+    train = params.get("train_overrides") or {}
+    if train.get("precision") == "fp16" and not torch.cuda.is_available():
+        params["train_overrides"] = {**train, "precision": "bf16"}
+        swaps.append("train.precision: fp16 -> bf16 (accelerate autocasts fp16 only on a GPU)")
+    provider = (params.get("teacher_overrides") or {}).get("provider") or {}
+    if "vllm" in (params.get("teacher_provider"), provider.get("name")):
+        swaps.append("teacher: the vLLM server -> the loopback demo teacher (its OpenAI API)")
+    return swaps
 
 
 def _shorten(run: LaptopRun, folder: Path, max_steps: int) -> None:

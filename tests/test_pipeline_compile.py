@@ -156,7 +156,8 @@ def test_multi_node_training_is_a_parameter_of_the_train_task(compiled):
     assert inputs["train_nodes"]["componentInputParameter"] == "train_nodes"
     assert inputs["train_job_gpus_per_node"]["componentInputParameter"] == "train_job_gpus_per_node"
     job_env = inputs["job_env"]["runtimeValue"]["constant"]
-    assert set(job_env["secrets"]) == {"distill-s3"}
+    assert set(job_env["secrets"]) == {"distill-s3", "distill-trackers"}
+    assert job_env["optional_secrets"] == ["distill-trackers"]
 
 
 def test_secrets_are_wired_by_reference_only(compiled):
@@ -189,7 +190,8 @@ def test_each_task_and_the_multi_node_pods_get_only_the_secrets_they_read(compil
         assert ("distill-approved-hosts" in config_maps) == holds_api_key, task
     train_inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
     job_env = train_inputs["job_env"]["runtimeValue"]["constant"]
-    assert {variable for keys in job_env["secrets"].values() for variable in keys.values()} == STORE_KEYS
+    trackers = {"SWANLAB_API_KEY", "WANDB_API_KEY"}  # node 0 reports to report_to's trackers
+    assert {variable for keys in job_env["secrets"].values() for variable in keys.values()} == STORE_KEYS | trackers
 
 
 def test_training_gets_shared_memory_and_no_cache(compiled):

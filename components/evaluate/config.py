@@ -9,6 +9,7 @@ from typing import Any, Literal
 from components.common.config import exposed, from_dict
 from components.common.errors import ConfigError
 from components.common.remote_code import opt_in_field
+from components.common.secrets import refuse_secret_path
 
 SYSTEMS = ("untrained", "distilled", "teacher")
 # Metrics where higher is better, so a `min_score` gate makes sense on them (see stage.check_gate).
@@ -129,6 +130,8 @@ class Config:
       trained_dir: the distilled student (the merge stage's model folder, or a PEFT adapter folder, which is
           applied unmerged on top of student_dir).
       data_dir: the teacher dataset folder; its test.jsonl holds prompts, teacher answers and references.
+      validation: a held-out validation file given by the run, scored instead of data_dir's test split
+          (local or s3://; rows as validation.py reads them; empty: the test split).
       teacher_dir: a local teacher model folder, when there is one: its speed and size are measured.
       tensorboard_dir: the train stage's TensorBoard logs (a folder or s3:// prefix) for the loss curve.
     Output
@@ -162,6 +165,14 @@ class Config:
     output_dir: str
     teacher_dir: str | None = None
     tensorboard_dir: str | None = None
+    validation: str = field(
+        default="",
+        metadata=exposed(
+            "eval_validation",
+            "held-out validation file scored instead of the teacher data's test split (s3:// or a path in "
+            "the image; empty: the test split).",
+        ),
+    )
     # 256 by default: teacher answers run to hundreds of tokens, and a student cut off at 64 scores low
     # for length alone.
     max_new_tokens: int = field(
@@ -208,6 +219,8 @@ class Config:
         for name in ("student_dir", "trained_dir", "data_dir", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: empty; give a folder path")
+        if self.validation and not self.validation.startswith("s3://"):
+            refuse_secret_path(self.validation, "validation")
         for name in ("max_new_tokens", "batch_size", "report_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")

@@ -51,6 +51,7 @@ from components.evaluate.sampling import (
     size_on_disk,
     split_reasoning,
 )
+from components.evaluate.validation import validation_records
 from components.evaluate.vllm_sampling import use_vllm, vllm_generate
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def run(config: Config) -> Result:
     for path in (config.student_dir, config.trained_dir, config.teacher_dir):
         if path:
             use_vllm(config.engine, device, path)  # an engine that cannot run fails before any model loads
-    log.info("eval: %d test records from %s on %s", len(test.records), config.data_dir, device)
+    source = config.validation or config.data_dir
+    log.info("eval: %d test records from %s on %s", len(test.records), source, device)
 
     metrics: dict[str, float] = {"num_samples": float(len(test.records))}
     outputs: dict[str, Generation] = {}
@@ -164,7 +166,10 @@ class HeldOut:
 
     @classmethod
     def load(cls, config: Config) -> HeldOut:
-        records = load_test_records(Path(config.data_dir), config.max_samples)
+        if config.validation:
+            records = validation_records(config.validation)[: config.max_samples or None]
+        else:
+            records = load_test_records(Path(config.data_dir), config.max_samples)
         return cls(
             records=records,
             prompts=[r.prompt_messages for r in records],

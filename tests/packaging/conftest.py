@@ -135,6 +135,7 @@ def train(
         namespace="team",
         env_from_secrets=pipeline_job_env()["secrets"],
         env_from_config_maps=pipeline_job_env()["config_maps"],
+        optional_secrets=pipeline_job_env()["optional_secrets"],
         module="fake_trainer",
         api_client=api_client,
         poll_s=0.2,

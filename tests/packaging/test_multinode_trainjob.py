@@ -76,6 +76,7 @@ def two_by_eight_gpus() -> TrainJobSpec:
         env={"DISTILL_TRAIN_JOB": '{"fields": "...", "nodes": 2, "gpus_per_node": 8}'},
         env_from_secrets=pipeline_job_env()["secrets"],
         env_from_config_maps=pipeline_job_env()["config_maps"],
+        optional_secrets=pipeline_job_env()["optional_secrets"],
         node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         labels={"app.kubernetes.io/part-of": "kfp-distill", "app.kubernetes.io/component": "train"},
@@ -310,6 +311,24 @@ def test_the_node_pods_get_the_kd_teacher_from_the_store_not_the_train_pods_fold
     assert payload["downloads"] == {
         "kd.teacher_dir": {"source": "s3://distill/teachers/big", "store_uri": "s3://distill"}
     }
+
+
+def test_the_job_pods_get_the_trackers_keys_as_the_single_node_train_pod_does(store_cluster, tmp_path, vendor_dir):
+    """The Secret distill-trackers (report_to's Swanlab / W&B keys) reaches node 0, which reports, through
+    the compiled pipeline's job_env; a key the Secret lacks (here W&B's) does not stop the pods."""
+    fake, api_client, _ = store_cluster
+    fake.secrets["distill-trackers"] = {"swanlab-api-key": "swanlab-test"}
+    summary, _ = train(api_client, tmp_path, "run-trackers")
+    assert "SWANLAB_API_KEY" in summary["credentials"] and "WANDB_API_KEY" not in summary["credentials"]
+    job = fake.created[0]
+    assert errors(crd_validator(vendor_dir, "trainjobs"), job) == []
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in job["spec"]["trainer"]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert secrets["SWANLAB_API_KEY"] == {"name": "distill-trackers", "key": "swanlab-api-key", "optional": True}
+    assert secrets["WANDB_API_KEY"]["optional"] is True and "optional" not in secrets["AWS_ACCESS_KEY_ID"]
 
 
 def test_a_kd_teacher_folder_without_its_source_is_refused_before_any_job(store_cluster, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
+from pipelines.recipe_stand_ins import tiny_teacher_adapter
 from pipelines.submit import compile_package
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
@@ -22,17 +22,9 @@ def package(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teacher_adapter(tiny_teacher_dir, tmp_path_factory) -> Path:
+def teacher_adapter(tmp_path_factory) -> Path:
     """A LoRA adapter on the tiny teacher whose B matrices are not zero, so it changes the teacher."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("teacher-adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
-    torch.manual_seed(0)
-    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
-    adapted.save_pretrained(folder)
-    return folder
+    return tiny_teacher_adapter(tmp_path_factory.mktemp("teacher-adapter"))
 
 
 COMMENTS = [

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from kfp import local
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,7 +21,7 @@ from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.config import deep_merge
 from components.common.records import read_records, write_records
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
-from pipelines.recipe_stand_ins import STAND_INS, drop_mix, point_judge_at
+from pipelines.recipe_stand_ins import STAND_INS, drop_mix, gpu_swaps, point_judge_at, validation_file
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.conftest import COMMENTS, RECIPES, TEXT, lay_out_hub_cache, messages, parquet_bytes
 from tests.train.conftest import reversal_record, reversal_records
@@ -30,24 +29,6 @@ from tests.train.conftest import reversal_record, reversal_records
 pytestmark = pytest.mark.slow
 RECIPE = {path.stem: path for path in RECIPES}
 API_KEY = "recipe-test-key"
-
-
-def gpu_swaps(recipe: dict[str, Any], changes: dict[str, Any]) -> dict[str, str]:
-    """What of the recipe's GPU settings this run replaces: GPU counts, flash-attn, a vLLM server (fp16 in
-    run_recipe)."""
-    swaps = {
-        key: f"{recipe.get(key)} -> {value}"
-        for key, value in changes.items()
-        if key.endswith("_gpus") and recipe.get(key) != value
-    }
-    for stage in ("train", "eval"):
-        attention = recipe.get(f"{stage}_overrides", {}).get("attention")
-        if attention == "flash_attention_2":
-            swaps[f"{stage}.attention"] = "flash_attention_2 -> sdpa"
-    provider = (recipe.get("teacher_overrides") or {}).get("provider") or {}
-    if "vllm" in (recipe.get("teacher_provider"), provider.get("name")):
-        swaps["teacher"] = "vLLM server -> the loopback demo teacher"
-    return swaps
 
 
 def run_recipe(
@@ -61,13 +42,9 @@ def run_recipe(
     params = load_run_config(RECIPE[name], [], pipeline_parameters(compiled))
     if "teacher_dataset" in changes:
         drop_mix(params)
-    swaps = gpu_swaps(params, {**STAND_INS, **changes})
+    swaps = gpu_swaps(params)  # the same swaps as run_local --config makes
     for key, value in {**STAND_INS, **changes}.items():
         params[key] = deep_merge(params.get(key, {}), value) if key.endswith("_overrides") else value
-    train = params.get("train_overrides") or {}
-    if train.get("precision") == "fp16" and not torch.cuda.is_available():
-        params["train_overrides"] = {**train, "precision": "bf16"}
-        swaps["train.precision"] = "fp16 -> bf16 (accelerate autocasts fp16 only on a GPU)"
     print(f"{name}: swapped for want of a GPU: {swaps}")
     root = workdir / "pipeline_root"
     with start_teacher_server(api_key=API_KEY) as server:
@@ -251,6 +228,7 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
     teacher_adapter,  # noqa: F811
 ):
     write_demo_dataset(tmp_path / "prompts.jsonl", 12)
+    validation = validation_file(tmp_path / "val.json")  # the seed's data/val.json, in place of the bucket's
     root = run_recipe(
         "local_teacher_offline_online_kd",
         package,
@@ -270,6 +248,7 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
                 "logging_steps": 1,
                 "kd": {"teacher_adapter": str(teacher_adapter)},
             },
+            "eval_validation": str(validation),
         },
     )
 
@@ -281,5 +260,9 @@ def test_recipe_5_labels_with_a_base_plus_adapter_teacher_then_distills_online(
     assert [e.value for e in events.Scalars("train/kd_temperature")] == [2.0, 2.0]
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
     assert summary["precision"] == "bf16"
-    metrics = json.loads(next(root.rglob("evaluate-student/results/eval.json")).read_text())["metrics"]
+    evaluated = json.loads(next(root.rglob("evaluate-student/results/eval.json")).read_text())
+    metrics = evaluated["metrics"]
     assert {"distilled_bleu", "distilled_rouge_l", "distilled_perplexity"} <= set(metrics)
+    # Scored on the validation file's rows and gold answers, not on the teacher data's test split.
+    gold = {row["output"] for row in json.loads(validation.read_text())}
+    assert metrics["num_samples"] == len(gold) and {s["teacher"] for s in evaluated["samples"]} == gold

@@ -28,6 +28,21 @@ def test_every_recipe_on_stand_ins_passes_the_run_check(recipe, tmp_path):
     assert run.params["student_source"].startswith("tiny://") and run.params["train_gpus"] == 0
     assert any(line.startswith("student_source: ") for line in run.substituted)
     assert (tmp_path / "raw").is_dir() or (tmp_path / "prompts.jsonl").is_file()
+    # Only what needs a GPU is swapped, as in the recipe tests: DeepSpeed, bf16 and bitsandbytes stay.
+    recipe_train, train = params.get("train_overrides") or {}, run.params.get("train_overrides") or {}
+    assert train.get("deepspeed") == recipe_train.get("deepspeed")
+    assert train.get("precision") == {"fp16": "bf16"}.get(
+        recipe_train.get("precision"), recipe_train.get("precision")
+    )
+    assert (train.get("kd") or {}).get("teacher_8bit") == (recipe_train.get("kd") or {}).get("teacher_8bit")
+    for stage in ("teacher", "eval"):
+        recipe_stage, stage_run = (
+            params.get(f"{stage}_overrides") or {},
+            run.params.get(f"{stage}_overrides") or {},
+        )
+        assert (stage_run.get("provider") or stage_run).get("quantization") == (
+            recipe_stage.get("provider") or recipe_stage
+        ).get("quantization")
 
 
 @pytest.mark.slow
@@ -42,3 +57,23 @@ def test_run_local_runs_the_raw_text_recipe_and_says_what_it_substituted(tmp_pat
         json.loads(line) for line in next(tmp_path.rglob("alpaca/train.jsonl")).read_text().splitlines()
     ]
     assert {row["category"] for row in records} <= {"问答", "文章生成"} and records
+
+
+@pytest.mark.slow
+def test_run_local_runs_recipe_5_with_its_8bit_teachers_bf16_and_its_validation_file(tmp_path, capsys):
+    """Seed 004's recipe on the laptop: its 8-bit base + adapter teachers (a tiny teacher and adapter),
+    fp16 swapped for bf16 and said so, and the eval on a stand-in for its val.json."""
+    status = main(["--config", str(RECIPE["local_teacher_offline_online_kd"]), "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert (
+        "train.precision: fp16 -> bf16" in out and "eval_validation: 's3://distill/datasets/val.json'" in out
+    )
+    assert "quantization" not in out and "teacher_8bit" not in out  # bitsandbytes is not swapped
+    summary = json.loads(next(tmp_path.rglob("train_summary.json")).read_text())
+    assert summary["precision"] == "bf16"
+    records = [json.loads(line) for line in next(tmp_path.rglob("teacher-data*/data/train.jsonl")).open()]
+    assert {record["teacher"]["params"]["quantization"] for record in records} == {"8bit"}
+    evaluated = json.loads(next(tmp_path.rglob("eval.json")).read_text())
+    gold = {row["output"] for row in json.loads((tmp_path / "stand-ins" / "val.json").read_text())}
+    assert {sample["teacher"] for sample in evaluated["samples"]} == gold

@@ -42,7 +42,7 @@ class PyTorchJobSpec(JobSpec):
 
 
 def pod_template(spec: PyTorchJobSpec) -> dict[str, Any]:
-    env = env_by_reference(spec.env, spec.env_from_secrets, spec.env_from_config_maps)
+    env = env_by_reference(spec.env, spec.env_from_secrets, spec.env_from_config_maps, spec.optional_secrets)
     resources = {"cpu": spec.cpu, "memory": spec.memory}
     limits = {
         "memory": spec.memory,

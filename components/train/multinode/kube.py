@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class JobSpec:
     # Kubernetes Secret name -> {key in the Secret: environment variable}, as in the pipeline.
     env_from_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     env_from_config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Those of env_from_secrets that may be absent, or lack a key (the trackers' keys: most runs use none).
+    optional_secrets: list[str] = field(default_factory=list)
     cpu: str = "8"
     memory: str = "64Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -114,9 +116,11 @@ def env_by_reference(
     env: dict[str, str],
     secrets: dict[str, dict[str, str]],
     config_maps: dict[str, dict[str, str]],
+    optional_secrets: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Container env: plain values, then Secret and ConfigMap keys by reference (the values never pass
-    through this pod or the job object). ConfigMap keys are optional: absent ones fall back to defaults."""
+    through this pod or the job object). ConfigMap keys, and the keys of `optional_secrets`, are optional:
+    absent ones fall back to defaults."""
     listed = [{"name": name, "value": value} for name, value in env.items()]
     for kind, sources in (("secretKeyRef", secrets), ("configMapKeyRef", config_maps)):
         for source, keys in sources.items():
@@ -124,7 +128,7 @@ def env_by_reference(
                 reference = {
                     "name": source,
                     "key": key,
-                    **({"optional": True} if kind == "configMapKeyRef" else {}),
+                    **({"optional": True} if kind == "configMapKeyRef" or source in optional_secrets else {}),
                 }
                 listed.append({"name": variable, "valueFrom": {kind: reference}})
     return listed

@@ -55,7 +55,9 @@ def build_trainjob(spec: TrainJobSpec) -> dict[str, Any]:
     trainer: dict[str, Any] = {
         "image": spec.image,
         "command": spec.command,
-        "env": env_by_reference(spec.env, spec.env_from_secrets, spec.env_from_config_maps),
+        "env": env_by_reference(
+            spec.env, spec.env_from_secrets, spec.env_from_config_maps, spec.optional_secrets
+        ),
         "numNodes": spec.nodes,
         "numProcPerNode": max(spec.gpus_per_node, 1),
         "resourcesPerNode": {
