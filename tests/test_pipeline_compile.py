@@ -191,7 +191,9 @@ def test_each_task_and_the_multi_node_pods_get_only_the_secrets_they_read(compil
     train_inputs = pipeline["root"]["dag"]["tasks"]["train-student"]["inputs"]["parameters"]
     job_env = train_inputs["job_env"]["runtimeValue"]["constant"]
     trackers = {"SWANLAB_API_KEY", "WANDB_API_KEY"}  # node 0 reports to report_to's trackers
-    assert {variable for keys in job_env["secrets"].values() for variable in keys.values()} == STORE_KEYS | trackers
+    assert {
+        variable for keys in job_env["secrets"].values() for variable in keys.values()
+    } == STORE_KEYS | trackers
 
 
 def test_training_gets_shared_memory_and_no_cache(compiled):

@@ -313,7 +313,9 @@ def test_the_node_pods_get_the_kd_teacher_from_the_store_not_the_train_pods_fold
     }
 
 
-def test_the_job_pods_get_the_trackers_keys_as_the_single_node_train_pod_does(store_cluster, tmp_path, vendor_dir):
+def test_the_job_pods_get_the_trackers_keys_as_the_single_node_train_pod_does(
+    store_cluster, tmp_path, vendor_dir
+):
     """The Secret distill-trackers (report_to's Swanlab / W&B keys) reaches node 0, which reports, through
     the compiled pipeline's job_env; a key the Secret lacks (here W&B's) does not stop the pods."""
     fake, api_client, _ = store_cluster
@@ -327,7 +329,11 @@ def test_the_job_pods_get_the_trackers_keys_as_the_single_node_train_pod_does(st
         for e in job["spec"]["trainer"]["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert secrets["SWANLAB_API_KEY"] == {"name": "distill-trackers", "key": "swanlab-api-key", "optional": True}
+    assert secrets["SWANLAB_API_KEY"] == {
+        "name": "distill-trackers",
+        "key": "swanlab-api-key",
+        "optional": True,
+    }
     assert secrets["WANDB_API_KEY"]["optional"] is True and "optional" not in secrets["AWS_ACCESS_KEY_ID"]
 
 
