@@ -4,6 +4,7 @@ recipe tests use (pipelines/recipe_stand_ins.py) and says what it substituted.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +70,15 @@ def test_run_local_runs_recipe_5_with_its_8bit_teachers_bf16_and_its_validation_
     assert (
         "train.precision: fp16 -> bf16" in out and "eval_validation: 's3://distill/datasets/val.json'" in out
     )
-    assert "quantization" not in out and "teacher_8bit" not in out  # bitsandbytes is not swapped
+    substituted = out.split("substituted for this laptop")[1].split("\nlog: ")[0]
+    assert "quantization" not in substituted and "teacher_8bit" not in substituted  # bitsandbytes stays
+    assert "provider.quantization: 8bit runs on the CPU" in out  # the 8-bit teacher, on the CPU
     summary = json.loads(next(tmp_path.rglob("train_summary.json")).read_text())
     assert summary["precision"] == "bf16"
     records = [json.loads(line) for line in next(tmp_path.rglob("teacher-data*/data/train.jsonl")).open()]
-    assert {record["teacher"]["params"]["quantization"] for record in records} == {"8bit"}
+    assert {Path(record["teacher"]["params"]["adapter"]).name for record in records} == {
+        "tiny-teacher-adapter"
+    }
     evaluated = json.loads(next(tmp_path.rglob("eval.json")).read_text())
     gold = {row["output"] for row in json.loads((tmp_path / "stand-ins" / "val.json").read_text())}
     assert {sample["teacher"] for sample in evaluated["samples"]} == gold
