@@ -68,9 +68,9 @@ class LocalRun:
             "eval_max_samples": 100,
             # lm-eval on the shipped demo tasks: the skill distilled, and a warm-up skill it is not
             # trained on again, which the forgetting gate watches.
-            "eval_benchmark_tasks": ["demo_reverse", "demo_reverse_choice", "demo_uppercase"],
+            "eval_benchmark_tasks": ["demo_reverse", "demo_reverse_choice", "demo_last_letter"],
             "eval_benchmark_limit": 20,
-            "eval_max_regression": {"demo_uppercase": 5},
+            "eval_max_regression": {"demo_last_letter": 10},
         }
     )
 

@@ -8,9 +8,12 @@ token) plus the ChatML special tokens, saved with a ChatML chat template, so the
 same chat-template and generation code paths as a Qwen model.
 
 A random-init model cannot learn a new skill through LoRA (the loss stays near ln(vocab)). So the maker
-warms the model up with a few hundred full fine-tuning steps on related string skills (copy and
-uppercase letters); LoRA distillation of string reversal from the teacher then works, and the demo shows
-the student going from 0% to near 100% exact match.
+warms the model up with a few hundred full fine-tuning steps on related string skills; LoRA distillation
+of string reversal from the teacher then works, and the demo shows the student going from 0% to near 100%
+exact match. Of those skills, naming the last letter of a word is learned outright (copying and
+uppercasing whole words take far longer than a demo's warm-up): the student has it before distillation,
+and the demo's forgetting gate watches it through the shipped lm-eval task demo_last_letter, whose
+prompts are the warm-up's.
 """
 
 from __future__ import annotations
@@ -37,11 +40,15 @@ CHATML_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
-# The warm-up skills share the prompt shape of the demo's reversal task (pipelines/demo_teacher.py).
+# The warm-up skills share the prompt shape of the demo's reversal task (pipelines/demo_teacher.py):
+# "<instruction>: <word>". The last letter is drawn as often as the two others together: in a mix of
+# equal shares the tiny model had not learned it after 400 steps; at half the draws it has after 300.
 WARMUP_TASKS = {
-    "Copy the letters": lambda word: word,
-    "Uppercase the letters": lambda word: word.upper(),
+    "Copy the letters of": lambda word: word,
+    "Uppercase the letters of": lambda word: word.upper(),
+    "Last letter of": lambda word: word[-1],
 }
+WARMUP_WEIGHTS = (1, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,8 @@ def warmup_examples(rng: random.Random, count: int) -> list[tuple[str, str]]:
     examples = []
     for _ in range(count):
         word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6)))
-        task = rng.choice(list(WARMUP_TASKS))
-        examples.append((f"{task} of: {word}", WARMUP_TASKS[task](word)))
+        [task] = rng.choices(list(WARMUP_TASKS), weights=WARMUP_WEIGHTS)
+        examples.append((f"{task}: {word}", WARMUP_TASKS[task](word)))
     return examples
 
 
@@ -153,6 +160,19 @@ def encode_example(tokenizer, prompt: str, answer: str) -> tuple[list[int], list
 
 def warm_up(model, tokenizer, spec: TinySpec) -> float:
     """Full fine-tuning on the warm-up skills; returns the final loss."""
+    import torch
+
+    # One thread: a model this small gains nothing from a second one, and on a shared, busy CPU two
+    # threads waiting on each other made every step several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_warm_up(model, tokenizer, spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_warm_up(model, tokenizer, spec: TinySpec) -> float:
     import torch
 
     rng = random.Random(spec.seed)
@@ -202,10 +222,8 @@ def log_warmup_progress(done: int, total: int, loss: float, seconds: float) -> N
 
 def make_tiny_model(source: str, output_dir: Path) -> dict[str, object]:
     """Create the model described by `source` in `output_dir`; returns facts for the artifact metadata."""
-    import torch
 
     spec = TinySpec.parse(source)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = build_tokenizer(spec.merges)
     model = build_model(spec, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     final_loss = warm_up(model, tokenizer, spec) if spec.warmup_steps else None

@@ -60,7 +60,7 @@ class BenchmarkConfig:
 
     tasks: lm-eval task or group names (mmlu, gsm8k, ceval-valid, cmmlu, ifeval: passed to lm-eval
         unchanged, fetched from the Hugging Face Hub on the cluster), the project's shipped tasks by name
-        (components/evaluate/tasks/: demo_reverse, demo_reverse_choice, demo_uppercase, demo_copy), or paths of
+        (components/evaluate/tasks/: demo_reverse, demo_reverse_choice, demo_last_letter), or paths of
         task YAML files whose relative data files lie beside them. Empty: no benchmarks.
     limit: documents per task (null: all).
     num_fewshot: few-shot examples per prompt (null: each task's default).

@@ -203,7 +203,7 @@ def test_hub_task_names_pass_to_lm_eval_unchanged_and_local_files_resolve_their_
 
 def test_shipped_demo_tasks_load_and_their_data_files_exist():
     shipped = sorted(SHIPPED_TASKS.glob("*.yaml"))
-    assert {p.stem for p in shipped} == {"demo_reverse", "demo_uppercase", "demo_copy", "demo_reverse_choice"}
+    assert {p.stem for p in shipped} == {"demo_reverse", "demo_last_letter", "demo_reverse_choice"}
     for path in shipped:
         task = load_local_task(path)
         assert task["task"] == path.stem
