@@ -32,7 +32,7 @@ def demo_student_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def overtrained_student_dir(demo_student_dir, tmp_path_factory) -> Path:
     """The demo student fully fine-tuned on 32 reversals at a high learning rate until it repeats them: it
-    answers every prompt with letters of its training answers, the warm-up skill gone."""
+    answers every prompt with letters of its training answers, the warm-up skill mostly gone."""
     pairs = [(r.messages[0]["content"], r.answer) for r in reversal_records(32, seed=1)]
     return memorize(demo_student_dir, tmp_path_factory.mktemp("overtrained"), pairs, steps=40)
 
@@ -50,9 +50,9 @@ def test_the_gate_fails_when_training_overwrites_the_warm_up_skill(
         limit=20,
         max_regression=GATE,
     )
-    with pytest.raises(EvalGateError, match=r"forgetting gate failed: demo_last_letter exact_match"):
+    with pytest.raises(EvalGateError, match=r"forgetting gate failed: demo_last_letter acc"):
         run(cfg)
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
     # The skill was there before training, far above what the gate lets go: the gate had something to lose.
-    assert metrics["untrained_bench_demo_last_letter_exact_match"] >= 0.9
-    assert metrics["bench_demo_last_letter_exact_match_change"] < -50
+    assert metrics["untrained_bench_demo_last_letter_acc"] >= 0.9
+    assert metrics["bench_demo_last_letter_acc_change"] < -50
