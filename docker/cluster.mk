@@ -34,6 +34,8 @@ CONTAINER_DEMO_DIR ?= .demo-containers
 # More options of pipelines/run_containers.py, e.g. --env OMP_NUM_THREADS=1 where other jobs share the cores.
 CONTAINER_DEMO_ARGS ?=
 CPU_WHEELS ?= $(shell $(BIN)/python -m pip config get global.find-links 2>/dev/null)
+# Some of them only (`make images-cpu CPU_STAGES=train`); empty: all five.
+CPU_STAGES ?=
 
 .PHONY: build push submit local-base images-cpu demo-containers \
 	$(STAGES:%=build-%) $(STAGES:%=push-%)
@@ -57,7 +59,7 @@ local-base: ## make the stand-in base CPU_BASE_IMAGE from Debian packages, unles
 
 images-cpu: image-tools $(if $(filter localhost/%,$(CPU_BASE_IMAGE)),local-base) | $(VENV)/.installed ## the CPU variant of every image, on CPU_BASE_IMAGE, reused when unchanged
 	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) $(BIN)/python -m pipelines.container_engine build \
-		--variant cpu --base-image $(CPU_BASE_IMAGE) $(if $(CPU_WHEELS),--wheels $(CPU_WHEELS)) $(BUILD_FLAGS)
+		$(CPU_STAGES) --variant cpu --base-image $(CPU_BASE_IMAGE) $(if $(CPU_WHEELS),--wheels $(CPU_WHEELS)) $(BUILD_FLAGS)
 
 demo-containers: images-cpu ## the demo, every task of the compiled pipeline run in its CPU image
 	ENGINE=$(ENGINE) REGISTRY=$(CPU_REGISTRY) TAG=$(CPU_TAG) \

@@ -10,7 +10,9 @@
 #                Wheels in a folder mounted at /wheels (`buildah build -v DIR:/wheels`) are taken first.
 #   BUILD_BASE_IMAGE  the base of the wheel-building stage (the CUDA devel image: it has nvcc).
 #   DS_PREBUILD  1: compile DeepSpeed's fused_adam, cpu_adam and utils ops into its wheel here, for
-#                TORCH_CUDA_ARCH_LIST, instead of JIT at start-up (the runtime base has no nvcc); 0: no ops.
+#                TORCH_CUDA_ARCH_LIST, instead of JIT at start-up (the runtime base has no nvcc); 0: no ops,
+#                and the image gets g++ and the Python headers, so DeepSpeed JIT-builds the ops it needs
+#                (on a CPU its shm comm op: ZeRO over gloo, components/train/deepspeed_cpu.py).
 #   TORCH_CUDA_ARCH_LIST  GPU architectures the ops are compiled for (8.0 A100, 8.6/8.9 L4/L40S,
 #                9.0 H100/H200, 10.0 B200, 12.0 RTX PRO 6000); fewer archs build faster.
 #   FLASH_ATTN   1: compile flash-attn in, at the version docker/constraints.txt pins, from source
@@ -120,7 +122,10 @@ ARG TRACKERS=0
 COPY --from=wheels /dist /dist
 COPY pyproject.toml docker/requirements.py /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python /build/requirements.py train deepspeed qlora pipeline vllm=${VLLM} trackers=${TRACKERS} \
+    if [ "${DS_PREBUILD}" = 0 ]; then apt-get update \
+      && apt-get install -y --no-install-recommends g++ "${PYTHON}-dev" \
+      && rm -rf /var/lib/apt/lists/*; fi \
+ && python /build/requirements.py train deepspeed qlora pipeline vllm=${VLLM} trackers=${TRACKERS} \
         > /build/requirements.txt \
  && pip install -c /build/constraints.txt --find-links /dist --only-binary deepspeed \
         -r /build/requirements.txt \

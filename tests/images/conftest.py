@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from pipelines.container_engine import detect_engine, run_in_image
+from pipelines.images import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_IMAGES = {"REGISTRY": "localhost/kfp-distill", "TAG": "cpu"}  # docker/cluster.mk CPU_REGISTRY, CPU_TAG
@@ -47,13 +49,33 @@ def engine() -> str:
         pytest.skip(str(error))
 
 
-@pytest.fixture(scope="session")
-def cpu_images(engine) -> dict[str, str]:
-    """stage -> the name of its CPU image, after `make images-cpu` built whatever had changed."""
-    subprocess.run(make_command("images-cpu"), cwd=REPO, check=True, env=os.environ)
-    from pipelines.images import STAGES
+class CpuImages(Mapping):
+    """stage -> the name of its CPU image, which `make images-cpu` builds (or finds up to date) the first
+    time a test asks for it: a run of some image tests builds only the images they use."""
 
-    return {stage: f"{CPU_IMAGES['REGISTRY']}/kfp-distill-{stage}:{CPU_IMAGES['TAG']}" for stage in STAGES}
+    def __init__(self) -> None:
+        self.ready: set[str] = set()
+
+    def __getitem__(self, stage: str) -> str:
+        if stage not in STAGES:
+            raise KeyError(stage)
+        if stage not in self.ready:
+            subprocess.run(
+                make_command("images-cpu", f"CPU_STAGES={stage}"), cwd=REPO, check=True, env=os.environ
+            )
+            self.ready.add(stage)
+        return f"{CPU_IMAGES['REGISTRY']}/kfp-distill-{stage}:{CPU_IMAGES['TAG']}"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STAGES)
+
+    def __len__(self) -> int:
+        return len(STAGES)
+
+
+@pytest.fixture(scope="session")
+def cpu_images(engine) -> CpuImages:
+    return CpuImages()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
 """Each stage image, built for real (CPU variant) and checked by running commands in it: its user is not
 root, its stage imports with only the extras it installs, the teacher image reaches a teacher over HTTP,
-and the train image trains a LoRA adapter for 20 steps."""
+the train image trains LoRA for 20 steps, QLoRA on a 4-bit student and ZeRO-2 on two ranks (torchrun,
+gloo), and the eval image scores a student loaded in 4-bit."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -92,7 +94,8 @@ def test_teacher_image_reaches_a_teacher_over_http(cpu_images, run_in):
     assert server.requests_by_prompt["Reverse the letters of: kite"] == 1
 
 
-def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_path):
+def train_folder(tmp_path, **settings) -> dict:
+    """A folder for the image's user holding the tiny student, reversal records and the train config."""
     shared = shared_folder(tmp_path / "shared")
     make_tiny_model("tiny://qwen2?warmup_steps=0", shared / "student")
     words = ["abc", "hello", "kite", "moon", "star", "river", "stone", "cloud"]
@@ -105,16 +108,28 @@ def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_
         "output_dir": "/s3/out",
         "tensorboard_dir": "/s3/tb",
         "method": "lora",
-        "max_steps": 20,
         "batch_size": 8,
         "learning_rate": 1e-3,
         "logging_steps": 5,
         "max_length": 64,
+        **settings,
     }
     (shared / "train.yaml").write_text(yaml.safe_dump(config))
     # safetensors writes its files 0600; the launcher hands the task files its user can read.
     for path in shared.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o644)
+    return shared
+
+
+def printed_results(stdout: str) -> list[dict]:
+    """The results the stage CLI printed, as indented JSON, after its logs."""
+    return [
+        json.loads(block) for block in re.findall(r"^\{\n.*?^\}$", stdout, flags=re.MULTILINE | re.DOTALL)
+    ]
+
+
+def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_path):
+    shared = train_folder(tmp_path, max_steps=20)
     done = run_in(
         cpu_images["train"],
         "python",
@@ -124,8 +139,82 @@ def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_
         "/s3/train.yaml",
         mounts={shared: "/s3"},
     )
-    # The stage CLI prints its result last, as indented JSON, after the logs.
-    result = json.loads(done.stdout[("\n" + done.stdout).rindex("\n{\n") :])
+    result = printed_results(done.stdout)[-1]
     assert result["steps"] == 20 and result["method"] == "lora"
     assert (shared / "out" / "adapter_config.json").is_file()
     assert list((shared / "out").glob("adapter_model.safetensors"))
+
+
+def test_train_image_trains_qlora_on_a_4bit_student(cpu_images, run_in, tmp_path):
+    # Recipe 1's method: bitsandbytes' 4-bit base on the CPU, as the image's train extra installs it.
+    shared = train_folder(
+        tmp_path, method="qlora", precision="bf16", max_steps=4, gradient_checkpointing=True
+    )
+    done = run_in(
+        cpu_images["train"],
+        "python",
+        "-m",
+        "components.train",
+        "--config",
+        "/s3/train.yaml",
+        mounts={shared: "/s3"},
+    )
+    result = printed_results(done.stdout)[-1]
+    assert result["steps"] == 4 and result["method"] == "qlora"
+    assert "method: qlora (4-bit bitsandbytes) runs on the CPU" in done.stdout + done.stderr
+    summary = json.loads((shared / "out" / "train_summary.json").read_text())
+    assert summary["method"] == "qlora" and summary["precision"] == "bf16"
+    assert list((shared / "out").glob("adapter_model.safetensors"))
+
+
+def test_train_image_runs_zero2_on_two_ranks_over_gloo(cpu_images, run_in, tmp_path):
+    # DeepSpeed builds its shm comm op in the image (g++ and the Python headers of the CPU variant) into
+    # the user's cache, then both ranks train; the loss is reduced over them, so they print the same.
+    shared = train_folder(tmp_path, deepspeed="zero2", precision="bf16", max_steps=3, batch_size=4)
+    launcher = ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = run_in(
+        cpu_images["train"],
+        *launcher,
+        "-m",
+        "components.train",
+        "--config",
+        "/s3/train.yaml",
+        mounts={shared: "/s3"},
+        environment={"OMP_NUM_THREADS": "1"},
+    )
+    losses = re.findall(r'"final_loss": ([0-9.]+)', done.stdout)
+    assert len(losses) == 2 and losses[0] == losses[1]
+    assert "deepspeed: zero2 runs on the CPU" in done.stdout + done.stderr
+    summary = json.loads((shared / "out" / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["deepspeed"] == "zero2"
+
+
+def test_eval_image_scores_a_student_loaded_in_4bit(cpu_images, run_in, tmp_path):
+    # Recipe 1 scores its student in 4-bit: bitsandbytes is in the eval image.
+    shared = shared_folder(tmp_path / "shared")
+    make_tiny_model("tiny://qwen2?warmup_steps=0", shared / "student")
+    test_records = [reversal_record(word) for word in ("kite", "moon", "star")]
+    write_records(shared_folder(shared / "data") / "test.jsonl", test_records)
+    config = {
+        "student_dir": "/s3/student",
+        "trained_dir": "/s3/student",
+        "data_dir": "/s3/data",
+        "output_dir": "/s3/eval",
+        "quantization": "4bit",
+        "max_new_tokens": 4,
+        "batch_size": 3,
+    }
+    (shared / "eval.yaml").write_text(yaml.safe_dump(config))
+    for path in shared.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    done = run_in(
+        cpu_images["eval"],
+        "python",
+        "-m",
+        "components.evaluate",
+        "--config",
+        "/s3/eval.yaml",
+        mounts={shared: "/s3"},
+    )
+    assert "quantization: 4bit (bitsandbytes) runs on the CPU" in done.stdout + done.stderr
+    assert (shared / "eval" / "eval.json").is_file()
