@@ -94,6 +94,9 @@ def test_teacher_image_reaches_a_teacher_over_http(cpu_images, run_in):
     assert server.requests_by_prompt["Reverse the letters of: kite"] == 1
 
 
+TRAIN_CLI = ("python", "-m", "components.train", "--config", "/s3/train.yaml")
+
+
 def train_folder(tmp_path, **settings) -> dict:
     """A folder for the image's user holding the tiny student, reversal records and the train config."""
     shared = shared_folder(tmp_path / "shared")
@@ -130,15 +133,7 @@ def printed_results(stdout: str) -> list[dict]:
 
 def test_train_image_trains_a_lora_adapter_for_20_steps(cpu_images, run_in, tmp_path):
     shared = train_folder(tmp_path, max_steps=20)
-    done = run_in(
-        cpu_images["train"],
-        "python",
-        "-m",
-        "components.train",
-        "--config",
-        "/s3/train.yaml",
-        mounts={shared: "/s3"},
-    )
+    done = run_in(cpu_images["train"], *TRAIN_CLI, mounts={shared: "/s3"})
     result = printed_results(done.stdout)[-1]
     assert result["steps"] == 20 and result["method"] == "lora"
     assert (shared / "out" / "adapter_config.json").is_file()
@@ -150,15 +145,7 @@ def test_train_image_trains_qlora_on_a_4bit_student(cpu_images, run_in, tmp_path
     shared = train_folder(
         tmp_path, method="qlora", precision="bf16", max_steps=4, gradient_checkpointing=True
     )
-    done = run_in(
-        cpu_images["train"],
-        "python",
-        "-m",
-        "components.train",
-        "--config",
-        "/s3/train.yaml",
-        mounts={shared: "/s3"},
-    )
+    done = run_in(cpu_images["train"], *TRAIN_CLI, mounts={shared: "/s3"})
     result = printed_results(done.stdout)[-1]
     assert result["steps"] == 4 and result["method"] == "qlora"
     assert "method: qlora (4-bit bitsandbytes) runs on the CPU" in done.stdout + done.stderr
@@ -175,10 +162,7 @@ def test_train_image_runs_zero2_on_two_ranks_over_gloo(cpu_images, run_in, tmp_p
     done = run_in(
         cpu_images["train"],
         *launcher,
-        "-m",
-        "components.train",
-        "--config",
-        "/s3/train.yaml",
+        *TRAIN_CLI[1:],
         mounts={shared: "/s3"},
         environment={"OMP_NUM_THREADS": "1"},
     )
