@@ -158,7 +158,10 @@ def test_train_image_runs_zero2_on_two_ranks_over_gloo(cpu_images, run_in, tmp_p
     # DeepSpeed builds its shm comm op in the image (g++ and the Python headers of the CPU variant) into
     # the user's cache, then both ranks train; the loss is reduced over them, so they print the same.
     shared = train_folder(tmp_path, deepspeed="zero2", precision="bf16", max_steps=3, batch_size=4)
-    launcher = ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    # The container's hostname resolves nowhere (buildah writes no /etc/hosts entry for it): the ranks
+    # meet on loopback.
+    launcher = ["python", "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1"]
+    launcher += ["--nproc_per_node", "2"]
     done = run_in(
         cpu_images["train"],
         *launcher,
