@@ -60,7 +60,7 @@ def write_dataset(config: Config) -> dict[str, float]:
             if entry.status == "ok" and "kept" in (answer_outcome(entry, a, config) for a in entry.answers)
         )
         test_keys = split_keys(kept_keys, config.test_ratio, config.seed)
-        answered = train = test = rejected = logprobs_dropped = hinted = hint_accepted = 0
+        answered = train = test = rejected = logprobs_dropped = without_logprobs = hinted = hint_accepted = 0
         with (
             (output / "train.jsonl").open("w", encoding="utf-8") as train_file,
             (output / "test.jsonl").open("w", encoding="utf-8") as test_file,
@@ -98,6 +98,9 @@ def write_dataset(config: Config) -> dict[str, float]:
                     logprobs_dropped += answer.logprobs_dropped
                     if answer.logprobs:
                         logprobs_dropped += logprobs_file.add(record.id, answer.logprobs)
+                    # A teacher asked for logprobs may answer without (a local model's text that its
+                    # tokens do not spell, an empty answer): such a record trains on cross-entropy only.
+                    without_logprobs += provider.logprobs and not answer.logprobs
         if (output / "hinted.jsonl").stat().st_size == 0:
             (output / "hinted.jsonl").unlink()
     if "sharegpt" in config.export:
@@ -118,6 +121,7 @@ def write_dataset(config: Config) -> dict[str, float]:
         "prompts_unanswered": len(keys) - answered,
         "stale_answers": stale,
         "logprob_positions_dropped": logprobs_dropped,
+        "records_without_logprobs": without_logprobs,
         **counts,
         "total_requests": spent.requests,
         "total_prompt_tokens": spent.prompt_tokens,

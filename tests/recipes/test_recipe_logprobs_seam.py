@@ -175,13 +175,16 @@ def test_local_teacher_logprobs_give_train_k_candidates(tmp_path, tiny_teacher_d
     config = local_teacher_config(
         tmp_path, tiny_teacher_dir, run_id="out", max_tokens=12, logprobs=True, top_logprobs=K
     )
-    run_teacher(config)
-    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer)
+    metrics = run_teacher(config).metrics
+    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer, metrics)
 
 
-def assert_a_models_top_k_reach_train(out, tokenizer) -> None:
+def assert_a_models_top_k_reach_train(out, tokenizer, metrics: dict) -> None:
     """The answers a model generated with logprobs (a random tiny model writes some that are not UTF-8
-    text, stored without) are spelled by their positions, each aligned with the model's k candidates."""
+    text, stored without and counted in the teacher's summary) are spelled by their positions, each
+    aligned with the model's k candidates."""
+    without = [record for record, positions in stored(out) if not positions]
+    assert without and metrics["records_without_logprobs"] == len(without)
     with_logprobs = [(record, positions) for record, positions in stored(out) if positions]
     assert with_logprobs
     for record, positions in with_logprobs:
@@ -253,8 +256,8 @@ def test_a_served_model_answers_the_teacher_stage_with_top_k_train_aligns(
             on_length="keep",
             test_ratio=0.0,
         )
-        run_teacher(config)
-    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer)
+        metrics = run_teacher(config).metrics
+    assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer, metrics)
 
 
 def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_jsonl_still_trains(
