@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.common import logprobs_file
 from components.common.errors import InputError
+from components.common.logprobs import read_position
 from components.common.records import read_records, write_records
 from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk, byte_symbols, scored_tokens
@@ -176,6 +177,35 @@ def test_stored_logprobs_that_are_not_probabilities_are_counted_and_skipped(
     assert alignment["spoilt"]["missing_records"] == 1
     assert alignment["spoilt"]["matched_positions"] == alignment["clean"]["matched_positions"] - 5 - dropped
     assert summaries["spoilt"]["final_loss"] == pytest.approx(summaries["clean"]["final_loss"], rel=0.2)
+
+
+def test_a_parquet_file_holding_values_that_are_not_probabilities_is_counted_and_skipped(
+    make_config, reversal_data, tiny_teacher_dir, tiny_model_dir, tmp_path
+):
+    """logprobs.parquet comes from a bucket: a file written past the teacher stage's checks (+50, inf,
+    NaN, 24 alternatives) trains on the rest, its bad positions counted."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    records = logprobs_from_teacher(read_records(reversal_data / "train.jsonl")[:24], tokenizer, teacher)
+    data = tmp_path / "spoilt"
+    write_records(data / "train.jsonl", [replace(r, extra={}) for r in records])
+    with logprobs_file.LogprobsWriter(data / "logprobs.parquet") as writer:
+        for number, record in enumerate(records):
+            positions = [read_position(raw, 20) for raw in record.extra["logprobs"]]
+            first = positions[0]
+            spoilt = {
+                0: replace(first, logprob=50.0),
+                1: replace(first, logprob=float("inf")),
+                2: replace(first, logprob=float("nan")),
+                3: replace(first, top_logprobs=first.top_logprobs * 6),
+            }
+            writer.rows.append((record.id, [spoilt.get(number, first), *positions[1:]]))
+    result = run(
+        make_config(data_dir=str(data), output_dir=str(tmp_path / "out"), max_steps=2, kd={"kind": "topk"})
+    )
+    assert math.isfinite(result.final_loss) and math.isfinite(result.loss_parts["kd"])
+    alignment = json.loads((tmp_path / "out" / "train_summary.json").read_text())["kd_alignment"]
+    assert alignment["bad_positions"] == 4 and alignment["missing_records"] == 0
 
 
 def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(
