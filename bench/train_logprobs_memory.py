@@ -15,8 +15,10 @@ process, the same calls as the train stage's source loading with kd.kind topk:
   (extracted with git archive), which holds every record's positions as Python objects;
 - jsonl streamed: this checkout's reader on the same JSONL (earlier runs' files), printed for reference.
 
-Peak RSS is the child's ru_maxrss (resource.getrusage), its interpreter, torch and the tokenizer included
-(the `baseline` column: the peak before reading). The parent samples each child's RSS (psutil) and stops
+Peak RSS is the child's resident high-water mark while it reads (VmHWM, the counter behind
+getrusage's ru_maxrss, reset through /proc/self/clear_refs once torch, transformers and the tokenizer are
+loaded, since importing them peaks above a small reading), its interpreter, torch and the tokenizer
+included (the `baseline` column: resident just before reading). The parent samples each child's RSS (psutil) and stops
 one that passes --cap-mb, printing that it did; `--jsonl-records` sets the JSONL side's scale separately,
 since the JSONL path at the full scale needs far more memory than one machine has. Every line says the
 scale it ran at. Last line: `peak_mb_parquet= peak_mb_jsonl= bytes_per_position=` (parquet file bytes
@@ -29,7 +31,6 @@ import argparse
 import json
 import math
 import random
-import resource
 import subprocess
 import sys
 import tarfile
@@ -83,6 +84,15 @@ def write_data(folder: Path, records: int, positions: int, k: int, kind: str, to
     write_records(folder / "train.jsonl", answers)
 
 
+def resident_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (the peak since the last reset, what getrusage's ru_maxrss reads
+    for a process that did not exec) of this process, in MB."""
+    for status_line in Path("/proc/self/status").read_text().splitlines():
+        if status_line.startswith(field + ":"):
+            return int(status_line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def read_in_child(reader: str, folder: Path, tokenizer_dir: Path, code: Path) -> None:
     """The train stage's reading of `folder` by `reader` (parquet/streamed: this checkout, jsonl: TODAY's
     at `code`); prints one JSON line of figures."""
@@ -93,7 +103,9 @@ def read_in_child(reader: str, folder: Path, tokenizer_dir: Path, code: Path) ->
     from components.train.data import Encoder, encode_records
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The peak from here on: importing torch and transformers peaks above what reading a small file adds.
+    Path("/proc/self/clear_refs").write_text("5")
+    baseline = resident_mb("VmRSS")
     start = time.perf_counter()
     records = read_records(folder / "train.jsonl")
     examples = encode_records(Encoder(tokenizer, 4096), records)
@@ -108,7 +120,7 @@ def read_in_child(reader: str, folder: Path, tokenizer_dir: Path, code: Path) ->
 
         counts = attach_topk(examples, records, tokenizer, read_logprobs(folder))
     figures = {
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": resident_mb("VmHWM"),
         "baseline_mb": baseline,
         "seconds": time.perf_counter() - start,
         "matched": counts.matched_positions,
