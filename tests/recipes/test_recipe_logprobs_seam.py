@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 from components.common.config import from_dict
 from components.common.logprobs_file import read_logprobs
 from components.common.records import read_records
+from components.common.store import open_store
 from components.common.token_bytes import token_bytes
 from components.teacher.stage import run as run_teacher
 from components.train.data import Encoder
@@ -293,3 +294,21 @@ def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_js
     assert alignments["parquet"]["matched_positions"] > 0
     assert alignments["parquet"]["missing_records"] == alignments["parquet"]["bad_positions"] == 0
     assert alignments["jsonl"] == alignments["parquet"]
+
+
+def test_a_teacher_dataset_in_the_store_reaches_the_train_stage_with_its_logprobs(
+    tmp_path, tiny_model_dir, student_tokenizer, approve, s3_endpoint
+):
+    """A pipeline's train task reads the teacher's folder from s3://: its logprobs come along."""
+    write_prompts(tmp_path)
+    with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
+        approve(server)
+        config = teacher_config(
+            tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0.0
+        )
+        run_teacher(config)
+    location = f"s3://distill/{tmp_path.name}/teacher-data"
+    open_store(location).upload_dir(tmp_path / "out", "")
+    run_train(train_config(tmp_path, tiny_model_dir, location, "s3"))
+    summary = json.loads((tmp_path / "student-s3" / "train_summary.json").read_text())
+    assert summary["kd_alignment"]["mean_candidates"] == K
