@@ -232,6 +232,7 @@ def records_of(batch: pa.RecordBatch, table: list) -> Iterator[tuple[str, list[d
     """The batch's rows in the contract's dict shape; an index outside the table makes a position no
     token, which `read_positions` refuses."""
     import numpy as np
+    import pyarrow.compute as pc
 
     record_ends, tokens = flat(batch.column("token"))
     _, logprobs = flat(batch.column("logprob"))
@@ -246,7 +247,9 @@ def records_of(batch: pa.RecordBatch, table: list) -> Iterator[tuple[str, list[d
         and len(logprobs) == len(tokens)
     ):
         raise InputError("a logprobs row holds more positions or alternatives in one column than another")
-    tokens, top_tokens = tokens.to_numpy(zero_copy_only=False).tolist(), top_tokens.to_numpy().tolist()
+    # A missing index is outside the table, a missing logprob NaN: both make the position bad.
+    tokens = pc.fill_null(tokens, -1).to_numpy().tolist()
+    top_tokens = pc.fill_null(top_tokens, -1).to_numpy().tolist()
     logprobs = logprobs.to_numpy(zero_copy_only=False).astype(np.float64).tolist()
     top_logprobs = top_logprobs.to_numpy(zero_copy_only=False).astype(np.float64).tolist()
     unknown = (None, None)

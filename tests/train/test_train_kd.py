@@ -206,6 +206,10 @@ def test_a_parquet_file_holding_values_that_are_not_probabilities_is_counted_and
     assert math.isfinite(result.final_loss) and math.isfinite(result.loss_parts["kd"])
     alignment = json.loads((tmp_path / "out" / "train_summary.json").read_text())["kd_alignment"]
     assert alignment["bad_positions"] == 4 and alignment["missing_records"] == 0
+    with (data / "logprobs.parquet").open("r+b") as cut:
+        cut.truncate(1000)
+    with pytest.raises(InputError, match=r"logprobs.parquet: not a readable logprobs parquet file"):
+        run(make_config(data_dir=str(data), max_steps=1, kd={"kind": "topk"}))
 
 
 def test_records_and_logprobs_of_a_newer_layout_are_refused_in_one_line(
