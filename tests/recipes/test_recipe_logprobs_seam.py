@@ -261,12 +261,8 @@ def test_a_served_model_answers_the_teacher_stage_with_top_k_train_aligns(
     assert_a_models_top_k_reach_train(tmp_path / "out", student_tokenizer, metrics)
 
 
-def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_jsonl_still_trains(
-    tmp_path, tiny_model_dir, student_tokenizer, approve
-):
-    """Both stages' entry points on the stored logprobs: the teacher stage writes one zstd parquet file of
-    token indices and float16 logprobs (no JSONL), the train stage trains on its k candidates; the same
-    positions as the logprobs.jsonl an earlier version wrote give the train stage the same alignment."""
+def run_api_teacher_with_top_k(tmp_path, student_tokenizer, approve) -> None:
+    """The teacher stage asks a loopback server of the student's tokens for K alternatives: tmp_path/out."""
     write_prompts(tmp_path)
     with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
         approve(server)
@@ -274,6 +270,15 @@ def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_js
             tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0.0
         )
         run_teacher(config)
+
+
+def test_the_teacher_stage_writes_parquet_the_train_stage_streams_and_earlier_jsonl_still_trains(
+    tmp_path, tiny_model_dir, student_tokenizer, approve
+):
+    """Both stages' entry points on the stored logprobs: the teacher stage writes one zstd parquet file of
+    token indices and float16 logprobs (no JSONL), the train stage trains on its k candidates; the same
+    positions as the logprobs.jsonl an earlier version wrote give the train stage the same alignment."""
+    run_api_teacher_with_top_k(tmp_path, student_tokenizer, approve)
     out = tmp_path / "out"
     assert not (out / "logprobs.jsonl").exists()
     columns = pq.ParquetFile(out / "logprobs.parquet").metadata.row_group(0)
@@ -300,13 +305,7 @@ def test_a_teacher_dataset_in_the_store_reaches_the_train_stage_with_its_logprob
     tmp_path, tiny_model_dir, student_tokenizer, approve, s3_endpoint
 ):
     """A pipeline's train task reads the teacher's folder from s3://: its logprobs come along."""
-    write_prompts(tmp_path)
-    with start_teacher_server(api_key="sk-test", logprobs_of=tokenizer_logprobs(student_tokenizer)) as server:
-        approve(server)
-        config = teacher_config(
-            tmp_path, server.base_url, provider={"logprobs": True, "top_logprobs": K}, test_ratio=0.0
-        )
-        run_teacher(config)
+    run_api_teacher_with_top_k(tmp_path, student_tokenizer, approve)
     location = f"s3://distill/{tmp_path.name}/teacher-data"
     open_store(location).upload_dir(tmp_path / "out", "")
     run_train(train_config(tmp_path, tiny_model_dir, location, "s3"))
