@@ -10,7 +10,8 @@ the recipe tests (tests/recipes), so both substitute the same things:
   sharegpt, prompts), small teacher-data folders for the curriculum's extra datasets, and a small
   validation file for eval_validation;
 - the length: a few steps per phase, a small evaluation;
-- sparse top-k KD: off (the demo teacher's log-probabilities are per word, matching no student token).
+- sparse top-k KD: the teacher API serves the tiny teacher (the student's tokenizer) instead of the demo
+  teacher, whose log-probabilities are per word and match no student token.
 
 `laptop_run(params, folder)` returns the changed parameters and one line per substitution; the recipe
 tests (tests/recipes/test_recipe_pipelines.py) make the same GPU swaps through `gpu_swaps`.
@@ -52,6 +53,7 @@ DEMO_TEXT = (
 class LaptopRun:
     params: dict[str, Any]
     substituted: list[str] = field(default_factory=list)
+    served_model: Path | None = None  # a model the teacher API serves instead of the demo teacher
 
 
 def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> LaptopRun:
@@ -87,7 +89,10 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         _override(run, "teacher", small, "the tiny tokenizer's byte tokens")
     # The demo teacher's reasoning and its echo of a long prompt count against max_tokens; the tiny local
     # teacher generates slowly, so it writes a few tokens only.
-    _set(run, "teacher_max_tokens", 8 if local_teacher else 96)
+    # The tiny served teacher (top-k KD below) is slow too.
+    _set(
+        run, "teacher_max_tokens", 8 if local_teacher else 16 if run.params.get("train_kd") == "topk" else 96
+    )
     if teacher.get("max_answer_chars"):
         # KFP parameters carry no null: the cap is lifted with a large one.
         _override(run, "teacher", {"max_answer_chars": 100_000}, "the demo teacher's echoed prompts")
@@ -95,7 +100,16 @@ def laptop_run(params: dict[str, Any], folder: Path, max_steps: int = 4) -> Lapt
         judge = {"name": "openai", "model": "demo-teacher", "api_key_env": "TEACHER_API_KEY"}
         _override(run, "teacher", {"judge": {"provider": judge}}, "judge")
     if run.params.get("train_kd") == "topk":
-        _set(run, "train_kd", "none")  # the demo teacher's log-probabilities are per word, no token's
+        # The demo teacher's log-probabilities are per word, no student token's: a tiny model with the
+        # student's tokenizer answers instead, served as vLLM serves one (pipelines/model_teacher.py).
+        run.served_model = _tiny_teacher_folder(folder)
+        run.substituted.append(
+            f"teacher: the tiny teacher served on loopback ({run.served_model}) for top-k KD"
+        )
+        # It never ends an answer, and some are whitespace alone: those are dropped, as an empty answer
+        # has no logprobs and leaves the evaluation nothing to compare with.
+        change = {"on_length": "keep", "min_answer_chars": 1}
+        _override(run, "teacher", change, "the tiny untrained teacher")
     if run.params.get("eval_validation"):
         _set(run, "eval_validation", str(validation_file(folder / "val.json")))
     _shorten(run, folder, max_steps)

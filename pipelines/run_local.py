@@ -47,6 +47,8 @@ class LocalRun:
     """Settings of one local run; the defaults are the demo's (about 3 minutes on 2 CPU cores)."""
 
     workdir: Path = Path(".demo")
+    # A model folder the loopback teacher API serves instead of the demo teacher (a recipe's top-k KD).
+    served_model: Path | None = None
     store_uri: str = ""  # default: <workdir>/store
     student_source: str = "tiny://qwen2?warmup_steps=400"
     dataset: str = ""  # default: a generated demo dataset in <workdir>
@@ -103,9 +105,13 @@ def run_pipeline(settings: LocalRun) -> LocalResult:
             stack.enter_context(one_cpu_thread())
         base_url = settings.teacher_base_url
         if not base_url:
-            server = stack.enter_context(
-                start_teacher_server(api_key=DEMO_API_KEY, model=settings.teacher_model)
-            )
+            if settings.served_model:
+                from pipelines.model_teacher import start_model_teacher  # loads torch: only when used
+
+                serving = start_model_teacher(settings.served_model, model=settings.teacher_model)
+            else:
+                serving = start_teacher_server(api_key=DEMO_API_KEY, model=settings.teacher_model)
+            server = stack.enter_context(serving)
             base_url = server.base_url
             os.environ["TEACHER_API_KEY"] = DEMO_API_KEY
             os.environ[APPROVED_HOSTS_ENV] = base_url  # the laptop's own demo teacher gets the demo key
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.parameters = stand_ins.params
         settings.student_source = stand_ins.params["student_source"]
         settings.dataset = stand_ins.params["teacher_dataset"]
+        settings.served_model = stand_ins.served_model
         print(f"{args.config}: substituted for this laptop (pipelines/recipe_stand_ins.py):")
         print("".join(f"  {line}\n" for line in stand_ins.substituted), end="")
     log_path = settings.workdir / "run.log"

@@ -21,6 +21,7 @@ from components.common.approved_hosts import APPROVED_HOSTS_ENV
 from components.common.config import deep_merge
 from components.common.records import read_records, write_records
 from pipelines.demo_teacher import start_teacher_server, write_demo_dataset
+from pipelines.model_teacher import start_model_teacher
 from pipelines.recipe_stand_ins import STAND_INS, drop_mix, gpu_swaps, point_judge_at, validation_file
 from pipelines.submit import load_run_config, pipeline_parameters
 from tests.recipes.conftest import COMMENTS, RECIPES, TEXT, lay_out_hub_cache, messages, parquet_bytes
@@ -32,11 +33,17 @@ API_KEY = "recipe-test-key"
 
 
 def run_recipe(
-    name: str, compiled: Path, workdir: Path, changes: dict[str, Any], judge_base_url: bool = False
+    name: str,
+    compiled: Path,
+    workdir: Path,
+    changes: dict[str, Any],
+    judge_base_url: bool = False,
+    served_model: Path | None = None,
 ) -> Path:
     """Run recipe `name` with STAND_INS and `changes` (overrides deep-merged) through kfp.local; returns
     the pipeline root holding every task's artifacts. `judge_base_url`: the judge asks the loopback
-    teacher too."""
+    teacher too. `served_model`: the teacher API serves this model (as vLLM would) instead of the demo
+    teacher."""
     from pipelines.distill_pipeline import build_pipeline
 
     params = load_run_config(RECIPE[name], [], pipeline_parameters(compiled))
@@ -47,7 +54,12 @@ def run_recipe(
         params[key] = deep_merge(params.get(key, {}), value) if key.endswith("_overrides") else value
     print(f"{name}: swapped for want of a GPU: {swaps}")
     root = workdir / "pipeline_root"
-    with start_teacher_server(api_key=API_KEY) as server:
+    serving = (
+        start_model_teacher(served_model, model=STAND_INS["teacher_model"])
+        if served_model
+        else start_teacher_server(api_key=API_KEY)
+    )
+    with serving as server:
         os.environ["TEACHER_API_KEY"] = API_KEY
         os.environ[APPROVED_HOSTS_ENV] = server.base_url  # the ConfigMap distill-approved-hosts
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
@@ -58,7 +70,13 @@ def run_recipe(
     return root
 
 
-def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, package):  # noqa: F811
+def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_with_top_k_kd_and_merges(
+    tmp_path,
+    package,  # noqa: F811
+    tiny_teacher_dir,
+):
+    """The teacher is a tiny model with the student's tokenizer served as vLLM serves one, so its top-20
+    log-probabilities are tokens of the student's vocabulary and the recipe's sparse top-k KD runs."""
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "notes.md").write_text(TEXT, encoding="utf-8")
@@ -69,15 +87,17 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
         {
             "teacher_dataset": str(raw),
             "teacher_provider": "vllm",
-            "teacher_max_tokens": 64,  # the demo teacher echoes a Chinese prompt's opening characters
+            "teacher_max_tokens": 16,
             "teacher_test_ratio": 0.25,
-            "teacher_overrides": {"text": {"chunk_chars": 120, "overlap_chars": 0}, "min_prompt_chars": 40},
+            "teacher_overrides": {
+                "text": {"chunk_chars": 60, "overlap_chars": 0},
+                "min_prompt_chars": 20,
+                "on_length": "keep",  # the tiny untrained teacher never ends an answer
+                "min_answer_chars": 1,  # nor its answers of whitespace alone, which have no logprobs
+            },
             "train_max_steps": 3,
-            # The demo teacher's made-up log-probabilities are per word, and match no token of the tiny
-            # student; sparse top-k KD from stored logprobs is trained in tests/train/test_train_kd.py,
-            # and their way from the teacher's logprobs.parquet into the records in test_recipe_teacher_stage.
-            "train_kd": "none",
         },
+        served_model=tiny_teacher_dir,
     )
 
     data = next(root.rglob("teacher-data-2/data"))
@@ -86,7 +106,12 @@ def test_recipe_4_mixes_both_prompt_kinds_then_trains_lora_and_merges(tmp_path, 
     assert all(isinstance(record.extra["chunk"], int) for record in records)
     assert (data / "logprobs.parquet").is_file()
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
-    assert summary["method"] == "lora" and summary["steps"] == 3
+    assert (summary["method"], summary["kd"], summary["steps"]) == ("lora", "topk", 3)
+    kd = summary["kd_alignment"]
+    assert kd["matched_positions"] > 0 and kd["mean_candidates"] == 20
+    events = EventAccumulator(str(next(root.rglob("train-student/tensorboard"))))
+    events.Reload()
+    assert all(e.value > 0 for e in events.Scalars("train/kd"))  # the student is pulled to the top-20
     assert (next(root.rglob("merge-adapter/merged")) / "config.json").is_file()
 
 

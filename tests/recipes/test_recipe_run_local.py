@@ -54,6 +54,10 @@ def test_run_local_runs_the_raw_text_recipe_and_says_what_it_substituted(tmp_pat
     assert "substituted for this laptop" in out and "student_source: 'hf://Qwen/Qwen2.5-7B-Instruct'" in out
     eval_json = json.loads(next(tmp_path.rglob("eval.json")).read_text())
     assert "distilled_rouge_l" in eval_json["metrics"]
+    summary = json.loads(next(tmp_path.rglob("train_summary.json")).read_text())
+    # The recipe's top-k KD runs on the served tiny teacher's top-20, not swapped for none.
+    kd = summary["kd_alignment"]
+    assert summary["kd"] == "topk" and kd["matched_positions"] > 0 and kd["mean_candidates"] == 20
     records = [
         json.loads(line) for line in next(tmp_path.rglob("alpaca/train.jsonl")).read_text().splitlines()
     ]
