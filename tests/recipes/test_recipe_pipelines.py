@@ -236,9 +236,19 @@ def test_recipe_2_judges_reasoning_answers_against_gold_and_exports_sharegpt(
 
     data = next(root.rglob("teacher-data-2/data"))
     kept = read_records(data / "train.jsonl") + read_records(data / "test.jsonl")
-    rejected = read_records(data / "rejected.jsonl")
-    assert len(kept) == 4 and len(rejected) == 2  # the rows whose gold answer is "wrong"
+    # The rows whose gold answer is "wrong" are rejected, asked again with that gold answer as a hint
+    # (hint_rejected, as the seed guides the chain of thought), accepted, and kept apart as DPO pairs.
+    assert not (data / "rejected.jsonl").exists() or not read_records(data / "rejected.jsonl")
+    hinted = read_records(data / "hinted.jsonl")
+    assert len(kept) == 4 and len(hinted) == 2
     assert all(record.reasoning and record.judge["verdict"] == "accept" for record in kept)
+    assert {record.answer for record in hinted} == {"wrong"}
+    pairs = [json.loads(line) for line in (data / "dpo" / "train.jsonl").read_text().splitlines()]
+    assert [pair["chosen"][0]["content"] for pair in pairs] == ["wrong", "wrong"]
+    teacher_summary = json.loads((data / "summary.json").read_text())
+    assert (
+        teacher_summary["metrics"]["judge_hinted"] == teacher_summary["metrics"]["judge_hint_accepted"] == 2
+    )
     exported = json.loads((data / "sharegpt" / "train.json").read_text())
     assert exported and all(row["conversations"][1]["value"].startswith("<think>") for row in exported)
     summary = json.loads(next(root.rglob("train-student/trained/train_summary.json")).read_text())
