@@ -45,7 +45,7 @@ from components.common.errors import InputError
 from components.common.openai_api import ApiTeacher, parse_completion
 from components.common.store import ArtifactStore
 from components.teacher.config import BatchConfig
-from components.teacher.money import worst_cost
+from components.teacher.money import provider_prices, worst_cost
 from components.teacher.readers import Prompt
 from components.teacher.worker_pool import Generator, Job, prompt_fields
 
@@ -137,12 +137,9 @@ class BatchRunner:
         self.generator = generator
         self.store = store  # runs/<run_id>/teacher/batches/<shard>
         self.invocation = uuid.uuid4().hex
-        provider = teacher.provider
-        factor = provider.batch_price_factor
-        self.prices = (
-            (provider.price_input_per_m or 0.0) * factor,
-            (provider.price_output_per_m or 0.0) * factor,
-        )
+        factor = teacher.provider.batch_price_factor
+        price_in, price_out = provider_prices(teacher.provider)
+        self.prices = (price_in * factor, price_out * factor)
         self.submitted = 0  # batches this invocation created
 
     @property

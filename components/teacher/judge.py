@@ -15,6 +15,7 @@ from typing import Any
 
 from components.common.openai_api import Answer, ApiTeacher, Failure, Retry
 from components.common.retrying import ask_with_retries
+from components.teacher.money import provider_prices
 from components.teacher.templates import render_file_template
 
 _VERDICT = re.compile(r"\b(ACCEPT|REJECT)\b", re.I)
@@ -27,8 +28,7 @@ class Judge:
 
     @property
     def prices(self) -> tuple[float, float]:
-        provider = self.teacher.provider
-        return provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0
+        return provider_prices(self.teacher.provider)
 
     async def verdict(self, question: str, reference: str, answer: str, ask) -> dict[str, Any]:
         """{"verdict": "accept"|"reject"|"error", "model", "reply", "cost"}; transient errors are retried

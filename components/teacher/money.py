@@ -139,6 +139,11 @@ class Budget:
         self._settled = asyncio.Event()
 
 
+def provider_prices(provider) -> tuple[float, float]:
+    """A provider's (input, output) prices per million tokens; an unpriced side costs nothing."""
+    return provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0
+
+
 def token_cost(prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]) -> float:
     """Prices are per million tokens: cost = tokens / 1e6 * price, for input and output separately."""
     return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6

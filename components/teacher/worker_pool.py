@@ -29,7 +29,7 @@ from components.teacher.config import Config
 from components.teacher.journal import Cache, Entry, Journal, PromptFields, SpendLedger
 from components.teacher.judge import Judge, hinted_messages
 from components.teacher.limits import RateLimiter
-from components.teacher.money import Budget, Spend, worst_cost
+from components.teacher.money import Budget, Spend, provider_prices, worst_cost
 from components.teacher.readers import Prompt
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,10 @@ class Generator:
         the reasoning without the hint); otherwise the rejected entry stays, noting how the hint went.
         entry.judge["hint"] says which ("accepted", "rejected", or why there was no new answer)."""
         provider = self.teacher.provider
-        prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
         messages = hinted_messages(job.prompt.messages, job.prompt.reference, self.config.judge.hint_template)
 
         async def send() -> Answer | Retry | Failure | None:
-            paid = await self.paid_ask(self.teacher, messages, prices)
+            paid = await self.paid_ask(self.teacher, messages, provider_prices(provider))
             if paid is None:
                 return None
             job.spent.requests += 1
@@ -290,8 +289,7 @@ class Generator:
         await self.ensure_ready()
         await self.limiter.acquire(_estimate_tokens(job.prompt.messages))
         provider = self.teacher.provider
-        prices = (provider.price_input_per_m or 0.0, provider.price_output_per_m or 0.0)
-        paid = await self.paid_ask(self.teacher, job.prompt.messages, prices)
+        paid = await self.paid_ask(self.teacher, job.prompt.messages, provider_prices(provider))
         if paid is None:
             self.tally.lost("unfinished", self.budget.stopped)
             return None
