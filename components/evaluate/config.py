@@ -131,7 +131,8 @@ class Config:
           applied unmerged on top of student_dir).
       data_dir: the teacher dataset folder; its test.jsonl holds prompts, teacher answers and references.
       validation: a held-out validation file given by the run, scored instead of data_dir's test split
-          (local or s3://; rows as validation.py reads them; empty: the test split).
+          (local or s3://; teacher records, or labelled rows in the teacher's formats read as the teacher
+          stage reads them: validation.py; empty: the test split).
       teacher_dir: a local teacher model folder, when there is one: its speed and size are measured.
       tensorboard_dir: the train stage's TensorBoard logs (a folder or s3:// prefix) for the loss curve.
     Output

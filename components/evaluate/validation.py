@@ -3,9 +3,11 @@ split, as seed 004 evaluates its student on its own data/val.json (`--data_path 
 
 The file (local, or s3://bucket/key fetched first) is JSON Lines or one JSON list. Each row is a record
 as the teacher stage writes them (`messages`, ending in the answer the students are scored against), or
-a labelled row: alpaca (`instruction`, optional `input`, `output`) or a prompt (`prompt` or `question`
-with `output`, `response` or `answer`). A labelled row's gold answer is both what the students are
-scored against and the reference, as the seed's BLEU/ROUGE against its references do.
+a labelled row of a teacher dataset format, read as the teacher stage reads it
+(components/common/dataset_rows.py: its system text, an alpaca `input`, sharegpt turns): alpaca with its
+`output`, sharegpt ending in the answer, or a prompt (`prompt` or `question`) with its `reference`,
+`output`, `response` or `answer`. A labelled row's gold answer is both what the students are scored
+against and the reference, as the seed's BLEU/ROUGE against its references do.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.common.dataset_rows import FORMATS_SHOWN, ROW_READERS, ChatRow, row_format
 from components.common.errors import InputError
 from components.common.records import Record, record_id
 from components.common.store import open_store
 
-PROMPT_KEYS = ("instruction", "prompt", "question")
+# A prompt row may name its question and gold answer as other labelled datasets do.
+QUESTION_KEY = "question"
 ANSWER_KEYS = ("output", "response", "answer")
+# Where each labelled format holds the gold answer, for the error of a row without one (a row with
+# messages is read as a record).
+GOLD_ANSWER_OF = {
+    "prompts": "a 'reference', 'output', 'response' or 'answer' field",
+    "alpaca": "an 'output' field",
+    "sharegpt": "a 'gpt' turn after the last 'human' turn",
+}
 GOLD = {"provider": "dataset", "model": "validation"}
 
 
@@ -80,20 +91,28 @@ def row_record(row: dict[str, Any], where: str) -> Record:
         if not record.answer:
             raise InputError(f"{where}: its messages end without the answer to score against")
         return record
-    prompt = next((row[key] for key in PROMPT_KEYS if isinstance(row.get(key), str) and row[key]), None)
-    answer = next((row[key] for key in ANSWER_KEYS if isinstance(row.get(key), str) and row[key]), None)
-    if prompt is None or answer is None:
-        raise InputError(
-            f"{where}: needs a prompt ({', '.join(PROMPT_KEYS)}) and its gold answer ({', '.join(ANSWER_KEYS)}), "
-            f"or messages; it has {', '.join(sorted(row)) or 'no fields'}"
-        )
-    if isinstance(row.get("input"), str) and row["input"]:
-        prompt = f"{prompt}\n\n{row['input']}"
-    messages = [{"role": "user", "content": prompt}]
+    chat = labelled_chat(row, where)
     return Record(
-        id=record_id(messages, GOLD),
-        messages=[*messages, {"role": "assistant", "content": answer}],
-        reference=answer,
+        id=record_id(chat.messages, GOLD),
+        messages=[*chat.messages, {"role": "assistant", "content": chat.reference}],
+        reference=chat.reference,
         teacher=GOLD,
         split="test",
     )
+
+
+def labelled_chat(row: dict[str, Any], where: str) -> ChatRow:
+    """The row's prompt messages, as the teacher stage reads the row, and its gold answer."""
+    fmt = row_format(row)
+    if fmt is None and QUESTION_KEY in row:
+        fmt, row = "prompts", {**row, "prompt": row[QUESTION_KEY]}
+    if fmt is None:
+        raise InputError(
+            f"{where}: cannot tell the row's format; give it {FORMATS_SHOWN} with its gold answer; "
+            f"it has {', '.join(sorted(row)) or 'no fields'}"
+        )
+    chat = ROW_READERS[fmt](row, where)
+    answer = chat.reference or next((row[k] for k in ANSWER_KEYS if isinstance(row.get(k), str)), None)
+    if not (answer and answer.strip()):
+        raise InputError(f"{where}: has no gold answer to score against; give it {GOLD_ANSWER_OF[fmt]}")
+    return ChatRow(chat.messages, answer)

@@ -1,10 +1,10 @@
 """Dataset readers: every supported source format becomes a list of `Prompt`s.
 
-Formats (one JSON object per line, or a .json file holding a list of them):
-    prompts    {"prompt": "..."} or {"messages": [...]}; optional "system" and "reference"
-    alpaca     {"instruction": "...", "input": "...", "output": "..."}; output becomes the reference
-    sharegpt   {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}], "system": "..."}
-    messages   {"messages": [{"role": ..., "content": ...}]}; a final assistant turn becomes the reference
+Formats:
+    prompts, alpaca, sharegpt, messages
+               one JSON object per line, or a .json file holding a list of them, or parquet rows; each row
+               becomes messages and a reference as components/common/dataset_rows.py reads it (the eval
+               stage reads its validation file with the same readers)
     text       UTF-8 text (.txt/.md or any file of a folder), chunked on sentence boundaries and turned
                into prompts by a template (templates/qa.j2, templates/continue.j2 or your own file), or
                by several templates mixed at the shares of `text.kinds`
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common.dataset_rows import FORMATS_SHOWN, ROW_READERS, row_format
 from components.common.errors import ConfigError, InputError
-from components.common.records import validate_messages
 from components.common.secrets import refuse_secret_path
 from components.common.store import open_store, path_under
 from components.teacher.chunking import chunk_text
@@ -46,16 +46,6 @@ log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 SHOWN_SKIPPED = 20
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bing": "assistant",
-    "bard": "assistant",
-    "system": "system",
-}
 
 
 @dataclass
@@ -180,7 +170,8 @@ def _read_objects(
                 line_format, prompt = fmt, read_fields_row(obj, where, config.fields)
             else:
                 line_format = detect_format(obj, where) if fmt == "auto" else fmt
-                prompt = READERS[line_format](obj, where)
+                row = ROW_READERS[line_format](obj, where)
+                prompt = Prompt(row.messages, row.reference, where)
         except InputError as error:
             if config.bad_lines == "fail":
                 raise
@@ -199,18 +190,13 @@ def holds_conversation(obj: dict[str, Any], fields: FieldMap) -> bool:
 
 
 def detect_format(obj: dict[str, Any], where: str) -> str:
-    for key, fmt in (
-        ("conversations", "sharegpt"),
-        ("instruction", "alpaca"),
-        ("messages", "messages"),
-        ("prompt", "prompts"),
-    ):
-        if key in obj:
-            return fmt
-    raise InputError(
-        f"{where}: cannot tell the dataset format from keys {sorted(obj)}; expected prompt, messages, "
-        "instruction (alpaca) or conversations (sharegpt), or set dataset_format"
-    )
+    fmt = row_format(obj)
+    if fmt is None:
+        raise InputError(
+            f"{where}: cannot tell the dataset format from keys {sorted(obj)}; expected {FORMATS_SHOWN}, "
+            "or set dataset_format"
+        )
+    return fmt
 
 
 def _objects(path: Path, name: str, bad_lines: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -287,71 +273,6 @@ def _jsonl(path: Path, name: str) -> Iterator[tuple[str, Any | InputError]]:
                 yield where, InputError(f"{where}: not valid JSON ({error.msg})")
 
 
-def _text(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
-    value = obj.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise InputError(f"{where}: field {key!r} must be a non-empty string")
-    return value
-
-
-def _split_reference(messages: list[dict[str, str]], where: str) -> tuple[list[dict[str, str]], str | None]:
-    """Messages up to the last user turn, and the assistant answer after it, if any."""
-    validate_messages(messages, where)
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if last_user is None:
-        raise InputError(f"{where}: the conversation has no user turn to ask the teacher")
-    after = [m for m in messages[last_user + 1 :] if m["role"] == "assistant"]
-    return [dict(m) for m in messages[: last_user + 1]], (after[0]["content"] if after else None)
-
-
-def read_prompt_line(obj: dict[str, Any], where: str) -> Prompt:
-    if "messages" in obj and "prompt" not in obj:
-        return read_messages_line(obj, where)
-    messages = [{"role": "user", "content": _text(obj, "prompt", where)}]
-    system = _text(obj, "system", where, required=False)
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
-    return Prompt(messages, _text(obj, "reference", where, required=False), where)
-
-
-def read_alpaca_line(obj: dict[str, Any], where: str) -> Prompt:
-    instruction = _text(obj, "instruction", where)
-    extra_input = _text(obj, "input", where, required=False)
-    user = f"{instruction}\n\n{extra_input}" if extra_input and extra_input.strip() else instruction
-    messages = [{"role": "user", "content": user}]
-    system = _text(obj, "system", where, required=False)
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
-    return Prompt(messages, _text(obj, "output", where, required=False), where)
-
-
-def read_sharegpt_line(obj: dict[str, Any], where: str) -> Prompt:
-    turns = obj.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise InputError(f"{where}: field 'conversations' must be a non-empty list of turns")
-    messages = []
-    system = _text(obj, "system", where, required=False)
-    if system:
-        messages.append({"role": "system", "content": system})
-    for i, turn in enumerate(turns):
-        role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
-        if role is None or not isinstance(turn.get("value"), str):
-            raise InputError(
-                f"{where}: conversations[{i}] needs 'from' (one of {', '.join(SHAREGPT_ROLES)}) and a "
-                "string 'value'"
-            )
-        messages.append({"role": role, "content": turn["value"]})
-    prompt_messages, reference = _split_reference(messages, where)
-    return Prompt(prompt_messages, reference, where)
-
-
-def read_messages_line(obj: dict[str, Any], where: str) -> Prompt:
-    prompt_messages, reference = _split_reference(obj.get("messages"), where)
-    return Prompt(prompt_messages, _text(obj, "reference", where, required=False) or reference, where)
-
-
 def _field(obj: dict[str, Any], path: str, where: str, required: bool) -> str | None:
     """The value at a dotted path (`solutions.0`) as text; lists and mappings become JSON."""
     value: Any = obj
@@ -381,14 +302,6 @@ def read_fields_row(obj: dict[str, Any], where: str, fields: FieldMap) -> Prompt
         messages.insert(0, {"role": "system", "content": system})
     reference = _field(obj, fields.answer, where, required=False) if fields.answer else None
     return Prompt(messages, reference, where, row=obj)
-
-
-READERS = {
-    "prompts": read_prompt_line,
-    "alpaca": read_alpaca_line,
-    "sharegpt": read_sharegpt_line,
-    "messages": read_messages_line,
-}
 
 
 def _read_text(path: Path, name: str, relative: str, config: Config) -> Iterator[Prompt]:
