@@ -58,7 +58,7 @@ def row_format(obj: dict[str, Any]) -> str | None:
 def read_prompt_row(obj: dict[str, Any], where: str) -> ChatRow:
     if "messages" in obj and "prompt" not in obj:
         return read_messages_row(obj, where)
-    messages = with_system(obj, [{"role": "user", "content": _text(obj, "prompt", where)}], where)
+    messages = _with_system(obj, [{"role": "user", "content": _text(obj, "prompt", where)}], where)
     return ChatRow(messages, _text(obj, "reference", where, required=False))
 
 
@@ -66,7 +66,7 @@ def read_alpaca_row(obj: dict[str, Any], where: str) -> ChatRow:
     instruction = _text(obj, "instruction", where)
     extra_input = _text(obj, "input", where, required=False)
     user = f"{instruction}\n\n{extra_input}" if extra_input and extra_input.strip() else instruction
-    messages = with_system(obj, [{"role": "user", "content": user}], where)
+    messages = _with_system(obj, [{"role": "user", "content": user}], where)
     return ChatRow(messages, _text(obj, "output", where, required=False))
 
 
@@ -74,7 +74,7 @@ def read_sharegpt_row(obj: dict[str, Any], where: str) -> ChatRow:
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise InputError(f"{where}: field 'conversations' must be a non-empty list of turns")
-    messages = with_system(obj, [], where)
+    messages = _with_system(obj, [], where)
     for i, turn in enumerate(turns):
         role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
         if role is None or not isinstance(turn.get("value"), str):
@@ -99,7 +99,7 @@ ROW_READERS = {
 }
 
 
-def with_system(obj: dict[str, Any], messages: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+def _with_system(obj: dict[str, Any], messages: list[dict[str, str]], where: str) -> list[dict[str, str]]:
     """`messages` after the row's own "system" text, when it has one."""
     system = _text(obj, "system", where, required=False)
     return [{"role": "system", "content": system}, *messages] if system else messages
