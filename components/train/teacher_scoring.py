@@ -18,14 +18,13 @@ import http.client
 import json
 import logging
 import time
-import urllib.error
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from components.common.backoff import backoff, retry_after
-from components.common.deadline_http import DeadlineExceeded, post
+from components.common.deadline_http import DeadlineExceeded, Endpoint, StatusError
 from components.common.errors import InputError
 from components.common.logprobs import BadPosition, Positions, checked, logprob_field
 from components.common.token_bytes import token_bytes
@@ -130,6 +129,7 @@ class HttpScorer:
         retries: int = 4,
     ):
         self.url = url.rstrip("/") + "/v1/completions"
+        self.endpoint = Endpoint(self.url)
         self.model, self.tokens, self.top_k = model, TeacherTokens(tokenizer), top_k
         self.timeout_s, self.batch_size, self.concurrency, self.retries = (
             timeout_s,
@@ -180,8 +180,8 @@ class HttpScorer:
         data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
         for attempt in range(1, self.retries + 2):
             try:
-                return json.loads(post(self.url, data, headers, self.timeout_s))
-            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+                return json.loads(self.endpoint.post(data, headers, self.timeout_s))
+            except (StatusError, OSError, http.client.HTTPException, ValueError) as error:
                 if len(ids) > 1 and getattr(error, "code", None) in LIST_REFUSALS:
                     raise PromptListRefused from error
                 wait = retry_wait(error, attempt)
@@ -256,7 +256,7 @@ def retry_wait(error: BaseException, attempt: int) -> float | None:
     connection refused, reset or closed (a server restarting), or a reply past the deadline: backoff from
     0.5 s. Any other status (the request itself is wrong) and a reply that is not JSON: never.
     """
-    if isinstance(error, urllib.error.HTTPError):
+    if isinstance(error, StatusError):
         if error.code in (429, 503):
             after = retry_after(error.headers)
             # A Retry-After of an hour (or NaN) would stall training: wait at most MAX_RETRY_AFTER_S.
