@@ -43,6 +43,7 @@ class TokenBytes:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._first: dict[bytes, int | None] = {}
+        self._spelled: dict[int, tuple[str, list[int]]] = {}
         inverse = {symbol: byte for byte, symbol in byte_symbols().items()}
         vocab = tokenizer.get_vocab()
         special = set(tokenizer.all_special_ids)
@@ -81,18 +82,27 @@ class TokenBytes:
             return self.of_id.get(int(entry.token[9:]), b"")
         return entry.token.encode()
 
+    def spelled(self, index: int) -> tuple[str, list[int]]:
+        """Token `index` as text (a part of a character written as escapes, as OpenAI does) and its exact
+        bytes as the logprobs `bytes` list; empty for an id outside the vocabulary. The list is shared by
+        every entry of that token (a scored batch holds thousands): never change it in place."""
+        known = self._spelled.get(index)
+        if known is None:
+            spelled = self.of_id.get(index, b"")
+            known = (spelled.decode("utf-8", errors="backslashreplace"), list(spelled))
+            if index in self.of_id:  # ids from a reply are untrusted: only the vocabulary's are kept
+                self._spelled[index] = known
+        return known
+
     def alternative(self, index: int, logprob: float) -> Alternative:
-        """Token `index` as a logprobs alternative: its text (a part of a character written as escapes,
-        as OpenAI does) and its exact bytes."""
-        spelled = self.of_id.get(index, b"")
-        return Alternative(spelled.decode("utf-8", errors="backslashreplace"), logprob, list(spelled))
+        """Token `index` as a logprobs alternative."""
+        text, spelled = self.spelled(index)
+        return Alternative(text, logprob, spelled)
 
     def position(self, index: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
         """Answer token `index` with its logprob and its top (id, logprob) alternatives."""
-        given = self.alternative(index, logprob)
-        return TokenLogprob(
-            given.token, given.logprob, given.bytes, [self.alternative(i, value) for i, value in top]
-        )
+        text, spelled = self.spelled(index)
+        return TokenLogprob(text, logprob, spelled, [self.alternative(i, value) for i, value in top])
 
 
 @lru_cache(maxsize=4)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 
 import torch
 
@@ -214,29 +216,41 @@ class HttpScorer:
             ) from error
 
     def _parse(self, choice: dict, prompt_ids: list[int], answer_ids: list[int]) -> Positions:
-        """The answer's positions; one that lacks its own token or holds a logprob that is not finite
-        and <= 0 is marked bad (skipped by the alignment, counted in the summary)."""
+        """The answer's positions (the prompt's are not read); one that lacks its own token or holds a
+        logprob that is not finite and <= 0 is marked bad (skipped by the alignment, counted in the
+        summary)."""
         try:
             scored = choice["prompt_logprobs"]
             if len(scored) != len(prompt_ids) + len(answer_ids):
                 raise ValueError(f"{len(scored)} positions for {len(prompt_ids) + len(answer_ids)} tokens")
-            top, own, bad = [], [], set()
+            table = token_bytes(self.tokens.tokenizer)
+            positions, bad = [], set()
             for at, (index, position) in enumerate(zip(answer_ids, scored[len(prompt_ids) :], strict=True)):
                 try:
-                    table = {int(i): logprob_field(v["logprob"]) for i, v in position.items()}
-                    lp = table[index]
+                    own, top = ranked_logprobs(position, index, self.top_k)
                 except (BadPosition, KeyError, TypeError, ValueError, AttributeError):
-                    table, lp = {}, 0.0
+                    own, top = 0.0, []
                     bad.add(at)
-                ranked = sorted(table.items(), key=lambda item: -item[1])
-                top.append(ranked[: self.top_k])
-                own.append(lp)
+                positions.append(table.position(index, own, top))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
             raise InputError(
                 f"kd.teacher_url: {self.url} replied without usable prompt_logprobs ({error}); serve the "
                 "teacher with vLLM's OpenAI-compatible server, which returns them for `prompt_logprobs`"
             ) from error
-        return answer_entries(answer_ids, top, own, self.tokens.tokenizer, bad)
+        return Positions(positions, bad)
+
+
+def ranked_logprobs(position: dict, own_id: int, top_k: int) -> tuple[float, list[tuple[int, float]]]:
+    """(the own token's logprob, the top_k (id, logprob) most likely first) of one prompt_logprobs
+    position; raises where a logprob is not a finite number <= 0 or the own token is missing."""
+    values = {}
+    for key, entry in position.items():
+        value = entry["logprob"]
+        # A float in range, as a server sends, is checked inline; anything else by the field's own check.
+        values[int(key)] = (
+            value if type(value) is float and -math.inf < value <= 0.0 else logprob_field(value)
+        )
+    return values[own_id], sorted(values.items(), key=itemgetter(1), reverse=True)[:top_k]
 
 
 MAX_RETRY_AFTER_S = 60.0
