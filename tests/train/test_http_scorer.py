@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -113,6 +114,7 @@ class KeptAliveTeacher(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mode = "keep"
     seen: dict[str, int]
+    last_logprob: object = -1.0  # the logprob sent for each prompt's last token
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -126,6 +128,8 @@ class KeptAliveTeacher(http.server.BaseHTTPRequestHandler):
             {"index": at, "prompt_logprobs": scored_positions(ids, body["prompt_logprobs"], VOCAB)}
             for at, ids in enumerate(prompts)
         ]
+        for choice, ids in zip(choices, prompts, strict=True):
+            choice["prompt_logprobs"][-1][str(ids[-1])]["logprob"] = self.last_logprob
         reply = json.dumps({"choices": choices}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -154,9 +158,9 @@ VOCAB = 64
 
 
 @contextmanager
-def kept_alive_teacher(mode: str):
+def kept_alive_teacher(mode: str, last_logprob: object = -1.0):
     seen = {"requests": 0, "connections": 0}
-    handler = type("Handler", (KeptAliveTeacher,), {"mode": mode, "seen": seen})
+    handler = type("Handler", (KeptAliveTeacher,), {"mode": mode, "seen": seen, "last_logprob": last_logprob})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -207,3 +211,23 @@ def test_scorer_goes_through_the_http_proxy_of_the_environment(tokenizer, sample
             samples[0][:1], samples[1][:1]
         )
     assert scored.positions and not scored.bad and stats.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("logprob", "bad"),
+    [
+        (math.nan, True),
+        (-math.inf, True),
+        (0.5, True),
+        (True, True),
+        ("-1", True),
+        (-1, False),
+        (-0.0, False),
+    ],
+)
+def test_scorer_marks_bad_an_answer_token_whose_logprob_is_not_a_finite_number_at_most_0(
+    tokenizer, samples, logprob, bad
+):
+    with kept_alive_teacher("keep", last_logprob=logprob) as (url, _):
+        (scored,) = fast_scorer(url, tokenizer).entries(samples[0][:1], samples[1][:1])
+    assert scored.bad == ({len(scored.positions) - 1} if bad else set())
