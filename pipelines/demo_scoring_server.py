@@ -9,9 +9,11 @@ fixed latency, with made-up but well-formed logprobs: the served-teacher scorer'
     stats.requests, stats.prompts, stats.most_in_flight
 
 Each prompt (one list of token ids, or a list of such lists) gets a choice whose position t holds its own
-token at logprob -1 and the next `prompt_logprobs - 1` ids at -2, -3, ... The latency is per request,
-however many prompts it holds, as on a GPU server with room for the batch. `faults` are statuses answered
-to the first requests, one each, 429 and 503 with a Retry-After of `retry_after_s`.
+token at logprob -1 and the next `prompt_logprobs - 1` ids at -2, -3, ..., each with its rank and a
+made-up decoded_token: the entries vLLM sends. The latency is per request, however many prompts it holds,
+as on a GPU server with room for the batch, and counts from the request's arrival: building the reply is
+part of it, as a remote server's own work is part of the time its client waits. `faults` are statuses
+answered to the first requests, one each, 429 and 503 with a Retry-After of `retry_after_s`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def scored_positions(ids: list[int], top_k: int, vocab_size: int) -> list[dict |
     positions: list[dict | None] = [None]
     for own in ids[1:]:
         others = [(own + step) % vocab_size for step in range(1, top_k)]
-        position = {str(own): {"logprob": -1.0, "rank": 1}}
-        position.update({str(i): {"logprob": -2.0 - r, "rank": r + 2} for r, i in enumerate(others)})
+        position = {str(own): {"logprob": -1.0, "rank": 1, "decoded_token": f"t{own}"}}
+        position.update(
+            {
+                str(i): {"logprob": -2.0 - r, "rank": r + 2, "decoded_token": f"t{i}"}
+                for r, i in enumerate(others)
+            }
+        )
         positions.append(position)
     return positions
 
@@ -54,6 +61,7 @@ def scoring_app(
     stats, pending_faults = ScoringStats(), list(faults or [])
 
     async def completions(request: web.Request) -> web.Response:
+        arrived = asyncio.get_running_loop().time()
         body = await request.json()
         stats.requests += 1
         if pending_faults:
@@ -66,18 +74,19 @@ def scoring_app(
         stats.in_flight += 1
         stats.most_in_flight = max(stats.most_in_flight, stats.in_flight)
         try:
-            await asyncio.sleep(latency_s)
+            top_k = int(body.get("prompt_logprobs") or 1)
+            choices = [
+                {"index": at, "text": "", "prompt_logprobs": scored_positions(ids, top_k, vocab_size)}
+                for at, ids in enumerate(prompts)
+            ]
+            reply = web.json_response(
+                {"object": "text_completion", "choices": choices[:-1] if drop_a_choice else choices}
+            )
+            await asyncio.sleep(max(0.0, latency_s - (asyncio.get_running_loop().time() - arrived)))
         finally:
             stats.in_flight -= 1
         stats.prompts += len(prompts)
-        top_k = int(body.get("prompt_logprobs") or 1)
-        choices = [
-            {"index": at, "text": "", "prompt_logprobs": scored_positions(ids, top_k, vocab_size)}
-            for at, ids in enumerate(prompts)
-        ]
-        return web.json_response(
-            {"object": "text_completion", "choices": choices[:-1] if drop_a_choice else choices}
-        )
+        return reply
 
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
