@@ -8,8 +8,11 @@ c / latency requests a second: that bound is the peer. For c in 1, 4 and 16 the 
 c * rounds * batch_size samples through HttpScorer (batch_size samples per request, c in flight) and
 prints achieved / bound, beside the old one-request-at-a-time path (one sample per request, one in flight:
 HttpScorer with batch_size=1, concurrency=1) measured against the same bound. Samples per second are
-printed for both. The server runs in its own process (pipelines.demo_scoring_server), so that client and
-server do not share one interpreter lock. Target on a 2-core machine: >= 0.9 at 16. Last line: `ratio@16=`.
+printed for both, and the client's CPU time per sample (all its threads: rendering, HTTP, decoding and
+checking the reply). The server runs in its own process (pipelines.demo_scoring_server), so that client
+and server do not share one interpreter lock; its reply has the shape vLLM's has, and building it is part
+of its latency, as a remote server's work is. The load average is printed before and after: other jobs on
+the machine take cores from both. Target on a 2-core machine: >= 0.9 at 16. Last line: `ratio@16=`.
 """
 
 from __future__ import annotations
@@ -63,15 +66,16 @@ def samples(count: int) -> tuple[list[list[dict]], list[str]]:
 
 
 def measure(url: str, tokenizer, latency: float, count: int, batch_size: int, concurrency: int):
-    """(achieved requests in flight / concurrency, samples per second) scoring `count` samples."""
+    """(achieved requests in flight / concurrency, samples per second, client CPU ms per sample) scoring
+    `count` samples."""
     prompts, answers = samples(count)
     scorer = HttpScorer(url, "teacher", tokenizer, top_k=8, batch_size=batch_size, concurrency=concurrency)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     scored = scorer.entries(prompts, answers)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if len(scored) != count or any(s.bad or not s.positions for s in scored):
         raise RuntimeError(f"{len(scored)} of {count} samples scored, or some not whole")
-    return math.ceil(count / batch_size) * latency / elapsed, count / elapsed
+    return math.ceil(count / batch_size) * latency / elapsed, count / elapsed, cpu * 1000 / count
 
 
 def main() -> None:
@@ -85,20 +89,25 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     tokenizer = build_tokenizer()
     with scoring_server(len(tokenizer), args.latency) as url:
-        old_in_flight, old_rate = measure(url, tokenizer, args.latency, args.rounds, 1, 1)
+        old_in_flight, old_rate, _ = measure(url, tokenizer, args.latency, args.rounds, 1, 1)
         print(
-            f"{'c':>3}  {'ratio':>6}  {'old ratio':>9}  {'samples/s':>9}  {'old samples/s':>13}", flush=True
+            f"{'c':>3}  {'ratio':>6}  {'old ratio':>9}  {'samples/s':>9}  {'old samples/s':>13}  "
+            f"{'client CPU ms/sample':>20}",
+            flush=True,
         )
         ratios = {}
         for concurrency in (1, 4, 16):
             count = concurrency * args.rounds * args.batch_size
-            in_flight, rate = measure(url, tokenizer, args.latency, count, args.batch_size, concurrency)
+            in_flight, rate, cpu_ms = measure(
+                url, tokenizer, args.latency, count, args.batch_size, concurrency
+            )
             ratios[concurrency] = in_flight / concurrency
             print(
                 f"{concurrency:>3}  {ratios[concurrency]:6.3f}  {old_in_flight / concurrency:9.3f}  "
-                f"{rate:9.1f}  {old_rate:13.1f}",
+                f"{rate:9.1f}  {old_rate:13.1f}  {cpu_ms:20.2f}",
                 flush=True,
             )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"ratio@16={ratios[16]:.3f}")
 
 
