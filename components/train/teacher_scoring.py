@@ -114,9 +114,10 @@ class HttpScorer:
     """A teacher served by vLLM's OpenAI-compatible server, scoring given tokens (prompt_logprobs).
 
     Up to `batch_size` samples go in one request (a list of prompts; a server that refuses lists gets one
-    prompt per request from then on), up to `concurrency` requests are in flight, and a request that
-    fails for a passing cause is retried up to `retries` times (see `retry_wait`). Each request must
-    finish within `timeout_s` in all: a server dripping its reply cannot hold it.
+    prompt per request from then on), up to `concurrency` requests are in flight over kept-alive
+    connections, and a request that fails for a passing cause is retried up to `retries` times (see
+    `retry_wait`). Each request must finish within `timeout_s` in all: a server dripping its reply cannot
+    hold it.
     """
 
     def __init__(

@@ -138,9 +138,12 @@ class KeptAliveTeacher(http.server.BaseHTTPRequestHandler):
         if self.served == 2 and self.mode == "drip_the_second_reply":
             # Its last 60 bytes a byte every 0.05 s: each read well within any timeout, the whole 3 s.
             self.wfile.write(reply[:-60])
-            for at in range(len(reply) - 60, len(reply)):
-                time.sleep(0.05)
-                self.wfile.write(reply[at : at + 1])
+            try:
+                for at in range(len(reply) - 60, len(reply)):
+                    time.sleep(0.05)
+                    self.wfile.write(reply[at : at + 1])
+            except ConnectionError:  # the client gave up at its deadline
+                self.close_connection = True
             return
         self.wfile.write(reply)
         # The connection stays open by HTTP/1.1's default; the server then closes it as an idle one.
