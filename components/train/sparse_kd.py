@@ -20,11 +20,13 @@ import torch
 
 from components.common.errors import InputError
 from components.common.logprobs import Positions, read_positions
+from components.common.logprobs_file import StoredPositions
 from components.common.records import Record
 from components.train.batching import Batch
 from components.train.cross_tokenizer import AlignmentCounts, TopK, align, byte_symbols, token_bytes
 from components.train.data import IGNORE, Example
 from components.train.objective import SparseTargets
+from components.train.stored_alignment import align_stored
 from components.train.topk_store import TopKStore
 
 __all__ = ["attach_topk", "byte_symbols", "scored_tokens", "sparse_targets"]
@@ -44,9 +46,10 @@ def attach_topk(
     store: TopKStore | None = None,
 ) -> AlignmentCounts:
     """Fill `teacher_topk` of each example from its record's `extra["logprobs"]`, else from `stored`, the
-    (record id, positions) pairs of the teacher's logprobs file, streamed (logprobs_file.read_logprobs):
-    each record's positions are aligned and packed into `store` as they come, so no more than one
-    record's positions are ever held as Python objects. Returns the counts."""
+    (record id, positions) pairs of the teacher's logprobs file, streamed (logprobs_file.stream_logprobs:
+    a parquet file's records come as checked arrays, aligned by stored_alignment): each record's
+    positions are aligned and packed into `store` as they come, so no more than one record's positions
+    are ever held at once. Returns the counts."""
     store = store or TopKStore()
     student = token_bytes(tokenizer)
     waiting: dict[str, list[Example]] = {}
@@ -57,8 +60,11 @@ def attach_topk(
     for record_id, raw in chain(inline, stored):
         read = None
         for example in waiting.pop(record_id, []):
-            read = read or read_positions(raw)
-            table, counts = align(scored_tokens(example), read, student)
+            if isinstance(raw, StoredPositions):
+                table, counts = align_stored(scored_tokens(example), raw, student)
+            else:
+                read = read or read_positions(raw)
+                table, counts = align(scored_tokens(example), read, student)
             example.teacher_topk = None if table is None else store.put(table)
             if table is None:
                 counts.examples = [example.record_id]

@@ -14,10 +14,31 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from components.train.cross_tokenizer import TopK
+
+
+@dataclass(frozen=True)
+class PackedTopK:
+    """One example's table in the store's layout (the module doc), before it is written."""
+
+    counts: np.ndarray  # int16 per position
+    sorted_only: np.ndarray  # uint8 per position
+    ids: np.ndarray  # int32
+    logprobs: np.ndarray  # float32
+
+    @classmethod
+    def of(cls, table: list[TopK | None]) -> PackedTopK:
+        rows = [row for row in table if row is not None]
+        return cls(
+            np.array([len(row.logprobs) if row else 0 for row in table], dtype=np.int16),
+            np.array([bool(row and row.sorted_only) for row in table], dtype=np.uint8),
+            np.array([i for row in rows for i in row.ids], dtype=np.int32),
+            np.array([v for row in rows for v in row.logprobs], dtype=np.float32),
+        )
 
 
 class TopKStore:
@@ -27,15 +48,13 @@ class TopKStore:
         self._file = tempfile.TemporaryFile(prefix="train-topk-")
         self._end = 0
 
-    def put(self, table: list[TopK | None]) -> StoredTopK:
-        rows = [row for row in table if row is not None]
-        counts = np.array([len(row.logprobs) if row else 0 for row in table], dtype=np.int16)
-        sorted_only = np.array([bool(row and row.sorted_only) for row in table], dtype=np.uint8)
-        ids = np.array([i for row in rows for i in row.ids], dtype=np.int32)
-        logprobs = np.array([v for row in rows for v in row.logprobs], dtype=np.float32)
-        blob = counts.tobytes() + sorted_only.tobytes() + ids.tobytes() + logprobs.tobytes()
+    def put(self, table: list[TopK | None] | PackedTopK) -> StoredTopK:
+        packed = table if isinstance(table, PackedTopK) else PackedTopK.of(table)
+        blob = b"".join(
+            values.tobytes() for values in (packed.counts, packed.sorted_only, packed.ids, packed.logprobs)
+        )
         os.pwrite(self._file.fileno(), blob, self._end)
-        stored = StoredTopK(self, self._end, len(table), len(ids), len(logprobs))
+        stored = StoredTopK(self, self._end, len(packed.counts), len(packed.ids), len(packed.logprobs))
         self._end += len(blob)
         return stored
 

@@ -40,7 +40,7 @@ from components.common.chat_template import ensure_chat_template
 from components.common.config import to_dict
 from components.common.devices import note_slow_on_cpu
 from components.common.errors import InputError
-from components.common.logprobs_file import read_logprobs
+from components.common.logprobs_file import stream_logprobs
 from components.common.records import read_records
 from components.common.remote_code import allows_remote_code
 from components.common.store import open_store
@@ -259,7 +259,7 @@ class DistillTrainer:
             records = read_records(path)
             sources[name] = encode_records(encoder, records, name)
             if config.kd.kind == "topk":
-                stored = read_logprobs(Path(folder))
+                stored = stream_logprobs(Path(folder))
                 self.alignment.add(attach_topk(sources[name], records, self.tokenizer, stored, topk_store))
             self.prompts.update({record.id: record.prompt_messages for record in records})
         if config.kd.kind == "topk":

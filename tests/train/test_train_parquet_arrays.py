@@ -1,0 +1,86 @@
+"""The train stage reads logprobs.parquet as arrays: bad values in a batch are counted and skipped as the
+object reader counts them, the aligned tables are the same, and no position becomes Python objects."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.common import logprobs
+from components.common.logprobs_file import (
+    LogprobsWriter,
+    read_logprobs,
+    row_schema,
+    stream_logprobs,
+)
+from components.common.records import read_records, write_records
+from components.train.data import Encoder
+from components.train.sparse_kd import attach_topk
+from components.train.stage import run
+from tests.train.test_train_kd import logprobs_from_teacher
+
+
+def spoil(path, edit) -> None:
+    """Rewrites logprobs.parquet with `edit(rows)` applied to its rows, the footer's token table kept,
+    as a file written past the teacher stage's checks would hold them."""
+    file = pq.ParquetFile(path)
+    footer = {k: v for k, v in file.metadata.metadata.items() if k.startswith(b"kfp_distill")}
+    rows = file.read().to_pylist()
+    edit(rows)
+    table = pa.Table.from_pylist(rows, schema=row_schema().with_metadata(footer))
+    pq.write_table(table, path, compression="zstd")
+
+
+def test_a_batch_with_bad_values_and_unknown_token_indices_is_counted_and_skipped_as_arrays(
+    make_config, reversal_data, tiny_teacher_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    records = logprobs_from_teacher(read_records(reversal_data / "train.jsonl")[:12], tokenizer, teacher)
+    data = tmp_path / "spoilt"
+    write_records(data / "train.jsonl", [replace(r, extra={}) for r in records])
+    with LogprobsWriter(data / "logprobs.parquet") as writer:
+        for record in records:
+            writer.add(record.id, record.extra["logprobs"])
+    # Index len(table) and -7 are outside the token table; a bad index of the given token hides the
+    # position's place in the text, so it and the positions after it are dropped.
+    footer = pq.ParquetFile(data / "logprobs.parquet").metadata.metadata
+    table_size = len(json.loads(footer[b"kfp_distill.tokens"])["token"])
+
+    def edit(rows):
+        rows[0]["top_logprob"][0][1] = 3.0
+        rows[1]["logprob"][2] = math.nan
+        rows[2]["top_token"][1][0] = table_size
+        rows[4]["top_logprob"][0][0] = -math.inf
+        rows[5]["token"][3] = -7
+
+    spoil(data / "logprobs.parquet", edit)
+    dropped = len(records[5].extra["logprobs"]) - 3
+    as_objects = [0]
+    read_position = logprobs.read_position
+
+    def counted(*args):
+        as_objects[0] += 1
+        return read_position(*args)
+
+    monkeypatch.setattr(logprobs, "read_position", counted)
+    run(make_config(data_dir=str(data), output_dir=str(tmp_path / "out"), max_steps=1, kd={"kind": "topk"}))
+    alignment = json.loads((tmp_path / "out" / "train_summary.json").read_text())["kd_alignment"]
+    assert as_objects[0] == 0, "the train stage read parquet positions as objects"
+    assert alignment["bad_positions"] == 4 + dropped
+    assert alignment["missing_records"] == alignment["unaligned_records"] == 0
+
+    tables = {}
+    plain = read_records(data / "train.jsonl")
+    for name, reader in (("objects", read_logprobs), ("arrays", stream_logprobs)):
+        examples = [Encoder(tokenizer, 64).encode(record) for record in plain]
+        counts = attach_topk(examples, plain, tokenizer, reader(data))
+        tables[name] = counts.summary(), [list(example.teacher_topk) for example in examples]
+    assert tables["arrays"] == tables["objects"]
+    assert tables["arrays"][0] == alignment
+    assert as_objects[0] > 0
