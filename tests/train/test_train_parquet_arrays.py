@@ -84,3 +84,33 @@ def test_a_batch_with_bad_values_and_unknown_token_indices_is_counted_and_skippe
     assert tables["arrays"] == tables["objects"]
     assert tables["arrays"][0] == alignment
     assert as_objects[0] > 0
+
+
+def test_a_teacher_with_other_tokens_gives_the_same_tables_read_as_arrays(
+    reversal_data, tiny_model_dir, tmp_path
+):
+    """Tokens of two bytes each (spans that differ from the student's) take the object path: the same
+    matched, sorted-probability and uncovered positions either way."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = read_records(reversal_data / "train.jsonl")[:6]
+    write_records(tmp_path / "train.jsonl", records)
+
+    def entry(data: bytes, logprob: float) -> dict:
+        return {"token": data.decode(errors="backslashreplace"), "logprob": logprob, "bytes": list(data)}
+
+    with LogprobsWriter(tmp_path / "logprobs.parquet") as writer:
+        for record in records:
+            text = record.answer.encode()
+            pieces = [text[i : i + 2] for i in range(0, len(text), 2)]
+            top = [(-0.2, None), (-2.5, b"e"), (-3.5, b"xyz")]
+            writer.add(
+                record.id,
+                [{**entry(p, -0.2), "top_logprobs": [entry(d or p, v) for v, d in top]} for p in pieces],
+            )
+    tables = {}
+    for name, reader in (("objects", read_logprobs), ("arrays", stream_logprobs)):
+        examples = [Encoder(tokenizer, 64).encode(record) for record in records]
+        counts = attach_topk(examples, records, tokenizer, reader(tmp_path))
+        tables[name] = counts.summary(), [list(example.teacher_topk) for example in examples]
+    assert tables["arrays"] == tables["objects"]
+    assert tables["arrays"][0]["sorted_positions"] > 0 and tables["arrays"][0]["matched_positions"] > 0
