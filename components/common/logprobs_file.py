@@ -22,7 +22,7 @@ records x 256 positions x 20 alternatives that is half a billion candidates, hou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -178,21 +178,20 @@ class LogprobsWriter:
 def read_logprobs(folder: Path) -> Iterator[tuple[str, Any]]:
     """(record id, its raw positions) for each record of the teacher logprobs in `folder`: the parquet
     file, else the JSONL of earlier versions, else nothing. Positions still need `read_positions`."""
-    parquet, jsonl = Path(folder) / PARQUET_NAME, Path(folder) / JSONL_NAME
-    if parquet.is_file():
-        for batch, table in parquet_batches(parquet):
-            yield from records_of(batch, table)
-    elif jsonl.is_file():
-        yield from read_jsonl(jsonl)
+    return logprobs_in(folder, records_of)
 
 
 def stream_logprobs(folder: Path) -> Iterator[tuple[str, Any]]:
     """What the train stage reads: as `read_logprobs`, but a parquet file's records come checked, as
     `StoredPositions`; a JSONL line's positions still need `read_positions`."""
+    return logprobs_in(folder, checked_records)
+
+
+def logprobs_in(folder: Path, records: Callable[[pa.RecordBatch, TokenTable], Iterator]) -> Iterator:
     parquet, jsonl = Path(folder) / PARQUET_NAME, Path(folder) / JSONL_NAME
     if parquet.is_file():
         for batch, table in parquet_batches(parquet):
-            yield from checked_records(batch, table)
+            yield from records(batch, table)
     elif jsonl.is_file():
         yield from read_jsonl(jsonl)
 

@@ -58,6 +58,11 @@ class TopKStore:
         self._end += len(blob)
         return stored
 
+    @property
+    def size(self) -> int:
+        """Bytes written so far (the scratch file's size)."""
+        return self._end
+
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._file.fileno(), size, offset)
 
