@@ -260,7 +260,8 @@ def parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, TokenTable]]:
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        # pre_buffer keeps every row group it has read, compressed: the whole file by the end.
+        file = pq.ParquetFile(path, pre_buffer=False)
         if not file.schema_arrow.equals(row_schema()):
             raise InputError(f"{path}: columns {file.schema_arrow.names} are not the logprobs layout")
         table = token_table(path, file.metadata.metadata or {})
