@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.common import logprobs
+from components.common import logprobs, logprobs_file
 from components.common.logprobs_file import (
     LogprobsWriter,
     read_logprobs,
@@ -114,3 +114,24 @@ def test_a_teacher_with_other_tokens_gives_the_same_tables_read_as_arrays(
         tables[name] = counts.summary(), [list(example.teacher_topk) for example in examples]
     assert tables["arrays"] == tables["objects"]
     assert tables["arrays"][0]["sorted_positions"] > 0 and tables["arrays"][0]["matched_positions"] > 0
+
+
+def test_reading_holds_about_one_row_group_not_the_file_read_so_far(tmp_path, monkeypatch):
+    """pyarrow's pre-buffering keeps each row group it has read: the reading would grow to the file."""
+    monkeypatch.setattr(logprobs_file, "ROW_GROUP_RECORDS", 16)
+
+    def entry(number: int, rank: int) -> dict:
+        letter = 97 + (number * 7 + rank * 3) % 26
+        return {"token": chr(letter), "logprob": -2.0 - rank - (number % 89) / 89, "bytes": [letter]}
+
+    with LogprobsWriter(tmp_path / "logprobs.parquet") as writer:
+        for number in range(3000):
+            positions = [
+                {**entry(number + p, 0), "top_logprobs": [entry(number + p, r) for r in range(4)]}
+                for p in range(16)
+            ]
+            writer.add(f"r{number}", positions)
+    before = held = pa.total_allocated_bytes()
+    for _ in stream_logprobs(tmp_path):
+        held = max(held, pa.total_allocated_bytes())
+    assert held - before < (tmp_path / "logprobs.parquet").stat().st_size / 4
