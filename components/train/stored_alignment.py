@@ -3,10 +3,10 @@ the teacher's tokens are the student's: the common case, a same-family teacher.
 
 There every teacher position spells the student token at the same place, so span i is span i on both
 sides, every position matches, and each candidate is a student token of its own; the table is indexing
-over the record's arrays, a fraction of a millisecond for 256 positions x 20 candidates where objects
-take about 30 ms (half a billion candidates at 100k records). A record where that does not hold for every
-position it reaches (other tokens, a candidate that is no student token, two candidates on one student
-token, which add up) goes through `align` on the same positions as objects, so both give one table.
+over the record's arrays, not one Python object per candidate (half a billion of them in a dataset of
+100k records x 256 positions x top-20). A record where that does not hold for every position it
+reaches (other tokens, a candidate that is no student token, two candidates on one student token, which
+add up) goes through `align` on the same positions as objects, so both give one table.
 """
 
 from __future__ import annotations
