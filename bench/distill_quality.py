@@ -337,13 +337,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every method runs")
     parser.add_argument("--digits", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1000, help="student optimizer steps, every method")
+    parser.add_argument("--steps", type=int, default=1500, help="student optimizer steps, every method")
     parser.add_argument("--teacher-steps", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--train", type=int, default=1000, help="training prompts")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=3e-3, help="students' learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3, help="students' learning rate")
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument(
         "--teacher-temperature",
