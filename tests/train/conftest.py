@@ -25,6 +25,8 @@ from components.common.config import from_dict, to_dict
 from components.common.records import Record, record_id, write_records
 from components.common.store import open_store
 from components.train import Config
+from components.train.data import Encoder
+from components.train.sparse_kd import byte_symbols, scored_tokens
 from components.train.stage import Result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,3 +261,31 @@ def assert_same_scores(remote: list, want: list) -> None:
             assert [c.logprob for c in got.top_logprobs] == pytest.approx(
                 [c.logprob for c in expected.top_logprobs], abs=1e-4
             )
+
+
+def logprobs_from_teacher(records, tokenizer, teacher, k=4):
+    """What an OpenAI-compatible server returns as logprobs.content, computed from the tiny teacher."""
+    to_byte = {symbol: byte for byte, symbol in byte_symbols().items()}
+    encoder = Encoder(tokenizer, 128)
+    for record in records:
+        example = encoder.encode(record)
+        ids = torch.tensor([example.input_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(teacher(ids).logits[0, :-1], -1)
+        positions = [t for t, label in enumerate(example.labels[1:]) if label != -100]
+        entries = []
+        for t, token in zip(positions, scored_tokens(example)[:-1], strict=False):  # no end-of-turn entry
+            top = logprobs[t].topk(k)
+
+            def entry(i, lp):
+                text = tokenizer.convert_ids_to_tokens(i)
+                return {"token": text, "logprob": float(lp), "bytes": [to_byte[c] for c in text]}
+
+            entries.append(
+                {
+                    **entry(token, logprobs[t, token]),
+                    "top_logprobs": [entry(int(i), v) for v, i in zip(top.values, top.indices, strict=True)],
+                }
+            )
+        record.extra["logprobs"] = entries
+    return records

@@ -7,7 +7,6 @@ import math
 from dataclasses import replace
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -16,8 +15,9 @@ from components.common.errors import InputError
 from components.common.logprobs import read_position
 from components.common.records import read_records, write_records
 from components.train.data import Encoder
-from components.train.sparse_kd import attach_topk, byte_symbols, scored_tokens
+from components.train.sparse_kd import attach_topk, scored_tokens
 from components.train.stage import run
+from tests.train.conftest import logprobs_from_teacher
 
 
 @pytest.mark.parametrize(
@@ -54,34 +54,6 @@ def test_heads_padded_to_different_sizes_for_one_tokenizer_are_compared_on_the_s
     AutoTokenizer.from_pretrained(tiny_teacher_dir).save_pretrained(padded)
     result = run(make_config(max_steps=1, kd={"kind": "logits", "teacher_dir": str(padded)}))
     assert math.isfinite(result.loss_parts["kd"])
-
-
-def logprobs_from_teacher(records, tokenizer, teacher, k=4):
-    """What an OpenAI-compatible server returns as logprobs.content, computed from the tiny teacher."""
-    to_byte = {symbol: byte for byte, symbol in byte_symbols().items()}
-    encoder = Encoder(tokenizer, 128)
-    for record in records:
-        example = encoder.encode(record)
-        ids = torch.tensor([example.input_ids])
-        with torch.no_grad():
-            logprobs = torch.log_softmax(teacher(ids).logits[0, :-1], -1)
-        positions = [t for t, label in enumerate(example.labels[1:]) if label != -100]
-        entries = []
-        for t, token in zip(positions, scored_tokens(example)[:-1], strict=False):  # no end-of-turn entry
-            top = logprobs[t].topk(k)
-
-            def entry(i, lp):
-                text = tokenizer.convert_ids_to_tokens(i)
-                return {"token": text, "logprob": float(lp), "bytes": [to_byte[c] for c in text]}
-
-            entries.append(
-                {
-                    **entry(token, logprobs[t, token]),
-                    "top_logprobs": [entry(int(i), v) for v, i in zip(top.values, top.indices, strict=True)],
-                }
-            )
-        record.extra["logprobs"] = entries
-    return records
 
 
 def test_sparse_topk_kd_from_stored_logprobs(

@@ -22,7 +22,7 @@ from components.common.records import read_records, write_records
 from components.train.data import Encoder
 from components.train.sparse_kd import attach_topk
 from components.train.stage import run
-from tests.train.test_train_kd import logprobs_from_teacher
+from tests.train.conftest import logprobs_from_teacher
 
 
 def spoil(path, edit) -> None:
