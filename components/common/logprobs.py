@@ -95,6 +95,9 @@ def token_bytes_field(value: Any) -> list[int] | None:
 
 
 def logprob_field(value: Any) -> float:
+    # A float in range, as servers send, passes on the first test: this runs once per candidate.
+    if type(value) is float and -math.inf < value <= 0.0:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadPosition(f"logprob must be a number, got {type(value).__name__}")
     value = float(value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -244,13 +243,7 @@ class HttpScorer:
 def ranked_logprobs(position: dict, own_id: int, top_k: int) -> tuple[float, list[tuple[int, float]]]:
     """(the own token's logprob, the top_k (id, logprob) most likely first) of one prompt_logprobs
     position; raises where a logprob is not a finite number <= 0 or the own token is missing."""
-    values = {}
-    for key, entry in position.items():
-        value = entry["logprob"]
-        # A float in range, as a server sends, is checked inline; anything else by the field's own check.
-        values[int(key)] = (
-            value if type(value) is float and -math.inf < value <= 0.0 else logprob_field(value)
-        )
+    values = {int(key): logprob_field(entry["logprob"]) for key, entry in position.items()}
     return values[own_id], sorted(values.items(), key=itemgetter(1), reverse=True)[:top_k]
 
 
