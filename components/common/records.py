@@ -99,11 +99,13 @@ def validate_messages(messages: Any, where: str) -> None:
             raise InputError(f"{where}: messages[{i}].content must be a string")
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises with file and line."""
+def iter_jsonl(path: Path, shown: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises with file and line, the file
+    named `shown` (default: its path; a copy fetched from a bucket is named by where it came from)."""
     path = Path(path)
+    shown = shown or str(path)
     if not path.is_file():
-        raise InputError(f"{path} does not exist or is not a file")
+        raise InputError(f"{shown} does not exist or is not a file")
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -111,9 +113,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                raise InputError(f"{shown}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(value, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+                raise InputError(f"{shown}:{number}: expected a JSON object, got {type(value).__name__}")
             yield number, value
 
 

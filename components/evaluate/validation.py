@@ -19,7 +19,7 @@ from typing import Any
 
 from components.common.dataset_rows import FORMATS_SHOWN, ROW_READERS, ChatRow, row_format
 from components.common.errors import InputError
-from components.common.records import Record, record_id
+from components.common.records import Record, iter_jsonl, record_id
 from components.common.store import open_store
 
 # A prompt row may name its question and gold answer as other labelled datasets do.
@@ -65,24 +65,24 @@ def local_file(location: str, scratch: Path) -> Path:
 
 
 def read_rows(path: Path, shown: str):
-    """(row number, object) of a JSON list or of JSON Lines."""
-    text = path.read_text(encoding="utf-8")
+    """(row number, object) of a JSON list, or (line number, object) of JSON Lines."""
+    if not holds_a_list(path):
+        yield from iter_jsonl(path, f"validation: {shown}")
+        return
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else None
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(f"validation: {shown} is not valid JSON ({error.msg})") from None
-    if rows is None:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise InputError(f"validation: {shown}:{number}: not valid JSON ({error.msg})") from None
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise InputError(f"validation: {shown}: row {number} is not a JSON object")
         yield number, row
+
+
+def holds_a_list(path: Path) -> bool:
+    """Whether the file's first non-blank line opens a JSON list (else the file is JSON Lines)."""
+    with path.open(encoding="utf-8") as handle:
+        return next((line.lstrip().startswith("[") for line in handle if line.strip()), False)
 
 
 def row_record(row: dict[str, Any], where: str) -> Record:
