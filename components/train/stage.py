@@ -69,4 +69,5 @@ def run(config: Config) -> Result:
     trainer.setup()
     summary = trainer.train()
     trainer.save(summary)
+    trainer.leave_process_group()
     return Result.from_summary(summary, config.output_dir)

@@ -578,6 +578,14 @@ class DistillTrainer:
         if self.accelerator.is_main_process:
             (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
+    def leave_process_group(self) -> None:
+        """One rank of several waits until every rank is done saving, then leaves the process group: a rank
+        whose process exits with the group still open can abort in its teardown (SIGABRT under ZeRO-3 on
+        gloo) while the main rank still writes, and torchrun then fails the run."""
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+            self.accelerator.state.destroy_process_group()
+
     def _save_weights(self, out: Path) -> None:
         """The adapter (or full model) and the tokenizer into `out`; every rank calls it (ZeRO-3 gathers)."""
         acc = self.accelerator
